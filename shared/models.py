@@ -1,0 +1,468 @@
+"""The contracts: training request, run record, completion message.
+
+Every model rejects unknown keys, and every validation error names the field and what is allowed
+(see :func:`field_errors`). Allow-lists live here, beside the fields they guard.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import (
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shared.errors import InvalidRequest
+
+# --- allow-lists -----------------------------------------------------------------------------
+
+ALGORITHMS = ("IMPALA", "APPO", "PPO")
+
+CLASSIC_ENVS = ("CartPole-v1", "CartPole-v0", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1")
+# Atari ids as ale-py registers them; the trainer checks the game exists.
+ATARI_ENV_RE = re.compile(r"^(ALE/[A-Z][A-Za-z]{1,40}-v5|[A-Z][A-Za-z]{1,40}(NoFrameskip|Deterministic)?-v4)$")
+
+# Highest mean episode return an env can give: a reward target above it can never stop a run.
+MAX_RETURN = {"CartPole-v1": 500.0, "CartPole-v0": 200.0, "Acrobot-v1": 0.0, "MountainCar-v0": 0.0,
+              "Pendulum-v1": 0.0, "Pong": 21.0}
+
+# VM size -> (vCPUs, GPUs). Upper case, as Azure ML reports them.
+VM_SIZES: dict[str, tuple[int, int]] = {
+    "STANDARD_NC6": (6, 1), "STANDARD_NC12": (12, 2), "STANDARD_NC24": (24, 4),
+    "STANDARD_NC6S_V3": (6, 1), "STANDARD_NC12S_V3": (12, 2), "STANDARD_NC24S_V3": (24, 4),
+    "STANDARD_NC4AS_T4_V3": (4, 1), "STANDARD_NC8AS_T4_V3": (8, 1),
+    "STANDARD_NC16AS_T4_V3": (16, 1), "STANDARD_NC24ADS_A100_V4": (24, 1),
+    "STANDARD_D2_V2": (2, 0), "STANDARD_D3_V2": (4, 0), "STANDARD_D4_V2": (8, 0),
+    "STANDARD_D5_V2": (16, 0), "STANDARD_D2S_V3": (2, 0), "STANDARD_D4S_V3": (4, 0),
+    "STANDARD_D8S_V3": (8, 0), "STANDARD_D16S_V3": (16, 0), "STANDARD_F4S_V2": (4, 0),
+    "STANDARD_F8S_V2": (8, 0), "STANDARD_F16S_V2": (16, 0),
+}
+
+# RLlib config keys a request may set: today's names and the seed-era names the trainer maps.
+CONFIG_KEYS = frozenset({
+    # seed era
+    "num_workers", "num_envs_per_worker", "num_gpus", "sample_batch_size", "train_batch_size",
+    "num_sgd_iter", "num_data_loader_buffers", "model.dim", "model", "rollout_fragment_length",
+    "num_cpus_per_worker", "num_gpus_per_worker", "sgd_minibatch_size",
+    # today
+    "num_env_runners", "num_envs_per_env_runner", "num_learners", "num_gpus_per_learner",
+    "num_cpus_per_env_runner", "train_batch_size_per_learner", "minibatch_size", "num_epochs",
+    "lr", "gamma", "entropy_coeff", "vf_loss_coeff", "grad_clip", "lambda", "clip_param",
+    "vtrace", "vtrace_clip_rho_threshold", "vtrace_clip_pg_rho_threshold", "circular_buffer_num_batches",
+    "circular_buffer_iterations_per_batch", "broadcast_interval", "fcnet_hiddens", "conv_filters",
+    "framestack", "dim", "use_kl_loss", "kl_coeff", "seed",
+})
+MODEL_KEYS = frozenset({"dim", "fcnet_hiddens", "conv_filters", "framestack", "vf_share_layers",
+                        "fcnet_activation", "conv_activation", "use_lstm", "lstm_cell_size"})
+
+STOP_KEYS = ("episode_reward_mean", "time_total_s", "timesteps_total", "training_iteration")
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+QUEUE_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$"
+CLUSTER_RE = r"^[A-Za-z][A-Za-z0-9-]{1,15}$"  # Azure ML compute names: 2-16 chars
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+
+
+# --- the training request --------------------------------------------------------------------
+
+
+class Stop(Strict):
+    """Stop criteria (seed names); whichever is met first ends training."""
+
+    episode_reward_mean: float | None = Field(None, ge=-1e6, le=1e6)
+    time_total_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
+    timesteps_total: int | None = Field(None, ge=1, le=10**11)
+    training_iteration: int | None = Field(None, ge=1, le=10**7)
+
+    @model_validator(mode="after")
+    def _some(self) -> Stop:
+        if all(getattr(self, k) is None for k in STOP_KEYS):
+            raise ValueError(f"at least one stop criterion is required: one of {', '.join(STOP_KEYS)}")
+        return self
+
+
+class HeadCluster(Strict):
+    name: str = Field("head-gpu", pattern=CLUSTER_RE)
+    vm_size: str = "STANDARD_NC6"
+    min_nodes: int = Field(0, ge=0, le=100)
+    max_nodes: int = Field(2, ge=1, le=100)
+
+    @field_validator("vm_size")
+    @classmethod
+    def _vm(cls, v: str) -> str:
+        return _check_vm_size(v)
+
+    @model_validator(mode="after")
+    def _range(self) -> HeadCluster:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
+        return self
+
+
+class WorkerCluster(Strict):
+    name: str = Field("worker-cpu", pattern=CLUSTER_RE)
+    vm_size: str = "STANDARD_D2_V2"
+    node_count: int = Field(4, ge=0, le=100)
+    min_nodes: int = Field(0, ge=0, le=100)
+    max_nodes: int = Field(4, ge=0, le=100)
+
+    @field_validator("vm_size")
+    @classmethod
+    def _vm(cls, v: str) -> str:
+        return _check_vm_size(v)
+
+    @model_validator(mode="after")
+    def _range(self) -> WorkerCluster:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
+        if self.node_count > self.max_nodes:
+            raise ValueError(f"node_count ({self.node_count}) must not exceed max_nodes ({self.max_nodes})")
+        return self
+
+
+def _check_vm_size(v: str) -> str:
+    up = v.upper()
+    if up not in VM_SIZES:
+        raise ValueError(f"{v!r} is not an allowed VM size; allowed: {', '.join(sorted(VM_SIZES))}")
+    return up
+
+
+class Compute(Strict):
+    """Where the job runs. Absent fields take the deployment's settings."""
+
+    backend: Literal["ray", "azureml", "twin"] | None = None
+    head: HeadCluster | None = None
+    workers: WorkerCluster | None = None
+    vnet: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    subnet: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+    max_run_duration_s: int | None = Field(None, ge=60, le=7 * 24 * 3600)
+
+    def total_cpus(self) -> int | None:
+        """vCPUs of one head node plus all worker nodes; None when no cluster is described."""
+        if self.head is None and self.workers is None:
+            return None
+        head = self.head or HeadCluster()
+        workers = self.workers or WorkerCluster()
+        return VM_SIZES[head.vm_size][0] + VM_SIZES[workers.vm_size][0] * workers.node_count
+
+    def total_gpus(self) -> int:
+        head = self.head or HeadCluster()
+        workers = self.workers or WorkerCluster()
+        return VM_SIZES[head.vm_size][1] + VM_SIZES[workers.vm_size][1] * workers.node_count
+
+    def total_nodes(self) -> int:
+        return 1 + (self.workers or WorkerCluster()).node_count
+
+
+class Notify(Strict):
+    webhooks: list[AnyUrl] = Field(default_factory=list, max_length=10)
+    teams: list[AnyUrl] = Field(default_factory=list, max_length=5)
+
+    @field_validator("webhooks", "teams")
+    @classmethod
+    def _scheme(cls, urls: list[AnyUrl]) -> list[AnyUrl]:
+        for u in urls:
+            if u.scheme not in ("https", "http"):
+                raise ValueError(f"{str(u)!r}: scheme {u.scheme!r} is not allowed; use https")
+            if len(str(u)) > 2048:
+                raise ValueError("URL longer than 2048 characters")
+        return urls
+
+
+class Evaluate(Strict):
+    episodes: int = Field(5, ge=1, le=100)
+    gif: bool = False
+
+
+class TrainingRequest(Strict):
+    """A request to train: the JSON body of a ``training-requests`` message."""
+
+    request_id: str = Field(..., pattern=ID_RE)
+    experiment: str = Field("rlq", pattern=NAME_RE)
+    algorithm: Literal["IMPALA", "APPO", "PPO"] = "IMPALA"
+    env: str = "PongNoFrameskip-v4"
+    config: dict[str, Any] = Field(default_factory=dict)
+    stop: Stop = Field(default_factory=lambda: Stop(episode_reward_mean=18, time_total_s=3600))
+    compute: Compute = Field(default_factory=Compute)
+    restore_from: str | None = Field(None, max_length=1024)
+    notify: Notify = Field(default_factory=Notify)
+    reply_to: str | None = Field(None, pattern=QUEUE_RE)
+    tags: dict[str, str] = Field(default_factory=dict, max_length=32)
+    evaluate: Evaluate | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if v in CLASSIC_ENVS or ATARI_ENV_RE.match(v):
+            return v
+        raise ValueError(
+            f"{v!r} is not an allowed environment; allowed: {', '.join(CLASSIC_ENVS)}, or an Atari id "
+            "such as PongNoFrameskip-v4 / ALE/Pong-v5"
+        )
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if key not in CONFIG_KEYS:
+                raise ValueError(f"key {key!r} is not allowed; allowed: {', '.join(sorted(CONFIG_KEYS))}")
+            if key == "model":
+                if not isinstance(value, dict):
+                    raise ValueError("'model' must be an object")
+                bad = sorted(set(value) - MODEL_KEYS)
+                if bad:
+                    raise ValueError(f"model key {bad[0]!r} is not allowed; allowed: {', '.join(sorted(MODEL_KEYS))}")
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, (int, float)):
+                if key.startswith("num_") and (not float(value).is_integer() or value < 0 or value > 1024):
+                    raise ValueError(f"{key}: {value!r} is not allowed; expected an integer between 0 and 1024")
+            elif isinstance(value, str):
+                raise ValueError(f"{key}: strings are not allowed here")
+        if len(json.dumps(v)) > 16_384:
+            raise ValueError("config is larger than 16 KB")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", k):
+                raise ValueError(f"tag name {k!r} is not allowed; use letters, digits, _ . - (max 64)")
+            if len(val) > 256 or any(ord(c) < 32 for c in val):
+                raise ValueError(f"tag {k!r}: value must be at most 256 printable characters")
+        return v
+
+    @field_validator("restore_from")
+    @classmethod
+    def _restore(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^(file|azureml|abfss|https)://", v):
+            raise ValueError("must be a URI: file://, azureml://, abfss:// or https://")
+        if ".." in v.split("?")[0].split("/") or any(c in v for c in "\x00\n\r;`$|&<>"):
+            raise ValueError("path traversal and shell metacharacters are not allowed")
+        return v
+
+    @model_validator(mode="after")
+    def _reachable(self) -> TrainingRequest:
+        target = self.stop.episode_reward_mean
+        if target is not None:
+            ceiling = MAX_RETURN.get(self.env) or MAX_RETURN.get(_game(self.env))
+            if ceiling is not None and target > ceiling:
+                raise ValueError(
+                    f"stop.episode_reward_mean {target} can never be reached on {self.env} "
+                    f"(highest mean return {ceiling})"
+                )
+        return self
+
+    @property
+    def message_id_completed(self) -> str:
+        return f"{self.request_id}:completed"
+
+
+def _game(env: str) -> str:
+    return re.sub(r"^ALE/|(NoFrameskip|Deterministic)?-v\d+$", "", env)
+
+
+# --- the run record --------------------------------------------------------------------------
+
+
+class RunState(StrEnum):
+    received = "received"
+    provisioning = "provisioning"
+    submitted = "submitted"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    canceled = "canceled"
+    timed_out = "timed_out"
+    notified = "notified"
+    rejected = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def active(self) -> bool:
+        return self in ACTIVE
+
+
+ACTIVE = frozenset({RunState.received, RunState.provisioning, RunState.submitted, RunState.running})
+TERMINAL = frozenset({RunState.completed, RunState.failed, RunState.canceled, RunState.timed_out})
+FINAL = TERMINAL | {RunState.notified, RunState.rejected}
+
+Status = Literal["Completed", "Failed", "Canceled", "TimedOut"]
+STATUS_OF: dict[RunState, Status] = {
+    RunState.completed: "Completed", RunState.failed: "Failed",
+    RunState.canceled: "Canceled", RunState.timed_out: "TimedOut",
+}
+StopReason = Literal["reward_reached", "time_limit", "timesteps_limit", "iterations_limit",
+                     "error", "canceled", "stalled"]
+
+
+class Progress(BaseModel):
+    """The latest training iteration a backend saw (one ``metrics.jsonl`` line)."""
+
+    model_config = ConfigDict(extra="allow")
+    iteration: int = 0
+    time_total_s: float = 0.0
+    timesteps: int = 0
+    episode_reward_mean: float | None = None
+    episode_reward_min: float | None = None
+    episode_reward_max: float | None = None
+    episodes_total: int | None = None
+    env_steps_per_s: float | None = None
+
+
+class CompletionMessage(Strict):
+    """Posted to the ``training-completed`` topic, the reply queue, webhooks and Teams."""
+
+    message_id: str
+    request_id: str
+    run_id: str | None = None
+    status: Status
+    stop_reason: StopReason | None = None
+    experiment: str = "rlq"
+    algorithm: str | None = None
+    env: str | None = None
+    final_reward: float | None = None
+    best_reward: float | None = None
+    iterations: int | None = None
+    timesteps: int | None = None
+    duration_s: float | None = None
+    checkpoint_path: str | None = None
+    eval_reward: float | None = None
+    replay_path: str | None = None
+    reward_curve_url: str | None = None
+    error: str | None = None
+    portal_url: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    finished_at: datetime = Field(default_factory=utcnow)
+
+
+class Delivery(BaseModel):
+    """One notification target's outcome."""
+
+    target: str
+    ok: bool
+    attempts: int = 0
+    status_code: int | None = None
+    error: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+
+class RunRecord(BaseModel):
+    """What rlq knows about one request; ``version`` guards every conditional update."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    state: RunState = RunState.received
+    request: TrainingRequest | None = None
+    backend: str | None = None
+    run_id: str | None = None
+    message_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress | None = None
+    progress_at: datetime | None = None
+    stop_reason: StopReason | None = None
+    error: str | None = None
+    portal_url: str | None = None
+    completion: CompletionMessage | None = None
+    published_at: datetime | None = None
+    notified_at: datetime | None = None
+    deliveries: list[Delivery] = Field(default_factory=list)
+    cancel_requested: bool = False
+    poll_failures: int = 0
+    version: int = 0
+
+    @property
+    def status(self) -> Status | None:
+        if self.completion is not None:
+            return self.completion.status
+        return STATUS_OF.get(self.state)
+
+
+# --- error rendering -------------------------------------------------------------------------
+
+
+def field_errors(err: ValidationError) -> list[dict[str, str]]:
+    """Pydantic errors as ``[{field, message}]`` with dotted field paths a person can find."""
+    out = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in e["loc"] if p != "__root__") or "(body)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; remove it (see the request schema in the README)"
+        elif e["type"] == "literal_error":
+            msg = f"{e.get('input')!r} is not allowed; {msg.lower()}"
+        elif e["type"] == "missing":
+            msg = "field required"
+        out.append({"field": loc, "message": msg})
+    return out
+
+
+def parse_request(body: bytes | str | dict[str, Any], *, default_id: str | None = None,
+                  max_bytes: int = 256 * 1024) -> TrainingRequest:
+    """Decode and validate a request body; raise :class:`InvalidRequest` naming each bad field."""
+    if isinstance(body, (bytes, bytearray)):
+        if len(body) > max_bytes:
+            raise InvalidRequest([{"field": "(body)", "message": f"body is {len(body)} bytes; the limit is {max_bytes}"}])
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidRequest([{"field": "(body)", "message": f"not UTF-8 text ({err.reason} at byte {err.start})"}]) from None
+    if isinstance(body, str):
+        if len(body.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise InvalidRequest([{"field": "(body)", "message": f"body is larger than {max_bytes} bytes"}])
+        try:
+            body = json.loads(body)
+        except RecursionError:
+            raise InvalidRequest([{"field": "(body)", "message": "JSON nested too deeply"}]) from None
+        except ValueError as err:
+            raise InvalidRequest([{"field": "(body)", "message": f"malformed JSON: {err}"}]) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest([{"field": "(body)", "message": f"expected a JSON object, got {type(body).__name__}"}])
+    if _depth(body) > 8:
+        raise InvalidRequest([{"field": "(body)", "message": "JSON nested deeper than 8 levels"}])
+    data = dict(body)
+    if data.get("request_id") is None and default_id is not None:
+        data["request_id"] = default_id
+    try:
+        return TrainingRequest.model_validate(data)
+    except ValidationError as err:
+        raise InvalidRequest(field_errors(err)) from None
+
+
+def _depth(obj: Any, level: int = 0) -> int:
+    if level > 8:
+        return level
+    if isinstance(obj, dict):
+        return max((_depth(v, level + 1) for v in obj.values()), default=level + 1)
+    if isinstance(obj, list):
+        return max((_depth(v, level + 1) for v in obj), default=level + 1)
+    return level

@@ -1,0 +1,121 @@
+"""Settings: parsed once, from the environment (``RLQ_*``) or a ``.env`` file, into one typed object.
+
+Defaults run the whole flow on one machine: SQLite queue and store under ``data_dir`` and a local
+Ray head on 127.0.0.1. Every duration carries its unit in its name.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+QUEUE_NAME = "training-requests"
+TOPIC_NAME = "training-completed"
+SUBSCRIPTION_NAME = "notifier"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RLQ_", env_file=".env", extra="ignore", env_nested_delimiter="__"
+    )
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(Path(".rlq"), description="Local state: SQLite files, run outputs.")
+    local_mode: bool = Field(True, description="One-machine mode: loopback webhooks allowed.")
+
+    # --- queueing ----------------------------------------------------------------------------
+    queue_name: str = QUEUE_NAME
+    topic_name: str = TOPIC_NAME
+    subscription_name: str = SUBSCRIPTION_NAME
+    max_delivery_count: int = Field(10, ge=1, le=2000)
+    lock_duration_s: float = Field(60.0, gt=0)
+    duplicate_detection_window_s: float = Field(600.0, ge=0)
+    defer_delay_s: float = Field(60.0, gt=0, description="Redelivery delay when over max_in_flight.")
+
+    # --- backends ----------------------------------------------------------------------------
+    backend: Literal["ray", "azureml", "twin"] = "ray"
+    store: Literal["sqlite", "table"] = "sqlite"
+    broker: Literal["sqlite", "servicebus"] = "sqlite"
+
+    ray_address: str | None = Field(
+        None, description="Ray Jobs API address (http://host:8265). None: a local head on 127.0.0.1."
+    )
+    ray_dashboard_port: int = 8265
+    ray_auth_token: SecretStr | None = Field(None, description="Ray token auth; None: read Ray's own.")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs the local head offers Ray.")
+
+    # --- polling -----------------------------------------------------------------------------
+    poll_schedule: str = Field("*/10 * * * * *", description="NCRONTAB (6 fields) of the poller.")
+    poll_concurrency: int = Field(64, ge=1, le=1024)
+    poll_tick_budget_s: float = Field(50.0, gt=0)
+    stall_timeout_s: float = Field(1800.0, gt=0, description="No new iteration for this long: stalled.")
+    status_timeout_s: float = Field(20.0, gt=0)
+
+    # --- guardrails --------------------------------------------------------------------------
+    max_in_flight: int = Field(4, ge=1, description="Global cap on runs submitted and not terminal.")
+    max_nodes_per_request: int = Field(16, ge=1)
+    max_gpus_per_request: int = Field(4, ge=0)
+    max_run_duration_s: int = Field(4 * 3600, ge=60)
+    default_run_duration_s: int = Field(3600, ge=60)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+    # --- notifications -----------------------------------------------------------------------
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="whsec_… secrets; the first signs, all are accepted."
+    )
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Endpoints every run notifies.")
+    webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_s: float = Field(1.0, ge=0)
+    public_base_url: str = Field("http://127.0.0.1:7071", description="Links in messages and cards.")
+
+    # --- Azure -------------------------------------------------------------------------------
+    servicebus_connection: SecretStr | None = None
+    servicebus_namespace: str | None = Field(None, description="<name>.servicebus.windows.net")
+    table_connection: SecretStr | None = None
+    table_account_url: str | None = None
+    table_name: str = "rlqruns"
+    azureml_subscription_id: str | None = None
+    azureml_resource_group: str | None = None
+    azureml_workspace: str | None = None
+    azureml_vnet: str | None = None
+    azureml_subnet: str = "default"
+    azureml_vnet_resource_group: str | None = None
+    head_cluster: str = "head-gpu"
+    head_vm_size: str = "STANDARD_NC6"
+    head_min_nodes: int = 0
+    head_max_nodes: int = 2
+    worker_cluster: str = "worker-cpu"
+    worker_vm_size: str = "STANDARD_D2_V2"
+    worker_min_nodes: int = 0
+    worker_max_nodes: int = 4
+    worker_node_count: int = 4
+
+    @field_validator("webhook_secrets", "webhook_urls", "webhook_allow_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [s.strip() for s in v.replace(",", " ").split() if s.strip()]
+        return v
+
+    @property
+    def queue_db(self) -> Path:
+        return self.data_dir / "queue.sqlite3"
+
+    @property
+    def store_db(self) -> Path:
+        return self.data_dir / "runs.sqlite3"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
