@@ -398,6 +398,10 @@ class RunRecord(BaseModel):
     deliveries: list[Delivery] = Field(default_factory=list)
     cancel_requested: bool = False
     poll_failures: int = 0
+    claimed_at: datetime | None = None
+    deferrals: int = 0
+    # Compact reward curve for runs whose metrics file is not local: [iteration, timesteps, reward].
+    curve: list[tuple[int, int, float | None]] = Field(default_factory=list)
     version: int = 0
 
     @property

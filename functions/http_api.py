@@ -1,0 +1,99 @@
+"""HTTP API: JSON in and out under /api/trainings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.functions as func
+
+from shared.artifacts import reward_curve_for
+from shared.composition import wiring
+from shared.errors import InvalidRequest, NotFound, PermanentError, TransientError
+from shared.models import RunState
+
+bp = func.Blueprint()
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(data, default=str, indent=1), status_code=status,
+                             mimetype="application/json", headers=headers)
+
+
+def _errors(status: int, errors: list[dict[str, str]]) -> func.HttpResponse:
+    return _json({"errors": errors}, status)
+
+
+def _guarded(handler):  # translate the error tree into HTTP once, for every route
+    def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            return handler(req)
+        except InvalidRequest as err:
+            return _errors(400, err.errors)
+        except NotFound as err:
+            return _errors(404, [{"field": "request_id", "message": str(err)}])
+        except PermanentError as err:
+            return _errors(400, [{"field": "(request)", "message": err.description}])
+        except TransientError as err:
+            return _json({"errors": [{"field": "(service)", "message": str(err)}]}, 503, {"Retry-After": "5"})
+
+    wrapper.__name__ = handler.__name__
+    return wrapper
+
+
+@bp.function_name("submit_training")
+@bp.route(route="trainings", methods=["POST"])
+@_guarded
+def submit_training(req: func.HttpRequest) -> func.HttpResponse:
+    request_id = wiring().service.enqueue(req.get_body())
+    return _json({"request_id": request_id, "status_url": f"/api/trainings/{request_id}"}, 202,
+                 {"Location": f"/api/trainings/{request_id}"})
+
+
+@bp.function_name("get_training")
+@bp.route(route="trainings/{request_id}", methods=["GET"])
+@_guarded
+def get_training(req: func.HttpRequest) -> func.HttpResponse:
+    return _json(wiring().service.get(req.route_params["request_id"]).model_dump(mode="json"))
+
+
+@bp.function_name("list_trainings")
+@bp.route(route="trainings", methods=["GET"])
+@_guarded
+def list_trainings(req: func.HttpRequest) -> func.HttpResponse:
+    state = req.params.get("state")
+    allowed = [s.value for s in RunState]
+    if state is not None and state not in allowed:
+        return _errors(400, [{"field": "state", "message": f"{state!r} is not allowed; allowed: {', '.join(allowed)}"}])
+    try:
+        limit = int(req.params.get("limit", "100"))
+        if not 1 <= limit <= 1000:
+            raise ValueError
+    except ValueError:
+        return _errors(400, [{"field": "limit", "message": "expected an integer between 1 and 1000"}])
+    records = wiring().service.list(states=[RunState(state)] if state else None, limit=limit)
+    return _json({"items": [r.model_dump(mode="json", exclude={"curve"}) for r in records]})
+
+
+@bp.function_name("cancel_training")
+@bp.route(route="trainings/{request_id}/cancel", methods=["POST"])
+@_guarded
+def cancel_training(req: func.HttpRequest) -> func.HttpResponse:
+    return _json(wiring().service.cancel(req.route_params["request_id"]).model_dump(mode="json"), 202)
+
+
+@bp.function_name("reward_png")
+@bp.route(route="trainings/{request_id}/reward.png", methods=["GET"])
+@_guarded
+def reward_png(req: func.HttpRequest) -> func.HttpResponse:
+    w = wiring()
+    png = reward_curve_for(w.service.get(req.route_params["request_id"]), w.settings)
+    if png is None:
+        return _errors(404, [{"field": "request_id", "message": "no training iterations recorded yet"}])
+    return func.HttpResponse(png, status_code=200, mimetype="image/png")
+
+
+@bp.function_name("health")
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    return _json({"status": "ok"})

@@ -1,0 +1,25 @@
+"""Service Bus topic trigger: deliver a completion message to webhooks and Teams."""
+
+import logging
+
+import azure.functions as func
+from pydantic import ValidationError
+
+from shared.composition import wiring
+from shared.models import CompletionMessage
+from shared.settings import SUBSCRIPTION_NAME, TOPIC_NAME
+
+bp = func.Blueprint()
+log = logging.getLogger("rlq.notifier")
+
+
+@bp.function_name("notifier")
+@bp.service_bus_topic_trigger(arg_name="msg", topic_name=TOPIC_NAME, subscription_name=SUBSCRIPTION_NAME,
+                              connection="ServiceBusConnection")
+def notifier(msg: func.ServiceBusMessage) -> None:
+    try:
+        message = CompletionMessage.model_validate_json(msg.get_body())
+    except ValidationError as err:  # not ours to fix by retrying
+        log.error("completion message %s is not valid and is dropped: %s", msg.message_id, err)
+        return
+    wiring().service.notify(message)

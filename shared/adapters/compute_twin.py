@@ -1,0 +1,121 @@
+"""The compute twin: an instant compute backend with the semantics the service relies on.
+
+It behaves like the weakest real backend (Azure ML): ``submit`` always creates a *new* job and the
+only way to find one is ``find`` by the request's tag, so a service bug that submits twice shows up
+as two jobs for one request. State lives in SQLite (a file, or ``:memory:``) so it survives a
+SIGKILL of the process under test, which the crash-matrix tests rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from shared.errors import TransientError
+from shared.models import Progress, TrainingRequest
+from shared.ports import JobStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  run_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, polls INTEGER NOT NULL DEFAULT 0,
+  state TEXT NOT NULL, target REAL, created_at REAL NOT NULL, canceled INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS jobs_request ON jobs(request_id);
+CREATE TABLE IF NOT EXISTS ensure_calls (request_id TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+class ComputeTwin:
+    """Jobs finish after ``polls_to_finish`` status calls, each status call taking ``status_latency_s``.
+
+    ``status_error_rate`` makes that share of status calls raise TransientError (poll soak tests);
+    ``outcome`` is what finished jobs report ("succeeded" or "failed").
+    """
+
+    name = "twin"
+
+    def __init__(self, path: str | Path = ":memory:", *, polls_to_finish: int = 2, status_latency_s: float = 0.0,
+                 status_error_rate: float = 0.0, outcome: str = "succeeded", seed: int | None = None) -> None:
+        self.polls_to_finish = polls_to_finish
+        self.status_latency_s = status_latency_s
+        self.status_error_rate = status_error_rate
+        self.outcome = outcome
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(_SCHEMA)
+
+    # --- ComputeBackend ----------------------------------------------------------------------
+    def ensure_compute(self, request: TrainingRequest) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO ensure_calls VALUES (?, ?)", (request.request_id, time.time()))
+
+    def find(self, request_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1",
+                                   (request_id,)).fetchone()
+        return row[0] if row else None
+
+    def submit(self, request: TrainingRequest) -> str:
+        run_id = f"twin-{uuid.uuid4().hex[:12]}"
+        with self._lock:
+            self._db.execute("INSERT INTO jobs (run_id, request_id, state, target, created_at) VALUES (?,?,?,?,?)",
+                             (run_id, request.request_id, "pending", request.stop.episode_reward_mean, time.time()))
+        return run_id
+
+    def status(self, run_id: str) -> JobStatus:
+        if self.status_latency_s:
+            time.sleep(self.status_latency_s)
+        if self.status_error_rate and self._rng.random() < self.status_error_rate:
+            raise TransientError("twin: status temporarily unavailable (injected)")
+        with self._lock:
+            row = self._db.execute("SELECT polls, state, target, canceled FROM jobs WHERE run_id=?",
+                                   (run_id,)).fetchone()
+            if row is None:
+                return JobStatus(state="failed", error=f"no job {run_id}")
+            polls, state, target, canceled = row
+            if state in ("pending", "running"):
+                polls += 1
+                state = "stopped" if canceled else (self.outcome if polls >= self.polls_to_finish else "running")
+                self._db.execute("UPDATE jobs SET polls=?, state=? WHERE run_id=?", (polls, state, run_id))
+        reward = target if target is not None else 1.0
+        progress = Progress(iteration=polls, time_total_s=float(polls), timesteps=polls * 1000,
+                            episode_reward_mean=reward * min(1.0, polls / max(1, self.polls_to_finish)))
+        summary = None
+        if state == "succeeded":
+            summary = {"final_reward": reward, "best_reward": reward, "iterations": polls,
+                       "timesteps": polls * 1000, "duration_s": float(polls), "stop_reason": "reward_reached",
+                       "checkpoint_path": f"file:///twin/{run_id}/checkpoints/final"}
+        elif state == "failed":
+            summary = {"error": "twin: the job failed (injected)", "stop_reason": "error"}
+        return JobStatus(state=state, progress=progress, summary=summary,
+                         error=summary.get("error") if summary else None)
+
+    def cancel(self, run_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE jobs SET canceled=1, state=CASE WHEN state IN ('pending','running') "
+                             "THEN 'stopped' ELSE state END WHERE run_id=?", (run_id,))
+
+    # --- inspection (tests, benchmarks) ------------------------------------------------------
+    def jobs_per_request(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT request_id, COUNT(*) FROM jobs GROUP BY request_id").fetchall()
+        return dict(rows)
+
+    def job(self, run_id: str) -> dict[str, object] | None:
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM jobs WHERE run_id=?", (run_id,))
+            row = cur.fetchone()
+            return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"ComputeTwin({json.dumps(self.jobs_per_request())[:80]})"

@@ -1,0 +1,126 @@
+"""The composition root of the service: every adapter is built here, once, from the settings.
+
+Triggers never build SDK clients; they call ``wiring().service``. Tests and the local host build
+their own wiring with ``build(...)`` (any piece can be passed in) and ``install`` it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from shared.ports import ComputeBackend, Notifier, Publisher, RequestSender, RunStore
+from shared.service import TrainingService, env_faults
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("rlq.composition")
+
+
+@dataclass
+class Wiring:
+    settings: Settings
+    service: TrainingService
+    store: RunStore
+    compute: dict[str, ComputeBackend]
+    publisher: Publisher
+    sender: RequestSender
+    notifier: Notifier | None
+    broker: Any = None  # the SQLite broker in local mode (shared.adapters.sqlite_broker.SqliteBroker)
+    rejecter: Any = None
+
+
+class BrokerRejecter:
+    """Local twin of the intake's settle-as-dead-letter: dead-letters the locked message by id."""
+
+    def __init__(self, broker: Any, queue: str) -> None:
+        self.broker, self.queue = broker, queue
+
+    def reject(self, *, message_id: str, body: bytes, reason: str, description: str) -> None:
+        if not self.broker.dead_letter_by_id(self.queue, message_id, reason=reason, description=description):
+            log.info("message %s was not locked here (sent outside the local host); rejection recorded only",
+                     message_id)
+
+
+def _compute(settings: Settings, name: str) -> ComputeBackend:
+    if name == "twin":
+        from shared.adapters.compute_twin import ComputeTwin
+
+        return ComputeTwin(settings.data_dir / "twin.sqlite3")
+    if name == "ray":
+        from shared.adapters.ray_jobs import RayJobsBackend
+
+        return RayJobsBackend(address=settings.ray_address, settings=settings)
+    if name == "azureml":
+        from shared.adapters.azureml_v1 import AzureMLRayBackend
+
+        return AzureMLRayBackend(settings=settings)
+    raise ValueError(f"RLQ_BACKEND: {name!r} is not a backend; allowed: ray, azureml, twin")
+
+
+def build(settings: Settings | None = None, *, store: RunStore | None = None,
+          compute: dict[str, ComputeBackend] | None = None, publisher: Publisher | None = None,
+          sender: RequestSender | None = None, notifier: Notifier | None = None, broker: Any = None,
+          rejecter: Any = None, **service_options: Any) -> Wiring:
+    s = settings or get_settings()
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    if s.broker == "sqlite":
+        from shared.adapters.sqlite_broker import SqliteBroker, SqlitePublisher, SqliteRequestSender
+
+        broker = broker or SqliteBroker(s.queue_db, lock_duration_s=s.lock_duration_s,
+                                        max_delivery_count=s.max_delivery_count,
+                                        duplicate_detection_window_s=s.duplicate_detection_window_s)
+        broker.create_queue(s.queue_name)
+        broker.create_topic(s.topic_name)
+        broker.create_subscription(s.topic_name, s.subscription_name)
+        publisher = publisher or SqlitePublisher(broker, s.topic_name)
+        sender = sender or SqliteRequestSender(broker, s.queue_name)
+        rejecter = rejecter or BrokerRejecter(broker, s.queue_name)
+    else:
+        from shared.adapters.servicebus import ServiceBusPublisher, ServiceBusRejecter, ServiceBusRequestSender
+
+        publisher = publisher or ServiceBusPublisher(settings=s)
+        sender = sender or ServiceBusRequestSender(settings=s)
+        rejecter = rejecter or ServiceBusRejecter(settings=s)
+    if store is None:
+        if s.store == "sqlite":
+            from shared.adapters.sqlite_store import SqliteRunStore
+
+            store = SqliteRunStore(s.store_db)
+        else:
+            from shared.adapters.table_store import TableRunStore
+
+            store = TableRunStore.from_settings(s)
+    if compute is None:
+        compute = {s.backend: _compute(s, s.backend)}
+    if notifier is None:
+        from shared.adapters.notify import CompositeNotifier
+
+        notifier = CompositeNotifier(settings=s)
+    service_options.setdefault("faults", env_faults())
+    service = TrainingService(settings=s, store=store, compute=compute, publisher=publisher, sender=sender,
+                              notifier=notifier, rejecter=rejecter, **service_options)
+    return Wiring(settings=s, service=service, store=store, compute=compute, publisher=publisher,
+                  sender=sender, notifier=notifier, broker=broker, rejecter=rejecter)
+
+
+_current: Wiring | None = None
+_lock = threading.Lock()
+
+
+def wiring() -> Wiring:
+    """The process-wide wiring, built on first use."""
+    global _current
+    if _current is None:
+        with _lock:
+            if _current is None:
+                _current = build()
+    return _current
+
+
+def install(w: Wiring | None) -> None:
+    """Make ``w`` the process-wide wiring (the local host, tests); None forgets it."""
+    global _current
+    with _lock:
+        _current = w

@@ -1,0 +1,507 @@
+"""The orchestration core: accept a request, poll its run, publish the completion message.
+
+Imports no SDK — only the ports and the models. Delivery is at-least-once everywhere, so every step
+is written so that running it twice, or dying between any two lines, never yields two jobs and
+never loses a request:
+
+* the run record is inserted if absent on ``request_id`` before anything else happens;
+* one delivery *claims* the record (a conditional update ``received → provisioning``); a duplicate
+  arriving while the claim is fresh leaves the work to the claimer, whose own message is
+  redelivered by the queue if it dies; a stale claim is taken over;
+* backends find a job already submitted for a request (deterministic name / tag) before submitting;
+* the completion message is written to the record (outbox) before it is published, and published
+  again on every tick until the publish is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.errors import Conflict, Forbidden, NotFound, PermanentError, TransientError
+from shared.models import (
+    FINAL,
+    STATUS_OF,
+    TERMINAL,
+    CompletionMessage,
+    Delivery,
+    Progress,
+    RunRecord,
+    RunState,
+    TrainingRequest,
+    parse_request,
+    utcnow,
+)
+from shared.ports import ComputeBackend, JobStatus, Notifier, Publisher, RequestSender, RunStore, TickReport
+from shared.settings import Settings
+
+log = logging.getLogger("rlq.service")
+
+# Step boundaries where the fault hook may kill the process (see tests/faults).
+FAULT_POINTS = ("validated", "inserted", "ensured", "submitted", "recorded", "terminal", "published")
+CURVE_POINTS = 300
+MAX_UPDATE_ATTEMPTS = 8
+
+
+def env_faults() -> Callable[[str], None] | None:
+    """``RLQ_FAULT_AT=<point>[,<point>…]``: SIGKILL this process when a listed point is reached.
+
+    Used by the crash-matrix tests; a real kill, not an exception, so nothing gets to clean up.
+    """
+    points = {p.strip() for p in os.environ.get("RLQ_FAULT_AT", "").split(",") if p.strip()}
+    if not points:
+        return None
+    unknown = points - set(FAULT_POINTS)
+    if unknown:
+        raise ValueError(f"RLQ_FAULT_AT: unknown point(s) {sorted(unknown)}; allowed: {', '.join(FAULT_POINTS)}")
+
+    def hook(point: str) -> None:
+        if point in points:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+class TrainingService:
+    """accept / poll / cancel / notify. One instance per process, built in shared.composition."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: RunStore,
+        compute: Mapping[str, ComputeBackend],
+        publisher: Publisher,
+        sender: RequestSender | None = None,
+        notifier: Notifier | None = None,
+        rejecter: Any = None,
+        clock: Callable[[], datetime] = utcnow,
+        faults: Callable[[str], None] | None = None,
+    ) -> None:
+        if not compute:
+            raise ValueError("at least one compute backend is required")
+        self.settings = settings
+        self.store = store
+        self.compute = dict(compute)
+        self.publisher = publisher
+        self.sender = sender
+        self.notifier = notifier
+        self.rejecter = rejecter
+        self.clock = clock
+        self._faults = faults
+
+    # --- intake --------------------------------------------------------------------------------
+
+    def intake(self, body: bytes | str | dict[str, Any], *, message_id: str | None,
+               delivery_count: int = 1) -> RunRecord | None:
+        """The queue trigger's one call: accept, or reject for good (never retried ten times).
+
+        Transient errors propagate so the trigger abandons the message and the queue redelivers it.
+        """
+        try:
+            return self.accept(body, message_id=message_id)
+        except PermanentError as err:
+            log.warning("rejected message %s: %s: %s", message_id, err.reason, err.description)
+            record = self._record_rejection(body, message_id, err)
+            if self.rejecter is not None:
+                raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
+                self.rejecter.reject(message_id=message_id or "", body=raw, reason=err.reason,
+                                     description=err.description[:4096])
+            return record
+
+    def accept(self, body: bytes | str | dict[str, Any], *, message_id: str | None) -> RunRecord:
+        """Validate, record (idempotent on request_id), ensure compute, submit, record the run id."""
+        request = parse_request(body, default_id=message_id, max_bytes=self.settings.max_body_bytes)
+        self._check_caps(request)
+        self._fault("validated")
+        backend_name = self._backend_name(request)
+        record, inserted = self.store.insert_if_absent(
+            RunRecord(request_id=request.request_id, request=request, backend=backend_name,
+                      message_id=message_id, created_at=self.clock(), updated_at=self.clock())
+        )
+        self._fault("inserted")
+        if not inserted and record.request is not None and record.request != request:
+            log.warning("request %s delivered again with a different body; the first one stands",
+                        request.request_id)
+        claimed = self._claim(record)
+        if claimed is None:
+            return self.store.get(request.request_id) or record
+        if claimed.state is RunState.received:  # over the in-flight cap: deferred, not lost
+            return claimed
+        return self._submit(claimed)
+
+    def _claim(self, record: RunRecord) -> RunRecord | None:
+        """Take the right to submit this record, or None when someone else has it / it is done."""
+        lease = timedelta(seconds=self.settings.lock_duration_s / 2)
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            now = self.clock()
+            if record.state is RunState.received:
+                if record.cancel_requested:
+                    return None
+                if self._in_flight() >= self.settings.max_in_flight:
+                    return self._defer(record)
+            elif record.state is RunState.provisioning:
+                if record.claimed_at is not None and now - record.claimed_at < lease:
+                    log.info("request %s is being submitted by another delivery", record.request_id)
+                    return None
+                log.info("request %s: taking over a stale submission claim", record.request_id)
+            else:
+                return None  # submitted, running, terminal, rejected: nothing to do for a duplicate
+            try:
+                return self.store.update(record.model_copy(update={
+                    "state": RunState.provisioning, "claimed_at": now, "updated_at": now}))
+            except Conflict:
+                record = self._reload(record.request_id)
+        raise TransientError(f"request {record.request_id}: could not claim the run record")
+
+    def _defer(self, record: RunRecord) -> RunRecord:
+        if self.sender is None or record.request is None:
+            raise TransientError(f"{self.settings.max_in_flight} runs in flight; try again later")
+        record = self._update(record, deferrals=record.deferrals + 1)
+        at = self.clock() + timedelta(seconds=self.settings.defer_delay_s)
+        self.sender.send(record.request.model_dump_json().encode(),
+                         message_id=f"{record.request_id}:deferred:{record.deferrals}", scheduled_at=at)
+        log.info("request %s deferred to %s: %d runs in flight (cap %d)", record.request_id,
+                 at.isoformat(timespec="seconds"), self._in_flight(), self.settings.max_in_flight)
+        return record
+
+    def _submit(self, record: RunRecord) -> RunRecord:
+        assert record.request is not None
+        backend = self.compute[record.backend or self.settings.backend]
+        try:
+            backend.ensure_compute(record.request)
+            self._fault("ensured")
+            run_id = backend.find(record.request_id) or backend.submit(record.request)
+        except PermanentError as err:
+            # The request was valid; the compute refused it for good: the run fails and says why.
+            return self._terminate(record, state=RunState.failed, stop_reason="error", error=err.description)
+        self._fault("submitted")
+        now = self.clock()
+        record = self._update(record, state=RunState.submitted, run_id=run_id, submitted_at=now,
+                              progress_at=now)
+        self._fault("recorded")
+        log.info("request %s submitted to %s as %s", record.request_id, backend.name, run_id)
+        return record
+
+    def _record_rejection(self, body: Any, message_id: str | None, err: PermanentError) -> RunRecord | None:
+        request_id = _guess_request_id(body) or message_id
+        if not request_id:
+            return None
+        record, inserted = self.store.insert_if_absent(RunRecord(
+            request_id=request_id, state=RunState.rejected, message_id=message_id, error=err.description,
+            created_at=self.clock(), updated_at=self.clock()))
+        return record
+
+    def _check_caps(self, request: TrainingRequest) -> None:
+        s, c = self.settings, request.compute
+        if c.workers is not None or c.head is not None:
+            if c.total_nodes() > s.max_nodes_per_request:
+                raise Forbidden(f"compute: {c.total_nodes()} nodes requested; the cap is {s.max_nodes_per_request}")
+            if c.total_gpus() > s.max_gpus_per_request:
+                raise Forbidden(f"compute: {c.total_gpus()} GPUs requested; the cap is {s.max_gpus_per_request}")
+        if c.max_run_duration_s is not None and c.max_run_duration_s > s.max_run_duration_s:
+            raise Forbidden(f"compute.max_run_duration_s: {c.max_run_duration_s} is over the cap of "
+                            f"{s.max_run_duration_s} s")
+        if request.stop.time_total_s is not None and request.stop.time_total_s > s.max_run_duration_s:
+            raise Forbidden(f"stop.time_total_s: {request.stop.time_total_s} is over the cap of "
+                            f"{s.max_run_duration_s} s")
+        if c.backend is not None and c.backend not in self.compute:
+            raise Forbidden(f"compute.backend: {c.backend!r} is not enabled here; enabled: "
+                            f"{', '.join(sorted(self.compute))}")
+
+    def _backend_name(self, request: TrainingRequest) -> str:
+        return request.compute.backend or self.settings.backend
+
+    def _in_flight(self) -> int:
+        return self.store.count([RunState.provisioning, RunState.submitted, RunState.running])
+
+    # --- polling -------------------------------------------------------------------------------
+
+    def poll_once(self) -> TickReport:
+        """One timer tick: every active run polled with bounded concurrency and a time budget."""
+        started = time.monotonic()
+        report = TickReport()
+        todo = self.store.list(states=[RunState.submitted, RunState.running, *TERMINAL,
+                                       RunState.received, RunState.provisioning], limit=1_000_000)
+        todo = [r for r in todo if self._needs_poll(r)]
+        if not todo:
+            report.wall_s = time.monotonic() - started
+            return report
+        pool = ThreadPoolExecutor(max_workers=min(self.settings.poll_concurrency, len(todo)),
+                                  thread_name_prefix="rlq-poll")
+        futures = {pool.submit(self._poll_one, r): r for r in todo}
+        done, pending = wait(futures, timeout=self.settings.poll_tick_budget_s)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for fut in done:
+            rec = futures[fut]
+            try:
+                outcome = fut.result()
+            except Exception as err:  # one run's failure never blocks the others
+                report.errors.append(f"{rec.request_id}: {type(err).__name__}: {err}")
+                log.warning("poll of %s failed: %s", rec.request_id, err)
+                continue
+            report.polled += 1
+            if outcome:
+                report.transitions[outcome] = report.transitions.get(outcome, 0) + 1
+                if outcome == "published":
+                    report.published += 1
+        report.skipped = len(pending)
+        report.wall_s = time.monotonic() - started
+        if report.skipped:
+            log.warning("poll tick over its budget: %d runs left for the next tick", report.skipped)
+        return report
+
+    def _needs_poll(self, r: RunRecord) -> bool:
+        if r.state in TERMINAL:
+            return r.published_at is None
+        if r.state in (RunState.received, RunState.provisioning):
+            return r.cancel_requested  # otherwise the queue owns it until it is submitted
+        return True
+
+    def _poll_one(self, record: RunRecord) -> str | None:
+        if record.state in TERMINAL:
+            return "published" if self._publish(record) else None
+        if record.state in (RunState.received, RunState.provisioning):
+            self._terminate(record, state=RunState.canceled, stop_reason="canceled")
+            return "canceled"
+        backend = self.compute[record.backend or self.settings.backend]
+        assert record.run_id is not None
+        if record.cancel_requested:
+            backend.cancel(record.run_id)
+        try:
+            status = backend.status(record.run_id)
+        except TransientError as err:
+            self._update(record, poll_failures=record.poll_failures + 1)
+            raise TransientError(f"status of {record.run_id}: {err}") from err
+        except PermanentError as err:
+            status = JobStatus(state="failed", error=err.description)
+        return self._apply(record, backend, status)
+
+    def _apply(self, record: RunRecord, backend: ComputeBackend, st: JobStatus) -> str | None:
+        now = self.clock()
+        changes: dict[str, Any] = {"poll_failures": 0}
+        if st.portal_url and st.portal_url != record.portal_url:
+            changes["portal_url"] = st.portal_url
+        if st.progress is not None and (record.progress is None or st.progress.iteration > record.progress.iteration
+                                        or st.progress.timesteps > record.progress.timesteps):
+            changes.update(progress=st.progress, progress_at=now,
+                           curve=_append_curve(record.curve, st.progress))
+        outcome: str | None = None
+        if st.state == "running" and record.state is RunState.submitted:
+            changes.update(state=RunState.running, started_at=now, progress_at=changes.get("progress_at", now))
+            outcome = "running"
+        summary: dict[str, Any] = {}
+        if st.state in ("succeeded", "failed", "stopped"):
+            summary = st.summary or {}
+            changes.update(self._terminal_fields(record, st))
+            outcome = changes["state"].value
+        else:
+            limit = self._limit_s(record)
+            began = record.started_at or record.submitted_at or record.created_at
+            last = changes.get("progress_at") or record.progress_at or began
+            if (now - began).total_seconds() > limit:
+                backend.cancel(record.run_id or "")
+                changes.update(state=RunState.timed_out, stop_reason="time_limit",
+                               error=f"run exceeded its maximum duration of {limit:.0f} s")
+                outcome = "timed_out"
+            elif (now - last).total_seconds() > self.settings.stall_timeout_s and record.state is RunState.running:
+                backend.cancel(record.run_id or "")
+                changes.update(state=RunState.failed, stop_reason="stalled",
+                               error=f"no training progress for {self.settings.stall_timeout_s:.0f} s")
+                outcome = "stalled"
+        if changes.get("state") in TERMINAL:
+            self._terminate(record, summary=summary, **changes)
+            return outcome
+        if len(changes) == 1 and not record.poll_failures:
+            return outcome  # nothing new: no write
+        self._update(record, **changes)
+        return outcome
+
+    def _terminal_fields(self, record: RunRecord, st: JobStatus) -> dict[str, Any]:
+        summary = st.summary or {}
+        stop = record.request.stop if record.request else None
+        stop_reason = summary.get("stop_reason")
+        if st.state == "stopped":
+            state = RunState.canceled
+            stop_reason = "canceled"
+        elif st.state == "failed" or summary.get("error"):
+            state, stop_reason = RunState.failed, stop_reason if stop_reason in ("stalled",) else "error"
+        elif stop_reason == "canceled":
+            state = RunState.canceled
+        elif stop_reason == "time_limit" and stop is not None and stop.episode_reward_mean is not None:
+            state = RunState.timed_out  # the budget ran out before the reward target
+        else:
+            state = RunState.completed
+        error = summary.get("error") or st.error
+        if state is RunState.canceled and not record.cancel_requested:
+            error = error or "the job was stopped outside rlq"
+        return {"state": state, "stop_reason": stop_reason,
+                "error": error if state is not RunState.completed else None}
+
+    def _limit_s(self, record: RunRecord) -> float:
+        req = record.request
+        limit = self.settings.default_run_duration_s
+        if req is not None:
+            limit = req.compute.max_run_duration_s or (req.stop.time_total_s and req.stop.time_total_s * 2 + 600) \
+                or limit
+        return float(min(limit, self.settings.max_run_duration_s))
+
+    # --- completion (outbox) -------------------------------------------------------------------
+
+    def _terminate(self, record: RunRecord, *, summary: dict[str, Any] | None = None,
+                   **changes: Any) -> RunRecord:
+        """Terminal state and completion message in one write (the outbox), then publish."""
+        changes.setdefault("finished_at", self.clock())
+        ended = record.model_copy(update=changes)
+        changes["completion"] = self._completion(ended, summary or {})
+        stored = self._update(record, **changes)
+        if stored.state not in TERMINAL or stored.completion is None:
+            return stored  # someone else moved it on first
+        self._fault("terminal")
+        self._publish(stored)
+        return self.store.get(record.request_id) or stored
+
+    def _completion(self, record: RunRecord, summary: dict[str, Any]) -> CompletionMessage:
+        req = record.request
+        p = record.progress
+        duration = None
+        if record.finished_at and (record.started_at or record.submitted_at):
+            duration = (record.finished_at - (record.started_at or record.submitted_at)).total_seconds()
+        return CompletionMessage(
+            message_id=f"{record.request_id}:completed",
+            request_id=record.request_id,
+            run_id=record.run_id,
+            status=STATUS_OF[record.state],
+            stop_reason=record.stop_reason,
+            experiment=req.experiment if req else "rlq",
+            algorithm=req.algorithm if req else None,
+            env=req.env if req else None,
+            final_reward=summary.get("final_reward", p.episode_reward_mean if p else None),
+            best_reward=summary.get("best_reward", _best(record.curve)),
+            iterations=summary.get("iterations", p.iteration if p else None),
+            timesteps=summary.get("timesteps", p.timesteps if p else None),
+            duration_s=summary.get("duration_s", duration),
+            checkpoint_path=summary.get("checkpoint_path"),
+            eval_reward=summary.get("eval_reward"),
+            replay_path=summary.get("replay_path"),
+            reward_curve_url=f"{self.settings.public_base_url.rstrip('/')}/api/trainings/{record.request_id}/reward.png",
+            error=record.error,
+            portal_url=record.portal_url,
+            tags=req.tags if req else {},
+            finished_at=record.finished_at or self.clock(),
+        )
+
+    def _publish(self, record: RunRecord) -> bool:
+        if record.completion is None or record.published_at is not None:
+            return False
+        reply_to = record.request.reply_to if record.request else None
+        self.publisher.publish(record.completion, reply_to=reply_to)  # TransientError: next tick retries
+        self._fault("published")
+        self._update(record, published_at=self.clock(), state=RunState.notified)
+        log.info("request %s: completion published (%s)", record.request_id, record.completion.status)
+        return True
+
+    # --- notifier, cancel, queries -------------------------------------------------------------
+
+    def notify(self, message: CompletionMessage) -> list[Delivery]:
+        """The topic trigger's call: deliver to webhooks / Teams and record each outcome on the run."""
+        record = self.store.get(message.request_id)
+        if self.notifier is None:
+            return []
+        deliveries = self.notifier.deliver(message, record.request if record else None)
+        if record is not None:
+            self._update(record, deliveries=deliveries, notified_at=self.clock())
+        return deliveries
+
+    def cancel(self, request_id: str) -> RunRecord:
+        record = self.get(request_id)
+        if record.state in FINAL or record.cancel_requested:
+            return record
+        record = self._update(record, cancel_requested=True)
+        if record.run_id is not None:
+            backend = self.compute[record.backend or self.settings.backend]
+            try:
+                backend.cancel(record.run_id)
+            except TransientError as err:
+                log.warning("cancel of %s will be retried by the poller: %s", request_id, err)
+        return record
+
+    def get(self, request_id: str) -> RunRecord:
+        record = self.store.get(request_id)
+        if record is None:
+            raise NotFound(f"no training request {request_id!r}")
+        return record
+
+    def list(self, *, states: Iterable[RunState] | None = None, limit: int = 100) -> list[RunRecord]:
+        return self.store.list(states=states, limit=limit)
+
+    def enqueue(self, body: bytes | str | dict[str, Any]) -> str:
+        """Validate here (so a caller sees field errors at once), then put it on the intake queue."""
+        import uuid
+
+        if self.sender is None:
+            raise PermanentError("no request sender configured")
+        request = parse_request(body, default_id=uuid.uuid4().hex, max_bytes=self.settings.max_body_bytes)
+        self._check_caps(request)
+        self.sender.send(request.model_dump_json().encode(), message_id=request.request_id)
+        self.store.insert_if_absent(RunRecord(request_id=request.request_id, request=request,
+                                              backend=self._backend_name(request), created_at=self.clock(),
+                                              updated_at=self.clock()))
+        return request.request_id
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _update(self, record: RunRecord, **changes: Any) -> RunRecord:
+        """Conditional update. On a lost race: re-read; a state change decided on the old state is
+        dropped (the other writer saw newer facts), a plain field update is re-applied."""
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            try:
+                return self.store.update(record.model_copy(update={**changes, "updated_at": self.clock()}))
+            except Conflict:
+                fresh = self._reload(record.request_id)
+                if "state" in changes and fresh.state is not record.state:
+                    return fresh
+                record = fresh
+        raise TransientError(f"request {record.request_id}: the run record kept changing under us")
+
+    def _reload(self, request_id: str) -> RunRecord:
+        fresh = self.store.get(request_id)
+        if fresh is None:
+            raise NotFound(f"no training request {request_id!r}")
+        return fresh
+
+    def _fault(self, point: str) -> None:
+        if self._faults is not None:
+            self._faults(point)
+
+
+def _guess_request_id(body: Any) -> str | None:
+    import json
+    import re
+
+    try:
+        data = json.loads(body) if isinstance(body, (bytes, str)) else body
+        rid = data.get("request_id") if isinstance(data, dict) else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if isinstance(rid, str) and re.match(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", rid):
+        return rid
+    return None
+
+
+def _append_curve(curve: list[tuple[int, int, float | None]], p: Progress) -> list[tuple[int, int, float | None]]:
+    out = list(curve) + [(p.iteration, p.timesteps, p.episode_reward_mean)]
+    if len(out) > CURVE_POINTS:  # keep the first point and thin the rest evenly
+        out = [out[0]] + out[1::2]
+    return out
+
+
+def _best(curve: list[tuple[int, int, float | None]]) -> float | None:
+    values = [r for _, _, r in curve if r is not None]
+    return max(values) if values else None
