@@ -423,7 +423,7 @@ def field_errors(err: ValidationError) -> list[dict[str, str]]:
         if e["type"] == "extra_forbidden":
             msg = "unknown field; remove it (see the request schema in the README)"
         elif e["type"] == "literal_error":
-            msg = f"{e.get('input')!r} is not allowed; {msg.lower()}"
+            msg = f"{e.get('input')!r} is not allowed; {msg[0].lower()}{msg[1:]}"
         elif e["type"] == "missing":
             msg = "field required"
         out.append({"field": loc, "message": msg})
