@@ -7,14 +7,17 @@ Every model rejects unknown keys, and every validation error names the field and
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import (
     AnyUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -71,6 +74,10 @@ NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 QUEUE_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$"
 CLUSTER_RE = r"^[A-Za-z][A-Za-z0-9-]{1,15}$"  # Azure ML compute names: 2-16 chars
+# Free text that may reach a shell-adjacent place (job tags, file names, card markdown): none of these.
+SHELL_CHARS = frozenset(";|&$`<>\\")
+# String values inside ``config`` (activation names and the like): a plain token.
+CONFIG_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def utcnow() -> datetime:
@@ -172,9 +179,35 @@ class Compute(Strict):
         return 1 + (self.workers or WorkerCluster()).node_count
 
 
+def _url_text(v: Any) -> Any:
+    """Refuse, before URL parsing normalises them away, what no webhook URL needs.
+
+    User info would carry a secret into logs; shell metacharacters, quotes, spaces and ``..``
+    segments have no business in an endpoint a request names. The message never echoes the URL
+    (a Teams URL carries its signature in the query).
+    """
+    if not isinstance(v, str):
+        return v
+    if any(ord(c) < 33 or ord(c) == 127 for c in v):
+        raise ValueError("URL contains spaces or control characters")
+    bad = sorted({c for c in v if c in ";|$`<>\\\"'{}^"})  # '&' stays: query strings need it
+    if bad:
+        raise ValueError(f"URL contains {' '.join(bad)}; these characters are not allowed in a webhook URL")
+    rest = v.split("://", 1)[-1]
+    authority, _, path = re.split(r"[?#]", rest, maxsplit=1)[0].partition("/")
+    if "@" in authority:
+        raise ValueError("credentials in the URL are not allowed; webhooks are authenticated by their signature")
+    if ".." in unquote(path).split("/"):
+        raise ValueError("path traversal ('..') is not allowed in a webhook URL")
+    return v
+
+
+WebhookUrl = Annotated[AnyUrl, BeforeValidator(_url_text)]
+
+
 class Notify(Strict):
-    webhooks: list[AnyUrl] = Field(default_factory=list, max_length=10)
-    teams: list[AnyUrl] = Field(default_factory=list, max_length=5)
+    webhooks: list[WebhookUrl] = Field(default_factory=list, max_length=10)
+    teams: list[WebhookUrl] = Field(default_factory=list, max_length=5)
 
     @field_validator("webhooks", "teams")
     @classmethod
@@ -237,6 +270,11 @@ class TrainingRequest(Strict):
                     raise ValueError(f"{key}: {value!r} is not allowed; expected an integer between 0 and 1024")
             elif isinstance(value, str):
                 raise ValueError(f"{key}: strings are not allowed here")
+            elif isinstance(value, dict) and key != "model":
+                raise ValueError(f"{key}: an object is not allowed here")
+            problem = _config_value_problem(value)
+            if problem:
+                raise ValueError(f"{key}: {problem}")
         if len(json.dumps(v)) > 16_384:
             raise ValueError("config is larger than 16 KB")
         return v
@@ -247,8 +285,11 @@ class TrainingRequest(Strict):
         for k, val in v.items():
             if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", k):
                 raise ValueError(f"tag name {k!r} is not allowed; use letters, digits, _ . - (max 64)")
-            if len(val) > 256 or any(ord(c) < 32 for c in val):
+            if len(val) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in val):
                 raise ValueError(f"tag {k!r}: value must be at most 256 printable characters")
+            if any(c in SHELL_CHARS for c in val) or ".." in re.split(r"[/\\]", val):
+                raise ValueError(f"tag {k!r}: shell metacharacters ({' '.join(sorted(SHELL_CHARS))}) and '..' "
+                                 "path segments are not allowed")
         return v
 
     @field_validator("restore_from")
@@ -258,7 +299,9 @@ class TrainingRequest(Strict):
             return v
         if not re.match(r"^(file|azureml|abfss|https)://", v):
             raise ValueError("must be a URI: file://, azureml://, abfss:// or https://")
-        if ".." in v.split("?")[0].split("/") or any(c in v for c in "\x00\n\r;`$|&<>"):
+        decoded = unquote(v)  # %2e%2e is '..' to whoever decodes the URI later
+        if ".." in re.split(r"[/\\]", unquote(v.split("?")[0])) or any(
+                c in text for text in (v, decoded) for c in "\x00\n\r;`$|&<>\\"):
             raise ValueError("path traversal and shell metacharacters are not allowed")
         return v
 
@@ -266,7 +309,9 @@ class TrainingRequest(Strict):
     def _reachable(self) -> TrainingRequest:
         target = self.stop.episode_reward_mean
         if target is not None:
-            ceiling = MAX_RETURN.get(self.env) or MAX_RETURN.get(_game(self.env))
+            ceiling = MAX_RETURN.get(self.env)
+            if ceiling is None:  # not `or`: a ceiling of 0.0 (Acrobot, MountainCar, Pendulum) is a ceiling
+                ceiling = MAX_RETURN.get(_game(self.env))
             if ceiling is not None and target > ceiling:
                 raise ValueError(
                     f"stop.episode_reward_mean {target} can never be reached on {self.env} "
@@ -277,6 +322,32 @@ class TrainingRequest(Strict):
     @property
     def message_id_completed(self) -> str:
         return f"{self.request_id}:completed"
+
+
+def _config_value_problem(value: Any) -> str | None:
+    """Why a (possibly nested) config value cannot be passed on to RLlib, or None.
+
+    NaN / infinity would be written as ``null`` on the way to the trainer, silently changing the
+    request; strings are only ever names (activations), so anything else in one is refused.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    if isinstance(value, str):
+        return None if CONFIG_TOKEN_RE.match(value) else (
+            f"{value[:40]!r} is not allowed; strings here are names (letters, digits, _ . -, max 64)")
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    for item in items:
+        problem = _config_value_problem(item)
+        if problem:
+            return problem
+    return None
 
 
 def _game(env: str) -> str:
@@ -453,6 +524,10 @@ def parse_request(body: bytes | str | dict[str, Any], *, default_id: str | None 
         raise InvalidRequest([{"field": "(body)", "message": f"expected a JSON object, got {type(body).__name__}"}])
     if _depth(body) > 8:
         raise InvalidRequest([{"field": "(body)", "message": "JSON nested deeper than 8 levels"}])
+    where = _unencodable(body)
+    if where is not None:
+        # A lone surrogate (``"\ud800"``) parses but can never be stored or sent as UTF-8.
+        raise InvalidRequest([{"field": where, "message": "text contains an unpaired surrogate (not valid Unicode)"}])
     data = dict(body)
     if data.get("request_id") is None and default_id is not None:
         data["request_id"] = default_id
@@ -460,6 +535,25 @@ def parse_request(body: bytes | str | dict[str, Any], *, default_id: str | None 
         return TrainingRequest.model_validate(data)
     except ValidationError as err:
         raise InvalidRequest(field_errors(err)) from None
+
+
+def _unencodable(obj: Any, path: str = "") -> str | None:
+    """The dotted path of the first key or string value that is not encodable as UTF-8."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(body)"
+        return None
+    items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        here = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and _unencodable(key) is not None:
+            return path or "(body)"
+        found = _unencodable(value, here)
+        if found is not None:
+            return found
+    return None
 
 
 def _depth(obj: Any, level: int = 0) -> int:

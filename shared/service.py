@@ -126,6 +126,10 @@ class TrainingService:
                       message_id=message_id, created_at=self.clock(), updated_at=self.clock())
         )
         self._fault("inserted")
+        if not inserted and record.state is RunState.rejected and record.request is None:
+            # An earlier delivery under this id could not be read or was over a cap; this one is
+            # valid, so it runs (a rejection stores no request, so there is nothing it could repeat).
+            record = self._revive(record, request, backend_name, message_id)
         if not inserted and record.request is not None and record.request != request:
             log.warning("request %s delivered again with a different body; the first one stands",
                         request.request_id)
@@ -135,6 +139,11 @@ class TrainingService:
         if claimed.state is RunState.received:  # over the in-flight cap: deferred, not lost
             return claimed
         return self._submit(claimed)
+
+    def _revive(self, record: RunRecord, request: TrainingRequest, backend: str,
+                message_id: str | None) -> RunRecord:
+        return self._update(record, state=RunState.received, request=request, backend=backend,
+                            message_id=message_id, error=None)
 
     def _claim(self, record: RunRecord) -> RunRecord | None:
         """Take the right to submit this record, or None when someone else has it / it is done."""
@@ -214,6 +223,25 @@ class TrainingService:
         if c.backend is not None and c.backend not in self.compute:
             raise Forbidden(f"compute.backend: {c.backend!r} is not enabled here; enabled: "
                             f"{', '.join(sorted(self.compute))}")
+        self._check_notify(request)
+
+    def _check_notify(self, request: TrainingRequest) -> None:
+        """Refuse at intake a webhook / Teams URL aimed at a private, loopback or metadata address.
+
+        Only the static rules run here (IP literals, loopback names, scheme, user info): no DNS
+        lookup, so intake never waits on a resolver. Delivery resolves and pins each address.
+        """
+        urls = [("webhooks", i, str(u)) for i, u in enumerate(request.notify.webhooks)]
+        urls += [("teams", i, str(u)) for i, u in enumerate(request.notify.teams)]
+        if not urls:
+            return
+        from shared.adapters.webhooks import UnsafeUrl, check_url  # lazily: the core imports no httpx
+        s = self.settings
+        for kind, i, url in urls:
+            try:
+                check_url(url, local_mode=s.local_mode, allow_hosts=s.webhook_allow_hosts, resolve=False)
+            except UnsafeUrl as err:
+                raise Forbidden(f"notify.{kind}.{i}: {err.reason}") from None
 
     def _backend_name(self, request: TrainingRequest) -> str:
         return request.compute.backend or self.settings.backend

@@ -1,0 +1,1 @@
+"""rlq trainer: the RLlib training job (imports nothing from shared/)."""

@@ -25,12 +25,13 @@ MAX_WORKERS = 1024
 class UsageError(Exception):
     """A user mistake: printed as one line to stderr and exit code 2."""
 
-    def __init__(self, field_name: str, value: Any, allowed: str, detail: str = ""):
+    def __init__(self, field_name: str, value: Any, allowed: str, detail: str = "",
+                 message: str = ""):
         self.field = field_name
         self.value = value
         self.allowed = allowed
         shown = _show(value)
-        msg = f"{field_name}: {shown} is not allowed; expected {allowed}"
+        msg = message or f"{field_name}: {shown} is not allowed; expected {allowed}"
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
@@ -108,8 +109,10 @@ def boolean() -> Kind:
 
 
 def choice(*options: Any) -> Kind:
-    return Kind("one of " + ", ".join(_show(o) for o in options),
-                lambda v: v if v in options and not isinstance(v, bool) or (isinstance(v, bool) and v in options and any(o is v for o in options)) else None)
+    def check(v):
+        return v if any(v == o and type(v) is type(o) for o in options) else None
+
+    return Kind("one of " + ", ".join(_show(o) for o in options), check)
 
 
 def int_list(lo: int = 1, hi: int = 65536, max_len: int = 16) -> Kind:
@@ -197,7 +200,7 @@ SETTINGS: Dict[str, Tuple[str, Kind, Optional[Tuple[str, ...]]]] = {
     "circular_buffer_num_batches": ("training", int_range(1, 1024), ("APPO",)),
     "circular_buffer_iterations_per_batch": ("training", int_range(1, 1024), ("APPO",)),
     # environment()
-    "clip_rewards": ("environment", num_range(0.0, 1e6), _ALL),
+    "clip_rewards": ("environment", Kind("true, false or a positive number", lambda v: v if isinstance(v, bool) else (float(v) if _is_num(v) and v > 0 else None)), _ALL),
     # reporting()
     "min_time_s_per_iteration": ("reporting", num_range(0.0, 86_400), _ALL),
     "min_sample_timesteps_per_iteration": ("reporting", int_range(0, 100_000_000), _ALL),
@@ -222,7 +225,7 @@ SETTINGS: Dict[str, Tuple[str, Kind, Optional[Tuple[str, ...]]]] = {
     "dim": ("env", int_range(10, 256), _ALL),
     "framestack": ("env", int_range(1, 16), _ALL),
     "frameskip": ("env", int_range(1, 16), _ALL),
-    "noop_max": ("env", int_range(0, 1000), _ALL),
+    "noop_max": ("env", int_range(1, 1000), _ALL),
     "repeat_action_probability": ("env", num_range(0.0, 1.0), _ALL),
     "max_episode_steps": ("env", int_range(1, 10_000_000), _ALL),
 }

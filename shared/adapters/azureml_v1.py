@@ -1,0 +1,1012 @@
+"""Azure Machine Learning (SDK v1) backend: a Ray head cluster (GPU) + worker cluster (CPU) in a VNet.
+
+This is the article's setup, driven by the service instead of a notebook: two ``AmlCompute``
+clusters inside the VNet, and one ``ReinforcementLearningEstimator`` run per request.
+
+Deprecated upstream: SDK v1 is past end of support and the RL estimator is being decommissioned
+(https://aka.ms/rldepre). Every v1 import happens inside this module, lazily, so an SDK v2 backend
+(``azure-ai-ml``: a command job that starts Ray itself) can sit beside it as another module with
+no change to the core. The constructor logs the deprecation once per process.
+
+What the service relies on, and how it is kept:
+
+* ``ensure_compute`` never waits for provisioning (up to 20 minutes): a missing cluster is
+  created with ``ComputeTarget.create`` and Azure ML queues the run until nodes come up. A cluster
+  that cannot serve the request — failed provisioning, another VNet/subnet, another VM size, too
+  few nodes — is a :class:`ComputeError` that says so. The subnet's NSG is checked (cached) for
+  the inbound rules Azure ML needs (:func:`missing_nsg_rules`).
+* ``submit`` is idempotent on ``request_id``: runs carry the tag ``rlq_request_id`` and the
+  experiment is searched for it before anything is submitted.
+* The trainer gets an argument vector, never a shell string. The RL service assembles the head's
+  command line itself (the article had to wrap JSON values in extra quotes for a shell), so the
+  head runs ``trainer/train.py --argv-from-env RLQ_TRAINER_ARGV`` and the real, seed-compatible
+  argv travels JSON-encoded in that environment variable.
+* Head and workers run one image (``Settings.azureml_base_image`` + a conda file made from
+  ``trainer/requirements.txt``): Ray needs the same Python and Ray on every node.
+* SDK errors are translated here: HTTP 408/429/5xx and connection faults → ``TransientError``;
+  authorization → ``PermanentError``; quota and compute mismatches → ``ComputeError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import math
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from shared.errors import ComputeError, PermanentError, TransientError
+from shared.models import VM_SIZES, Compute, HeadCluster, Progress, TrainingRequest, WorkerCluster
+from shared.ports import JobState, JobStatus
+from shared.settings import Settings
+
+log = logging.getLogger("rlq.azureml")
+
+DEPRECATION_URL = "https://aka.ms/rldepre"
+RUN_TAG = "rlq_request_id"
+ARGV_ENV = "RLQ_TRAINER_ARGV"
+ENTRY_SCRIPT = "trainer/train.py"
+CONDA_FILE = "rlq_conda_env.yml"
+PYTHON_VERSION = "3.11"
+RAY_ADDRESS = "localhost:6379"  # the RL service starts Ray's head on its default port
+CHECKPOINT_FREQ = 10
+HEAD_SHM_SIZE = "24g"
+CLUSTER_COORDINATION_TIMEOUT_S = 3600
+TRAINER_DIR = Path(__file__).resolve().parents[2] / "trainer"
+
+# Azure ML run status -> JobState. CancelRequested / NotResponding are not terminal yet: the
+# poller keeps asking (and its stall detector covers a run that stays silent).
+STATUS_TO_STATE: dict[str, JobState] = {
+    "NotStarted": "pending", "Unapproved": "pending", "Queued": "pending", "Preparing": "pending",
+    "Provisioning": "pending", "Starting": "pending",
+    "Running": "running", "Finalizing": "running", "CancelRequested": "running", "NotResponding": "running",
+    "Completed": "succeeded", "Failed": "failed", "Canceled": "stopped",
+}
+TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Canceled"})
+
+# GiB of memory per VM size: the workers' /dev/shm is sized from it (Ray's object store lives there).
+VM_MEMORY_GIB = {
+    "STANDARD_NC6": 56, "STANDARD_NC12": 112, "STANDARD_NC24": 224, "STANDARD_NC6S_V3": 112,
+    "STANDARD_NC12S_V3": 224, "STANDARD_NC24S_V3": 448, "STANDARD_NC4AS_T4_V3": 28, "STANDARD_NC8AS_T4_V3": 56,
+    "STANDARD_NC16AS_T4_V3": 110, "STANDARD_NC24ADS_A100_V4": 220, "STANDARD_D2_V2": 7, "STANDARD_D3_V2": 14,
+    "STANDARD_D4_V2": 28, "STANDARD_D5_V2": 56, "STANDARD_D2S_V3": 8, "STANDARD_D4S_V3": 16,
+    "STANDARD_D8S_V3": 32, "STANDARD_D16S_V3": 64, "STANDARD_F4S_V2": 8, "STANDARD_F8S_V2": 16,
+    "STANDARD_F16S_V2": 32,
+}
+
+_warned = False
+_warn_lock = threading.Lock()
+
+
+def _warn_deprecated_once() -> None:
+    global _warned
+    with _warn_lock:
+        if _warned:
+            return
+        _warned = True
+    log.warning(
+        "RLQ_BACKEND=azureml uses Azure ML SDK v1 and its ReinforcementLearningEstimator, which are "
+        "deprecated and being retired (%s). It works while the service accepts it; plan the move to "
+        "SDK v2 (azure-ai-ml command jobs that start Ray themselves) or RLQ_BACKEND=ray.", DEPRECATION_URL)
+
+
+# --- what the backend needs from Azure ML (the SDK, or the twin) ------------------------------
+
+
+@dataclass(frozen=True)
+class ComputeInfo:
+    """The parts of an existing compute target the backend checks."""
+
+    name: str
+    compute_type: str
+    provisioning_state: str
+    vm_size: str | None = None
+    vnet_name: str | None = None
+    subnet_name: str | None = None
+    vnet_resource_group: str | None = None
+    max_nodes: int | None = None
+    errors: str | None = None
+
+
+class RunLike(Protocol):
+    """The slice of ``azureml.core.Run`` the backend uses (the twin's runs have it too)."""
+
+    id: str
+
+    def get_status(self) -> str: ...
+    def get_metrics(self, name: str | None = None, recursive: bool = False) -> dict[str, Any]: ...
+    def get_details(self) -> dict[str, Any]: ...
+    def get_portal_url(self) -> str: ...
+    def get_children(self) -> Iterable[RunLike]: ...
+    def get_file_names(self) -> list[str]: ...
+    def download_file(self, name: str, output_file_path: str | None = None) -> None: ...
+    def cancel(self) -> None: ...
+
+
+class AmlGateway(Protocol):
+    """Every Azure ML call the backend makes. :class:`SdkGateway` is the real one."""
+
+    def get_compute(self, name: str) -> ComputeInfo | None: ...
+    def create_compute(self, name: str, provisioning_configuration: Any) -> None: ...
+    def find_runs(self, experiment: str, tags: Mapping[str, str]) -> list[RunLike]: ...
+    def submit(self, experiment: str, estimator: Any, tags: Mapping[str, str]) -> RunLike: ...
+    def get_run(self, run_id: str) -> RunLike: ...
+    def workspace_ids(self) -> tuple[str, str, str]: ...
+
+
+def token_auth(credential: Any = None) -> Any:
+    """``azureml`` auth from azure-identity: managed identity in Functions, ``az login`` locally."""
+    from azureml.core.authentication import TokenAuthentication
+
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+
+    def get_token_for_audience(resource: str) -> str:
+        scope = resource if resource.endswith("/.default") else resource.rstrip("/") + "/.default"
+        return credential.get_token(scope).token
+
+    return TokenAuthentication(get_token_for_audience)
+
+
+def workspace_from_settings(settings: Settings) -> Any:
+    from azureml.core import Workspace
+
+    sub, rg, name = settings.azureml_subscription_id, settings.azureml_resource_group, settings.azureml_workspace
+    if not (sub and rg and name):
+        raise PermanentError("RLQ_BACKEND=azureml needs RLQ_AZUREML_SUBSCRIPTION_ID, RLQ_AZUREML_RESOURCE_GROUP "
+                             "and RLQ_AZUREML_WORKSPACE", reason="AzureMLConfiguration")
+    with sdk_errors("open workspace"):
+        return Workspace(sub, rg, name, auth=token_auth())
+
+
+class SdkGateway:
+    """:class:`AmlGateway` on the real ``azureml-core`` classes; the workspace is opened lazily."""
+
+    def __init__(self, workspace_factory: Callable[[], Any]) -> None:
+        self._factory = workspace_factory
+        self._ws: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def workspace(self) -> Any:
+        with self._lock:
+            if self._ws is None:
+                self._ws = self._factory()
+            return self._ws
+
+    def get_compute(self, name: str) -> ComputeInfo | None:
+        from azureml.core.compute import ComputeTarget
+        from azureml.exceptions import ComputeTargetException
+
+        try:
+            target = ComputeTarget(workspace=self.workspace, name=name)
+        except ComputeTargetException as err:
+            if "notfound" in str(err).replace(" ", "").lower():
+                return None
+            raise
+        scale = getattr(target, "scale_settings", None)
+        errors = getattr(target, "provisioning_errors", None)
+        return ComputeInfo(
+            name=target.name, compute_type=str(getattr(target, "type", "") or ""),
+            provisioning_state=str(getattr(target, "provisioning_state", "") or ""),
+            vm_size=getattr(target, "vm_size", None), vnet_name=getattr(target, "vnet_name", None),
+            subnet_name=getattr(target, "subnet_name", None),
+            vnet_resource_group=getattr(target, "vnet_resourcegroup_name", None),
+            max_nodes=getattr(scale, "maximum_node_count", None) if scale is not None else None,
+            errors=json.dumps(errors)[:1000] if errors else None,
+        )
+
+    def create_compute(self, name: str, provisioning_configuration: Any) -> None:
+        from azureml.core.compute import ComputeTarget
+
+        # No wait_for_completion: Azure ML queues the run until the nodes are up.
+        ComputeTarget.create(self.workspace, name, provisioning_configuration)
+
+    def find_runs(self, experiment: str, tags: Mapping[str, str]) -> list[RunLike]:
+        from azureml.core import Experiment
+
+        runs = Experiment(self.workspace, experiment).get_runs(tags=dict(tags))
+        return list(_take(runs, 20))
+
+    def submit(self, experiment: str, estimator: Any, tags: Mapping[str, str]) -> RunLike:
+        from azureml.core import Experiment
+
+        return Experiment(self.workspace, experiment).submit(config=estimator, tags=dict(tags))
+
+    def get_run(self, run_id: str) -> RunLike:
+        from azureml.core import Run
+
+        return Run.get(self.workspace, run_id)
+
+    def workspace_ids(self) -> tuple[str, str, str]:
+        ws = self.workspace
+        return ws.subscription_id, ws.resource_group, ws.name
+
+
+def _take(items: Iterable[Any], n: int) -> Iterator[Any]:
+    for i, item in enumerate(items):
+        if i >= n:
+            return
+        yield item
+
+
+# --- error translation --------------------------------------------------------------------------
+
+_STATUS_RE = re.compile(r"(?:response code|status code|status_code|http status)\D{0,5}(\d{3})", re.I)
+_SECRET_RE = re.compile(r"(sig|se|sv|sp|skoid|sktid|AccountKey|SharedAccessKey|access_token)=([^&;\s\"']+)", re.I)
+
+
+def _status_of(err: BaseException) -> int | None:
+    for obj in (err, getattr(err, "inner_exception", None), getattr(err, "response", None)):
+        code = getattr(obj, "status_code", None)
+        if isinstance(code, int):
+            return code
+    m = _STATUS_RE.search(str(err))
+    return int(m.group(1)) if m else None
+
+
+def readable(text: str, limit: int = 1500) -> str:
+    """One line, no signatures or keys, bounded."""
+    text = _SECRET_RE.sub(lambda m: f"{m.group(1)}=***", " ".join(str(text).split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def translate(err: BaseException, *, action: str) -> Exception:
+    """The :mod:`shared.errors` exception for an Azure ML / ARM SDK error."""
+    text = readable(str(err) or type(err).__name__)
+    low = text.lower()
+    status = _status_of(err)
+    kind = type(err).__name__
+    if "quota" in low:
+        return ComputeError(f"Azure ML {action}: not enough quota: {text}")
+    if kind in ("AuthenticationException", "ClientAuthenticationError") or status in (401, 403) \
+            or "authorizationfailed" in low:
+        return PermanentError(
+            f"Azure ML {action}: not authorized ({kind}); the function's identity needs 'AzureML Data "
+            f"Scientist' (and 'AzureML Compute Operator' to create clusters) on the workspace: {text}",
+            reason="AzureMLAuthorization")
+    if status is not None and (status in (408, 409, 429) or status >= 500):
+        return TransientError(f"Azure ML {action} failed with HTTP {status}; try again: {text}")
+    transient_types = ("ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout", "ClientRequestError",
+                       "ServiceRequestError", "ServiceResponseError", "TimeoutError", "ProjectSystemException")
+    if kind in transient_types or isinstance(err, (ConnectionError, TimeoutError)):
+        return TransientError(f"Azure ML {action} failed ({kind}); try again: {text}")
+    if kind in ("UserErrorException", "RunConfigurationException", "TrainingException", "ValueError",
+                "TypeError", "ComputeTargetException") and (status is None or 400 <= status < 500):
+        return PermanentError(f"Azure ML {action} refused: {kind}: {text}", reason="AzureMLRequest")
+    return TransientError(f"Azure ML {action} failed ({kind}); try again: {text}")
+
+
+@contextlib.contextmanager
+def sdk_errors(action: str) -> Iterator[None]:
+    """Translate whatever the SDK raises inside the block; rlq's own errors pass through."""
+    try:
+        yield
+    except (PermanentError, TransientError):
+        raise
+    except Exception as err:
+        raise translate(err, action=action) from err
+
+
+# --- the NSG check ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboundNeed:
+    what: str
+    source: str  # a service tag, or "VirtualNetwork" for traffic inside the VNet
+    ports: tuple[int, ...]
+    port_text: str
+
+
+INBOUND_NEEDS = (
+    InboundNeed("Azure ML node management (Batch)", "BatchNodeManagement", (29876, 29877), "29876-29877"),
+    InboundNeed("Azure ML service", "AzureMachineLearning", (44224,), "44224"),
+    # GCS, dashboard, client server, first and last default worker ports
+    InboundNeed("Ray between head and workers", "VirtualNetwork", (6379, 8265, 10001, 10002, 19999),
+                "6379, 8265, 10001, 10002-19999"),
+)
+
+# Azure adds these to every NSG; a rule list without them is completed with them.
+DEFAULT_INBOUND = (
+    {"name": "AllowVnetInBound", "priority": 65000, "direction": "Inbound", "access": "Allow", "protocol": "*",
+     "source_address_prefix": "VirtualNetwork", "destination_port_range": "*"},
+    {"name": "AllowAzureLoadBalancerInBound", "priority": 65001, "direction": "Inbound", "access": "Allow",
+     "protocol": "*", "source_address_prefix": "AzureLoadBalancer", "destination_port_range": "*"},
+    {"name": "DenyAllInBound", "priority": 65500, "direction": "Inbound", "access": "Deny", "protocol": "*",
+     "source_address_prefix": "*", "destination_port_range": "*"},
+)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    name: str
+    priority: int
+    direction: str
+    access: str
+    protocol: str
+    sources: tuple[str, ...]
+    ports: tuple[str, ...]
+
+
+def _field(rule: Any, snake: str) -> Any:
+    camel = re.sub(r"_(\w)", lambda m: m.group(1).upper(), snake)
+    if isinstance(rule, Mapping):
+        if snake in rule:
+            return rule[snake]
+        if camel in rule:
+            return rule[camel]
+        props = rule.get("properties")
+        if isinstance(props, Mapping):
+            return props.get(camel, props.get(snake))
+        return None
+    return getattr(rule, snake, None)
+
+
+def _normalize(rule: Any) -> _Rule:
+    sources = [_field(rule, "source_address_prefix")] + list(_field(rule, "source_address_prefixes") or [])
+    ports = [_field(rule, "destination_port_range")] + list(_field(rule, "destination_port_ranges") or [])
+    return _Rule(
+        name=str(_field(rule, "name") or "?"), priority=int(_field(rule, "priority") or 0),
+        direction=str(_field(rule, "direction") or ""), access=str(_field(rule, "access") or ""),
+        protocol=str(_field(rule, "protocol") or "*"),
+        sources=tuple(str(s) for s in sources if s), ports=tuple(str(p) for p in ports if p),
+    )
+
+
+def _port_matches(spec: str, port: int) -> bool:
+    spec = spec.strip()
+    if spec in ("*", "Any"):
+        return True
+    if "-" in spec:
+        lo, hi = spec.split("-", 1)
+        return int(lo) <= port <= int(hi)
+    return spec.isdigit() and int(spec) == port
+
+
+def _source_matches(prefix: str, source: str, subnet_prefixes: tuple[str, ...]) -> bool:
+    p = prefix.strip()
+    if p in ("*", "Any", "0.0.0.0/0"):
+        return True
+    if source == "VirtualNetwork":
+        if p == "VirtualNetwork":
+            return True
+        try:
+            net = ipaddress.ip_network(p, strict=False)
+        except ValueError:
+            return False
+        return any(net.overlaps(ipaddress.ip_network(s, strict=False)) for s in subnet_prefixes if s)
+    # an Azure service's public addresses: its tag (optionally regional) or the Internet tag
+    return p == source or p.startswith(source + ".") or p == "Internet"
+
+
+def _first_match(rules: list[_Rule], need: InboundNeed, port: int, subnet_prefixes: tuple[str, ...]) -> _Rule | None:
+    for rule in rules:
+        if rule.direction.lower() != "inbound" or rule.protocol.lower() not in ("*", "tcp"):
+            continue
+        if any(_port_matches(p, port) for p in rule.ports) and \
+                any(_source_matches(s, need.source, subnet_prefixes) for s in rule.sources):
+            return rule
+    return None
+
+
+def missing_nsg_rules(nsg_rules: Iterable[Any], *, subnet_prefixes: Iterable[str] = ()) -> list[str]:
+    """What the NSG lacks for Azure ML and Ray to reach the cluster nodes; empty when nothing.
+
+    ``nsg_rules`` are the NSG's security rules as dicts (ARM JSON, camelCase or snake_case) or SDK
+    ``SecurityRule`` objects; Azure's default rules are added when absent. NSG semantics: for each
+    flow the rule with the lowest priority number that matches decides. Checked flows (inbound,
+    TCP): 29876-29877 from ``BatchNodeManagement``, 44224 from ``AzureMachineLearning``, and Ray's
+    ports from inside the VNet. Rules naming specific public CIDRs are not assumed to cover a
+    service tag.
+    """
+    rules = [_normalize(r) for r in nsg_rules]
+    names = {r.name for r in rules}
+    rules += [_normalize(d) for d in DEFAULT_INBOUND if d["name"] not in names]
+    rules.sort(key=lambda r: r.priority)
+    prefixes = tuple(subnet_prefixes)
+    problems: list[str] = []
+    for need in INBOUND_NEEDS:
+        blockers: dict[str, tuple[_Rule | None, list[int]]] = {}
+        for port in need.ports:
+            decided = _first_match(rules, need, port, prefixes)
+            if decided is None or decided.access.lower() != "allow":
+                key = decided.name if decided else "-"
+                blockers.setdefault(key, (decided, []))[1].append(port)
+        for rule, ports in blockers.values():
+            problems.append(_explain(need, rule, ports, rules, prefixes))
+    return problems
+
+
+def _explain(need: InboundNeed, rule: _Rule | None, ports: list[int], rules: list[_Rule],
+             prefixes: tuple[str, ...]) -> str:
+    port_text = need.port_text if len(ports) == len(need.ports) else ", ".join(str(p) for p in ports)
+    src = "inside the VNet (VirtualNetwork)" if need.source == "VirtualNetwork" else f"service tag {need.source}"
+    flow = f"inbound TCP {port_text} from {src} ({need.what})"
+    if rule is None:
+        return f"{flow}: no rule decides it; add an inbound Allow rule"
+    late_allow = next((r for r in rules if r.priority > rule.priority and r.access.lower() == "allow"
+                       and all(_first_match([r], need, p, prefixes) for p in ports)), None)
+    if late_allow is not None:
+        return (f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}) before the allow rule "
+                f"{late_allow.name!r} (priority {late_allow.priority}); give the allow rule a priority "
+                f"number below {rule.priority}")
+    source = "VirtualNetwork" if need.source == "VirtualNetwork" else need.source
+    return (f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}); add an inbound Allow rule: "
+            f"source {source}, protocol TCP, destination ports {port_text}, priority below {rule.priority}")
+
+
+def _nsg_name_and_group(resource_id: str) -> tuple[str, str]:
+    m = re.search(r"/resourceGroups/([^/]+)/providers/Microsoft\.Network/networkSecurityGroups/([^/]+)",
+                  resource_id, re.I)
+    if not m:
+        raise ValueError(f"not a network security group id: {resource_id}")
+    return m.group(1), m.group(2)
+
+
+def network_client_from_settings(settings: Settings) -> Any:
+    from azure.identity import DefaultAzureCredential
+    from azure.mgmt.network import NetworkManagementClient
+
+    return NetworkManagementClient(DefaultAzureCredential(), settings.azureml_subscription_id)
+
+
+# --- the backend --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clusters:
+    head: HeadCluster
+    workers: WorkerCluster
+    vnet: str | None
+    subnet: str
+    vnet_resource_group: str | None
+
+    @property
+    def head_gpus(self) -> int:
+        return VM_SIZES[self.head.vm_size][1]
+
+    @property
+    def total_cpus(self) -> int:
+        return int(Compute(head=self.head, workers=self.workers).total_cpus() or 0)
+
+
+@dataclass
+class _NsgCache:
+    at: float
+    problems: list[str] = field(default_factory=list)
+
+
+class AzureMLRayBackend:
+    """:class:`shared.ports.ComputeBackend` on Azure ML SDK v1's ReinforcementLearningEstimator."""
+
+    name = "azureml"
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        workspace_factory: Callable[[], Any] | None = None,
+        gateway: AmlGateway | None = None,
+        network_factory: Callable[[], Any] | None = None,
+        trainer_dir: Path | str | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        nsg_cache_s: float = 900.0,
+    ) -> None:
+        _warn_deprecated_once()
+        self.settings = settings
+        self.gateway: AmlGateway = gateway or SdkGateway(workspace_factory or (lambda: workspace_from_settings(settings)))
+        self._network_factory = network_factory or (lambda: network_client_from_settings(settings))
+        self._network: Any = None
+        self.trainer_dir = Path(trainer_dir) if trainer_dir is not None else TRAINER_DIR
+        self._monotonic = monotonic
+        self._nsg_cache_s = nsg_cache_s
+        self._nsg: dict[tuple[str, str, str], _NsgCache] = {}
+        self._experiments: OrderedDict[str, str] = OrderedDict()  # request_id -> experiment (bounded)
+        self._stage: Path | None = None
+        self._lock = threading.Lock()
+
+    # --- ComputeBackend ---------------------------------------------------------------------
+
+    def ensure_compute(self, request: TrainingRequest) -> None:
+        """Reuse or create both clusters (never waiting) and check the subnet's NSG."""
+        self._remember(request)
+        check_restore(request)
+        c = self.clusters(request)
+        if c.workers.node_count > 0 and not c.vnet:
+            raise ComputeError("a Ray head with worker nodes needs a virtual network that lets them talk: set "
+                               "RLQ_AZUREML_VNET (and RLQ_AZUREML_SUBNET) or compute.vnet in the request")
+        self._ensure_cluster(c.head.name, c.head.vm_size, c.head.min_nodes, c.head.max_nodes, 1, c)
+        if c.workers.node_count > 0:
+            self._ensure_cluster(c.workers.name, c.workers.vm_size, c.workers.min_nodes, c.workers.max_nodes,
+                                 c.workers.node_count, c)
+        if c.vnet:
+            self._check_nsg(c)
+
+    def find(self, request_id: str) -> str | None:
+        """The run already submitted for ``request_id``, in the experiment this process saw it in.
+
+        Unknown experiment (a fresh process): None — :meth:`submit` searches its experiment again.
+        """
+        experiment = self._experiments.get(request_id)
+        if experiment is None:
+            return None
+        return self._find(experiment, request_id)
+
+    def submit(self, request: TrainingRequest) -> str:
+        self._remember(request)
+        existing = self._find(request.experiment, request.request_id)
+        if existing is not None:
+            log.info("request %s already has Azure ML run %s; not submitting again", request.request_id, existing)
+            return existing
+        estimator = self.build_estimator(request)
+        tags = {**request.tags, "rlq_algorithm": request.algorithm, "rlq_env": request.env,
+                RUN_TAG: request.request_id}
+        with sdk_errors(f"submit {request.request_id} to experiment {request.experiment}"):
+            run = self.gateway.submit(request.experiment, estimator, tags)
+        log.info("request %s submitted as Azure ML run %s", request.request_id, run.id)
+        return str(run.id)
+
+    def status(self, run_id: str) -> JobStatus:
+        with sdk_errors(f"status of run {run_id}"):
+            run = self.gateway.get_run(run_id)
+            aml_status = str(run.get_status())
+            portal = _maybe(run.get_portal_url)
+            metrics = run.get_metrics(recursive=True) or {}
+        state = STATUS_TO_STATE.get(aml_status)
+        if state is None:
+            log.warning("run %s has an Azure ML status rlq does not know (%r); treating it as pending",
+                        run_id, aml_status)
+            state = "pending"
+        metrics_run_id, series = _reward_series(metrics, run_id)
+        progress = _progress(series)
+        if aml_status not in TERMINAL_STATUSES:
+            return JobStatus(state=state, progress=progress, portal_url=portal)
+        with sdk_errors(f"details of run {run_id}"):
+            details = run.get_details() or {}
+            head = _output_run(run, metrics_run_id)
+            summary = self._summary(head, series, details)
+        error = _details_error(details) if aml_status == "Failed" else None
+        if error and not summary.get("error"):
+            summary["error"] = error
+        if aml_status == "Canceled":
+            summary.setdefault("stop_reason", "canceled")
+        return JobStatus(state=state, progress=progress, summary=summary, error=error or summary.get("error"),
+                         portal_url=portal)
+
+    def cancel(self, run_id: str) -> None:
+        with sdk_errors(f"cancel run {run_id}"):
+            run = self.gateway.get_run(run_id)
+            if str(run.get_status()) in TERMINAL_STATUSES | {"CancelRequested"}:
+                return
+            run.cancel()
+        log.info("Azure ML run %s: cancel requested", run_id)
+
+    def close(self) -> None:
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+
+    # --- building blocks (public: the tests assert on the real SDK objects they return) -----
+
+    def clusters(self, request: TrainingRequest) -> Clusters:
+        s = self.settings
+        try:
+            head = request.compute.head or HeadCluster(name=s.head_cluster, vm_size=s.head_vm_size,
+                                                       min_nodes=s.head_min_nodes, max_nodes=s.head_max_nodes)
+            workers = request.compute.workers or WorkerCluster(
+                name=s.worker_cluster, vm_size=s.worker_vm_size, node_count=s.worker_node_count,
+                min_nodes=s.worker_min_nodes, max_nodes=s.worker_max_nodes)
+        except ValidationError as err:
+            raise ComputeError(f"the deployment's default clusters are invalid (RLQ_HEAD_* / RLQ_WORKER_*): "
+                               f"{err.errors(include_url=False)[0]['msg']}") from None
+        vnet = request.compute.vnet or s.azureml_vnet
+        vnet_rg = s.azureml_vnet_resource_group or s.azureml_resource_group
+        if vnet and not vnet_rg:  # the VNet lives in the workspace's resource group unless told otherwise
+            with sdk_errors("read the workspace"):
+                vnet_rg = self.gateway.workspace_ids()[1]
+        return Clusters(head=head, workers=workers, vnet=vnet, subnet=request.compute.subnet or s.azureml_subnet,
+                        vnet_resource_group=vnet_rg)
+
+    def provisioning_config(self, *, vm_size: str, min_nodes: int, max_nodes: int, clusters: Clusters) -> Any:
+        from azureml.core.compute import AmlCompute
+
+        with sdk_errors("build the cluster configuration"):
+            return AmlCompute.provisioning_configuration(
+                vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
+                vnet_resourcegroup_name=clusters.vnet_resource_group if clusters.vnet else None,
+                vnet_name=clusters.vnet, subnet_name=clusters.subnet if clusters.vnet else None,
+                remote_login_port_public_access="Disabled", tags={"managed-by": "rlq"})
+
+    def trainer_argv(self, request: TrainingRequest, clusters: Clusters | None = None) -> list[str]:
+        """The trainer's seed-compatible argument vector for this request."""
+        c = clusters or self.clusters(request)
+        config = dict(request.config)
+        if "num_workers" not in config and "num_env_runners" not in config:
+            # as the seed: every CPU of the head and the workers, minus one for the head process
+            config["num_workers"] = max(c.total_cpus - 1, 0)
+        if not {"num_gpus", "num_gpus_per_learner", "num_learners"} & config.keys():
+            config["num_gpus"] = c.head_gpus
+        argv = [
+            "--run", request.algorithm,
+            "--env", request.env,
+            "--config", json.dumps(config, sort_keys=True, separators=(",", ":")),
+            "--stop", json.dumps(request.stop.model_dump(exclude_none=True), sort_keys=True, separators=(",", ":")),
+            "--output-dir", "outputs",
+            "--ray-address", RAY_ADDRESS,
+            "--checkpoint-freq", str(CHECKPOINT_FREQ),
+        ]
+        if request.evaluate is not None:
+            argv += ["--evaluate-episodes", str(request.evaluate.episodes)]
+            if request.evaluate.gif:
+                argv.append("--evaluate-gif")
+        return argv
+
+    def build_estimator(self, request: TrainingRequest) -> Any:
+        """The real ``ReinforcementLearningEstimator`` for ``request`` (nothing is sent)."""
+        from azureml.contrib.train.rl import Ray, ReinforcementLearningEstimator, WorkerConfiguration
+        from azureml.core import Environment
+
+        c = self.clusters(request)
+        source = self.stage_source()
+        argv = self.trainer_argv(request, c)
+        max_run = request.compute.max_run_duration_s or self.settings.default_run_duration_s
+        with sdk_errors("build the estimator"):
+            env = Environment(name="rlq-trainer")
+            env.docker.base_image = self.settings.azureml_base_image
+            workers = None
+            if c.workers.node_count > 0:
+                workers = WorkerConfiguration(
+                    node_count=c.workers.node_count, compute_target=c.workers.name, use_gpu=False,
+                    conda_dependencies_file=CONDA_FILE, shm_size=worker_shm_size(c.workers.vm_size))
+            return ReinforcementLearningEstimator(
+                source_directory=str(source),
+                entry_script=ENTRY_SCRIPT,
+                script_params={"--argv-from-env": ARGV_ENV},
+                compute_target=c.head.name,
+                environment=env,
+                conda_dependencies_file=CONDA_FILE,
+                use_gpu=c.head_gpus > 0,
+                rl_framework=Ray(),
+                worker_configuration=workers,
+                cluster_coordination_timeout_seconds=CLUSTER_COORDINATION_TIMEOUT_S,
+                max_run_duration_seconds=int(max_run),
+                shm_size=HEAD_SHM_SIZE,
+                environment_variables={ARGV_ENV: json.dumps(argv), "PYTHONUNBUFFERED": "1"},
+            )
+
+    def stage_source(self) -> Path:
+        """A folder holding only ``trainer/`` and the conda file: the run's snapshot.
+
+        The function app's own folder holds its deployed packages; uploading it would be slow and
+        could exceed the snapshot limit, so the trainer is copied out once per process.
+        """
+        with self._lock:
+            if self._stage is not None and self._stage.exists():
+                return self._stage
+            requirements = self.trainer_dir / "requirements.txt"
+            if not requirements.is_file():
+                raise ComputeError(f"{requirements} is missing: the cluster image is built from it")
+            stage = Path(tempfile.mkdtemp(prefix="rlq-aml-src-"))
+            shutil.copytree(self.trainer_dir, stage / "trainer",
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "outputs", ".pytest_cache"))
+            (stage / CONDA_FILE).write_text(conda_file(parse_requirements(requirements.read_text())))
+            self._stage = stage
+            return stage
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _remember(self, request: TrainingRequest) -> None:
+        with self._lock:
+            self._experiments[request.request_id] = request.experiment
+            self._experiments.move_to_end(request.request_id)
+            while len(self._experiments) > 4096:
+                self._experiments.popitem(last=False)
+
+    def _find(self, experiment: str, request_id: str) -> str | None:
+        with sdk_errors(f"look up request {request_id} in experiment {experiment}"):
+            runs = self.gateway.find_runs(experiment, {RUN_TAG: request_id})
+            if not runs:
+                return None
+            live = [r for r in runs if str(r.get_status()) not in ("Failed", "Canceled")]
+        return str((live or runs)[0].id)
+
+    def _ensure_cluster(self, name: str, vm_size: str, min_nodes: int, max_nodes: int, nodes_needed: int,
+                        c: Clusters) -> None:
+        with sdk_errors(f"look up cluster {name}"):
+            info = self.gateway.get_compute(name)
+        if info is None:
+            config = self.provisioning_config(vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes, clusters=c)
+            with sdk_errors(f"create cluster {name}"):
+                self.gateway.create_compute(name, config)
+            log.info("creating Azure ML cluster %s (%s, %d-%d nodes, vnet %s/%s); runs queue until it is up",
+                     name, vm_size, min_nodes, max_nodes, c.vnet, c.subnet)
+            return
+        problems = cluster_problems(info, vm_size=vm_size, nodes_needed=nodes_needed, vnet=c.vnet,
+                                    subnet=c.subnet, vnet_resource_group=c.vnet_resource_group)
+        if info.provisioning_state.lower() == "deleting":
+            raise TransientError(f"cluster {name} is being deleted; it will be recreated on a later try")
+        if problems:
+            raise ComputeError(f"cluster {name} cannot take this job: " + "; ".join(problems))
+
+    def _check_nsg(self, c: Clusters) -> None:
+        mode = self.settings.azureml_nsg_check
+        if mode == "off" or not c.vnet or not c.vnet_resource_group:
+            return
+        key = (c.vnet_resource_group, c.vnet, c.subnet)
+        now = self._monotonic()
+        cached = self._nsg.get(key)
+        if cached is None or now - cached.at > self._nsg_cache_s:
+            problems = self._read_nsg(*key)
+            if problems is None:  # could not read: do not block on an advisory check
+                return
+            cached = self._nsg[key] = _NsgCache(at=now, problems=problems)
+        if not cached.problems:
+            return
+        text = f"the NSG on subnet {c.vnet}/{c.subnet} blocks what Azure ML needs: " + "; ".join(cached.problems)
+        if mode == "enforce":
+            self._nsg.pop(key, None)  # re-read next time: someone may be fixing it right now
+            raise ComputeError(text + " (RLQ_AZUREML_NSG_CHECK=warn to only log this)")
+        log.warning("%s", text)
+
+    def _read_nsg(self, resource_group: str, vnet: str, subnet: str) -> list[str] | None:
+        try:
+            if self._network is None:
+                self._network = self._network_factory()
+            net = self._network
+            sn = net.subnets.get(resource_group, vnet, subnet)
+            ref = getattr(sn, "network_security_group", None)
+            if ref is None:
+                return []  # no NSG on the subnet: nothing filters inbound traffic
+            nsg_rg, nsg_name = _nsg_name_and_group(ref.id)
+            nsg = net.network_security_groups.get(nsg_rg, nsg_name)
+            rules = list(getattr(nsg, "security_rules", None) or []) + \
+                list(getattr(nsg, "default_security_rules", None) or [])
+            prefixes = [getattr(sn, "address_prefix", None)] + list(getattr(sn, "address_prefixes", None) or [])
+            return missing_nsg_rules(rules, subnet_prefixes=[p for p in prefixes if p])
+        except Exception as err:  # noqa: BLE001 - any failure here only skips an advisory check
+            if type(err).__name__ == "ResourceNotFoundError":
+                raise ComputeError(f"subnet {vnet}/{subnet} was not found in resource group {resource_group}: "
+                                   "check RLQ_AZUREML_VNET / RLQ_AZUREML_SUBNET / RLQ_AZUREML_VNET_RESOURCE_GROUP"
+                                   ) from err
+            log.warning("could not read the NSG of %s/%s (%s: %s); skipping the check", vnet, subnet,
+                        type(err).__name__, readable(str(err), 300))
+            return None
+
+    def _summary(self, head: RunLike | None, series: dict[str, list[float]], details: Mapping[str, Any]) -> dict[str, Any]:
+        rewards = series.get("episode_reward_mean", [])
+        summary: dict[str, Any] = {}
+        if rewards:
+            summary.update(final_reward=rewards[-1], best_reward=max(rewards), iterations=len(rewards))
+        trainer = _download_json(head, "outputs/summary.json") if head is not None else None
+        if trainer:
+            for key in ("stop_reason", "timesteps", "duration_s", "eval_reward", "replay_path", "error",
+                        "algorithm", "env"):
+                if trainer.get(key) is not None:
+                    summary[key] = trainer[key]
+            for key in ("final_reward", "best_reward", "iterations"):
+                if key not in summary and trainer.get(key) is not None:
+                    summary[key] = trainer[key]
+        if "duration_s" not in summary:
+            duration = _duration_s(details)
+            if duration is not None:
+                summary["duration_s"] = duration
+        if head is not None:
+            rel = checkpoint_relpath(trainer.get("checkpoint_path") if trainer else None, _file_names(head))
+            if rel:
+                summary["checkpoint_path"] = self.output_uri(head.id, rel)
+        return summary
+
+    def output_uri(self, run_id: str, path: str) -> str:
+        """``azureml://`` URI of a file or folder in a run's outputs (the workspace artifact store)."""
+        s = self.settings
+        sub, rg, ws = s.azureml_subscription_id, s.azureml_resource_group, s.azureml_workspace
+        if not (sub and rg and ws):
+            sub, rg, ws = self.gateway.workspace_ids()
+        return (f"azureml://subscriptions/{sub}/resourcegroups/{rg}/workspaces/{ws}/datastores/"
+                f"workspaceartifactstore/paths/ExperimentRun/dcid.{run_id}/{path.strip('/')}")
+
+
+# --- helpers (pure) --------------------------------------------------------------------------
+
+
+def cluster_problems(info: ComputeInfo, *, vm_size: str, nodes_needed: int, vnet: str | None, subnet: str,
+                     vnet_resource_group: str | None) -> list[str]:
+    """Why an existing compute target cannot serve the job; empty when it can."""
+    problems = []
+    if info.compute_type and info.compute_type.lower() not in ("amlcompute",):
+        problems.append(f"it is a {info.compute_type}, not an AmlCompute cluster")
+    if info.provisioning_state.lower() in ("failed", "canceled"):
+        problems.append(f"its provisioning state is {info.provisioning_state}"
+                        + (f" ({readable(info.errors, 300)})" if info.errors else "")
+                        + "; delete it in Azure ML studio so rlq can recreate it")
+    if info.vm_size and info.vm_size.upper() != vm_size.upper():
+        problems.append(f"its VM size is {info.vm_size.upper()}, the request asks for {vm_size.upper()} "
+                        "(name another cluster to use another size)")
+    if info.max_nodes is not None and info.max_nodes < nodes_needed:
+        problems.append(f"it scales to {info.max_nodes} nodes, the job needs {nodes_needed}")
+    if vnet:
+        where = f"{info.vnet_name}/{info.subnet_name}" if info.vnet_name else "no virtual network"
+        if (info.vnet_name or "").lower() != vnet.lower() or (info.subnet_name or "").lower() != subnet.lower():
+            problems.append(f"it is in {where}, not {vnet}/{subnet}")
+        elif vnet_resource_group and info.vnet_resource_group and \
+                info.vnet_resource_group.lower() != vnet_resource_group.lower():
+            problems.append(f"its VNet is in resource group {info.vnet_resource_group}, not {vnet_resource_group}")
+    return problems
+
+
+def check_restore(request: TrainingRequest) -> None:
+    """Warm starts are not offered here: the trainer restores from a directory on its own node.
+
+    A checkpoint in the workspace (``azureml://``) would have to be mounted into the head's
+    container as a data input, which the v1 RL estimator cannot pass through an argument vector.
+    """
+    if request.restore_from:
+        raise ComputeError(
+            f"restore_from ({request.restore_from[:80]}) is not supported by the Azure ML SDK v1 backend: the "
+            "trainer restores from a local directory and v1 cannot mount the checkpoint for it; retrain "
+            "without restore_from, or use RLQ_BACKEND=ray with a checkpoint path the cluster can read")
+
+
+def worker_shm_size(vm_size: str) -> str:
+    """About 40% of a worker's memory: Ray puts its object store (30% by default) in /dev/shm."""
+    return f"{max(2, math.ceil(VM_MEMORY_GIB.get(vm_size.upper(), 8) * 0.4))}g"
+
+
+def parse_requirements(text: str) -> list[str]:
+    """Requirement lines of a pip requirements file (comments, blanks and options dropped)."""
+    out = []
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith(("#", "-")):
+            out.append(line)
+    return out
+
+
+def conda_file(pip_packages: list[str], python_version: str = PYTHON_VERSION) -> str:
+    """A conda environment file: this Python, pip, and the trainer's packages."""
+    lines = ["name: rlq-trainer", "channels:", "  - conda-forge", "dependencies:",
+             f"  - python={python_version}", "  - pip", "  - pip:"]
+    lines += [f"    - {json.dumps(p)}" for p in pip_packages]
+    return "\n".join(lines) + "\n"
+
+
+def _maybe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001 - a portal link is a nicety
+        return None
+
+
+def _as_list(value: Any) -> list[float]:
+    values = value if isinstance(value, list) else [value]
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            out.append(f)
+    return out
+
+
+def _reward_series(metrics: Mapping[str, Any], run_id: str) -> tuple[str | None, dict[str, list[float]]]:
+    """(run id, {metric: history}) of the run that logged ``episode_reward_mean``.
+
+    ``get_metrics(recursive=True)`` answers ``{run_id: {name: value | [values]}}``; the trainer
+    logs on the head's child run. A flat ``{name: value}`` answer is taken as the run's own.
+    """
+    if metrics and all(not isinstance(v, Mapping) for v in metrics.values()):
+        metrics = {run_id: metrics}
+    best: tuple[str | None, dict[str, list[float]]] = (None, {})
+    for rid, values in metrics.items():
+        if not isinstance(values, Mapping) or "episode_reward_mean" not in values:
+            continue
+        series = {k: _as_list(values[k]) for k in ("episode_reward_mean", "episodes_total") if k in values}
+        if len(series.get("episode_reward_mean", [])) >= len(best[1].get("episode_reward_mean", [])):
+            best = (rid, series)
+    return best
+
+
+def _progress(series: dict[str, list[float]]) -> Progress | None:
+    rewards = series.get("episode_reward_mean") or []
+    if not rewards:
+        return None
+    episodes = series.get("episodes_total") or []
+    return Progress(iteration=len(rewards), episode_reward_mean=rewards[-1],
+                    episodes_total=int(episodes[-1]) if episodes else None)
+
+
+def _output_run(run: RunLike, metrics_run_id: str | None) -> RunLike | None:
+    """The child run that ran the trainer (its outputs hold checkpoints and summary.json)."""
+    try:
+        children = list(run.get_children())
+    except Exception:  # noqa: BLE001
+        children = []
+    for child in children:
+        if metrics_run_id and child.id == metrics_run_id:
+            return child
+    for child in children:
+        if "head" in str(child.id).lower():
+            return child
+    return run
+
+
+def _file_names(run: RunLike) -> list[str]:
+    try:
+        return list(run.get_file_names())
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _download_json(run: RunLike, name: str) -> dict[str, Any] | None:
+    if name not in _file_names(run):
+        return None
+    with tempfile.TemporaryDirectory(prefix="rlq-aml-") as tmp:
+        path = Path(tmp) / "file.json"
+        try:
+            run.download_file(name, output_file_path=str(path))
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except Exception as err:  # noqa: BLE001 - the metrics still give the essentials
+            log.info("run %s: could not read %s (%s)", run.id, name, type(err).__name__)
+            return None
+    return data if isinstance(data, dict) else None
+
+
+def checkpoint_relpath(trainer_path: str | None, file_names: Iterable[str]) -> str | None:
+    """The checkpoint's path inside the run's artifacts (``outputs/checkpoints/...``)."""
+    if trainer_path:
+        path = re.sub(r"^file://", "", trainer_path)
+        idx = path.find("/outputs/")
+        if idx >= 0:
+            return path[idx + 1:].rstrip("/")
+        if path.startswith("outputs/"):
+            return path.rstrip("/")
+    dirs = sorted({n.split("/")[2] for n in file_names
+                   if n.startswith("outputs/checkpoints/") and n.count("/") >= 3})
+    if not dirs:
+        return None
+    pick = "final" if "final" in dirs else dirs[-1]
+    return f"outputs/checkpoints/{pick}"
+
+
+def _details_error(details: Mapping[str, Any]) -> str | None:
+    err = details.get("error")
+    if not err:
+        return None
+    if isinstance(err, Mapping):
+        inner = err.get("error", err)
+        if isinstance(inner, Mapping):
+            code = inner.get("code")
+            message = inner.get("message") or inner.get("messageFormat") or json.dumps(inner)[:500]
+            return readable(f"{code}: {message}" if code else str(message))
+    return readable(str(err))
+
+
+def _duration_s(details: Mapping[str, Any]) -> float | None:
+    from datetime import datetime
+
+    start, end = details.get("startTimeUtc"), details.get("endTimeUtc")
+    if not (start and end):
+        return None
+    try:
+        a = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
+        b = datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max((b - a).total_seconds(), 0.0)

@@ -1,0 +1,391 @@
+"""A local Ray head for one-machine mode, with Ray's token authentication left on.
+
+Why a module of its own: the Ray Jobs backend talks to *a* cluster through an address; only local
+mode has to create that cluster, keep it to itself (its own temp dir and ports, so it never trips
+over another Ray on the same machine) and stop exactly the processes it started (``ray stop``
+would kill every Ray process of the user, so it is never used here).
+
+Authentication (Ray 2.60; see docs/ray.md): a head started with ``RAY_AUTH_MODE=token`` makes its
+dashboard / Jobs API refuse any request without ``Authorization: Bearer <token>`` (401 without a
+token, 403 with a wrong one). Ray resolves the token in each of its processes from
+``RAY_AUTH_TOKEN``, else the file named by ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``.
+The head started here always reads it from ``<data_dir>/ray/auth_token`` (mode 0600) through
+``RAY_AUTH_TOKEN_PATH``; the token itself never enters an argv, a log line or an error text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
+
+from shared.errors import TransientError
+
+DEFAULT_DASHBOARD_PORT = 8265
+DEFAULT_GCS_PORT = 6379
+LOOPBACK = "127.0.0.1"
+
+# Ray's own token sources, highest precedence first (ray/_private/authentication, Ray 2.60).
+TOKEN_ENV = "RAY_AUTH_TOKEN"
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+# Variables that would point `ray start` (and the Jobs client) at some other cluster or token.
+_SCRUBBED_ENV = (TOKEN_ENV, "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+
+# Heads this process started, so stop_local_head() without arguments stops what it started.
+_STARTED: dict[Path, "HeadInfo"] = {}
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """What rlq records about a local head it started (``<data_dir>/ray/head.json``)."""
+
+    address: str
+    dashboard_port: int
+    gcs_port: int
+    temp_dir: str
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+def default_token_path() -> Path:
+    """Ray's default token file (``ray get-auth-token --generate`` writes it)."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def local_token_path(data_dir: Path) -> Path:
+    """The token file of the local head rlq runs for ``data_dir``."""
+    return Path(data_dir).resolve() / "ray" / "auth_token"
+
+
+def _read_token_file(path: Path) -> SecretStr | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return SecretStr(text) if text else None
+
+
+def _as_secret(token: SecretStr | str | None) -> SecretStr | None:
+    if token is None:
+        return None
+    value = token.get_secret_value() if isinstance(token, SecretStr) else str(token)
+    return SecretStr(value.strip()) if value.strip() else None
+
+
+def ray_token(explicit: SecretStr | str | None = None) -> SecretStr | None:
+    """The token a client should present: rlq's setting, else Ray's own sources in Ray's order.
+
+    ``RLQ_RAY_AUTH_TOKEN`` → ``RAY_AUTH_TOKEN`` → the file in ``RAY_AUTH_TOKEN_PATH`` →
+    ``~/.ray/auth_token``; None when there is none (a cluster with auth off needs none).
+    """
+    for candidate in (_as_secret(explicit), _as_secret(os.environ.get(TOKEN_ENV))):
+        if candidate is not None:
+            return candidate
+    path = os.environ.get(TOKEN_PATH_ENV)
+    if path:
+        return _read_token_file(Path(path).expanduser())
+    return _read_token_file(default_token_path())
+
+
+def local_head_token(data_dir: Path, explicit: SecretStr | str | None = None) -> SecretStr | None:
+    """The token of the local head for ``data_dir``: the file it was started with, if any."""
+    return _read_token_file(local_token_path(data_dir)) or ray_token(explicit)
+
+
+def auth_headers(token: SecretStr | None) -> dict[str, str]:
+    """HTTP headers that authenticate to a Ray dashboard / Jobs API (empty without a token)."""
+    if token is None:
+        return {}
+    return {"Authorization": f"Bearer {token.get_secret_value()}"}
+
+
+def _write_token(path: Path, token: SecretStr) -> None:
+    """Write the token 0600, atomically (a reader never sees half a token)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, token.get_secret_value().encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+# --- probing ---------------------------------------------------------------------------------
+
+
+def probe_dashboard(address: str, token: SecretStr | None, *, timeout_s: float = 2.0) -> int | None:
+    """HTTP status of ``GET /api/version`` with the token; None when nothing answers.
+
+    200: a Ray Jobs API that accepts the token; 401/403: a Ray that refuses it.
+    """
+    try:
+        r = httpx.get(f"{address.rstrip('/')}/api/version", headers=auth_headers(token),
+                      timeout=timeout_s, follow_redirects=False)
+    except httpx.HTTPError:
+        return None
+    return r.status_code
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _temp_dir_for(data_dir: Path) -> str:
+    # Ray puts unix sockets under its temp dir and a socket path must stay under 107 bytes,
+    # so the temp dir is short and derived from data_dir (the same data_dir: the same head).
+    digest = hashlib.sha256(str(data_dir).encode("utf-8")).hexdigest()[:12]
+    return f"/tmp/rlq-ray-{digest}"
+
+
+def _ray_executable() -> str:
+    """The ``ray`` script of this interpreter's environment (never whatever PATH finds first)."""
+    candidate = Path(sys.executable).parent / "ray"
+    if not candidate.exists():
+        raise TransientError(f"the ray command was not found next to {sys.executable}; "
+                             "install rlq with the [ray] extra")
+    return str(candidate)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, timeout_s: float) -> Iterator[None]:
+    """An exclusive file lock, so two processes never start two heads for one data_dir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TransientError(f"another process is starting the local Ray head ({path})") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# --- start / stop ----------------------------------------------------------------------------
+
+
+def ensure_local_head(*, data_dir: Path, dashboard_port: int = DEFAULT_DASHBOARD_PORT,
+                      num_cpus: int | None = None, timeout_s: float = 60.0,
+                      token: SecretStr | str | None = None,
+                      object_store_memory_bytes: int | None = None) -> str:
+    """Return the Jobs API address of a local Ray head, starting one when none answers.
+
+    Idempotent, and safe when several processes call it at once (a file lock under data_dir).
+    A Ray that already answers on ``dashboard_port`` and accepts the token is used as it is.
+    """
+    data_dir = Path(data_dir).resolve()
+    ray_dir = data_dir / "ray"
+    address = f"http://{LOOPBACK}:{dashboard_port}"
+    with _locked(ray_dir / "head.lock", timeout_s=timeout_s):
+        status = probe_dashboard(address, local_head_token(data_dir, token))
+        if status == 200:
+            return address
+        if status in (401, 403):
+            raise TransientError(
+                f"a Ray dashboard on {address} refuses rlq's token (HTTP {status}); stop it, or point "
+                "RLQ_RAY_DASHBOARD_PORT at a free port, or set RLQ_RAY_AUTH_TOKEN to its token"
+            )
+        if status is not None or not _port_free(dashboard_port):
+            raise TransientError(f"port {dashboard_port} on {LOOPBACK} is taken by something that is not "
+                                 "a Ray dashboard; set RLQ_RAY_DASHBOARD_PORT to a free port")
+        head = _start_head(data_dir=data_dir, dashboard_port=dashboard_port, num_cpus=num_cpus,
+                           timeout_s=timeout_s, token=token,
+                           object_store_memory_bytes=object_store_memory_bytes)
+        _STARTED[data_dir] = head
+        return head.address
+
+
+def _start_head(*, data_dir: Path, dashboard_port: int, num_cpus: int | None, timeout_s: float,
+                token: SecretStr | str | None, object_store_memory_bytes: int | None) -> HeadInfo:
+    ray_dir = data_dir / "ray"
+    ray_dir.mkdir(parents=True, exist_ok=True)
+    # The head's token: rlq's setting, else Ray's own, else the one this data_dir already had,
+    # else a fresh one (256 bits, Ray's own format).
+    resolved = ray_token(token) or _read_token_file(local_token_path(data_dir)) or SecretStr(secrets.token_hex(32))
+    token_file = local_token_path(data_dir)
+    _write_token(token_file, resolved)
+
+    temp_dir = _temp_dir_for(data_dir)
+    gcs_port = DEFAULT_GCS_PORT if _port_free(DEFAULT_GCS_PORT) else free_port()
+    argv = [
+        _ray_executable(), "start", "--head",
+        f"--node-ip-address={LOOPBACK}",
+        f"--port={gcs_port}",
+        f"--dashboard-host={LOOPBACK}",
+        f"--dashboard-port={dashboard_port}",
+        # Defaults (52365, 10001) would collide with any other Ray on the machine.
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--temp-dir={temp_dir}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        argv.append(f"--num-cpus={int(num_cpus)}")
+    if object_store_memory_bytes is not None:
+        argv.append(f"--object-store-memory={int(object_store_memory_bytes)}")
+
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    env[AUTH_MODE_ENV] = "token"
+    env[TOKEN_PATH_ENV] = str(token_file)
+    # Job entrypoints run `python …` through a shell: make it this environment's python.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    # Give a canceled trainer time to save its final checkpoint and summary (Ray's default: 3 s).
+    env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "30")
+
+    log_path = ray_dir / "ray-start.log"
+    with open(log_path, "wb") as log:
+        # Output goes to a file, not a pipe: the daemons `ray start` leaves behind would hold a
+        # pipe open and block the wait.
+        proc = subprocess.run(argv, env=env, cwd=str(data_dir), stdin=subprocess.DEVNULL,
+                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
+    head = HeadInfo(address=f"http://{LOOPBACK}:{dashboard_port}", dashboard_port=dashboard_port,
+                    gcs_port=gcs_port, temp_dir=temp_dir)
+    (ray_dir / "head.json").write_text(json.dumps(head.__dict__, indent=1))
+    if proc.returncode != 0:
+        _kill_head_processes(temp_dir, grace_s=2)
+        raise TransientError(f"`ray start --head` failed with exit code {proc.returncode}: "
+                             f"{_last_line(log_path, resolved)} (full output: {log_path})")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if probe_dashboard(head.address, resolved) == 200:
+            return head
+        time.sleep(0.25)
+    _kill_head_processes(temp_dir, grace_s=2)
+    raise TransientError(f"the local Ray head did not answer on {head.address} within {timeout_s:g} s "
+                         f"(see {log_path})")
+
+
+def _last_line(path: Path, token: SecretStr) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
+    text = lines[-1] if lines else "no output"
+    return text.replace(token.get_secret_value(), "***")[:300]
+
+
+def stop_local_head(*, data_dir: Path | None = None, grace_s: float = 5.0, keep_logs: bool = False) -> bool:
+    """Stop the local head rlq started for ``data_dir`` (None: every head this process started).
+
+    Only the processes of that head (found by its private temp dir) and their children are
+    signalled: other Ray clusters on the machine are left alone. SIGTERM first, SIGKILL for what
+    is still alive after ``grace_s`` (gcs_server and raylet routinely outlive a SIGTERM by many
+    seconds, and a local head has no state worth waiting for). Ray's temp dir (sockets, session
+    and job logs) goes with it unless ``keep_logs``. True when something was stopped.
+    """
+    if data_dir is None:
+        dirs = list(_STARTED)
+    else:
+        dirs = [Path(data_dir).resolve()]
+    stopped = False
+    for d in dirs:
+        _STARTED.pop(d, None)
+        state = d / "ray" / "head.json"
+        try:
+            temp_dir = json.loads(state.read_text())["temp_dir"]
+        except (OSError, ValueError, KeyError):
+            temp_dir = _temp_dir_for(d)
+        stopped |= _kill_head_processes(temp_dir, grace_s=grace_s)
+        state.unlink(missing_ok=True)
+        if keep_logs is False and temp_dir.startswith("/tmp/rlq-ray-"):
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    return stopped
+
+
+def _kill_head_processes(temp_dir: str, *, grace_s: float) -> bool:
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+    import psutil
+
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+        except psutil.Error:
+            continue
+        if any(temp_dir in arg for arg in cmd) and proc.pid != os.getpid():
+            roots.append(proc)
+    victims: dict[int, psutil.Process] = {}
+    for proc in roots:
+        victims[proc.pid] = proc
+        with contextlib.suppress(psutil.Error):
+            for child in proc.children(recursive=True):
+                victims[child.pid] = child
+    victims.pop(os.getpid(), None)
+    if not victims:
+        return False
+    procs = list(victims.values())
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return True
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestHead:
+    """A local head for a test session; ``token`` is what the head accepts."""
+
+    __test__ = False  # not a pytest class
+
+    address: str
+    data_dir: Path
+    dashboard_port: int
+    token: SecretStr
+
+
+def start_test_ray_head(tmp_dir: Path, *, num_cpus: int = 2, timeout_s: float = 90.0) -> TestHead:
+    """Start a private head for tests: a free dashboard port, a fresh token, a small object store.
+
+    Stop it with ``stop_local_head(data_dir=head.data_dir)``.
+    """
+    data_dir = Path(tmp_dir).resolve()
+    port = free_port()
+    token = SecretStr(secrets.token_hex(32))
+    address = ensure_local_head(data_dir=data_dir, dashboard_port=port, num_cpus=num_cpus,
+                                timeout_s=timeout_s, token=token,
+                                object_store_memory_bytes=300 * 1024 * 1024)
+    return TestHead(address=address, data_dir=data_dir, dashboard_port=port, token=token)

@@ -1,0 +1,329 @@
+"""The run store on Azure Table storage: the same contract as the SQLite store.
+
+Layout, and why:
+
+* ``PartitionKey = "run"``, ``RowKey = request_id``. Every operation the contract needs is on one
+  entity (insert-if-absent, read, compare-and-swap), which Table storage makes atomic per entity
+  in any partition; one partition keeps the state queries single-partition scans and is far
+  below the ~2,000 entities/s a partition serves (a run lives for hours). Hash buckets would only
+  turn every ``list`` / ``count`` into a fan-out over buckets. Ids with characters a RowKey may
+  not hold (``/ \\ # ?``, control characters) are stored base64-encoded, prefixed ``~b64.``.
+* The record is JSON in ``Record``; past 30,000 UTF-16 units (a string property holds 64 KiB)
+  it is zlib-compressed into binary ``RecordZ0..n`` chunks of at most 64,000 bytes (entities
+  hold 1 MiB). ``State``, ``CreatedAt`` (epoch seconds), ``Seq`` (insertion order) and
+  ``Version`` sit beside it for filters and sorting.
+* ``update`` is a compare-and-swap twice over: the stored ``Version`` must equal the caller's,
+  and the write is ``update_entity(mode=REPLACE, etag=…, match_condition=IfNotModified)``, so a
+  writer that slips in between the read and the write turns the 412 into :class:`Conflict`.
+* Table queries do not sort: ``list`` reads the matching keys (``RowKey``, ``CreatedAt``,
+  ``Seq``) with the state filter, sorts newest first here, and reads the top ``limit`` records.
+
+The SDK's own pipeline retries transient HTTP faults (bounded: ``retry_total``); what is left is
+translated here into :mod:`shared.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import Conflict, NotFound, PermanentError, TransientError
+from shared.models import RunRecord, RunState, utcnow
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+log = logging.getLogger("rlq.table_store")
+
+PARTITION = "run"
+MAX_INLINE_UNITS = 30_000  # UTF-16 code units kept as a plain string property
+CHUNK_BYTES = 64_000  # binary property limit is 64 KiB
+MAX_CHUNKS = 14  # 14 x 64,000 B + the other properties stays under the 1 MiB entity limit
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,512}$")
+_KEY_COLUMNS = ["RowKey", "CreatedAt", "Seq", "State"]
+
+
+def row_key(request_id: str) -> str:
+    """The RowKey for ``request_id``: itself when Table storage allows it, else base64."""
+    if _SAFE_KEY.match(request_id):
+        return request_id
+    return "~b64." + base64.urlsafe_b64encode(request_id.encode("utf-8")).decode("ascii")
+
+
+def encode_record(record: RunRecord) -> dict[str, Any]:
+    """The record's JSON as one string property, or compressed binary chunks when too long."""
+    text = record.model_dump_json()
+    if len(text.encode("utf-16-le")) // 2 <= MAX_INLINE_UNITS:
+        return {"Record": text}
+    packed = zlib.compress(text.encode("utf-8"), 6)
+    chunks = [packed[i:i + CHUNK_BYTES] for i in range(0, len(packed), CHUNK_BYTES)]
+    if len(chunks) > MAX_CHUNKS:
+        raise PermanentError(
+            f"run record {record.request_id!r} is {len(packed)} bytes compressed; Table storage holds "
+            f"at most {MAX_CHUNKS * CHUNK_BYTES} per entity", reason="RecordTooLarge")
+    props: dict[str, Any] = {f"RecordZ{i}": chunk for i, chunk in enumerate(chunks)}
+    props["RecordChunks"] = len(chunks)
+    return props
+
+
+def decode_record(entity: dict[str, Any]) -> RunRecord:
+    if entity.get("Record") is not None:
+        return RunRecord.model_validate_json(entity["Record"])
+    n = int(entity["RecordChunks"])
+    packed = b"".join(_as_bytes(entity[f"RecordZ{i}"]) for i in range(n))
+    return RunRecord.model_validate_json(zlib.decompress(packed))
+
+
+def _as_bytes(value: Any) -> bytes:
+    raw = getattr(value, "value", value)  # an EntityProperty or bytes
+    return bytes(raw)
+
+
+def _epoch(value: datetime) -> float:
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _state_values(states: Iterable[RunState]) -> list[str]:
+    return sorted({RunState(s).value for s in states})
+
+
+class TableRunStore:
+    """:class:`shared.ports.RunStore` on one Azure table (Azurite in tests).
+
+    Pass ``connection_string`` (Azurite, or a key when shared keys are allowed) or ``account_url``
+    + ``credential`` (managed identity in Azure), or ``table_client`` directly.
+    """
+
+    def __init__(
+        self,
+        *,
+        table_name: str = "rlqruns",
+        connection_string: str | None = None,
+        account_url: str | None = None,
+        credential: Any = None,
+        table_client: TableClient | None = None,
+        clock: Callable[[], datetime | float] = utcnow,
+        retry_total: int = 3,
+        timeout_s: float = 20.0,
+    ) -> None:
+        from azure.data.tables import TableClient
+
+        options = {"retry_total": retry_total, "connection_timeout": timeout_s, "read_timeout": timeout_s}
+        if table_client is not None:
+            self._table = table_client
+        elif connection_string:
+            try:
+                self._table = TableClient.from_connection_string(connection_string, table_name, **options)
+            except (ValueError, KeyError):
+                raise PermanentError("RLQ_TABLE_CONNECTION is not a storage connection string",
+                                     reason="TableConfiguration") from None
+        elif account_url:
+            if credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                credential = DefaultAzureCredential()
+            self._table = TableClient(endpoint=account_url, table_name=table_name, credential=credential,
+                                      **options)
+        else:
+            raise PermanentError("RLQ_STORE=table needs RLQ_TABLE_ACCOUNT_URL (managed identity) or "
+                                 "RLQ_TABLE_CONNECTION", reason="TableConfiguration")
+        self.table_name = table_name
+        self._clock = clock
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> TableRunStore:
+        conn = settings.table_connection.get_secret_value() if settings.table_connection else None
+        return cls(table_name=settings.table_name, connection_string=conn,
+                   account_url=settings.table_account_url, **options)
+
+    def close(self) -> None:
+        self._table.close()
+
+    def __enter__(self) -> TableRunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- RunStore -------------------------------------------------------------------------
+
+    def insert_if_absent(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        from azure.core.exceptions import ResourceExistsError
+
+        entity = self._entity(record, seq=f"{time.time_ns():020d}")
+        try:
+            self._call("insert", lambda: self._table.create_entity(entity))
+            return record.model_copy(deep=True), True
+        except ResourceExistsError:
+            pass
+        existing = self.get(record.request_id)
+        if existing is None:  # deleted between the two calls: nothing sane to return but a retry
+            raise TransientError(f"run record {record.request_id!r} vanished during insert; try again")
+        return existing, False
+
+    def get(self, request_id: str) -> RunRecord | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._call("read", lambda: self._table.get_entity(PARTITION, row_key(request_id)))
+        except ResourceNotFoundError:
+            return None
+        return decode_record(entity)
+
+    def update(self, record: RunRecord) -> RunRecord:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        key = row_key(record.request_id)
+        try:
+            current = self._call("read", lambda: self._table.get_entity(
+                PARTITION, key, select=["Version", "Seq"]))
+        except ResourceNotFoundError:
+            raise NotFound(f"no run record for request_id {record.request_id!r}") from None
+        stored_version = int(current["Version"])
+        if stored_version != record.version:
+            raise Conflict(f"run record {record.request_id!r} is at version {stored_version}, not "
+                           f"{record.version}: re-read and retry")
+        now = self._now()
+        stored = record.model_copy(update={"version": record.version + 1, "updated_at": now})
+        entity = self._entity(stored, seq=current.get("Seq") or f"{time.time_ns():020d}")
+        try:
+            self._call("update", lambda: self._table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified))
+        except ResourceModifiedError:
+            raise Conflict(f"run record {record.request_id!r} changed under us (ETag): re-read and retry") from None
+        except ResourceNotFoundError:
+            raise NotFound(f"no run record for request_id {record.request_id!r}") from None
+        return stored
+
+    def list(self, *, states: Iterable[RunState] | None = None, limit: int = 100) -> list[RunRecord]:
+        """Newest first by ``created_at`` (then insertion order); sorted here, the table cannot."""
+        wanted = None if states is None else set(_state_values(states))
+        if wanted is not None and not wanted:
+            return []
+        keys = self._query(self._filter(wanted), select=_KEY_COLUMNS)
+        keys.sort(key=lambda e: (float(e["CreatedAt"]), str(e.get("Seq") or ""), e["RowKey"]), reverse=True)
+        out: list[RunRecord] = []
+        for entity in keys:
+            if len(out) >= limit:
+                break
+            rec = self._get_by_key(entity["RowKey"])
+            # the state may have moved between the key query and this read: keep the filter true
+            if rec is not None and (wanted is None or rec.state.value in wanted):
+                out.append(rec)
+        return out
+
+    def count(self, states: Iterable[RunState]) -> int:
+        wanted = set(_state_values(states))
+        if not wanted:
+            return 0
+        return len(self._query(self._filter(wanted), select=["RowKey"]))
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _entity(self, record: RunRecord, *, seq: str) -> dict[str, Any]:
+        entity: dict[str, Any] = {
+            "PartitionKey": PARTITION,
+            "RowKey": row_key(record.request_id),
+            "State": record.state.value,
+            "CreatedAt": _epoch(record.created_at),
+            "Seq": seq,
+            "Version": record.version,
+        }
+        entity.update(encode_record(record))
+        return entity
+
+    def _get_by_key(self, key: str) -> RunRecord | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return decode_record(self._call("read", lambda: self._table.get_entity(PARTITION, key)))
+        except ResourceNotFoundError:
+            return None
+
+    @staticmethod
+    def _filter(wanted: set[str] | None) -> str:
+        flt = f"PartitionKey eq '{PARTITION}'"
+        if wanted:
+            # values come from the RunState enum, never from a request: no injection possible
+            flt += " and (" + " or ".join(f"State eq '{s}'" for s in sorted(wanted)) + ")"
+        return flt
+
+    def _query(self, flt: str, *, select: list[str]) -> list[Any]:
+        return self._call("query", lambda: list(self._table.query_entities(flt, select=select,
+                                                                         results_per_page=1000)))
+
+    def _ensure_table(self) -> None:
+        if self._ready:
+            return
+        from azure.core.exceptions import ResourceExistsError
+
+        with self._ready_lock:
+            if self._ready:
+                return
+            try:
+                self._translate("create table", self._table.create_table)
+            except ResourceExistsError:
+                pass
+            self._ready = True
+
+    def _call(self, action: str, fn: Callable[[], Any]) -> Any:
+        self._ensure_table()
+        return self._translate(action, fn)
+
+    def _translate(self, action: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``; SDK errors become TransientError / PermanentError. The caller-handled
+        ones (exists, not found, modified) pass through untouched."""
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        try:
+            return fn()
+        except (ResourceExistsError, ResourceModifiedError):
+            raise
+        except ResourceNotFoundError as err:
+            if "TableNotFound" in str(getattr(err, "error_code", "") or ""):
+                self._ready = False  # someone deleted the table: recreate on the next call
+                raise TransientError(f"table {self.table_name!r} does not exist (yet); try again") from err
+            raise
+        except ClientAuthenticationError as err:
+            raise PermanentError(
+                f"Table storage refused rlq's credential for {action} on {self.table_name!r} "
+                "(the identity needs 'Storage Table Data Contributor')", reason="TableAuthorization") from err
+        except (ServiceRequestError, ServiceResponseError) as err:
+            raise TransientError(f"Table storage {action} failed to connect: {type(err).__name__}") from err
+        except HttpResponseError as err:
+            status = err.status_code or 0
+            code = getattr(err, "error_code", None) or type(err).__name__
+            if status in (403,):
+                raise PermanentError(f"Table storage {action} forbidden ({code}): check the identity's role",
+                                     reason="TableAuthorization") from err
+            if status == 408 or status == 429 or status >= 500:
+                raise TransientError(f"Table storage {action} failed with HTTP {status} ({code}); try again") from err
+            raise PermanentError(f"Table storage {action} failed with HTTP {status} ({code})",
+                                 reason="TableRequest") from err
+
+    def _now(self) -> datetime:
+        value = self._clock()
+        if isinstance(value, datetime):
+            return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return datetime.fromtimestamp(float(value), UTC)

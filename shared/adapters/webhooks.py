@@ -1,0 +1,630 @@
+"""Outgoing webhooks: the SSRF guard, Standard Webhooks signing, and retried delivery over httpx.
+
+Why each piece exists:
+
+* :func:`check_url` decides whether rlq may talk to a URL a request named. A request comes from a
+  queue anyone with send rights can write to, so its URLs are untrusted: without the guard a request
+  could make rlq POST to the cloud metadata service, a private admin port, or a neighbour in the VNet.
+  Every address the name resolves to is checked, and the connection then goes to the checked
+  address (see :meth:`ResolvedTarget.pinned_url`), so a DNS answer that changes between the check
+  and the connect (DNS rebinding) cannot redirect it.
+* :class:`WebhookSender` posts one body to one URL with bounded retries, honouring ``Retry-After``,
+  never following redirects, and disabling endpoints that answer 410 Gone (:class:`EndpointRegistry`).
+* Errors and logs name a target by :func:`redact` (no query string, no user info): Teams Workflows
+  URLs carry their signature in the query, and it must never reach a log line or a run record.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import ipaddress
+import itertools
+import logging
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+import httpx
+import tenacity
+
+from shared.models import Delivery
+from shared.webhook_verify import secret_key, sign
+
+log = logging.getLogger(__name__)
+
+
+class _RedactUrls(logging.Filter):
+    """httpx logs every request's full URL at INFO; a Workflows URL's query is its credential."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(redact(str(a)) if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+if not any(isinstance(f, _RedactUrls) for f in logging.getLogger("httpx").filters):
+    logging.getLogger("httpx").addFilter(_RedactUrls())
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+USER_AGENT = "rlq-webhooks/1"
+
+__all__ = [
+    "UnsafeUrl", "ResolveError", "ResolvedTarget", "check_url", "address_problem", "redact",
+    "signature_headers", "parse_retry_after", "EndpointRegistry", "DisabledEndpoint",
+    "SqliteEndpointRegistry", "MemoryEndpointRegistry", "WebhookSender",
+]
+
+
+class UnsafeUrl(ValueError):
+    """rlq will not send to this URL; ``reason`` says why (it never holds the query string)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ResolveError(OSError):
+    """The host name did not resolve now; it may later (DNS is a transient dependency)."""
+
+
+# --- the address rules -----------------------------------------------------------------------
+
+_V4_RULES: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
+    (ipaddress.IPv4Network(net), why) for net, why in (
+        ("0.0.0.0/8", "an unspecified ('this network') address"),
+        ("10.0.0.0/8", "a private address (10.0.0.0/8)"),
+        ("100.64.0.0/10", "a carrier-grade NAT shared address (100.64.0.0/10)"),
+        ("127.0.0.0/8", "a loopback address"),
+        ("169.254.169.254/32", "the cloud instance metadata service (link-local 169.254.169.254)"),
+        ("169.254.0.0/16", "a link-local address (169.254.0.0/16)"),
+        ("172.16.0.0/12", "a private address (172.16.0.0/12)"),
+        ("192.0.0.0/24", "an IETF protocol assignment address (192.0.0.0/24)"),
+        ("192.0.2.0/24", "a documentation address (192.0.2.0/24)"),
+        ("192.88.99.0/24", "a 6to4 relay anycast address (192.88.99.0/24)"),
+        ("192.168.0.0/16", "a private address (192.168.0.0/16)"),
+        ("198.18.0.0/15", "a benchmarking address (198.18.0.0/15)"),
+        ("198.51.100.0/24", "a documentation address (198.51.100.0/24)"),
+        ("203.0.113.0/24", "a documentation address (203.0.113.0/24)"),
+        ("224.0.0.0/4", "a multicast address"),
+        ("240.0.0.0/4", "a reserved address (240.0.0.0/4, incl. broadcast)"),
+        # Azure's platform endpoint (WireServer, IMDS proxy, platform DNS): public-looking, not public.
+        ("168.63.129.16/32", "the Azure platform endpoint 168.63.129.16"),
+    )
+)
+
+_V6_RULES: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.IPv6Network(net), why) for net, why in (
+        ("::/128", "the unspecified address ::"),
+        ("::1/128", "a loopback address"),
+        ("::/96", "an IPv4-compatible IPv6 address (deprecated)"),
+        ("64:ff9b:1::/48", "a local-use NAT64 address (64:ff9b:1::/48)"),
+        ("100::/64", "a discard-only address (100::/64)"),
+        ("2001::/32", "a Teredo tunnel address (2001::/32)"),
+        ("2001:db8::/32", "a documentation address (2001:db8::/32)"),
+        ("fc00::/7", "a unique-local address (fc00::/7)"),
+        ("fe80::/10", "a link-local address (fe80::/10)"),
+        ("fec0::/10", "a site-local address (fec0::/10, deprecated)"),
+        ("ff00::/8", "a multicast address"),
+    )
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def address_problem(ip: IPAddress, *, local_mode: bool) -> str | None:
+    """Why rlq must not connect to ``ip``, or None when it may.
+
+    Loopback is allowed only in local mode (the one-machine demo posts to a receiver on
+    127.0.0.1). Addresses that embed an IPv4 address (NAT64, 6to4) are judged by the embedded one;
+    IPv4-mapped IPv6 addresses are always refused, as no public DNS name should answer with one.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            return "an IPv6 address with a zone index"
+        if ip.ipv4_mapped is not None:
+            return f"an IPv4-mapped IPv6 address (of {ip.ipv4_mapped})"
+        if ip in _NAT64:
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+            why = address_problem(inner, local_mode=False)
+            return f"a NAT64 address of {inner}, {why}" if why else None
+        if ip.sixtofour is not None:
+            why = address_problem(ip.sixtofour, local_mode=False)
+            return f"a 6to4 address of {ip.sixtofour}, {why}" if why else None
+        for net, why in _V6_RULES:
+            if ip in net:
+                return None if (local_mode and ip.is_loopback) else why
+    else:
+        for net, why in _V4_RULES:
+            if ip in net:
+                return None if (local_mode and ip.is_loopback) else why
+    if not ip.is_global:
+        return "not a globally routable address"
+    return None
+
+
+# --- URL checks ------------------------------------------------------------------------------
+
+
+def redact(url: str) -> str:
+    """``scheme://host[:port]/path`` of ``url``: what logs, errors and deliveries may show."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "(unparsable URL)"
+    try:
+        port: int | str | None = parts.port
+    except ValueError:
+        port = "(invalid port)"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A URL that passed :func:`check_url`, with the addresses that were checked."""
+
+    url: str
+    scheme: str
+    host: str  # ASCII (IDNA) host as written, lower case, without a trailing dot
+    port: int
+    addresses: tuple[IPAddress, ...]
+    target: str  # the redacted URL (see :func:`redact`)
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def pinned_url(self, address: IPAddress) -> httpx.URL:
+        """The URL with its host replaced by a checked address: httpx connects there, no DNS."""
+        if address not in self.addresses:
+            raise ValueError("address was not checked")
+        return httpx.URL(self.url).copy_with(host=str(address))
+
+
+def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The address an inet_aton-style spelling (``2130706433``, ``0x7f000001``, ``0177.0.0.1``,
+    ``127.1``) stands for, or None for names and canonical dotted quads."""
+    try:
+        ipaddress.IPv4Address(host)
+        return None  # canonical dotted-decimal
+    except ValueError:
+        pass
+    if not host or not all(c in "0123456789abcdefx." for c in host.lower()):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def _idna(host: str) -> str:
+    try:
+        return host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return host.lower()
+
+
+def _host_allowed(host: str, allow_hosts: Iterable[str]) -> bool:
+    for pattern in allow_hosts:
+        pat = pattern.strip().lower().rstrip(".")
+        if pat.startswith("*."):
+            if host.endswith(pat[1:]) and len(host) > len(pat) - 1:
+                return True
+        elif host == pat:
+            return True
+    return False
+
+
+def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as err:
+        raise ResolveError(f"cannot resolve {host!r}: {err.strerror or err}") from None
+    except UnicodeError:
+        raise ResolveError(f"cannot resolve {host!r}: not a valid host name") from None
+    out: list[IPAddress] = []
+    for family, _type, _proto, _canon, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        addr = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if family == socket.AF_INET6 and len(sockaddr) >= 4 and sockaddr[3]:
+            addr = ipaddress.IPv6Address(f"{addr}%{sockaddr[3]}")
+        if addr not in out:
+            out.append(addr)
+    if not out:
+        raise ResolveError(f"{host!r} has no IPv4 or IPv6 address")
+    return tuple(out)
+
+
+def check_url(url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (),
+              resolve: bool = True) -> ResolvedTarget:
+    """Decide whether rlq may POST to ``url``; return the target with its checked addresses.
+
+    Rules: https only (plain http only to loopback, in local mode); no user info in the URL; when
+    ``allow_hosts`` is non-empty, the host must equal one entry or match a ``*.suffix`` entry; the
+    host is resolved and EVERY address must pass :func:`address_problem`. IP literals in legacy
+    spellings (decimal, hex, octal, shortened) are refused. With ``resolve=False`` only the static
+    rules run (for validating a request at intake without touching DNS).
+
+    Raises :class:`UnsafeUrl` (never retry) or :class:`ResolveError` (retry later).
+    """
+    shown = redact(url)
+    try:
+        raw = urlsplit(url)
+        raw_host = (raw.hostname or "").rstrip(".")
+    except ValueError:
+        raise UnsafeUrl(f"{shown}: not a valid URL") from None
+    legacy = _legacy_ipv4(raw_host)
+    if legacy is not None:
+        why = address_problem(legacy, local_mode=False) or "a public address"
+        raise UnsafeUrl(f"{shown}: host {raw_host!r} is a non-canonical spelling of IP address "
+                        f"{legacy} ({why}); write addresses in dotted-decimal form")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as err:
+        raise UnsafeUrl(f"{shown}: not a valid URL ({str(err).split(':')[0]})") from None
+
+    scheme = parsed.scheme
+    if scheme not in ("https", "http"):
+        raise UnsafeUrl(f"{shown}: scheme {scheme!r} is not allowed; use https")
+    if parsed.userinfo:
+        raise UnsafeUrl(f"{shown}: credentials in the URL are not allowed (they would end up in logs); "
+                        "webhooks are authenticated by their signature")
+    host = parsed.raw_host.decode("ascii").lower().rstrip(".")
+    if not host:
+        raise UnsafeUrl(f"{shown}: no host")
+    if host not in (raw_host.lower(), _idna(raw_host)):
+        raise UnsafeUrl(f"{shown}: ambiguous URL (parsers disagree on the host)")
+    port = parsed.port if parsed.port is not None else (443 if scheme == "https" else 80)
+    if not 0 < port < 65536:
+        raise UnsafeUrl(f"{shown}: port {port} is out of range")
+
+    if allow_hosts and not _host_allowed(host, allow_hosts):
+        raise UnsafeUrl(f"{shown}: host {host!r} is not in the webhook allow-list "
+                        f"(RLQ_WEBHOOK_ALLOW_HOSTS: {', '.join(allow_hosts)})")
+
+    literal: IPAddress | None
+    try:
+        literal = ipaddress.ip_address(host.replace("%25", "%"))
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses: tuple[IPAddress, ...] = (literal,)
+    elif host == "localhost" or host.endswith(".localhost"):
+        # RFC 6761: always loopback, whatever a resolver says.
+        if not local_mode:
+            raise UnsafeUrl(f"{shown}: {host!r} is a loopback name; webhooks must go to public addresses")
+        addresses = _resolve(host, port) if resolve else (ipaddress.IPv4Address("127.0.0.1"),)
+    elif scheme == "http" and not local_mode:
+        raise UnsafeUrl(f"{shown}: plain http is not allowed; use https (http only to loopback in local mode)")
+    elif resolve:
+        addresses = _resolve(host, port)
+    else:
+        addresses = ()
+
+    for addr in addresses:
+        why = address_problem(addr, local_mode=local_mode)
+        if why:
+            named = f"{host!r} resolves to {addr}, " if literal is None else f"{addr} is "
+            raise UnsafeUrl(f"{shown}: {named}{why}; webhooks must go to public addresses")
+
+    # Without resolution (intake checks) a name's addresses are unknown: send time decides.
+    if scheme == "http" and (not local_mode or not all(a.is_loopback for a in addresses)):
+        raise UnsafeUrl(f"{shown}: plain http is not allowed; use https (http only to loopback in local mode)")
+    return ResolvedTarget(url=url, scheme=scheme, host=host, port=port, addresses=addresses, target=shown)
+
+
+# --- signing ---------------------------------------------------------------------------------
+
+
+def signature_headers(msg_id: str, body: bytes, secrets: Sequence[str], *, timestamp: int) -> dict[str, str]:
+    """Standard Webhooks headers for one attempt: one ``v1`` signature per secret (rotation)."""
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp)}
+    if secrets:
+        headers["webhook-signature"] = " ".join(sign(msg_id, timestamp, body, s) for s in secrets)
+    return headers
+
+
+def check_secrets(secrets: Sequence[str]) -> None:
+    """Fail loudly, naming the setting, when a configured secret cannot sign."""
+    for i, secret in enumerate(secrets):
+        try:
+            secret_key(secret)
+        except ValueError as err:
+            raise ValueError(f"RLQ_WEBHOOK_SECRETS entry {i + 1}: {err}") from None
+
+
+# --- endpoints disabled after 410 Gone -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DisabledEndpoint:
+    key: str
+    target: str
+    reason: str
+    disabled_at: datetime
+
+
+def endpoint_key(url: str) -> str:
+    """Endpoints are keyed by a hash of the full URL: the query may hold a secret, so it is not stored."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+@runtime_checkable
+class EndpointRegistry(Protocol):
+    """Remembers endpoints that said 410 Gone, so later messages skip them."""
+
+    def disabled(self, url: str) -> DisabledEndpoint | None: ...
+
+    def disable(self, url: str, *, reason: str) -> None: ...
+
+    def enable(self, url: str) -> bool:
+        """Forget a disabled endpoint; True when it was disabled."""
+
+    def list(self) -> list[DisabledEndpoint]: ...
+
+
+class SqliteEndpointRegistry:
+    """``disabled_endpoints`` in a SQLite file (default ``<data_dir>/webhooks.sqlite3``).
+
+    A connection per call keeps it safe to share between the notifier's threads.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS disabled_endpoints ("
+                " key TEXT PRIMARY KEY, target TEXT NOT NULL, reason TEXT NOT NULL, disabled_at TEXT NOT NULL)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=10)
+
+    def disabled(self, url: str) -> DisabledEndpoint | None:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT key, target, reason, disabled_at FROM disabled_endpoints WHERE key = ?",
+                             (endpoint_key(url),)).fetchone()
+        return None if row is None else DisabledEndpoint(row[0], row[1], row[2], datetime.fromisoformat(row[3]))
+
+    def disable(self, url: str, *, reason: str) -> None:
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT OR REPLACE INTO disabled_endpoints VALUES (?, ?, ?, ?)",
+                       (endpoint_key(url), redact(url), reason, datetime.now(UTC).isoformat()))
+
+    def enable(self, url: str) -> bool:
+        with closing(self._connect()) as db, db:
+            return db.execute("DELETE FROM disabled_endpoints WHERE key = ?", (endpoint_key(url),)).rowcount > 0
+
+    def list(self) -> list[DisabledEndpoint]:
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT key, target, reason, disabled_at FROM disabled_endpoints "
+                              "ORDER BY disabled_at DESC").fetchall()
+        return [DisabledEndpoint(r[0], r[1], r[2], datetime.fromisoformat(r[3])) for r in rows]
+
+
+@dataclass
+class MemoryEndpointRegistry:
+    """In-memory twin of :class:`SqliteEndpointRegistry`."""
+
+    entries: dict[str, DisabledEndpoint] = field(default_factory=dict)
+
+    def disabled(self, url: str) -> DisabledEndpoint | None:
+        return self.entries.get(endpoint_key(url))
+
+    def disable(self, url: str, *, reason: str) -> None:
+        key = endpoint_key(url)
+        self.entries[key] = DisabledEndpoint(key, redact(url), reason, datetime.now(UTC))
+
+    def enable(self, url: str) -> bool:
+        return self.entries.pop(endpoint_key(url), None) is not None
+
+    def list(self) -> list[DisabledEndpoint]:
+        return sorted(self.entries.values(), key=lambda e: e.disabled_at, reverse=True)
+
+
+# --- delivery --------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    ok: bool
+    attempt: int
+    retry: bool = False
+    status_code: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+def _default_client() -> httpx.Client:
+    # trust_env=False: an HTTP(S)_PROXY would resolve the name itself and bypass the address pinning.
+    return httpx.Client(trust_env=False, follow_redirects=False)
+
+
+def _reason(text: str) -> str:
+    return "".join(c for c in text if c.isprintable())[:80]
+
+
+class WebhookSender:
+    """POSTs one body to one URL: SSRF-checked, pinned to the checked address, retried.
+
+    Retried: connection errors, timeouts, 408, 429 and 5xx, with exponential backoff and full
+    jitter (tenacity), or exactly ``Retry-After`` (capped) when a 429/503 gives one. Not retried:
+    other 4xx, 3xx (redirects are never followed: a webhook must name its final URL), refused URLs.
+    410 Gone disables the endpoint in the registry. ``sleep`` and ``clock`` are injectable so
+    tests neither wait nor depend on wall time.
+    """
+
+    def __init__(
+        self,
+        *,
+        local_mode: bool,
+        allow_hosts: Sequence[str] = (),
+        timeout_s: float = 10.0,
+        max_attempts: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 60.0,
+        registry: EndpointRegistry | None = None,
+        http_client_factory: Callable[[], httpx.Client] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.local_mode = local_mode
+        self.allow_hosts = tuple(allow_hosts)
+        self.timeout_s = timeout_s
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_retry_after_s = max_retry_after_s
+        self.registry = registry if registry is not None else MemoryEndpointRegistry()
+        self.http_client_factory = http_client_factory or _default_client
+        self.sleep = sleep
+        self.clock = clock
+        self._jitter = tenacity.wait_random_exponential(multiplier=backoff_s, max=max_backoff_s)
+
+    def send(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        message_id: str,
+        secrets: Sequence[str] = (),
+        content_type: str = "application/json",
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> Delivery:
+        """Deliver ``body`` to ``url``; never raises for delivery problems, returns a Delivery."""
+        target = redact(url)
+        gone = self.registry.disabled(url)
+        if gone is not None:
+            return Delivery(target=target, ok=False, attempts=0,
+                            error=f"skipped: endpoint disabled since {gone.disabled_at:%Y-%m-%d %H:%M} UTC "
+                                  f"({gone.reason})")
+        counter = itertools.count(1)
+
+        def attempt(client: httpx.Client) -> _Outcome:
+            return self._attempt(client, next(counter), url, body, message_id=message_id, secrets=secrets,
+                                 content_type=content_type, extra_headers=extra_headers or {})
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_result(lambda o: o.retry),
+            sleep=self.sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        with self.http_client_factory() as client:
+            outcome: _Outcome = retrying(attempt, client)
+
+        if outcome.status_code == 410:
+            self.registry.disable(url, reason="410 Gone")
+        delivery = Delivery(target=target, ok=outcome.ok, attempts=outcome.attempt,
+                            status_code=outcome.status_code, error=_scrub(outcome.error, url))
+        if delivery.ok:
+            log.info("webhook delivered to %s (attempts=%d, status=%s)", target, delivery.attempts,
+                     delivery.status_code)
+        else:
+            log.warning("webhook to %s failed after %d attempt(s): %s", target, delivery.attempts, delivery.error)
+        return delivery
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        outcome = state.outcome.result() if state.outcome and not state.outcome.failed else None
+        if outcome is not None and outcome.retry_after_s is not None:
+            return min(outcome.retry_after_s, self.max_retry_after_s)
+        return float(self._jitter(state))
+
+    def _attempt(self, client: httpx.Client, n: int, url: str, body: bytes, *, message_id: str,
+                 secrets: Sequence[str], content_type: str, extra_headers: Mapping[str, str]) -> _Outcome:
+        try:
+            # Checked on every attempt: DNS may legitimately move between retries, and the
+            # connection below goes to exactly the addresses checked here.
+            target = check_url(url, local_mode=self.local_mode, allow_hosts=self.allow_hosts)
+        except UnsafeUrl as err:
+            return _Outcome(ok=False, attempt=n, error=f"refused: {err.reason}")
+        except ResolveError as err:
+            return _Outcome(ok=False, attempt=n, retry=True, error=str(err))
+
+        address = target.addresses[(n - 1) % len(target.addresses)]
+        headers = {
+            "Content-Type": content_type,
+            "User-Agent": USER_AGENT,
+            **extra_headers,
+            **signature_headers(message_id, body, secrets, timestamp=int(self.clock())),
+            "Host": target.host_header,
+        }
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        request = client.build_request("POST", target.pinned_url(address), content=body, headers=headers,
+                                       extensions=extensions, timeout=self.timeout_s)
+        try:
+            response = client.send(request, follow_redirects=False, stream=True)
+        except httpx.TimeoutException as err:
+            return _Outcome(ok=False, attempt=n, retry=True, error=f"timeout ({type(err).__name__})")
+        except httpx.TransportError as err:
+            text = f"{type(err).__name__}: {err}"
+            permanent = "CERTIFICATE_VERIFY_FAILED" in text or isinstance(err, httpx.UnsupportedProtocol)
+            return _Outcome(ok=False, attempt=n, retry=not permanent, error=text)
+        try:
+            code = response.status_code
+            phrase = _reason(response.reason_phrase)
+            if 200 <= code < 300:
+                return _Outcome(ok=True, attempt=n, status_code=code)
+            if 300 <= code < 400:
+                where = response.headers.get("location")
+                to = f" to {redact(where)}" if where else ""
+                return _Outcome(ok=False, attempt=n, status_code=code,
+                                error=f"HTTP {code} {phrase}: redirect{to} not followed; "
+                                      "configure the final URL")
+            if code == 410:
+                return _Outcome(ok=False, attempt=n, status_code=code,
+                                error="HTTP 410 Gone: endpoint disabled; later messages skip it")
+            retry_after = None
+            if code in (429, 503):
+                retry_after = parse_retry_after(response.headers.get("retry-after"), now=self.clock())
+            retry = code in (408, 429) or code >= 500
+            return _Outcome(ok=False, attempt=n, retry=retry, status_code=code,
+                            error=f"HTTP {code} {phrase}".rstrip(), retry_after_s=retry_after)
+        finally:
+            response.close()
+
+
+def _scrub(text: str | None, url: str) -> str | None:
+    """Remove the query string and user info of ``url`` from a message, whatever produced it."""
+    if text is None:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    for secret in (url, parts.query, parts.password, parts.username):
+        if secret:
+            text = text.replace(secret, "…")
+    return text

@@ -1,0 +1,150 @@
+"""The RunStore contract against Azure Table storage (Azurite), plus what only this store has.
+
+Azurite is started once for the module (installed into node_modules/ by the fixture when it is
+missing). If it cannot start, these tests fail with the reason: they never skip silently.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from azure.data.tables import TableClient
+
+from shared.adapters.azurite import Azurite, AzuriteUnavailable, start_azurite
+from shared.adapters.table_store import PARTITION, TableRunStore, row_key
+from shared.errors import Conflict, PermanentError, TransientError
+from shared.models import Delivery, RunRecord, RunState
+from shared.settings import Settings
+
+from .run_store_contract import RunStoreContract, record
+
+pytestmark = pytest.mark.azurite
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[Azurite]:
+    try:
+        emulator = start_azurite()
+    except AzuriteUnavailable as err:
+        pytest.fail(f"Azurite is required for the Table store tests and could not start: {err}", pytrace=False)
+    yield emulator
+    emulator.stop()
+
+
+def fresh_table() -> str:
+    return "t" + uuid.uuid4().hex[:24]
+
+
+class TestTableRunStore(RunStoreContract):
+    race_rounds = 10  # each round is four HTTP calls; ten rounds exercise the ETag race enough
+
+    @pytest.fixture
+    def store(self, azurite: Azurite) -> Iterator[TableRunStore]:
+        s = TableRunStore(connection_string=azurite.connection_string, table_name=fresh_table())
+        yield s
+        s.close()
+
+
+def test_from_settings_uses_the_connection_and_table(azurite: Azurite) -> None:
+    name = fresh_table()
+    settings = Settings(store="table", table_connection=azurite.connection_string, table_name=name,
+                        _env_file=None)
+    with TableRunStore.from_settings(settings) as s:
+        s.insert_if_absent(record("via-settings"))
+    raw = TableClient.from_connection_string(azurite.connection_string, name)
+    entity = raw.get_entity(PARTITION, "via-settings")
+    assert entity["State"] == "received" and entity["Version"] == 0
+
+
+def test_large_record_is_compressed_into_chunks_and_round_trips(azurite: Azurite) -> None:
+    name = fresh_table()
+    # ~150 KB of JSON: past a string property's 64 KiB, so it must be chunked
+    deliveries = [Delivery(target=f"https://hooks.example.com/{i}/{uuid.uuid4().hex}", ok=bool(i % 2),
+                           attempts=i % 5, error="timeout after 10 s " * 3) for i in range(900)]
+    big = record("big", deliveries=deliveries)
+    assert len(big.model_dump_json()) > 100_000
+    with TableRunStore(connection_string=azurite.connection_string, table_name=name) as s:
+        stored, inserted = s.insert_if_absent(big)
+        assert inserted
+        assert s.get("big") == big
+        updated = s.update(s.get("big").model_copy(update={"state": RunState.notified}))
+        assert s.get("big") == updated
+        raw = TableClient.from_connection_string(azurite.connection_string, name).get_entity(PARTITION, "big")
+    assert "Record" not in raw and raw["RecordChunks"] >= 1
+    assert raw["State"] == "notified"
+
+
+def test_ids_a_row_key_cannot_hold_are_encoded(azurite: Azurite) -> None:
+    odd = "team/a#1?x"
+    assert row_key(odd) != odd
+    with TableRunStore(connection_string=azurite.connection_string, table_name=fresh_table()) as s:
+        s.insert_if_absent(record(odd, state=RunState.rejected))
+        got = s.get(odd)
+        assert got is not None and got.request_id == odd
+        assert [r.request_id for r in s.list(states=[RunState.rejected])] == [odd]
+        assert s.get("team") is None
+
+
+def test_etag_guards_a_write_that_slips_in_after_the_version_check(azurite: Azurite) -> None:
+    """A writer that updates between our read of the version and our write: the ETag catches it."""
+    name = fresh_table()
+    with TableRunStore(connection_string=azurite.connection_string, table_name=name) as s:
+        s.insert_if_absent(record("slip"))
+        mine = s.get("slip")
+        real_get = s._table.get_entity
+
+        def get_then_someone_writes(*args, **kwargs):
+            entity = real_get(*args, **kwargs)
+            if kwargs.get("select"):  # update's version read: now another writer gets in first
+                other = TableRunStore(connection_string=azurite.connection_string, table_name=name)
+                other.update(other.get("slip").model_copy(update={"run_id": "other"}))
+                other.close()
+            return entity
+
+        s._table.get_entity = get_then_someone_writes  # type: ignore[method-assign]
+        with pytest.raises(Conflict, match="ETag"):
+            s.update(mine.model_copy(update={"run_id": "mine"}))
+        s._table.get_entity = real_get  # type: ignore[method-assign]
+        final = s.get("slip")
+    assert (final.run_id, final.version) == ("other", 1)
+
+
+def test_unreachable_table_service_is_transient() -> None:
+    from shared.adapters.azurite import ACCOUNT, ACCOUNT_KEY, free_port
+
+    port = free_port()
+    conn = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"TableEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
+    with TableRunStore(connection_string=conn, table_name="unreachable", retry_total=0, timeout_s=2) as s:
+        with pytest.raises(TransientError):
+            s.get("x")
+
+
+def test_wrong_key_is_permanent_and_names_the_role(azurite: Azurite) -> None:
+    wrong = azurite.connection_string.replace(azurite.connection_string.split("AccountKey=")[1].split(";")[0],
+                                              "d3Jvbmcta2V5LWZvci10ZXN0cw==")
+    with TableRunStore(connection_string=wrong, table_name=fresh_table(), retry_total=0) as s:
+        with pytest.raises(PermanentError) as info:
+            s.get("x")
+    assert "d3Jvbmcta2V5LWZvci10ZXN0cw==" not in str(info.value)
+
+
+def test_missing_configuration_is_a_clear_error() -> None:
+    with pytest.raises(PermanentError, match="RLQ_TABLE_ACCOUNT_URL"):
+        TableRunStore.from_settings(Settings(store="table", _env_file=None))
+
+
+def test_list_is_bounded_by_limit_and_stays_newest_first(azurite: Azurite) -> None:
+    from datetime import timedelta
+
+    from .run_store_contract import T0
+
+    with TableRunStore(connection_string=azurite.connection_string, table_name=fresh_table()) as s:
+        for i in range(12):
+            s.insert_if_absent(record(f"b-{i:02d}", state=RunState.running, created_at=T0 + timedelta(seconds=i)))
+        got = s.list(states=[RunState.running], limit=5)
+        assert [r.request_id for r in got] == ["b-11", "b-10", "b-09", "b-08", "b-07"]
+        assert s.count([RunState.running]) == 12
+        assert isinstance(got[0], RunRecord)

@@ -1,0 +1,578 @@
+"""The local Functions host drives a small function app of the test's own on a real SQLite broker.
+
+Time is a fake clock the test steps (shared by broker and host), except where real threads are the
+point (concurrency, graceful stop, lock renewal under a real clock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import httpx
+import pytest
+
+from shared.adapters.sqlite_broker import MAX_DELIVERY_REASON, SqliteBroker
+from shared.localhost import (
+    DEAD_LETTER_REASON,
+    HostConfig,
+    LocalHost,
+    LocalHostError,
+    Route,
+    Schedule,
+    parse_timespan,
+)
+from shared.settings import Settings
+
+Q = "work"
+TOPIC = "events"
+SUB = "audit"
+T0 = 1_700_000_003.0  # 3 s past a 10-second boundary
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Recorder:
+    """What the test app's handlers saw; ``behaviour`` decides what the queue handler does."""
+
+    def __init__(self) -> None:
+        self.messages: list[func.ServiceBusMessage] = []
+        self.topic_messages: list[func.ServiceBusMessage] = []
+        self.timer_calls: list[func.TimerRequest] = []
+        self.behaviour: Any = None  # callable(msg) or None
+        self.timer_behaviour: Any = None
+        self.lock = threading.Lock()
+
+
+def make_app(rec: Recorder, *, schedule: str = "*/10 * * * * *", queue: str = Q) -> func.FunctionApp:
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.function_name("work")
+    @app.service_bus_queue_trigger(arg_name="msg", queue_name=queue, connection="ServiceBusConnection")
+    def work(msg: func.ServiceBusMessage) -> None:
+        with rec.lock:
+            rec.messages.append(msg)
+        if rec.behaviour is not None:
+            rec.behaviour(msg)
+
+    @app.function_name("audit")
+    @app.service_bus_topic_trigger(arg_name="msg", topic_name=TOPIC, subscription_name=SUB,
+                                   connection="ServiceBusConnection")
+    def audit(msg: func.ServiceBusMessage) -> None:
+        rec.topic_messages.append(msg)
+
+    @app.function_name("tick")
+    @app.timer_trigger(arg_name="timer", schedule=schedule, run_on_startup=False, use_monitor=False)
+    def tick(timer: func.TimerRequest) -> None:
+        rec.timer_calls.append(timer)
+        if rec.timer_behaviour is not None:
+            rec.timer_behaviour(timer)
+
+    @app.function_name("get_item")
+    @app.route(route="items/{item_id}", methods=["GET"])
+    def get_item(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse(json.dumps({"item_id": req.route_params["item_id"],
+                                             "verbose": req.params.get("verbose")}),
+                                 mimetype="application/json", headers={"X-Item": req.route_params["item_id"]})
+
+    @app.function_name("item_tags")
+    @app.route(route="items/{item_id:int}/tags", methods=["GET"])
+    async def item_tags(req: func.HttpRequest) -> func.HttpResponse:  # async handlers are awaited
+        return func.HttpResponse(json.dumps({"tags_of": int(req.route_params["item_id"])}),
+                                 mimetype="application/json")
+
+    @app.function_name("create_item")
+    @app.route(route="items", methods=["POST"])
+    def create_item(req: func.HttpRequest) -> func.HttpResponse:
+        body = req.get_json()
+        return func.HttpResponse(json.dumps({"created": body, "content_type": req.headers.get("content-type")}),
+                                 status_code=201, mimetype="application/json")
+
+    @app.function_name("broken")
+    @app.route(route="broken", methods=["GET"])
+    def broken(req: func.HttpRequest) -> func.HttpResponse:
+        raise RuntimeError("the database password is hunter2")
+
+    return app
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "rlq")
+
+
+@pytest.fixture
+def broker(tmp_path: Path, clock: FakeClock):
+    b = SqliteBroker(tmp_path / "queue.sqlite3", lock_duration_s=60, max_delivery_count=3, clock=clock)
+    b.create_queue(Q)
+    b.create_topic(TOPIC)
+    b.create_subscription(TOPIC, SUB)
+    b.create_subscription(TOPIC, "other")
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def no_host_json(tmp_path: Path) -> Path:
+    return tmp_path / "absent-host.json"
+
+
+@pytest.fixture
+def host(rec, broker, settings, clock, no_host_json):
+    h = LocalHost(make_app(rec), broker=broker, settings=settings, host_json=no_host_json, http_port=0,
+                  clock=clock)
+    yield h
+    h.stop()
+
+
+def write_host_json(path: Path, service_bus: dict[str, Any]) -> Path:
+    path.write_text(json.dumps({"version": "2.0", "extensions": {"serviceBus": service_bus}}))
+    return path
+
+
+# --- Service Bus triggers ----------------------------------------------------------------------
+
+
+def test_success_completes_and_the_handler_gets_the_runtime_message(host, broker, rec, caplog):
+    broker.send(Q, b'{"n": 1}', message_id="m-1", correlation_id="c-1", application_properties={"kind": "test"})
+    caplog.set_level(logging.INFO, logger="rlq.localhost")
+
+    assert host.drain() == 1
+
+    (msg,) = rec.messages
+    assert isinstance(msg, func.ServiceBusMessage)
+    assert msg.get_body() == b'{"n": 1}'
+    assert (msg.message_id, msg.delivery_count, msg.correlation_id) == ("m-1", 1, "c-1")
+    assert msg.application_properties == {"kind": "test"}
+    assert msg.enqueued_time_utc == datetime.fromtimestamp(T0, UTC)
+    assert msg.metadata["DeliveryCount"] == 1
+    assert broker.counts(Q) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
+    assert [(i.function, i.outcome) for i in host.invocations] == [("work", "completed")]
+    assert any("fn=work" in r.message and "outcome=completed" in r.message and "id=m-1" in r.message
+               and "delivery=1" in r.message for r in caplog.records)
+
+
+def test_a_failing_handler_is_abandoned_redelivered_and_dead_lettered_with_the_last_error(host, broker, rec):
+    def fail(msg):
+        raise ValueError(f"backend said no on delivery {msg.delivery_count}")
+
+    rec.behaviour = fail
+    broker.send(Q, b"{}", message_id="poison")
+
+    assert host.drain() == 3  # max_delivery_count=3: tried three times, then dead-lettered
+
+    assert [m.delivery_count for m in rec.messages] == [1, 2, 3]
+    assert [i.outcome for i in host.invocations] == ["abandoned", "abandoned", "dead_lettered"]
+    (dead,) = broker.dead_letters(Q)
+    assert dead.message_id == "poison"
+    assert dead.reason == DEAD_LETTER_REASON == MAX_DELIVERY_REASON
+    assert dead.description == "ValueError: backend said no on delivery 3"
+    assert broker.counts(Q)["active"] == 0
+
+
+def test_one_failure_does_not_stop_the_next_message(host, broker, rec):
+    rec.behaviour = lambda msg: (_ for _ in ()).throw(RuntimeError("first fails")) if msg.message_id == "a" \
+        and msg.delivery_count == 1 else None
+    broker.send(Q, b"{}", message_id="a")
+    broker.send(Q, b"{}", message_id="b")
+
+    host.drain()
+
+    assert broker.counts(Q) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
+    outcomes = [(i.message_id, i.delivery_count, i.outcome) for i in host.invocations]
+    assert ("a", 1, "abandoned") in outcomes and ("a", 2, "completed") in outcomes
+    assert ("b", 1, "completed") in outcomes
+
+
+def test_a_handler_that_dead_letters_its_own_message_makes_complete_a_no_op(host, broker, rec):
+    def reject(msg):
+        assert broker.dead_letter_by_id(Q, msg.message_id, reason="InvalidRequest",
+                                        description="env: 'Nope' is not allowed")
+
+    rec.behaviour = reject
+    broker.send(Q, b"{}", message_id="bad")
+
+    assert host.drain() == 1
+
+    assert [i.outcome for i in host.invocations] == ["settled_by_handler"]
+    (dead,) = broker.dead_letters(Q)
+    assert (dead.reason, dead.description) == ("InvalidRequest", "env: 'Nope' is not allowed")
+    assert dead.delivery_count == 1
+
+
+def test_topic_trigger_reads_its_own_subscription_only(host, broker, rec):
+    broker.send(TOPIC, b'{"done": true}', message_id="r1:completed")
+
+    assert host.drain() == 1
+
+    (msg,) = rec.topic_messages
+    assert msg.message_id == "r1:completed"
+    assert broker.counts(TOPIC, subscription=SUB)["active"] == 0
+    assert broker.counts(TOPIC, subscription="other")["active"] == 1  # nobody hosts "other"
+
+
+def test_drain_stops_at_max_messages(host, broker, rec):
+    for i in range(3):
+        broker.send(Q, b"{}", message_id=f"m{i}")
+
+    assert host.drain(max_messages=2) == 2
+    assert broker.counts(Q)["active"] == 1
+    assert host.drain() == 1
+
+
+def test_scheduled_messages_wait_for_their_time(host, broker, rec, clock):
+    broker.send(Q, b"{}", message_id="later", scheduled_at=T0 + 60)
+
+    assert host.drain() == 0
+    clock.advance(61)
+    assert host.drain() == 1
+
+
+def test_service_bus_output_binding_is_sent_after_success(broker, settings, clock, no_host_json):
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.function_name("forward")
+    @app.service_bus_queue_trigger(arg_name="msg", queue_name=Q, connection="C")
+    @app.service_bus_queue_output(arg_name="out", queue_name="forwarded", connection="C")
+    def forward(msg: func.ServiceBusMessage, out: func.Out[str]) -> None:
+        out.set(msg.get_body().decode().upper())
+
+    host = LocalHost(app, broker=broker, settings=settings, host_json=no_host_json, clock=clock)
+    broker.send(Q, b"hello", message_id="fw-1")
+    host.drain()
+
+    (sent,) = broker.peek("forwarded")
+    assert sent.body == b"HELLO" and sent.correlation_id == "fw-1"
+
+
+# --- lock renewal ------------------------------------------------------------------------------
+
+
+def test_lock_is_renewed_while_a_long_handler_runs(host, broker, rec, clock):
+    renewals = []
+
+    def long_running(msg):
+        for _ in range(3):  # 3 x 40 s = 120 s: twice the 60 s lock
+            clock.advance(40)
+            renewals.append(host.renew_locks())
+
+    rec.behaviour = long_running
+    broker.send(Q, b"{}", message_id="long")
+
+    host.drain()
+
+    assert sum(renewals) >= 2
+    assert [i.outcome for i in host.invocations] == ["completed"]
+    assert broker.counts(Q) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
+
+
+def test_without_renewal_past_max_auto_lock_renewal_the_lock_is_lost_and_redelivered(
+        rec, broker, settings, clock, tmp_path):
+    host_json = write_host_json(tmp_path / "host.json", {"maxAutoLockRenewalDuration": "00:00:30"})
+    host = LocalHost(make_app(rec), broker=broker, settings=settings, host_json=host_json, clock=clock)
+    renewals = []
+
+    def long_running(msg):
+        if msg.delivery_count == 1:
+            for _ in range(2):
+                clock.advance(40)
+                renewals.append(host.renew_locks())
+
+    rec.behaviour = long_running
+    broker.send(Q, b"{}", message_id="long")
+    try:
+        host.drain()
+    finally:
+        host.stop()
+
+    assert renewals == [0, 0]  # the renewal window (30 s) was over before the lock needed it
+    assert [(i.delivery_count, i.outcome) for i in host.invocations] == [(1, "lock_lost"), (2, "completed")]
+
+
+def test_lock_renewal_under_a_real_clock(tmp_path, settings, rec, no_host_json):
+    broker = SqliteBroker(tmp_path / "real.sqlite3", lock_duration_s=0.3)
+    host = LocalHost(make_app(rec), broker=broker, settings=settings, host_json=no_host_json)
+    seen_locked = []
+
+    def slow(msg):
+        for _ in range(4):  # 1.2 s in all: four lock durations
+            threading.Event().wait(0.3)
+            seen_locked.append(broker.peek(Q)[0].locked_until > 0)
+
+    rec.behaviour = slow
+    broker.send(Q, b"{}", message_id="slow")
+    try:
+        host.drain()
+    finally:
+        host.stop()
+        broker.close()
+
+    assert seen_locked == [True, True, True, True]
+    assert [i.outcome for i in host.invocations] == ["completed"]
+
+
+# --- concurrency and lifecycle -----------------------------------------------------------------
+
+
+def test_max_concurrent_calls_from_host_json_is_respected(rec, broker, settings, tmp_path):
+    broker_real = SqliteBroker(tmp_path / "real.sqlite3", lock_duration_s=30)
+    host_json = write_host_json(tmp_path / "host.json", {"maxConcurrentCalls": 2})
+    host = LocalHost(make_app(rec), broker=broker_real, settings=settings, host_json=host_json)
+    active = 0
+    peak = 0
+    done = threading.Semaphore(0)
+    two_in = threading.Event()
+    too_many = threading.Event()
+    gate = threading.Event()
+    guard = threading.Lock()
+
+    def hold(msg):
+        nonlocal active, peak
+        with guard:
+            active += 1
+            peak = max(peak, active)
+            if active == 2:
+                two_in.set()
+            if active > 2:
+                too_many.set()
+        gate.wait(10)
+        with guard:
+            active -= 1
+        done.release()
+
+    rec.behaviour = hold
+    for i in range(6):
+        broker_real.send(Q, b"{}", message_id=f"c{i}")
+    host.start(timers=False, http=False)
+    try:
+        assert two_in.wait(10)
+        too_many.wait(0.5)  # a third invocation would start well within this if it were allowed
+        gate.set()
+        for _ in range(6):
+            assert done.acquire(timeout=10)
+    finally:
+        gate.set()
+        host.stop()
+        broker_real.close()
+
+    assert peak == 2
+    assert len(rec.messages) == 6
+
+
+def test_stop_finishes_in_flight_work_and_receives_nothing_new(rec, settings, tmp_path):
+    broker = SqliteBroker(tmp_path / "real.sqlite3", lock_duration_s=30)
+    host_json = write_host_json(tmp_path / "host.json", {"maxConcurrentCalls": 1})
+    host = LocalHost(make_app(rec), broker=broker, settings=settings, host_json=host_json)
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(msg):
+        started.set()
+        gate.wait(10)
+
+    rec.behaviour = hold
+    broker.send(Q, b"{}", message_id="first")
+    broker.send(Q, b"{}", message_id="second")
+    host.start(timers=False, http=False)
+    try:
+        assert started.wait(10)
+        stopper = threading.Thread(target=host.stop)
+        stopper.start()
+        for _ in range(100):
+            if host.stopping:
+                break
+            threading.Event().wait(0.01)
+        gate.set()
+        stopper.join(10)
+        assert not stopper.is_alive()
+    finally:
+        gate.set()
+        host.stop()
+
+    assert [m.message_id for m in rec.messages] == ["first"]
+    assert [i.outcome for i in host.invocations] == ["completed"]
+    (left,) = broker.peek(Q)
+    assert (left.message_id, left.delivery_count) == ("second", 0)
+    broker.close()
+
+
+def test_run_forever_returns_after_request_stop(host):
+    threading.Timer(0.3, host.request_stop).start()
+    host.run_forever()
+    assert host.stopping
+
+
+# --- timers ------------------------------------------------------------------------------------
+
+
+def test_timer_fires_on_its_schedule_and_reports_past_due(host, rec):
+    assert host.next_due("tick") == datetime.fromtimestamp(T0 + 7, UTC)  # the next 10-second mark
+
+    assert host.tick_timers(now=T0 + 6.9) == []
+    assert host.tick_timers(now=T0 + 7) == ["tick"]
+    assert host.tick_timers(now=T0 + 7.5) == []  # once per occurrence
+    assert rec.timer_calls[0].past_due is False
+
+    # 20 s late: fires once (missed occurrences collapse into one), marked past due
+    assert host.tick_timers(now=T0 + 37) == ["tick"]
+    assert rec.timer_calls[1].past_due is True
+    assert host.next_due("tick") == datetime.fromtimestamp(T0 + 47, UTC)
+    assert [i.outcome for i in host.invocations] == ["ok", "ok"]
+
+
+def test_timer_never_runs_concurrently_with_itself(host, rec):
+    inside, gate = threading.Event(), threading.Event()
+
+    def hold(timer):
+        inside.set()
+        gate.wait(10)
+
+    rec.timer_behaviour = hold
+    first = threading.Thread(target=host.tick_timers, kwargs={"now": T0 + 7})
+    first.start()
+    try:
+        assert inside.wait(10)
+        assert host.tick_timers(now=T0 + 17) == []  # due, but still running: skipped
+        assert len(rec.timer_calls) == 1
+    finally:
+        gate.set()
+        first.join(10)
+    rec.timer_behaviour = None
+    assert host.tick_timers(now=T0 + 18) == ["tick"]  # fires late once the first run is done
+    assert rec.timer_calls[1].past_due is True
+
+
+def test_a_failing_timer_is_logged_and_fires_again_next_time(host, rec):
+    rec.timer_behaviour = lambda timer: 1 / 0
+
+    assert host.tick_timers(now=T0 + 7) == ["tick"]
+    assert host.tick_timers(now=T0 + 17) == ["tick"]
+    assert [(i.outcome, i.error) for i in host.invocations] == [("error", "ZeroDivisionError: division by zero")] * 2
+
+
+def test_app_setting_expressions_resolve_from_environment_then_settings(rec, broker, clock, tmp_path,
+                                                                       monkeypatch, no_host_json):
+    monkeypatch.delenv("RLQ_POLL_SCHEDULE", raising=False)
+    monkeypatch.delenv("RLQ_QUEUE_NAME", raising=False)
+    settings = Settings(data_dir=tmp_path, poll_schedule="0 */5 * * * *", queue_name="from-settings")
+    app = make_app(rec, schedule="%RLQ_POLL_SCHEDULE%", queue="%RLQ_QUEUE_NAME%")
+
+    host = LocalHost(app, broker=broker, settings=settings, host_json=no_host_json, clock=clock)
+    assert host.next_due("tick") == datetime.fromtimestamp(1_700_000_100, UTC)  # next 5-minute mark
+    assert {f.name: f.detail for f in host.functions}["work"] == "queue from-settings"
+
+    monkeypatch.setenv("RLQ_POLL_SCHEDULE", "30 * * * * *")  # the environment wins
+    host = LocalHost(make_app(rec, schedule="%RLQ_POLL_SCHEDULE%"), broker=broker, settings=settings,
+                     host_json=no_host_json, clock=clock)
+    assert host.next_due("tick") == datetime.fromtimestamp(1_700_000_010, UTC)  # :30 of that minute
+
+    with pytest.raises(LocalHostError, match="RLQ_NOT_A_SETTING"):
+        LocalHost(make_app(rec, schedule="%RLQ_NOT_A_SETTING%"), broker=broker, settings=settings,
+                  host_json=no_host_json, clock=clock)
+
+
+def test_bad_schedules_are_refused_naming_the_expression():
+    with pytest.raises(LocalHostError, match="every minute"):
+        Schedule("every minute")
+    assert Schedule("00:00:15").next_after(100.0) == 115.0
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+
+def test_http_routes_over_real_http(host):
+    host.start(queues=False, timers=False)
+    base = f"{host.base_url}/api"
+    with httpx.Client(timeout=10) as client:
+        slash = client.get(f"{base}/items/a%2Fb")  # an encoded slash stays inside the parameter
+        assert slash.status_code == 200 and slash.json()["item_id"] == "a/b"
+        got = client.get(f"{base}/items/a%20b", params={"verbose": "1"})
+        assert got.status_code == 200
+        assert got.json() == {"item_id": "a b", "verbose": "1"}
+        assert got.headers["x-item"] == "a b"
+        assert got.headers["content-type"].startswith("application/json")
+
+        tags = client.get(f"{base}/items/42/tags")
+        assert tags.status_code == 200 and tags.json() == {"tags_of": 42}
+        # {item_id:int}: a non-integer id is not this route
+        assert client.get(f"{base}/items/abc/tags").status_code == 404
+
+        created = client.post(f"{base}/items", json={"name": "x"})
+        assert created.status_code == 201
+        assert created.json() == {"created": {"name": "x"}, "content_type": "application/json"}
+
+        assert client.get(f"{base}/nothing-here").status_code == 404
+        assert client.get(f"{host.base_url}/items/1").status_code == 404  # outside the /api prefix
+        wrong = client.delete(f"{base}/items/1")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+
+        failed = client.get(f"{base}/broken")
+        assert failed.status_code == 500
+        assert "hunter2" not in failed.text and "Traceback" not in failed.text
+    outcomes = [(i.function, i.outcome) for i in host.invocations]
+    assert ("get_item", "200") in outcomes and ("broken", "error") in outcomes
+
+
+def test_route_templates():
+    r = Route.compile("trainings/{request_id}/cancel")
+    assert r.match("trainings/abc-1/cancel") == {"request_id": "abc-1"}
+    assert r.match("trainings/abc-1") is None
+    assert Route.compile("files/{*rest}").match("files/a/b/c") == {"rest": "a/b/c"}
+    assert Route.compile("runs/{id?}").match("runs") == {}
+    assert Route.compile("runs/{id?}").match("runs/7") == {"id": "7"}
+    assert Route.compile("trainings/{request_id}/reward.png").match("trainings/r1/reward.png") == {"request_id": "r1"}
+
+
+# --- host.json ---------------------------------------------------------------------------------
+
+
+def test_host_json_defaults_and_values(tmp_path):
+    assert HostConfig.load(tmp_path / "missing.json") == HostConfig()
+    assert HostConfig().max_concurrent_calls == 16
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({
+        "version": "2.0", "functionTimeout": "00:10:00",
+        "extensions": {"serviceBus": {"maxConcurrentCalls": 4, "maxAutoLockRenewalDuration": "00:20:00"},
+                       "http": {"routePrefix": "v1"}},
+    }))
+    cfg = HostConfig.load(path)
+    assert (cfg.max_concurrent_calls, cfg.max_auto_lock_renewal_s, cfg.route_prefix, cfg.function_timeout_s) == \
+        (4, 1200.0, "v1", 600.0)
+    assert parse_timespan("1.02:00:00.5") == 93600.5
+    path.write_text("{not json")
+    with pytest.raises(LocalHostError, match="host.json"):
+        HostConfig.load(path)
+
+
+def test_unsupported_triggers_are_refused_by_name(broker, settings, no_host_json):
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.function_name("blobby")
+    @app.blob_trigger(arg_name="blob", path="c/{name}", connection="C")
+    def blobby(blob: func.InputStream) -> None: ...
+
+    with pytest.raises(LocalHostError, match="blobby.*blobTrigger"):
+        LocalHost(app, broker=broker, settings=settings, host_json=no_host_json)

@@ -1,0 +1,117 @@
+"""Environment creators for the trainer (used by the driver, Ray EnvRunners and evaluation).
+
+Every creator imports ``ale_py`` and registers its environments itself, because it runs in
+Ray worker processes that never executed the driver's imports.
+
+Atari games get the standard DeepMind-style preprocessing from RLlib's
+``wrap_atari_for_new_api_stack``: grayscale, resize to ``dim`` x ``dim`` (84 by default,
+``model.dim`` in the article), normalise to [-1, 1], max-and-skip 4 frames, up to 30 no-op
+starts, episodic life, FIRE on reset, and a stack of the last 4 frames *inside the env*
+(observation shape ``(dim, dim, 4)``). Frame stacking happens in the env rather than in an
+env-to-module connector, so evaluation only has to use the same creator to see exactly the
+observations the policy was trained on.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+ENV_PREFIX = "rlq/"
+ATARI_DEFAULTS = {"dim": 84, "framestack": 4, "frameskip": 4, "noop_max": 30}
+
+
+def _register_ale() -> None:
+    import ale_py  # noqa: F401  (registers the ALE namespace)
+    import gymnasium
+
+    gymnasium.register_envs(ale_py)
+
+
+def env_spec(env_id: str):
+    """Return the gymnasium EnvSpec for ``env_id`` or None when it is not registered."""
+    import gymnasium
+
+    _register_ale()
+    try:
+        return gymnasium.spec(env_id)
+    except Exception:  # gymnasium raises several error types for unknown ids
+        return None
+
+
+def is_atari(env_id: str) -> bool:
+    spec = env_spec(env_id)
+    if spec is None:
+        return False
+    ep = spec.entry_point if isinstance(spec.entry_point, str) else getattr(spec.entry_point, "__module__", "")
+    return "ale_py" in str(ep)
+
+
+def make_env(env_config: Dict[str, Any]):
+    """Module-level env creator: ``env_config["env_id"]`` plus Atari preprocessing options.
+
+    Used through ``ray.tune.registry.register_env`` (see ``register``) and directly by
+    ``trainer.evaluate``.
+    """
+    import gymnasium as gym
+
+    _register_ale()
+    cfg = dict(env_config or {})
+    env_id = cfg["env_id"]
+    render_mode: Optional[str] = cfg.get("render_mode")
+    kwargs: Dict[str, Any] = {}
+    if render_mode:
+        kwargs["render_mode"] = render_mode
+    if is_atari(env_id):
+        from ray.rllib.env.wrappers.atari_wrappers import wrap_atari_for_new_api_stack
+
+        opts = {**ATARI_DEFAULTS, **{k: cfg[k] for k in ATARI_DEFAULTS if k in cfg}}
+        # The wrapper does the frame skipping (max over the last 2 frames), so the
+        # emulator itself must not skip ("ALE/*-v5" ids skip 4 by default).
+        kwargs["frameskip"] = 1
+        if "repeat_action_probability" in cfg:
+            kwargs["repeat_action_probability"] = cfg["repeat_action_probability"]
+        env = gym.make(env_id, **kwargs)
+        env = wrap_atari_for_new_api_stack(
+            env,
+            dim=opts["dim"],
+            frameskip=opts["frameskip"],
+            framestack=opts["framestack"] if opts["framestack"] > 1 else None,
+        )
+        if opts["noop_max"] != 30:
+            _set_noop_max(env, opts["noop_max"])
+        if "max_episode_steps" in cfg:
+            env = gym.wrappers.TimeLimit(env, max_episode_steps=cfg["max_episode_steps"])
+        return env
+    if "max_episode_steps" in cfg:
+        kwargs["max_episode_steps"] = cfg["max_episode_steps"]
+    return gym.make(env_id, **kwargs)
+
+
+def _set_noop_max(env, noop_max: int) -> None:
+    e = env
+    while e is not None:
+        if type(e).__name__ == "NoopResetEnv":
+            e.noop_max = noop_max
+            return
+        e = getattr(e, "env", None)
+
+
+def registered_name(env_id: str) -> str:
+    return ENV_PREFIX + env_id
+
+
+def register(env_id: str) -> str:
+    """Register ``make_env`` with Ray's registry for ``env_id``; return the Ray env name."""
+    from ray.tune.registry import register_env
+
+    name = registered_name(env_id)
+    register_env(name, make_env)
+    return name
+
+
+def env_config_for(env_id: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The env_config passed to ``make_env`` (also stored in the checkpoint dir for evaluation)."""
+    cfg: Dict[str, Any] = {"env_id": env_id}
+    for k in ("dim", "framestack", "frameskip", "noop_max", "repeat_action_probability", "max_episode_steps"):
+        if k in settings:
+            cfg[k] = settings[k]
+    return cfg

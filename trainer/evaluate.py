@@ -1,0 +1,199 @@
+"""Greedy evaluation of a trainer checkpoint (no Ray cluster needed).
+
+    python -m trainer.evaluate --checkpoint PATH_OR_FILE_URI --episodes N [--gif FILE]
+
+Loads the RLModule from ``<ckpt>/learner_group/learner/rl_module/default_policy``, builds the
+env with the same creator and preprocessing as training (``trainer.envs.make_env`` with the
+env_config stored in ``<ckpt>/rlq_meta.json``; Atari frame stacking happens inside that env,
+so no env-to-module connector has to be reproduced), plays N episodes taking the argmax
+action, prints the mean return and a final line ``RLQ_EVAL {json}``.
+Exit codes: 0 ok, 1 evaluation failed, 2 bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainer import envs  # noqa: E402
+
+PROG = "rlq-evaluate"
+MAX_GIF_FRAMES = 300
+GIF_WIDTH = 160
+
+
+def _local_path(path: Union[str, Path]) -> Path:
+    text = str(path)
+    if text.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        text = unquote(urlparse(text).path)
+    return Path(text).resolve()
+
+
+def module_path(ckpt: Path) -> Path:
+    return ckpt / "learner_group" / "learner" / "rl_module" / "default_policy"
+
+
+def load_meta(ckpt: Path, env_id: Optional[str] = None) -> Dict[str, Any]:
+    meta_file = ckpt / "rlq_meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    if env_id:
+        meta["env"] = env_id
+        if meta.get("env_config", {}).get("env_id") != env_id:
+            meta["env_config"] = {"env_id": env_id}
+    if not meta.get("env"):
+        raise ValueError(f"{ckpt} has no rlq_meta.json; pass --env")
+    meta.setdefault("env_config", {"env_id": meta["env"]})
+    return meta
+
+
+def _downscale(frame):
+    from PIL import Image
+
+    img = Image.fromarray(frame)
+    if img.width > GIF_WIDTH:
+        img = img.resize((GIF_WIDTH, max(1, round(img.height * GIF_WIDTH / img.width))), Image.BILINEAR)
+    return img
+
+
+def _render(env, fallback: List[bool]):
+    """``env.render()``; CartPole without pygame is drawn from its state with PIL instead."""
+    import numpy as np
+
+    if not fallback[0]:
+        try:
+            return env.render()
+        except Exception as exc:  # gymnasium.error.DependencyNotInstalled (pygame)
+            if getattr(env.unwrapped, "state", None) is None or "CartPole" not in type(env.unwrapped).__name__:
+                raise
+            fallback[0] = True
+            print(f"{PROG}: note: {exc}; drawing CartPole frames with PIL", file=sys.stderr)
+    return _draw_cartpole(env.unwrapped)
+
+
+def _draw_cartpole(cp):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    w, h = 300, 200
+    x, _, theta, _ = [float(v) for v in cp.state]
+    scale = w / (2 * cp.x_threshold)
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    ground = 150
+    d.line([(0, ground), (w, ground)], fill=(0, 0, 0))
+    cx = x * scale + w / 2
+    d.rectangle([cx - 25, ground - 15, cx + 25, ground + 5], fill=(40, 40, 40))
+    import math
+
+    length = 2 * cp.length * scale
+    tip = (cx + length * math.sin(theta), ground - 10 - length * math.cos(theta))
+    d.line([(cx, ground - 10), tip], fill=(202, 152, 101), width=8)
+    d.ellipse([cx - 4, ground - 14, cx + 4, ground - 6], fill=(129, 132, 203))
+    return np.asarray(img)
+
+
+def evaluate(checkpoint: Union[str, Path], episodes: int, gif: Optional[Union[str, Path]] = None,
+             env_id: Optional[str] = None, seed: Optional[int] = None,
+             max_steps_per_episode: int = 108_000) -> Dict[str, Any]:
+    import numpy as np
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    ckpt = _local_path(checkpoint)
+    meta = load_meta(ckpt, env_id)
+    module = RLModule.from_checkpoint(str(module_path(ckpt)))
+    module.eval()
+    env_config = dict(meta["env_config"])
+    if gif:
+        env_config["render_mode"] = "rgb_array"
+    env = envs.make_env(env_config)
+    returns: List[float] = []
+    lengths: List[int] = []
+    frames: List[Any] = []
+    fallback = [False]
+    t0 = time.time()
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=None if seed is None else seed + ep)
+        total, steps, done = 0.0, 0, False
+        while not done and steps < max_steps_per_episode:
+            if gif and ep == 0 and len(frames) < MAX_GIF_FRAMES:
+                frame = _render(env, fallback)
+                if frame is not None:
+                    frames.append(_downscale(np.asarray(frame)))
+            with torch.no_grad():
+                batch = {Columns.OBS: torch.as_tensor(np.asarray(obs, dtype=np.float32)[None])}
+                out = module.forward_inference(batch)
+            logits = out[Columns.ACTION_DIST_INPUTS][0]
+            action = int(torch.argmax(logits).item())
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            steps += 1
+            done = terminated or truncated
+        returns.append(total)
+        lengths.append(steps)
+    env.close()
+    result: Dict[str, Any] = {
+        "checkpoint": str(ckpt),
+        "env": meta["env"],
+        "episodes": episodes,
+        "mean_return": float(np.mean(returns)) if returns else None,
+        "min_return": float(np.min(returns)) if returns else None,
+        "max_return": float(np.max(returns)) if returns else None,
+        "returns": returns,
+        "mean_length": float(np.mean(lengths)) if lengths else None,
+        "duration_s": round(time.time() - t0, 3),
+    }
+    if gif:
+        gif_path = Path(gif).resolve()
+        gif_path.parent.mkdir(parents=True, exist_ok=True)
+        if len(frames) < 2 and frames:
+            frames.append(frames[0])
+        frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=40, loop=0,
+                       optimize=False)
+        result["gif"] = str(gif_path)
+        result["gif_frames"] = len(frames)
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description="Greedy evaluation of an rlq checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir or file:// URI")
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--gif", default=None, help="write a short GIF of the first episode here")
+    p.add_argument("--env", default=None, help="env id (only for checkpoints without rlq_meta.json)")
+    p.add_argument("--seed", type=int, default=None)
+    args = p.parse_args(argv)
+    ckpt = _local_path(args.checkpoint)
+    if not module_path(ckpt).is_dir():
+        print(f"{PROG}: error: --checkpoint: {args.checkpoint!r} is not allowed; expected an RLlib "
+              f"checkpoint directory containing learner_group/learner/rl_module/default_policy",
+              file=sys.stderr)
+        return 2
+    if not 1 <= args.episodes <= 10_000:
+        print(f"{PROG}: error: --episodes: {args.episodes} is not allowed; expected an integer "
+              f"between 1 and 10000", file=sys.stderr)
+        return 2
+    try:
+        res = evaluate(ckpt, args.episodes, gif=args.gif, env_id=args.env, seed=args.seed)
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        print(f"{PROG}: error: evaluation failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"mean return over {res['episodes']} episodes: {res['mean_return']:.2f}")
+    print("RLQ_EVAL " + json.dumps(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

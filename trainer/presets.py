@@ -1,0 +1,120 @@
+"""Tuned starting configurations per workload; ``--config`` overrides any of them.
+
+All names are today's RLlib (Ray 2.60, new API stack) names as accepted by
+``trainer.config_map.SETTINGS``. ``num_env_runners`` is left out where the seed rule
+(all CPUs Ray sees minus one) should decide it at run time.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+# --- CartPole (classic control): aim = mean return 450 as fast as possible on 2 cores. ---
+# PPO: the rl-zoo CartPole hyper-parameters (8 envs x 32 steps, 20 epochs on batch 256,
+# gamma 0.98, GAE lambda 0.8), sampling in the driver process (no EnvRunner actors: the env
+# is far cheaper than an actor round trip).
+CARTPOLE_PPO: Dict[str, Any] = {
+    "num_env_runners": 0,
+    "num_envs_per_env_runner": 8,
+    "rollout_fragment_length": 32,
+    "train_batch_size_per_learner": 256,
+    "minibatch_size": 256,
+    "num_epochs": 20,
+    "lr": 0.001,
+    "gamma": 0.98,
+    "lambda_": 0.8,
+    "clip_param": 0.2,
+    "entropy_coeff": 0.0,
+    "vf_loss_coeff": 0.5,
+    "use_kl_loss": False,
+    "fcnet_hiddens": [64, 64],
+    "vf_share_layers": False,
+    "min_time_s_per_iteration": 0,
+    "min_sample_timesteps_per_iteration": 0,
+}
+
+# IMPALA / APPO: one EnvRunner with 8 vectorised envs feeding the Learner that runs in the
+# driver (learner thread), small batches and several passes over each batch.
+CARTPOLE_IMPALA: Dict[str, Any] = {
+    "num_env_runners": 1,
+    "num_envs_per_env_runner": 8,
+    "rollout_fragment_length": 32,
+    "train_batch_size_per_learner": 256,
+    "lr": 0.002,
+    "gamma": 0.98,
+    "entropy_coeff": 0.0,
+    "vf_loss_coeff": 0.5,
+    "grad_clip": 40.0,
+    "fcnet_hiddens": [64, 64],
+    "vf_share_layers": False,
+    "min_time_s_per_iteration": 1,
+    "min_sample_timesteps_per_iteration": 0,
+}
+CARTPOLE_APPO: Dict[str, Any] = dict(CARTPOLE_IMPALA)
+
+# --- Atari (Pong and any other ALE game): aim = mean reward 18 as fast as the hardware
+# allows. EnvRunners = CPUs - 1 (seed rule, decided at run time), 8 vectorised envs each,
+# the Learner on the GPU when there is one (else in the driver process).
+ATARI_IMPALA: Dict[str, Any] = {
+    "num_envs_per_env_runner": 8,
+    "rollout_fragment_length": 50,
+    "train_batch_size_per_learner": 500,
+    "lr": 0.0006,
+    "gamma": 0.99,
+    "entropy_coeff": 0.01,
+    "vf_loss_coeff": 0.5,
+    "grad_clip": 40.0,
+    "clip_rewards": True,
+    "dim": 84,
+    "framestack": 4,
+    "vf_share_layers": True,
+    "conv_filters": [[16, [8, 8], 4], [32, [4, 4], 2], [256, [11, 11], 1]],
+    "head_fcnet_hiddens": [256],
+    "min_time_s_per_iteration": 10,
+    "min_sample_timesteps_per_iteration": 0,
+}
+ATARI_APPO: Dict[str, Any] = {**ATARI_IMPALA, "clip_param": 0.4, "use_kl_loss": False}
+ATARI_PPO: Dict[str, Any] = {
+    **{k: v for k, v in ATARI_IMPALA.items() if k not in ("learner_queue_size",)},
+    "rollout_fragment_length": 128,
+    "train_batch_size_per_learner": 4000,
+    "minibatch_size": 128,
+    "num_epochs": 4,
+    "lr": 0.00025,
+    "lambda_": 0.95,
+    "clip_param": 0.1,
+    "vf_clip_param": 10.0,
+    "use_kl_loss": False,
+    "min_time_s_per_iteration": 0,
+}
+
+CLASSIC_CONTROL = {"CartPole-v0", "CartPole-v1"}
+
+DEFAULT_STOP = {
+    "atari": {"episode_reward_mean": 18, "time_total_s": 3600},
+    "CartPole": {"episode_reward_mean": 450, "time_total_s": 600},
+    "other": {"training_iteration": 100, "time_total_s": 3600},
+}
+
+
+def preset(algorithm: str, env_id: str, atari: bool, num_gpus: float = 0.0) -> Dict[str, Any]:
+    """Return the preset settings (today's names) for this algorithm and environment."""
+    if atari:
+        out = dict({"IMPALA": ATARI_IMPALA, "APPO": ATARI_APPO, "PPO": ATARI_PPO}[algorithm])
+        if num_gpus >= 1:
+            out["num_gpus_per_learner"] = 1.0
+            # A GPU learner eats much bigger batches at the same cost per update.
+            if algorithm in ("IMPALA", "APPO"):
+                out["train_batch_size_per_learner"] = 2000
+        return out
+    if env_id in CLASSIC_CONTROL:
+        return dict({"IMPALA": CARTPOLE_IMPALA, "APPO": CARTPOLE_APPO, "PPO": CARTPOLE_PPO}[algorithm])
+    # Other envs: RLlib defaults apart from sane reporting.
+    return {"min_time_s_per_iteration": 1, "min_sample_timesteps_per_iteration": 0}
+
+
+def default_stop(env_id: str, atari: bool) -> Dict[str, Any]:
+    if atari:
+        return dict(DEFAULT_STOP["atari"])
+    if env_id.startswith("CartPole"):
+        return dict(DEFAULT_STOP["CartPole"])
+    return dict(DEFAULT_STOP["other"])
