@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Self
 
 import typer
 from pydantic import SecretStr, ValidationError
@@ -328,7 +328,7 @@ def submit(
 # --- status / list ---------------------------------------------------------------------------
 
 
-def _fmt_num(value: float | int | None, digits: int = 1) -> str:
+def _fmt_num(value: float | None, digits: int = 1) -> str:
     if value is None:
         return "-"
     if isinstance(value, int):
@@ -708,6 +708,9 @@ def _configure_logging(level: int) -> None:
     root.setLevel(logging.WARNING)
     for name in ("rlq", "shared", "functions"):
         logging.getLogger(name).setLevel(level)
+    # Ray's job client narrates each upload at INFO on handlers of its own; keep it out of quiet output.
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.INFO if level <= logging.INFO else logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -823,11 +826,11 @@ class _WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 try:
                     event = receiver.verify(body, dict(self.headers.items()))
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - any failure is a refused delivery
                     receiver.failures.append(str(err))
                     self.send_response(401)
                     self.send_header("Content-Length", "0")
@@ -838,7 +841,7 @@ class _WebhookReceiver:
                 self.send_response(204)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -855,7 +858,7 @@ class _WebhookReceiver:
             return json.loads(body)
         return verify(body, headers, self.secrets)
 
-    def __enter__(self) -> _WebhookReceiver:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

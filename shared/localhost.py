@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import azure.functions as func
@@ -516,7 +516,7 @@ class LocalHost:
         for token, f in due:
             try:
                 until = self._broker.renew_lock(f.message)
-            except Exception as err:  # lock lost or the broker busy: the settle call will tell
+            except Exception as err:  # noqa: BLE001 - lock lost or the broker busy: the settle call will tell
                 log.warning("lock renewal failed for message %s: %s", f.message.message_id, _describe(err))
                 continue
             with self._inflight_lock:
@@ -603,7 +603,7 @@ class LocalHost:
                 signal.signal(sig, previous)
             self.stop()
 
-    def __enter__(self) -> LocalHost:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -637,7 +637,7 @@ class LocalHost:
             try:
                 assert h.entity is not None
                 msgs = self._broker.receive(h.entity, subscription=h.subscription, max_messages=1)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - a handler or broker fault never stops the host
                 slots.release()
                 log.warning("receive from %s failed: %s", h.describe(), _describe(err))
                 self._stopping.wait(min(self._idle_poll_s, 1.0))
@@ -685,7 +685,7 @@ class LocalHost:
                 outs["$return"].set(result)
             for o in h.outputs:
                 self._send_output(o, outs[o.name].get(), rm)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a handler or broker fault never stops the host
             error = _describe(err)
             outcome = self._settle_failure(h, rm, err)
         else:
@@ -701,7 +701,7 @@ class LocalHost:
             return "ok"
         try:
             return "completed" if self._broker.complete(rm) else "settled_by_handler"
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a handler or broker fault never stops the host
             log.warning("complete failed for message %s (%s); it will be redelivered",
                         rm.message_id, _describe(err))
             return "lock_lost"
@@ -719,7 +719,7 @@ class LocalHost:
                 return "dead_lettered" if settled is not False else "settled_by_handler"
             settled = self._broker.abandon(rm)
             return "abandoned" if settled is not False else "settled_by_handler"
-        except Exception as settle_err:
+        except Exception as settle_err:  # noqa: BLE001 - a handler or broker fault never stops the host
             log.warning("settling message %s after an error failed (%s); it will be redelivered",
                         rm.message_id, _describe(settle_err))
             return "lock_lost"
@@ -749,7 +749,7 @@ class LocalHost:
                     return
             try:
                 self.renew_locks()
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - a handler or broker fault never stops the host
                 log.warning("lock renewer: %s", _describe(err))
 
     # --- timers ----------------------------------------------------------------------------
@@ -775,7 +775,7 @@ class LocalHost:
         )
         try:
             self._call(t, request, {})
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a handler or broker fault never stops the host
             return self._record(t, "error", t0, error=_describe(err))
         return self._record(t, "ok", t0)
 
@@ -824,7 +824,7 @@ class LocalHost:
                                route_params=route_params, body=body)
         try:
             resp = _as_response(self._call(h, req, {}))
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a handler or broker fault never stops the host
             self._record(h, "error", t0, message_id=f"{method.upper()} {urlsplit(url).path}", error=_describe(err))
             return _json_response(500, {"error": "the function failed; see the host log"})
         self._record(h, str(resp.status_code), t0, message_id=f"{method.upper()} {urlsplit(url).path}")
@@ -1058,7 +1058,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s", format % args)
 
 

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-__all__ = ["reward_curve_png", "load_metrics", "sparkline", "reward_series"]
+__all__ = ["load_metrics", "reward_curve_png", "reward_series", "sparkline"]
 
 # Keys the trainer writes (first) and the names newer RLlib results use (fallback).
 REWARD_KEYS = ("episode_reward_mean", "env_runners/episode_return_mean", "episode_return_mean")
@@ -38,7 +38,10 @@ def _number(point: dict[str, Any], keys: Sequence[str]) -> float | None:
     return None
 
 
-def reward_series(points: Iterable[dict[str, Any]]) -> tuple[str, list[float], list[float], list[float | None], list[float | None]]:
+Series = tuple[str, list[float], list[float], list[float | None], list[float | None]]
+
+
+def reward_series(points: Iterable[dict[str, Any]]) -> Series:
     """``(x_label, xs, means, mins, maxs)`` of the points that carry a mean reward.
 
     x is environment steps when the points carry them, else the iteration number.
@@ -85,7 +88,8 @@ def reward_curve_png(
         xs, means, mins, maxs = _decimate(xs, means, mins, maxs, buckets=2 * width_px)
 
     if xs:
-        band = [(x, lo, hi) for x, lo, hi in zip(xs, mins, maxs, strict=True) if lo is not None and hi is not None]
+        band = [(x, lo, hi) for x, lo, hi in zip(xs, mins, maxs, strict=True)
+                if lo is not None and hi is not None]
         if len(band) >= 2:
             ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
                             color=_BAND, alpha=0.45, linewidth=0, label="episode reward min–max")

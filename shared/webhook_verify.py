@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["WebhookVerificationError", "secret_key", "sign", "verify", "SECRET_PREFIX"]
+__all__ = ["SECRET_PREFIX", "WebhookVerificationError", "secret_key", "sign", "verify"]
 
 SECRET_PREFIX = "whsec_"
 # A signature header longer than this is not something rlq sends; refusing it bounds the work.
@@ -49,8 +49,7 @@ class WebhookVerificationError(Exception):
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret (the prefix is optional)."""
     text = secret.strip()
-    if text.startswith(SECRET_PREFIX):
-        text = text[len(SECRET_PREFIX):]
+    text = text.removeprefix(SECRET_PREFIX)
     try:
         # Unpadded base64 is common in secrets; pad it as the reference implementations do.
         key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
@@ -110,7 +109,8 @@ def verify(
         )
     if timestamp > current + tolerance_s:
         raise WebhookVerificationError(
-            f"webhook-timestamp is {timestamp - current:.0f} s in the future; the tolerance is {tolerance_s:g} s"
+            f"webhook-timestamp is {timestamp - current:.0f} s in the future; "
+            f"the tolerance is {tolerance_s:g} s"
         )
 
     offered = []

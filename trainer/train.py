@@ -332,6 +332,7 @@ class Trainer:
                                and (out / "metrics.jsonl").exists() and plan.restore.is_relative_to(out))
             _check_cancel()
             ray = _ray_init(plan)
+            _install_signal_handlers()  # Ray's core worker replaces SIGTERM with an abort
             _check_cancel()
             res = ray.cluster_resources()
             cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
@@ -349,6 +350,7 @@ class Trainer:
             log(f"{plan.algorithm} on {plan.env_id}: " + json.dumps(clean(settings), sort_keys=True))
             cfg = _build_algo_config(plan, settings, env_name, env_config)
             self.algo = cfg.build_algo()
+            _install_signal_handlers()
             _check_cancel()
             offset_ts = offset_it = offset_eps = 0
             if plan.restore is not None:
@@ -491,6 +493,11 @@ def _on_signal(signum, _frame):
     log(f"received signal {signum}; stopping after the current step")
 
 
+def _install_signal_handlers() -> None:
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+
 def _check_cancel() -> None:
     if _SIGNALLED:
         raise _Canceled(_SIGNALLED[0])
@@ -503,8 +510,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return 2
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    _install_signal_handlers()
     return Trainer(plan).run()
 
 

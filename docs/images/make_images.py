@@ -35,7 +35,8 @@ def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
 
 
 def completion_from(run_dir: Path, points: list[dict]) -> CompletionMessage:
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     last = points[-1] if points else {}
     return CompletionMessage(
         message_id="cartpole-demo:completed", request_id="cartpole-demo", run_id="rlq-cartpole-demo",
@@ -67,8 +68,11 @@ def draw_card(card: dict, width: int = 720) -> Image.Image:
             # DejaVu has no emoji: drop them (the headline's colour dot stands in for the icon)
             text = "".join(c for c in element["text"] if ord(c) < 0x2300 or 0x2500 <= ord(c) < 0x2600).strip()
             large = element.get("size") == "Large"
-            f = font(22 if large else (12 if element.get("size") == "Small" else 14), element.get("weight") == "Bolder")
-            colour = "#616161" if element.get("isSubtle") else COLOURS.get(element.get("color", "Default"), "#242424")
+            size = 22 if large else (12 if element.get("size") == "Small" else 14)
+            f = font(size, element.get("weight") == "Bolder")
+            colour = COLOURS.get(element.get("color", "Default"), "#242424")
+            if element.get("isSubtle"):
+                colour = "#616161"
             if large:
                 d.ellipse((x0, y + 6, x0 + 16, y + 22), fill=colour)
                 d.text((x0 + 26, y), text, font=f, fill=colour)
@@ -82,13 +86,16 @@ def draw_card(card: dict, width: int = 720) -> Image.Image:
             y += 4
             for fact in element["facts"]:
                 d.text((x0, y), fact["title"], font=font(13, True), fill="#242424")
-                value = fact["value"] if len(fact["value"]) <= 62 else fact["value"][:29] + "…" + fact["value"][-32:]
+                value = fact["value"]
+                if len(value) > 62:
+                    value = value[:29] + "…" + value[-32:]
                 d.text((x0 + 170, y), value, font=font(13), fill="#242424")
                 y += 21
             y += 10
         elif kind == "Image" and element["url"].startswith("data:image/png;base64,"):
             picture = Image.open(io.BytesIO(base64.b64decode(element["url"].split(",", 1)[1]))).convert("RGB")
-            picture = picture.resize((body_w, round(picture.height * body_w / picture.width)), Image.Resampling.LANCZOS)
+            height = round(picture.height * body_w / picture.width)
+            picture = picture.resize((body_w, height), Image.Resampling.LANCZOS)
             canvas.paste(picture, (x0, y))
             y += picture.height + 12
     bx = x0
@@ -119,7 +126,8 @@ def main(run_dir: Path) -> None:
     message = completion_from(run_dir, points)
     title = f"{message.experiment}: {message.algorithm} {message.env}"
     (HERE / "reward-curve.png").write_bytes(reward_curve_png(points, title=title, target=150.0))
-    payload = build_payload(message, public_base_url="https://rlq.example.com", points=points, target_reward=150.0)
+    payload = build_payload(message, public_base_url="https://rlq.example.com", points=points,
+                            target_reward=150.0)
     card = json.loads(payload.body)["attachments"][0]["content"]
     draw_card(card).save(HERE / "teams-card.png", optimize=True)
     print(f"{len(points)} iterations; card payload {len(payload.body)} bytes, image {payload.image}")

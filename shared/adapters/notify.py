@@ -35,7 +35,7 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CompositeNotifier", "event_body", "EVENT_TYPE", "check_notify_targets"]
+__all__ = ["EVENT_TYPE", "CompositeNotifier", "check_notify_targets", "event_body"]
 
 EVENT_TYPE = "training.completed"
 Kind = Literal["webhook", "teams"]
@@ -153,7 +153,8 @@ class CompositeNotifier:
                             "RLQ_WEBHOOK_SECRETS to a whsec_… secret so receivers can verify rlq")
         return self.sender.send(url, body, message_id=message.message_id, secrets=self.secrets)
 
-    def _teams(self, url: str, payload: TeamsPayload | Exception | None, message: CompletionMessage) -> Delivery:
+    def _teams(self, url: str, payload: TeamsPayload | Exception | None,
+               message: CompletionMessage) -> Delivery:
         try:
             check_teams_url(url)
         except UnsafeUrl as err:
@@ -168,8 +169,9 @@ class CompositeNotifier:
         target = request.stop.episode_reward_mean if request is not None else None
         try:
             points = self.curve_points(message)
-        except Exception:
-            log.warning("reading the reward curve of %s failed; sending the card without it", message.request_id)
+        except Exception:  # the card is still worth sending without its picture
+            log.warning("reading the reward curve of %s failed; sending the card without it",
+                        message.request_id, exc_info=True)
             points = None
         return build_payload(message, public_base_url=self.settings.public_base_url, points=points,
                              target_reward=target)

@@ -29,7 +29,13 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlparse
 
 from pydantic import SecretStr
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from shared.adapters import ray_local
 from shared.errors import PermanentError, TransientError
@@ -311,13 +317,18 @@ class RayJobsBackend:
             ) from err
         except (ValueError, TypeError) as err:
             if not submit:  # a garbled answer to a read: try again later
-                raise TransientError(self._scrub(f"unreadable answer from Ray during {what}: {err}"[:500])) from err
+                text = f"unreadable answer from Ray during {what}: {err}"[:500]
+                raise TransientError(self._scrub(text)) from err
             # Ray's client validates the runtime env before sending it: this job can never start.
             raise PermanentError(self._scrub(f"Ray rejected the job during {what}: {err}"),
                                  reason="ComputeRejected") from err
-        except Exception as err:  # requests' ConnectionError/Timeout, builtin ConnectionError, OSError…
+        except OSError as err:  # requests' ConnectionError / Timeout and the builtin ConnectionError
             raise TransientError(self._scrub(
                 f"Ray at {self.address} is unreachable during {what}: {type(err).__name__}: {err}"[:500]
+            )) from err
+        except RuntimeError as err:  # Ray's client: "Version check returned 404", version mismatch…
+            raise TransientError(self._scrub(
+                f"Ray at {self.address} answered unexpectedly during {what}: {err}"[:500]
             )) from err
 
     def _http_error(self, err: RayHttpError, *, what: str) -> Exception:
@@ -327,19 +338,17 @@ class RayJobsBackend:
             return TransientError(text)
         return PermanentError(text, reason="ComputeRejected")
 
-    def _call(self, fn: Callable[[JobsClient], T], *, what: str, retry: bool = True) -> T:
+    def _call(self, fn: Callable[[JobsClient], T], *, what: str, submit: bool = False) -> T:
         """One SDK call with bounded retries (exponential backoff + jitter) on transient faults."""
         def once() -> T:
             client = self._client()
             try:
-                return self._guard(lambda: fn(client), what=what, submit=what == "submit")
+                return self._guard(lambda: fn(client), what=what, submit=submit)
             except RayHttpError as err:
                 if err.status in (408, 425, 429) or err.status >= 500:
                     raise self._http_error(err, what=what) from err
                 raise
 
-        if not retry:
-            return once()
         retrying = Retrying(
             retry=retry_if_exception_type(TransientError),
             stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self.settings.status_timeout_s),
@@ -349,7 +358,7 @@ class RayJobsBackend:
         return retrying(once)
 
     def output_dir_for(self, request_id: str) -> str:
-        """Local mode: an absolute path under runs_dir; a remote cluster: relative to the job's working dir."""
+        """Local mode: absolute, under runs_dir. A remote cluster: relative to the job's working dir."""
         if self.local:
             return str((self.settings.runs_dir / request_id).resolve())
         return f"outputs/{request_id}"
@@ -398,7 +407,7 @@ class RayJobsBackend:
                 # Safe to retry: a retry after a submit that landed meets "already exists" below.
                 self._call(lambda c: c.submit_job(entrypoint=ENTRYPOINT, submission_id=run_id,
                                                   runtime_env=runtime_env, metadata=metadata),
-                           what="submit")
+                           what="submit", submit=True)
             except RayHttpError as err:
                 if err.status == 400 and "already exists" in err.text:
                     return run_id  # another submitter won the race: that job is ours too
@@ -411,8 +420,10 @@ class RayJobsBackend:
             info = self._call(lambda c: c.get_job_info(run_id), what="status")
         except RayHttpError as err:
             if err.status == 404:
-                return JobStatus(state="failed", portal_url=self.portal_url(run_id),
-                                 error=f"Ray has no job {run_id}: the cluster was restarted or the job deleted")
+                return JobStatus(
+                    state="failed", portal_url=self.portal_url(run_id),
+                    error=f"Ray has no job {run_id}: the cluster was restarted or the job deleted",
+                )
             raise self._http_error(err, what="status") from err
         raw = getattr(info.status, "value", info.status)
         state = _STATES.get(str(raw))
@@ -449,9 +460,9 @@ class RayJobsBackend:
             if progress is None and out_dir is not None:
                 progress = _progress(last_marked(job_logs(), METRICS_MARK))
             if state == "failed":
-                trainer_error = summary.get("error") if summary else None
+                why = summary.get("error") if summary else None
                 error = self._scrub(readable_error(message=info.message, exit_code=info.driver_exit_code,
-                                                   trainer_error=str(trainer_error) if trainer_error else None))
+                                                   trainer_error=str(why) if why else None))
         return JobStatus(state=state, progress=progress, summary=summary, error=error,
                          portal_url=self.portal_url(run_id))
 

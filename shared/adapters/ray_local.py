@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
@@ -48,7 +49,7 @@ AUTH_MODE_ENV = "RAY_AUTH_MODE"
 _SCRUBBED_ENV = (TOKEN_ENV, "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 
 # Heads this process started, so stop_local_head() without arguments stops what it started.
-_STARTED: dict[Path, "HeadInfo"] = {}
+_STARTED: dict[Path, HeadInfo] = {}
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,10 @@ def ensure_local_head(*, data_dir: Path, dashboard_port: int = DEFAULT_DASHBOARD
         if status is not None or not _port_free(dashboard_port):
             raise TransientError(f"port {dashboard_port} on {LOOPBACK} is taken by something that is not "
                                  "a Ray dashboard; set RLQ_RAY_DASHBOARD_PORT to a free port")
+        if _head_processes(_temp_dir_for(data_dir)):
+            # Never kill a head automatically: a dashboard too busy to answer may still run jobs.
+            raise TransientError(f"the local Ray head for {data_dir} is running but its dashboard does not "
+                                 f"answer on {address}; stop it (stop_local_head) to start afresh")
         head = _start_head(data_dir=data_dir, dashboard_port=dashboard_port, num_cpus=num_cpus,
                            timeout_s=timeout_s, token=token,
                            object_store_memory_bytes=object_store_memory_bytes)
@@ -237,7 +242,8 @@ def _start_head(*, data_dir: Path, dashboard_port: int, num_cpus: int | None, ti
     ray_dir.mkdir(parents=True, exist_ok=True)
     # The head's token: rlq's setting, else Ray's own, else the one this data_dir already had,
     # else a fresh one (256 bits, Ray's own format).
-    resolved = ray_token(token) or _read_token_file(local_token_path(data_dir)) or SecretStr(secrets.token_hex(32))
+    resolved = (ray_token(token) or _read_token_file(local_token_path(data_dir))
+                or SecretStr(secrets.token_hex(32)))
     token_file = local_token_path(data_dir)
     _write_token(token_file, resolved)
 
@@ -329,19 +335,32 @@ def stop_local_head(*, data_dir: Path | None = None, grace_s: float = 5.0, keep_
     return stopped
 
 
-def _kill_head_processes(temp_dir: str, *, grace_s: float) -> bool:
-    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
-    import psutil
+def _psutil() -> Any:
+    import importlib
 
-    roots = []
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+
+    return importlib.import_module("psutil")
+
+
+def _head_processes(temp_dir: str) -> list[Any]:
+    """Processes whose command line names the head's private temp dir (gcs_server, raylet, dashboard…)."""
+    psutil = _psutil()
+    found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
             cmd = proc.info["cmdline"] or []
         except psutil.Error:
             continue
-        if any(temp_dir in arg for arg in cmd) and proc.pid != os.getpid():
-            roots.append(proc)
-    victims: dict[int, psutil.Process] = {}
+        if proc.pid != os.getpid() and any(arg.endswith(temp_dir) or f"{temp_dir}/" in arg for arg in cmd):
+            found.append(proc)
+    return found
+
+
+def _kill_head_processes(temp_dir: str, *, grace_s: float) -> bool:
+    psutil = _psutil()
+    roots = _head_processes(temp_dir)
+    victims: dict[int, Any] = {}
     for proc in roots:
         victims[proc.pid] = proc
         with contextlib.suppress(psutil.Error):

@@ -27,8 +27,16 @@ from shared.models import CompletionMessage
 from shared.plots import reward_curve_png
 
 __all__ = [
-    "TEAMS_MAX_PAYLOAD_BYTES", "CARD_VERSION", "RetiredConnectorUrl", "check_teams_url", "build_card",
-    "wrap_card", "TeamsPayload", "build_payload", "run_url", "reward_png_url",
+    "CARD_VERSION",
+    "TEAMS_MAX_PAYLOAD_BYTES",
+    "RetiredConnectorUrl",
+    "TeamsPayload",
+    "build_card",
+    "build_payload",
+    "check_teams_url",
+    "reward_png_url",
+    "run_url",
+    "wrap_card",
 ]
 
 TEAMS_MAX_PAYLOAD_BYTES = 28_000
@@ -67,7 +75,8 @@ def check_teams_url(url: str) -> None:
         host in ("outlook.office.com", "outlook.office365.com") and path.startswith("/webhook/")
     ):
         raise RetiredConnectorUrl(
-            f"{redact(url)}: Office 365 connector webhooks are retired and no longer deliver; {WORKFLOWS_HELP}"
+            f"{redact(url)}: Office 365 connector webhooks are retired and no longer deliver; "
+            + WORKFLOWS_HELP
         )
 
 
@@ -88,7 +97,7 @@ def _reward(value: float | None) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None or seconds < 0:
         return "—"
-    s = int(round(seconds))
+    s = round(seconds)
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}h {m:02d}m {sec:02d}s" if h else (f"{m}m {sec:02d}s" if m else f"{sec}s")
@@ -149,7 +158,8 @@ def build_card(
         body.append({"type": "Image", "url": image_url, "size": "Stretch",
                      "altText": "Reward curve: mean episode reward per training iteration"})
 
-    actions = [{"type": "Action.OpenUrl", "title": "Open run", "url": run_url(public_base_url, message.request_id)}]
+    actions = [{"type": "Action.OpenUrl", "title": "Open run",
+                "url": run_url(public_base_url, message.request_id)}]
     if message.portal_url:
         actions.append({"type": "Action.OpenUrl", "title": "Open in portal", "url": message.portal_url})
     actions.append({"type": "Action.OpenUrl", "title": "Reward curve",
@@ -216,5 +226,6 @@ def build_payload(
             break
         error_chars //= 2
     if len(body) > max_bytes:
-        raise ValueError(f"Teams card is {len(body)} bytes even without the picture; the limit is {max_bytes}")
+        raise ValueError(f"Teams card is {len(body)} bytes even without the picture; "
+                         f"the limit is {max_bytes}")
     return TeamsPayload(body, card, image_mode)

@@ -57,9 +57,19 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 USER_AGENT = "rlq-webhooks/1"
 
 __all__ = [
-    "UnsafeUrl", "ResolveError", "ResolvedTarget", "check_url", "address_problem", "redact",
-    "signature_headers", "parse_retry_after", "EndpointRegistry", "DisabledEndpoint",
-    "SqliteEndpointRegistry", "MemoryEndpointRegistry", "WebhookSender",
+    "DisabledEndpoint",
+    "EndpointRegistry",
+    "MemoryEndpointRegistry",
+    "ResolveError",
+    "ResolvedTarget",
+    "SqliteEndpointRegistry",
+    "UnsafeUrl",
+    "WebhookSender",
+    "address_problem",
+    "check_url",
+    "parse_retry_after",
+    "redact",
+    "signature_headers",
 ]
 
 
@@ -209,6 +219,9 @@ def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
         return None
 
 
+_PLAIN_HTTP = "plain http is not allowed; use https (http only to loopback in local mode)"
+
+
 def _idna(host: str) -> str:
     try:
         return host.encode("idna").decode("ascii").lower()
@@ -308,7 +321,7 @@ def check_url(url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (),
             raise UnsafeUrl(f"{shown}: {host!r} is a loopback name; webhooks must go to public addresses")
         addresses = _resolve(host, port) if resolve else (ipaddress.IPv4Address("127.0.0.1"),)
     elif scheme == "http" and not local_mode:
-        raise UnsafeUrl(f"{shown}: plain http is not allowed; use https (http only to loopback in local mode)")
+        raise UnsafeUrl(f"{shown}: {_PLAIN_HTTP}")
     elif resolve:
         addresses = _resolve(host, port)
     else:
@@ -322,7 +335,7 @@ def check_url(url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (),
 
     # Without resolution (intake checks) a name's addresses are unknown: send time decides.
     if scheme == "http" and (not local_mode or not all(a.is_loopback for a in addresses)):
-        raise UnsafeUrl(f"{shown}: plain http is not allowed; use https (http only to loopback in local mode)")
+        raise UnsafeUrl(f"{shown}: {_PLAIN_HTTP}")
     return ResolvedTarget(url=url, scheme=scheme, host=host, port=port, addresses=addresses, target=shown)
 
 
@@ -388,7 +401,8 @@ class SqliteEndpointRegistry:
         with closing(self._connect()) as db, db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS disabled_endpoints ("
-                " key TEXT PRIMARY KEY, target TEXT NOT NULL, reason TEXT NOT NULL, disabled_at TEXT NOT NULL)"
+                " key TEXT PRIMARY KEY, target TEXT NOT NULL, reason TEXT NOT NULL,"
+                " disabled_at TEXT NOT NULL)"
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -398,7 +412,7 @@ class SqliteEndpointRegistry:
         with closing(self._connect()) as db:
             row = db.execute("SELECT key, target, reason, disabled_at FROM disabled_endpoints WHERE key = ?",
                              (endpoint_key(url),)).fetchone()
-        return None if row is None else DisabledEndpoint(row[0], row[1], row[2], datetime.fromisoformat(row[3]))
+        return None if row is None else _entry(row)
 
     def disable(self, url: str, *, reason: str) -> None:
         with closing(self._connect()) as db, db:
@@ -407,13 +421,18 @@ class SqliteEndpointRegistry:
 
     def enable(self, url: str) -> bool:
         with closing(self._connect()) as db, db:
-            return db.execute("DELETE FROM disabled_endpoints WHERE key = ?", (endpoint_key(url),)).rowcount > 0
+            cursor = db.execute("DELETE FROM disabled_endpoints WHERE key = ?", (endpoint_key(url),))
+            return cursor.rowcount > 0
 
     def list(self) -> list[DisabledEndpoint]:
         with closing(self._connect()) as db:
             rows = db.execute("SELECT key, target, reason, disabled_at FROM disabled_endpoints "
                               "ORDER BY disabled_at DESC").fetchall()
-        return [DisabledEndpoint(r[0], r[1], r[2], datetime.fromisoformat(r[3])) for r in rows]
+        return [_entry(r) for r in rows]
+
+
+def _entry(row: tuple[str, str, str, str]) -> DisabledEndpoint:
+    return DisabledEndpoint(row[0], row[1], row[2], datetime.fromisoformat(row[3]))
 
 
 @dataclass
@@ -478,7 +497,8 @@ class WebhookSender:
     """POSTs one body to one URL: SSRF-checked, pinned to the checked address, retried.
 
     Retried: connection errors, timeouts, 408, 429 and 5xx, with exponential backoff and full
-    jitter (tenacity), or exactly ``Retry-After`` (capped) when a 429/503 gives one. Not retried:
+    jitter (tenacity), or exactly ``Retry-After`` (capped) when a 429/503 gives one, within
+    ``max_attempts`` and ``max_elapsed_s`` (no retry would start past it). Not retried:
     other 4xx, 3xx (redirects are never followed: a webhook must name its final URL), refused URLs.
     410 Gone disables the endpoint in the registry. ``sleep`` and ``clock`` are injectable so
     tests neither wait nor depend on wall time.
@@ -494,6 +514,7 @@ class WebhookSender:
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         max_retry_after_s: float = 60.0,
+        max_elapsed_s: float = 120.0,
         registry: EndpointRegistry | None = None,
         http_client_factory: Callable[[], httpx.Client] | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -506,6 +527,7 @@ class WebhookSender:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_retry_after_s = max_retry_after_s
+        self.max_elapsed_s = max_elapsed_s
         self.registry = registry if registry is not None else MemoryEndpointRegistry()
         self.http_client_factory = http_client_factory or _default_client
         self.sleep = sleep
@@ -536,7 +558,9 @@ class WebhookSender:
                                  content_type=content_type, extra_headers=extra_headers or {})
 
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
+            # Bounded in attempts and in time: the notifier runs inside a function invocation.
+            stop=(tenacity.stop_after_attempt(self.max_attempts)
+                  | tenacity.stop_before_delay(self.max_elapsed_s)),
             wait=self._wait,
             retry=tenacity.retry_if_result(lambda o: o.retry),
             sleep=self.sleep,
@@ -553,7 +577,8 @@ class WebhookSender:
             log.info("webhook delivered to %s (attempts=%d, status=%s)", target, delivery.attempts,
                      delivery.status_code)
         else:
-            log.warning("webhook to %s failed after %d attempt(s): %s", target, delivery.attempts, delivery.error)
+            log.warning("webhook to %s failed after %d attempt(s): %s", target, delivery.attempts,
+                        delivery.error)
         return delivery
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
@@ -573,7 +598,10 @@ class WebhookSender:
         except ResolveError as err:
             return _Outcome(ok=False, attempt=n, retry=True, error=str(err))
 
-        address = target.addresses[(n - 1) % len(target.addresses)]
+        # Start each attempt at the next checked address; within an attempt, a connect failure
+        # moves on to the following one (an unreachable IPv6 route, a receiver on 127.0.0.1 only).
+        start = (n - 1) % len(target.addresses)
+        order = target.addresses[start:] + target.addresses[:start]
         headers = {
             "Content-Type": content_type,
             "User-Agent": USER_AGENT,
@@ -582,16 +610,23 @@ class WebhookSender:
             "Host": target.host_header,
         }
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        request = client.build_request("POST", target.pinned_url(address), content=body, headers=headers,
-                                       extensions=extensions, timeout=self.timeout_s)
-        try:
-            response = client.send(request, follow_redirects=False, stream=True)
-        except httpx.TimeoutException as err:
-            return _Outcome(ok=False, attempt=n, retry=True, error=f"timeout ({type(err).__name__})")
-        except httpx.TransportError as err:
-            text = f"{type(err).__name__}: {err}"
-            permanent = "CERTIFICATE_VERIFY_FAILED" in text or isinstance(err, httpx.UnsupportedProtocol)
-            return _Outcome(ok=False, attempt=n, retry=not permanent, error=text)
+        for i, address in enumerate(order):
+            request = client.build_request("POST", target.pinned_url(address), content=body, headers=headers,
+                                           extensions=extensions, timeout=self.timeout_s)
+            try:
+                response = client.send(request, follow_redirects=False, stream=True)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+                text = f"{type(err).__name__}: {err}"
+                if "CERTIFICATE_VERIFY_FAILED" in text:
+                    return _Outcome(ok=False, attempt=n, error=text)
+                if i + 1 == len(order):
+                    return _Outcome(ok=False, attempt=n, retry=True, error=text)
+            except httpx.TimeoutException as err:
+                return _Outcome(ok=False, attempt=n, retry=True, error=f"timeout ({type(err).__name__})")
+            except httpx.TransportError as err:
+                return _Outcome(ok=False, attempt=n, retry=not isinstance(err, httpx.UnsupportedProtocol),
+                                error=f"{type(err).__name__}: {err}")
         try:
             code = response.status_code
             phrase = _reason(response.reason_phrase)

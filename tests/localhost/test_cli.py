@@ -300,9 +300,8 @@ def test_plot_writes_the_reward_png_from_metrics(run, data_dir, tmp_path):
     out_dir = data_dir / "runs" / "r-plot"
     out_dir.mkdir(parents=True)
     with open(out_dir / "metrics.jsonl", "w") as fh:
-        for i in range(1, 6):
-            fh.write(json.dumps({"iteration": i, "timesteps": i * 1000, "time_total_s": i * 2.0,
-                                 "episode_reward_mean": 20.0 * i}) + "\n")
+        fh.writelines(json.dumps({"iteration": i, "timesteps": i * 1000, "time_total_s": i * 2.0,
+                                 "episode_reward_mean": 20.0 * i}) + "\n" for i in range(1, 6))
     target = tmp_path / "curve.png"
 
     result = run("plot", "r-plot", "--out", str(target))

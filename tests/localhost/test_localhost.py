@@ -25,6 +25,7 @@ from shared.localhost import (
     LocalHostError,
     Route,
     Schedule,
+    default_host_json,
     parse_timespan,
 )
 from shared.settings import Settings
@@ -195,8 +196,11 @@ def test_a_failing_handler_is_abandoned_redelivered_and_dead_lettered_with_the_l
 
 
 def test_one_failure_does_not_stop_the_next_message(host, broker, rec):
-    rec.behaviour = lambda msg: (_ for _ in ()).throw(RuntimeError("first fails")) if msg.message_id == "a" \
-        and msg.delivery_count == 1 else None
+    def first_delivery_of_a_fails(msg):
+        if msg.message_id == "a" and msg.delivery_count == 1:
+            raise RuntimeError("first fails")
+
+    rec.behaviour = first_delivery_of_a_fails
     broker.send(Q, b"{}", message_id="a")
     broker.send(Q, b"{}", message_id="b")
 
@@ -565,6 +569,14 @@ def test_host_json_defaults_and_values(tmp_path):
     path.write_text("{not json")
     with pytest.raises(LocalHostError, match="host.json"):
         HostConfig.load(path)
+
+
+def test_the_repository_host_json_is_readable():
+    path = default_host_json()
+    if path is None:
+        pytest.skip("no host.json at the repository root")
+    cfg = HostConfig.load(path)
+    assert cfg.max_concurrent_calls >= 1 and cfg.max_auto_lock_renewal_s > 0
 
 
 def test_unsupported_triggers_are_refused_by_name(broker, settings, no_host_json):

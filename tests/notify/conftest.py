@@ -57,7 +57,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             with receiver.lock:
@@ -125,7 +125,7 @@ class FakeDNS:
     def set(self, name: str, *answers: list[str]) -> None:
         self.answers[name] = list(answers)
 
-    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002 (socket's names)
+    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):
         name = host.decode() if isinstance(host, bytes) else host
         if name not in self.answers:
             return self.real(host, port, family, type, proto, flags)

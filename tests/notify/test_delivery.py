@@ -7,8 +7,8 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -33,7 +33,8 @@ def sender(sleeps: Sleeps, **kw) -> WebhookSender:
     return WebhookSender(sleep=sleeps, clock=lambda: NOW, timeout_s=5, **kw)
 
 
-def test_receiver_verifies_the_signature_with_the_shipped_verifier(receiver: Receiver, sleeps: Sleeps) -> None:
+def test_receiver_verifies_the_signature_with_the_shipped_verifier(receiver: Receiver,
+                                                                   sleeps: Sleeps) -> None:
     d = sender(sleeps).send(receiver.url(), BODY, message_id="r1:completed", secrets=[SECRET])
     assert (d.ok, d.attempts, d.status_code, d.error) == (True, 1, 200, None)
     [seen] = receiver.requests
@@ -75,7 +76,8 @@ def test_503_retry_after_http_date_is_honoured_and_capped(receiver: Receiver, sl
 
 def test_retry_after_parsing() -> None:
     assert parse_retry_after("120", now=NOW) == 120.0
-    assert parse_retry_after(format_datetime(datetime.fromtimestamp(NOW - 30, UTC), usegmt=True), now=NOW) == 0.0
+    past = format_datetime(datetime.fromtimestamp(NOW - 30, UTC), usegmt=True)
+    assert parse_retry_after(past, now=NOW) == 0.0
     assert parse_retry_after("soon", now=NOW) is None
     assert parse_retry_after(None, now=NOW) is None
 
@@ -140,6 +142,15 @@ def test_connection_refused_is_retried_then_reported(sleeps: Sleeps) -> None:
     assert "ConnectError" in (d.error or "")
 
 
+def test_connect_failure_moves_on_to_the_next_checked_address(receiver: Receiver, dns: FakeDNS,
+                                                             sleeps: Sleeps) -> None:
+    # ::1 first (nobody listens there on this port), then 127.0.0.1: one attempt, no backoff wait.
+    dns.set("dual.test", ["::1", "127.0.0.1"])
+    d = sender(sleeps).send(f"http://dual.test:{receiver.port}/hook", BODY, message_id="m")
+    assert (d.ok, d.attempts) == (True, 1) and sleeps == []
+    assert receiver.requests[0].headers["host"] == f"dual.test:{receiver.port}"
+
+
 def test_a_silent_server_times_out_and_is_retried(sleeps: Sleeps) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -153,8 +164,22 @@ def test_a_silent_server_times_out_and_is_retried(sleeps: Sleeps) -> None:
     assert (d.ok, d.attempts) == (False, 2) and "timeout" in (d.error or "")
 
 
+def test_retries_stop_at_the_time_budget(sleeps: Sleeps) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        s = WebhookSender(local_mode=True, timeout_s=0.3, max_attempts=10, backoff_s=0, max_elapsed_s=0.5,
+                          sleep=sleeps, clock=lambda: NOW)
+        d = s.send(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", BODY, message_id="m")
+    finally:
+        listener.close()
+    assert not d.ok and d.attempts == 2  # 0.3 s, retry; 0.6 s >= 0.5 s budget, stop
+
+
 def test_refused_url_is_not_retried_and_sends_nothing(sleeps: Sleeps) -> None:
-    d = sender(sleeps, local_mode=False).send("https://169.254.169.254/latest/meta-data", BODY, message_id="m")
+    d = sender(sleeps, local_mode=False).send("https://169.254.169.254/latest/meta-data", BODY,
+                                              message_id="m")
     assert (d.ok, d.attempts) == (False, 1)
     assert d.error and d.error.startswith("refused:") and "metadata" in d.error
     assert sleeps == []

@@ -33,11 +33,11 @@ def request(**notify) -> TrainingRequest:
 
 
 def completion(**kw) -> CompletionMessage:
-    base = dict(message_id="cp-7:completed", request_id="cp-7", run_id="rlq-cp-7", status="Completed",
-                stop_reason="reward_reached", experiment="cartpole", algorithm="IMPALA", env="CartPole-v1",
-                final_reward=455.0, best_reward=470.5, iterations=40, timesteps=160_000, duration_s=61.0)
-    base.update(kw)
-    return CompletionMessage(**base)
+    base = {"message_id": "cp-7:completed", "request_id": "cp-7", "run_id": "rlq-cp-7", "status": "Completed",
+            "stop_reason": "reward_reached", "experiment": "cartpole", "algorithm": "IMPALA",
+            "env": "CartPole-v1", "final_reward": 455.0, "best_reward": 470.5, "iterations": 40,
+            "timesteps": 160_000, "duration_s": 61.0}
+    return CompletionMessage(**(base | kw))
 
 
 def notifier(tmp_path, sleeps: Sleeps, **kw) -> CompositeNotifier:
@@ -90,7 +90,8 @@ def test_each_target_is_delivered_independently(tmp_path, sleeps: Sleeps,
 
 def test_duplicate_targets_are_delivered_once(tmp_path, sleeps: Sleeps, receiver: Receiver) -> None:
     s = settings(tmp_path, webhook_urls=[receiver.url()])
-    deliveries = notifier(tmp_path, sleeps, settings=s).deliver(completion(), request(webhooks=[receiver.url()]))
+    req = request(webhooks=[receiver.url()])
+    deliveries = notifier(tmp_path, sleeps, settings=s).deliver(completion(), req)
     assert len(deliveries) == 1 and len(receiver.requests) == 1
 
 
@@ -141,7 +142,8 @@ def test_a_broken_curve_source_does_not_stop_the_card(tmp_path, sleeps: Sleeps, 
     def broken(_m: CompletionMessage) -> list[dict]:
         raise OSError("disk gone")
 
-    [d] = notifier(tmp_path, sleeps, curve_points=broken).deliver(completion(), request(teams=[receiver.url()]))
+    n = notifier(tmp_path, sleeps, curve_points=broken)
+    [d] = n.deliver(completion(), request(teams=[receiver.url()]))
     assert d.ok and len(receiver.requests) == 1
 
 

@@ -16,8 +16,9 @@ def cartpole_points(n: int = 60) -> list[dict]:
     out = []
     for i in range(1, n + 1):
         mean = min(500.0, 20 + 9.0 * i + 15 * math.sin(i))
-        out.append({"iteration": i, "timesteps": 4000 * i, "time_total_s": 2.0 * i, "episode_reward_mean": mean,
-                    "episode_reward_min": max(8.0, mean - 60), "episode_reward_max": min(500.0, mean + 80)})
+        out.append({"iteration": i, "timesteps": 4000 * i, "time_total_s": 2.0 * i,
+                    "episode_reward_mean": mean, "episode_reward_min": max(8.0, mean - 60),
+                    "episode_reward_max": min(500.0, mean + 80)})
     return out
 
 
@@ -57,7 +58,8 @@ def test_compact_png_is_smaller_and_keeps_size_and_title() -> None:
 
 def test_empty_and_huge_series_still_render() -> None:
     assert open_png(reward_curve_png([], title="nothing yet", target=None)).size == (800, 400)
-    huge = [{"iteration": i, "timesteps": i * 500, "episode_reward_mean": (i * 7919) % 500} for i in range(60_000)]
+    huge = [{"iteration": i, "timesteps": i * 500, "episode_reward_mean": (i * 7919) % 500}
+            for i in range(60_000)]
     assert open_png(reward_curve_png(huge, title="huge", width_px=400, height_px=200)).size == (400, 200)
 
 

@@ -37,12 +37,12 @@ def validator_for(card: dict) -> jsonschema.Draft6Validator:
 
 
 def message(**kw) -> CompletionMessage:
-    base = dict(message_id="cp-1:completed", request_id="cp-1", run_id="rlq-cp-1", status="Completed",
-                stop_reason="reward_reached", experiment="cartpole", algorithm="IMPALA", env="CartPole-v1",
-                final_reward=462.3, best_reward=481.0, iterations=61, timesteps=244_000, duration_s=95.4,
-                checkpoint_path="file:///data/runs/cp-1/checkpoints/checkpoint_000061")
-    base.update(kw)
-    return CompletionMessage(**base)
+    base = {"message_id": "cp-1:completed", "request_id": "cp-1", "run_id": "rlq-cp-1", "status": "Completed",
+            "stop_reason": "reward_reached", "experiment": "cartpole", "algorithm": "IMPALA",
+            "env": "CartPole-v1", "final_reward": 462.3, "best_reward": 481.0, "iterations": 61,
+            "timesteps": 244_000, "duration_s": 95.4,
+            "checkpoint_path": "file:///data/runs/cp-1/checkpoints/checkpoint_000061"}
+    return CompletionMessage(**(base | kw))
 
 
 def facts(card: dict) -> dict[str, str]:
@@ -143,9 +143,10 @@ def test_office_365_connector_urls_are_rejected_with_the_workflows_hint(url: str
 
 
 @pytest.mark.parametrize("url", [
-    "https://prod-12.westus.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke?api-version=2016-06-01&sig=x",
-    "https://default1234.56.environment.api.powerplatform.com:443/powerautomate/automations/direct/workflows/abc"
-    "/triggers/manual/paths/invoke?api-version=1&sig=x",
+    ("https://prod-12.westus.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke"
+     "?api-version=2016-06-01&sig=x"),
+    ("https://default1234.56.environment.api.powerplatform.com:443/powerautomate/automations/direct/workflows/abc"
+     "/triggers/manual/paths/invoke?api-version=1&sig=x"),
 ])
 def test_workflows_urls_are_accepted(url: str) -> None:
     check_teams_url(url)

@@ -16,7 +16,8 @@ from shared.webhook_verify import WebhookVerificationError, sign, verify
 from .conftest import OLD_SECRET, SECRET
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
-BODY = json.dumps({"type": "training.completed", "data": {"request_id": "r1", "final_reward": 475.5}}).encode()
+BODY = json.dumps({"type": "training.completed",
+                   "data": {"request_id": "r1", "final_reward": 475.5}}).encode()
 
 
 def headers(body: bytes = BODY, *, msg_id: str = "r1:completed", ts: int = NOW,

@@ -118,7 +118,7 @@ def test_hostile_request_fields_reach_only_the_argv_json(tmp_path: Path) -> None
     (7200, None, 3600),      # a stop above the default is cut to the default
     (None, 6 * 3600, 4 * 3600),  # never above the deployment cap
 ])
-def test_every_run_is_bounded(tmp_path: Path, stop_s: int | None, compute_s: int | None, expected: int) -> None:
+def test_every_run_is_bounded(stop_s: int | None, compute_s: int | None, expected: int) -> None:
     stop: dict[str, Any] = {"training_iteration": 5}
     if stop_s:
         stop["time_total_s"] = stop_s
@@ -126,7 +126,8 @@ def test_every_run_is_bounded(tmp_path: Path, stop_s: int | None, compute_s: int
         "request_id": "r1", "env": "CartPole-v1", "stop": stop,
         "compute": {"max_run_duration_s": compute_s} if compute_s else {},
     })
-    argv = trainer_argv(request, output_dir="/out/r1", default_run_duration_s=3600, max_run_duration_s=4 * 3600)
+    argv = trainer_argv(request, output_dir="/out/r1", default_run_duration_s=3600,
+                        max_run_duration_s=4 * 3600)
     assert json.loads(argv[argv.index("--stop") + 1]) == {"training_iteration": 5, "time_total_s": expected}
     assert run_bound_s(request, default_run_duration_s=3600, max_run_duration_s=4 * 3600) == expected
 
@@ -134,7 +135,8 @@ def test_every_run_is_bounded(tmp_path: Path, stop_s: int | None, compute_s: int
 def test_argv_carries_restore_evaluate_and_output_dir() -> None:
     request = TrainingRequest.model_validate({
         "request_id": "r2", "algorithm": "PPO", "env": "CartPole-v1", "stop": {"episode_reward_mean": 400},
-        "restore_from": "file:///data/runs/r1/checkpoints/final%20copy", "evaluate": {"episodes": 3, "gif": True},
+        "restore_from": "file:///data/runs/r1/checkpoints/final%20copy",
+        "evaluate": {"episodes": 3, "gif": True},
     })
     argv = trainer_argv(request, output_dir="/runs/r2", checkpoint_freq=5)
     assert argv[argv.index("--run") + 1] == "PPO"
@@ -156,10 +158,8 @@ def test_restore_from_other_schemes_is_refused_naming_the_field() -> None:
 
 
 def test_last_marked_takes_the_last_valid_line() -> None:
-    logs = "\n".join([
-        'RLQ_METRICS {"iteration": 1}', "noise", 'RLQ_METRICS {"iteration": 2}', "RLQ_METRICS {broken",
-        'RLQ_SUMMARY {"final_reward": 3.5}', "after",
-    ])
+    logs = ('RLQ_METRICS {"iteration": 1}\nnoise\nRLQ_METRICS {"iteration": 2}\nRLQ_METRICS {broken\n'
+            'RLQ_SUMMARY {"final_reward": 3.5}\nafter\n')
     assert last_marked(logs, "RLQ_METRICS ") == {"iteration": 2}
     assert last_marked(logs, "RLQ_SUMMARY ") == {"final_reward": 3.5}
     assert last_marked("nothing here", "RLQ_SUMMARY ") is None
@@ -208,8 +208,8 @@ def _scripted(tmp_path: Path, client: ScriptedClient, *, token: str | None = Non
 
 
 def test_submit_race_with_another_submitter_returns_the_same_id(tmp_path: Path) -> None:
-    client = ScriptedClient(get_job_info=RayHttpError(404, "no such job"),
-                            submit_job=RayHttpError(400, "ValueError: Job with submission_id x already exists."))
+    already = RayHttpError(400, "ValueError: Job with submission_id x already exists.")
+    client = ScriptedClient(get_job_info=RayHttpError(404, "no such job"), submit_job=already)
     backend = _scripted(tmp_path, client)
     request = make_request()
     assert backend.submit(request) == submission_id_for(request.request_id)
@@ -265,7 +265,8 @@ def test_token_auth_is_on(ray_head: ray_local.TestHead, monkeypatch: pytest.Monk
     # Ray's own client without the token is refused too.
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
-    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
+                "RAY_API_SERVER_ADDRESS"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(AuthenticationError):
         JobSubmissionClient(ray_head.address)
@@ -371,8 +372,8 @@ def test_an_unknown_run_id_is_a_failed_job_with_a_reason(make_backend: Any) -> N
 
 def test_an_unreachable_head_is_transient_not_a_crash(tmp_path: Path) -> None:
     port = ray_local.free_port()  # nothing listens there
-    backend = RayJobsBackend(address=f"http://127.0.0.1:{port}", settings=_settings(tmp_path, status_timeout_s=3.0),
-                             retry_attempts=2)
+    backend = RayJobsBackend(address=f"http://127.0.0.1:{port}",
+                             settings=_settings(tmp_path, status_timeout_s=3.0), retry_attempts=2)
     started = time.monotonic()
     for call in (lambda: backend.ensure_compute(make_request()), lambda: backend.find("r"),
                  lambda: backend.status("rlq-r-00000000"), lambda: backend.submit(make_request()),

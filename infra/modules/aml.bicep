@@ -1,0 +1,209 @@
+// Azure Machine Learning: workspace + its Key Vault (RBAC, purge protection) and storage, and the
+// two clusters of the article (GPU head, CPU workers) inside the aml subnet. Creating the clusters
+// here means the function app only reuses them; it creates clusters itself only for the custom
+// names a request may carry (and only with allowClusterCreation in main.bicep).
+
+@description('Azure region.')
+param location string
+
+@description('Workspace name.')
+param workspaceName string
+
+@description('Key Vault name (3-24 characters, globally unique).')
+param keyVaultName string
+
+@description('Storage account of the workspace (run snapshots, logs, outputs, checkpoints).')
+param storageName string
+
+@description('Application Insights resource id.')
+param appInsightsId string
+
+@description('Subnet of the clusters.')
+param amlSubnetId string
+
+@description('Subnets allowed through the Key Vault firewall.')
+param allowedSubnetIds array
+
+@description('Public IP ranges allowed through the Key Vault firewall, CIDR.')
+param allowedIpRanges array = []
+
+@description('Create the default head and worker clusters.')
+param createClusters bool = true
+
+param headClusterName string = 'head-gpu'
+param headVmSize string = 'Standard_NC4as_T4_v3'
+param headMaxNodes int = 1
+param workerClusterName string = 'worker-cpu'
+param workerVmSize string = 'Standard_D2_v2'
+param workerMaxNodes int = 4
+
+@description('Webhook signing secret(s) (whsec_..., space separated); empty: none stored.')
+@secure()
+param webhookSecrets string = ''
+
+@description('Expiry of the stored secret (epoch seconds).')
+param secretExpiry int = dateTimeToEpoch(dateTimeAdd(utcNow(), 'P1Y'))
+
+@description('Tags for every resource.')
+param tags object = {}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: keyVaultName
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enablePurgeProtection: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Deny'
+      bypass: 'AzureServices'
+      virtualNetworkRules: [for id in allowedSubnetIds: {
+        id: id
+        ignoreMissingVnetServiceEndpoint: false
+      }]
+      ipRules: [for ip in allowedIpRanges: {
+        value: ip
+      }]
+    }
+  }
+}
+
+var webhookSecretName = 'rlq-webhook-secrets'
+
+resource webhookSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(webhookSecrets)) {
+  parent: vault
+  name: webhookSecretName
+  properties: {
+    value: webhookSecrets
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+// Azure ML SDK v1 datastores and run snapshots use account keys and SAS issued by the service,
+// so this account keeps shared-key access (the function app's own account does not).
+resource mlStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: storageName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_ZRS'
+  }
+  properties: {
+    supportsHttpsTrafficOnly: true
+    minimumTlsVersion: 'TLS1_2'
+    allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    allowSharedKeyAccess: true
+    publicNetworkAccess: 'Enabled'
+    encryption: {
+      keySource: 'Microsoft.Storage'
+      requireInfrastructureEncryption: true
+      services: {
+        blob: {
+          enabled: true
+          keyType: 'Account'
+        }
+        file: {
+          enabled: true
+          keyType: 'Account'
+        }
+      }
+    }
+  }
+}
+
+resource mlBlobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: mlStorage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+  }
+}
+
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-04-01' = {
+  name: workspaceName
+  location: location
+  tags: tags
+  identity: {
+    type: 'SystemAssigned'
+  }
+  sku: {
+    name: 'Basic'
+    tier: 'Basic'
+  }
+  properties: {
+    friendlyName: workspaceName
+    keyVault: vault.id
+    storageAccount: mlStorage.id
+    applicationInsights: appInsightsId
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+resource headCluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-04-01' = if (createClusters) {
+  parent: workspace
+  name: headClusterName
+  location: location
+  properties: {
+    computeType: 'AmlCompute'
+    description: 'Ray head: trains the network (GPU)'
+    properties: {
+      vmSize: headVmSize
+      vmPriority: 'Dedicated'
+      scaleSettings: {
+        minNodeCount: 0
+        maxNodeCount: headMaxNodes
+        nodeIdleTimeBeforeScaleDown: 'PT30M'
+      }
+      subnet: {
+        id: amlSubnetId
+      }
+      remoteLoginPortPublicAccess: 'Disabled'
+      enableNodePublicIp: true
+    }
+  }
+}
+
+resource workerCluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-04-01' = if (createClusters) {
+  parent: workspace
+  name: workerClusterName
+  location: location
+  properties: {
+    computeType: 'AmlCompute'
+    description: 'Ray workers: run the game simulations (CPU)'
+    properties: {
+      vmSize: workerVmSize
+      vmPriority: 'Dedicated'
+      scaleSettings: {
+        minNodeCount: 0
+        maxNodeCount: workerMaxNodes
+        nodeIdleTimeBeforeScaleDown: 'PT30M'
+      }
+      subnet: {
+        id: amlSubnetId
+      }
+      remoteLoginPortPublicAccess: 'Disabled'
+      enableNodePublicIp: true
+    }
+  }
+}
+
+output workspaceName string = workspace.name
+output keyVaultName string = vault.name
+output webhookSecretName string = empty(webhookSecrets) ? '' : webhookSecretName

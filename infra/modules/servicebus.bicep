@@ -1,0 +1,84 @@
+// Service Bus: the intake queue, the rejected-requests queue, the completion topic and its
+// notifier subscription. Standard tier: topics and duplicate detection (Basic has neither).
+// Local (SAS key) auth is off: every client uses Entra ID (managed identity / az login).
+
+@description('Azure region.')
+param location string
+
+@description('Namespace name (globally unique).')
+param name string
+
+@description('Tags for every resource.')
+param tags object = {}
+
+resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
+  name: name
+  location: location
+  tags: tags
+  sku: {
+    name: 'Standard'
+    tier: 'Standard'
+  }
+  properties: {
+    disableLocalAuth: true
+    minimumTlsVersion: '1.2'
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+// At-least-once intake: ten deliveries, then the dead-letter queue; duplicate detection drops a
+// re-sent request id within ten minutes; the lock covers the intake's worst case with renewal.
+resource requests 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+  parent: namespace
+  name: 'training-requests'
+  properties: {
+    maxDeliveryCount: 10
+    lockDuration: 'PT5M'
+    deadLetteringOnMessageExpiration: true
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    defaultMessageTimeToLive: 'P14D'
+    maxSizeInMegabytes: 1024
+  }
+}
+
+// Requests that can never run, kept with their reason for a person (the intake completes the
+// original; see shared/adapters/servicebus.py for why this is a queue and not a dead letter).
+resource rejected 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+  parent: namespace
+  name: 'training-rejected'
+  properties: {
+    maxDeliveryCount: 10
+    lockDuration: 'PT1M'
+    deadLetteringOnMessageExpiration: true
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    defaultMessageTimeToLive: 'P30D'
+    maxSizeInMegabytes: 1024
+  }
+}
+
+resource completed 'Microsoft.ServiceBus/namespaces/topics@2022-10-01-preview' = {
+  parent: namespace
+  name: 'training-completed'
+  properties: {
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    defaultMessageTimeToLive: 'P14D'
+    maxSizeInMegabytes: 1024
+  }
+}
+
+resource notifier 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2022-10-01-preview' = {
+  parent: completed
+  name: 'notifier'
+  properties: {
+    maxDeliveryCount: 10
+    lockDuration: 'PT5M'
+    deadLetteringOnMessageExpiration: true
+    defaultMessageTimeToLive: 'P14D'
+  }
+}
+
+output name string = namespace.name
+output fullyQualifiedNamespace string = '${namespace.name}.servicebus.windows.net'
