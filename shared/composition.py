@@ -97,8 +97,19 @@ def build(settings: Settings | None = None, *, store: RunStore | None = None,
     if notifier is None:
         from shared.adapters.notify import CompositeNotifier
 
-        notifier = CompositeNotifier(settings=s)
+        from shared.artifacts import metrics_points
+
+        def curve_points(message: Any) -> list[dict]:
+            # Remote runs have no local metrics.jsonl: fall back to the curve kept on the record.
+            record = store.get(message.request_id)
+            return metrics_points(record, s) if record is not None else []
+
+        notifier = CompositeNotifier(settings=s, curve_points=curve_points)
     service_options.setdefault("faults", env_faults())
+    if s.backend == "ray" and s.ray_address is None:  # run outputs are on this machine
+        from shared.artifacts import save_reward_curve
+
+        service_options.setdefault("artifacts", lambda record: save_reward_curve(record, s))
     service = TrainingService(settings=s, store=store, compute=compute, publisher=publisher, sender=sender,
                               notifier=notifier, rejecter=rejecter, **service_options)
     return Wiring(settings=s, service=service, store=store, compute=compute, publisher=publisher,

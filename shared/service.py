@@ -81,6 +81,7 @@ class TrainingService:
         sender: RequestSender | None = None,
         notifier: Notifier | None = None,
         rejecter: Any = None,
+        artifacts: Callable[[RunRecord], object] | None = None,
         clock: Callable[[], datetime] = utcnow,
         faults: Callable[[str], None] | None = None,
     ) -> None:
@@ -93,6 +94,7 @@ class TrainingService:
         self.sender = sender
         self.notifier = notifier
         self.rejecter = rejecter
+        self.artifacts = artifacts
         self.clock = clock
         self._faults = faults
 
@@ -190,6 +192,11 @@ class TrainingService:
         except PermanentError as err:
             # The request was valid; the compute refused it for good: the run fails and says why.
             return self._terminate(record, state=RunState.failed, stop_reason="error", error=err.description)
+        except BaseException:
+            # Give the claim back so the redelivery of this message can try again at once; if this
+            # process dies instead, the claim goes stale and the redelivery takes it over.
+            self._release(record)
+            raise
         self._fault("submitted")
         now = self.clock()
         record = self._update(record, state=RunState.submitted, run_id=run_id, submitted_at=now,
@@ -197,6 +204,13 @@ class TrainingService:
         self._fault("recorded")
         log.info("request %s submitted to %s as %s", record.request_id, backend.name, run_id)
         return record
+
+    def _release(self, record: RunRecord) -> None:
+        try:
+            self.store.update(record.model_copy(update={"state": RunState.received, "claimed_at": None,
+                                                        "updated_at": self.clock()}))
+        except Exception as err:  # the stale-claim takeover covers this
+            log.warning("could not release the claim on %s: %s", record.request_id, err)
 
     def _record_rejection(self, body: Any, message_id: str | None, err: PermanentError) -> RunRecord | None:
         request_id = _guess_request_id(body) or message_id
@@ -440,6 +454,11 @@ class TrainingService:
     def notify(self, message: CompletionMessage) -> list[Delivery]:
         """The topic trigger's call: deliver to webhooks / Teams and record each outcome on the run."""
         record = self.store.get(message.request_id)
+        if record is not None and self.artifacts is not None:
+            try:  # the reward curve beside the run's outputs; a picture never blocks a notification
+                self.artifacts(record)
+            except Exception as err:
+                log.warning("could not save the reward curve of %s: %s", message.request_id, err)
         if self.notifier is None:
             return []
         deliveries = self.notifier.deliver(message, record.request if record else None)

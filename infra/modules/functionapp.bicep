@@ -58,6 +58,13 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
+var settings = union({
+  AzureWebJobsStorage__accountName: storageName
+  AzureWebJobsStorage__credential: 'managedidentity'
+  APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
+}, appSettings)
+
 resource app 'Microsoft.Web/sites@2024-04-01' = {
   name: name
   location: location
@@ -76,6 +83,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
+      appSettings: [for item in items(settings): {
+        name: item.key
+        value: item.value
+      }]
     }
     functionAppConfig: {
       deployment: {
@@ -97,17 +108,6 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       }
     }
   }
-}
-
-resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
-  parent: app
-  name: 'appsettings'
-  properties: union({
-    AzureWebJobsStorage__accountName: storageName
-    AzureWebJobsStorage__credential: 'managedidentity'
-    APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString
-    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
-  }, appSettings)
 }
 
 output name string = app.name

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.adapters.ray_local import TestHead, start_test_ray_head, stop_local_head
+from shared.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def e2e_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHead]:
+    head = start_test_ray_head(tmp_path_factory.mktemp("e2e-ray"), num_cpus=2)
+    try:
+        yield head
+    finally:
+        stop_local_head(data_dir=head.data_dir)
+
+
+def e2e_env(head: TestHead, data_dir: Path, **extra: Any) -> dict[str, str]:
+    """RLQ_* settings for a host on its own data dir, submitting to the session's head (local mode)."""
+    env = {"RLQ_DATA_DIR": str(data_dir), "RLQ_BACKEND": "ray", "RLQ_RAY_DASHBOARD_PORT": str(head.dashboard_port),
+           "RLQ_RAY_AUTH_TOKEN": head.token.get_secret_value(), "RLQ_POLL_SCHEDULE": "*/1 * * * * *"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def e2e_settings(e2e_head: TestHead, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def make(**extra: Any) -> Settings:
+        for k, v in e2e_env(e2e_head, tmp_path / "rlq", **extra).items():
+            monkeypatch.setenv(k, v)
+        return Settings(_env_file=None)  # type: ignore[call-arg]
+
+    return make
+
+
+def subprocess_env(head: TestHead, data_dir: Path, **extra: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLQ_")}
+    env.update(e2e_env(head, data_dir, **extra))
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return env
