@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
+from shared.adapters.ray_local import TestHead, start_test_ray_head, stop_local_head
 
 os.environ.setdefault("RLQ_POLL_SCHEDULE", "*/10 * * * * *")
 
@@ -29,3 +32,13 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHead]:
+    """One real local Ray head (token auth on) for the whole test session."""
+    head = start_test_ray_head(tmp_path_factory.mktemp("ray-head"), num_cpus=2)
+    try:
+        yield head
+    finally:
+        stop_local_head(data_dir=head.data_dir)

@@ -246,8 +246,9 @@ def _take(items: Iterable[Any], n: int) -> Iterator[Any]:
 
 # --- error translation --------------------------------------------------------------------------
 
-_STATUS_RE = re.compile(r"(?:response code|status code|status_code|http status)\D{0,5}(\d{3})", re.I)
-_SECRET_RE = re.compile(r"(sig|se|sv|sp|skoid|sktid|AccountKey|SharedAccessKey|access_token)=([^&;\s\"']+)", re.I)
+_STATUS_RE = re.compile(r"(?:response code|status code|status_code|http status)\D{0,5}(\d{3})", re.IGNORECASE)
+_SECRET_RE = re.compile(
+    r"(sig|se|sv|sp|skoid|sktid|AccountKey|SharedAccessKey|access_token)=([^&;\s\"']+)", re.IGNORECASE)
 
 
 def _status_of(err: BaseException) -> int | None:
@@ -394,7 +395,8 @@ def _source_matches(prefix: str, source: str, subnet_prefixes: tuple[str, ...]) 
     return p == source or p.startswith(source + ".") or p == "Internet"
 
 
-def _first_match(rules: list[_Rule], need: InboundNeed, port: int, subnet_prefixes: tuple[str, ...]) -> _Rule | None:
+def _first_match(rules: list[_Rule], need: InboundNeed, port: int,
+                 subnet_prefixes: tuple[str, ...]) -> _Rule | None:
     for rule in rules:
         if rule.direction.lower() != "inbound" or rule.protocol.lower() not in ("*", "tcp"):
             continue
@@ -452,7 +454,7 @@ def _explain(need: InboundNeed, rule: _Rule | None, ports: list[int], rules: lis
 
 def _nsg_name_and_group(resource_id: str) -> tuple[str, str]:
     m = re.search(r"/resourceGroups/([^/]+)/providers/Microsoft\.Network/networkSecurityGroups/([^/]+)",
-                  resource_id, re.I)
+                  resource_id, re.IGNORECASE)
     if not m:
         raise ValueError(f"not a network security group id: {resource_id}")
     return m.group(1), m.group(2)
@@ -509,7 +511,8 @@ class AzureMLRayBackend:
     ) -> None:
         _warn_deprecated_once()
         self.settings = settings
-        self.gateway: AmlGateway = gateway or SdkGateway(workspace_factory or (lambda: workspace_from_settings(settings)))
+        self.gateway: AmlGateway = gateway or SdkGateway(
+            workspace_factory or (lambda: workspace_from_settings(settings)))
         self._network_factory = network_factory or (lambda: network_client_from_settings(settings))
         self._network: Any = None
         self.trainer_dir = Path(trainer_dir) if trainer_dir is not None else TRAINER_DIR
@@ -619,8 +622,8 @@ class AzureMLRayBackend:
         if vnet and not vnet_rg:  # the VNet lives in the workspace's resource group unless told otherwise
             with sdk_errors("read the workspace"):
                 vnet_rg = self.gateway.workspace_ids()[1]
-        return Clusters(head=head, workers=workers, vnet=vnet, subnet=request.compute.subnet or s.azureml_subnet,
-                        vnet_resource_group=vnet_rg)
+        return Clusters(head=head, workers=workers, vnet=vnet,
+                        subnet=request.compute.subnet or s.azureml_subnet, vnet_resource_group=vnet_rg)
 
     def provisioning_config(self, *, vm_size: str, min_nodes: int, max_nodes: int, clusters: Clusters) -> Any:
         from azureml.core.compute import AmlCompute
@@ -787,7 +790,8 @@ class AzureMLRayBackend:
                         type(err).__name__, readable(str(err), 300))
             return None
 
-    def _summary(self, head: RunLike | None, series: dict[str, list[float]], details: Mapping[str, Any]) -> dict[str, Any]:
+    def _summary(self, head: RunLike | None, series: dict[str, list[float]],
+                 details: Mapping[str, Any]) -> dict[str, Any]:
         rewards = series.get("episode_reward_mean", [])
         summary: dict[str, Any] = {}
         if rewards:
@@ -1005,8 +1009,8 @@ def _duration_s(details: Mapping[str, Any]) -> float | None:
     if not (start and end):
         return None
     try:
-        a = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
-        b = datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+        a = datetime.fromisoformat(str(start))
+        b = datetime.fromisoformat(str(end))
     except ValueError:
         return None
     return max((b - a).total_seconds(), 0.0)

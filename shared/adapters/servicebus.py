@@ -29,6 +29,7 @@ hash), so duplicate detection still drops repeats; the full id travels in ``rlq_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -184,7 +185,8 @@ def body_fields(body: bytes) -> tuple[str | None, str | None]:
 
 # --- error translation ----------------------------------------------------------------------
 
-_SECRET_RE = re.compile(r"(SharedAccessKey|SharedAccessSignature|AccountKey|sig|skn)=([^;&\s\"']+)", re.I)
+_SECRET_RE = re.compile(r"(SharedAccessKey|SharedAccessSignature|AccountKey|sig|skn)=([^;&\s\"']+)",
+                        re.IGNORECASE)
 
 
 def scrub(text: str, *secrets: str | None) -> str:
@@ -302,8 +304,8 @@ class _ServiceBusSide:
         if entry is not None:
             try:
                 entry[0].close()
-            except Exception:  # closing a broken link may fail too; it is gone either way
-                pass
+            except Exception as err:  # noqa: BLE001 - closing a broken link may fail too; it is gone anyway
+                log.debug("closing a %s sender for %s failed: %s", kind, name, type(err).__name__)
 
     def _send(self, kind: str, name: str, build: Callable[[], ServiceBusMessage], *, action: str) -> None:
         """Send one message (built afresh per attempt), retrying what the SDK marks retryable."""
@@ -339,15 +341,11 @@ class _ServiceBusSide:
             senders, self._senders = list(self._senders.values()), {}
             client, self._client = self._client, None
         for sender, _ in senders:
-            try:
+            with contextlib.suppress(Exception):  # best effort at shutdown
                 sender.close()
-            except Exception:
-                pass
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):
                 client.close()
-            except Exception:
-                pass
 
 
 class _Deadline(stop_base):

@@ -210,7 +210,8 @@ def test_vnet_resource_group_setting_wins(settings: Settings, twin: AzureMLTwin)
 # --- ensure_compute ----------------------------------------------------------------------------
 
 
-def test_ensure_compute_creates_both_clusters_without_waiting(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:
+def test_ensure_compute_creates_both_clusters_without_waiting(backend: AzureMLRayBackend,
+                                                              twin: AzureMLTwin) -> None:
     backend.ensure_compute(article())
     head, workers = twin.provisioning_configs["head-gpu"], twin.provisioning_configs["worker-cpu"]
     assert (head.vm_size, head.scale_settings.minimum_node_count, head.scale_settings.maximum_node_count) == \
@@ -422,7 +423,8 @@ def test_sdk_rule_objects_are_accepted() -> None:
     assert len(missing_nsg_rules(rules[2:])) == 2
 
 
-def test_ensure_compute_fails_on_a_missing_rule_and_caches_good_answers(settings: Settings, twin: AzureMLTwin) -> None:
+def test_ensure_compute_fails_on_a_missing_rule_and_caches_good_answers(settings: Settings,
+                                                                        twin: AzureMLTwin) -> None:
     now = [0.0]
     b = AzureMLRayBackend(settings=settings, gateway=twin, network_factory=twin.network,
                           monotonic=lambda: now[0], nsg_cache_s=600)

@@ -1,23 +1,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.adapters.ray_local import TestHead, start_test_ray_head, stop_local_head
+from shared.adapters.ray_local import TestHead
 from shared.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def e2e_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHead]:
-    head = start_test_ray_head(tmp_path_factory.mktemp("e2e-ray"), num_cpus=2)
-    try:
-        yield head
-    finally:
-        stop_local_head(data_dir=head.data_dir)
+def e2e_head(ray_head: TestHead) -> TestHead:
+    return ray_head
 
 
 def e2e_env(head: TestHead, data_dir: Path, **extra: Any) -> dict[str, str]:

@@ -76,7 +76,7 @@ def test_request_to_completion_once_even_when_enqueued_twice(local):
     checkpoint = Path(msg.checkpoint_path.removeprefix("file://"))
     assert checkpoint.is_dir()
     out = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--checkpoint", msg.checkpoint_path,
-                          "--episodes", "1"], capture_output=True, text=True, timeout=180)
+                          "--episodes", "1"], check=False, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "RLQ_EVAL" in out.stdout
     assert (w.settings.runs_dir / "e2e-cartpole" / "metrics.jsonl").is_file()
@@ -89,12 +89,12 @@ def test_killed_between_submit_and_record_starts_no_second_job(e2e_head, tmp_pat
     driver = [sys.executable, "-m", "tests.e2e.host_driver", "e2e-crash"]
     w = build(_settings_from(env))
     w.broker.send(w.settings.queue_name, json.dumps(body), message_id="only")
-    crashed = subprocess.run(driver + ["120"], env={**env, "RLQ_FAULT_AT": "submitted"}, timeout=180)
+    crashed = subprocess.run(driver + ["120"], check=False, env={**env, "RLQ_FAULT_AT": "submitted"}, timeout=180)
     assert crashed.returncode == -signal.SIGKILL
     rec = w.store.get("e2e-crash")
     assert rec.state is RunState.provisioning and rec.run_id is None  # the job exists; the record does not know
     assert len(ray_jobs(w, "e2e-crash")) == 1
-    done = subprocess.run(driver + ["240"], env=env, timeout=300)
+    done = subprocess.run(driver + ["240"], check=False, env=env, timeout=300)
     assert done.returncode == 0
     rec = w.store.get("e2e-crash")
     assert rec.completion.status == "Completed" and rec.run_id == submission_id_for("e2e-crash")

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.adapters.ray_jobs import RayJobsBackend
-from shared.adapters.ray_local import TestHead, start_test_ray_head, stop_local_head
+from shared.adapters.ray_local import TestHead
 from shared.models import TrainingRequest
 from shared.ports import JobStatus
 from shared.settings import Settings
@@ -78,15 +78,6 @@ while True:
         finish(0, stop_reason="iterations_limit", checkpoint_path=ckpt.resolve().as_uri())
     time.sleep(0.2 if mode != 2 else 0.5)
 '''
-
-
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHead]:
-    head = start_test_ray_head(tmp_path_factory.mktemp("ray-head"), num_cpus=2)
-    try:
-        yield head
-    finally:
-        stop_local_head(data_dir=head.data_dir)
 
 
 @pytest.fixture(scope="session")
