@@ -4,14 +4,16 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install run test bench clean serve lint
+.PHONY: install run serve test lint bench soak clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml package.json
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the local CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[ray,trainer,azureml,dev]'
+	# Azurite (Azure Table storage emulator) for the Table run-store contract tests
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,10 +27,18 @@ serve: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Static analysis of infra/ (Bicep) with checkov, in its own venv (.venv-lint/)
+lint:
+	bash infra/lint.sh
+
 bench: install
 	$(BIN)/python bench/service_throughput.py
 	$(BIN)/python bench/trainer_throughput.py
 	$(BIN)/python bench/cartpole_time_to_450.py
+
+# The full load and soak suites (CI runs reduced forms in tests/guarantees)
+soak: install
+	$(BIN)/python bench/load_soak.py
 
 clean:
 	rm -rf .rlq outputs .pytest_cache

@@ -49,8 +49,6 @@ def bench_intake(data: Path, n: int, *, use_host: bool) -> tuple[dict, object]:
                         poll_tick_budget_s=300)
     broker = SqliteBroker(settings.queue_db, lock_duration_s=settings.lock_duration_s)
     twin = ComputeTwin(data / "twin.sqlite3", polls_to_finish=10**9)
-    import os
-    if os.environ.get("TWIN_NORMAL"): twin._db.execute("PRAGMA synchronous=NORMAL")
     w = build(settings, compute={"twin": twin}, broker=broker, notifier=NoNotifier(), faults=None)
     install(w)
 
@@ -106,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--status-latency-s", type=float, default=0.05)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[64, 256],
-                   help="poll_concurrency values to tick with, one tick each (default: 64 256)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[64, 128, 256],
+                   help="poll_concurrency values to tick with, one tick each (default: 64 128 256)")
     p.add_argument("--direct", action="store_true", help="drive receive -> intake -> complete without the host")
     p.add_argument("--target-speedup", type=float, default=50.0)
     args = p.parse_args(argv)
@@ -118,26 +116,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"intake: {intake['n']} requests through {intake['driver']} (compute twin, SQLite queue + store)")
         print(f"  enqueue               {intake['n'] / intake['enqueue_s']:>9.0f} messages/s")
         print(f"  intake                {intake['rps']:>9.0f} requests/s   ({intake['wall_s']:.1f} s)")
-        print(f"  delivery latency      p50 {intake['p50_ms']:.1f} ms   p99 {intake['p99_ms']:.1f} ms   "
-              f"max {intake['max_ms']:.1f} ms")
+        print(f"  accept latency        p50 {intake['p50_ms']:.1f} ms   p99 {intake['p99_ms']:.1f} ms   "
+              f"max {intake['max_ms']:.1f} ms   (one delivery: intake handler + settle)")
         print()
         print(f"poll tick: {args.requests} active runs, status call {args.status_latency_s * 1000:.0f} ms each "
               f"(sequential: {args.requests * args.status_latency_s:.0f} s)")
         print(f"  {'concurrency':>11} {'tick wall':>10} {'speed-up':>9} {'polled':>7} {'skipped':>8} {'errors':>7}")
-        ok = True
+        rows = []
         for c in args.concurrency:
             r = bench_tick(w, twin, concurrency=c, latency_s=args.status_latency_s)
+            rows.append(r)
             print(f"  {c:>11} {r['wall_s']:>9.1f}s {r['speedup']:>8.0f}x {r['polled']:>7} {r['skipped']:>8} "
                   f"{r['errors']:>7}")
-            ok &= r["skipped"] == 0 and r["errors"] == 0
-        best = r["speedup"]
+        good = [r for r in rows if r["skipped"] == 0 and r["errors"] == 0 and r["speedup"] >= args.target_speedup]
         print()
-        verdict = "met" if best >= args.target_speedup and ok else "MISSED"
-        print(f"target >= {args.target_speedup:.0f}x faster than sequential with no run skipped: {verdict} "
-              f"(last tick {best:.0f}x at poll_concurrency={args.concurrency[-1]})")
+        if good:
+            first = min(good, key=lambda r: r["concurrency"])
+            best = max(rows, key=lambda r: r["speedup"])
+            print(f"target >= {args.target_speedup:.0f}x faster than sequential, no run skipped: met from "
+                  f"poll_concurrency={first['concurrency']} ({first['speedup']:.0f}x); best {best['speedup']:.0f}x "
+                  f"at {best['concurrency']}")
+        else:
+            print(f"target >= {args.target_speedup:.0f}x faster than sequential, no run skipped: MISSED")
         twin.close()
         install(None)
-        return 0 if verdict == "met" else 1
+        return 0 if good else 1
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ MODEL_KEYS = frozenset({"dim", "fcnet_hiddens", "conv_filters", "framestack", "v
 STOP_KEYS = ("episode_reward_mean", "time_total_s", "timesteps_total", "training_iteration")
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"  # 100: "<id>:completed" and "<id>:deferred:<n>" stay under Service Bus's 128
 QUEUE_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$"
 CLUSTER_RE = r"^[A-Za-z][A-Za-z0-9-]{1,15}$"  # Azure ML compute names: 2-16 chars
 # Free text that may reach a shell-adjacent place (job tags, file names, card markdown): none of these.

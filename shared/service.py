@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -97,6 +98,9 @@ class TrainingService:
         self.artifacts = artifacts
         self.clock = clock
         self._faults = faults
+        self._poll_pool: ThreadPoolExecutor | None = None
+        self._poll_pool_size = 0
+        self._poll_pool_lock = threading.Lock()
 
     # --- intake --------------------------------------------------------------------------------
 
@@ -275,11 +279,11 @@ class TrainingService:
         if not todo:
             report.wall_s = time.monotonic() - started
             return report
-        pool = ThreadPoolExecutor(max_workers=min(self.settings.poll_concurrency, len(todo)),
-                                  thread_name_prefix="rlq-poll")
+        pool = self._pool()
         futures = {pool.submit(self._poll_one, r): r for r in todo}
         done, pending = wait(futures, timeout=self.settings.poll_tick_budget_s)
-        pool.shutdown(wait=False, cancel_futures=True)
+        for fut in pending:  # not started yet: left for the next tick (one already running finishes)
+            fut.cancel()
         for fut in done:
             rec = futures[fut]
             try:
@@ -298,6 +302,22 @@ class TrainingService:
         if report.skipped:
             log.warning("poll tick over its budget: %d runs left for the next tick", report.skipped)
         return report
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The poll workers, kept from tick to tick.
+
+        A pool per tick would start ``poll_concurrency`` new threads every tick, and every new
+        thread opens its own connections (the SQLite store and broker keep one per thread, open
+        until the store closes): file descriptors grew by about two per worker per tick.
+        """
+        size = self.settings.poll_concurrency
+        with self._poll_pool_lock:
+            if self._poll_pool is None or self._poll_pool_size != size:
+                if self._poll_pool is not None:
+                    self._poll_pool.shutdown(wait=False, cancel_futures=True)
+                self._poll_pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="rlq-poll")
+                self._poll_pool_size = size
+            return self._poll_pool
 
     def _needs_poll(self, r: RunRecord) -> bool:
         if r.state in TERMINAL:
@@ -532,12 +552,14 @@ def _guess_request_id(body: Any) -> str | None:
     import json
     import re
 
+    from shared.models import ID_RE
+
     try:
         data = json.loads(body) if isinstance(body, (bytes, str)) else body
         rid = data.get("request_id") if isinstance(data, dict) else None
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if isinstance(rid, str) and re.match(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", rid):
+    if isinstance(rid, str) and re.match(ID_RE, rid):
         return rid
     return None
 

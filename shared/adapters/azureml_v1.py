@@ -781,7 +781,7 @@ class AzureMLRayBackend:
                 list(getattr(nsg, "default_security_rules", None) or [])
             prefixes = [getattr(sn, "address_prefix", None)] + list(getattr(sn, "address_prefixes", None) or [])
             return missing_nsg_rules(rules, subnet_prefixes=[p for p in prefixes if p])
-        except Exception as err:  # noqa: BLE001 - any failure here only skips an advisory check
+        except Exception as err:  # any failure but a missing subnet only skips an advisory check
             if type(err).__name__ == "ResourceNotFoundError":
                 raise ComputeError(f"subnet {vnet}/{subnet} was not found in resource group {resource_group}: "
                                    "check RLQ_AZUREML_VNET / RLQ_AZUREML_SUBNET / RLQ_AZUREML_VNET_RESOURCE_GROUP"

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "devstoreaccount1"
@@ -67,7 +68,7 @@ class Azurite:
         if self.owns_location:
             shutil.rmtree(self.location, ignore_errors=True)
 
-    def __enter__(self) -> Azurite:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,7 +32,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from shared.errors import Conflict, NotFound, PermanentError, TransientError
 from shared.models import RunRecord, RunState, utcnow
@@ -149,7 +149,7 @@ class TableRunStore:
     def close(self) -> None:
         self._table.close()
 
-    def __enter__(self) -> TableRunStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

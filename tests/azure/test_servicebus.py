@@ -96,11 +96,12 @@ def body_of(message: ServiceBusMessage) -> bytes:
 
 
 def completion(**fields: object) -> CompletionMessage:
-    base = dict(message_id="req-7:completed", request_id="req-7", run_id="run-1", status="Completed",
-                stop_reason="reward_reached", experiment="pong", algorithm="IMPALA", env="PongNoFrameskip-v4",
-                final_reward=18.4, best_reward=19.0, iterations=120,
-                checkpoint_path="azureml://subscriptions/s/resourcegroups/g/workspaces/w/datastores/"
-                                "workspaceartifactstore/paths/ExperimentRun/dcid.run-1/outputs/checkpoints/final")
+    base: dict[str, object] = {
+        "message_id": "req-7:completed", "request_id": "req-7", "run_id": "run-1", "status": "Completed",
+        "stop_reason": "reward_reached", "experiment": "pong", "algorithm": "IMPALA", "env": "PongNoFrameskip-v4",
+        "final_reward": 18.4, "best_reward": 19.0, "iterations": 120,
+        "checkpoint_path": "azureml://subscriptions/s/resourcegroups/g/workspaces/w/datastores/"
+                           "workspaceartifactstore/paths/ExperimentRun/dcid.run-1/outputs/checkpoints/final"}
     base.update(fields)
     return CompletionMessage(**base)
 

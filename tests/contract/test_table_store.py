@@ -66,7 +66,7 @@ def test_large_record_is_compressed_into_chunks_and_round_trips(azurite: Azurite
     big = record("big", deliveries=deliveries)
     assert len(big.model_dump_json()) > 100_000
     with TableRunStore(connection_string=azurite.connection_string, table_name=name) as s:
-        stored, inserted = s.insert_if_absent(big)
+        _, inserted = s.insert_if_absent(big)
         assert inserted
         assert s.get("big") == big
         updated = s.update(s.get("big").model_copy(update={"state": RunState.notified}))
@@ -117,17 +117,17 @@ def test_unreachable_table_service_is_transient() -> None:
     port = free_port()
     conn = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
             f"TableEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
-    with TableRunStore(connection_string=conn, table_name="unreachable", retry_total=0, timeout_s=2) as s:
-        with pytest.raises(TransientError):
-            s.get("x")
+    with TableRunStore(connection_string=conn, table_name="unreachable", retry_total=0, timeout_s=2) as s, \
+            pytest.raises(TransientError):
+        s.get("x")
 
 
 def test_wrong_key_is_permanent_and_names_the_role(azurite: Azurite) -> None:
     wrong = azurite.connection_string.replace(azurite.connection_string.split("AccountKey=")[1].split(";")[0],
                                               "d3Jvbmcta2V5LWZvci10ZXN0cw==")
-    with TableRunStore(connection_string=wrong, table_name=fresh_table(), retry_total=0) as s:
-        with pytest.raises(PermanentError) as info:
-            s.get("x")
+    with TableRunStore(connection_string=wrong, table_name=fresh_table(), retry_total=0) as s, \
+            pytest.raises(PermanentError) as info:
+        s.get("x")
     assert "d3Jvbmcta2V5LWZvci10ZXN0cw==" not in str(info.value)
 
 
