@@ -32,7 +32,10 @@ import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-target, limit, seed = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+target, limit, seed, threads = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+if threads > 0:
+    import torch
+    torch.set_num_threads(threads)
 def linear(v):
     return lambda progress: progress * v
 class Stop(BaseCallback):
@@ -56,9 +59,9 @@ print("SB3_RESULT " + json.dumps({"reached": cb.hit is not None, "train_s": cb.h
 """
 
 
-def run_sb3(limit: float, seed: int) -> dict:
+def run_sb3(limit: float, seed: int, threads: int) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run([sys.executable, "-c", SB3_CODE, str(TARGET), str(limit), str(seed)],
+    p = subprocess.run([sys.executable, "-c", SB3_CODE, str(TARGET), str(limit), str(seed), str(threads)],
                        capture_output=True, text=True, env=env, timeout=limit + 120)
     for line in p.stdout.splitlines():
         if line.startswith("SB3_RESULT "):
@@ -88,6 +91,9 @@ def main() -> int:
     ap.add_argument("--limit", type=float, default=300, help="give up after this many training seconds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-sb3", action="store_true")
+    ap.add_argument("--sb3-threads", type=int, default=1,
+                    help="torch threads for SB3 (0: torch default). The rlq trainer uses 1 for MLPs; "
+                         "on a busy 2-core machine torch's default 2 threads made SB3 ~40x slower")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPU cores; target: mean return of last 100 episodes >= {TARGET:g}")
     rlq = run_rlq(args.run, args.limit, args.seed)
@@ -95,8 +101,8 @@ def main() -> int:
           f"{rlq['timesteps']} steps, final mean {rlq['final_mean']}")
     if args.skip_sb3:
         return 0
-    sb3 = run_sb3(args.limit, args.seed)
-    print(f"SB3 PPO (rl-zoo)  : reached={sb3['reached']} train {sb3['train_s']:.1f} s, wall {sb3['wall_s']:.1f} s, "
+    sb3 = run_sb3(args.limit, args.seed, args.sb3_threads)
+    print(f"SB3 PPO (rl-zoo, {args.sb3_threads or 'default'} torch threads): reached={sb3['reached']} train {sb3['train_s']:.1f} s, wall {sb3['wall_s']:.1f} s, "
           f"{sb3['timesteps']} steps, final mean {sb3['final_mean']:.1f}")
     if rlq["reached"] and sb3["reached"]:
         print(f"ratio rlq/SB3: train {rlq['train_s'] / sb3['train_s']:.2f}x, wall {rlq['wall_s'] / sb3['wall_s']:.2f}x "

@@ -108,10 +108,15 @@ class TrainingService:
                delivery_count: int = 1) -> RunRecord | None:
         """The queue trigger's one call: accept, or reject for good (never retried ten times).
 
-        Transient errors propagate so the trigger abandons the message and the queue redelivers it.
+        Transient errors propagate so the trigger abandons the message and the queue redelivers it
+        — except on the last delivery the queue allows, where the request is deferred instead.
         """
         try:
             return self.accept(body, message_id=message_id)
+        except TransientError as err:
+            if delivery_count < self.settings.max_delivery_count:
+                raise
+            return self._retry_later(body, message_id, err)
         except PermanentError as err:
             log.warning("rejected message %s: %s: %s", message_id, err.reason, err.description)
             record = self._record_rejection(body, message_id, err)
@@ -203,8 +208,15 @@ class TrainingService:
             raise
         self._fault("submitted")
         now = self.clock()
-        record = self._update(record, state=RunState.submitted, run_id=run_id, submitted_at=now,
-                              progress_at=now)
+        try:
+            record = self._update(record, state=RunState.submitted, run_id=run_id, submitted_at=now,
+                                  progress_at=now)
+        except Exception:
+            # The job exists but its run id is not recorded: release the claim too, or the redelivery
+            # would find it fresh, take itself for a duplicate and complete — stranding the run.
+            # The next claim's find() picks the job up.
+            self._release(record)
+            raise
         self._fault("recorded")
         log.info("request %s submitted to %s as %s", record.request_id, backend.name, run_id)
         return record
@@ -215,6 +227,21 @@ class TrainingService:
                                                         "updated_at": self.clock()}))
         except Exception as err:  # the stale-claim takeover covers this
             log.warning("could not release the claim on %s: %s", record.request_id, err)
+
+    def _retry_later(self, body: Any, message_id: str | None, err: TransientError) -> RunRecord:
+        """A transient fault outlasted the message's deliveries: schedule the request again.
+
+        Failing this delivery would dead-letter the message, and a dead-lettered request that has a
+        run record waiting in ``received`` is neither run nor rejected: lost. A scheduled copy
+        (as for the in-flight cap) keeps it alive until the fault clears.
+        """
+        request_id = _guess_request_id(body) or message_id
+        record = self.store.get(request_id) if request_id else None
+        if record is None or record.state is not RunState.received or record.request is None:
+            raise err  # nothing recorded to lose (or not ours to move): the queue's dead letter stands
+        log.warning("request %s: %s on the last delivery; trying again in %.0f s", record.request_id, err,
+                    self.settings.defer_delay_s)
+        return self._defer(record)
 
     def _record_rejection(self, body: Any, message_id: str | None, err: PermanentError) -> RunRecord | None:
         request_id = _guess_request_id(body) or message_id

@@ -167,7 +167,7 @@ SETTINGS: Dict[str, Tuple[str, Kind, Optional[Tuple[str, ...]]]] = {
     "num_cpus_per_env_runner": ("env_runners", num_range(0, 64), _ALL),
     "num_gpus_per_env_runner": ("env_runners", num_range(0, 8), _ALL),
     "sample_timeout_s": ("env_runners", num_range(1, 86_400), _ALL),
-    "gym_env_vectorize_mode": ("env_runners", choice("SYNC", "ASYNC"), _ALL),
+    "max_requests_in_flight_per_env_runner": ("env_runners", int_range(1, 64), _ALL),
     # learners()
     "num_learners": ("learners", int_range(0, 64), _ALL),
     "num_gpus_per_learner": ("learners", num_range(0, 8), _ALL),
@@ -251,7 +251,7 @@ LEGACY: Dict[str, Tuple[str, ...]] = {
     "metrics_smoothing_episodes": ("rename", "metrics_num_episodes_for_smoothing", ""),
     "metrics_num_episodes_for_smoothing": ("rename", "metrics_num_episodes_for_smoothing", ""),
     "num_gpus": ("special", "num_gpus",
-                 "learner GPUs: <= 1 -> num_gpus_per_learner on the local Learner; "
+                 "learner GPUs: <= 1 -> num_gpus_per_learner of the one Learner; "
                  "n > 1 -> num_learners=n, num_gpus_per_learner=1"),
     "model": ("special", "model", "model sub-keys go to rl_module(model_config=...)"),
     "env_config": ("special", "env_config", "Atari preprocessing settings"),
@@ -355,8 +355,8 @@ def map_config(user: Any, algorithm: str) -> MappedConfig:
             n = num_range(0, 64)(src, value)
             if n <= 1:
                 out.settings["num_gpus_per_learner"] = n
-                out.notes.append(f"config: num_gpus={_show(value)} -> num_learners=0 (local Learner), "
-                                 f"num_gpus_per_learner={n:g}")
+                out.notes.append(f"config: num_gpus={_show(value)} -> num_gpus_per_learner={n:g} "
+                                 f"(one Learner: IMPALA/APPO remote, PPO in the driver)")
             else:
                 if not float(n).is_integer():
                     raise UsageError(src, value, "a number <= 1 or a whole number of GPUs")
@@ -406,8 +406,8 @@ def _accepted_summary() -> str:
 def default_num_env_runners(num_cpus: float) -> int:
     """Seed rule: all CPUs Ray sees minus one for the head/driver process, at least 1.
 
-    On a 2-core machine this gives 1 EnvRunner while the Learner runs in the driver; the
-    driver's learner thread then uses the second core.
+    On a 2-core machine this gives 1 EnvRunner; the Learner (IMPALA/APPO: one remote Learner
+    actor, PPO: the driver) uses the second core.
     """
     return max(1, min(MAX_WORKERS, int(num_cpus) - 1))
 

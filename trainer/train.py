@@ -278,16 +278,26 @@ def _ray_init(plan: Plan):
     return ray
 
 
-def _check_resources(settings: Dict[str, Any], cpus: float, gpus: float) -> None:
+def _check_resources(settings: Dict[str, Any], cpus: float, gpus: float, algorithm: str) -> None:
+    """Refuse a request the cluster can never place (Ray would wait forever for it)."""
     runners = settings.get("num_env_runners", 0)
-    need_cpu = runners * settings.get("num_cpus_per_env_runner", 1)
-    if need_cpu > cpus:
+    runner_cpus = runners * settings.get("num_cpus_per_env_runner", 1)
+    learners = settings.get("num_learners", _default_num_learners(algorithm))
+    gpu_per_learner = settings.get("num_gpus_per_learner", 0)
+    learner_cpus = learners * settings.get("num_cpus_per_learner", 0 if gpu_per_learner else 1)
+    if runner_cpus + learner_cpus > cpus:
+        most = int(max(0, cpus - learner_cpus) // max(settings.get("num_cpus_per_env_runner", 1), 1e-9))
         raise UsageError("--config.num_workers", runners,
-                         f"at most {int(cpus)} EnvRunners (the Ray cluster has {cpus:g} CPUs)")
-    learners = settings.get("num_learners", 0)
-    need_gpu = max(learners, 1) * settings.get("num_gpus_per_learner", 0)
+                         f"at most {most} EnvRunners (the Ray cluster has {cpus:g} CPUs"
+                         + (f" and {learners} remote Learner(s) take {learner_cpus:g})" if learner_cpus else ")"))
+    need_gpu = max(learners, 1) * gpu_per_learner
     if need_gpu > gpus:
         raise UsageError("--config.num_gpus", need_gpu, f"at most {gpus:g} (GPUs in the Ray cluster)")
+
+
+def _default_num_learners(algorithm: str) -> int:
+    # IMPALA/APPO default to one remote Learner actor in Ray 2.60, PPO to the local one.
+    return 1 if algorithm in ("IMPALA", "APPO") else 0
 
 
 def _set_torch_threads(plan: Plan, settings: Dict[str, Any]) -> None:
@@ -363,7 +373,7 @@ class Trainer:
                 settings["num_env_runners"] = config_map.default_num_env_runners(cpus)
                 log(f"config: num_env_runners={settings['num_env_runners']} "
                     f"(default: {cpus:g} CPUs in the Ray cluster minus one)")
-            _check_resources(settings, cpus, gpus)
+            _check_resources(settings, cpus, gpus, plan.algorithm)
             _set_torch_threads(plan, settings)
             env_config = envs.env_config_for(plan.env_id, settings) if plan.atari else {"env_id": plan.env_id}
             env_name = envs.register(plan.env_id)
@@ -398,6 +408,7 @@ class Trainer:
             self.summary.update(stop_reason="error", error=_error_paragraph(exc))
             exit_code = 1
         finally:
+            _IN_TRAIN[0] = True  # from here on a signal is only recorded: finish the summary
             if self.algo is not None and exit_code in (0, 143, 130):
                 try:
                     self.save("final")
@@ -433,7 +444,11 @@ class Trainer:
         while True:
             t_iter = time.time()
             _check_cancel()
-            result = self.algo.train()
+            _IN_TRAIN[0] = True
+            try:
+                result = self.algo.train()
+            finally:
+                _IN_TRAIN[0] = False
             _check_cancel()
             er = result.get("env_runners") or {}
             it = offset_it + len(self.rows) + 1
@@ -508,11 +523,17 @@ class Trainer:
 _SIGNALLED: List[int] = []
 
 
+_IN_TRAIN: List[bool] = [False]
+
+
 def _on_signal(signum, _frame):
-    # Only record it: raising inside algo.train() (native Ray/torch calls) can abort the
-    # process. The loop checks between steps, so a cancel takes effect within one iteration.
+    # Inside algo.train() only record it (the loop checks after the iteration, so a cancel
+    # takes effect within one iteration); elsewhere (Ray start, algorithm build, which can
+    # wait for resources) stop at once.
     _SIGNALLED.append(signum)
-    log(f"received signal {signum}; stopping after the current step")
+    if not _IN_TRAIN[0]:
+        raise _Canceled(signum)
+    log(f"received signal {signum}; stopping after the current iteration")
 
 
 def _install_signal_handlers() -> None:

@@ -107,6 +107,7 @@ class LoadReport:
     kill_points: list[str] = field(default_factory=list)
     processing_wall_s: float = 0.0
     enqueue_s: float = 0.0
+    deferrals: int = 0
     # filled by verify_load
     notified: int = 0
     jobs: int = 0
@@ -131,6 +132,7 @@ class LoadReport:
             f"duplicates dropped       {self.duplicate_deliveries:>8}  deliveries, plus {self.republishes_dropped} "
             "completion re-publishes dropped by duplicate detection",
             f"dead letters             {self.dead_letters:>8}  (all poison, each naming its field)",
+            f"deferrals (in-flight cap){self.deferrals:>8}",
         ]
 
 
@@ -149,8 +151,13 @@ def _progress(broker: SqliteBroker, store: SqliteRunStore, s: Settings, total_ms
 
 
 def run_load(workdir: Path, plan: LoadPlan, *, restarts: int = 3, seed: int = 11, mode: str = "direct",
-             max_seconds: float = 600.0, out=None) -> LoadReport:
-    """Enqueue the plan, process it with SIGKILLs at random progress points, verify every message."""
+             max_seconds: float = 600.0, max_in_flight: int | None = None, defer_delay_s: float = 60.0,
+             out=None) -> LoadReport:
+    """Enqueue the plan, process it with SIGKILLs at random progress points, verify every message.
+
+    ``max_in_flight`` (default: no cap in practice) makes the service defer what is over the cap;
+    the deferred copies come back after ``defer_delay_s`` of real time.
+    """
     rng = random.Random(seed)
     data = workdir / "rlq"
     settings = Settings(data_dir=data)
@@ -162,7 +169,8 @@ def run_load(workdir: Path, plan: LoadPlan, *, restarts: int = 3, seed: int = 11
         assert broker.send(settings.queue_name, m.body, message_id=m.message_id)
     report.enqueue_s = time.perf_counter() - t0
     store = SqliteRunStore(settings.store_db)
-    env = driver_env(data, RLQ_MAX_IN_FLIGHT=len(plan.messages) + 10)
+    env = driver_env(data, RLQ_MAX_IN_FLIGHT=max_in_flight or len(plan.messages) + 10,
+                     RLQ_DEFER_DELAY_S=defer_delay_s)
     cmd = [sys.executable, "-m", "tests.guarantees.crash_driver", "--mode", mode, "--max-seconds", str(max_seconds)]
     thresholds = sorted(rng.uniform(0.05, 0.9) for _ in range(restarts))
     log = (lambda text: print(text, file=out, flush=True)) if out is not None else (lambda text: None)
@@ -219,6 +227,7 @@ def verify_load(data: Path, plan: LoadPlan, report: LoadReport) -> None:
         assert report.duplicate_jobs == 0, f"duplicate jobs: {[(r, n) for r, n in jobs.items() if n > 1][:10]}"
         assert set(jobs) == set(ids), f"jobs for requests that are not valid ones: {sorted(set(jobs) - set(ids))[:10]}"
         assert all(r.state in FINAL for r in records.values())
+        report.deferrals = sum(r.deferrals for r in records.values())
 
         seen = Counter(m.message_id for m in broker.peek(s.topic_name, subscription=AUDIT_SUBSCRIPTION, limit=10**7))
         assert seen == Counter({f"{rid}:completed": 1 for rid in ids}), \

@@ -126,15 +126,15 @@ def test_impala_cartpole_learns_to_150(tmp_path):
     out = tmp_path / "o"
     t0 = time.time()
     p = train(["--run", "IMPALA", "--env", "CartPole-v1", "--stop",
-               '{"episode_reward_mean": 150, "time_total_s": 150}', "--output-dir", str(out),
-               "--checkpoint-freq", "0"], timeout=240)
+               '{"episode_reward_mean": 150, "time_total_s": 200}', "--output-dir", str(out),
+               "--checkpoint-freq", "0"], timeout=290)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stop_reason"] == "reward_reached", summary
     assert summary["final_reward"] >= 150
     print("IMPALA CartPole to 150:", summary["duration_s"], "s wall,",
           read_metrics(out)[-1]["time_total_s"], "s training")
-    assert time.time() - t0 < 200
+    assert time.time() - t0 < 280
 
 
 def test_sigterm_cancels_with_summary(tmp_path):

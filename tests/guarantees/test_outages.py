@@ -1,0 +1,116 @@
+"""Outages longer than the retry budgets: the request waits, it is not lost.
+
+Driven through the local Functions host (``shared.localhost.LocalHost``) on the fake clock, so the
+host's own settlement runs: abandon on an exception, immediate redelivery, dead-letter at the last
+delivery (``max_delivery_count``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import function_app
+from shared.composition import install
+from shared.errors import TransientError
+from shared.localhost import LocalHost
+from shared.models import RunState
+from shared.models import CompletionMessage
+
+CARTPOLE = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"episode_reward_mean": 150, "time_total_s": 300}}
+
+
+@pytest.fixture
+def host(wired, clock):
+    # the hosted notifier consumes the topic's own subscription: watch the topic through a second one
+    wired.broker.create_subscription(wired.settings.topic_name, "audit")
+    install(wired)
+    yield LocalHost(function_app.app, broker=wired.broker, settings=wired.settings, clock=clock.epoch)
+    install(None)
+
+
+def topic_messages(w) -> list[CompletionMessage]:
+    return [CompletionMessage.model_validate_json(m.body)
+            for m in w.broker.peek(w.settings.topic_name, subscription="audit", limit=1000)]
+
+
+def run_poller(host, times: int = 3) -> None:
+    for _ in range(times):
+        host.tick_timers(now=host.next_due("poller"))
+
+
+def test_a_compute_outage_past_the_last_delivery_defers_the_request_instead_of_dead_lettering_it(
+        wired, twin, clock, host):
+    outage = {"calls": 0, "until_call": 3 * wired.settings.max_delivery_count}
+    real_ensure = twin.ensure_compute
+
+    def flaky_ensure(request):
+        outage["calls"] += 1
+        if outage["calls"] <= outage["until_call"]:
+            raise TransientError("compute control plane: HTTP 503")
+        return real_ensure(request)
+
+    twin.ensure_compute = flaky_ensure
+    wired.broker.send(wired.settings.queue_name, json.dumps({**CARTPOLE, "request_id": "waits"}).encode(),
+                      message_id="m-waits")
+    for _ in range(10):  # each round: every delivery the queue allows now, then time passes
+        host.drain()
+        run_poller(host)
+        host.drain()
+        if wired.store.get("waits").state is RunState.notified:
+            break
+        clock.advance(wired.settings.defer_delay_s)
+
+    assert outage["calls"] > outage["until_call"], "the outage never ended in this test"
+    rec = wired.store.get("waits")
+    assert rec.state is RunState.notified and rec.deferrals >= 1
+    assert wired.broker.dead_letters(wired.settings.queue_name) == []
+    assert twin.jobs_per_request() == {"waits": 1}
+    assert [m.message_id for m in topic_messages(wired)] == ["waits:completed"]
+
+
+def test_a_topic_outage_of_many_ticks_publishes_once_when_it_ends(wired, twin, clock, host):
+    real = wired.service.publisher
+    attempts = []
+
+    class Down:
+        def publish(self, message, *, reply_to=None):
+            attempts.append(message.message_id)
+            if len(attempts) <= 25:
+                raise TransientError("topic: ServiceBusyError")
+            real.publish(message, reply_to=reply_to)
+
+    wired.service.publisher = Down()
+    wired.broker.send(wired.settings.queue_name, json.dumps({**CARTPOLE, "request_id": "outbox"}).encode(),
+                      message_id="m-outbox")
+    host.drain()
+    run_poller(host, 40)
+    rec = wired.store.get("outbox")
+    assert rec.state is RunState.notified and len(attempts) == 26
+    assert [m.message_id for m in topic_messages(wired)] == ["outbox:completed"]
+    assert twin.jobs_per_request() == {"outbox": 1}
+
+
+def test_a_store_failure_right_after_submit_does_not_strand_the_run(wired, twin, clock, host):
+    """The job exists but recording its run id failed: the redelivery must find it and record it."""
+    real_update = wired.store.update
+    failed = []
+
+    def update(record):
+        if record.state is RunState.submitted and not failed:
+            failed.append(record.request_id)
+            raise TransientError("store: HTTP 503 (the write did not happen)")
+        return real_update(record)
+
+    wired.store.update = update
+    wired.broker.send(wired.settings.queue_name, json.dumps({**CARTPOLE, "request_id": "stranded"}).encode(),
+                      message_id="m-stranded")
+    host.drain()
+    run_poller(host)
+    host.drain()
+    assert failed == ["stranded"]
+    rec = wired.store.get("stranded")
+    assert rec.state is RunState.notified, rec.state
+    assert twin.jobs_per_request() == {"stranded": 1}
+    assert [m.message_id for m in topic_messages(wired)] == ["stranded:completed"]

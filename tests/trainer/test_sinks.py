@@ -1,0 +1,66 @@
+"""Metrics sinks: jsonl always; Azure ML only inside a real run; MLflow only when configured."""
+import json
+import math
+
+from trainer import sinks
+from trainer.train import RewardWindow, _error_paragraph
+
+
+def test_jsonl_sink_writes_nan_as_null(tmp_path):
+    s = sinks.JsonlSink(str(tmp_path / "m.jsonl"))
+    s.log({"iteration": 1, "episode_reward_mean": float("nan"), "learner/total_loss": math.inf, "x": 2.5})
+    s.close()
+    row = json.loads((tmp_path / "m.jsonl").read_text())
+    assert row == {"iteration": 1, "episode_reward_mean": None, "learner/total_loss": None, "x": 2.5}
+
+
+def test_azureml_sink_logs_article_metrics_to_a_real_run():
+    class FakeRun:  # stands in for azureml.core.Run (not RLlib)
+        id = "rlq_123"
+        def __init__(self):
+            self.logged = []
+        def log(self, name, value):
+            self.logged.append((name, value))
+    run = FakeRun()
+    assert not sinks.is_offline_run(run)
+    s = sinks.AzureMLSink(run)
+    s.log({"iteration": 1, "episode_reward_mean": -20.5, "episodes_total": 7, "timesteps": 100})
+    s.log({"iteration": 2, "episode_reward_mean": None, "episodes_total": 9})
+    assert run.logged == [("episode_reward_mean", -20.5), ("episodes_total", 7), ("episodes_total", 9)]
+
+
+def test_azureml_offline_run_is_not_used():
+    class _OfflineRun:
+        id = "OfflineRun_abc"
+    assert sinks.is_offline_run(_OfflineRun())
+    # Outside Azure ML, Run.get_context() is an offline run (or azureml-core is absent): no sink.
+    assert sinks.AzureMLSink.create() is None
+
+
+def test_mlflow_only_when_tracking_uri_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert sinks.MLflowSink.create() is None
+    opened = sinks.Sinks.open(str(tmp_path / "m.jsonl"))
+    assert [type(s).__name__ for s in opened.sinks] == ["JsonlSink"]
+    opened.close()
+
+
+def test_reward_window_is_last_100_episodes():
+    w = RewardWindow(100)
+    assert w.stats() == (None, None, None)
+    w.add(10.0, 50, 5.0, 20.0)
+    w.add(float("nan"), 0, None, None)  # an iteration without episodes changes nothing
+    assert w.stats() == (10.0, 5.0, 20.0)
+    w.add(30.0, 50, 25.0, 40.0)
+    assert w.stats() == (20.0, 5.0, 40.0)
+    w.add(50.0, 80, 45.0, 60.0)  # 80 newest + 20 of the previous iteration
+    mean, lo, hi = w.stats()
+    assert mean == (50.0 * 80 + 30.0 * 20) / 100 and lo == 25.0 and hi == 60.0
+
+
+def test_error_paragraph_drops_traceback():
+    text = ("ray::SingleAgentEnvRunner.sample() (pid=1)\n  File \"x.py\", line 3, in f\n    boom()\n"
+            "ValueError: the env exploded")
+    msg = _error_paragraph(RuntimeError(text))
+    assert msg == "ValueError: the env exploded"
+    assert "File" not in msg and "\n" not in msg
