@@ -8,15 +8,12 @@ re-reads and decides again.
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.errors import Conflict, NotFound, TransientError
+from shared.adapters._sqlite import Connections
+from shared.errors import Conflict, NotFound
 from shared.models import RunRecord, RunState, utcnow
 
 _SCHEMA = """
@@ -51,7 +48,7 @@ class SqliteRunStore:
     ) -> None:
         self.path = str(path)
         self._clock = clock
-        self._db = _Connections(self.path, busy_timeout_s=busy_timeout_s)
+        self._db = Connections(self.path, busy_timeout_s=busy_timeout_s)
         self._db.init(_SCHEMA)
 
     def close(self) -> None:
@@ -155,102 +152,3 @@ def _epoch(value: datetime) -> float:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.timestamp()
-
-
-class _Connections:
-    """One connection per thread (and per process, after a fork); one shared one for ``:memory:``.
-
-    Writes take the write lock up front (``BEGIN IMMEDIATE``) so a conditional update's
-    read-after-miss sees the state that made it miss; ``busy_timeout`` makes other writers wait.
-    """
-
-    def __init__(self, path: str, *, busy_timeout_s: float) -> None:
-        self.path = path
-        self.memory = path == ":memory:" or path.startswith("file::memory:")
-        self.busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._guard = threading.Lock()
-        # ``:memory:`` is private to one connection, so every thread shares it, one at a time.
-        self._serial = threading.RLock() if self.memory else None
-        self._shared: sqlite3.Connection | None = None
-        self._closed = False
-
-    def _open(self) -> sqlite3.Connection:
-        if not self.memory:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-        if not self.memory:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        with self._guard:
-            self._all.append(conn)
-        return conn
-
-    def conn(self) -> sqlite3.Connection:
-        if self._closed:
-            raise RuntimeError(f"the SQLite database {self.path!r} was closed")
-        if self.memory:
-            if self._shared is None:
-                self._shared = self._open()
-            return self._shared
-        pid = os.getpid()
-        if getattr(self._local, "pid", None) != pid:
-            self._local.conn = self._open()
-            self._local.pid = pid
-        return self._local.conn
-
-    def init(self, script: str) -> None:
-        with self._lock():
-            try:
-                self.conn().executescript(script)
-            except sqlite3.OperationalError as err:
-                raise TransientError(f"SQLite database {self.path!r} is busy or unavailable: {err}") from err
-
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        if self._serial is None:
-            yield
-        else:
-            with self._serial:
-                yield
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock():
-            conn = self.conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as err:
-                raise TransientError(f"SQLite database {self.path!r} is busy: {err}") from err
-            try:
-                yield conn
-                conn.commit()
-            except sqlite3.OperationalError as err:
-                conn.rollback()
-                raise TransientError(f"SQLite database {self.path!r} failed a write: {err}") from err
-            except BaseException:
-                conn.rollback()
-                raise
-
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock():
-            conn = self.conn()
-            try:
-                yield conn
-            except sqlite3.OperationalError as err:
-                raise TransientError(f"SQLite database {self.path!r} failed a read: {err}") from err
-
-    def close(self) -> None:
-        with self._guard:
-            self._closed = True
-            conns, self._all = self._all, []
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
