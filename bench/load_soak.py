@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.guarantees.loadgen import make_plan, run_load, run_poll_soak  # noqa: E402
+from tests.guarantees.loadgen import make_plan, run_load, run_poll_soak
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.adapters.compute_twin import ComputeTwin  # noqa: E402
-from shared.adapters.sqlite_broker import SqliteBroker  # noqa: E402
-from shared.composition import build, install  # noqa: E402
-from shared.models import CompletionMessage, Delivery, RunState, TrainingRequest  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from shared.adapters.compute_twin import ComputeTwin
+from shared.adapters.sqlite_broker import SqliteBroker
+from shared.composition import build, install
+from shared.models import CompletionMessage, Delivery, RunState, TrainingRequest
+from shared.settings import Settings
 
 
 class NoNotifier:

@@ -108,15 +108,10 @@ class TrainingService:
                delivery_count: int = 1) -> RunRecord | None:
         """The queue trigger's one call: accept, or reject for good (never retried ten times).
 
-        Transient errors propagate so the trigger abandons the message and the queue redelivers it
-        — except on the last delivery the queue allows, where the request is deferred instead.
+        Transient errors propagate so the trigger abandons the message and the queue redelivers it.
         """
         try:
             return self.accept(body, message_id=message_id)
-        except TransientError as err:
-            if delivery_count < self.settings.max_delivery_count:
-                raise
-            return self._retry_later(body, message_id, err)
         except PermanentError as err:
             log.warning("rejected message %s: %s: %s", message_id, err.reason, err.description)
             record = self._record_rejection(body, message_id, err)
@@ -227,21 +222,6 @@ class TrainingService:
                                                         "updated_at": self.clock()}))
         except Exception as err:  # the stale-claim takeover covers this
             log.warning("could not release the claim on %s: %s", record.request_id, err)
-
-    def _retry_later(self, body: Any, message_id: str | None, err: TransientError) -> RunRecord:
-        """A transient fault outlasted the message's deliveries: schedule the request again.
-
-        Failing this delivery would dead-letter the message, and a dead-lettered request that has a
-        run record waiting in ``received`` is neither run nor rejected: lost. A scheduled copy
-        (as for the in-flight cap) keeps it alive until the fault clears.
-        """
-        request_id = _guess_request_id(body) or message_id
-        record = self.store.get(request_id) if request_id else None
-        if record is None or record.state is not RunState.received or record.request is None:
-            raise err  # nothing recorded to lose (or not ours to move): the queue's dead letter stands
-        log.warning("request %s: %s on the last delivery; trying again in %.0f s", record.request_id, err,
-                    self.settings.defer_delay_s)
-        return self._defer(record)
 
     def _record_rejection(self, body: Any, message_id: str | None, err: PermanentError) -> RunRecord | None:
         request_id = _guess_request_id(body) or message_id

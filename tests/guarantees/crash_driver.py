@@ -106,8 +106,14 @@ def settled(w: Wiring) -> bool:
     return w.store.count([*ACTIVE, *TERMINAL]) == 0
 
 
+# Messages delivered per round before the poller fires again. In a real host the timer runs on its
+# own thread; a round-robin driver that drained without bound could starve the poller for good
+# when deferred requests come due faster than one pass over them takes.
+ROUND_MESSAGES = 500
+
+
 class HostDrive:
-    """One round through :class:`shared.localhost.LocalHost`: drain the queues, fire the poller."""
+    """One round through :class:`shared.localhost.LocalHost`: deliver messages, fire the poller."""
 
     def __init__(self, w: Wiring) -> None:
         import function_app
@@ -117,9 +123,9 @@ class HostDrive:
         self.host = LocalHost(function_app.app, broker=w.broker, settings=w.settings)
 
     def round(self) -> int:
-        done = self.host.drain()
+        done = self.host.drain(max_messages=ROUND_MESSAGES)
         self.host.tick_timers(now=self.host.next_due("poller"))
-        return done + self.host.drain()
+        return done + self.host.drain(max_messages=ROUND_MESSAGES)
 
 
 class DirectDrive:
@@ -131,22 +137,22 @@ class DirectDrive:
     def round(self) -> int:
         w, s = self.w, self.w.settings
         done = 0
-        while msgs := w.broker.receive(s.queue_name):
+        while done < ROUND_MESSAGES and (msgs := w.broker.receive(s.queue_name)):
             (m,) = msgs
             done += 1
             try:
                 w.service.intake(m.body, message_id=m.message_id, delivery_count=m.delivery_count)
-            except Exception:  # transient: abandon so the queue redelivers it
+            except Exception:  # noqa: BLE001 - as the host: any failure abandons, the queue redelivers
                 _settle(w.broker.abandon, m)
             else:
                 _settle(w.broker.complete, m)  # False when the handler dead-lettered it
         w.service.poll_once()
-        while msgs := w.broker.receive(s.topic_name, subscription=s.subscription_name):
+        while done < 2 * ROUND_MESSAGES and (msgs := w.broker.receive(s.topic_name, subscription=s.subscription_name)):
             (m,) = msgs
             done += 1
             try:
                 w.service.notify(CompletionMessage.model_validate_json(m.body))
-            except Exception:
+            except Exception:  # noqa: BLE001 - as the host
                 _settle(w.broker.abandon, m)
             else:
                 _settle(w.broker.complete, m)

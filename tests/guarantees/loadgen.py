@@ -122,15 +122,15 @@ class LoadReport:
 
     def lines(self) -> list[str]:
         return [
-            f"messages                 {self.messages:>8}  ({self.valid_requests} requests, "
-            f"{self.duplicate_deliveries} duplicate deliveries, {self.poison} poison)",
-            f"processing wall time     {self.processing_wall_s:>8.1f} s  ({self.requests_per_s:.0f} messages/s, "
-            f"restarts and lock expiries included)",
+            (f"messages                 {self.messages:>8}  ({self.valid_requests} requests, "
+            f"{self.duplicate_deliveries} duplicate deliveries, {self.poison} poison)"),
+            (f"processing wall time     {self.processing_wall_s:>8.1f} s  ({self.requests_per_s:.0f} messages/s, "
+            f"restarts and lock expiries included)"),
             f"SIGKILL + restart        {self.restarts:>8}  at progress {', '.join(self.kill_points) or '-'}",
             f"notified                 {self.notified:>8}  (exactly one completion message each)",
             f"jobs                     {self.jobs:>8}  duplicate jobs {self.duplicate_jobs}, lost {self.lost}",
-            f"duplicates dropped       {self.duplicate_deliveries:>8}  deliveries, plus {self.republishes_dropped} "
-            "completion re-publishes dropped by duplicate detection",
+            (f"duplicates dropped       {self.duplicate_deliveries:>8}  deliveries, plus {self.republishes_dropped} "
+            "completion re-publishes dropped by duplicate detection"),
             f"dead letters             {self.dead_letters:>8}  (all poison, each naming its field)",
             f"deferrals (in-flight cap){self.deferrals:>8}",
         ]
@@ -277,12 +277,12 @@ class SoakReport:
         return [
             f"runs                     {self.runs:>8}  finished {self.finished}, stuck {self.runs - self.finished}",
             f"ticks                    {self.ticks:>8}  skipped runs {self.skipped}",
-            f"tick wall time           p50 {walls[len(walls) // 2]:.2f} s, max {self.max_tick_s:.2f} s "
-            f"(budget {self.budget_s:.0f} s)",
-            f"transient status errors  {self.status_errors:>8}  (retried on the next tick); other errors "
-            f"{len(self.other_errors)}",
-            f"open file descriptors    {self.open_fds[0] if self.open_fds else 0:>8}  after the first tick, "
-            f"{self.open_fds[-1] if self.open_fds else 0} after the last",
+            (f"tick wall time           p50 {walls[len(walls) // 2]:.2f} s, max {self.max_tick_s:.2f} s "
+            f"(budget {self.budget_s:.0f} s)"),
+            (f"transient status errors  {self.status_errors:>8}  (retried on the next tick); other errors "
+            f"{len(self.other_errors)}"),
+            (f"open file descriptors    {self.open_fds[0] if self.open_fds else 0:>8}  after the first tick, "
+            f"{self.open_fds[-1] if self.open_fds else 0} after the last"),
         ]
 
 

@@ -52,7 +52,8 @@ def run_driver(data_dir: Path, *, fault: str | None = None, max_seconds: float =
     env = driver_env(data_dir, **({"RLQ_FAULT_AT": fault} if fault else {}))
     return subprocess.run([sys.executable, "-m", "tests.guarantees.crash_driver", "--mode", MODE,
                            "--max-seconds", str(max_seconds), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=max_seconds + 60)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=max_seconds + 60,
+                          check=False)
 
 
 def count_jobs(data_dir: Path) -> dict[str, int]:

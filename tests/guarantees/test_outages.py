@@ -1,4 +1,4 @@
-"""Outages longer than the retry budgets: the request waits, it is not lost.
+"""Outages longer than the retry budgets: nothing is stranded, nothing runs twice.
 
 Driven through the local Functions host (``shared.localhost.LocalHost``) on the fake clock, so the
 host's own settlement runs: abandon on an exception, immediate redelivery, dead-letter at the last
@@ -15,8 +15,7 @@ import function_app
 from shared.composition import install
 from shared.errors import TransientError
 from shared.localhost import LocalHost
-from shared.models import RunState
-from shared.models import CompletionMessage
+from shared.models import CompletionMessage, RunState
 
 CARTPOLE = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"episode_reward_mean": 150, "time_total_s": 300}}
 
@@ -40,32 +39,40 @@ def run_poller(host, times: int = 3) -> None:
         host.tick_timers(now=host.next_due("poller"))
 
 
-def test_a_compute_outage_past_the_last_delivery_defers_the_request_instead_of_dead_lettering_it(
+def test_a_compute_outage_past_the_last_delivery_leaves_a_dead_letter_that_still_runs_once(
         wired, twin, clock, host):
-    outage = {"calls": 0, "until_call": 3 * wired.settings.max_delivery_count}
+    """Past ``max_delivery_count`` the queue dead-letters the message with the last error. The
+    request is not stranded half-claimed: its record waits in ``received`` with no job, and once
+    the outage is over, resubmitting the dead letter runs it exactly once."""
+    outage = {"calls": 0, "down": True}
     real_ensure = twin.ensure_compute
 
     def flaky_ensure(request):
         outage["calls"] += 1
-        if outage["calls"] <= outage["until_call"]:
-            raise TransientError("compute control plane: HTTP 503")
+        if outage["down"]:
+            raise TransientError(f"compute control plane: HTTP 503 (call {outage['calls']})")
         return real_ensure(request)
 
     twin.ensure_compute = flaky_ensure
-    wired.broker.send(wired.settings.queue_name, json.dumps({**CARTPOLE, "request_id": "waits"}).encode(),
-                      message_id="m-waits")
-    for _ in range(10):  # each round: every delivery the queue allows now, then time passes
-        host.drain()
-        run_poller(host)
-        host.drain()
-        if wired.store.get("waits").state is RunState.notified:
-            break
-        clock.advance(wired.settings.defer_delay_s)
+    q = wired.settings.queue_name
+    wired.broker.send(q, json.dumps({**CARTPOLE, "request_id": "waits"}).encode(), message_id="m-waits")
+    host.drain()
 
-    assert outage["calls"] > outage["until_call"], "the outage never ended in this test"
+    (dead,) = wired.broker.dead_letters(q)
+    assert outage["calls"] == wired.settings.max_delivery_count
+    assert dead.reason == "MaxDeliveryCountExceeded" and f"call {outage['calls']}" in dead.description
     rec = wired.store.get("waits")
-    assert rec.state is RunState.notified and rec.deferrals >= 1
-    assert wired.broker.dead_letters(wired.settings.queue_name) == []
+    assert rec.state is RunState.received and rec.claimed_at is None and rec.run_id is None
+    assert twin.jobs_per_request() == {}
+
+    outage["down"] = False
+    wired.broker.resubmit_dead_letter(q, dead.sequence_number)
+    # the producer also sent it again meanwhile: still one job
+    wired.broker.send(q, json.dumps({**CARTPOLE, "request_id": "waits"}).encode(), message_id="m-waits-again")
+    host.drain()
+    run_poller(host)
+    host.drain()
+    assert wired.store.get("waits").state is RunState.notified
     assert twin.jobs_per_request() == {"waits": 1}
     assert [m.message_id for m in topic_messages(wired)] == ["waits:completed"]
 

@@ -44,14 +44,14 @@ def files_outside_stores(root: Path) -> dict[str, int]:
             if p.is_file() and not p.name.endswith(SQLITE_SUFFIXES)}
 
 
-def feed(wired, body: bytes, message_id: str):
+def feed(w, body: bytes, message_id: str):
     """Send, receive and hand to intake as the queue trigger does; settle as the host does.
 
     Returns ``(record, completed)``: what intake returned, and whether ``complete`` removed the
     message (False when the handler had dead-lettered it under this lock).
     """
-    q = wired.settings.queue_name
-    assert wired.broker.send(q, body, message_id=message_id)
-    (msg,) = wired.broker.receive(q)
-    record = wired.service.intake(msg.body, message_id=msg.message_id, delivery_count=msg.delivery_count)
-    return record, wired.broker.complete(msg)
+    q = w.settings.queue_name
+    assert w.broker.send(q, body, message_id=message_id)
+    (msg,) = w.broker.receive(q)
+    record = w.service.intake(msg.body, message_id=msg.message_id, delivery_count=msg.delivery_count)
+    return record, w.broker.complete(msg)
