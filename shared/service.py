@@ -109,9 +109,16 @@ class TrainingService:
         """The queue trigger's one call: accept, or reject for good (never retried ten times).
 
         Transient errors propagate so the trigger abandons the message and the queue redelivers it.
+        On the last delivery the queue allows, the run record says the request went to the
+        dead-letter queue (state ``rejected``, the last error, how to resubmit), so it is accounted
+        for; a resubmitted copy runs.
         """
         try:
             return self.accept(body, message_id=message_id)
+        except TransientError as err:
+            if delivery_count >= self.settings.max_delivery_count:
+                self._record_give_up(body, message_id, delivery_count, err)
+            raise
         except PermanentError as err:
             log.warning("rejected message %s: %s: %s", message_id, err.reason, err.description)
             record = self._record_rejection(body, message_id, err)
@@ -132,9 +139,10 @@ class TrainingService:
                       message_id=message_id, created_at=self.clock(), updated_at=self.clock())
         )
         self._fault("inserted")
-        if not inserted and record.state is RunState.rejected and record.request is None:
-            # An earlier delivery under this id could not be read or was over a cap; this one is
-            # valid, so it runs (a rejection stores no request, so there is nothing it could repeat).
+        if not inserted and record.state is RunState.rejected:
+            # An earlier delivery under this id could not be read, was over a cap, or outlasted its
+            # deliveries in a transient fault; this one is valid, so it runs. A rejected request never
+            # reached the compute, so there is nothing it could repeat.
             record = self._revive(record, request, backend_name, message_id)
         if not inserted and record.request is not None and record.request != request:
             log.warning("request %s delivered again with a different body; the first one stands",
@@ -222,6 +230,19 @@ class TrainingService:
                                                         "updated_at": self.clock()}))
         except Exception as err:  # the stale-claim takeover covers this
             log.warning("could not release the claim on %s: %s", record.request_id, err)
+
+    def _record_give_up(self, body: Any, message_id: str | None, delivery_count: int,
+                        err: TransientError) -> None:
+        request_id = _guess_request_id(body) or message_id
+        record = self.store.get(request_id) if request_id else None
+        if record is None or record.state is not RunState.received:
+            return  # nothing recorded (the dead letter is the whole story), or the run went on
+        note = (f"dead-lettered after {delivery_count} deliveries; last error: {err}. "
+                "Resubmit it once the fault is fixed (rlq dead-letters --resubmit SEQ).")
+        try:
+            self._update(record, state=RunState.rejected, error=note)
+        except Exception as store_err:  # the dead letter still holds the request
+            log.warning("could not record the give-up on %s: %s", request_id, store_err)
 
     def _record_rejection(self, body: Any, message_id: str | None, err: PermanentError) -> RunRecord | None:
         request_id = _guess_request_id(body) or message_id

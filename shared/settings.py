@@ -50,7 +50,7 @@ class Settings(BaseSettings):
 
     # --- polling -----------------------------------------------------------------------------
     poll_schedule: str = Field("*/10 * * * * *", description="NCRONTAB (6 fields) of the poller.")
-    poll_concurrency: int = Field(64, ge=1, le=1024)
+    poll_concurrency: int = Field(128, ge=1, le=1024)
     poll_tick_budget_s: float = Field(50.0, gt=0)
     stall_timeout_s: float = Field(1800.0, gt=0, description="No new iteration for this long: stalled.")
     status_timeout_s: float = Field(20.0, gt=0)

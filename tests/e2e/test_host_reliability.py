@@ -59,8 +59,11 @@ def test_transient_failures_are_redelivered_then_dead_lettered_with_the_last_err
     assert dead.reason == "MaxDeliveryCountExceeded"
     assert f"attempt {w.settings.max_delivery_count}" in dead.description
     assert twin.jobs_per_request() == {}
+    rec = w.store.get("t")  # accounted for: the record says where the request went and why
+    assert rec.state is RunState.rejected and "dead-lettered after 10 deliveries" in rec.error
     # Nothing is lost: resubmitting the dead letter once the fault is gone runs it.
     del twin.ensure_compute
     w.broker.resubmit_dead_letter(w.settings.queue_name, dead.sequence_number)
     host.drain()
     assert twin.jobs_per_request() == {"t": 1}
+    assert w.store.get("t").state is RunState.submitted

@@ -42,8 +42,8 @@ def run_poller(host, times: int = 3) -> None:
 def test_a_compute_outage_past_the_last_delivery_leaves_a_dead_letter_that_still_runs_once(
         wired, twin, clock, host):
     """Past ``max_delivery_count`` the queue dead-letters the message with the last error. The
-    request is not stranded half-claimed: its record waits in ``received`` with no job, and once
-    the outage is over, resubmitting the dead letter runs it exactly once."""
+    request is not stranded half-claimed: its record says it was dead-lettered and why, with no job,
+    and once the outage is over, resubmitting the dead letter runs it exactly once."""
     outage = {"calls": 0, "down": True}
     real_ensure = twin.ensure_compute
 
@@ -62,7 +62,8 @@ def test_a_compute_outage_past_the_last_delivery_leaves_a_dead_letter_that_still
     assert outage["calls"] == wired.settings.max_delivery_count
     assert dead.reason == "MaxDeliveryCountExceeded" and f"call {outage['calls']}" in dead.description
     rec = wired.store.get("waits")
-    assert rec.state is RunState.received and rec.claimed_at is None and rec.run_id is None
+    assert rec.state is RunState.rejected and rec.claimed_at is None and rec.run_id is None
+    assert "dead-lettered after" in rec.error and f"call {outage['calls']}" in rec.error
     assert twin.jobs_per_request() == {}
 
     outage["down"] = False
