@@ -32,6 +32,7 @@ lint:
 	bash infra/lint.sh
 
 bench: install
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/service_throughput.py
 	$(BIN)/python bench/trainer_throughput.py
 	$(BIN)/python bench/cartpole_time_to_450.py

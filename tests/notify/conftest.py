@@ -171,7 +171,7 @@ class Pki:
 
 def make_pki(hostname: str) -> Pki:
     """A throw-away CA and a server certificate for ``hostname`` (needs ``cryptography``)."""
-    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID

@@ -125,7 +125,7 @@ def test_verifier_is_stdlib_only_so_receivers_can_copy_it() -> None:
 
 
 def test_agrees_with_the_standardwebhooks_reference_package() -> None:
-    sw = pytest.importorskip("standardwebhooks")
+    import standardwebhooks as sw
     now = int(time.time())  # the reference package only knows wall time
     reference = sw.Webhook(SECRET)
     ours = headers(ts=now)
