@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from shared import trainer_args
 from shared.errors import ComputeError, PermanentError, TransientError
 from shared.models import VM_SIZES, Compute, HeadCluster, Progress, TrainingRequest, WorkerCluster
 from shared.ports import JobState, JobStatus
@@ -644,20 +645,8 @@ class AzureMLRayBackend:
             config["num_workers"] = max(c.total_cpus - 1, 0)
         if not {"num_gpus", "num_gpus_per_learner", "num_learners"} & config.keys():
             config["num_gpus"] = c.head_gpus
-        argv = [
-            "--run", request.algorithm,
-            "--env", request.env,
-            "--config", json.dumps(config, sort_keys=True, separators=(",", ":")),
-            "--stop", json.dumps(request.stop.model_dump(exclude_none=True), sort_keys=True, separators=(",", ":")),
-            "--output-dir", "outputs",
-            "--ray-address", RAY_ADDRESS,
-            "--checkpoint-freq", str(CHECKPOINT_FREQ),
-        ]
-        if request.evaluate is not None:
-            argv += ["--evaluate-episodes", str(request.evaluate.episodes)]
-            if request.evaluate.gif:
-                argv.append("--evaluate-gif")
-        return argv
+        return trainer_args.trainer_argv(request, output_dir="outputs", checkpoint_freq=CHECKPOINT_FREQ,
+                                         config=config, ray_address=RAY_ADDRESS)
 
     def build_estimator(self, request: TrainingRequest) -> Any:
         """The real ``ReinforcementLearningEstimator`` for ``request`` (nothing is sent)."""

@@ -37,6 +37,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from shared import trainer_args
 from shared.adapters import ray_local
 from shared.errors import PermanentError, TransientError
 from shared.models import Progress, TrainingRequest
@@ -126,28 +127,16 @@ def restore_path(uri: str) -> str:
 
 def trainer_argv(request: TrainingRequest, *, output_dir: str, checkpoint_freq: int = DEFAULT_CHECKPOINT_FREQ,
                  default_run_duration_s: int = 3600, max_run_duration_s: int = 4 * 3600) -> list[str]:
-    """The trainer's argument vector for ``request`` (pure; each value is one argv element).
+    """The trainer's argument vector for ``request`` on Ray (pure; each value is one argv element).
 
     ``stop.time_total_s`` is always present (see :func:`run_bound_s`), so every run is bounded.
     """
     stop = request.stop.model_dump(exclude_none=True)
     stop["time_total_s"] = run_bound_s(request, default_run_duration_s=default_run_duration_s,
                                        max_run_duration_s=max_run_duration_s)
-    argv = [
-        "--run", request.algorithm,
-        "--env", request.env,
-        "--config", json.dumps(request.config, sort_keys=True),
-        "--stop", json.dumps(stop, sort_keys=True),
-        "--output-dir", output_dir,
-        "--checkpoint-freq", str(int(checkpoint_freq)),
-    ]
-    if request.restore_from:
-        argv += ["--restore", restore_path(request.restore_from)]
-    if request.evaluate is not None:
-        argv += ["--evaluate-episodes", str(request.evaluate.episodes)]
-        if request.evaluate.gif:
-            argv.append("--evaluate-gif")
-    return argv
+    restore = restore_path(request.restore_from) if request.restore_from else None
+    return trainer_args.trainer_argv(request, output_dir=output_dir, checkpoint_freq=checkpoint_freq,
+                                     stop=stop, restore=restore)
 
 
 def _marked_json(lines: Iterable[str], mark: str) -> dict[str, Any] | None:
