@@ -1,0 +1,90 @@
+"""Real faults on Ray, seen through the service: a trainer killed mid-training, a head restarted
+while runs are active. The poller must report each run correctly and keep going."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from shared.adapters.ray_local import _psutil, ensure_local_head, start_test_ray_head, stop_local_head
+from shared.composition import build
+from shared.models import CompletionMessage, RunState
+from shared.settings import Settings
+
+pytestmark = pytest.mark.ray
+
+LONG = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"time_total_s": 600}}
+
+
+def wait_until(w, request_id: str, until, *, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        w.service.poll_once()
+        rec = w.store.get(request_id)
+        if until(rec):
+            return rec
+        time.sleep(0.5)
+    raise AssertionError(f"{request_id}: condition not met in {timeout_s} s: {w.store.get(request_id)}")
+
+
+def running_with_progress(rec) -> bool:
+    return rec.state is RunState.running and rec.progress is not None
+
+
+def published(w) -> list[CompletionMessage]:
+    s = w.settings
+    return [CompletionMessage.model_validate_json(m.body)
+            for m in w.broker.peek(s.topic_name, subscription=s.subscription_name, limit=100)]
+
+
+def trainer_process(request_id: str):
+    """The trainer the Ray job started for this request (its argv travels in its environment)."""
+    psutil = _psutil()  # Ray's bundled copy
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "trainer.train" in " ".join(proc.info["cmdline"] or []) and \
+                    request_id in proc.environ().get("RLQ_TRAINER_ARGV", ""):
+                return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError(f"no trainer process for {request_id}")
+
+
+def settings_for(head, tmp_path, **extra) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path / "rlq", backend="ray",  # type: ignore[call-arg]
+                    ray_dashboard_port=head.dashboard_port, ray_auth_token=head.token, **extra)
+
+
+def test_a_trainer_killed_mid_training_fails_with_a_readable_reason(ray_head, tmp_path):
+    w = build(settings_for(ray_head, tmp_path))
+    w.service.accept(json.dumps({**LONG, "request_id": "killed"}).encode(), message_id="k")
+    wait_until(w, "killed", running_with_progress, timeout_s=240)
+    os.kill(trainer_process("killed").pid, signal.SIGKILL)
+    rec = wait_until(w, "killed", lambda r: r.state is RunState.notified, timeout_s=120)
+    assert rec.completion.status == "Failed" and rec.completion.stop_reason == "error"
+    assert "killed" in rec.completion.error and "Traceback" not in rec.completion.error
+    assert [m.message_id for m in published(w)] == ["killed:completed"]
+
+
+def test_a_head_restarted_under_active_runs_is_reported_not_crashed(tmp_path_factory, tmp_path):
+    head = start_test_ray_head(tmp_path_factory.mktemp("restarted-head"), num_cpus=2)
+    try:
+        w = build(settings_for(head, tmp_path))
+        w.service.accept(json.dumps({**LONG, "request_id": "orphan"}).encode(), message_id="o")
+        wait_until(w, "orphan", running_with_progress, timeout_s=240)
+        stop_local_head(data_dir=head.data_dir)
+        # While the head is down, a tick reports a transient failure for the run and goes on.
+        report = w.service.poll_once()
+        assert report.errors and w.store.get("orphan").state is RunState.running
+        ensure_local_head(data_dir=head.data_dir, dashboard_port=head.dashboard_port, num_cpus=2,
+                          token=head.token, timeout_s=120)
+        rec = wait_until(w, "orphan", lambda r: r.state is RunState.notified, timeout_s=120)
+        assert rec.completion.status == "Failed"
+        assert "restarted" in rec.completion.error
+        assert [m.message_id for m in published(w)] == ["orphan:completed"]
+    finally:
+        stop_local_head(data_dir=head.data_dir)
