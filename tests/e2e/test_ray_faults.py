@@ -1,5 +1,9 @@
 """Real faults on Ray, seen through the service: a trainer killed mid-training, a head restarted
-while runs are active. The poller must report each run correctly and keep going."""
+while runs are active. The poller must report each run correctly and keep going.
+
+These run on a private head of their own: a SIGKILLed driver leaves its actors to Ray's cleanup,
+and neither the session's shared head nor a later test should have to wait for that (the
+restart test runs first; the kill test last)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,13 @@ import time
 
 import pytest
 
-from shared.adapters.ray_local import _psutil, ensure_local_head, start_test_ray_head, stop_local_head
+from shared.adapters.ray_local import (
+    _port_free,
+    _psutil,
+    ensure_local_head,
+    start_test_ray_head,
+    stop_local_head,
+)
 from shared.composition import build
 from shared.models import CompletionMessage, RunState
 from shared.settings import Settings
@@ -59,8 +69,35 @@ def settings_for(head, tmp_path, **extra) -> Settings:
                     ray_dashboard_port=head.dashboard_port, ray_auth_token=head.token, **extra)
 
 
-def test_a_trainer_killed_mid_training_fails_with_a_readable_reason(ray_head, tmp_path):
-    w = build(settings_for(ray_head, tmp_path))
+@pytest.fixture(scope="module")
+def private_head(tmp_path_factory):
+    head = start_test_ray_head(tmp_path_factory.mktemp("fault-head"), num_cpus=2)
+    yield head
+    stop_local_head(data_dir=head.data_dir)
+
+
+def test_a_head_restarted_under_active_runs_is_reported_not_crashed(private_head, tmp_path):
+    head = private_head
+    w = build(settings_for(head, tmp_path))
+    w.service.accept(json.dumps({**LONG, "request_id": "orphan"}).encode(), message_id="o")
+    wait_until(w, "orphan", running_with_progress, timeout_s=240)
+    stop_local_head(data_dir=head.data_dir)
+    deadline = time.monotonic() + 60  # the old dashboard lets go of its port as it exits
+    while not _port_free(head.dashboard_port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    # While the head is down, a tick reports a transient failure for the run and goes on.
+    report = w.service.poll_once()
+    assert report.errors and w.store.get("orphan").state is RunState.running
+    ensure_local_head(data_dir=head.data_dir, dashboard_port=head.dashboard_port, num_cpus=2,
+                      token=head.token, timeout_s=120)
+    rec = wait_until(w, "orphan", lambda r: r.state is RunState.notified, timeout_s=120)
+    assert rec.completion.status == "Failed"
+    assert "restarted" in rec.completion.error
+    assert [m.message_id for m in published(w)] == ["orphan:completed"]
+
+
+def test_a_trainer_killed_mid_training_fails_with_a_readable_reason(private_head, tmp_path):
+    w = build(settings_for(private_head, tmp_path))
     w.service.accept(json.dumps({**LONG, "request_id": "killed"}).encode(), message_id="k")
     wait_until(w, "killed", running_with_progress, timeout_s=240)
     os.kill(trainer_process("killed").pid, signal.SIGKILL)
@@ -68,23 +105,3 @@ def test_a_trainer_killed_mid_training_fails_with_a_readable_reason(ray_head, tm
     assert rec.completion.status == "Failed" and rec.completion.stop_reason == "error"
     assert "killed" in rec.completion.error and "Traceback" not in rec.completion.error
     assert [m.message_id for m in published(w)] == ["killed:completed"]
-
-
-def test_a_head_restarted_under_active_runs_is_reported_not_crashed(tmp_path_factory, tmp_path):
-    head = start_test_ray_head(tmp_path_factory.mktemp("restarted-head"), num_cpus=2)
-    try:
-        w = build(settings_for(head, tmp_path))
-        w.service.accept(json.dumps({**LONG, "request_id": "orphan"}).encode(), message_id="o")
-        wait_until(w, "orphan", running_with_progress, timeout_s=240)
-        stop_local_head(data_dir=head.data_dir)
-        # While the head is down, a tick reports a transient failure for the run and goes on.
-        report = w.service.poll_once()
-        assert report.errors and w.store.get("orphan").state is RunState.running
-        ensure_local_head(data_dir=head.data_dir, dashboard_port=head.dashboard_port, num_cpus=2,
-                          token=head.token, timeout_s=120)
-        rec = wait_until(w, "orphan", lambda r: r.state is RunState.notified, timeout_s=120)
-        assert rec.completion.status == "Failed"
-        assert "restarted" in rec.completion.error
-        assert [m.message_id for m in published(w)] == ["orphan:completed"]
-    finally:
-        stop_local_head(data_dir=head.data_dir)
