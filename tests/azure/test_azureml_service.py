@@ -16,8 +16,9 @@ from shared.adapters.azureml_twin import AzureMLTwin
 from shared.adapters.azureml_v1 import RUN_TAG, AzureMLRayBackend
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build
-from shared.models import CompletionMessage, Delivery, RunState
+from shared.models import Delivery, RunState
 from shared.settings import Settings
+from tests.service.conftest import topic_messages
 
 PONG = {"experiment": "pong", "algorithm": "IMPALA", "env": "PongNoFrameskip-v4",
         "stop": {"episode_reward_mean": 18, "time_total_s": 3600}}
@@ -46,14 +47,7 @@ def wired(tmp_path: Path, twin: AzureMLTwin, clock) -> Wiring:
     backend.close()
 
 
-def completions(w: Wiring) -> list[CompletionMessage]:
-    s = w.settings
-    out = []
-    while batch := w.broker.receive(s.topic_name, subscription=s.subscription_name, max_messages=50):
-        for m in batch:
-            out.append(CompletionMessage.model_validate_json(m.body))
-            w.broker.complete(m)
-    return out
+completions = topic_messages  # the completion messages the topic received, drained
 
 
 def test_request_to_completion_through_azure_ml(wired: Wiring, twin: AzureMLTwin, clock) -> None:
