@@ -106,40 +106,37 @@ class Stop(Strict):
         return self
 
 
-class HeadCluster(Strict):
-    name: str = Field("head-gpu", pattern=CLUSTER_RE)
-    vm_size: str = "STANDARD_NC6"
-    min_nodes: int = Field(0, ge=0, le=100)
-    max_nodes: int = Field(2, ge=1, le=100)
+class _Cluster(Strict):
+    """What head and worker clusters share: an allow-listed VM size and a sane node range."""
 
-    @field_validator("vm_size")
+    @field_validator("vm_size", check_fields=False)
     @classmethod
     def _vm(cls, v: str) -> str:
         return _check_vm_size(v)
 
     @model_validator(mode="after")
-    def _range(self) -> HeadCluster:
+    def _range(self) -> _Cluster:
         if self.min_nodes > self.max_nodes:
             raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
         return self
 
 
-class WorkerCluster(Strict):
+class HeadCluster(_Cluster):
+    name: str = Field("head-gpu", pattern=CLUSTER_RE)
+    vm_size: str = "STANDARD_NC6"
+    min_nodes: int = Field(0, ge=0, le=100)
+    max_nodes: int = Field(2, ge=1, le=100)
+
+
+class WorkerCluster(_Cluster):
     name: str = Field("worker-cpu", pattern=CLUSTER_RE)
     vm_size: str = "STANDARD_D2_V2"
     node_count: int = Field(4, ge=0, le=100)
     min_nodes: int = Field(0, ge=0, le=100)
     max_nodes: int = Field(4, ge=0, le=100)
 
-    @field_validator("vm_size")
-    @classmethod
-    def _vm(cls, v: str) -> str:
-        return _check_vm_size(v)
-
     @model_validator(mode="after")
-    def _range(self) -> WorkerCluster:
-        if self.min_nodes > self.max_nodes:
-            raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
+    def _count(self) -> WorkerCluster:
         if self.node_count > self.max_nodes:
             raise ValueError(f"node_count ({self.node_count}) must not exceed max_nodes ({self.max_nodes})")
         return self
