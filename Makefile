@@ -27,8 +27,10 @@ serve: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Static analysis of infra/ (Bicep) with checkov, in its own venv (.venv-lint/)
-lint:
+# ruff (check + format) on Python, then checkov on infra/ (Bicep) in its own venv (.venv-lint/)
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	bash infra/lint.sh
 
 bench: install

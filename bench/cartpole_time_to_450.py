@@ -11,6 +11,7 @@ gae_lambda 0.8, gamma 0.98, n_epochs 20, ent_coef 0, lr linear 1e-3, clip linear
 in a subprocess too; "train s" is from the start of ``model.learn`` to the target, "wall s"
 includes imports and model creation. Needs ``pip install stable-baselines3``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,11 +62,16 @@ print("SB3_RESULT " + json.dumps({"reached": cb.hit is not None, "train_s": cb.h
 
 def run_sb3(limit: float, seed: int, threads: int) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run([sys.executable, "-c", SB3_CODE, str(TARGET), str(limit), str(seed), str(threads)],
-                       capture_output=True, text=True, env=env, timeout=limit + 120)
+    p = subprocess.run(
+        [sys.executable, "-c", SB3_CODE, str(TARGET), str(limit), str(seed), str(threads)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=limit + 120,
+    )
     for line in p.stdout.splitlines():
         if line.startswith("SB3_RESULT "):
-            return json.loads(line[len("SB3_RESULT "):])
+            return json.loads(line[len("SB3_RESULT ") :])
     raise RuntimeError("SB3 run failed:\n" + p.stderr[-2000:])
 
 
@@ -73,16 +79,41 @@ def run_rlq(algorithm: str, limit: float, seed: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="rlq-bench-cartpole-"))
     t0 = time.time()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    p = subprocess.run([sys.executable, "-m", "trainer.train", "--run", algorithm, "--env", "CartPole-v1",
-                        "--stop", json.dumps({"episode_reward_mean": TARGET, "time_total_s": limit}),
-                        "--checkpoint-freq", "0", "--seed", str(seed), "--output-dir", str(out)],
-                       cwd=REPO, capture_output=True, text=True, env=env, timeout=limit + 300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.train",
+            "--run",
+            algorithm,
+            "--env",
+            "CartPole-v1",
+            "--stop",
+            json.dumps({"episode_reward_mean": TARGET, "time_total_s": limit}),
+            "--checkpoint-freq",
+            "0",
+            "--seed",
+            str(seed),
+            "--output-dir",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=limit + 300,
+    )
     wall = time.time() - t0
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"reached": summary["stop_reason"] == "reward_reached", "train_s": rows[-1]["time_total_s"] if rows else None,
-            "timesteps": summary["timesteps"], "final_mean": summary["final_reward"], "wall_s": wall,
-            "exit_code": p.returncode}
+    return {
+        "reached": summary["stop_reason"] == "reward_reached",
+        "train_s": rows[-1]["time_total_s"] if rows else None,
+        "timesteps": summary["timesteps"],
+        "final_mean": summary["final_reward"],
+        "wall_s": wall,
+        "exit_code": p.returncode,
+    }
 
 
 def main() -> int:
@@ -91,22 +122,32 @@ def main() -> int:
     ap.add_argument("--limit", type=float, default=300, help="give up after this many training seconds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-sb3", action="store_true")
-    ap.add_argument("--sb3-threads", type=int, default=1,
-                    help="torch threads for SB3 (0: torch default). The rlq trainer uses 1 for MLPs; "
-                         "on a busy 2-core machine torch's default 2 threads made SB3 ~40x slower")
+    ap.add_argument(
+        "--sb3-threads",
+        type=int,
+        default=1,
+        help="torch threads for SB3 (0: torch default). The rlq trainer uses 1 for MLPs; "
+        "on a busy 2-core machine torch's default 2 threads made SB3 ~40x slower",
+    )
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPU cores; target: mean return of last 100 episodes >= {TARGET:g}")
     rlq = run_rlq(args.run, args.limit, args.seed)
-    print(f"rlq {args.run:6s} preset : reached={rlq['reached']} train {rlq['train_s']:.1f} s, wall {rlq['wall_s']:.1f} s, "
-          f"{rlq['timesteps']} steps, final mean {rlq['final_mean']}")
+    print(
+        f"rlq {args.run:6s} preset : reached={rlq['reached']} train {rlq['train_s']:.1f} s, wall {rlq['wall_s']:.1f} s, "
+        f"{rlq['timesteps']} steps, final mean {rlq['final_mean']}"
+    )
     if args.skip_sb3:
         return 0
     sb3 = run_sb3(args.limit, args.seed, args.sb3_threads)
-    print(f"SB3 PPO (rl-zoo, {args.sb3_threads or 'default'} torch threads): reached={sb3['reached']} train {sb3['train_s']:.1f} s, wall {sb3['wall_s']:.1f} s, "
-          f"{sb3['timesteps']} steps, final mean {sb3['final_mean']:.1f}")
+    print(
+        f"SB3 PPO (rl-zoo, {args.sb3_threads or 'default'} torch threads): reached={sb3['reached']} train {sb3['train_s']:.1f} s, wall {sb3['wall_s']:.1f} s, "
+        f"{sb3['timesteps']} steps, final mean {sb3['final_mean']:.1f}"
+    )
     if rlq["reached"] and sb3["reached"]:
-        print(f"ratio rlq/SB3: train {rlq['train_s'] / sb3['train_s']:.2f}x, wall {rlq['wall_s'] / sb3['wall_s']:.2f}x "
-              f"(target <= 3x)")
+        print(
+            f"ratio rlq/SB3: train {rlq['train_s'] / sb3['train_s']:.2f}x, wall {rlq['wall_s'] / sb3['wall_s']:.2f}x "
+            f"(target <= 3x)"
+        )
     else:
         print("ratio: n/a (a side did not reach the target within the limit)")
     print("BENCH_RESULT " + json.dumps({"rlq": rlq, "sb3": sb3, "algorithm": args.run}))

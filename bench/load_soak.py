@@ -36,11 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duplicates", type=float, default=0.05, help="share of repeated deliveries")
     p.add_argument("--poison", type=float, default=0.02, help="share of poison messages")
     p.add_argument("--restarts", type=int, default=3, help="SIGKILLs of the processing process")
-    p.add_argument("--max-in-flight", type=int, default=None,
-                   help="global cap on runs in flight (default: none in practice); over it requests are deferred")
-    p.add_argument("--defer-delay-s", type=float, default=1.0, help="defer_delay_s when --max-in-flight is set")
-    p.add_argument("--mode", choices=("host", "direct"), default="host",
-                   help="host: the local Functions host; direct: the service called as the host would")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="global cap on runs in flight (default: none in practice); over it requests are deferred",
+    )
+    p.add_argument(
+        "--defer-delay-s", type=float, default=1.0, help="defer_delay_s when --max-in-flight is set"
+    )
+    p.add_argument(
+        "--mode",
+        choices=("host", "direct"),
+        default="host",
+        help="host: the local Functions host; direct: the service called as the host would",
+    )
     p.add_argument("--runs", type=int, default=1000, help="active runs in the poll soak")
     p.add_argument("--ticks", type=int, default=100, help="poll ticks at most")
     p.add_argument("--polls-to-finish", type=int, default=70, help="successful status calls a run needs")
@@ -57,29 +67,54 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="rlq-soak-") as tmp:
         if not args.skip_load:
-            plan = make_plan(args.requests, duplicate_rate=args.duplicates, poison_rate=args.poison, seed=seed)
-            print(f"load: {len(plan.messages)} messages, {args.restarts} SIGKILLs, processing via {args.mode} "
-                  f"(seed {seed})", flush=True)
+            plan = make_plan(
+                args.requests, duplicate_rate=args.duplicates, poison_rate=args.poison, seed=seed
+            )
+            print(
+                f"load: {len(plan.messages)} messages, {args.restarts} SIGKILLs, processing via {args.mode} "
+                f"(seed {seed})",
+                flush=True,
+            )
             t0 = time.perf_counter()
             try:
-                report = run_load(Path(tmp) / "load", plan, restarts=args.restarts, seed=seed, mode=args.mode,
-                                  max_seconds=3600, max_in_flight=args.max_in_flight,
-                                  defer_delay_s=args.defer_delay_s, out=sys.stdout)
+                report = run_load(
+                    Path(tmp) / "load",
+                    plan,
+                    restarts=args.restarts,
+                    seed=seed,
+                    mode=args.mode,
+                    max_seconds=3600,
+                    max_in_flight=args.max_in_flight,
+                    defer_delay_s=args.defer_delay_s,
+                    out=sys.stdout,
+                )
             except AssertionError as err:
                 print(f"LOAD FAILED: {err}")
                 failed = True
             else:
                 for line in report.lines():
                     print(f"  {line}")
-                print(f"  enqueue {report.enqueue_s:.1f} s, whole run {time.perf_counter() - t0:.1f} s: "
-                      "0 lost, 0 duplicate jobs, every message accounted for")
+                print(
+                    f"  enqueue {report.enqueue_s:.1f} s, whole run {time.perf_counter() - t0:.1f} s: "
+                    "0 lost, 0 duplicate jobs, every message accounted for"
+                )
             print(flush=True)
         if not args.skip_soak:
-            print(f"poll soak: {args.runs} active runs, up to {args.ticks} ticks, {args.error_rate:.0%} of status "
-                  f"calls failing, poll_concurrency {args.concurrency} (seed {seed})", flush=True)
-            soak = run_poll_soak(Path(tmp), runs=args.runs, max_ticks=args.ticks, polls_to_finish=args.polls_to_finish,
-                                 error_rate=args.error_rate, concurrency=args.concurrency, budget_s=args.budget_s,
-                                 seed=seed)
+            print(
+                f"poll soak: {args.runs} active runs, up to {args.ticks} ticks, {args.error_rate:.0%} of status "
+                f"calls failing, poll_concurrency {args.concurrency} (seed {seed})",
+                flush=True,
+            )
+            soak = run_poll_soak(
+                Path(tmp),
+                runs=args.runs,
+                max_ticks=args.ticks,
+                polls_to_finish=args.polls_to_finish,
+                error_rate=args.error_rate,
+                concurrency=args.concurrency,
+                budget_s=args.budget_s,
+                seed=seed,
+            )
             for line in soak.lines():
                 print(f"  {line}")
             problems = []

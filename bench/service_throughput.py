@@ -45,8 +45,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def bench_intake(data: Path, n: int, *, use_host: bool) -> tuple[dict, object]:
-    settings = Settings(data_dir=data, backend="twin", max_in_flight=n + 1, lock_duration_s=300,
-                        poll_tick_budget_s=300)
+    settings = Settings(
+        data_dir=data, backend="twin", max_in_flight=n + 1, lock_duration_s=300, poll_tick_budget_s=300
+    )
     broker = SqliteBroker(settings.queue_db, lock_duration_s=settings.lock_duration_s)
     # In memory: the twin stands in for a remote control plane, so its own bookkeeping should not
     # cost an fsync per call (on a file it would: its SQLite runs with synchronous=FULL).
@@ -56,8 +57,13 @@ def bench_intake(data: Path, n: int, *, use_host: bool) -> tuple[dict, object]:
 
     t0 = time.perf_counter()
     for i in range(n):
-        body = {"request_id": f"bench-{i:05d}", "env": "PongNoFrameskip-v4", "algorithm": "IMPALA",
-                "stop": {"episode_reward_mean": 18, "time_total_s": 3600}, "tags": {"bench": "throughput"}}
+        body = {
+            "request_id": f"bench-{i:05d}",
+            "env": "PongNoFrameskip-v4",
+            "algorithm": "IMPALA",
+            "stop": {"episode_reward_mean": 18, "time_total_s": 3600},
+            "tags": {"bench": "throughput"},
+        }
         broker.send(settings.queue_name, json.dumps(body).encode(), message_id=f"m-{i:05d}")
     enqueue_s = time.perf_counter() - t0
 
@@ -86,9 +92,16 @@ def bench_intake(data: Path, n: int, *, use_host: bool) -> tuple[dict, object]:
     submitted = w.store.count([RunState.submitted])
     jobs = twin.jobs_per_request()
     assert submitted == n and len(jobs) == n and set(jobs.values()) == {1}, (submitted, len(jobs))
-    return {"driver": driver, "n": n, "enqueue_s": enqueue_s, "wall_s": wall, "rps": n / wall,
-            "p50_ms": statistics.median(latencies_ms), "p99_ms": pct(latencies_ms, 0.99),
-            "max_ms": max(latencies_ms)}, (w, twin)
+    return {
+        "driver": driver,
+        "n": n,
+        "enqueue_s": enqueue_s,
+        "wall_s": wall,
+        "rps": n / wall,
+        "p50_ms": statistics.median(latencies_ms),
+        "p99_ms": pct(latencies_ms, 0.99),
+        "max_ms": max(latencies_ms),
+    }, (w, twin)
 
 
 def bench_tick(w, twin: ComputeTwin, *, concurrency: int, latency_s: float) -> dict:
@@ -97,47 +110,76 @@ def bench_tick(w, twin: ComputeTwin, *, concurrency: int, latency_s: float) -> d
     active = w.store.count([RunState.submitted, RunState.running])
     report = w.service.poll_once()
     sequential = active * latency_s
-    return {"concurrency": concurrency, "active": active, "polled": report.polled, "skipped": report.skipped,
-            "errors": len(report.errors), "wall_s": report.wall_s, "sequential_s": sequential,
-            "speedup": sequential / report.wall_s, "transitions": report.transitions}
+    return {
+        "concurrency": concurrency,
+        "active": active,
+        "polled": report.polled,
+        "skipped": report.skipped,
+        "errors": len(report.errors),
+        "wall_s": report.wall_s,
+        "sequential_s": sequential,
+        "speedup": sequential / report.wall_s,
+        "transitions": report.transitions,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--status-latency-s", type=float, default=0.05)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[64, 128, 256],
-                   help="poll_concurrency values to tick with, one tick each (default: 64 128 256)")
-    p.add_argument("--direct", action="store_true", help="drive receive -> intake -> complete without the host")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[64, 128, 256],
+        help="poll_concurrency values to tick with, one tick each (default: 64 128 256)",
+    )
+    p.add_argument(
+        "--direct", action="store_true", help="drive receive -> intake -> complete without the host"
+    )
     p.add_argument("--target-speedup", type=float, default=50.0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
 
     with tempfile.TemporaryDirectory(prefix="rlq-bench-") as tmp:
         intake, (w, twin) = bench_intake(Path(tmp) / "rlq", args.requests, use_host=not args.direct)
-        print(f"intake: {intake['n']} requests through {intake['driver']} (compute twin, SQLite queue + store)")
+        print(
+            f"intake: {intake['n']} requests through {intake['driver']} (compute twin, SQLite queue + store)"
+        )
         print(f"  enqueue               {intake['n'] / intake['enqueue_s']:>9.0f} messages/s")
         print(f"  intake                {intake['rps']:>9.0f} requests/s   ({intake['wall_s']:.1f} s)")
-        print(f"  accept latency        p50 {intake['p50_ms']:.1f} ms   p99 {intake['p99_ms']:.1f} ms   "
-              f"max {intake['max_ms']:.1f} ms   (one delivery: intake handler + settle)")
+        print(
+            f"  accept latency        p50 {intake['p50_ms']:.1f} ms   p99 {intake['p99_ms']:.1f} ms   "
+            f"max {intake['max_ms']:.1f} ms   (one delivery: intake handler + settle)"
+        )
         print()
-        print(f"poll tick: {args.requests} active runs, status call {args.status_latency_s * 1000:.0f} ms each "
-              f"(sequential: {args.requests * args.status_latency_s:.0f} s)")
-        print(f"  {'concurrency':>11} {'tick wall':>10} {'speed-up':>9} {'polled':>7} {'skipped':>8} {'errors':>7}")
+        print(
+            f"poll tick: {args.requests} active runs, status call {args.status_latency_s * 1000:.0f} ms each "
+            f"(sequential: {args.requests * args.status_latency_s:.0f} s)"
+        )
+        print(
+            f"  {'concurrency':>11} {'tick wall':>10} {'speed-up':>9} {'polled':>7} {'skipped':>8} {'errors':>7}"
+        )
         rows = []
         for c in args.concurrency:
             r = bench_tick(w, twin, concurrency=c, latency_s=args.status_latency_s)
             rows.append(r)
-            print(f"  {c:>11} {r['wall_s']:>9.1f}s {r['speedup']:>8.0f}x {r['polled']:>7} {r['skipped']:>8} "
-                  f"{r['errors']:>7}")
-        good = [r for r in rows if r["skipped"] == 0 and r["errors"] == 0 and r["speedup"] >= args.target_speedup]
+            print(
+                f"  {c:>11} {r['wall_s']:>9.1f}s {r['speedup']:>8.0f}x {r['polled']:>7} {r['skipped']:>8} "
+                f"{r['errors']:>7}"
+            )
+        good = [
+            r for r in rows if r["skipped"] == 0 and r["errors"] == 0 and r["speedup"] >= args.target_speedup
+        ]
         print()
         if good:
             first = min(good, key=lambda r: r["concurrency"])
             best = max(rows, key=lambda r: r["speedup"])
-            print(f"target >= {args.target_speedup:.0f}x faster than sequential, no run skipped: met from "
-                  f"poll_concurrency={first['concurrency']} ({first['speedup']:.0f}x); best {best['speedup']:.0f}x "
-                  f"at {best['concurrency']}")
+            print(
+                f"target >= {args.target_speedup:.0f}x faster than sequential, no run skipped: met from "
+                f"poll_concurrency={first['concurrency']} ({first['speedup']:.0f}x); best {best['speedup']:.0f}x "
+                f"at {best['concurrency']}"
+            )
         else:
             print(f"target >= {args.target_speedup:.0f}x faster than sequential, no run skipped: MISSED")
         twin.close()

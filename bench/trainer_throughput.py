@@ -12,6 +12,7 @@
     Atari preprocessing (the trainer's env creator), measured the same way.
 Everything runs one after the other on the same cores. Prints (b)/(a) and (b)/(c).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,11 @@ ENV_ID = "PongNoFrameskip-v4"
 def emulator(num_envs: int, seconds: float, mode: str) -> float:
     import ale_py
     import gymnasium as gym
-    import numpy as np
 
     gym.register_envs(ale_py)
-    venv = gym.make_vec("ALE/Pong-v5", num_envs=num_envs, vectorization_mode=mode,
-                        frameskip=4, repeat_action_probability=0.0)
+    venv = gym.make_vec(
+        "ALE/Pong-v5", num_envs=num_envs, vectorization_mode=mode, frameskip=4, repeat_action_probability=0.0
+    )
     venv.reset(seed=0)
     steps, t0 = 0, time.time()
     while time.time() - t0 < seconds:
@@ -50,22 +51,48 @@ def rate_from_rows(rows) -> float:
     rows = rows[1:]  # first iteration = warm-up
     if len(rows) < 2:
         raise RuntimeError("not enough iterations; raise --seconds")
-    return (rows[-1]["timesteps"] - rows[0]["timesteps"]) / (rows[-1]["time_total_s"] - rows[0]["time_total_s"])
+    return (rows[-1]["timesteps"] - rows[0]["timesteps"]) / (
+        rows[-1]["time_total_s"] - rows[0]["time_total_s"]
+    )
 
 
 def rlq(seconds: float, config: str) -> dict:
     out = Path(tempfile.mkdtemp(prefix="rlq-bench-pong-"))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    p = subprocess.run([sys.executable, "-m", "trainer.train", "--run", "IMPALA", "--env", ENV_ID,
-                        "--config", config, "--stop", json.dumps({"time_total_s": seconds}),
-                        "--checkpoint-freq", "0", "--output-dir", str(out)],
-                       cwd=REPO, capture_output=True, text=True, env=env, timeout=seconds + 300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.train",
+            "--run",
+            "IMPALA",
+            "--env",
+            ENV_ID,
+            "--config",
+            config,
+            "--stop",
+            json.dumps({"time_total_s": seconds}),
+            "--checkpoint-freq",
+            "0",
+            "--output-dir",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=seconds + 300,
+    )
     if p.returncode != 0:
         raise RuntimeError("trainer failed:\n" + p.stderr[-3000:])
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     settings = json.loads((out / "checkpoints" / "final" / "rlq_meta.json").read_text())["settings"]
-    return {"steps_per_s": rate_from_rows(rows), "iterations": len(rows), "settings": settings,
-            "reward": rows[-1]["episode_reward_mean"]}
+    return {
+        "steps_per_s": rate_from_rows(rows),
+        "iterations": len(rows),
+        "settings": settings,
+        "reward": rows[-1]["episode_reward_mean"],
+    }
 
 
 STOCK_CODE = r"""
@@ -90,11 +117,16 @@ print("STOCK_ROWS " + json.dumps(rows))
 
 def stock(seconds: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    p = subprocess.run([sys.executable, "-c", STOCK_CODE, str(seconds), str(REPO)], capture_output=True,
-                       text=True, env=env, timeout=seconds + 300)
+    p = subprocess.run(
+        [sys.executable, "-c", STOCK_CODE, str(seconds), str(REPO)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=seconds + 300,
+    )
     for line in p.stdout.splitlines():
         if line.startswith("STOCK_ROWS "):
-            rows = [r for r in json.loads(line[len("STOCK_ROWS "):]) if r["timesteps"] > 0]
+            rows = [r for r in json.loads(line[len("STOCK_ROWS ") :]) if r["timesteps"] > 0]
             return {"steps_per_s": rate_from_rows(rows), "iterations": len(rows)}
     raise RuntimeError("stock IMPALA failed:\n" + p.stderr[-3000:])
 
@@ -107,8 +139,6 @@ def main() -> int:
     ap.add_argument("--skip-stock", action="store_true")
     args = ap.parse_args()
 
-    import ray
-
     from trainer import config_map, presets
 
     cpus = os.cpu_count() or 1
@@ -116,19 +146,30 @@ def main() -> int:
     p.update(config_map.map_config(json.loads(args.config), "IMPALA").settings)
     runners = p.get("num_env_runners", config_map.default_num_env_runners(cpus))
     n_envs = max(1, runners) * p["num_envs_per_env_runner"]
-    print(f"machine: {cpus} CPU cores; Pong; preset samples with {runners} EnvRunner(s) x "
-          f"{p['num_envs_per_env_runner']} envs = {n_envs} envs", flush=True)
+    print(
+        f"machine: {cpus} CPU cores; Pong; preset samples with {runners} EnvRunner(s) x "
+        f"{p['num_envs_per_env_runner']} envs = {n_envs} envs",
+        flush=True,
+    )
     a_sync = emulator(n_envs, args.emulator_seconds, "sync")
     a_async = emulator(n_envs, args.emulator_seconds, "async")
     a = max(a_sync, a_async)
-    print(f"(a) emulator, random actions, frameskip 4: sync {a_sync:,.0f} steps/s, async {a_async:,.0f} steps/s", flush=True)
+    print(
+        f"(a) emulator, random actions, frameskip 4: sync {a_sync:,.0f} steps/s, async {a_async:,.0f} steps/s",
+        flush=True,
+    )
     b = rlq(args.seconds, args.config)
-    print(f"(b) rlq trainer, Pong preset: {b['steps_per_s']:,.0f} sampled env steps/s over {b['iterations']} "
-          f"iterations (first skipped)", flush=True)
+    print(
+        f"(b) rlq trainer, Pong preset: {b['steps_per_s']:,.0f} sampled env steps/s over {b['iterations']} "
+        f"iterations (first skipped)",
+        flush=True,
+    )
     result = {"cpus": cpus, "emulator_sync": a_sync, "emulator_async": a_async, "rlq": b}
     if not args.skip_stock:
         c = stock(args.seconds)
-        print(f"(c) stock RLlib IMPALA, 1 EnvRunner, defaults: {c['steps_per_s']:,.0f} env steps/s", flush=True)
+        print(
+            f"(c) stock RLlib IMPALA, 1 EnvRunner, defaults: {c['steps_per_s']:,.0f} env steps/s", flush=True
+        )
         result["stock"] = c
         print(f"(b)/(c) = {b['steps_per_s'] / c['steps_per_s']:.2f}x (target >= 3x)")
     print(f"(b)/(a) = {100 * b['steps_per_s'] / a:.0f}% of the emulator limit (target >= 35%)")

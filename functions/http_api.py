@@ -16,8 +16,12 @@ bp = func.Blueprint()
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(data, default=str, indent=1), status_code=status,
-                             mimetype="application/json", headers=headers)
+    return func.HttpResponse(
+        json.dumps(data, default=str, indent=1),
+        status_code=status,
+        mimetype="application/json",
+        headers=headers,
+    )
 
 
 def _errors(status: int, errors: list[dict[str, str]]) -> func.HttpResponse:
@@ -46,8 +50,11 @@ def _guarded(handler):  # translate the error tree into HTTP once, for every rou
 @_guarded
 def submit_training(req: func.HttpRequest) -> func.HttpResponse:
     request_id = wiring().service.enqueue(req.get_body())
-    return _json({"request_id": request_id, "status_url": f"/api/trainings/{request_id}"}, 202,
-                 {"Location": f"/api/trainings/{request_id}"})
+    return _json(
+        {"request_id": request_id, "status_url": f"/api/trainings/{request_id}"},
+        202,
+        {"Location": f"/api/trainings/{request_id}"},
+    )
 
 
 @bp.function_name("get_training")
@@ -64,7 +71,9 @@ def list_trainings(req: func.HttpRequest) -> func.HttpResponse:
     state = req.params.get("state")
     allowed = [s.value for s in RunState]
     if state is not None and state not in allowed:
-        return _errors(400, [{"field": "state", "message": f"{state!r} is not allowed; allowed: {', '.join(allowed)}"}])
+        return _errors(
+            400, [{"field": "state", "message": f"{state!r} is not allowed; allowed: {', '.join(allowed)}"}]
+        )
     try:
         limit = int(req.params.get("limit", "100"))
         if not 1 <= limit <= 1000:

@@ -14,8 +14,12 @@ log = logging.getLogger("rlq.notifier")
 
 
 @bp.function_name("notifier")
-@bp.service_bus_topic_trigger(arg_name="msg", topic_name=TOPIC_NAME, subscription_name=SUBSCRIPTION_NAME,
-                              connection="ServiceBusConnection")
+@bp.service_bus_topic_trigger(
+    arg_name="msg",
+    topic_name=TOPIC_NAME,
+    subscription_name=SUBSCRIPTION_NAME,
+    connection="ServiceBusConnection",
+)
 def notifier(msg: func.ServiceBusMessage) -> None:
     try:
         message = CompletionMessage.model_validate_json(msg.get_body())

@@ -15,6 +15,12 @@ log = logging.getLogger("rlq.poller")
 def poller(timer: func.TimerRequest) -> None:
     report = wiring().service.poll_once()
     if report.polled or report.errors or report.skipped:
-        log.info("poll tick: polled=%d transitions=%s published=%d errors=%d skipped=%d in %.2fs",
-                 report.polled, report.transitions, report.published, len(report.errors), report.skipped,
-                 report.wall_s)
+        log.info(
+            "poll tick: polled=%d transitions=%s published=%d errors=%d skipped=%d in %.2fs",
+            report.polled,
+            report.transitions,
+            report.published,
+            len(report.errors),
+            report.skipped,
+            report.wall_s,
+        )

@@ -146,8 +146,10 @@ def _errors(state: State) -> Iterator[None]:
     except ValidationError as err:  # settings from the environment
         if state.debug:
             raise
-        problems = "; ".join(f"RLQ_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                             for e in err.errors(include_url=False))
+        problems = "; ".join(
+            f"RLQ_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in err.errors(include_url=False)
+        )
         _fail(f"invalid settings: {problems}", EXIT_USAGE)
     except KeyboardInterrupt:
         _err_console().print("interrupted")
@@ -159,8 +161,12 @@ def _errors(state: State) -> Iterator[None]:
 
 
 def _print_field_errors(errors: list[dict[str, str]]) -> None:
-    table = Table(title="invalid training request (nothing was sent)", title_justify="left",
-                  show_lines=False, expand=False)
+    table = Table(
+        title="invalid training request (nothing was sent)",
+        title_justify="left",
+        show_lines=False,
+        expand=False,
+    )
     table.add_column("field", style="bold")
     table.add_column("problem", overflow="fold")
     for e in errors:
@@ -171,9 +177,15 @@ def _print_field_errors(errors: list[dict[str, str]]) -> None:
 @app.callback()
 def _main(
     ctx: typer.Context,
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Local state (SQLite queue and store, run outputs); overrides RLQ_DATA_DIR.")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", help="Local state (SQLite queue and store, run outputs); overrides RLQ_DATA_DIR."
+        ),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
 ) -> None:
     state = _state(ctx)
     state.data_dir = data_dir
@@ -191,7 +203,9 @@ def _json_option(text: str | None, field_name: str) -> dict[str, Any] | None:
     except ValueError as err:
         raise InvalidRequest([{"field": field_name, "message": f"not valid JSON: {err}"}]) from None
     if not isinstance(value, dict):
-        raise InvalidRequest([{"field": field_name, "message": "expected a JSON object, e.g. '{\"lr\": 0.001}'"}])
+        raise InvalidRequest(
+            [{"field": field_name, "message": "expected a JSON object, e.g. '{\"lr\": 0.001}'"}]
+        )
     return value
 
 
@@ -223,14 +237,24 @@ def build_request(
         try:
             loaded = json.loads(Path(file).read_text(encoding="utf-8"))
         except OSError as err:
-            raise InvalidRequest([{"field": "--file", "message": f"cannot read {file}: {err.strerror}"}]) from None
+            raise InvalidRequest(
+                [{"field": "--file", "message": f"cannot read {file}: {err.strerror}"}]
+            ) from None
         except ValueError as err:
-            raise InvalidRequest([{"field": "--file", "message": f"{file} is not valid JSON: {err}"}]) from None
+            raise InvalidRequest(
+                [{"field": "--file", "message": f"{file} is not valid JSON: {err}"}]
+            ) from None
         if not isinstance(loaded, dict):
             raise InvalidRequest([{"field": "--file", "message": f"{file} must hold a JSON object"}])
         body = loaded
-    simple = {"algorithm": algorithm, "env": env, "experiment": experiment, "request_id": request_id,
-              "restore_from": restore_from, "reply_to": reply_to}
+    simple = {
+        "algorithm": algorithm,
+        "env": env,
+        "experiment": experiment,
+        "request_id": request_id,
+        "restore_from": restore_from,
+        "reply_to": reply_to,
+    }
     body.update({k: v for k, v in simple.items() if v is not None})
     for key, text in (("config", config), ("stop", stop)):
         parsed = _json_option(text, key)
@@ -285,34 +309,79 @@ def build_request(
 @app.command()
 def submit(
     ctx: typer.Context,
-    algorithm: Annotated[str | None, typer.Option("--run", "--algorithm", help="IMPALA, APPO or PPO.")] = None,
-    env: Annotated[str | None, typer.Option("--env", help="e.g. PongNoFrameskip-v4, ALE/Pong-v5, CartPole-v1.")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="RLlib overrides as JSON, e.g. '{\"num_workers\": 13}'.")] = None,
-    stop: Annotated[str | None, typer.Option("--stop", help="Stop criteria as JSON, e.g. '{\"episode_reward_mean\": 18}'.")] = None,
+    algorithm: Annotated[
+        str | None, typer.Option("--run", "--algorithm", help="IMPALA, APPO or PPO.")
+    ] = None,
+    env: Annotated[
+        str | None, typer.Option("--env", help="e.g. PongNoFrameskip-v4, ALE/Pong-v5, CartPole-v1.")
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="RLlib overrides as JSON, e.g. '{\"num_workers\": 13}'.")
+    ] = None,
+    stop: Annotated[
+        str | None,
+        typer.Option("--stop", help="Stop criteria as JSON, e.g. '{\"episode_reward_mean\": 18}'."),
+    ] = None,
     experiment: Annotated[str | None, typer.Option("--experiment", help="Experiment name.")] = None,
-    request_id: Annotated[str | None, typer.Option("--request-id", help="Idempotency key (default: a new id).")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="ray, azureml or twin (default: the deployment's).")] = None,
-    head_vm_size: Annotated[str | None, typer.Option("--head-vm-size", help="Head cluster VM size, e.g. STANDARD_NC6.")] = None,
-    worker_vm_size: Annotated[str | None, typer.Option("--worker-vm-size", help="Worker VM size, e.g. STANDARD_D2_V2.")] = None,
+    request_id: Annotated[
+        str | None, typer.Option("--request-id", help="Idempotency key (default: a new id).")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="ray, azureml or twin (default: the deployment's).")
+    ] = None,
+    head_vm_size: Annotated[
+        str | None, typer.Option("--head-vm-size", help="Head cluster VM size, e.g. STANDARD_NC6.")
+    ] = None,
+    worker_vm_size: Annotated[
+        str | None, typer.Option("--worker-vm-size", help="Worker VM size, e.g. STANDARD_D2_V2.")
+    ] = None,
     worker_nodes: Annotated[int | None, typer.Option("--worker-nodes", help="Worker node count.")] = None,
-    max_run_duration_s: Annotated[int | None, typer.Option("--max-run-duration-s", help="Hard time limit of the run.")] = None,
-    restore_from: Annotated[str | None, typer.Option("--restore-from", help="Checkpoint URI to warm-start from.")] = None,
-    webhook: Annotated[list[str] | None, typer.Option("--webhook", help="Webhook URL to notify (repeatable).")] = None,
-    teams: Annotated[list[str] | None, typer.Option("--teams", help="Teams workflow URL to notify (repeatable).")] = None,
-    reply_to: Annotated[str | None, typer.Option("--reply-to", help="Queue to send the completion message to.")] = None,
+    max_run_duration_s: Annotated[
+        int | None, typer.Option("--max-run-duration-s", help="Hard time limit of the run.")
+    ] = None,
+    restore_from: Annotated[
+        str | None, typer.Option("--restore-from", help="Checkpoint URI to warm-start from.")
+    ] = None,
+    webhook: Annotated[
+        list[str] | None, typer.Option("--webhook", help="Webhook URL to notify (repeatable).")
+    ] = None,
+    teams: Annotated[
+        list[str] | None, typer.Option("--teams", help="Teams workflow URL to notify (repeatable).")
+    ] = None,
+    reply_to: Annotated[
+        str | None, typer.Option("--reply-to", help="Queue to send the completion message to.")
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="name=value tag (repeatable).")] = None,
-    evaluate_episodes: Annotated[int | None, typer.Option("--evaluate-episodes", help="Evaluate the final policy over N episodes.")] = None,
+    evaluate_episodes: Annotated[
+        int | None, typer.Option("--evaluate-episodes", help="Evaluate the final policy over N episodes.")
+    ] = None,
     gif: Annotated[bool, typer.Option("--gif", help="Record an evaluation replay GIF.")] = False,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Request JSON file; flags override its fields.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Request JSON file; flags override its fields.")
+    ] = None,
 ) -> None:
     """Validate a training request and put it on the intake queue; prints the request id."""
     state = _state(ctx)
     with _errors(state):
         body = build_request(
-            file=file, algorithm=algorithm, env=env, config=config, stop=stop, experiment=experiment,
-            request_id=request_id, backend=backend, head_vm_size=head_vm_size, worker_vm_size=worker_vm_size,
-            worker_nodes=worker_nodes, max_run_duration_s=max_run_duration_s, restore_from=restore_from,
-            webhooks=webhook, teams=teams, reply_to=reply_to, tags=tag, evaluate_episodes=evaluate_episodes,
+            file=file,
+            algorithm=algorithm,
+            env=env,
+            config=config,
+            stop=stop,
+            experiment=experiment,
+            request_id=request_id,
+            backend=backend,
+            head_vm_size=head_vm_size,
+            worker_vm_size=worker_vm_size,
+            worker_nodes=worker_nodes,
+            max_run_duration_s=max_run_duration_s,
+            restore_from=restore_from,
+            webhooks=webhook,
+            teams=teams,
+            reply_to=reply_to,
+            tags=tag,
+            evaluate_episodes=evaluate_episodes,
             gif=gif,
         )
         from shared.models import parse_request
@@ -341,8 +410,14 @@ def _fmt_time(value: datetime | None) -> str:
 
 
 def _state_style(state: RunState) -> str:
-    return {RunState.completed: "green", RunState.notified: "green", RunState.failed: "red",
-            RunState.timed_out: "red", RunState.rejected: "red", RunState.canceled: "yellow"}.get(state, "cyan")
+    return {
+        RunState.completed: "green",
+        RunState.notified: "green",
+        RunState.failed: "red",
+        RunState.timed_out: "red",
+        RunState.rejected: "red",
+        RunState.canceled: "yellow",
+    }.get(state, "cyan")
 
 
 def render_record(record: RunRecord) -> Panel:
@@ -369,8 +444,11 @@ def render_record(record: RunRecord) -> Panel:
     p = record.progress
     if p is not None:
         grid.add_row("progress", f"iteration {p.iteration} · {p.timesteps:,} steps · {p.time_total_s:,.0f} s")
-        grid.add_row("reward", f"mean {_fmt_num(p.episode_reward_mean, 2)} (min {_fmt_num(p.episode_reward_min, 1)}, "
-                               f"max {_fmt_num(p.episode_reward_max, 1)})")
+        grid.add_row(
+            "reward",
+            f"mean {_fmt_num(p.episode_reward_mean, 2)} (min {_fmt_num(p.episode_reward_min, 1)}, "
+            f"max {_fmt_num(p.episode_reward_max, 1)})",
+        )
         if p.env_steps_per_s is not None:
             grid.add_row("steps/s", _fmt_num(p.env_steps_per_s, 0))
     if record.stop_reason:
@@ -389,8 +467,13 @@ def render_record(record: RunRecord) -> Panel:
         for col in ("target", "ok", "attempts", "status", "error"):
             deliveries.add_column(col, overflow="fold")
         for d in record.deliveries:
-            deliveries.add_row(d.target, "yes" if d.ok else Text("no", style="red"), str(d.attempts),
-                               str(d.status_code or "-"), d.error or "")
+            deliveries.add_row(
+                d.target,
+                "yes" if d.ok else Text("no", style="red"),
+                str(d.attempts),
+                str(d.status_code or "-"),
+                d.error or "",
+            )
         parts.append(deliveries)
         if failed:
             parts.append(Text(f"{len(failed)} notification(s) failed", style="red"))
@@ -420,7 +503,9 @@ def _parse_states(values: list[str] | None) -> list[RunState] | None:
     out = []
     for v in values:
         if v not in allowed:
-            raise InvalidRequest([{"field": "--state", "message": f"{v!r} is not allowed; allowed: {', '.join(allowed)}"}])
+            raise InvalidRequest(
+                [{"field": "--state", "message": f"{v!r} is not allowed; allowed: {', '.join(allowed)}"}]
+            )
         out.append(RunState(v))
     return out
 
@@ -428,8 +513,12 @@ def _parse_states(values: list[str] | None) -> list[RunState] | None:
 @app.command("list")
 def list_runs(
     ctx: typer.Context,
-    state_filter: Annotated[list[str] | None, typer.Option("--state", help="Only runs in this state (repeatable).")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many, newest first.")] = 20,
+    state_filter: Annotated[
+        list[str] | None, typer.Option("--state", help="Only runs in this state (repeatable).")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=1000, help="At most this many, newest first.")
+    ] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List runs, newest first."""
@@ -451,11 +540,17 @@ def list_runs(
         for r in records:
             p = r.progress
             table.add_row(
-                r.request_id, Text(r.state.value, style=_state_style(r.state)),
-                r.request.algorithm if r.request else "-", r.request.env if r.request else "-",
+                r.request_id,
+                Text(r.state.value, style=_state_style(r.state)),
+                r.request.algorithm if r.request else "-",
+                r.request.env if r.request else "-",
                 str(p.iteration) if p else "-",
-                _fmt_num(r.completion.final_reward if r.completion and r.completion.final_reward is not None
-                         else (p.episode_reward_mean if p else None), 2),
+                _fmt_num(
+                    r.completion.final_reward
+                    if r.completion and r.completion.final_reward is not None
+                    else (p.episode_reward_mean if p else None),
+                    2,
+                ),
                 _fmt_time(r.created_at),
             )
         console.print(table)
@@ -499,8 +594,12 @@ def render_progress(record: RunRecord, rewards: list[float], *, started: float) 
     grid.add_row("iteration", str(p.iteration) if p else "-")
     grid.add_row("reward", _fmt_num(p.episode_reward_mean, 2) if p else "-")
     grid.add_row("steps/s", _fmt_num(p.env_steps_per_s, 0) if p and p.env_steps_per_s is not None else "-")
-    grid.add_row("elapsed", f"{p.time_total_s:,.0f} s training · {time.monotonic() - started:,.0f} s watching"
-                 if p else f"{time.monotonic() - started:,.0f} s watching")
+    grid.add_row(
+        "elapsed",
+        f"{p.time_total_s:,.0f} s training · {time.monotonic() - started:,.0f} s watching"
+        if p
+        else f"{time.monotonic() - started:,.0f} s watching",
+    )
     grid.add_row("rewards", _sparkline(rewards) or "-")
     return Group(Panel(grid, title="rlq watch", title_align="left", expand=False))
 
@@ -540,21 +639,29 @@ def follow(
         p = r.progress
         if p is None:
             return f"{r.request_id}: {r.state.value}"
-        return (f"{r.request_id}: {r.state.value} · iteration {p.iteration} · reward "
-                f"{_fmt_num(p.episode_reward_mean, 2)} · steps/s {_fmt_num(p.env_steps_per_s, 0)} · "
-                f"{p.time_total_s:,.0f} s")
+        return (
+            f"{r.request_id}: {r.state.value} · iteration {p.iteration} · reward "
+            f"{_fmt_num(p.episode_reward_mean, 2)} · steps/s {_fmt_num(p.env_steps_per_s, 0)} · "
+            f"{p.time_total_s:,.0f} s"
+        )
 
     def expired() -> bool:
         return timeout_s is not None and time.monotonic() - started > timeout_s
 
     if console.is_terminal:
-        with Live(render_progress(record, _rewards(record, settings), started=started), console=console,
-                  auto_refresh=False, transient=False) as live:
+        with Live(
+            render_progress(record, _rewards(record, settings), started=started),
+            console=console,
+            auto_refresh=False,
+            transient=False,
+        ) as live:
             while not until(record) and not expired():
                 if waiter.wait(interval_s):
                     break
                 record = get()
-                live.update(render_progress(record, _rewards(record, settings), started=started), refresh=True)
+                live.update(
+                    render_progress(record, _rewards(record, settings), started=started), refresh=True
+                )
     else:
         while True:
             text = line(record)
@@ -577,7 +684,9 @@ def watch(
     ctx: typer.Context,
     request_id: Annotated[str, typer.Argument(help="The request id.")],
     interval_s: Annotated[float, typer.Option("--interval-s", min=0.1, help="Seconds between reads.")] = 2.0,
-    timeout_s: Annotated[float | None, typer.Option("--timeout-s", help="Give up after this long (exit 1).")] = None,
+    timeout_s: Annotated[
+        float | None, typer.Option("--timeout-s", help="Give up after this long (exit 1).")
+    ] = None,
 ) -> None:
     """Follow a run until it ends. Exit 0 completed, 1 failed / timed out / rejected, 3 canceled,
     130 on Ctrl-C (the run goes on; only the watching stops)."""
@@ -585,8 +694,13 @@ def watch(
     with _errors(state):
         w = state.wiring()
         console = _console()
-        record = follow(lambda: w.service.get(request_id), w.settings, console=console,
-                        interval_s=interval_s, timeout_s=timeout_s)
+        record = follow(
+            lambda: w.service.get(request_id),
+            w.settings,
+            console=console,
+            interval_s=interval_s,
+            timeout_s=timeout_s,
+        )
         console.print(render_record(record))
         raise typer.Exit(exit_code_for(record))
 
@@ -618,7 +732,9 @@ def _dead_letter_source(w: Wiring) -> Any:
     if not hasattr(source, "dead_letters"):
         raise PermanentError(
             "dead-letter inspection needs the local SQLite broker (RLQ_BROKER=sqlite); for Service Bus "
-            "use the Azure portal's Service Bus Explorer", reason="Unsupported")
+            "use the Azure portal's Service Bus Explorer",
+            reason="Unsupported",
+        )
     return source
 
 
@@ -632,10 +748,18 @@ def _body_text(body: bytes) -> str:
 @app.command("dead-letters")
 def dead_letters(
     ctx: typer.Context,
-    queue: Annotated[str | None, typer.Option("--queue", help="Queue or topic (default: the intake queue).")] = None,
-    subscription: Annotated[str | None, typer.Option("--subscription", help="Topic subscription, e.g. notifier.")] = None,
-    show: Annotated[int | None, typer.Option("--show", help="Print one dead letter in full (sequence number).")] = None,
-    resubmit: Annotated[int | None, typer.Option("--resubmit", help="Send one dead letter back (sequence number).")] = None,
+    queue: Annotated[
+        str | None, typer.Option("--queue", help="Queue or topic (default: the intake queue).")
+    ] = None,
+    subscription: Annotated[
+        str | None, typer.Option("--subscription", help="Topic subscription, e.g. notifier.")
+    ] = None,
+    show: Annotated[
+        int | None, typer.Option("--show", help="Print one dead letter in full (sequence number).")
+    ] = None,
+    resubmit: Annotated[
+        int | None, typer.Option("--resubmit", help="Send one dead letter back (sequence number).")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
 ) -> None:
     """List dead-lettered messages with their reason; show one; resubmit one."""
@@ -652,7 +776,9 @@ def dead_letters(
                 raise NotFound(f"no dead letter with sequence number {resubmit} on {entity}") from None
             console.print(f"resubmitted {resubmit} to {entity} as message {new_id}")
             return
-        letters = source.dead_letters(entity, subscription=subscription, limit=1000 if show is not None else limit)
+        letters = source.dead_letters(
+            entity, subscription=subscription, limit=1000 if show is not None else limit
+        )
         if show is not None:
             match = [d for d in letters if d.sequence_number == show]
             if not match:
@@ -661,12 +787,23 @@ def dead_letters(
             grid = Table.grid(padding=(0, 2))
             grid.add_column(style="bold")
             grid.add_column(overflow="fold")
-            for k, v in (("sequence", str(d.sequence_number)), ("message id", d.message_id),
-                         ("reason", d.reason), ("description", d.description),
-                         ("deliveries", str(d.delivery_count)), ("dead-lettered", _fmt_time(d.dead_lettered_at))):
+            for k, v in (
+                ("sequence", str(d.sequence_number)),
+                ("message id", d.message_id),
+                ("reason", d.reason),
+                ("description", d.description),
+                ("deliveries", str(d.delivery_count)),
+                ("dead-lettered", _fmt_time(d.dead_lettered_at)),
+            ):
                 grid.add_row(k, v)
-            console.print(Panel(Group(grid, Text("body", style="bold"), Text(_body_text(d.body))),
-                                title=f"dead letter on {entity}", title_align="left", expand=False))
+            console.print(
+                Panel(
+                    Group(grid, Text("body", style="bold"), Text(_body_text(d.body))),
+                    title=f"dead letter on {entity}",
+                    title_align="left",
+                    expand=False,
+                )
+            )
             return
         if not letters:
             console.print(f"no dead letters on {entity}")
@@ -675,8 +812,14 @@ def dead_letters(
         for col in ("seq", "message id", "reason", "description", "deliveries", "when"):
             table.add_column(col, overflow="fold", no_wrap=col in ("seq", "deliveries"))
         for d in letters:
-            table.add_row(str(d.sequence_number), d.message_id, d.reason, d.description, str(d.delivery_count),
-                          _fmt_time(d.dead_lettered_at))
+            table.add_row(
+                str(d.sequence_number),
+                d.message_id,
+                d.reason,
+                d.description,
+                str(d.delivery_count),
+                _fmt_time(d.dead_lettered_at),
+            )
         console.print(table)
 
 
@@ -692,7 +835,9 @@ def load_function_app() -> Any:
             raise
         root = Path(__file__).resolve().parents[1]
         if not (root / "function_app.py").is_file():
-            raise PermanentError(f"function_app.py not found beside {root / 'shared'}", reason="NoApp") from None
+            raise PermanentError(
+                f"function_app.py not found beside {root / 'shared'}", reason="NoApp"
+            ) from None
         sys.path.insert(0, str(root))
         import function_app
     return function_app.app
@@ -702,7 +847,9 @@ def _configure_logging(level: int) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_rlq", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
         handler._rlq = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
@@ -714,23 +861,36 @@ def _configure_logging(level: int) -> None:
 
 
 @contextlib.contextmanager
-def hosted(w: Wiring, *, port: int, ray: bool = True, keep_ray: bool = False,
-           on_ray: Callable[[str], None] | None = None) -> Iterator[LocalHost]:
+def hosted(
+    w: Wiring,
+    *,
+    port: int,
+    ray: bool = True,
+    keep_ray: bool = False,
+    on_ray: Callable[[str], None] | None = None,
+) -> Iterator[LocalHost]:
     """The function app on a :class:`LocalHost` (background threads), with the local Ray head
     when the backend is Ray without an address; everything this started is stopped on exit."""
     from shared import composition
     from shared.localhost import LocalHost
 
     if w.broker is None:
-        raise PermanentError("the local host runs on the SQLite broker (RLQ_BROKER=sqlite); with Service Bus "
-                             "run the app with Azure Functions Core Tools (func start)", reason="Unsupported")
+        raise PermanentError(
+            "the local host runs on the SQLite broker (RLQ_BROKER=sqlite); with Service Bus "
+            "run the app with Azure Functions Core Tools (func start)",
+            reason="Unsupported",
+        )
     s = w.settings
     started_ray = False
     if ray and s.backend == "ray" and s.ray_address is None:
         from shared.adapters import ray_local
 
-        address = ray_local.ensure_local_head(data_dir=s.data_dir, dashboard_port=s.ray_dashboard_port,
-                                              num_cpus=s.ray_num_cpus, token=s.ray_auth_token)
+        address = ray_local.ensure_local_head(
+            data_dir=s.data_dir,
+            dashboard_port=s.ray_dashboard_port,
+            num_cpus=s.ray_num_cpus,
+            token=s.ray_auth_token,
+        )
         started_ray = True
         if on_ray is not None:
             on_ray(address)
@@ -763,8 +923,10 @@ def choose_port(port: int, *, fallback: bool) -> int:
     if port and _port_free(port):
         return port
     if port and not fallback:
-        raise PermanentError(f"port {port} on 127.0.0.1 is in use; pick another with --port (0: any free port)",
-                             reason="PortInUse")
+        raise PermanentError(
+            f"port {port} on 127.0.0.1 is in use; pick another with --port (0: any free port)",
+            reason="PortInUse",
+        )
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -788,7 +950,9 @@ def _functions_table(host: LocalHost) -> Table:
 def serve(
     ctx: typer.Context,
     port: Annotated[int, typer.Option("--port", help="HTTP port on 127.0.0.1 (0: any free port).")] = 7071,
-    keep_ray: Annotated[bool, typer.Option("--keep-ray", help="Leave the local Ray head running on exit.")] = False,
+    keep_ray: Annotated[
+        bool, typer.Option("--keep-ray", help="Leave the local Ray head running on exit.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the function app locally (queue, timer and HTTP triggers) until Ctrl-C or SIGTERM."""
@@ -804,8 +968,9 @@ def serve(
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            with hosted(w, port=port, keep_ray=keep_ray,
-                        on_ray=lambda a: console.print(f"Ray head: {a}")) as host:
+            with hosted(
+                w, port=port, keep_ray=keep_ray, on_ray=lambda a: console.print(f"Ray head: {a}")
+            ) as host:
                 console.print(_functions_table(host))
                 console.print(f"serving {w.settings.data_dir} · API {host.base_url}/api · Ctrl-C stops")
                 stop.wait()
@@ -875,10 +1040,16 @@ def _new_webhook_secret() -> str:
 @app.command()
 def demo(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option("--port", help="HTTP port of the local API (0: any free port).")] = 7071,
-    backend: Annotated[str | None, typer.Option("--backend", help="ray (default) or twin (no training: a smoke run).")] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="HTTP port of the local API (0: any free port).")
+    ] = 7071,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="ray (default) or twin (no training: a smoke run).")
+    ] = None,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="Give up after this long.")] = 900.0,
-    interval_s: Annotated[float, typer.Option("--interval-s", min=0.1, help="Seconds between progress reads.")] = 2.0,
+    interval_s: Annotated[
+        float, typer.Option("--interval-s", min=0.1, help="Seconds between progress reads.")
+    ] = 2.0,
     keep_ray: Annotated[bool, typer.Option("--keep-ray", help="Leave the local Ray head running.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the host's log lines.")] = False,
 ) -> None:
@@ -903,17 +1074,31 @@ def demo(
         console = _console()
         with _WebhookReceiver(secret_list) as receiver:
             w = state.wiring()
-            with hosted(w, port=port, keep_ray=keep_ray,
-                        on_ray=lambda a: console.print(f"local Ray head ready at {a}")) as host:
+            with hosted(
+                w,
+                port=port,
+                keep_ray=keep_ray,
+                on_ray=lambda a: console.print(f"local Ray head ready at {a}"),
+            ) as host:
                 console.print(f"function app hosted at {host.base_url}/api (queue, timer and HTTP triggers)")
-                body = {**DEMO_REQUEST, "request_id": f"demo-{uuid.uuid4().hex[:10]}",
-                        "notify": {"webhooks": [receiver.url]}}
+                body = {
+                    **DEMO_REQUEST,
+                    "request_id": f"demo-{uuid.uuid4().hex[:10]}",
+                    "notify": {"webhooks": [receiver.url]},
+                }
                 rid = w.service.enqueue(body)
                 console.print(f"submitted {rid}: IMPALA on CartPole-v1, stop at mean reward 150 or 300 s")
-                record = follow(lambda: w.service.get(rid), settings, console=console, interval_s=interval_s,
-                                timeout_s=timeout_s,
-                                until=lambda r: r.state in (RunState.notified, RunState.rejected)
-                                or (r.state in TERMINAL and r.completion is None))
+                record = follow(
+                    lambda: w.service.get(rid),
+                    settings,
+                    console=console,
+                    interval_s=interval_s,
+                    timeout_s=timeout_s,
+                    until=lambda r: (
+                        r.state in (RunState.notified, RunState.rejected)
+                        or (r.state in TERMINAL and r.completion is None)
+                    ),
+                )
                 notified = record.state is RunState.notified and record.published_at is not None
                 if notified:
                     receiver.received.wait(max(30.0, 3 * settings.webhook_timeout_s))
@@ -923,8 +1108,14 @@ def demo(
                             break
                         time.sleep(0.2)
         if record.completion is not None:
-            console.print(Panel(record.completion.model_dump_json(indent=2, exclude_none=True),
-                                title="completion message", title_align="left", expand=False))
+            console.print(
+                Panel(
+                    record.completion.model_dump_json(indent=2, exclude_none=True),
+                    title="completion message",
+                    title_align="left",
+                    expand=False,
+                )
+            )
         if receiver.events:
             console.print("webhook delivered and verified")
         elif notified:
@@ -936,9 +1127,13 @@ def demo(
         if record.error:
             console.print(Text(f"error: {record.error}", style="red"))
         ok = notified and record.status == "Completed"
-        console.print(Text(f"demo {'passed' if ok else 'did not complete'}: {record.state.value}"
-                           f"{' (' + record.status + ')' if record.status else ''}",
-                           style="green" if ok else "red"))
+        console.print(
+            Text(
+                f"demo {'passed' if ok else 'did not complete'}: {record.state.value}"
+                f"{' (' + record.status + ')' if record.status else ''}",
+                style="green" if ok else "red",
+            )
+        )
         raise typer.Exit(EXIT_OK if ok else exit_code_for(record) or EXIT_FAILED)
 
 
@@ -961,7 +1156,9 @@ def _save_curve(record: RunRecord, settings: Settings, out: Path | None = None) 
 def plot(
     ctx: typer.Context,
     request_id: Annotated[str, typer.Argument(help="The request id.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path (default: <runs_dir>/<id>/reward.png).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG path (default: <runs_dir>/<id>/reward.png).")
+    ] = None,
 ) -> None:
     """Write the run's reward curve as a PNG and print its path."""
     state = _state(ctx)

@@ -39,8 +39,10 @@ class BrokerRejecter:
 
     def reject(self, *, message_id: str, body: bytes, reason: str, description: str) -> None:
         if not self.broker.dead_letter_by_id(self.queue, message_id, reason=reason, description=description):
-            log.info("message %s was not locked here (sent outside the local host); rejection recorded only",
-                     message_id)
+            log.info(
+                "message %s was not locked here (sent outside the local host); rejection recorded only",
+                message_id,
+            )
 
 
 def _compute(settings: Settings, name: str) -> ComputeBackend:
@@ -59,18 +61,29 @@ def _compute(settings: Settings, name: str) -> ComputeBackend:
     raise ValueError(f"RLQ_BACKEND: {name!r} is not a backend; allowed: ray, azureml, twin")
 
 
-def build(settings: Settings | None = None, *, store: RunStore | None = None,
-          compute: dict[str, ComputeBackend] | None = None, publisher: Publisher | None = None,
-          sender: RequestSender | None = None, notifier: Notifier | None = None, broker: Any = None,
-          rejecter: Any = None, **service_options: Any) -> Wiring:
+def build(
+    settings: Settings | None = None,
+    *,
+    store: RunStore | None = None,
+    compute: dict[str, ComputeBackend] | None = None,
+    publisher: Publisher | None = None,
+    sender: RequestSender | None = None,
+    notifier: Notifier | None = None,
+    broker: Any = None,
+    rejecter: Any = None,
+    **service_options: Any,
+) -> Wiring:
     s = settings or get_settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     if s.broker == "sqlite":
         from shared.adapters.sqlite_broker import SqliteBroker, SqlitePublisher, SqliteRequestSender
 
-        broker = broker or SqliteBroker(s.queue_db, lock_duration_s=s.lock_duration_s,
-                                        max_delivery_count=s.max_delivery_count,
-                                        duplicate_detection_window_s=s.duplicate_detection_window_s)
+        broker = broker or SqliteBroker(
+            s.queue_db,
+            lock_duration_s=s.lock_duration_s,
+            max_delivery_count=s.max_delivery_count,
+            duplicate_detection_window_s=s.duplicate_detection_window_s,
+        )
         broker.create_queue(s.queue_name)
         broker.create_topic(s.topic_name)
         broker.create_subscription(s.topic_name, s.subscription_name)
@@ -78,7 +91,11 @@ def build(settings: Settings | None = None, *, store: RunStore | None = None,
         sender = sender or SqliteRequestSender(broker, s.queue_name)
         rejecter = rejecter or BrokerRejecter(broker, s.queue_name)
     else:
-        from shared.adapters.servicebus import ServiceBusPublisher, ServiceBusRejecter, ServiceBusRequestSender
+        from shared.adapters.servicebus import (
+            ServiceBusPublisher,
+            ServiceBusRejecter,
+            ServiceBusRequestSender,
+        )
 
         publisher = publisher or ServiceBusPublisher(settings=s)
         sender = sender or ServiceBusRequestSender(settings=s)
@@ -96,7 +113,6 @@ def build(settings: Settings | None = None, *, store: RunStore | None = None,
         compute = {s.backend: _compute(s, s.backend)}
     if notifier is None:
         from shared.adapters.notify import CompositeNotifier
-
         from shared.artifacts import metrics_points
 
         def curve_points(message: Any) -> list[dict]:
@@ -110,10 +126,27 @@ def build(settings: Settings | None = None, *, store: RunStore | None = None,
         from shared.artifacts import save_reward_curve
 
         service_options.setdefault("artifacts", lambda record: save_reward_curve(record, s))
-    service = TrainingService(settings=s, store=store, compute=compute, publisher=publisher, sender=sender,
-                              notifier=notifier, rejecter=rejecter, **service_options)
-    return Wiring(settings=s, service=service, store=store, compute=compute, publisher=publisher,
-                  sender=sender, notifier=notifier, broker=broker, rejecter=rejecter)
+    service = TrainingService(
+        settings=s,
+        store=store,
+        compute=compute,
+        publisher=publisher,
+        sender=sender,
+        notifier=notifier,
+        rejecter=rejecter,
+        **service_options,
+    )
+    return Wiring(
+        settings=s,
+        service=service,
+        store=store,
+        compute=compute,
+        publisher=publisher,
+        sender=sender,
+        notifier=notifier,
+        broker=broker,
+        rejecter=rejecter,
+    )
 
 
 _current: Wiring | None = None

@@ -102,16 +102,20 @@ class HostConfig:
         http = ext.get("http") or {}
         defaults = cls()
         try:
-            calls = int(sb.get("maxConcurrentCalls", handler_opts.get("maxConcurrentCalls",
-                                                                      defaults.max_concurrent_calls)))
-            renewal = sb.get("maxAutoLockRenewalDuration",
-                             handler_opts.get("maxAutoRenewDuration"))
+            calls = int(
+                sb.get(
+                    "maxConcurrentCalls",
+                    handler_opts.get("maxConcurrentCalls", defaults.max_concurrent_calls),
+                )
+            )
+            renewal = sb.get("maxAutoLockRenewalDuration", handler_opts.get("maxAutoRenewDuration"))
             auto_complete = sb.get("autoCompleteMessages", handler_opts.get("autoComplete", True))
             timeout = data.get("functionTimeout")
             return cls(
                 max_concurrent_calls=max(1, calls),
-                max_auto_lock_renewal_s=(parse_timespan(renewal) if renewal is not None
-                                         else defaults.max_auto_lock_renewal_s),
+                max_auto_lock_renewal_s=(
+                    parse_timespan(renewal) if renewal is not None else defaults.max_auto_lock_renewal_s
+                ),
                 auto_complete_messages=bool(auto_complete),
                 route_prefix=str(http.get("routePrefix", defaults.route_prefix)).strip("/"),
                 function_timeout_s=parse_timespan(timeout) if timeout not in (None, "-1") else None,
@@ -128,7 +132,7 @@ def parse_timespan(text: str) -> float:
     m = _TIMESPAN_RE.match(str(text).strip())
     if not m:
         raise ValueError(f"{text!r} is not a duration; expected [d.]hh:mm:ss, e.g. 00:05:00")
-    return (int(m["d"] or 0) * 86400 + int(m["h"]) * 3600 + int(m["m"]) * 60 + float(m["s"]))
+    return int(m["d"] or 0) * 86400 + int(m["h"]) * 3600 + int(m["m"]) * 60 + float(m["s"])
 
 
 def default_host_json() -> Path | None:
@@ -201,9 +205,14 @@ class Schedule:
 # --- HTTP routes -----------------------------------------------------------------------------
 
 _CONSTRAINTS = {
-    "int": r"-?\d+", "long": r"-?\d+", "alpha": r"[A-Za-z]+", "bool": r"(?:true|false)",
+    "int": r"-?\d+",
+    "long": r"-?\d+",
+    "alpha": r"[A-Za-z]+",
+    "bool": r"(?:true|false)",
     "guid": r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}",
-    "double": r"-?\d+(?:\.\d+)?", "float": r"-?\d+(?:\.\d+)?", "decimal": r"-?\d+(?:\.\d+)?",
+    "double": r"-?\d+(?:\.\d+)?",
+    "float": r"-?\d+(?:\.\d+)?",
+    "decimal": r"-?\d+(?:\.\d+)?",
 }
 _PARAM_RE = re.compile(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+)(?:\([^)]*\))?)?(\?)?\}")
 
@@ -239,7 +248,7 @@ class Route:
                 continue
             out, pos, has_param = [], 0, False
             for m in _PARAM_RE.finditer(segment):
-                out.append(re.escape(segment[pos:m.start()]))
+                out.append(re.escape(segment[pos : m.start()]))
                 names.append(m.group(2))
                 out.append(f"(?P<p{len(names) - 1}>{_param_regex(m)})")
                 pos, has_param = m.end(), True
@@ -253,8 +262,11 @@ class Route:
         m = self.pattern.match(path.strip("/"))
         if m is None:
             return None
-        return {name: unquote(m.group(f"p{i}")) for i, name in enumerate(self.params)
-                if m.group(f"p{i}") is not None}
+        return {
+            name: unquote(m.group(f"p{i}"))
+            for i, name in enumerate(self.params)
+            if m.group(f"p{i}") is not None
+        }
 
     @property
     def sort_key(self) -> tuple[int, int, int]:
@@ -299,8 +311,11 @@ class _Hosted:
 
     def describe(self) -> str:
         if self.trigger_type == SB_TRIGGER:
-            return (f"queue {self.entity}" if self.subscription is None
-                    else f"topic {self.entity} / subscription {self.subscription}")
+            return (
+                f"queue {self.entity}"
+                if self.subscription is None
+                else f"topic {self.entity} / subscription {self.subscription}"
+            )
         if self.trigger_type == TIMER_TRIGGER:
             return f"timer {self.schedule.expression if self.schedule else '?'}"
         methods = ",".join(sorted(self.methods)) if self.methods else "ANY"
@@ -322,7 +337,9 @@ class Invocation:
 
     function: str
     trigger: str
-    outcome: str  # completed | abandoned | dead_lettered | settled_by_handler | lock_lost | ok | error | <status>
+    outcome: (
+        str  # completed | abandoned | dead_lettered | settled_by_handler | lock_lost | ok | error | <status>
+    )
     ms: float
     message_id: str | None = None
     delivery_count: int | None = None
@@ -363,8 +380,10 @@ class LocalHost:
         self._functions = self._load(app)
         self._sb = [f for f in self._functions if f.trigger_type == SB_TRIGGER]
         self._timers = [f for f in self._functions if f.trigger_type == TIMER_TRIGGER]
-        self._http = sorted((f for f in self._functions if f.trigger_type == HTTP_TRIGGER),
-                            key=lambda f: f.route.sort_key if f.route else (9, 0, 0))
+        self._http = sorted(
+            (f for f in self._functions if f.trigger_type == HTTP_TRIGGER),
+            key=lambda f: f.route.sort_key if f.route else (9, 0, 0),
+        )
         start = clock()
         for t in self._timers:
             assert t.schedule is not None
@@ -400,11 +419,17 @@ class LocalHost:
             if trigger is None:
                 raise LocalHostError(f"function {name} has no trigger")
             user = fn.get_user_function()
-            h = _Hosted(name=name, trigger_type=trigger.type, arg_name=trigger.name, user_function=user,
-                        wants_context="context" in inspect.signature(user).parameters)
+            h = _Hosted(
+                name=name,
+                trigger_type=trigger.type,
+                arg_name=trigger.name,
+                user_function=user,
+                wants_context="context" in inspect.signature(user).parameters,
+            )
             if trigger.type == SB_TRIGGER:
-                if getattr(trigger, "cardinality", None) not in (None, "one", "ONE") and \
-                        str(getattr(trigger, "cardinality", "")).lower().endswith("many"):
+                if getattr(trigger, "cardinality", None) not in (None, "one", "ONE") and str(
+                    getattr(trigger, "cardinality", "")
+                ).lower().endswith("many"):
                     raise LocalHostError(f"function {name}: batch (cardinality=many) triggers are not hosted")
                 topic = getattr(trigger, "topic_name", None)
                 if topic:
@@ -418,8 +443,9 @@ class LocalHost:
             elif trigger.type == HTTP_TRIGGER:
                 h.route = Route.compile(self._resolve(getattr(trigger, "route", None) or name))
                 methods = getattr(trigger, "methods", None)
-                h.methods = (frozenset(str(getattr(m, "value", m)).upper() for m in methods)
-                             if methods else None)
+                h.methods = (
+                    frozenset(str(getattr(m, "value", m)).upper() for m in methods) if methods else None
+                )
             else:
                 raise LocalHostError(
                     f"function {name}: trigger type {trigger.type!r} is not hosted locally "
@@ -434,7 +460,9 @@ class LocalHost:
                 elif b.type == HTTP_OUTPUT and trigger.type == HTTP_TRIGGER:
                     continue
                 else:
-                    raise LocalHostError(f"function {name}: binding {b.name} of type {b.type!r} is not hosted locally")
+                    raise LocalHostError(
+                        f"function {name}: binding {b.name} of type {b.type!r} is not hosted locally"
+                    )
             hosted.append(h)
         return hosted
 
@@ -510,8 +538,11 @@ class LocalHost:
         at = self._epoch(now)
         lock_s = float(getattr(self._broker, "lock_duration_s", self._settings.lock_duration_s))
         with self._inflight_lock:
-            due = [(token, f) for token, f in self._inflight.items()
-                   if at < f.renew_until and f.locked_until - at <= lock_s / 2]
+            due = [
+                (token, f)
+                for token, f in self._inflight.items()
+                if at < f.renew_until and f.locked_until - at <= lock_s / 2
+            ]
         renewed = 0
         for token, f in due:
             try:
@@ -543,8 +574,11 @@ class LocalHost:
                 self._spawn(f"rlq-recv-{h.name}", self._receive_loop, h)
         if timers and self._timers:
             self._spawn("rlq-timers", self._timer_loop)
-        log.info("host started: %d function(s)%s", len(self._functions),
-                 f"; http on {self.base_url}/{self.config.route_prefix}" if self._server else "")
+        log.info(
+            "host started: %d function(s)%s",
+            len(self._functions),
+            f"; http on {self.base_url}/{self.config.route_prefix}" if self._server else "",
+        )
         return self
 
     def stop(self, *, timeout_s: float = 60.0) -> None:
@@ -561,8 +595,12 @@ class LocalHost:
                 pending = set(self._futures)
             _, not_done = wait_futures(pending, timeout=timeout_s)
             if not_done:
-                log.warning("%d invocation(s) still running after %.0f s; their messages will be "
-                            "redelivered when their locks expire", len(not_done), timeout_s)
+                log.warning(
+                    "%d invocation(s) still running after %.0f s; their messages will be "
+                    "redelivered when their locks expire",
+                    len(not_done),
+                    timeout_s,
+                )
             self._pool.shutdown(wait=not not_done, cancel_futures=True)
             self._pool = None
         if self._server is not None:
@@ -675,8 +713,9 @@ class LocalHost:
         error: str | None = None
         token = str(rm.lock_token)
         with self._inflight_lock:
-            self._inflight[token] = _InFlight(rm, float(rm.locked_until),
-                                              self._clock() + self.config.max_auto_lock_renewal_s)
+            self._inflight[token] = _InFlight(
+                rm, float(rm.locked_until), self._clock() + self.config.max_auto_lock_renewal_s
+            )
         self._ensure_renewer()
         try:
             outs = {o.name: _Out() for o in h.outputs}
@@ -693,8 +732,9 @@ class LocalHost:
         finally:
             with self._inflight_lock:
                 self._inflight.pop(token, None)
-        return self._record(h, outcome, t0, message_id=rm.message_id,
-                            delivery_count=rm.delivery_count, error=error)
+        return self._record(
+            h, outcome, t0, message_id=rm.message_id, delivery_count=rm.delivery_count, error=error
+        )
 
     def _settle_success(self, rm: Any) -> str:
         if not self.config.auto_complete_messages:
@@ -702,8 +742,9 @@ class LocalHost:
         try:
             return "completed" if self._broker.complete(rm) else "settled_by_handler"
         except Exception as err:  # noqa: BLE001 - a handler or broker fault never stops the host
-            log.warning("complete failed for message %s (%s); it will be redelivered",
-                        rm.message_id, _describe(err))
+            log.warning(
+                "complete failed for message %s (%s); it will be redelivered", rm.message_id, _describe(err)
+            )
             return "lock_lost"
 
     def _settle_failure(self, h: _Hosted, rm: Any, err: Exception) -> str:
@@ -714,22 +755,29 @@ class LocalHost:
             if int(rm.delivery_count) >= max_count:
                 # The broker would dead-letter it on the next receive with a generic reason; doing
                 # it now keeps the last error as the description a person reads.
-                settled = self._broker.dead_letter(rm, reason=DEAD_LETTER_REASON,
-                                                   description=_describe(err)[:MAX_DESCRIPTION_CHARS])
+                settled = self._broker.dead_letter(
+                    rm, reason=DEAD_LETTER_REASON, description=_describe(err)[:MAX_DESCRIPTION_CHARS]
+                )
                 return "dead_lettered" if settled is not False else "settled_by_handler"
             settled = self._broker.abandon(rm)
             return "abandoned" if settled is not False else "settled_by_handler"
         except Exception as settle_err:  # noqa: BLE001 - a handler or broker fault never stops the host
-            log.warning("settling message %s after an error failed (%s); it will be redelivered",
-                        rm.message_id, _describe(settle_err))
+            log.warning(
+                "settling message %s after an error failed (%s); it will be redelivered",
+                rm.message_id,
+                _describe(settle_err),
+            )
             return "lock_lost"
 
     def _send_output(self, o: _Output, value: Any, rm: Any) -> None:
         if value is None:
             return
         for item in value if isinstance(value, list) else [value]:
-            body = item if isinstance(item, bytes) else (
-                item.encode("utf-8") if isinstance(item, str) else json.dumps(item).encode("utf-8"))
+            body = (
+                item
+                if isinstance(item, bytes)
+                else (item.encode("utf-8") if isinstance(item, str) else json.dumps(item).encode("utf-8"))
+            )
             self._broker.send(o.entity, body, correlation_id=rm.message_id)
 
     def _ensure_renewer(self) -> None:
@@ -789,18 +837,21 @@ class LocalHost:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self._requested_port), Handler)
         self._server.daemon_threads = True
-        self._http_thread = threading.Thread(target=self._server.serve_forever, args=(0.2,),
-                                             name="rlq-http", daemon=True)
+        self._http_thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.2,), name="rlq-http", daemon=True
+        )
         self._http_thread.start()
 
-    def handle_http(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> func.HttpResponse:
+    def handle_http(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes
+    ) -> func.HttpResponse:
         """Route one request to its function (also usable without a socket, e.g. in tests)."""
         parts = urlsplit(url)
         path = parts.path  # matched still encoded: an encoded '/' inside a parameter stays inside it
         prefix = "/" + self.config.route_prefix if self.config.route_prefix else ""
         if prefix and not (path == prefix or path.startswith(prefix + "/")):
             return _json_response(404, {"error": f"no function at {path}"})
-        sub = path[len(prefix):]
+        sub = path[len(prefix) :]
         allowed: set[str] = set()
         for h in self._http:
             assert h.route is not None
@@ -812,20 +863,38 @@ class LocalHost:
                 continue
             return self._invoke_http(h, method, url, headers, body, params, dict(parse_qsl(parts.query)))
         if allowed:
-            resp = _json_response(405, {"error": f"method {method} not allowed; allowed: {', '.join(sorted(allowed))}"})
+            resp = _json_response(
+                405, {"error": f"method {method} not allowed; allowed: {', '.join(sorted(allowed))}"}
+            )
             resp.headers["Allow"] = ", ".join(sorted(allowed))
             return resp
         return _json_response(404, {"error": f"no function at {path}"})
 
-    def _invoke_http(self, h: _Hosted, method: str, url: str, headers: Mapping[str, str], body: bytes,
-                     route_params: dict[str, str], query: dict[str, str]) -> func.HttpResponse:
+    def _invoke_http(
+        self,
+        h: _Hosted,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        route_params: dict[str, str],
+        query: dict[str, str],
+    ) -> func.HttpResponse:
         t0 = time.perf_counter()
-        req = func.HttpRequest(method=method.upper(), url=url, headers=dict(headers), params=query,
-                               route_params=route_params, body=body)
+        req = func.HttpRequest(
+            method=method.upper(),
+            url=url,
+            headers=dict(headers),
+            params=query,
+            route_params=route_params,
+            body=body,
+        )
         try:
             resp = _as_response(self._call(h, req, {}))
         except Exception as err:  # noqa: BLE001 - a handler or broker fault never stops the host
-            self._record(h, "error", t0, message_id=f"{method.upper()} {urlsplit(url).path}", error=_describe(err))
+            self._record(
+                h, "error", t0, message_id=f"{method.upper()} {urlsplit(url).path}", error=_describe(err)
+            )
             return _json_response(500, {"error": "the function failed; see the host log"})
         self._record(h, str(resp.status_code), t0, message_id=f"{method.upper()} {urlsplit(url).path}")
         return resp
@@ -842,15 +911,28 @@ class LocalHost:
             result = asyncio.run(_await(result))
         return result
 
-    def _record(self, h: _Hosted, outcome: str, t0: float, *, message_id: str | None = None,
-                delivery_count: int | None = None, error: str | None = None) -> Invocation:
+    def _record(
+        self,
+        h: _Hosted,
+        outcome: str,
+        t0: float,
+        *,
+        message_id: str | None = None,
+        delivery_count: int | None = None,
+        error: str | None = None,
+    ) -> Invocation:
         ms = (time.perf_counter() - t0) * 1000.0
-        inv = Invocation(h.name, h.trigger_type, outcome, round(ms, 1), message_id, delivery_count, error,
-                         self._clock())
+        inv = Invocation(
+            h.name, h.trigger_type, outcome, round(ms, 1), message_id, delivery_count, error, self._clock()
+        )
         self._invocations.append(inv)
         if self.config.function_timeout_s is not None and ms / 1000.0 > self.config.function_timeout_s:
-            log.warning("function %s ran %.0f s, past functionTimeout (%.0f s)", h.name, ms / 1000.0,
-                        self.config.function_timeout_s)
+            log.warning(
+                "function %s ran %.0f s, past functionTimeout (%.0f s)",
+                h.name,
+                ms / 1000.0,
+                self.config.function_timeout_s,
+            )
         line = f"fn={h.name} outcome={outcome} ms={inv.ms:.1f}"
         if message_id is not None:
             line += f" id={message_id}"

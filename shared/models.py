@@ -33,40 +33,106 @@ ALGORITHMS = ("IMPALA", "APPO", "PPO")
 
 CLASSIC_ENVS = ("CartPole-v1", "CartPole-v0", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1")
 # Atari ids as ale-py registers them; the trainer checks the game exists.
-ATARI_ENV_RE = re.compile(r"^(ALE/[A-Z][A-Za-z]{1,40}-v5|[A-Z][A-Za-z]{1,40}(NoFrameskip|Deterministic)?-v4)$")
+ATARI_ENV_RE = re.compile(
+    r"^(ALE/[A-Z][A-Za-z]{1,40}-v5|[A-Z][A-Za-z]{1,40}(NoFrameskip|Deterministic)?-v4)$"
+)
 
 # Highest mean episode return an env can give: a reward target above it can never stop a run.
-MAX_RETURN = {"CartPole-v1": 500.0, "CartPole-v0": 200.0, "Acrobot-v1": 0.0, "MountainCar-v0": 0.0,
-              "Pendulum-v1": 0.0, "Pong": 21.0}
+MAX_RETURN = {
+    "CartPole-v1": 500.0,
+    "CartPole-v0": 200.0,
+    "Acrobot-v1": 0.0,
+    "MountainCar-v0": 0.0,
+    "Pendulum-v1": 0.0,
+    "Pong": 21.0,
+}
 
 # VM size -> (vCPUs, GPUs). Upper case, as Azure ML reports them.
 VM_SIZES: dict[str, tuple[int, int]] = {
-    "STANDARD_NC6": (6, 1), "STANDARD_NC12": (12, 2), "STANDARD_NC24": (24, 4),
-    "STANDARD_NC6S_V3": (6, 1), "STANDARD_NC12S_V3": (12, 2), "STANDARD_NC24S_V3": (24, 4),
-    "STANDARD_NC4AS_T4_V3": (4, 1), "STANDARD_NC8AS_T4_V3": (8, 1),
-    "STANDARD_NC16AS_T4_V3": (16, 1), "STANDARD_NC24ADS_A100_V4": (24, 1),
-    "STANDARD_D2_V2": (2, 0), "STANDARD_D3_V2": (4, 0), "STANDARD_D4_V2": (8, 0),
-    "STANDARD_D5_V2": (16, 0), "STANDARD_D2S_V3": (2, 0), "STANDARD_D4S_V3": (4, 0),
-    "STANDARD_D8S_V3": (8, 0), "STANDARD_D16S_V3": (16, 0), "STANDARD_F4S_V2": (4, 0),
-    "STANDARD_F8S_V2": (8, 0), "STANDARD_F16S_V2": (16, 0),
+    "STANDARD_NC6": (6, 1),
+    "STANDARD_NC12": (12, 2),
+    "STANDARD_NC24": (24, 4),
+    "STANDARD_NC6S_V3": (6, 1),
+    "STANDARD_NC12S_V3": (12, 2),
+    "STANDARD_NC24S_V3": (24, 4),
+    "STANDARD_NC4AS_T4_V3": (4, 1),
+    "STANDARD_NC8AS_T4_V3": (8, 1),
+    "STANDARD_NC16AS_T4_V3": (16, 1),
+    "STANDARD_NC24ADS_A100_V4": (24, 1),
+    "STANDARD_D2_V2": (2, 0),
+    "STANDARD_D3_V2": (4, 0),
+    "STANDARD_D4_V2": (8, 0),
+    "STANDARD_D5_V2": (16, 0),
+    "STANDARD_D2S_V3": (2, 0),
+    "STANDARD_D4S_V3": (4, 0),
+    "STANDARD_D8S_V3": (8, 0),
+    "STANDARD_D16S_V3": (16, 0),
+    "STANDARD_F4S_V2": (4, 0),
+    "STANDARD_F8S_V2": (8, 0),
+    "STANDARD_F16S_V2": (16, 0),
 }
 
 # RLlib config keys a request may set: today's names and the seed-era names the trainer maps.
-CONFIG_KEYS = frozenset({
-    # seed era
-    "num_workers", "num_envs_per_worker", "num_gpus", "sample_batch_size", "train_batch_size",
-    "num_sgd_iter", "num_data_loader_buffers", "model.dim", "model", "rollout_fragment_length",
-    "num_cpus_per_worker", "num_gpus_per_worker", "sgd_minibatch_size",
-    # today
-    "num_env_runners", "num_envs_per_env_runner", "num_learners", "num_gpus_per_learner",
-    "num_cpus_per_env_runner", "train_batch_size_per_learner", "minibatch_size", "num_epochs",
-    "lr", "gamma", "entropy_coeff", "vf_loss_coeff", "grad_clip", "lambda", "clip_param",
-    "vtrace", "vtrace_clip_rho_threshold", "vtrace_clip_pg_rho_threshold", "circular_buffer_num_batches",
-    "circular_buffer_iterations_per_batch", "broadcast_interval", "fcnet_hiddens", "conv_filters",
-    "framestack", "dim", "use_kl_loss", "kl_coeff", "seed",
-})
-MODEL_KEYS = frozenset({"dim", "fcnet_hiddens", "conv_filters", "framestack", "vf_share_layers",
-                        "fcnet_activation", "conv_activation", "use_lstm", "lstm_cell_size"})
+CONFIG_KEYS = frozenset(
+    {
+        # seed era
+        "num_workers",
+        "num_envs_per_worker",
+        "num_gpus",
+        "sample_batch_size",
+        "train_batch_size",
+        "num_sgd_iter",
+        "num_data_loader_buffers",
+        "model.dim",
+        "model",
+        "rollout_fragment_length",
+        "num_cpus_per_worker",
+        "num_gpus_per_worker",
+        "sgd_minibatch_size",
+        # today
+        "num_env_runners",
+        "num_envs_per_env_runner",
+        "num_learners",
+        "num_gpus_per_learner",
+        "num_cpus_per_env_runner",
+        "train_batch_size_per_learner",
+        "minibatch_size",
+        "num_epochs",
+        "lr",
+        "gamma",
+        "entropy_coeff",
+        "vf_loss_coeff",
+        "grad_clip",
+        "lambda",
+        "clip_param",
+        "vtrace",
+        "vtrace_clip_rho_threshold",
+        "vtrace_clip_pg_rho_threshold",
+        "circular_buffer_num_batches",
+        "circular_buffer_iterations_per_batch",
+        "broadcast_interval",
+        "fcnet_hiddens",
+        "conv_filters",
+        "framestack",
+        "dim",
+        "use_kl_loss",
+        "kl_coeff",
+        "seed",
+    }
+)
+MODEL_KEYS = frozenset(
+    {
+        "dim",
+        "fcnet_hiddens",
+        "conv_filters",
+        "framestack",
+        "vf_share_layers",
+        "fcnet_activation",
+        "conv_activation",
+        "use_lstm",
+        "lstm_cell_size",
+    }
+)
 
 STOP_KEYS = ("episode_reward_mean", "time_total_s", "timesteps_total", "training_iteration")
 
@@ -193,7 +259,9 @@ def _url_text(v: Any) -> Any:
     rest = v.split("://", 1)[-1]
     authority, _, path = re.split(r"[?#]", rest, maxsplit=1)[0].partition("/")
     if "@" in authority:
-        raise ValueError("credentials in the URL are not allowed; webhooks are authenticated by their signature")
+        raise ValueError(
+            "credentials in the URL are not allowed; webhooks are authenticated by their signature"
+        )
     if ".." in unquote(path).split("/"):
         raise ValueError("path traversal ('..') is not allowed in a webhook URL")
     return v
@@ -259,12 +327,16 @@ class TrainingRequest(Strict):
                     raise ValueError("'model' must be an object")
                 bad = sorted(set(value) - MODEL_KEYS)
                 if bad:
-                    raise ValueError(f"model key {bad[0]!r} is not allowed; allowed: {', '.join(sorted(MODEL_KEYS))}")
+                    raise ValueError(
+                        f"model key {bad[0]!r} is not allowed; allowed: {', '.join(sorted(MODEL_KEYS))}"
+                    )
             if isinstance(value, bool) or value is None:
                 continue
             if isinstance(value, (int, float)):
                 if key.startswith("num_") and (not float(value).is_integer() or value < 0 or value > 1024):
-                    raise ValueError(f"{key}: {value!r} is not allowed; expected an integer between 0 and 1024")
+                    raise ValueError(
+                        f"{key}: {value!r} is not allowed; expected an integer between 0 and 1024"
+                    )
             elif isinstance(value, str):
                 raise ValueError(f"{key}: strings are not allowed here")
             elif isinstance(value, dict) and key != "model":
@@ -285,8 +357,10 @@ class TrainingRequest(Strict):
             if len(val) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in val):
                 raise ValueError(f"tag {k!r}: value must be at most 256 printable characters")
             if any(c in SHELL_CHARS for c in val) or ".." in re.split(r"[/\\]", val):
-                raise ValueError(f"tag {k!r}: shell metacharacters ({' '.join(sorted(SHELL_CHARS))}) and '..' "
-                                 "path segments are not allowed")
+                raise ValueError(
+                    f"tag {k!r}: shell metacharacters ({' '.join(sorted(SHELL_CHARS))}) and '..' "
+                    "path segments are not allowed"
+                )
         return v
 
     @field_validator("restore_from")
@@ -298,7 +372,8 @@ class TrainingRequest(Strict):
             raise ValueError("must be a URI: file://, azureml://, abfss:// or https://")
         decoded = unquote(v)  # %2e%2e is '..' to whoever decodes the URI later
         if ".." in re.split(r"[/\\]", unquote(v.split("?")[0])) or any(
-                c in text for text in (v, decoded) for c in "\x00\n\r;`$|&<>\\"):
+            c in text for text in (v, decoded) for c in "\x00\n\r;`$|&<>\\"
+        ):
             raise ValueError("path traversal and shell metacharacters are not allowed")
         return v
 
@@ -332,8 +407,11 @@ def _config_value_problem(value: Any) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value!r} is not a finite number"
     if isinstance(value, str):
-        return None if CONFIG_TOKEN_RE.match(value) else (
-            f"{value[:40]!r} is not allowed; strings here are names (letters, digits, _ . -, max 64)")
+        return (
+            None
+            if CONFIG_TOKEN_RE.match(value)
+            else (f"{value[:40]!r} is not allowed; strings here are names (letters, digits, _ . -, max 64)")
+        )
     if isinstance(value, dict):
         items = list(value.values())
     elif isinstance(value, list):
@@ -381,11 +459,14 @@ FINAL = TERMINAL | {RunState.notified, RunState.rejected}
 
 Status = Literal["Completed", "Failed", "Canceled", "TimedOut"]
 STATUS_OF: dict[RunState, Status] = {
-    RunState.completed: "Completed", RunState.failed: "Failed",
-    RunState.canceled: "Canceled", RunState.timed_out: "TimedOut",
+    RunState.completed: "Completed",
+    RunState.failed: "Failed",
+    RunState.canceled: "Canceled",
+    RunState.timed_out: "TimedOut",
 }
-StopReason = Literal["reward_reached", "time_limit", "timesteps_limit", "iterations_limit",
-                     "error", "canceled", "stalled"]
+StopReason = Literal[
+    "reward_reached", "time_limit", "timesteps_limit", "iterations_limit", "error", "canceled", "stalled"
+]
 
 
 class Progress(BaseModel):
@@ -498,16 +579,21 @@ def field_errors(err: ValidationError) -> list[dict[str, str]]:
     return out
 
 
-def parse_request(body: bytes | str | dict[str, Any], *, default_id: str | None = None,
-                  max_bytes: int = 256 * 1024) -> TrainingRequest:
+def parse_request(
+    body: bytes | str | dict[str, Any], *, default_id: str | None = None, max_bytes: int = 256 * 1024
+) -> TrainingRequest:
     """Decode and validate a request body; raise :class:`InvalidRequest` naming each bad field."""
     if isinstance(body, (bytes, bytearray)):
         if len(body) > max_bytes:
-            raise InvalidRequest([{"field": "(body)", "message": f"body is {len(body)} bytes; the limit is {max_bytes}"}])
+            raise InvalidRequest(
+                [{"field": "(body)", "message": f"body is {len(body)} bytes; the limit is {max_bytes}"}]
+            )
         try:
             body = bytes(body).decode("utf-8")
         except UnicodeDecodeError as err:
-            raise InvalidRequest([{"field": "(body)", "message": f"not UTF-8 text ({err.reason} at byte {err.start})"}]) from None
+            raise InvalidRequest(
+                [{"field": "(body)", "message": f"not UTF-8 text ({err.reason} at byte {err.start})"}]
+            ) from None
     if isinstance(body, str):
         if len(body.encode("utf-8", "surrogatepass")) > max_bytes:
             raise InvalidRequest([{"field": "(body)", "message": f"body is larger than {max_bytes} bytes"}])
@@ -518,13 +604,17 @@ def parse_request(body: bytes | str | dict[str, Any], *, default_id: str | None 
         except ValueError as err:
             raise InvalidRequest([{"field": "(body)", "message": f"malformed JSON: {err}"}]) from None
     if not isinstance(body, dict):
-        raise InvalidRequest([{"field": "(body)", "message": f"expected a JSON object, got {type(body).__name__}"}])
+        raise InvalidRequest(
+            [{"field": "(body)", "message": f"expected a JSON object, got {type(body).__name__}"}]
+        )
     if _depth(body) > 8:
         raise InvalidRequest([{"field": "(body)", "message": "JSON nested deeper than 8 levels"}])
     where = _unencodable(body)
     if where is not None:
         # A lone surrogate (``"\ud800"``) parses but can never be stored or sent as UTF-8.
-        raise InvalidRequest([{"field": where, "message": "text contains an unpaired surrogate (not valid Unicode)"}])
+        raise InvalidRequest(
+            [{"field": where, "message": "text contains an unpaired surrogate (not valid Unicode)"}]
+        )
     data = dict(body)
     if data.get("request_id") is None and default_id is not None:
         data["request_id"] = default_id

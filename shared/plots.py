@@ -88,18 +88,40 @@ def reward_curve_png(
         xs, means, mins, maxs = _decimate(xs, means, mins, maxs, buckets=2 * width_px)
 
     if xs:
-        band = [(x, lo, hi) for x, lo, hi in zip(xs, mins, maxs, strict=True)
-                if lo is not None and hi is not None]
+        band = [
+            (x, lo, hi) for x, lo, hi in zip(xs, mins, maxs, strict=True) if lo is not None and hi is not None
+        ]
         if len(band) >= 2:
-            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
-                            color=_BAND, alpha=0.45, linewidth=0, label="episode reward min–max")
-        ax.plot(xs, means, color=_LINE, linewidth=1.8, label="episode reward mean",
-                marker="o" if len(xs) <= 30 else None, markersize=3)
+            ax.fill_between(
+                [b[0] for b in band],
+                [b[1] for b in band],
+                [b[2] for b in band],
+                color=_BAND,
+                alpha=0.45,
+                linewidth=0,
+                label="episode reward min–max",
+            )
+        ax.plot(
+            xs,
+            means,
+            color=_LINE,
+            linewidth=1.8,
+            label="episode reward mean",
+            marker="o" if len(xs) <= 30 else None,
+            markersize=3,
+        )
         best = max(range(len(means)), key=means.__getitem__)
         ax.scatter([xs[best]], [means[best]], color=_BEST, s=28, zorder=5, label=f"best {means[best]:.4g}")
     else:
-        ax.text(0.5, 0.5, "no training iterations recorded yet", ha="center", va="center",
-                transform=ax.transAxes, color="#6b7280")
+        ax.text(
+            0.5,
+            0.5,
+            "no training iterations recorded yet",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="#6b7280",
+        )
         ax.set_xticks([])
         ax.set_yticks([])
     if target is not None:
@@ -126,8 +148,9 @@ def reward_curve_png(
     return data
 
 
-def _decimate(xs: list[float], means: list[float], mins: list[float | None], maxs: list[float | None], *,
-              buckets: int) -> tuple[list[float], list[float], list[float | None], list[float | None]]:
+def _decimate(
+    xs: list[float], means: list[float], mins: list[float | None], maxs: list[float | None], *, buckets: int
+) -> tuple[list[float], list[float], list[float | None], list[float | None]]:
     """Fewer points than pixels: bucket means for the line, the bucket's extremes for the band."""
     out: tuple[list[float], list[float], list[float | None], list[float | None]] = ([], [], [], [])
     n = len(xs)
@@ -204,7 +227,7 @@ def sparkline(values: Iterable[float | None], width: int = 40) -> str:
         buckets = []
         for i in range(width):
             lo, hi = i * len(vals) // width, (i + 1) * len(vals) // width
-            chunk = vals[lo:max(hi, lo + 1)]
+            chunk = vals[lo : max(hi, lo + 1)]
             buckets.append(sum(chunk) / len(chunk))
         vals = buckets
     lo, hi = min(vals), max(vals)

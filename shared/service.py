@@ -60,7 +60,9 @@ def env_faults() -> Callable[[str], None] | None:
         return None
     unknown = points - set(FAULT_POINTS)
     if unknown:
-        raise ValueError(f"RLQ_FAULT_AT: unknown point(s) {sorted(unknown)}; allowed: {', '.join(FAULT_POINTS)}")
+        raise ValueError(
+            f"RLQ_FAULT_AT: unknown point(s) {sorted(unknown)}; allowed: {', '.join(FAULT_POINTS)}"
+        )
 
     def hook(point: str) -> None:
         if point in points:
@@ -104,8 +106,9 @@ class TrainingService:
 
     # --- intake --------------------------------------------------------------------------------
 
-    def intake(self, body: bytes | str | dict[str, Any], *, message_id: str | None,
-               delivery_count: int = 1) -> RunRecord | None:
+    def intake(
+        self, body: bytes | str | dict[str, Any], *, message_id: str | None, delivery_count: int = 1
+    ) -> RunRecord | None:
         """The queue trigger's one call: accept, or reject for good (never retried ten times).
 
         Transient errors propagate so the trigger abandons the message and the queue redelivers it.
@@ -124,8 +127,12 @@ class TrainingService:
             record = self._record_rejection(body, message_id, err)
             if self.rejecter is not None:
                 raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
-                self.rejecter.reject(message_id=message_id or "", body=raw, reason=err.reason,
-                                     description=err.description[:4096])
+                self.rejecter.reject(
+                    message_id=message_id or "",
+                    body=raw,
+                    reason=err.reason,
+                    description=err.description[:4096],
+                )
             return record
 
     def accept(self, body: bytes | str | dict[str, Any], *, message_id: str | None) -> RunRecord:
@@ -135,8 +142,14 @@ class TrainingService:
         self._fault("validated")
         backend_name = self._backend_name(request)
         record, inserted = self.store.insert_if_absent(
-            RunRecord(request_id=request.request_id, request=request, backend=backend_name,
-                      message_id=message_id, created_at=self.clock(), updated_at=self.clock())
+            RunRecord(
+                request_id=request.request_id,
+                request=request,
+                backend=backend_name,
+                message_id=message_id,
+                created_at=self.clock(),
+                updated_at=self.clock(),
+            )
         )
         self._fault("inserted")
         if not inserted and record.state is RunState.rejected:
@@ -145,8 +158,9 @@ class TrainingService:
             # reached the compute, so there is nothing it could repeat.
             record = self._revive(record, request, backend_name, message_id)
         if not inserted and record.request is not None and record.request != request:
-            log.warning("request %s delivered again with a different body; the first one stands",
-                        request.request_id)
+            log.warning(
+                "request %s delivered again with a different body; the first one stands", request.request_id
+            )
         claimed = self._claim(record)
         if claimed is None:
             return self.store.get(request.request_id) or record
@@ -154,10 +168,17 @@ class TrainingService:
             return claimed
         return self._submit(claimed)
 
-    def _revive(self, record: RunRecord, request: TrainingRequest, backend: str,
-                message_id: str | None) -> RunRecord:
-        return self._update(record, state=RunState.received, request=request, backend=backend,
-                            message_id=message_id, error=None)
+    def _revive(
+        self, record: RunRecord, request: TrainingRequest, backend: str, message_id: str | None
+    ) -> RunRecord:
+        return self._update(
+            record,
+            state=RunState.received,
+            request=request,
+            backend=backend,
+            message_id=message_id,
+            error=None,
+        )
 
     def _claim(self, record: RunRecord) -> RunRecord | None:
         """Take the right to submit this record, or None when someone else has it / it is done."""
@@ -177,8 +198,11 @@ class TrainingService:
             else:
                 return None  # submitted, running, terminal, rejected: nothing to do for a duplicate
             try:
-                return self.store.update(record.model_copy(update={
-                    "state": RunState.provisioning, "claimed_at": now, "updated_at": now}))
+                return self.store.update(
+                    record.model_copy(
+                        update={"state": RunState.provisioning, "claimed_at": now, "updated_at": now}
+                    )
+                )
             except Conflict:
                 record = self._reload(record.request_id)
         raise TransientError(f"request {record.request_id}: could not claim the run record")
@@ -188,10 +212,18 @@ class TrainingService:
             raise TransientError(f"{self.settings.max_in_flight} runs in flight; try again later")
         record = self._update(record, deferrals=record.deferrals + 1)
         at = self.clock() + timedelta(seconds=self.settings.defer_delay_s)
-        self.sender.send(record.request.model_dump_json().encode(),
-                         message_id=f"{record.request_id}:deferred:{record.deferrals}", scheduled_at=at)
-        log.info("request %s deferred to %s: %d runs in flight (cap %d)", record.request_id,
-                 at.isoformat(timespec="seconds"), self._in_flight(), self.settings.max_in_flight)
+        self.sender.send(
+            record.request.model_dump_json().encode(),
+            message_id=f"{record.request_id}:deferred:{record.deferrals}",
+            scheduled_at=at,
+        )
+        log.info(
+            "request %s deferred to %s: %d runs in flight (cap %d)",
+            record.request_id,
+            at.isoformat(timespec="seconds"),
+            self._in_flight(),
+            self.settings.max_in_flight,
+        )
         return record
 
     def _submit(self, record: RunRecord) -> RunRecord:
@@ -212,8 +244,9 @@ class TrainingService:
         self._fault("submitted")
         now = self.clock()
         try:
-            record = self._update(record, state=RunState.submitted, run_id=run_id, submitted_at=now,
-                                  progress_at=now)
+            record = self._update(
+                record, state=RunState.submitted, run_id=run_id, submitted_at=now, progress_at=now
+            )
         except Exception:
             # The job exists but its run id is not recorded: release the claim too, or the redelivery
             # would find it fresh, take itself for a duplicate and complete — stranding the run.
@@ -226,49 +259,71 @@ class TrainingService:
 
     def _release(self, record: RunRecord) -> None:
         try:
-            self.store.update(record.model_copy(update={"state": RunState.received, "claimed_at": None,
-                                                        "updated_at": self.clock()}))
-        except Exception as err:  # the stale-claim takeover covers this
+            self.store.update(
+                record.model_copy(
+                    update={"state": RunState.received, "claimed_at": None, "updated_at": self.clock()}
+                )
+            )
+        except Exception as err:  # noqa: BLE001 - the stale-claim takeover covers this
             log.warning("could not release the claim on %s: %s", record.request_id, err)
 
-    def _record_give_up(self, body: Any, message_id: str | None, delivery_count: int,
-                        err: TransientError) -> None:
+    def _record_give_up(
+        self, body: Any, message_id: str | None, delivery_count: int, err: TransientError
+    ) -> None:
         request_id = _guess_request_id(body) or message_id
         record = self.store.get(request_id) if request_id else None
         if record is None or record.state is not RunState.received:
             return  # nothing recorded (the dead letter is the whole story), or the run went on
-        note = (f"dead-lettered after {delivery_count} deliveries; last error: {err}. "
-                "Resubmit it once the fault is fixed (rlq dead-letters --resubmit SEQ).")
+        note = (
+            f"dead-lettered after {delivery_count} deliveries; last error: {err}. "
+            "Resubmit it once the fault is fixed (rlq dead-letters --resubmit SEQ)."
+        )
         try:
             self._update(record, state=RunState.rejected, error=note)
-        except Exception as store_err:  # the dead letter still holds the request
+        except Exception as store_err:  # noqa: BLE001 - the dead letter still holds the request
             log.warning("could not record the give-up on %s: %s", request_id, store_err)
 
     def _record_rejection(self, body: Any, message_id: str | None, err: PermanentError) -> RunRecord | None:
         request_id = _guess_request_id(body) or message_id
         if not request_id:
             return None
-        record, inserted = self.store.insert_if_absent(RunRecord(
-            request_id=request_id, state=RunState.rejected, message_id=message_id, error=err.description,
-            created_at=self.clock(), updated_at=self.clock()))
+        record, _inserted = self.store.insert_if_absent(
+            RunRecord(
+                request_id=request_id,
+                state=RunState.rejected,
+                message_id=message_id,
+                error=err.description,
+                created_at=self.clock(),
+                updated_at=self.clock(),
+            )
+        )
         return record
 
     def _check_caps(self, request: TrainingRequest) -> None:
         s, c = self.settings, request.compute
         if c.workers is not None or c.head is not None:
             if c.total_nodes() > s.max_nodes_per_request:
-                raise Forbidden(f"compute: {c.total_nodes()} nodes requested; the cap is {s.max_nodes_per_request}")
+                raise Forbidden(
+                    f"compute: {c.total_nodes()} nodes requested; the cap is {s.max_nodes_per_request}"
+                )
             if c.total_gpus() > s.max_gpus_per_request:
-                raise Forbidden(f"compute: {c.total_gpus()} GPUs requested; the cap is {s.max_gpus_per_request}")
+                raise Forbidden(
+                    f"compute: {c.total_gpus()} GPUs requested; the cap is {s.max_gpus_per_request}"
+                )
         if c.max_run_duration_s is not None and c.max_run_duration_s > s.max_run_duration_s:
-            raise Forbidden(f"compute.max_run_duration_s: {c.max_run_duration_s} is over the cap of "
-                            f"{s.max_run_duration_s} s")
+            raise Forbidden(
+                f"compute.max_run_duration_s: {c.max_run_duration_s} is over the cap of "
+                f"{s.max_run_duration_s} s"
+            )
         if request.stop.time_total_s is not None and request.stop.time_total_s > s.max_run_duration_s:
-            raise Forbidden(f"stop.time_total_s: {request.stop.time_total_s} is over the cap of "
-                            f"{s.max_run_duration_s} s")
+            raise Forbidden(
+                f"stop.time_total_s: {request.stop.time_total_s} is over the cap of {s.max_run_duration_s} s"
+            )
         if c.backend is not None and c.backend not in self.compute:
-            raise Forbidden(f"compute.backend: {c.backend!r} is not enabled here; enabled: "
-                            f"{', '.join(sorted(self.compute))}")
+            raise Forbidden(
+                f"compute.backend: {c.backend!r} is not enabled here; enabled: "
+                f"{', '.join(sorted(self.compute))}"
+            )
         self._check_notify(request)
 
     def _check_notify(self, request: TrainingRequest) -> None:
@@ -282,6 +337,7 @@ class TrainingService:
         if not urls:
             return
         from shared.adapters.webhooks import UnsafeUrl, check_url  # lazily: the core imports no httpx
+
         s = self.settings
         for kind, i, url in urls:
             try:
@@ -301,8 +357,16 @@ class TrainingService:
         """One timer tick: every active run polled with bounded concurrency and a time budget."""
         started = time.monotonic()
         report = TickReport()
-        todo = self.store.list(states=[RunState.submitted, RunState.running, *TERMINAL,
-                                       RunState.received, RunState.provisioning], limit=1_000_000)
+        todo = self.store.list(
+            states=[
+                RunState.submitted,
+                RunState.running,
+                *TERMINAL,
+                RunState.received,
+                RunState.provisioning,
+            ],
+            limit=1_000_000,
+        )
         todo = [r for r in todo if self._needs_poll(r)]
         if not todo:
             report.wall_s = time.monotonic() - started
@@ -316,7 +380,7 @@ class TrainingService:
             rec = futures[fut]
             try:
                 outcome = fut.result()
-            except Exception as err:  # one run's failure never blocks the others
+            except Exception as err:  # noqa: BLE001 - one run's failure never blocks the others
                 report.errors.append(f"{rec.request_id}: {type(err).__name__}: {err}")
                 log.warning("poll of %s failed: %s", rec.request_id, err)
                 continue
@@ -378,13 +442,19 @@ class TrainingService:
         changes: dict[str, Any] = {"poll_failures": 0}
         if st.portal_url and st.portal_url != record.portal_url:
             changes["portal_url"] = st.portal_url
-        if st.progress is not None and (record.progress is None or st.progress.iteration > record.progress.iteration
-                                        or st.progress.timesteps > record.progress.timesteps):
-            changes.update(progress=st.progress, progress_at=now,
-                           curve=_append_curve(record.curve, st.progress))
+        if st.progress is not None and (
+            record.progress is None
+            or st.progress.iteration > record.progress.iteration
+            or st.progress.timesteps > record.progress.timesteps
+        ):
+            changes.update(
+                progress=st.progress, progress_at=now, curve=_append_curve(record.curve, st.progress)
+            )
         outcome: str | None = None
         if st.state == "running" and record.state is RunState.submitted:
-            changes.update(state=RunState.running, started_at=now, progress_at=changes.get("progress_at", now))
+            changes.update(
+                state=RunState.running, started_at=now, progress_at=changes.get("progress_at", now)
+            )
             outcome = "running"
         summary: dict[str, Any] = {}
         if st.state in ("succeeded", "failed", "stopped"):
@@ -397,13 +467,21 @@ class TrainingService:
             last = changes.get("progress_at") or record.progress_at or began
             if (now - began).total_seconds() > limit:
                 backend.cancel(record.run_id or "")
-                changes.update(state=RunState.timed_out, stop_reason="time_limit",
-                               error=f"run exceeded its maximum duration of {limit:.0f} s")
+                changes.update(
+                    state=RunState.timed_out,
+                    stop_reason="time_limit",
+                    error=f"run exceeded its maximum duration of {limit:.0f} s",
+                )
                 outcome = "timed_out"
-            elif (now - last).total_seconds() > self.settings.stall_timeout_s and record.state is RunState.running:
+            elif (
+                now - last
+            ).total_seconds() > self.settings.stall_timeout_s and record.state is RunState.running:
                 backend.cancel(record.run_id or "")
-                changes.update(state=RunState.failed, stop_reason="stalled",
-                               error=f"no training progress for {self.settings.stall_timeout_s:.0f} s")
+                changes.update(
+                    state=RunState.failed,
+                    stop_reason="stalled",
+                    error=f"no training progress for {self.settings.stall_timeout_s:.0f} s",
+                )
                 outcome = "stalled"
         if changes.get("state") in TERMINAL:
             self._terminate(record, summary=summary, **changes)
@@ -431,21 +509,28 @@ class TrainingService:
         error = summary.get("error") or st.error
         if state is RunState.canceled and not record.cancel_requested:
             error = error or "the job was stopped outside rlq"
-        return {"state": state, "stop_reason": stop_reason,
-                "error": error if state is not RunState.completed else None}
+        return {
+            "state": state,
+            "stop_reason": stop_reason,
+            "error": error if state is not RunState.completed else None,
+        }
 
     def _limit_s(self, record: RunRecord) -> float:
         req = record.request
         limit = self.settings.default_run_duration_s
         if req is not None:
-            limit = req.compute.max_run_duration_s or (req.stop.time_total_s and req.stop.time_total_s * 2 + 600) \
+            limit = (
+                req.compute.max_run_duration_s
+                or (req.stop.time_total_s and req.stop.time_total_s * 2 + 600)
                 or limit
+            )
         return float(min(limit, self.settings.max_run_duration_s))
 
     # --- completion (outbox) -------------------------------------------------------------------
 
-    def _terminate(self, record: RunRecord, *, summary: dict[str, Any] | None = None,
-                   **changes: Any) -> RunRecord:
+    def _terminate(
+        self, record: RunRecord, *, summary: dict[str, Any] | None = None, **changes: Any
+    ) -> RunRecord:
         """Terminal state and completion message in one write (the outbox), then publish."""
         changes.setdefault("finished_at", self.clock())
         ended = record.model_copy(update=changes)
@@ -505,7 +590,7 @@ class TrainingService:
         if record is not None and self.artifacts is not None:
             try:  # the reward curve beside the run's outputs; a picture never blocks a notification
                 self.artifacts(record)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - a picture never blocks a notification
                 log.warning("could not save the reward curve of %s: %s", message.request_id, err)
         if self.notifier is None:
             return []
@@ -545,9 +630,15 @@ class TrainingService:
         request = parse_request(body, default_id=uuid.uuid4().hex, max_bytes=self.settings.max_body_bytes)
         self._check_caps(request)
         self.sender.send(request.model_dump_json().encode(), message_id=request.request_id)
-        self.store.insert_if_absent(RunRecord(request_id=request.request_id, request=request,
-                                              backend=self._backend_name(request), created_at=self.clock(),
-                                              updated_at=self.clock()))
+        self.store.insert_if_absent(
+            RunRecord(
+                request_id=request.request_id,
+                request=request,
+                backend=self._backend_name(request),
+                created_at=self.clock(),
+                updated_at=self.clock(),
+            )
+        )
         return request.request_id
 
     # --- helpers -------------------------------------------------------------------------------
@@ -592,10 +683,12 @@ def _guess_request_id(body: Any) -> str | None:
     return None
 
 
-def _append_curve(curve: list[tuple[int, int, float | None]], p: Progress) -> list[tuple[int, int, float | None]]:
-    out = list(curve) + [(p.iteration, p.timesteps, p.episode_reward_mean)]
+def _append_curve(
+    curve: list[tuple[int, int, float | None]], p: Progress
+) -> list[tuple[int, int, float | None]]:
+    out = [*list(curve), (p.iteration, p.timesteps, p.episode_reward_mean)]
     if len(out) > CURVE_POINTS:  # keep the first point and thin the rest evenly
-        out = [out[0]] + out[1::2]
+        out = [out[0], *out[1::2]]
     return out
 
 

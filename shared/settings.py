@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="whsec_… secrets; the first signs, all are accepted."
     )
-    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Endpoints every run notifies.")
+    webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Endpoints every run notifies."
+    )
     webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = Field(5, ge=1, le=20)
@@ -95,12 +97,17 @@ class Settings(BaseSettings):
     worker_min_nodes: int = 0
     worker_max_nodes: int = 4
     worker_node_count: int = 4
-    rejected_queue_name: str = Field("training-rejected", description="Service Bus queue keeping requests that can never run.")
+    rejected_queue_name: str = Field(
+        "training-rejected", description="Service Bus queue keeping requests that can never run."
+    )
     azureml_base_image: str = Field(
         "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04",
-        description="Docker base image of the Azure ML head and workers (one image: Ray needs equal versions).")
+        description="Docker base image of the Azure ML head and workers (one image: Ray needs equal versions).",
+    )
     azureml_nsg_check: Literal["enforce", "warn", "off"] = Field(
-        "enforce", description="Check the aml subnet's NSG before submitting; enforce: a missing rule fails the run.")
+        "enforce",
+        description="Check the aml subnet's NSG before submitting; enforce: a missing rule fails the run.",
+    )
 
     @field_validator("webhook_secrets", "webhook_urls", "webhook_allow_hosts", mode="before")
     @classmethod

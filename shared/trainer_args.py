@@ -13,9 +13,16 @@ from typing import Any
 from shared.models import TrainingRequest
 
 
-def trainer_argv(request: TrainingRequest, *, output_dir: str, checkpoint_freq: int,
-                 config: dict[str, Any] | None = None, stop: dict[str, Any] | None = None,
-                 restore: str | None = None, ray_address: str | None = None) -> list[str]:
+def trainer_argv(
+    request: TrainingRequest,
+    *,
+    output_dir: str,
+    checkpoint_freq: int,
+    config: dict[str, Any] | None = None,
+    stop: dict[str, Any] | None = None,
+    restore: str | None = None,
+    ray_address: str | None = None,
+) -> list[str]:
     """``--run … --env … --config … --stop … --output-dir …`` and the optional flags.
 
     ``config`` / ``stop`` default to the request's own (a backend passes them when it adds to
@@ -24,13 +31,19 @@ def trainer_argv(request: TrainingRequest, *, output_dir: str, checkpoint_freq: 
     config = request.config if config is None else config
     stop = request.stop.model_dump(exclude_none=True) if stop is None else stop
     argv = [
-        "--run", request.algorithm,
-        "--env", request.env,
-        "--config", json.dumps(config, sort_keys=True, separators=(",", ":")),
-        "--stop", json.dumps(stop, sort_keys=True, separators=(",", ":")),
-        "--output-dir", output_dir,
+        "--run",
+        request.algorithm,
+        "--env",
+        request.env,
+        "--config",
+        json.dumps(config, sort_keys=True, separators=(",", ":")),
+        "--stop",
+        json.dumps(stop, sort_keys=True, separators=(",", ":")),
+        "--output-dir",
+        output_dir,
         *(["--ray-address", ray_address] if ray_address else []),
-        "--checkpoint-freq", str(int(checkpoint_freq)),
+        "--checkpoint-freq",
+        str(int(checkpoint_freq)),
     ]
     if restore:
         argv += ["--restore", restore]

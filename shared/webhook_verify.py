@@ -88,8 +88,15 @@ def verify(
     msg_id = lower.get("webhook-id")
     stamp = lower.get("webhook-timestamp")
     signature = lower.get("webhook-signature")
-    missing = [name for name, value in (("webhook-id", msg_id), ("webhook-timestamp", stamp),
-                                        ("webhook-signature", signature)) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("webhook-id", msg_id),
+            ("webhook-timestamp", stamp),
+            ("webhook-signature", signature),
+        )
+        if not value
+    ]
     if missing:
         raise WebhookVerificationError(f"missing header(s): {', '.join(missing)}")
     assert msg_id is not None and stamp is not None and signature is not None

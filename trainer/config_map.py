@@ -12,11 +12,13 @@ Two tables drive the config mapping:
 
 The stop criteria have their own table, ``STOP_KEYS``.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 ALGORITHMS = ("IMPALA", "APPO", "PPO")
 MAX_WORKERS = 1024
@@ -25,8 +27,7 @@ MAX_WORKERS = 1024
 class UsageError(Exception):
     """A user mistake: printed as one line to stderr and exit code 2."""
 
-    def __init__(self, field_name: str, value: Any, allowed: str, detail: str = "",
-                 message: str = ""):
+    def __init__(self, field_name: str, value: Any, allowed: str, detail: str = "", message: str = ""):
         self.field = field_name
         self.value = value
         self.allowed = allowed
@@ -53,7 +54,7 @@ def _show(value: Any) -> str:
 @dataclass(frozen=True)
 class Kind:
     describe: str
-    check: Callable[[Any], Optional[Any]]  # returns normalised value, or None if bad
+    check: Callable[[Any], Any | None]  # returns normalised value, or None if bad
 
     def __call__(self, name: str, value: Any) -> Any:
         out = self.check(value)
@@ -94,10 +95,20 @@ def num_or_schedule(lo: float, hi: float) -> Kind:
     def check(v):
         if _is_num(v) and lo <= v <= hi:
             return float(v)
-        if isinstance(v, list) and v and all(
-            isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and p[0] >= 0
-            and _is_num(p[1]) and lo <= p[1] <= hi for p in v
-        ) and v[0][0] == 0:
+        if (
+            isinstance(v, list)
+            and v
+            and all(
+                isinstance(p, list)
+                and len(p) == 2
+                and _is_int(p[0])
+                and p[0] >= 0
+                and _is_num(p[1])
+                and lo <= p[1] <= hi
+                for p in v
+            )
+            and v[0][0] == 0
+        ):
             return [[int(a), float(b)] for a, b in v]
         return None
 
@@ -158,7 +169,7 @@ _ALL = None
 _ASYNC = ("IMPALA", "APPO")
 _PPOISH = ("PPO", "APPO")
 
-SETTINGS: Dict[str, Tuple[str, Kind, Optional[Tuple[str, ...]]]] = {
+SETTINGS: dict[str, tuple[str, Kind, tuple[str, ...] | None]] = {
     # env_runners()
     "num_env_runners": ("env_runners", int_range(0, MAX_WORKERS), _ALL),
     "num_envs_per_env_runner": ("env_runners", int_range(1, 1024), _ALL),
@@ -200,7 +211,14 @@ SETTINGS: Dict[str, Tuple[str, Kind, Optional[Tuple[str, ...]]]] = {
     "circular_buffer_num_batches": ("training", int_range(1, 1024), ("APPO",)),
     "circular_buffer_iterations_per_batch": ("training", int_range(1, 1024), ("APPO",)),
     # environment()
-    "clip_rewards": ("environment", Kind("true, false or a positive number", lambda v: v if isinstance(v, bool) else (float(v) if _is_num(v) and v > 0 else None)), _ALL),
+    "clip_rewards": (
+        "environment",
+        Kind(
+            "true, false or a positive number",
+            lambda v: v if isinstance(v, bool) else (float(v) if _is_num(v) and v > 0 else None),
+        ),
+        _ALL,
+    ),
     # reporting()
     "min_time_s_per_iteration": ("reporting", num_range(0.0, 86_400), _ALL),
     "min_sample_timesteps_per_iteration": ("reporting", int_range(0, 100_000_000), _ALL),
@@ -234,7 +252,7 @@ SETTINGS: Dict[str, Tuple[str, Kind, Optional[Tuple[str, ...]]]] = {
 #   ("rename", today's name, note)   -> value moved to today's name
 #   ("special", handler name, note)  -> handled by code below
 #   ("ignore", reason)               -> no meaning today; logged and dropped
-LEGACY: Dict[str, Tuple[str, ...]] = {
+LEGACY: dict[str, tuple[str, ...]] = {
     "num_workers": ("rename", "num_env_runners", ""),
     "num_envs_per_worker": ("rename", "num_envs_per_env_runner", ""),
     "num_cpus_per_worker": ("rename", "num_cpus_per_env_runner", ""),
@@ -250,18 +268,29 @@ LEGACY: Dict[str, Tuple[str, ...]] = {
     "timesteps_per_iteration": ("rename", "min_sample_timesteps_per_iteration", ""),
     "metrics_smoothing_episodes": ("rename", "metrics_num_episodes_for_smoothing", ""),
     "metrics_num_episodes_for_smoothing": ("rename", "metrics_num_episodes_for_smoothing", ""),
-    "num_gpus": ("special", "num_gpus",
-                 "learner GPUs: <= 1 -> num_gpus_per_learner of the one Learner; "
-                 "n > 1 -> num_learners=n, num_gpus_per_learner=1"),
+    "num_gpus": (
+        "special",
+        "num_gpus",
+        "learner GPUs: <= 1 -> num_gpus_per_learner of the one Learner; "
+        "n > 1 -> num_learners=n, num_gpus_per_learner=1",
+    ),
     "model": ("special", "model", "model sub-keys go to rl_module(model_config=...)"),
     "env_config": ("special", "env_config", "Atari preprocessing settings"),
-    "num_data_loader_buffers": ("ignore",
-                                "old API stack IMPALA multi-GPU tower buffers; the new API stack "
-                                "Learner loads batches itself (see num_gpu_loader_threads)"),
-    "num_multi_gpu_tower_stacks": ("ignore", "old API stack only; the new API stack Learner has no tower stacks"),
+    "num_data_loader_buffers": (
+        "ignore",
+        "old API stack IMPALA multi-GPU tower buffers; the new API stack "
+        "Learner loads batches itself (see num_gpu_loader_threads)",
+    ),
+    "num_multi_gpu_tower_stacks": (
+        "ignore",
+        "old API stack only; the new API stack Learner has no tower stacks",
+    ),
     "minibatch_buffer_size": ("ignore", "old API stack only"),
     "replay_proportion": ("ignore", "mixin replay is not supported by IMPALA/APPO on the new API stack"),
-    "replay_buffer_num_slots": ("ignore", "mixin replay is not supported by IMPALA/APPO on the new API stack"),
+    "replay_buffer_num_slots": (
+        "ignore",
+        "mixin replay is not supported by IMPALA/APPO on the new API stack",
+    ),
     "learner_queue_timeout": ("ignore", "old API stack only"),
     "opt_type": ("ignore", "the new API stack Learner always uses Adam"),
     "decay": ("ignore", "RMSProp setting; the new API stack Learner always uses Adam"),
@@ -284,7 +313,7 @@ LEGACY: Dict[str, Tuple[str, ...]] = {
 }
 
 # model.<key> (old model config dict).
-MODEL_LEGACY: Dict[str, Tuple[str, ...]] = {
+MODEL_LEGACY: dict[str, tuple[str, ...]] = {
     "dim": ("rename", "dim", "Atari frames are resized to dim x dim by the env creator"),
     "framestack": ("special", "framestack", "frame stacking is done by the env creator (4 frames)"),
     "grayscale": ("ignore", "frames are always grayscaled"),
@@ -306,27 +335,37 @@ MODEL_LEGACY: Dict[str, Tuple[str, ...]] = {
     "custom_model_config": ("ignore", "custom models are not accepted from a request"),
 }
 
-ENV_CONFIG_KEYS = ("dim", "framestack", "frameskip", "noop_max", "repeat_action_probability",
-                   "max_episode_steps")
+ENV_CONFIG_KEYS = (
+    "dim",
+    "framestack",
+    "frameskip",
+    "noop_max",
+    "repeat_action_probability",
+    "max_episode_steps",
+)
 
 
 @dataclass
 class MappedConfig:
     """Result of mapping a user config: today's names only."""
 
-    settings: Dict[str, Any] = field(default_factory=dict)
-    notes: List[str] = field(default_factory=list)  # one line per mapped/ignored name
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # one line per mapped/ignored name
 
-    def section(self, method: str) -> Dict[str, Any]:
+    def section(self, method: str) -> dict[str, Any]:
         return {k: v for k, v in self.settings.items() if SETTINGS[k][0] == method}
 
 
 def _set(out: MappedConfig, name: str, value: Any, source: str, algorithm: str) -> None:
-    method, kind, algos = SETTINGS[name]
+    _method, kind, algos = SETTINGS[name]
     value = kind(source, value)
     if algos is not None and algorithm not in algos:
-        raise UsageError(source, value, f"a setting of {', '.join(algos)} (not {algorithm})",
-                         f"{name} does not apply to {algorithm}")
+        raise UsageError(
+            source,
+            value,
+            f"a setting of {', '.join(algos)} (not {algorithm})",
+            f"{name} does not apply to {algorithm}",
+        )
     out.settings[name] = value
 
 
@@ -341,28 +380,35 @@ def map_config(user: Any, algorithm: str) -> MappedConfig:
             _set(out, key, value, src, algorithm)
             continue
         if key not in LEGACY:
-            raise UsageError(src, value, "a known setting",
-                             f"unknown key {key!r}; accepted: " + _accepted_summary())
+            raise UsageError(
+                src, value, "a known setting", f"unknown key {key!r}; accepted: " + _accepted_summary()
+            )
         entry = LEGACY[key]
         if entry[0] == "rename":
             _set(out, entry[1], value, src, algorithm)
             if entry[1] != key:
                 note = f" ({entry[2]})" if entry[2] else ""
-                out.notes.append(f"config: {key}={_show(value)} -> {entry[1]}={_show(out.settings[entry[1]])}{note}")
+                out.notes.append(
+                    f"config: {key}={_show(value)} -> {entry[1]}={_show(out.settings[entry[1]])}{note}"
+                )
         elif entry[0] == "ignore":
             out.notes.append(f"config: {key}={_show(value)} ignored: {entry[1]}")
         elif entry[1] == "num_gpus":
             n = num_range(0, 64)(src, value)
             if n <= 1:
                 out.settings["num_gpus_per_learner"] = n
-                out.notes.append(f"config: num_gpus={_show(value)} -> num_gpus_per_learner={n:g} "
-                                 f"(one Learner: IMPALA/APPO remote, PPO in the driver)")
+                out.notes.append(
+                    f"config: num_gpus={_show(value)} -> num_gpus_per_learner={n:g} "
+                    f"(one Learner: IMPALA/APPO remote, PPO in the driver)"
+                )
             else:
                 if not float(n).is_integer():
                     raise UsageError(src, value, "a number <= 1 or a whole number of GPUs")
                 out.settings["num_learners"] = int(n)
                 out.settings["num_gpus_per_learner"] = 1.0
-                out.notes.append(f"config: num_gpus={_show(value)} -> num_learners={int(n)}, num_gpus_per_learner=1")
+                out.notes.append(
+                    f"config: num_gpus={_show(value)} -> num_learners={int(n)}, num_gpus_per_learner=1"
+                )
         elif entry[1] == "model":
             _map_model(out, value, algorithm)
         elif entry[1] == "env_config":
@@ -381,8 +427,7 @@ def _map_model(out: MappedConfig, value: Any, algorithm: str) -> None:
     for key, v in value.items():
         src = f"--config.model.{key}"
         if key not in MODEL_LEGACY:
-            raise UsageError(src, v, "a known model setting",
-                             "accepted: " + ", ".join(sorted(MODEL_LEGACY)))
+            raise UsageError(src, v, "a known model setting", "accepted: " + ", ".join(sorted(MODEL_LEGACY)))
         entry = MODEL_LEGACY[key]
         if entry[0] == "rename":
             _set(out, entry[1], v, src, algorithm)
@@ -418,7 +463,7 @@ def default_num_env_runners(num_cpus: float) -> int:
 STOP_REASONS = ("reward_reached", "time_limit", "timesteps_limit", "iterations_limit")
 
 #   user key -> (canonical key, reason, kind, note)
-STOP_KEYS: Dict[str, Tuple[str, str, Kind]] = {
+STOP_KEYS: dict[str, tuple[str, str, Kind]] = {
     "episode_reward_mean": ("episode_reward_mean", "reward_reached", num_range(-1e9, 1e9)),
     "env_runners/episode_return_mean": ("episode_reward_mean", "reward_reached", num_range(-1e9, 1e9)),
     "episode_return_mean": ("episode_reward_mean", "reward_reached", num_range(-1e9, 1e9)),
@@ -430,15 +475,14 @@ STOP_KEYS: Dict[str, Tuple[str, str, Kind]] = {
 }
 
 
-def map_stop(user: Any) -> Dict[str, float]:
+def map_stop(user: Any) -> dict[str, float]:
     """Validate ``--stop`` and return {canonical key: threshold}."""
     if not isinstance(user, dict):
         raise UsageError("--stop", user, "a JSON object")
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for key, value in user.items():
         if key not in STOP_KEYS:
-            raise UsageError(f"--stop.{key}", value, "a known stop key",
-                             "accepted: " + ", ".join(STOP_KEYS))
+            raise UsageError(f"--stop.{key}", value, "a known stop key", "accepted: " + ", ".join(STOP_KEYS))
         canon, _reason, kind = STOP_KEYS[key]
         v = kind(f"--stop.{key}", value)
         if canon in out and out[canon] != v:
@@ -447,11 +491,15 @@ def map_stop(user: Any) -> Dict[str, float]:
     return out
 
 
-_REASON = {"episode_reward_mean": "reward_reached", "time_total_s": "time_limit",
-           "timesteps": "timesteps_limit", "training_iteration": "iterations_limit"}
+_REASON = {
+    "episode_reward_mean": "reward_reached",
+    "time_total_s": "time_limit",
+    "timesteps": "timesteps_limit",
+    "training_iteration": "iterations_limit",
+}
 
 
-def check_stop(stop: Dict[str, float], row: Dict[str, Any]) -> Optional[str]:
+def check_stop(stop: dict[str, float], row: dict[str, Any]) -> str | None:
     """Return the stop reason met by a metrics row (reward first), or None."""
     r = row.get("episode_reward_mean")
     if "episode_reward_mean" in stop and r is not None and r >= stop["episode_reward_mean"]:

@@ -11,16 +11,17 @@ starts, episodic life, FIRE on reset, and a stack of the last 4 frames *inside t
 env-to-module connector, so evaluation only has to use the same creator to see exactly the
 observations the policy was trained on.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 ENV_PREFIX = "rlq/"
 ATARI_DEFAULTS = {"dim": 84, "framestack": 4, "frameskip": 4, "noop_max": 30}
 
 
 def _register_ale() -> None:
-    import ale_py  # noqa: F401  (registers the ALE namespace)
+    import ale_py
     import gymnasium
 
     gymnasium.register_envs(ale_py)
@@ -33,7 +34,7 @@ def env_spec(env_id: str):
     _register_ale()
     try:
         return gymnasium.spec(env_id)
-    except Exception:  # gymnasium raises several error types for unknown ids
+    except Exception:  # noqa: BLE001 - gymnasium raises several error types for unknown ids
         return None
 
 
@@ -41,11 +42,13 @@ def is_atari(env_id: str) -> bool:
     spec = env_spec(env_id)
     if spec is None:
         return False
-    ep = spec.entry_point if isinstance(spec.entry_point, str) else getattr(spec.entry_point, "__module__", "")
+    ep = (
+        spec.entry_point if isinstance(spec.entry_point, str) else getattr(spec.entry_point, "__module__", "")
+    )
     return "ale_py" in str(ep)
 
 
-def make_env(env_config: Dict[str, Any]):
+def make_env(env_config: dict[str, Any]):
     """Module-level env creator: ``env_config["env_id"]`` plus Atari preprocessing options.
 
     Used through ``ray.tune.registry.register_env`` (see ``register``) and directly by
@@ -56,8 +59,8 @@ def make_env(env_config: Dict[str, Any]):
     _register_ale()
     cfg = dict(env_config or {})
     env_id = cfg["env_id"]
-    render_mode: Optional[str] = cfg.get("render_mode")
-    kwargs: Dict[str, Any] = {}
+    render_mode: str | None = cfg.get("render_mode")
+    kwargs: dict[str, Any] = {}
     if render_mode:
         kwargs["render_mode"] = render_mode
     if is_atari(env_id):
@@ -108,9 +111,9 @@ def register(env_id: str) -> str:
     return name
 
 
-def env_config_for(env_id: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+def env_config_for(env_id: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The env_config passed to ``make_env`` (also stored in the checkpoint dir for evaluation)."""
-    cfg: Dict[str, Any] = {"env_id": env_id}
+    cfg: dict[str, Any] = {"env_id": env_id}
     for k in ("dim", "framestack", "frameskip", "noop_max", "repeat_action_probability", "max_episode_steps"):
         if k in settings:
             cfg[k] = settings[k]

@@ -9,6 +9,7 @@ so no env-to-module connector has to be reproduced), plays N episodes taking the
 action, prints the mean return and a final line ``RLQ_EVAL {json}``.
 Exit codes: 0 ok, 1 evaluation failed, 2 bad arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,19 +17,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import envs  # noqa: E402
+from trainer import envs
 
 PROG = "rlq-evaluate"
 MAX_GIF_FRAMES = 300
 GIF_WIDTH = 160
 
 
-def _local_path(path: Union[str, Path]) -> Path:
+def _local_path(path: str | Path) -> Path:
     text = str(path)
     if text.startswith("file://"):
         from urllib.parse import unquote, urlparse
@@ -41,7 +42,7 @@ def module_path(ckpt: Path) -> Path:
     return ckpt / "learner_group" / "learner" / "rl_module" / "default_policy"
 
 
-def load_meta(ckpt: Path, env_id: Optional[str] = None) -> Dict[str, Any]:
+def load_meta(ckpt: Path, env_id: str | None = None) -> dict[str, Any]:
     meta_file = ckpt / "rlq_meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     if env_id:
@@ -63,15 +64,17 @@ def _downscale(frame):
     return img
 
 
-def _render(env, fallback: List[bool]):
+def _render(env, fallback: list[bool]):
     """``env.render()``; CartPole without pygame is drawn from its state with PIL instead."""
-    import numpy as np
 
     if not fallback[0]:
         try:
             return env.render()
         except Exception as exc:  # gymnasium.error.DependencyNotInstalled (pygame)
-            if getattr(env.unwrapped, "state", None) is None or "CartPole" not in type(env.unwrapped).__name__:
+            if (
+                getattr(env.unwrapped, "state", None) is None
+                or "CartPole" not in type(env.unwrapped).__name__
+            ):
                 raise
             fallback[0] = True
             print(f"{PROG}: note: {exc}; drawing CartPole frames with PIL", file=sys.stderr)
@@ -100,9 +103,14 @@ def _draw_cartpole(cp):
     return np.asarray(img)
 
 
-def evaluate(checkpoint: Union[str, Path], episodes: int, gif: Optional[Union[str, Path]] = None,
-             env_id: Optional[str] = None, seed: Optional[int] = None,
-             max_steps_per_episode: int = 108_000) -> Dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path,
+    episodes: int,
+    gif: str | Path | None = None,
+    env_id: str | None = None,
+    seed: int | None = None,
+    max_steps_per_episode: int = 108_000,
+) -> dict[str, Any]:
     import numpy as np
     import torch
     from ray.rllib.core.columns import Columns
@@ -116,9 +124,9 @@ def evaluate(checkpoint: Union[str, Path], episodes: int, gif: Optional[Union[st
     if gif:
         env_config["render_mode"] = "rgb_array"
     env = envs.make_env(env_config)
-    returns: List[float] = []
-    lengths: List[int] = []
-    frames: List[Any] = []
+    returns: list[float] = []
+    lengths: list[int] = []
+    frames: list[Any] = []
     fallback = [False]
     t0 = time.time()
     for ep in range(episodes):
@@ -141,7 +149,7 @@ def evaluate(checkpoint: Union[str, Path], episodes: int, gif: Optional[Union[st
         returns.append(total)
         lengths.append(steps)
     env.close()
-    result: Dict[str, Any] = {
+    result: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "env": meta["env"],
         "episodes": episodes,
@@ -157,14 +165,13 @@ def evaluate(checkpoint: Union[str, Path], episodes: int, gif: Optional[Union[st
         gif_path.parent.mkdir(parents=True, exist_ok=True)
         if len(frames) < 2 and frames:
             frames.append(frames[0])
-        frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=40, loop=0,
-                       optimize=False)
+        frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=40, loop=0, optimize=False)
         result["gif"] = str(gif_path)
         result["gif_frames"] = len(frames)
     return result
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description="Greedy evaluation of an rlq checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint dir or file:// URI")
     p.add_argument("--episodes", type=int, default=5)
@@ -174,17 +181,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     ckpt = _local_path(args.checkpoint)
     if not module_path(ckpt).is_dir():
-        print(f"{PROG}: error: --checkpoint: {args.checkpoint!r} is not allowed; expected an RLlib "
-              f"checkpoint directory containing learner_group/learner/rl_module/default_policy",
-              file=sys.stderr)
+        print(
+            f"{PROG}: error: --checkpoint: {args.checkpoint!r} is not allowed; expected an RLlib "
+            f"checkpoint directory containing learner_group/learner/rl_module/default_policy",
+            file=sys.stderr,
+        )
         return 2
     if not 1 <= args.episodes <= 10_000:
-        print(f"{PROG}: error: --episodes: {args.episodes} is not allowed; expected an integer "
-              f"between 1 and 10000", file=sys.stderr)
+        print(
+            f"{PROG}: error: --episodes: {args.episodes} is not allowed; expected an integer "
+            f"between 1 and 10000",
+            file=sys.stderr,
+        )
         return 2
     try:
         res = evaluate(ckpt, args.episodes, gif=args.gif, env_id=args.env, seed=args.seed)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as an exit code
         import traceback
 
         traceback.print_exc()

@@ -4,16 +4,17 @@ All names are today's RLlib (Ray 2.60, new API stack) names as accepted by
 ``trainer.config_map.SETTINGS``. ``num_env_runners`` is left out where the seed rule
 (all CPUs Ray sees minus one) should decide it at run time.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 # --- CartPole (classic control): aim = mean return 450 as fast as possible on 2 cores. ---
 # PPO: close to the rl-zoo CartPole hyper-parameters (8 envs, gamma 0.98, GAE lambda 0.8, 20
 # epochs, minibatch 256, lr 1e-3 decaying) but 64 steps per env per iteration (batch 512, two
 # minibatches) to halve RLlib's per-iteration overhead; sampling happens in the driver process
 # (no EnvRunner actors: the env is far cheaper than an actor round trip).
-CARTPOLE_PPO: Dict[str, Any] = {
+CARTPOLE_PPO: dict[str, Any] = {
     "num_env_runners": 0,
     "num_envs_per_env_runner": 8,
     "rollout_fragment_length": 64,
@@ -39,7 +40,7 @@ CARTPOLE_PPO: Dict[str, Any] = {
 
 # IMPALA / APPO: one EnvRunner with 8 vectorised envs feeding one remote Learner actor (RLlib's
 # default), small batches and 4 passes over each batch.
-CARTPOLE_IMPALA: Dict[str, Any] = {
+CARTPOLE_IMPALA: dict[str, Any] = {
     "num_env_runners": 1,
     "num_envs_per_env_runner": 8,
     "rollout_fragment_length": 32,
@@ -55,13 +56,13 @@ CARTPOLE_IMPALA: Dict[str, Any] = {
     "min_time_s_per_iteration": 1,
     "min_sample_timesteps_per_iteration": 0,
 }
-CARTPOLE_APPO: Dict[str, Any] = dict(CARTPOLE_IMPALA)
+CARTPOLE_APPO: dict[str, Any] = dict(CARTPOLE_IMPALA)
 
 # --- Atari (Pong and any other ALE game): aim = mean reward 18 as fast as the hardware
 # allows. EnvRunners = CPUs - 1 (seed rule, decided at run time), 8 vectorised envs each,
 # the Learner (IMPALA/APPO: RLlib's default one remote Learner actor, asynchronous updates;
 # PPO: in the driver) on the GPU when there is one.
-ATARI_IMPALA: Dict[str, Any] = {
+ATARI_IMPALA: dict[str, Any] = {
     "num_envs_per_env_runner": 8,
     "rollout_fragment_length": 50,
     "train_batch_size_per_learner": 500,
@@ -83,8 +84,8 @@ ATARI_IMPALA: Dict[str, Any] = {
     "min_time_s_per_iteration": 10,
     "min_sample_timesteps_per_iteration": 0,
 }
-ATARI_APPO: Dict[str, Any] = {**ATARI_IMPALA, "clip_param": 0.4, "use_kl_loss": False}
-ATARI_PPO: Dict[str, Any] = {
+ATARI_APPO: dict[str, Any] = {**ATARI_IMPALA, "clip_param": 0.4, "use_kl_loss": False}
+ATARI_PPO: dict[str, Any] = {
     **{k: v for k, v in ATARI_IMPALA.items() if k not in ("learner_queue_size",)},
     "rollout_fragment_length": 128,
     "train_batch_size_per_learner": 4000,
@@ -107,7 +108,7 @@ DEFAULT_STOP = {
 }
 
 
-def preset(algorithm: str, env_id: str, atari: bool, num_gpus: float = 0.0) -> Dict[str, Any]:
+def preset(algorithm: str, env_id: str, atari: bool, num_gpus: float = 0.0) -> dict[str, Any]:
     """Return the preset settings (today's names) for this algorithm and environment."""
     if atari:
         out = dict({"IMPALA": ATARI_IMPALA, "APPO": ATARI_APPO, "PPO": ATARI_PPO}[algorithm])
@@ -123,7 +124,7 @@ def preset(algorithm: str, env_id: str, atari: bool, num_gpus: float = 0.0) -> D
     return {"min_time_s_per_iteration": 1, "min_sample_timesteps_per_iteration": 0}
 
 
-def default_stop(env_id: str, atari: bool) -> Dict[str, Any]:
+def default_stop(env_id: str, atari: bool) -> dict[str, Any]:
     if atari:
         return dict(DEFAULT_STOP["atari"])
     if env_id.startswith("CartPole"):

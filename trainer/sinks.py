@@ -3,13 +3,14 @@
 The Azure ML and MLflow integrations are optional and imported lazily; a missing package
 or a failing remote never stops training (a single warning goes to stderr).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
 def clean(value: Any) -> Any:
@@ -21,14 +22,14 @@ def clean(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         try:
             value = value.item()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a value that cannot become a float is dropped, not fatal
             return None
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
 
-def dumps(row: Dict[str, Any]) -> str:
+def dumps(row: dict[str, Any]) -> str:
     return json.dumps(clean(row), allow_nan=False, separators=(",", ":"))
 
 
@@ -39,9 +40,9 @@ def _warn(msg: str) -> None:
 class JsonlSink:
     def __init__(self, path: str, append: bool = False):
         self.path = path
-        self._fh = open(path, "a" if append else "w", encoding="utf-8")
+        self._fh = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 - held for the run, closed in close()
 
-    def log(self, row: Dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any]) -> None:
         self._fh.write(dumps(row) + "\n")
         self._fh.flush()
 
@@ -58,35 +59,35 @@ class AzureMLSink:
         self._failed = False
 
     @classmethod
-    def create(cls) -> Optional["AzureMLSink"]:
+    def create(cls) -> AzureMLSink | None:
         try:
             from azureml.core import Run  # type: ignore
-        except Exception:
+        except Exception:  # noqa: BLE001 - an optional integration: any import failure means absent
             return None
         try:
             run = Run.get_context()
-        except Exception as exc:  # pragma: no cover - depends on the Azure ML environment
+        except Exception as exc:  # noqa: BLE001 - depends on the Azure ML environment
             _warn(f"Azure ML run context unavailable: {exc}")
             return None
         if is_offline_run(run):
             return None
         return cls(run)
 
-    def log(self, row: Dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any]) -> None:
         if self._failed:
             return
         try:
             for key in ("episode_reward_mean", "episodes_total"):
                 if row.get(key) is not None:
                     self.run.log(key, row[key])
-        except Exception as exc:  # never stop training for a metrics outage
+        except Exception as exc:  # noqa: BLE001 - never stop training for a metrics outage
             self._failed = True
             _warn(f"Azure ML logging disabled after an error: {exc}")
 
     def close(self) -> None:
         try:
             self.run.flush()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing a metrics sink never fails the run
             pass
 
 
@@ -104,14 +105,16 @@ class MLflowSink:
         self._failed = False
 
     @classmethod
-    def create(cls) -> Optional["MLflowSink"]:
+    def create(cls) -> MLflowSink | None:
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             return None
         try:
             import mlflow  # type: ignore
-        except Exception:
-            _warn("MLFLOW_TRACKING_URI is set but the mlflow package is not installed; "
-                  "metrics go to metrics.jsonl only")
+        except Exception:  # noqa: BLE001 - an optional integration: any import failure means absent
+            _warn(
+                "MLFLOW_TRACKING_URI is set but the mlflow package is not installed; "
+                "metrics go to metrics.jsonl only"
+            )
             return None
         try:
             started = False
@@ -119,19 +122,24 @@ class MLflowSink:
                 mlflow.start_run()
                 started = True
             return cls(mlflow, started)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - MLflow unavailable is a warning, never fatal
             _warn(f"MLflow unavailable: {exc}")
             return None
 
-    def log(self, row: Dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any]) -> None:
         if self._failed:
             return
-        metrics = {k.replace("/", "."): float(v) for k, v in row.items()
-                   if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and math.isfinite(v)}
+        metrics = {
+            k.replace("/", "."): float(v)
+            for k, v in row.items()
+            if k != "iteration"
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+        }
         try:
             self.mlflow.log_metrics(metrics, step=int(row.get("iteration", 0)))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - never stop training for a metrics outage
             self._failed = True
             _warn(f"MLflow logging disabled after an error: {exc}")
 
@@ -139,24 +147,24 @@ class MLflowSink:
         if self.started:
             try:
                 self.mlflow.end_run()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing a metrics sink never fails the run
                 pass
 
 
 class Sinks:
-    def __init__(self, sinks: List[Any]):
+    def __init__(self, sinks: list[Any]):
         self.sinks = sinks
 
     @classmethod
-    def open(cls, metrics_path: str, append: bool = False) -> "Sinks":
-        sinks: List[Any] = [JsonlSink(metrics_path, append=append)]
+    def open(cls, metrics_path: str, append: bool = False) -> Sinks:
+        sinks: list[Any] = [JsonlSink(metrics_path, append=append)]
         for factory in (AzureMLSink.create, MLflowSink.create):
             s = factory()
             if s is not None:
                 sinks.append(s)
         return cls(sinks)
 
-    def log(self, row: Dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any]) -> None:
         for s in self.sinks:
             s.log(row)
 
@@ -164,5 +172,5 @@ class Sinks:
         for s in self.sinks:
             try:
                 s.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing a metrics sink never fails the run
                 pass

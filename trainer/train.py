@@ -9,6 +9,7 @@
 Exit codes: 0 a stop criterion was met, 1 training failed (summary.json has ``error``),
 2 bad arguments (one line on stderr), 130 interrupted (SIGINT), 143 canceled (SIGTERM).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,14 +21,14 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file: python trainer/train.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import config_map, envs, presets  # noqa: E402
-from trainer.config_map import UsageError  # noqa: E402
-from trainer.sinks import Sinks, clean, dumps  # noqa: E402
+from trainer import config_map, envs, presets
+from trainer.config_map import UsageError
+from trainer.sinks import Sinks, clean, dumps
 
 PROG = "rlq-trainer"
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -49,23 +50,34 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train an RLlib agent (rlq trainer job).")
     p.add_argument("--run", default="IMPALA", help="algorithm: IMPALA (default), APPO or PPO")
-    p.add_argument("--env", default="PongNoFrameskip-v4",
-                   help="Gymnasium env id: any ALE game (PongNoFrameskip-v4, ALE/Pong-v5) or classic control")
-    p.add_argument("--config", default="{}", help="JSON object of RLlib settings (today's or article-era names)")
+    p.add_argument(
+        "--env",
+        default="PongNoFrameskip-v4",
+        help="Gymnasium env id: any ALE game (PongNoFrameskip-v4, ALE/Pong-v5) or classic control",
+    )
+    p.add_argument(
+        "--config", default="{}", help="JSON object of RLlib settings (today's or article-era names)"
+    )
     p.add_argument("--stop", default=None, help="JSON object of stop criteria; the first one met stops")
     p.add_argument("--output-dir", default="./outputs")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (Azure ML head: localhost:6379)")
     p.add_argument("--restore", default=None, help="checkpoint dir or file:// URI to warm-start from")
-    p.add_argument("--checkpoint-freq", default="10", help="save a checkpoint every N iterations (0: only final)")
+    p.add_argument(
+        "--checkpoint-freq", default="10", help="save a checkpoint every N iterations (0: only final)"
+    )
     p.add_argument("--seed", default=None)
     p.add_argument("--evaluate-episodes", default="0", help="greedy evaluation episodes after training")
     p.add_argument("--evaluate-gif", action="store_true", help="also write DIR/replay.gif of the evaluation")
-    p.add_argument("--argv-from-env", default=None, metavar="VAR",
-                   help="read the whole argument vector as a JSON list of strings from env var VAR")
+    p.add_argument(
+        "--argv-from-env",
+        default=None,
+        metavar="VAR",
+        help="read the whole argument vector as a JSON list of strings from env var VAR",
+    )
     return p
 
 
-def _int_arg(name: str, text: Optional[str], lo: int, hi: int) -> Optional[int]:
+def _int_arg(name: str, text: str | None, lo: int, hi: int) -> int | None:
     if text is None:
         return None
     try:
@@ -85,10 +97,12 @@ def _json_arg(name: str, text: str) -> Any:
     try:
         return json.loads(t)
     except json.JSONDecodeError as exc:
-        raise UsageError(name, text, "a JSON object", f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+        raise UsageError(
+            name, text, "a JSON object", f"malformed JSON: {exc.msg} at column {exc.colno}"
+        ) from None
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -120,8 +134,11 @@ class Plan:
         self.algorithm = run
         self.env_id = args.env
         if envs.env_spec(self.env_id) is None:
-            raise UsageError("--env", args.env,
-                             "a registered Gymnasium env id such as CartPole-v1, PongNoFrameskip-v4 or ALE/Pong-v5")
+            raise UsageError(
+                "--env",
+                args.env,
+                "a registered Gymnasium env id such as CartPole-v1, PongNoFrameskip-v4 or ALE/Pong-v5",
+            )
         self.atari = envs.is_atari(self.env_id)
         self.mapped = config_map.map_config(_json_arg("--config", args.config), self.algorithm)
         if args.stop is None:
@@ -129,19 +146,27 @@ class Plan:
         else:
             self.stop = config_map.map_stop(_json_arg("--stop", args.stop))
             if not self.stop:
-                raise UsageError("--stop", args.stop, "at least one stop criterion",
-                                 "accepted: " + ", ".join(config_map.STOP_KEYS))
+                raise UsageError(
+                    "--stop",
+                    args.stop,
+                    "at least one stop criterion",
+                    "accepted: " + ", ".join(config_map.STOP_KEYS),
+                )
         self.output_dir = Path(args.output_dir).resolve()
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise UsageError("--output-dir", args.output_dir, "a directory path")
         self.ray_address = args.ray_address
         self.restore = None
         if args.restore:
-            path = args.restore[len("file://"):] if args.restore.startswith("file://") else args.restore
+            path = args.restore[len("file://") :] if args.restore.startswith("file://") else args.restore
             if "://" in path or not Path(path).is_dir():
-                raise UsageError("--restore", args.restore, "an existing local checkpoint directory or file:// URI")
+                raise UsageError(
+                    "--restore", args.restore, "an existing local checkpoint directory or file:// URI"
+                )
             if not (Path(path) / "learner_group").is_dir():
-                raise UsageError("--restore", args.restore, "an RLlib checkpoint directory (with learner_group/)")
+                raise UsageError(
+                    "--restore", args.restore, "an RLlib checkpoint directory (with learner_group/)"
+                )
             self.restore = Path(path).resolve()
         self.checkpoint_freq = _int_arg("--checkpoint-freq", args.checkpoint_freq, 0, 10**6)
         self.seed = _int_arg("--seed", args.seed, 0, 2**31 - 1)
@@ -163,8 +188,11 @@ def _error_paragraph(exc: BaseException) -> str:
     """A readable one-paragraph reason, without the traceback Ray embeds in its errors."""
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines()]
-    keep = [ln for ln in lines if ln and not ln.startswith(("Traceback", "File \"", "^", "~"))
-            and not ln.startswith("ray::")]
+    keep = [
+        ln
+        for ln in lines
+        if ln and not ln.startswith(("Traceback", 'File "', "^", "~")) and not ln.startswith("ray::")
+    ]
     # Ray task errors end with the original "ExcType: message"; prefer that line.
     best = keep[-1] if keep else ""
     for ln in reversed(keep):
@@ -214,8 +242,8 @@ class RewardWindow:
         return total / n, lo, hi
 
 
-def _learner_stats(result: Dict[str, Any]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
+def _learner_stats(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for module, stats in (result.get("learners") or {}).items():
         if module == "__all_modules__" or not isinstance(stats, dict):
             continue
@@ -226,7 +254,7 @@ def _learner_stats(result: Dict[str, Any]) -> Dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def _build_algo_config(plan: Plan, settings: Dict[str, Any], env_name: str, env_config: Dict[str, Any]):
+def _build_algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config: dict[str, Any]):
     from ray.rllib.algorithms.appo import APPOConfig
     from ray.rllib.algorithms.impala import IMPALAConfig
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -260,7 +288,7 @@ def _build_algo_config(plan: Plan, settings: Dict[str, Any], env_name: str, env_
 def _ray_init(plan: Plan):
     import ray
 
-    kwargs: Dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     address = plan.ray_address or os.environ.get("RAY_ADDRESS")
     if plan.ray_address:
         kwargs["address"] = plan.ray_address
@@ -278,7 +306,7 @@ def _ray_init(plan: Plan):
     return ray
 
 
-def _check_resources(settings: Dict[str, Any], cpus: float, gpus: float, algorithm: str) -> None:
+def _check_resources(settings: dict[str, Any], cpus: float, gpus: float, algorithm: str) -> None:
     """Refuse a request the cluster can never place (Ray would wait forever for it)."""
     runners = settings.get("num_env_runners", 0)
     runner_cpus = runners * settings.get("num_cpus_per_env_runner", 1)
@@ -287,9 +315,12 @@ def _check_resources(settings: Dict[str, Any], cpus: float, gpus: float, algorit
     learner_cpus = learners * settings.get("num_cpus_per_learner", 0 if gpu_per_learner else 1)
     if runner_cpus + learner_cpus > cpus:
         most = int(max(0, cpus - learner_cpus) // max(settings.get("num_cpus_per_env_runner", 1), 1e-9))
-        raise UsageError("--config.num_workers", runners,
-                         f"at most {most} EnvRunners (the Ray cluster has {cpus:g} CPUs"
-                         + (f" and {learners} remote Learner(s) take {learner_cpus:g})" if learner_cpus else ")"))
+        raise UsageError(
+            "--config.num_workers",
+            runners,
+            f"at most {most} EnvRunners (the Ray cluster has {cpus:g} CPUs"
+            + (f" and {learners} remote Learner(s) take {learner_cpus:g})" if learner_cpus else ")"),
+        )
     need_gpu = max(learners, 1) * gpu_per_learner
     if need_gpu > gpus:
         raise UsageError("--config.num_gpus", need_gpu, f"at most {gpus:g} (GPUs in the Ray cluster)")
@@ -300,7 +331,7 @@ def _default_num_learners(algorithm: str) -> int:
     return 1 if algorithm in ("IMPALA", "APPO") else 0
 
 
-def _set_torch_threads(plan: Plan, settings: Dict[str, Any]) -> None:
+def _set_torch_threads(plan: Plan, settings: dict[str, Any]) -> None:
     """Intra-op threads of the driver process (the local Learner and, with 0 EnvRunners, the
     sampler). Tiny MLPs are fastest on one thread; with more threads on a busy 2-core machine
     one Adam step of a 64x64 MLP went from 0.45 ms to 21 ms. Atari: the cores the EnvRunners
@@ -326,11 +357,11 @@ class Trainer:
         self.plan = plan
         self.t0 = time.time()
         self.algo = None
-        self.rows: List[Dict[str, Any]] = []
-        self.best: Optional[float] = None
-        self.last_checkpoint: Optional[Path] = None
-        self.summary: Dict[str, Any] = {}
-        self.meta: Dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.best: float | None = None
+        self.last_checkpoint: Path | None = None
+        self.summary: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}
 
     # -- checkpoints ------------------------------------------------------------------
     def save(self, name: str) -> Path:
@@ -338,9 +369,12 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.algo.save_to_path(str(path))
         last = self.rows[-1] if self.rows else {}
-        meta = {**self.meta, "iteration": last.get("iteration", self.meta.get("iteration", 0)),
-                "timesteps": last.get("timesteps", self.meta.get("timesteps", 0)),
-                "episodes_total": last.get("episodes_total", self.meta.get("episodes_total", 0))}
+        meta = {
+            **self.meta,
+            "iteration": last.get("iteration", self.meta.get("iteration", 0)),
+            "timesteps": last.get("timesteps", self.meta.get("timesteps", 0)),
+            "episodes_total": last.get("episodes_total", self.meta.get("episodes_total", 0)),
+        }
         (path / "rlq_meta.json").write_text(json.dumps(clean(meta), indent=1))
         self.last_checkpoint = path
         return path
@@ -350,17 +384,29 @@ class Trainer:
         plan = self.plan
         out = plan.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        self.summary = {"algorithm": plan.algorithm, "env": plan.env_id, "stop_reason": None,
-                        "final_reward": None, "best_reward": None, "iterations": 0, "timesteps": 0,
-                        "duration_s": 0.0, "checkpoint_path": None}
+        self.summary = {
+            "algorithm": plan.algorithm,
+            "env": plan.env_id,
+            "stop_reason": None,
+            "final_reward": None,
+            "best_reward": None,
+            "iterations": 0,
+            "timesteps": 0,
+            "duration_s": 0.0,
+            "checkpoint_path": None,
+        }
         exit_code = 1
         sinks = None
         ray = None
         try:
             for note in plan.mapped.notes:
                 log(note)
-            sinks = Sinks.open(str(out / "metrics.jsonl"), append=plan.restore is not None
-                               and (out / "metrics.jsonl").exists() and plan.restore.is_relative_to(out))
+            sinks = Sinks.open(
+                str(out / "metrics.jsonl"),
+                append=plan.restore is not None
+                and (out / "metrics.jsonl").exists()
+                and plan.restore.is_relative_to(out),
+            )
             _check_cancel()
             ray = _ray_init(plan)
             _install_signal_handlers()  # Ray's core worker replaces SIGTERM with an abort
@@ -371,14 +417,20 @@ class Trainer:
             settings.update(plan.mapped.settings)
             if "num_env_runners" not in settings:
                 settings["num_env_runners"] = config_map.default_num_env_runners(cpus)
-                log(f"config: num_env_runners={settings['num_env_runners']} "
-                    f"(default: {cpus:g} CPUs in the Ray cluster minus one)")
+                log(
+                    f"config: num_env_runners={settings['num_env_runners']} "
+                    f"(default: {cpus:g} CPUs in the Ray cluster minus one)"
+                )
             _check_resources(settings, cpus, gpus, plan.algorithm)
             _set_torch_threads(plan, settings)
             env_config = envs.env_config_for(plan.env_id, settings) if plan.atari else {"env_id": plan.env_id}
             env_name = envs.register(plan.env_id)
-            self.meta = {"algorithm": plan.algorithm, "env": plan.env_id, "env_config": env_config,
-                         "settings": settings}
+            self.meta = {
+                "algorithm": plan.algorithm,
+                "env": plan.env_id,
+                "env_config": env_config,
+                "settings": settings,
+            }
             log(f"{plan.algorithm} on {plan.env_id}: " + json.dumps(clean(settings), sort_keys=True))
             cfg = _build_algo_config(plan, settings, env_name, env_config)
             self.algo = cfg.build_algo()
@@ -403,7 +455,7 @@ class Trainer:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             exit_code = 143 if exc.signum == signal.SIGTERM else 130
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any training failure becomes a summary with the error
             traceback.print_exc(file=sys.stderr)
             self.summary.update(stop_reason="error", error=_error_paragraph(exc))
             exit_code = 1
@@ -412,19 +464,19 @@ class Trainer:
             if self.algo is not None and exit_code in (0, 143, 130):
                 try:
                     self.save("final")
-                except BaseException as exc:  # a cancel must still write its summary
+                except BaseException as exc:  # noqa: BLE001 - a cancel must still write its summary
                     log(f"final checkpoint not saved: {_error_paragraph(exc)}")
             if self.last_checkpoint is not None:
                 self.summary["checkpoint_path"] = _file_uri(self.last_checkpoint)
             if self.algo is not None:
                 try:
                     self.algo.stop()
-                except BaseException:
+                except BaseException:  # noqa: BLE001 - shutdown is best effort; the summary is written next
                     pass
             if ray is not None:
                 try:
                     ray.shutdown()
-                except BaseException:
+                except BaseException:  # noqa: BLE001 - shutdown is best effort; the summary is written next
                     pass
             if sinks is not None:
                 sinks.close()
@@ -452,8 +504,13 @@ class Trainer:
             _check_cancel()
             er = result.get("env_runners") or {}
             it = offset_it + len(self.rows) + 1
-            raw_ts = int(clean(result.get("num_env_steps_sampled_lifetime")
-                               or er.get("num_env_steps_sampled_lifetime") or 0))
+            raw_ts = int(
+                clean(
+                    result.get("num_env_steps_sampled_lifetime")
+                    or er.get("num_env_steps_sampled_lifetime")
+                    or 0
+                )
+            )
             raw_eps = int(clean(er.get("num_episodes_lifetime")) or 0)
             if not self.rows and (offset_ts or offset_eps):
                 # RLlib 2.60 restores its lifetime counters with the checkpoint; only add the
@@ -472,8 +529,12 @@ class Trainer:
                     self.summary["stop_reason"] = "time_limit"
                     return 0
                 continue
-            window.add(er.get("episode_return_mean"), er.get("num_episodes"),
-                       er.get("episode_return_min"), er.get("episode_return_max"))
+            window.add(
+                er.get("episode_return_mean"),
+                er.get("num_episodes"),
+                er.get("episode_return_min"),
+                er.get("episode_return_max"),
+            )
             mean, lo, hi = window.stats()
             dt = max(time.time() - t_iter, 1e-9)
             row = {
@@ -508,9 +569,10 @@ class Trainer:
 
         gif = self.plan.output_dir / "replay.gif" if self.plan.evaluate_gif else None
         try:
-            res = evaluate.evaluate(self.last_checkpoint, self.plan.evaluate_episodes, gif=gif,
-                                    seed=self.plan.seed)
-        except Exception as exc:
+            res = evaluate.evaluate(
+                self.last_checkpoint, self.plan.evaluate_episodes, gif=gif, seed=self.plan.seed
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed evaluation never discards the trained run
             traceback.print_exc(file=sys.stderr)
             self.summary["error"] = "evaluation failed: " + _error_paragraph(exc)
             return 1
@@ -520,10 +582,10 @@ class Trainer:
         return 0
 
 
-_SIGNALLED: List[int] = []
+_SIGNALLED: list[int] = []
 
 
-_IN_TRAIN: List[bool] = [False]
+_IN_TRAIN: list[bool] = [False]
 
 
 def _on_signal(signum, _frame):
@@ -546,7 +608,7 @@ def _check_cancel() -> None:
         raise _Canceled(_SIGNALLED[0])
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         plan = Plan(args)

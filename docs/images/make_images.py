@@ -39,10 +39,14 @@ def completion_from(run_dir: Path, points: list[dict]) -> CompletionMessage:
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     last = points[-1] if points else {}
     return CompletionMessage(
-        message_id="cartpole-demo:completed", request_id="cartpole-demo", run_id="rlq-cartpole-demo",
+        message_id="cartpole-demo:completed",
+        request_id="cartpole-demo",
+        run_id="rlq-cartpole-demo",
         status="Completed" if not summary.get("error") else "Failed",
-        stop_reason=summary.get("stop_reason") or "reward_reached", experiment="cartpole",
-        algorithm=summary.get("algorithm") or "IMPALA", env=summary.get("env") or "CartPole-v1",
+        stop_reason=summary.get("stop_reason") or "reward_reached",
+        experiment="cartpole",
+        algorithm=summary.get("algorithm") or "IMPALA",
+        env=summary.get("env") or "CartPole-v1",
         final_reward=summary.get("final_reward", last.get("episode_reward_mean")),
         best_reward=summary.get("best_reward", max((p.get("episode_reward_mean") or 0) for p in points)),
         iterations=summary.get("iterations", last.get("iteration")),
@@ -126,8 +130,9 @@ def main(run_dir: Path) -> None:
     message = completion_from(run_dir, points)
     title = f"{message.experiment}: {message.algorithm} {message.env}"
     (HERE / "reward-curve.png").write_bytes(reward_curve_png(points, title=title, target=150.0))
-    payload = build_payload(message, public_base_url="https://rlq.example.com", points=points,
-                            target_reward=150.0)
+    payload = build_payload(
+        message, public_base_url="https://rlq.example.com", points=points, target_reward=150.0
+    )
     card = json.loads(payload.body)["attachments"][0]["content"]
     draw_card(card).save(HERE / "teams-card.png", optimize=True)
     print(f"{len(points)} iterations; card payload {len(payload.body)} bytes, image {payload.image}")

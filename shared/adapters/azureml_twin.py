@@ -51,8 +51,11 @@ class TwinRun:
         self._twin._call("get_metrics", self.id)
 
         def flat(run: TwinRun) -> dict[str, Any]:
-            return {k: (v[0] if len(v) == 1 else list(v)) for k, v in run.metrics.items()
-                    if name is None or k == name}
+            return {
+                k: (v[0] if len(v) == 1 else list(v))
+                for k, v in run.metrics.items()
+                if name is None or k == name
+            }
 
         if not recursive:
             return flat(self)
@@ -74,8 +77,10 @@ class TwinRun:
 
     def get_portal_url(self) -> str:
         sub, rg, ws = self._twin.workspace_ids()
-        return (f"https://ml.azure.com/runs/{self.id}?wsid=/subscriptions/{sub}/resourcegroups/{rg}/"
-                f"workspaces/{ws}")
+        return (
+            f"https://ml.azure.com/runs/{self.id}?wsid=/subscriptions/{sub}/resourcegroups/{rg}/"
+            f"workspaces/{ws}"
+        )
 
     def get_children(self) -> list[TwinRun]:
         return list(self.children)
@@ -117,23 +122,56 @@ class _Ref:
 
 # What infra/main.bicep puts on the aml subnet.
 INFRA_NSG_RULES = [
-    {"name": "AllowBatchNodeManagement", "priority": 100, "direction": "Inbound", "access": "Allow",
-     "protocol": "Tcp", "source_address_prefix": "BatchNodeManagement", "destination_port_range": "29876-29877"},
-    {"name": "AllowAzureMachineLearning", "priority": 110, "direction": "Inbound", "access": "Allow",
-     "protocol": "Tcp", "source_address_prefix": "AzureMachineLearning", "destination_port_range": "44224"},
-    {"name": "AllowRayInsideVnet", "priority": 120, "direction": "Inbound", "access": "Allow",
-     "protocol": "*", "source_address_prefix": "VirtualNetwork", "destination_port_range": "*"},
-    {"name": "DenyInternetInbound", "priority": 4000, "direction": "Inbound", "access": "Deny",
-     "protocol": "*", "source_address_prefix": "Internet", "destination_port_range": "*"},
+    {
+        "name": "AllowBatchNodeManagement",
+        "priority": 100,
+        "direction": "Inbound",
+        "access": "Allow",
+        "protocol": "Tcp",
+        "source_address_prefix": "BatchNodeManagement",
+        "destination_port_range": "29876-29877",
+    },
+    {
+        "name": "AllowAzureMachineLearning",
+        "priority": 110,
+        "direction": "Inbound",
+        "access": "Allow",
+        "protocol": "Tcp",
+        "source_address_prefix": "AzureMachineLearning",
+        "destination_port_range": "44224",
+    },
+    {
+        "name": "AllowRayInsideVnet",
+        "priority": 120,
+        "direction": "Inbound",
+        "access": "Allow",
+        "protocol": "*",
+        "source_address_prefix": "VirtualNetwork",
+        "destination_port_range": "*",
+    },
+    {
+        "name": "DenyInternetInbound",
+        "priority": 4000,
+        "direction": "Inbound",
+        "access": "Deny",
+        "protocol": "*",
+        "source_address_prefix": "Internet",
+        "destination_port_range": "*",
+    },
 ]
 
 
 class AzureMLTwin:
     """An Azure ML workspace in memory (an :class:`AmlGateway`). Thread-safe."""
 
-    def __init__(self, *, subscription_id: str = "00000000-0000-0000-0000-000000000000",
-                 resource_group: str = "rlq-rg", workspace: str = "rlq-ws",
-                 nsg_rules: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        subscription_id: str = "00000000-0000-0000-0000-000000000000",
+        resource_group: str = "rlq-rg",
+        workspace: str = "rlq-ws",
+        nsg_rules: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.ids = (subscription_id, resource_group, workspace)
         self.computes: dict[str, ComputeInfo] = {}
         self.provisioning_configs: dict[str, Any] = {}
@@ -156,16 +194,24 @@ class AzureMLTwin:
         with self._lock:
             self.provisioning_configs[name] = cfg
             self.computes[name] = ComputeInfo(
-                name=name, compute_type="AmlCompute", provisioning_state="Creating", vm_size=cfg.vm_size,
-                vnet_name=cfg.vnet_name, subnet_name=cfg.subnet_name,
+                name=name,
+                compute_type="AmlCompute",
+                provisioning_state="Creating",
+                vm_size=cfg.vm_size,
+                vnet_name=cfg.vnet_name,
+                subnet_name=cfg.subnet_name,
                 vnet_resource_group=cfg.vnet_resourcegroup_name,
-                max_nodes=cfg.scale_settings.maximum_node_count)
+                max_nodes=cfg.scale_settings.maximum_node_count,
+            )
 
     def find_runs(self, experiment: str, tags: Mapping[str, str]) -> list[TwinRun]:
         self._call("find_runs", experiment)
         with self._lock:
-            found = [r for r in self.runs.values()
-                     if r.experiment == experiment and all(r.tags.get(k) == v for k, v in tags.items())]
+            found = [
+                r
+                for r in self.runs.values()
+                if r.experiment == experiment and all(r.tags.get(k) == v for k, v in tags.items())
+            ]
         return list(reversed(found))  # newest first, as Azure ML lists them
 
     def submit(self, experiment: str, estimator: Any, tags: Mapping[str, str]) -> TwinRun:
@@ -182,8 +228,10 @@ class AzureMLTwin:
             run_id = f"{experiment}_{self._counter:04d}_rl"
             run = TwinRun(self, run_id, experiment, tags)
             run.estimator = estimator
-            run.children = [TwinRun(self, f"{run_id}_head", experiment, {}),
-                            TwinRun(self, f"{run_id}_worker", experiment, {})]
+            run.children = [
+                TwinRun(self, f"{run_id}_head", experiment, {}),
+                TwinRun(self, f"{run_id}_worker", experiment, {}),
+            ]
             self.runs[run_id] = run
         return run
 
@@ -208,8 +256,10 @@ class AzureMLTwin:
         class Subnets:
             def get(self, resource_group: str, vnet: str, subnet: str) -> _Subnet:
                 twin._call("subnets.get", f"{resource_group}/{vnet}/{subnet}")
-                nsg_id = (f"/subscriptions/{twin.ids[0]}/resourceGroups/{resource_group}/providers/"
-                          f"Microsoft.Network/networkSecurityGroups/{vnet}-{subnet}-nsg")
+                nsg_id = (
+                    f"/subscriptions/{twin.ids[0]}/resourceGroups/{resource_group}/providers/"
+                    f"Microsoft.Network/networkSecurityGroups/{vnet}-{subnet}-nsg"
+                )
                 return _Subnet(network_security_group=_Ref(nsg_id))
 
         class Nsgs:

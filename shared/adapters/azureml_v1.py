@@ -70,20 +70,44 @@ TRAINER_DIR = Path(__file__).resolve().parents[2] / "trainer"
 # Azure ML run status -> JobState. CancelRequested / NotResponding are not terminal yet: the
 # poller keeps asking (and its stall detector covers a run that stays silent).
 STATUS_TO_STATE: dict[str, JobState] = {
-    "NotStarted": "pending", "Unapproved": "pending", "Queued": "pending", "Preparing": "pending",
-    "Provisioning": "pending", "Starting": "pending",
-    "Running": "running", "Finalizing": "running", "CancelRequested": "running", "NotResponding": "running",
-    "Completed": "succeeded", "Failed": "failed", "Canceled": "stopped",
+    "NotStarted": "pending",
+    "Unapproved": "pending",
+    "Queued": "pending",
+    "Preparing": "pending",
+    "Provisioning": "pending",
+    "Starting": "pending",
+    "Running": "running",
+    "Finalizing": "running",
+    "CancelRequested": "running",
+    "NotResponding": "running",
+    "Completed": "succeeded",
+    "Failed": "failed",
+    "Canceled": "stopped",
 }
 TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Canceled"})
 
 # GiB of memory per VM size: the workers' /dev/shm is sized from it (Ray's object store lives there).
 VM_MEMORY_GIB = {
-    "STANDARD_NC6": 56, "STANDARD_NC12": 112, "STANDARD_NC24": 224, "STANDARD_NC6S_V3": 112,
-    "STANDARD_NC12S_V3": 224, "STANDARD_NC24S_V3": 448, "STANDARD_NC4AS_T4_V3": 28, "STANDARD_NC8AS_T4_V3": 56,
-    "STANDARD_NC16AS_T4_V3": 110, "STANDARD_NC24ADS_A100_V4": 220, "STANDARD_D2_V2": 7, "STANDARD_D3_V2": 14,
-    "STANDARD_D4_V2": 28, "STANDARD_D5_V2": 56, "STANDARD_D2S_V3": 8, "STANDARD_D4S_V3": 16,
-    "STANDARD_D8S_V3": 32, "STANDARD_D16S_V3": 64, "STANDARD_F4S_V2": 8, "STANDARD_F8S_V2": 16,
+    "STANDARD_NC6": 56,
+    "STANDARD_NC12": 112,
+    "STANDARD_NC24": 224,
+    "STANDARD_NC6S_V3": 112,
+    "STANDARD_NC12S_V3": 224,
+    "STANDARD_NC24S_V3": 448,
+    "STANDARD_NC4AS_T4_V3": 28,
+    "STANDARD_NC8AS_T4_V3": 56,
+    "STANDARD_NC16AS_T4_V3": 110,
+    "STANDARD_NC24ADS_A100_V4": 220,
+    "STANDARD_D2_V2": 7,
+    "STANDARD_D3_V2": 14,
+    "STANDARD_D4_V2": 28,
+    "STANDARD_D5_V2": 56,
+    "STANDARD_D2S_V3": 8,
+    "STANDARD_D4S_V3": 16,
+    "STANDARD_D8S_V3": 32,
+    "STANDARD_D16S_V3": 64,
+    "STANDARD_F4S_V2": 8,
+    "STANDARD_F8S_V2": 16,
     "STANDARD_F16S_V2": 32,
 }
 
@@ -100,7 +124,9 @@ def _warn_deprecated_once() -> None:
     log.warning(
         "RLQ_BACKEND=azureml uses Azure ML SDK v1 and its ReinforcementLearningEstimator, which are "
         "deprecated and being retired (%s). It works while the service accepts it; plan the move to "
-        "SDK v2 (azure-ai-ml command jobs that start Ray themselves) or RLQ_BACKEND=ray.", DEPRECATION_URL)
+        "SDK v2 (azure-ai-ml command jobs that start Ray themselves) or RLQ_BACKEND=ray.",
+        DEPRECATION_URL,
+    )
 
 
 # --- what the backend needs from Azure ML (the SDK, or the twin) ------------------------------
@@ -166,10 +192,17 @@ def token_auth(credential: Any = None) -> Any:
 def workspace_from_settings(settings: Settings) -> Any:
     from azureml.core import Workspace
 
-    sub, rg, name = settings.azureml_subscription_id, settings.azureml_resource_group, settings.azureml_workspace
+    sub, rg, name = (
+        settings.azureml_subscription_id,
+        settings.azureml_resource_group,
+        settings.azureml_workspace,
+    )
     if not (sub and rg and name):
-        raise PermanentError("RLQ_BACKEND=azureml needs RLQ_AZUREML_SUBSCRIPTION_ID, RLQ_AZUREML_RESOURCE_GROUP "
-                             "and RLQ_AZUREML_WORKSPACE", reason="AzureMLConfiguration")
+        raise PermanentError(
+            "RLQ_BACKEND=azureml needs RLQ_AZUREML_SUBSCRIPTION_ID, RLQ_AZUREML_RESOURCE_GROUP "
+            "and RLQ_AZUREML_WORKSPACE",
+            reason="AzureMLConfiguration",
+        )
     with sdk_errors("open workspace"):
         return Workspace(sub, rg, name, auth=token_auth())
 
@@ -202,9 +235,11 @@ class SdkGateway:
         scale = getattr(target, "scale_settings", None)
         errors = getattr(target, "provisioning_errors", None)
         return ComputeInfo(
-            name=target.name, compute_type=str(getattr(target, "type", "") or ""),
+            name=target.name,
+            compute_type=str(getattr(target, "type", "") or ""),
             provisioning_state=str(getattr(target, "provisioning_state", "") or ""),
-            vm_size=getattr(target, "vm_size", None), vnet_name=getattr(target, "vnet_name", None),
+            vm_size=getattr(target, "vm_size", None),
+            vnet_name=getattr(target, "vnet_name", None),
             subnet_name=getattr(target, "subnet_name", None),
             vnet_resource_group=getattr(target, "vnet_resourcegroup_name", None),
             max_nodes=getattr(scale, "maximum_node_count", None) if scale is not None else None,
@@ -249,7 +284,8 @@ def _take(items: Iterable[Any], n: int) -> Iterator[Any]:
 
 _STATUS_RE = re.compile(r"(?:response code|status code|status_code|http status)\D{0,5}(\d{3})", re.IGNORECASE)
 _SECRET_RE = re.compile(
-    r"(sig|se|sv|sp|skoid|sktid|AccountKey|SharedAccessKey|access_token)=([^&;\s\"']+)", re.IGNORECASE)
+    r"(sig|se|sv|sp|skoid|sktid|AccountKey|SharedAccessKey|access_token)=([^&;\s\"']+)", re.IGNORECASE
+)
 
 
 def _status_of(err: BaseException) -> int | None:
@@ -275,20 +311,39 @@ def translate(err: BaseException, *, action: str) -> Exception:
     kind = type(err).__name__
     if "quota" in low:
         return ComputeError(f"Azure ML {action}: not enough quota: {text}")
-    if kind in ("AuthenticationException", "ClientAuthenticationError") or status in (401, 403) \
-            or "authorizationfailed" in low:
+    if (
+        kind in ("AuthenticationException", "ClientAuthenticationError")
+        or status in (401, 403)
+        or "authorizationfailed" in low
+    ):
         return PermanentError(
             f"Azure ML {action}: not authorized ({kind}); the function's identity needs 'AzureML Data "
             f"Scientist' (and 'AzureML Compute Operator' to create clusters) on the workspace: {text}",
-            reason="AzureMLAuthorization")
+            reason="AzureMLAuthorization",
+        )
     if status is not None and (status in (408, 409, 429) or status >= 500):
         return TransientError(f"Azure ML {action} failed with HTTP {status}; try again: {text}")
-    transient_types = ("ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout", "ClientRequestError",
-                       "ServiceRequestError", "ServiceResponseError", "TimeoutError", "ProjectSystemException")
+    transient_types = (
+        "ConnectionError",
+        "Timeout",
+        "ReadTimeout",
+        "ConnectTimeout",
+        "ClientRequestError",
+        "ServiceRequestError",
+        "ServiceResponseError",
+        "TimeoutError",
+        "ProjectSystemException",
+    )
     if kind in transient_types or isinstance(err, (ConnectionError, TimeoutError)):
         return TransientError(f"Azure ML {action} failed ({kind}); try again: {text}")
-    if kind in ("UserErrorException", "RunConfigurationException", "TrainingException", "ValueError",
-                "TypeError", "ComputeTargetException") and (status is None or 400 <= status < 500):
+    if kind in (
+        "UserErrorException",
+        "RunConfigurationException",
+        "TrainingException",
+        "ValueError",
+        "TypeError",
+        "ComputeTargetException",
+    ) and (status is None or 400 <= status < 500):
         return PermanentError(f"Azure ML {action} refused: {kind}: {text}", reason="AzureMLRequest")
     return TransientError(f"Azure ML {action} failed ({kind}); try again: {text}")
 
@@ -319,18 +374,43 @@ INBOUND_NEEDS = (
     InboundNeed("Azure ML node management (Batch)", "BatchNodeManagement", (29876, 29877), "29876-29877"),
     InboundNeed("Azure ML service", "AzureMachineLearning", (44224,), "44224"),
     # GCS, dashboard, client server, first and last default worker ports
-    InboundNeed("Ray between head and workers", "VirtualNetwork", (6379, 8265, 10001, 10002, 19999),
-                "6379, 8265, 10001, 10002-19999"),
+    InboundNeed(
+        "Ray between head and workers",
+        "VirtualNetwork",
+        (6379, 8265, 10001, 10002, 19999),
+        "6379, 8265, 10001, 10002-19999",
+    ),
 )
 
 # Azure adds these to every NSG; a rule list without them is completed with them.
 DEFAULT_INBOUND = (
-    {"name": "AllowVnetInBound", "priority": 65000, "direction": "Inbound", "access": "Allow", "protocol": "*",
-     "source_address_prefix": "VirtualNetwork", "destination_port_range": "*"},
-    {"name": "AllowAzureLoadBalancerInBound", "priority": 65001, "direction": "Inbound", "access": "Allow",
-     "protocol": "*", "source_address_prefix": "AzureLoadBalancer", "destination_port_range": "*"},
-    {"name": "DenyAllInBound", "priority": 65500, "direction": "Inbound", "access": "Deny", "protocol": "*",
-     "source_address_prefix": "*", "destination_port_range": "*"},
+    {
+        "name": "AllowVnetInBound",
+        "priority": 65000,
+        "direction": "Inbound",
+        "access": "Allow",
+        "protocol": "*",
+        "source_address_prefix": "VirtualNetwork",
+        "destination_port_range": "*",
+    },
+    {
+        "name": "AllowAzureLoadBalancerInBound",
+        "priority": 65001,
+        "direction": "Inbound",
+        "access": "Allow",
+        "protocol": "*",
+        "source_address_prefix": "AzureLoadBalancer",
+        "destination_port_range": "*",
+    },
+    {
+        "name": "DenyAllInBound",
+        "priority": 65500,
+        "direction": "Inbound",
+        "access": "Deny",
+        "protocol": "*",
+        "source_address_prefix": "*",
+        "destination_port_range": "*",
+    },
 )
 
 
@@ -360,13 +440,16 @@ def _field(rule: Any, snake: str) -> Any:
 
 
 def _normalize(rule: Any) -> _Rule:
-    sources = [_field(rule, "source_address_prefix")] + list(_field(rule, "source_address_prefixes") or [])
-    ports = [_field(rule, "destination_port_range")] + list(_field(rule, "destination_port_ranges") or [])
+    sources = [_field(rule, "source_address_prefix"), *list(_field(rule, "source_address_prefixes") or [])]
+    ports = [_field(rule, "destination_port_range"), *list(_field(rule, "destination_port_ranges") or [])]
     return _Rule(
-        name=str(_field(rule, "name") or "?"), priority=int(_field(rule, "priority") or 0),
-        direction=str(_field(rule, "direction") or ""), access=str(_field(rule, "access") or ""),
+        name=str(_field(rule, "name") or "?"),
+        priority=int(_field(rule, "priority") or 0),
+        direction=str(_field(rule, "direction") or ""),
+        access=str(_field(rule, "access") or ""),
         protocol=str(_field(rule, "protocol") or "*"),
-        sources=tuple(str(s) for s in sources if s), ports=tuple(str(p) for p in ports if p),
+        sources=tuple(str(s) for s in sources if s),
+        ports=tuple(str(p) for p in ports if p),
     )
 
 
@@ -396,13 +479,15 @@ def _source_matches(prefix: str, source: str, subnet_prefixes: tuple[str, ...]) 
     return p == source or p.startswith(source + ".") or p == "Internet"
 
 
-def _first_match(rules: list[_Rule], need: InboundNeed, port: int,
-                 subnet_prefixes: tuple[str, ...]) -> _Rule | None:
+def _first_match(
+    rules: list[_Rule], need: InboundNeed, port: int, subnet_prefixes: tuple[str, ...]
+) -> _Rule | None:
     for rule in rules:
         if rule.direction.lower() != "inbound" or rule.protocol.lower() not in ("*", "tcp"):
             continue
-        if any(_port_matches(p, port) for p in rule.ports) and \
-                any(_source_matches(s, need.source, subnet_prefixes) for s in rule.sources):
+        if any(_port_matches(p, port) for p in rule.ports) and any(
+            _source_matches(s, need.source, subnet_prefixes) for s in rule.sources
+        ):
             return rule
     return None
 
@@ -435,27 +520,47 @@ def missing_nsg_rules(nsg_rules: Iterable[Any], *, subnet_prefixes: Iterable[str
     return problems
 
 
-def _explain(need: InboundNeed, rule: _Rule | None, ports: list[int], rules: list[_Rule],
-             prefixes: tuple[str, ...]) -> str:
+def _explain(
+    need: InboundNeed, rule: _Rule | None, ports: list[int], rules: list[_Rule], prefixes: tuple[str, ...]
+) -> str:
     port_text = need.port_text if len(ports) == len(need.ports) else ", ".join(str(p) for p in ports)
-    src = "inside the VNet (VirtualNetwork)" if need.source == "VirtualNetwork" else f"service tag {need.source}"
+    src = (
+        "inside the VNet (VirtualNetwork)"
+        if need.source == "VirtualNetwork"
+        else f"service tag {need.source}"
+    )
     flow = f"inbound TCP {port_text} from {src} ({need.what})"
     if rule is None:
         return f"{flow}: no rule decides it; add an inbound Allow rule"
-    late_allow = next((r for r in rules if r.priority > rule.priority and r.access.lower() == "allow"
-                       and all(_first_match([r], need, p, prefixes) for p in ports)), None)
+    late_allow = next(
+        (
+            r
+            for r in rules
+            if r.priority > rule.priority
+            and r.access.lower() == "allow"
+            and all(_first_match([r], need, p, prefixes) for p in ports)
+        ),
+        None,
+    )
     if late_allow is not None:
-        return (f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}) before the allow rule "
-                f"{late_allow.name!r} (priority {late_allow.priority}); give the allow rule a priority "
-                f"number below {rule.priority}")
+        return (
+            f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}) before the allow rule "
+            f"{late_allow.name!r} (priority {late_allow.priority}); give the allow rule a priority "
+            f"number below {rule.priority}"
+        )
     source = "VirtualNetwork" if need.source == "VirtualNetwork" else need.source
-    return (f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}); add an inbound Allow rule: "
-            f"source {source}, protocol TCP, destination ports {port_text}, priority below {rule.priority}")
+    return (
+        f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}); add an inbound Allow rule: "
+        f"source {source}, protocol TCP, destination ports {port_text}, priority below {rule.priority}"
+    )
 
 
 def _nsg_name_and_group(resource_id: str) -> tuple[str, str]:
-    m = re.search(r"/resourceGroups/([^/]+)/providers/Microsoft\.Network/networkSecurityGroups/([^/]+)",
-                  resource_id, re.IGNORECASE)
+    m = re.search(
+        r"/resourceGroups/([^/]+)/providers/Microsoft\.Network/networkSecurityGroups/([^/]+)",
+        resource_id,
+        re.IGNORECASE,
+    )
     if not m:
         raise ValueError(f"not a network security group id: {resource_id}")
     return m.group(1), m.group(2)
@@ -513,7 +618,8 @@ class AzureMLRayBackend:
         _warn_deprecated_once()
         self.settings = settings
         self.gateway: AmlGateway = gateway or SdkGateway(
-            workspace_factory or (lambda: workspace_from_settings(settings)))
+            workspace_factory or (lambda: workspace_from_settings(settings))
+        )
         self._network_factory = network_factory or (lambda: network_client_from_settings(settings))
         self._network: Any = None
         self.trainer_dir = Path(trainer_dir) if trainer_dir is not None else TRAINER_DIR
@@ -532,12 +638,20 @@ class AzureMLRayBackend:
         check_restore(request)
         c = self.clusters(request)
         if c.workers.node_count > 0 and not c.vnet:
-            raise ComputeError("a Ray head with worker nodes needs a virtual network that lets them talk: set "
-                               "RLQ_AZUREML_VNET (and RLQ_AZUREML_SUBNET) or compute.vnet in the request")
+            raise ComputeError(
+                "a Ray head with worker nodes needs a virtual network that lets them talk: set "
+                "RLQ_AZUREML_VNET (and RLQ_AZUREML_SUBNET) or compute.vnet in the request"
+            )
         self._ensure_cluster(c.head.name, c.head.vm_size, c.head.min_nodes, c.head.max_nodes, 1, c)
         if c.workers.node_count > 0:
-            self._ensure_cluster(c.workers.name, c.workers.vm_size, c.workers.min_nodes, c.workers.max_nodes,
-                                 c.workers.node_count, c)
+            self._ensure_cluster(
+                c.workers.name,
+                c.workers.vm_size,
+                c.workers.min_nodes,
+                c.workers.max_nodes,
+                c.workers.node_count,
+                c,
+            )
         if c.vnet:
             self._check_nsg(c)
 
@@ -555,11 +669,17 @@ class AzureMLRayBackend:
         self._remember(request)
         existing = self._find(request.experiment, request.request_id)
         if existing is not None:
-            log.info("request %s already has Azure ML run %s; not submitting again", request.request_id, existing)
+            log.info(
+                "request %s already has Azure ML run %s; not submitting again", request.request_id, existing
+            )
             return existing
         estimator = self.build_estimator(request)
-        tags = {**request.tags, "rlq_algorithm": request.algorithm, "rlq_env": request.env,
-                RUN_TAG: request.request_id}
+        tags = {
+            **request.tags,
+            "rlq_algorithm": request.algorithm,
+            "rlq_env": request.env,
+            RUN_TAG: request.request_id,
+        }
         with sdk_errors(f"submit {request.request_id} to experiment {request.experiment}"):
             run = self.gateway.submit(request.experiment, estimator, tags)
         log.info("request %s submitted as Azure ML run %s", request.request_id, run.id)
@@ -573,8 +693,11 @@ class AzureMLRayBackend:
             metrics = run.get_metrics(recursive=True) or {}
         state = STATUS_TO_STATE.get(aml_status)
         if state is None:
-            log.warning("run %s has an Azure ML status rlq does not know (%r); treating it as pending",
-                        run_id, aml_status)
+            log.warning(
+                "run %s has an Azure ML status rlq does not know (%r); treating it as pending",
+                run_id,
+                aml_status,
+            )
             state = "pending"
         metrics_run_id, series = _reward_series(metrics, run_id)
         progress = _progress(series)
@@ -589,8 +712,13 @@ class AzureMLRayBackend:
             summary["error"] = error
         if aml_status == "Canceled":
             summary.setdefault("stop_reason", "canceled")
-        return JobStatus(state=state, progress=progress, summary=summary, error=error or summary.get("error"),
-                         portal_url=portal)
+        return JobStatus(
+            state=state,
+            progress=progress,
+            summary=summary,
+            error=error or summary.get("error"),
+            portal_url=portal,
+        )
 
     def cancel(self, run_id: str) -> None:
         with sdk_errors(f"cancel run {run_id}"):
@@ -610,31 +738,51 @@ class AzureMLRayBackend:
     def clusters(self, request: TrainingRequest) -> Clusters:
         s = self.settings
         try:
-            head = request.compute.head or HeadCluster(name=s.head_cluster, vm_size=s.head_vm_size,
-                                                       min_nodes=s.head_min_nodes, max_nodes=s.head_max_nodes)
+            head = request.compute.head or HeadCluster(
+                name=s.head_cluster,
+                vm_size=s.head_vm_size,
+                min_nodes=s.head_min_nodes,
+                max_nodes=s.head_max_nodes,
+            )
             workers = request.compute.workers or WorkerCluster(
-                name=s.worker_cluster, vm_size=s.worker_vm_size, node_count=s.worker_node_count,
-                min_nodes=s.worker_min_nodes, max_nodes=s.worker_max_nodes)
+                name=s.worker_cluster,
+                vm_size=s.worker_vm_size,
+                node_count=s.worker_node_count,
+                min_nodes=s.worker_min_nodes,
+                max_nodes=s.worker_max_nodes,
+            )
         except ValidationError as err:
-            raise ComputeError(f"the deployment's default clusters are invalid (RLQ_HEAD_* / RLQ_WORKER_*): "
-                               f"{err.errors(include_url=False)[0]['msg']}") from None
+            raise ComputeError(
+                f"the deployment's default clusters are invalid (RLQ_HEAD_* / RLQ_WORKER_*): "
+                f"{err.errors(include_url=False)[0]['msg']}"
+            ) from None
         vnet = request.compute.vnet or s.azureml_vnet
         vnet_rg = s.azureml_vnet_resource_group or s.azureml_resource_group
         if vnet and not vnet_rg:  # the VNet lives in the workspace's resource group unless told otherwise
             with sdk_errors("read the workspace"):
                 vnet_rg = self.gateway.workspace_ids()[1]
-        return Clusters(head=head, workers=workers, vnet=vnet,
-                        subnet=request.compute.subnet or s.azureml_subnet, vnet_resource_group=vnet_rg)
+        return Clusters(
+            head=head,
+            workers=workers,
+            vnet=vnet,
+            subnet=request.compute.subnet or s.azureml_subnet,
+            vnet_resource_group=vnet_rg,
+        )
 
     def provisioning_config(self, *, vm_size: str, min_nodes: int, max_nodes: int, clusters: Clusters) -> Any:
         from azureml.core.compute import AmlCompute
 
         with sdk_errors("build the cluster configuration"):
             return AmlCompute.provisioning_configuration(
-                vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
+                vm_size=vm_size,
+                min_nodes=min_nodes,
+                max_nodes=max_nodes,
                 vnet_resourcegroup_name=clusters.vnet_resource_group if clusters.vnet else None,
-                vnet_name=clusters.vnet, subnet_name=clusters.subnet if clusters.vnet else None,
-                remote_login_port_public_access="Disabled", tags={"managed-by": "rlq"})
+                vnet_name=clusters.vnet,
+                subnet_name=clusters.subnet if clusters.vnet else None,
+                remote_login_port_public_access="Disabled",
+                tags={"managed-by": "rlq"},
+            )
 
     def trainer_argv(self, request: TrainingRequest, clusters: Clusters | None = None) -> list[str]:
         """The trainer's seed-compatible argument vector for this request."""
@@ -645,8 +793,13 @@ class AzureMLRayBackend:
             config["num_workers"] = max(c.total_cpus - 1, 0)
         if not {"num_gpus", "num_gpus_per_learner", "num_learners"} & config.keys():
             config["num_gpus"] = c.head_gpus
-        return trainer_args.trainer_argv(request, output_dir="outputs", checkpoint_freq=CHECKPOINT_FREQ,
-                                         config=config, ray_address=RAY_ADDRESS)
+        return trainer_args.trainer_argv(
+            request,
+            output_dir="outputs",
+            checkpoint_freq=CHECKPOINT_FREQ,
+            config=config,
+            ray_address=RAY_ADDRESS,
+        )
 
     def build_estimator(self, request: TrainingRequest) -> Any:
         """The real ``ReinforcementLearningEstimator`` for ``request`` (nothing is sent)."""
@@ -663,8 +816,12 @@ class AzureMLRayBackend:
             workers = None
             if c.workers.node_count > 0:
                 workers = WorkerConfiguration(
-                    node_count=c.workers.node_count, compute_target=c.workers.name, use_gpu=False,
-                    conda_dependencies_file=CONDA_FILE, shm_size=worker_shm_size(c.workers.vm_size))
+                    node_count=c.workers.node_count,
+                    compute_target=c.workers.name,
+                    use_gpu=False,
+                    conda_dependencies_file=CONDA_FILE,
+                    shm_size=worker_shm_size(c.workers.vm_size),
+                )
             return ReinforcementLearningEstimator(
                 source_directory=str(source),
                 entry_script=ENTRY_SCRIPT,
@@ -694,8 +851,11 @@ class AzureMLRayBackend:
             if not requirements.is_file():
                 raise ComputeError(f"{requirements} is missing: the cluster image is built from it")
             stage = Path(tempfile.mkdtemp(prefix="rlq-aml-src-"))
-            shutil.copytree(self.trainer_dir, stage / "trainer",
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "outputs", ".pytest_cache"))
+            shutil.copytree(
+                self.trainer_dir,
+                stage / "trainer",
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "outputs", ".pytest_cache"),
+            )
             (stage / CONDA_FILE).write_text(conda_file(parse_requirements(requirements.read_text())))
             self._stage = stage
             return stage
@@ -717,19 +877,35 @@ class AzureMLRayBackend:
             live = [r for r in runs if str(r.get_status()) not in ("Failed", "Canceled")]
         return str((live or runs)[0].id)
 
-    def _ensure_cluster(self, name: str, vm_size: str, min_nodes: int, max_nodes: int, nodes_needed: int,
-                        c: Clusters) -> None:
+    def _ensure_cluster(
+        self, name: str, vm_size: str, min_nodes: int, max_nodes: int, nodes_needed: int, c: Clusters
+    ) -> None:
         with sdk_errors(f"look up cluster {name}"):
             info = self.gateway.get_compute(name)
         if info is None:
-            config = self.provisioning_config(vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes, clusters=c)
+            config = self.provisioning_config(
+                vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes, clusters=c
+            )
             with sdk_errors(f"create cluster {name}"):
                 self.gateway.create_compute(name, config)
-            log.info("creating Azure ML cluster %s (%s, %d-%d nodes, vnet %s/%s); runs queue until it is up",
-                     name, vm_size, min_nodes, max_nodes, c.vnet, c.subnet)
+            log.info(
+                "creating Azure ML cluster %s (%s, %d-%d nodes, vnet %s/%s); runs queue until it is up",
+                name,
+                vm_size,
+                min_nodes,
+                max_nodes,
+                c.vnet,
+                c.subnet,
+            )
             return
-        problems = cluster_problems(info, vm_size=vm_size, nodes_needed=nodes_needed, vnet=c.vnet,
-                                    subnet=c.subnet, vnet_resource_group=c.vnet_resource_group)
+        problems = cluster_problems(
+            info,
+            vm_size=vm_size,
+            nodes_needed=nodes_needed,
+            vnet=c.vnet,
+            subnet=c.subnet,
+            vnet_resource_group=c.vnet_resource_group,
+        )
         if info.provisioning_state.lower() == "deleting":
             raise TransientError(f"cluster {name} is being deleted; it will be recreated on a later try")
         if problems:
@@ -749,7 +925,9 @@ class AzureMLRayBackend:
             cached = self._nsg[key] = _NsgCache(at=now, problems=problems)
         if not cached.problems:
             return
-        text = f"the NSG on subnet {c.vnet}/{c.subnet} blocks what Azure ML needs: " + "; ".join(cached.problems)
+        text = f"the NSG on subnet {c.vnet}/{c.subnet} blocks what Azure ML needs: " + "; ".join(
+            cached.problems
+        )
         if mode == "enforce":
             self._nsg.pop(key, None)  # re-read next time: someone may be fixing it right now
             raise ComputeError(text + " (RLQ_AZUREML_NSG_CHECK=warn to only log this)")
@@ -766,29 +944,48 @@ class AzureMLRayBackend:
                 return []  # no NSG on the subnet: nothing filters inbound traffic
             nsg_rg, nsg_name = _nsg_name_and_group(ref.id)
             nsg = net.network_security_groups.get(nsg_rg, nsg_name)
-            rules = list(getattr(nsg, "security_rules", None) or []) + \
-                list(getattr(nsg, "default_security_rules", None) or [])
-            prefixes = [getattr(sn, "address_prefix", None)] + list(getattr(sn, "address_prefixes", None) or [])
+            rules = list(getattr(nsg, "security_rules", None) or []) + list(
+                getattr(nsg, "default_security_rules", None) or []
+            )
+            prefixes = [
+                getattr(sn, "address_prefix", None),
+                *list(getattr(sn, "address_prefixes", None) or []),
+            ]
             return missing_nsg_rules(rules, subnet_prefixes=[p for p in prefixes if p])
         except Exception as err:  # any failure but a missing subnet only skips an advisory check
             if type(err).__name__ == "ResourceNotFoundError":
-                raise ComputeError(f"subnet {vnet}/{subnet} was not found in resource group {resource_group}: "
-                                   "check RLQ_AZUREML_VNET / RLQ_AZUREML_SUBNET / RLQ_AZUREML_VNET_RESOURCE_GROUP"
-                                   ) from err
-            log.warning("could not read the NSG of %s/%s (%s: %s); skipping the check", vnet, subnet,
-                        type(err).__name__, readable(str(err), 300))
+                raise ComputeError(
+                    f"subnet {vnet}/{subnet} was not found in resource group {resource_group}: "
+                    "check RLQ_AZUREML_VNET / RLQ_AZUREML_SUBNET / RLQ_AZUREML_VNET_RESOURCE_GROUP"
+                ) from err
+            log.warning(
+                "could not read the NSG of %s/%s (%s: %s); skipping the check",
+                vnet,
+                subnet,
+                type(err).__name__,
+                readable(str(err), 300),
+            )
             return None
 
-    def _summary(self, head: RunLike | None, series: dict[str, list[float]],
-                 details: Mapping[str, Any]) -> dict[str, Any]:
+    def _summary(
+        self, head: RunLike | None, series: dict[str, list[float]], details: Mapping[str, Any]
+    ) -> dict[str, Any]:
         rewards = series.get("episode_reward_mean", [])
         summary: dict[str, Any] = {}
         if rewards:
             summary.update(final_reward=rewards[-1], best_reward=max(rewards), iterations=len(rewards))
         trainer = _download_json(head, "outputs/summary.json") if head is not None else None
         if trainer:
-            for key in ("stop_reason", "timesteps", "duration_s", "eval_reward", "replay_path", "error",
-                        "algorithm", "env"):
+            for key in (
+                "stop_reason",
+                "timesteps",
+                "duration_s",
+                "eval_reward",
+                "replay_path",
+                "error",
+                "algorithm",
+                "env",
+            ):
                 if trainer.get(key) is not None:
                     summary[key] = trainer[key]
             for key in ("final_reward", "best_reward", "iterations"):
@@ -810,35 +1007,55 @@ class AzureMLRayBackend:
         sub, rg, ws = s.azureml_subscription_id, s.azureml_resource_group, s.azureml_workspace
         if not (sub and rg and ws):
             sub, rg, ws = self.gateway.workspace_ids()
-        return (f"azureml://subscriptions/{sub}/resourcegroups/{rg}/workspaces/{ws}/datastores/"
-                f"workspaceartifactstore/paths/ExperimentRun/dcid.{run_id}/{path.strip('/')}")
+        return (
+            f"azureml://subscriptions/{sub}/resourcegroups/{rg}/workspaces/{ws}/datastores/"
+            f"workspaceartifactstore/paths/ExperimentRun/dcid.{run_id}/{path.strip('/')}"
+        )
 
 
 # --- helpers (pure) --------------------------------------------------------------------------
 
 
-def cluster_problems(info: ComputeInfo, *, vm_size: str, nodes_needed: int, vnet: str | None, subnet: str,
-                     vnet_resource_group: str | None) -> list[str]:
+def cluster_problems(
+    info: ComputeInfo,
+    *,
+    vm_size: str,
+    nodes_needed: int,
+    vnet: str | None,
+    subnet: str,
+    vnet_resource_group: str | None,
+) -> list[str]:
     """Why an existing compute target cannot serve the job; empty when it can."""
     problems = []
     if info.compute_type and info.compute_type.lower() not in ("amlcompute",):
         problems.append(f"it is a {info.compute_type}, not an AmlCompute cluster")
     if info.provisioning_state.lower() in ("failed", "canceled"):
-        problems.append(f"its provisioning state is {info.provisioning_state}"
-                        + (f" ({readable(info.errors, 300)})" if info.errors else "")
-                        + "; delete it in Azure ML studio so rlq can recreate it")
+        problems.append(
+            f"its provisioning state is {info.provisioning_state}"
+            + (f" ({readable(info.errors, 300)})" if info.errors else "")
+            + "; delete it in Azure ML studio so rlq can recreate it"
+        )
     if info.vm_size and info.vm_size.upper() != vm_size.upper():
-        problems.append(f"its VM size is {info.vm_size.upper()}, the request asks for {vm_size.upper()} "
-                        "(name another cluster to use another size)")
+        problems.append(
+            f"its VM size is {info.vm_size.upper()}, the request asks for {vm_size.upper()} "
+            "(name another cluster to use another size)"
+        )
     if info.max_nodes is not None and info.max_nodes < nodes_needed:
         problems.append(f"it scales to {info.max_nodes} nodes, the job needs {nodes_needed}")
     if vnet:
         where = f"{info.vnet_name}/{info.subnet_name}" if info.vnet_name else "no virtual network"
-        if (info.vnet_name or "").lower() != vnet.lower() or (info.subnet_name or "").lower() != subnet.lower():
+        if (info.vnet_name or "").lower() != vnet.lower() or (
+            info.subnet_name or ""
+        ).lower() != subnet.lower():
             problems.append(f"it is in {where}, not {vnet}/{subnet}")
-        elif vnet_resource_group and info.vnet_resource_group and \
-                info.vnet_resource_group.lower() != vnet_resource_group.lower():
-            problems.append(f"its VNet is in resource group {info.vnet_resource_group}, not {vnet_resource_group}")
+        elif (
+            vnet_resource_group
+            and info.vnet_resource_group
+            and info.vnet_resource_group.lower() != vnet_resource_group.lower()
+        ):
+            problems.append(
+                f"its VNet is in resource group {info.vnet_resource_group}, not {vnet_resource_group}"
+            )
     return problems
 
 
@@ -852,7 +1069,8 @@ def check_restore(request: TrainingRequest) -> None:
         raise ComputeError(
             f"restore_from ({request.restore_from[:80]}) is not supported by the Azure ML SDK v1 backend: the "
             "trainer restores from a local directory and v1 cannot mount the checkpoint for it; retrain "
-            "without restore_from, or use RLQ_BACKEND=ray with a checkpoint path the cluster can read")
+            "without restore_from, or use RLQ_BACKEND=ray with a checkpoint path the cluster can read"
+        )
 
 
 def worker_shm_size(vm_size: str) -> str:
@@ -872,8 +1090,15 @@ def parse_requirements(text: str) -> list[str]:
 
 def conda_file(pip_packages: list[str], python_version: str = PYTHON_VERSION) -> str:
     """A conda environment file: this Python, pip, and the trainer's packages."""
-    lines = ["name: rlq-trainer", "channels:", "  - conda-forge", "dependencies:",
-             f"  - python={python_version}", "  - pip", "  - pip:"]
+    lines = [
+        "name: rlq-trainer",
+        "channels:",
+        "  - conda-forge",
+        "dependencies:",
+        f"  - python={python_version}",
+        "  - pip",
+        "  - pip:",
+    ]
     lines += [f"    - {json.dumps(p)}" for p in pip_packages]
     return "\n".join(lines) + "\n"
 
@@ -921,8 +1146,11 @@ def _progress(series: dict[str, list[float]]) -> Progress | None:
     if not rewards:
         return None
     episodes = series.get("episodes_total") or []
-    return Progress(iteration=len(rewards), episode_reward_mean=rewards[-1],
-                    episodes_total=int(episodes[-1]) if episodes else None)
+    return Progress(
+        iteration=len(rewards),
+        episode_reward_mean=rewards[-1],
+        episodes_total=int(episodes[-1]) if episodes else None,
+    )
 
 
 def _output_run(run: RunLike, metrics_run_id: str | None) -> RunLike | None:
@@ -967,11 +1195,12 @@ def checkpoint_relpath(trainer_path: str | None, file_names: Iterable[str]) -> s
         path = re.sub(r"^file://", "", trainer_path)
         idx = path.find("/outputs/")
         if idx >= 0:
-            return path[idx + 1:].rstrip("/")
+            return path[idx + 1 :].rstrip("/")
         if path.startswith("outputs/"):
             return path.rstrip("/")
-    dirs = sorted({n.split("/")[2] for n in file_names
-                   if n.startswith("outputs/checkpoints/") and n.count("/") >= 3})
+    dirs = sorted(
+        {n.split("/")[2] for n in file_names if n.startswith("outputs/checkpoints/") and n.count("/") >= 3}
+    )
     if not dirs:
         return None
     pick = "final" if "final" in dirs else dirs[-1]

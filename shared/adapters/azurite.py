@@ -50,8 +50,10 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-                f"TableEndpoint={self.table_endpoint};")
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"TableEndpoint={self.table_endpoint};"
+        )
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Terminate the emulator (SIGTERM, then SIGKILL) and remove a temporary location."""
@@ -87,12 +89,15 @@ def ensure_installed(*, repo_root: Path = REPO_ROOT, install: bool = True, timeo
     if not install:
         raise AzuriteUnavailable(f"{binary} is missing; run `npm install` in {repo_root}")
     if shutil.which("npm") is None or shutil.which("node") is None:
-        raise AzuriteUnavailable("Azurite needs Node.js and npm (apt-get install nodejs npm), then `npm install`")
+        raise AzuriteUnavailable(
+            "Azurite needs Node.js and npm (apt-get install nodejs npm), then `npm install`"
+        )
     if not (repo_root / "package.json").exists():
         raise AzuriteUnavailable(f"no package.json in {repo_root}: cannot install Azurite")
     try:
-        done = subprocess.run(INSTALL_COMMAND, cwd=repo_root, capture_output=True, text=True, timeout=timeout_s,
-                              check=False)
+        done = subprocess.run(
+            INSTALL_COMMAND, cwd=repo_root, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
     except subprocess.TimeoutExpired as err:
         raise AzuriteUnavailable(f"`{' '.join(INSTALL_COMMAND)}` took longer than {timeout_s:.0f}s") from err
     if done.returncode != 0 or not binary.exists():
@@ -123,13 +128,31 @@ def start_azurite(
     where.mkdir(parents=True, exist_ok=True)
     table_port = port or free_port(host)
     log_path = where / "azurite.log"
-    cmd = [str(binary), "--tableHost", host, "--tablePort", str(table_port), "--location", str(where),
-           "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
+    cmd = [
+        str(binary),
+        "--tableHost",
+        host,
+        "--tablePort",
+        str(table_port),
+        "--location",
+        str(where),
+        "--silent",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--disableTelemetry",
+    ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=repo_root, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, "AZURITE_ACCEPT_EULA": "true"})
-    azurite = Azurite(process=proc, host=host, table_port=table_port, location=where, owns_location=owns,
-                      log_path=log_path)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=repo_root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "AZURITE_ACCEPT_EULA": "true"},
+        )
+    azurite = Azurite(
+        process=proc, host=host, table_port=table_port, location=where, owns_location=owns, log_path=log_path
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -38,8 +38,16 @@ class ComputeTwin:
 
     name = "twin"
 
-    def __init__(self, path: str | Path = ":memory:", *, polls_to_finish: int = 2, status_latency_s: float = 0.0,
-                 status_error_rate: float = 0.0, outcome: str = "succeeded", seed: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        *,
+        polls_to_finish: int = 2,
+        status_latency_s: float = 0.0,
+        status_error_rate: float = 0.0,
+        outcome: str = "succeeded",
+        seed: int | None = None,
+    ) -> None:
         self.polls_to_finish = polls_to_finish
         self.status_latency_s = status_latency_s
         self.status_error_rate = status_error_rate
@@ -58,15 +66,18 @@ class ComputeTwin:
 
     def find(self, request_id: str) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1",
-                                   (request_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1", (request_id,)
+            ).fetchone()
         return row[0] if row else None
 
     def submit(self, request: TrainingRequest) -> str:
         run_id = f"twin-{uuid.uuid4().hex[:12]}"
         with self._lock:
-            self._db.execute("INSERT INTO jobs (run_id, request_id, state, target, created_at) VALUES (?,?,?,?,?)",
-                             (run_id, request.request_id, "pending", request.stop.episode_reward_mean, time.time()))
+            self._db.execute(
+                "INSERT INTO jobs (run_id, request_id, state, target, created_at) VALUES (?,?,?,?,?)",
+                (run_id, request.request_id, "pending", request.stop.episode_reward_mean, time.time()),
+            )
         return run_id
 
     def status(self, run_id: str) -> JobStatus:
@@ -75,32 +86,49 @@ class ComputeTwin:
         if self.status_error_rate and self._rng.random() < self.status_error_rate:
             raise TransientError("twin: status temporarily unavailable (injected)")
         with self._lock:
-            row = self._db.execute("SELECT polls, state, target, canceled FROM jobs WHERE run_id=?",
-                                   (run_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT polls, state, target, canceled FROM jobs WHERE run_id=?", (run_id,)
+            ).fetchone()
             if row is None:
                 return JobStatus(state="failed", error=f"no job {run_id}")
             polls, state, target, canceled = row
             if state in ("pending", "running"):
                 polls += 1
-                state = "stopped" if canceled else (self.outcome if polls >= self.polls_to_finish else "running")
+                state = (
+                    "stopped" if canceled else (self.outcome if polls >= self.polls_to_finish else "running")
+                )
                 self._db.execute("UPDATE jobs SET polls=?, state=? WHERE run_id=?", (polls, state, run_id))
         reward = target if target is not None else 1.0
-        progress = Progress(iteration=polls, time_total_s=float(polls), timesteps=polls * 1000,
-                            episode_reward_mean=reward * min(1.0, polls / max(1, self.polls_to_finish)))
+        progress = Progress(
+            iteration=polls,
+            time_total_s=float(polls),
+            timesteps=polls * 1000,
+            episode_reward_mean=reward * min(1.0, polls / max(1, self.polls_to_finish)),
+        )
         summary = None
         if state == "succeeded":
-            summary = {"final_reward": reward, "best_reward": reward, "iterations": polls,
-                       "timesteps": polls * 1000, "duration_s": float(polls), "stop_reason": "reward_reached",
-                       "checkpoint_path": f"file:///twin/{run_id}/checkpoints/final"}
+            summary = {
+                "final_reward": reward,
+                "best_reward": reward,
+                "iterations": polls,
+                "timesteps": polls * 1000,
+                "duration_s": float(polls),
+                "stop_reason": "reward_reached",
+                "checkpoint_path": f"file:///twin/{run_id}/checkpoints/final",
+            }
         elif state == "failed":
             summary = {"error": "twin: the job failed (injected)", "stop_reason": "error"}
-        return JobStatus(state=state, progress=progress, summary=summary,
-                         error=summary.get("error") if summary else None)
+        return JobStatus(
+            state=state, progress=progress, summary=summary, error=summary.get("error") if summary else None
+        )
 
     def cancel(self, run_id: str) -> None:
         with self._lock:
-            self._db.execute("UPDATE jobs SET canceled=1, state=CASE WHEN state IN ('pending','running') "
-                             "THEN 'stopped' ELSE state END WHERE run_id=?", (run_id,))
+            self._db.execute(
+                "UPDATE jobs SET canceled=1, state=CASE WHEN state IN ('pending','running') "
+                "THEN 'stopped' ELSE state END WHERE run_id=?",
+                (run_id,),
+            )
 
     # --- inspection (tests, benchmarks) ------------------------------------------------------
     def jobs_per_request(self) -> dict[str, int]:

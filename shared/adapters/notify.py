@@ -64,8 +64,12 @@ def check_notify_targets(request: TrainingRequest, *, settings: Settings) -> lis
             try:
                 if kind == "teams":
                     check_teams_url(str(url))
-                check_url(str(url), local_mode=settings.local_mode, allow_hosts=settings.webhook_allow_hosts,
-                          resolve=False)
+                check_url(
+                    str(url),
+                    local_mode=settings.local_mode,
+                    allow_hosts=settings.webhook_allow_hosts,
+                    resolve=False,
+                )
             except UnsafeUrl as err:
                 problems.append({"field": f"notify.{kind}.{i}", "message": err.reason})
     return problems
@@ -88,8 +92,11 @@ class CompositeNotifier:
         self.settings = settings
         self.secrets = [s.get_secret_value() for s in settings.webhook_secrets]
         check_secrets(self.secrets)
-        self.registry = registry if registry is not None else SqliteEndpointRegistry(
-            settings.data_dir / "webhooks.sqlite3")
+        self.registry = (
+            registry
+            if registry is not None
+            else SqliteEndpointRegistry(settings.data_dir / "webhooks.sqlite3")
+        )
         self.sender = WebhookSender(
             local_mode=settings.local_mode,
             allow_hosts=settings.webhook_allow_hosts,
@@ -141,20 +148,26 @@ class CompositeNotifier:
                 log.exception("delivery to %s failed unexpectedly", redact(url))
                 return Delivery(target=redact(url), ok=False, error=f"internal error: {type(err).__name__}")
 
-        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(targets)),
-                                thread_name_prefix="rlq-notify") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(self.max_workers, len(targets)), thread_name_prefix="rlq-notify"
+        ) as pool:
             return list(pool.map(one, targets))
 
     # --- per kind ---------------------------------------------------------------------------
 
     def _webhook(self, url: str, body: bytes, message: CompletionMessage) -> Delivery:
         if not self.secrets and not self.settings.local_mode:
-            return Delivery(target=redact(url), ok=False, error="not sent: no webhook secret configured; set "
-                            "RLQ_WEBHOOK_SECRETS to a whsec_… secret so receivers can verify rlq")
+            return Delivery(
+                target=redact(url),
+                ok=False,
+                error="not sent: no webhook secret configured; set "
+                "RLQ_WEBHOOK_SECRETS to a whsec_… secret so receivers can verify rlq",
+            )
         return self.sender.send(url, body, message_id=message.message_id, secrets=self.secrets)
 
-    def _teams(self, url: str, payload: TeamsPayload | Exception | None,
-               message: CompletionMessage) -> Delivery:
+    def _teams(
+        self, url: str, payload: TeamsPayload | Exception | None, message: CompletionMessage
+    ) -> Delivery:
         try:
             check_teams_url(url)
         except UnsafeUrl as err:
@@ -170,11 +183,15 @@ class CompositeNotifier:
         try:
             points = self.curve_points(message)
         except Exception:  # the card is still worth sending without its picture
-            log.warning("reading the reward curve of %s failed; sending the card without it",
-                        message.request_id, exc_info=True)
+            log.warning(
+                "reading the reward curve of %s failed; sending the card without it",
+                message.request_id,
+                exc_info=True,
+            )
             points = None
-        return build_payload(message, public_base_url=self.settings.public_base_url, points=points,
-                             target_reward=target)
+        return build_payload(
+            message, public_base_url=self.settings.public_base_url, points=points, target_reward=target
+        )
 
     def _metrics_near_run(self, message: CompletionMessage) -> list[dict[str, Any]] | None:
         """The run's metrics.jsonl: beside a file:// checkpoint, or under ``runs_dir/<request_id>``."""

@@ -54,8 +54,11 @@ SUMMARY_MARK = "RLQ_SUMMARY "
 DEFAULT_CHECKPOINT_FREQ = 10
 
 _STATES: dict[str, JobState] = {
-    "PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded",
-    "FAILED": "failed", "STOPPED": "stopped",
+    "PENDING": "pending",
+    "RUNNING": "running",
+    "SUCCEEDED": "succeeded",
+    "FAILED": "failed",
+    "STOPPED": "stopped",
 }
 _TERMINAL: frozenset[JobState] = frozenset({"succeeded", "failed", "stopped"})
 
@@ -117,26 +120,36 @@ def restore_path(uri: str) -> str:
             reason="InvalidRequest",
         )
     if parsed.netloc not in ("", "localhost"):
-        raise PermanentError(f"restore_from: file:// URI names a host ({parsed.netloc!r}); use file:///path",
-                             reason="InvalidRequest")
+        raise PermanentError(
+            f"restore_from: file:// URI names a host ({parsed.netloc!r}); use file:///path",
+            reason="InvalidRequest",
+        )
     path = unquote(parsed.path)
     if not path.startswith("/"):
         raise PermanentError("restore_from: file:// URI must hold an absolute path", reason="InvalidRequest")
     return path
 
 
-def trainer_argv(request: TrainingRequest, *, output_dir: str, checkpoint_freq: int = DEFAULT_CHECKPOINT_FREQ,
-                 default_run_duration_s: int = 3600, max_run_duration_s: int = 4 * 3600) -> list[str]:
+def trainer_argv(
+    request: TrainingRequest,
+    *,
+    output_dir: str,
+    checkpoint_freq: int = DEFAULT_CHECKPOINT_FREQ,
+    default_run_duration_s: int = 3600,
+    max_run_duration_s: int = 4 * 3600,
+) -> list[str]:
     """The trainer's argument vector for ``request`` on Ray (pure; each value is one argv element).
 
     ``stop.time_total_s`` is always present (see :func:`run_bound_s`), so every run is bounded.
     """
     stop = request.stop.model_dump(exclude_none=True)
-    stop["time_total_s"] = run_bound_s(request, default_run_duration_s=default_run_duration_s,
-                                       max_run_duration_s=max_run_duration_s)
+    stop["time_total_s"] = run_bound_s(
+        request, default_run_duration_s=default_run_duration_s, max_run_duration_s=max_run_duration_s
+    )
     restore = restore_path(request.restore_from) if request.restore_from else None
-    return trainer_args.trainer_argv(request, output_dir=output_dir, checkpoint_freq=checkpoint_freq,
-                                     stop=stop, restore=restore)
+    return trainer_args.trainer_argv(
+        request, output_dir=output_dir, checkpoint_freq=checkpoint_freq, stop=stop, restore=restore
+    )
 
 
 def _marked_json(lines: Iterable[str], mark: str) -> dict[str, Any] | None:
@@ -146,7 +159,7 @@ def _marked_json(lines: Iterable[str], mark: str) -> dict[str, Any] | None:
         if at < 0:
             continue
         try:
-            value = json.loads(line[at + len(mark):])
+            value = json.loads(line[at + len(mark) :])
         except ValueError:
             continue
         if isinstance(value, dict):
@@ -175,8 +188,10 @@ def _tail_line(path: Path, *, chunk: int = 64 * 1024) -> str | None:
     return lines[-1] if lines else None
 
 
-_NOISE = re.compile(r"^(Traceback|File \"|During handling|The above exception|\^|~|Running entrypoint|"
-                    r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d|\(\w+ pid=|rlq-trainer: \w+ on |RLQ_)")
+_NOISE = re.compile(
+    r"^(Traceback|File \"|During handling|The above exception|\^|~|Running entrypoint|"
+    r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d|\(\w+ pid=|rlq-trainer: \w+ on |RLQ_)"
+)
 
 
 def last_meaningful_line(text: str) -> str | None:
@@ -255,13 +270,21 @@ class RayJobsBackend:
 
     name = "ray"
 
-    def __init__(self, *, address: str | None, settings: Settings,
-                 client_factory: ClientFactory | None = None, trainer_package: Path | None = None,
-                 checkpoint_freq: int = DEFAULT_CHECKPOINT_FREQ, retry_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        address: str | None,
+        settings: Settings,
+        client_factory: ClientFactory | None = None,
+        trainer_package: Path | None = None,
+        checkpoint_freq: int = DEFAULT_CHECKPOINT_FREQ,
+        retry_attempts: int = 3,
+    ) -> None:
         self.settings = settings
         self.local = (address or settings.ray_address) is None
-        self.address = (address or settings.ray_address
-                        or f"http://{ray_local.LOOPBACK}:{settings.ray_dashboard_port}").rstrip("/")
+        self.address = (
+            address or settings.ray_address or f"http://{ray_local.LOOPBACK}:{settings.ray_dashboard_port}"
+        ).rstrip("/")
         self._factory = client_factory or _default_client_factory(settings.status_timeout_s)
         self._client_obj: JobsClient | None = None
         self._token: SecretStr | None = None
@@ -280,7 +303,8 @@ class RayJobsBackend:
         if self._client_obj is None:
             self._token = self._resolve_token()
             self._client_obj = self._guard(
-                lambda: self._factory(self.address, ray_local.auth_headers(self._token)), what="connect")
+                lambda: self._factory(self.address, ray_local.auth_headers(self._token)), what="connect"
+            )
         return self._client_obj
 
     def _scrub(self, text: str) -> str:
@@ -309,16 +333,19 @@ class RayJobsBackend:
                 text = f"unreadable answer from Ray during {what}: {err}"[:500]
                 raise TransientError(self._scrub(text)) from err
             # Ray's client validates the runtime env before sending it: this job can never start.
-            raise PermanentError(self._scrub(f"Ray rejected the job during {what}: {err}"),
-                                 reason="ComputeRejected") from err
+            raise PermanentError(
+                self._scrub(f"Ray rejected the job during {what}: {err}"), reason="ComputeRejected"
+            ) from err
         except OSError as err:  # requests' ConnectionError / Timeout and the builtin ConnectionError
-            raise TransientError(self._scrub(
-                f"Ray at {self.address} is unreachable during {what}: {type(err).__name__}: {err}"[:500]
-            )) from err
+            raise TransientError(
+                self._scrub(
+                    f"Ray at {self.address} is unreachable during {what}: {type(err).__name__}: {err}"[:500]
+                )
+            ) from err
         except RuntimeError as err:  # Ray's client: "Version check returned 404", version mismatch…
-            raise TransientError(self._scrub(
-                f"Ray at {self.address} answered unexpectedly during {what}: {err}"[:500]
-            )) from err
+            raise TransientError(
+                self._scrub(f"Ray at {self.address} answered unexpectedly during {what}: {err}"[:500])
+            ) from err
 
     def _http_error(self, err: RayHttpError, *, what: str) -> Exception:
         detail = last_meaningful_line(self._scrub(err.text)) or "no detail"
@@ -329,6 +356,7 @@ class RayJobsBackend:
 
     def _call(self, fn: Callable[[JobsClient], T], *, what: str, submit: bool = False) -> T:
         """One SDK call with bounded retries (exponential backoff + jitter) on transient faults."""
+
         def once() -> T:
             client = self._client()
             try:
@@ -361,8 +389,10 @@ class RayJobsBackend:
         """Local mode: start the private head if it is down. Remote: check the cluster answers."""
         if self.local:
             ray_local.ensure_local_head(
-                data_dir=self.settings.data_dir, dashboard_port=self.settings.ray_dashboard_port,
-                num_cpus=self.settings.ray_num_cpus, token=self.settings.ray_auth_token,
+                data_dir=self.settings.data_dir,
+                dashboard_port=self.settings.ray_dashboard_port,
+                num_cpus=self.settings.ray_num_cpus,
+                token=self.settings.ray_auth_token,
             )
             if self._resolve_token() != self._token:
                 self._client_obj = None  # the head was (re)started with another token
@@ -384,19 +414,34 @@ class RayJobsBackend:
             return existing
         run_id = submission_id_for(request.request_id)
         output_dir = self.output_dir_for(request.request_id)
-        argv = trainer_argv(request, output_dir=output_dir, checkpoint_freq=self._checkpoint_freq,
-                            default_run_duration_s=self.settings.default_run_duration_s,
-                            max_run_duration_s=self.settings.max_run_duration_s)
-        metadata = {"request_id": request.request_id, "experiment": request.experiment,
-                    "output_dir": output_dir, "submitted_by": "rlq"}
+        argv = trainer_argv(
+            request,
+            output_dir=output_dir,
+            checkpoint_freq=self._checkpoint_freq,
+            default_run_duration_s=self.settings.default_run_duration_s,
+            max_run_duration_s=self.settings.max_run_duration_s,
+        )
+        metadata = {
+            "request_id": request.request_id,
+            "experiment": request.experiment,
+            "output_dir": output_dir,
+            "submitted_by": "rlq",
+        }
         with tempfile.TemporaryDirectory(prefix="rlq-job-") as tmp:
             working_dir = _stage_trainer(self._trainer_package, Path(tmp))
             runtime_env = {"working_dir": str(working_dir), "env_vars": {ARGV_ENV: json.dumps(argv)}}
             try:
                 # Safe to retry: a retry after a submit that landed meets "already exists" below.
-                self._call(lambda c: c.submit_job(entrypoint=ENTRYPOINT, submission_id=run_id,
-                                                  runtime_env=runtime_env, metadata=metadata),
-                           what="submit", submit=True)
+                self._call(
+                    lambda c: c.submit_job(
+                        entrypoint=ENTRYPOINT,
+                        submission_id=run_id,
+                        runtime_env=runtime_env,
+                        metadata=metadata,
+                    ),
+                    what="submit",
+                    submit=True,
+                )
             except RayHttpError as err:
                 if err.status == 400 and "already exists" in err.text:
                     return run_id  # another submitter won the race: that job is ours too
@@ -410,7 +455,8 @@ class RayJobsBackend:
         except RayHttpError as err:
             if err.status == 404:
                 return JobStatus(
-                    state="failed", portal_url=self.portal_url(run_id),
+                    state="failed",
+                    portal_url=self.portal_url(run_id),
                     error=f"Ray has no job {run_id}: the cluster was restarted or the job deleted",
                 )
             raise self._http_error(err, what="status") from err
@@ -450,10 +496,16 @@ class RayJobsBackend:
                 progress = _progress(last_marked(job_logs(), METRICS_MARK))
             if state == "failed":
                 why = summary.get("error") if summary else None
-                error = self._scrub(readable_error(message=info.message, exit_code=info.driver_exit_code,
-                                                   trainer_error=str(why) if why else None))
-        return JobStatus(state=state, progress=progress, summary=summary, error=error,
-                         portal_url=self.portal_url(run_id))
+                error = self._scrub(
+                    readable_error(
+                        message=info.message,
+                        exit_code=info.driver_exit_code,
+                        trainer_error=str(why) if why else None,
+                    )
+                )
+        return JobStatus(
+            state=state, progress=progress, summary=summary, error=error, portal_url=self.portal_url(run_id)
+        )
 
     def cancel(self, run_id: str) -> None:
         """Ask Ray to stop the job (SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S)."""
@@ -525,12 +577,24 @@ def _trainer_package_dir() -> Path:
 def _stage_trainer(package: Path, tmp: Path) -> Path:
     """A working dir holding only ``trainer/`` (the repository also holds a virtualenv and state)."""
     working_dir = tmp / "job"
-    shutil.copytree(package, working_dir / "trainer",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "outputs"))
+    shutil.copytree(
+        package,
+        working_dir / "trainer",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "outputs"),
+    )
     return working_dir
 
 
 __all__ = [
-    "ARGV_ENV", "ENTRYPOINT", "RayHttpError", "RayJobsBackend", "last_marked", "last_meaningful_line",
-    "readable_error", "restore_path", "run_bound_s", "submission_id_for", "trainer_argv",
+    "ARGV_ENV",
+    "ENTRYPOINT",
+    "RayHttpError",
+    "RayJobsBackend",
+    "last_marked",
+    "last_meaningful_line",
+    "readable_error",
+    "restore_path",
+    "run_bound_s",
+    "submission_id_for",
+    "trainer_argv",
 ]

@@ -139,8 +139,12 @@ def probe_dashboard(address: str, token: SecretStr | None, *, timeout_s: float =
     200: a Ray Jobs API that accepts the token; 401/403: a Ray that refuses it.
     """
     try:
-        r = httpx.get(f"{address.rstrip('/')}/api/version", headers=auth_headers(token),
-                      timeout=timeout_s, follow_redirects=False)
+        r = httpx.get(
+            f"{address.rstrip('/')}/api/version",
+            headers=auth_headers(token),
+            timeout=timeout_s,
+            follow_redirects=False,
+        )
     except httpx.HTTPError:
         return None
     return r.status_code
@@ -173,8 +177,9 @@ def _ray_executable() -> str:
     """The ``ray`` script of this interpreter's environment (never whatever PATH finds first)."""
     candidate = Path(sys.executable).parent / "ray"
     if not candidate.exists():
-        raise TransientError(f"the ray command was not found next to {sys.executable}; "
-                             "install rlq with the [ray] extra")
+        raise TransientError(
+            f"the ray command was not found next to {sys.executable}; install rlq with the [ray] extra"
+        )
     return str(candidate)
 
 
@@ -201,10 +206,15 @@ def _locked(path: Path, *, timeout_s: float) -> Iterator[None]:
 # --- start / stop ----------------------------------------------------------------------------
 
 
-def ensure_local_head(*, data_dir: Path, dashboard_port: int = DEFAULT_DASHBOARD_PORT,
-                      num_cpus: int | None = None, timeout_s: float = 60.0,
-                      token: SecretStr | str | None = None,
-                      object_store_memory_bytes: int | None = None) -> str:
+def ensure_local_head(
+    *,
+    data_dir: Path,
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT,
+    num_cpus: int | None = None,
+    timeout_s: float = 60.0,
+    token: SecretStr | str | None = None,
+    object_store_memory_bytes: int | None = None,
+) -> str:
     """Return the Jobs API address of a local Ray head, starting one when none answers.
 
     Idempotent, and safe when several processes call it at once (a file lock under data_dir).
@@ -223,34 +233,53 @@ def ensure_local_head(*, data_dir: Path, dashboard_port: int = DEFAULT_DASHBOARD
                 "RLQ_RAY_DASHBOARD_PORT at a free port, or set RLQ_RAY_AUTH_TOKEN to its token"
             )
         if status is not None or not _port_free(dashboard_port):
-            raise TransientError(f"port {dashboard_port} on {LOOPBACK} is taken by something that is not "
-                                 "a Ray dashboard; set RLQ_RAY_DASHBOARD_PORT to a free port")
+            raise TransientError(
+                f"port {dashboard_port} on {LOOPBACK} is taken by something that is not "
+                "a Ray dashboard; set RLQ_RAY_DASHBOARD_PORT to a free port"
+            )
         if _head_processes(_temp_dir_for(data_dir)):
             # Never kill a head automatically: a dashboard too busy to answer may still run jobs.
-            raise TransientError(f"the local Ray head for {data_dir} is running but its dashboard does not "
-                                 f"answer on {address}; stop it (stop_local_head) to start afresh")
-        head = _start_head(data_dir=data_dir, dashboard_port=dashboard_port, num_cpus=num_cpus,
-                           timeout_s=timeout_s, token=token,
-                           object_store_memory_bytes=object_store_memory_bytes)
+            raise TransientError(
+                f"the local Ray head for {data_dir} is running but its dashboard does not "
+                f"answer on {address}; stop it (stop_local_head) to start afresh"
+            )
+        head = _start_head(
+            data_dir=data_dir,
+            dashboard_port=dashboard_port,
+            num_cpus=num_cpus,
+            timeout_s=timeout_s,
+            token=token,
+            object_store_memory_bytes=object_store_memory_bytes,
+        )
         _STARTED[data_dir] = head
         return head.address
 
 
-def _start_head(*, data_dir: Path, dashboard_port: int, num_cpus: int | None, timeout_s: float,
-                token: SecretStr | str | None, object_store_memory_bytes: int | None) -> HeadInfo:
+def _start_head(
+    *,
+    data_dir: Path,
+    dashboard_port: int,
+    num_cpus: int | None,
+    timeout_s: float,
+    token: SecretStr | str | None,
+    object_store_memory_bytes: int | None,
+) -> HeadInfo:
     ray_dir = data_dir / "ray"
     ray_dir.mkdir(parents=True, exist_ok=True)
     # The head's token: rlq's setting, else Ray's own, else the one this data_dir already had,
     # else a fresh one (256 bits, Ray's own format).
-    resolved = (ray_token(token) or _read_token_file(local_token_path(data_dir))
-                or SecretStr(secrets.token_hex(32)))
+    resolved = (
+        ray_token(token) or _read_token_file(local_token_path(data_dir)) or SecretStr(secrets.token_hex(32))
+    )
     token_file = local_token_path(data_dir)
     _write_token(token_file, resolved)
 
     temp_dir = _temp_dir_for(data_dir)
     gcs_port = DEFAULT_GCS_PORT if _port_free(DEFAULT_GCS_PORT) else free_port()
     argv = [
-        _ray_executable(), "start", "--head",
+        _ray_executable(),
+        "start",
+        "--head",
         f"--node-ip-address={LOOPBACK}",
         f"--port={gcs_port}",
         f"--dashboard-host={LOOPBACK}",
@@ -279,23 +308,38 @@ def _start_head(*, data_dir: Path, dashboard_port: int, num_cpus: int | None, ti
     with open(log_path, "wb") as log:
         # Output goes to a file, not a pipe: the daemons `ray start` leaves behind would hold a
         # pipe open and block the wait.
-        proc = subprocess.run(argv, env=env, cwd=str(data_dir), stdin=subprocess.DEVNULL,
-                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
-    head = HeadInfo(address=f"http://{LOOPBACK}:{dashboard_port}", dashboard_port=dashboard_port,
-                    gcs_port=gcs_port, temp_dir=temp_dir)
+        proc = subprocess.run(
+            argv,
+            env=env,
+            cwd=str(data_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            check=False,
+        )
+    head = HeadInfo(
+        address=f"http://{LOOPBACK}:{dashboard_port}",
+        dashboard_port=dashboard_port,
+        gcs_port=gcs_port,
+        temp_dir=temp_dir,
+    )
     (ray_dir / "head.json").write_text(json.dumps(head.__dict__, indent=1))
     if proc.returncode != 0:
         _kill_head_processes(temp_dir, grace_s=2)
-        raise TransientError(f"`ray start --head` failed with exit code {proc.returncode}: "
-                             f"{_last_line(log_path, resolved)} (full output: {log_path})")
+        raise TransientError(
+            f"`ray start --head` failed with exit code {proc.returncode}: "
+            f"{_last_line(log_path, resolved)} (full output: {log_path})"
+        )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if probe_dashboard(head.address, resolved) == 200:
             return head
         time.sleep(0.25)
     _kill_head_processes(temp_dir, grace_s=2)
-    raise TransientError(f"the local Ray head did not answer on {head.address} within {timeout_s:g} s "
-                         f"(see {log_path})")
+    raise TransientError(
+        f"the local Ray head did not answer on {head.address} within {timeout_s:g} s (see {log_path})"
+    )
 
 
 def _last_line(path: Path, token: SecretStr) -> str:
@@ -316,10 +360,7 @@ def stop_local_head(*, data_dir: Path | None = None, grace_s: float = 5.0, keep_
     seconds, and a local head has no state worth waiting for). Ray's temp dir (sockets, session
     and job logs) goes with it unless ``keep_logs``. True when something was stopped.
     """
-    if data_dir is None:
-        dirs = list(_STARTED)
-    else:
-        dirs = [Path(data_dir).resolve()]
+    dirs = list(_STARTED) if data_dir is None else [Path(data_dir).resolve()]
     stopped = False
     for d in dirs:
         _STARTED.pop(d, None)
@@ -404,7 +445,12 @@ def start_test_ray_head(tmp_dir: Path, *, num_cpus: int = 2, timeout_s: float = 
     data_dir = Path(tmp_dir).resolve()
     port = free_port()
     token = SecretStr(secrets.token_hex(32))
-    address = ensure_local_head(data_dir=data_dir, dashboard_port=port, num_cpus=num_cpus,
-                                timeout_s=timeout_s, token=token,
-                                object_store_memory_bytes=300 * 1024 * 1024)
+    address = ensure_local_head(
+        data_dir=data_dir,
+        dashboard_port=port,
+        num_cpus=num_cpus,
+        timeout_s=timeout_s,
+        token=token,
+        object_store_memory_bytes=300 * 1024 * 1024,
+    )
     return TestHead(address=address, data_dir=data_dir, dashboard_port=port, token=token)

@@ -107,7 +107,9 @@ def completion_message(message: CompletionMessage) -> ServiceBusMessage:
     )
 
 
-def request_message(body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> ServiceBusMessage:
+def request_message(
+    body: bytes, *, message_id: str, scheduled_at: datetime | None = None
+) -> ServiceBusMessage:
     """A training request for the intake queue; ``scheduled_at`` (UTC) defers its delivery."""
     from azure.servicebus import ServiceBusMessage
 
@@ -149,22 +151,31 @@ def rejection_message(*, message_id: str, body: bytes, reason: str, description:
     )
 
 
-def rejection_notice(*, message_id: str, request_id: str | None, reason: str,
-                     description: str) -> ServiceBusMessage:
+def rejection_notice(
+    *, message_id: str, request_id: str | None, reason: str, description: str
+) -> ServiceBusMessage:
     """What the requester's ``reply_to`` queue gets: a short JSON notice, not the body again."""
     from azure.servicebus import ServiceBusMessage
 
     desc = truncate_utf8(description or "", MAX_DESCRIPTION_BYTES)
-    notice = {"message_id": f"{message_id}:rejected", "request_id": request_id, "status": "Rejected",
-              "reason": reason, "error": desc}
+    notice = {
+        "message_id": f"{message_id}:rejected",
+        "request_id": request_id,
+        "status": "Rejected",
+        "reason": reason,
+        "error": desc,
+    }
     return ServiceBusMessage(
         json.dumps(notice),
         message_id=sb_message_id(f"{message_id}:rejected"),
         correlation_id=sb_message_id(request_id or message_id) if (request_id or message_id) else None,
         content_type=CONTENT_TYPE,
         subject="training-rejected",
-        application_properties={"status": "Rejected", "reason": truncate_utf8(reason, 256),
-                                "description": desc},
+        application_properties={
+            "status": "Rejected",
+            "reason": truncate_utf8(reason, 256),
+            "description": desc,
+        },
     )
 
 
@@ -185,8 +196,9 @@ def body_fields(body: bytes) -> tuple[str | None, str | None]:
 
 # --- error translation ----------------------------------------------------------------------
 
-_SECRET_RE = re.compile(r"(SharedAccessKey|SharedAccessSignature|AccountKey|sig|skn)=([^;&\s\"']+)",
-                        re.IGNORECASE)
+_SECRET_RE = re.compile(
+    r"(SharedAccessKey|SharedAccessSignature|AccountKey|sig|skn)=([^;&\s\"']+)", re.IGNORECASE
+)
 
 
 def scrub(text: str, *secrets: str | None) -> str:
@@ -206,8 +218,15 @@ def _permanent_types() -> tuple[type[BaseException], ...]:
         ServiceBusAuthorizationError,
     )
 
-    return (MessageSizeExceededError, MessagingEntityNotFoundError, ServiceBusAuthenticationError,
-            ServiceBusAuthorizationError, ClientAuthenticationError, ValueError, TypeError)
+    return (
+        MessageSizeExceededError,
+        MessagingEntityNotFoundError,
+        ServiceBusAuthenticationError,
+        ServiceBusAuthorizationError,
+        ClientAuthenticationError,
+        ValueError,
+        TypeError,
+    )
 
 
 def is_retryable(err: BaseException) -> bool:
@@ -238,7 +257,9 @@ def translate(err: BaseException, *, action: str, secrets: tuple[str | None, ...
             "ClientAuthenticationError": " (no credential: managed identity, az login or a connection string)",
             "MessageSizeExceededError": " (the message is larger than the entity accepts)",
         }.get(kind, "")
-        return PermanentError(f"Service Bus {action} failed: {kind}: {text}{hint}", reason="ServiceBus" + kind)
+        return PermanentError(
+            f"Service Bus {action} failed: {kind}: {text}{hint}", reason="ServiceBus" + kind
+        )
     if isinstance(err, (AzureError, TimeoutError, ConnectionError)):
         return TransientError(f"Service Bus {action} failed, try again later: {kind}: {text}")
     return TransientError(f"Service Bus {action} failed unexpectedly: {kind}: {text}")
@@ -292,8 +313,11 @@ class _ServiceBusSide:
         key = (kind, name)
         with self._lock:
             if key not in self._senders:
-                sender = client.get_topic_sender(topic_name=name) if kind == "topic" \
+                sender = (
+                    client.get_topic_sender(topic_name=name)
+                    if kind == "topic"
                     else client.get_queue_sender(queue_name=name)
+                )
                 self._senders[key] = (sender, threading.Lock())
             return self._senders[key]
 
@@ -312,8 +336,12 @@ class _ServiceBusSide:
 
         def before_sleep(state: RetryCallState) -> None:
             err = state.outcome.exception() if state.outcome else None
-            log.warning("Service Bus %s: attempt %d failed (%s); retrying", action, state.attempt_number,
-                        type(err).__name__)
+            log.warning(
+                "Service Bus %s: attempt %d failed (%s); retrying",
+                action,
+                state.attempt_number,
+                type(err).__name__,
+            )
             self._forget(kind, name)
 
         retrying = Retrying(
@@ -376,14 +404,17 @@ def client_from_settings(settings: Settings) -> ServiceBusClient:
             raise PermanentError(
                 "RLQ_SERVICEBUS_CONNECTION is not a Service Bus connection string "
                 "(Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName=…;SharedAccessKey=…)",
-                reason="ServiceBusConfiguration") from None
+                reason="ServiceBusConfiguration",
+            ) from None
     if settings.servicebus_namespace:
         from azure.identity import DefaultAzureCredential
 
         return ServiceBusClient(fully_qualified(settings.servicebus_namespace), DefaultAzureCredential())
     raise PermanentError(
         "RLQ_BROKER=servicebus needs RLQ_SERVICEBUS_NAMESPACE (<name>.servicebus.windows.net, managed "
-        "identity) or RLQ_SERVICEBUS_CONNECTION", reason="ServiceBusConfiguration")
+        "identity) or RLQ_SERVICEBUS_CONNECTION",
+        reason="ServiceBusConfiguration",
+    )
 
 
 # --- the adapters ---------------------------------------------------------------------------
@@ -396,37 +427,62 @@ class ServiceBusPublisher(_ServiceBusSide):
     the outbox after a lost acknowledgement is dropped by Service Bus.
     """
 
-    def __init__(self, *, settings: Settings | None = None, client_factory: ClientFactory | None = None,
-                 topic_name: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        client_factory: ClientFactory | None = None,
+        topic_name: str | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(settings=settings, client_factory=client_factory, **options)
         self.topic_name = topic_name or (settings.topic_name if settings else "training-completed")
 
     def publish(self, message: CompletionMessage, *, reply_to: str | None = None) -> None:
-        self._send("topic", self.topic_name, lambda: completion_message(message),
-                   action=f"publish {message.message_id} to topic {self.topic_name}")
+        self._send(
+            "topic",
+            self.topic_name,
+            lambda: completion_message(message),
+            action=f"publish {message.message_id} to topic {self.topic_name}",
+        )
         if reply_to:
             try:
-                self._send("queue", reply_to, lambda: completion_message(message),
-                           action=f"reply {message.message_id} to queue {reply_to}")
+                self._send(
+                    "queue",
+                    reply_to,
+                    lambda: completion_message(message),
+                    action=f"reply {message.message_id} to queue {reply_to}",
+                )
             except PermanentError as err:
                 raise PermanentError(
                     f"{err.description} — the topic message was published; only the reply to "
-                    f"{reply_to!r} failed", reason=err.reason) from err
+                    f"{reply_to!r} failed",
+                    reason=err.reason,
+                ) from err
 
 
 class ServiceBusRequestSender(_ServiceBusSide):
     """:class:`shared.ports.RequestSender` on the ``training-requests`` queue."""
 
-    def __init__(self, *, settings: Settings | None = None, client_factory: ClientFactory | None = None,
-                 queue_name: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        client_factory: ClientFactory | None = None,
+        queue_name: str | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(settings=settings, client_factory=client_factory, **options)
         self.queue_name = queue_name or (settings.queue_name if settings else "training-requests")
 
     def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
         when = f" for {scheduled_at.isoformat(timespec='seconds')}" if scheduled_at else ""
-        self._send("queue", self.queue_name,
-                   lambda: request_message(body, message_id=message_id, scheduled_at=scheduled_at),
-                   action=f"send {message_id} to queue {self.queue_name}{when}")
+        self._send(
+            "queue",
+            self.queue_name,
+            lambda: request_message(body, message_id=message_id, scheduled_at=scheduled_at),
+            action=f"send {message_id} to queue {self.queue_name}{when}",
+        )
 
 
 class ServiceBusRejecter(_ServiceBusSide):
@@ -436,23 +492,42 @@ class ServiceBusRejecter(_ServiceBusSide):
     ``reject(*, message_id, body, reason, description) -> None``.
     """
 
-    def __init__(self, *, settings: Settings | None = None, client_factory: ClientFactory | None = None,
-                 queue_name: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        client_factory: ClientFactory | None = None,
+        queue_name: str | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(settings=settings, client_factory=client_factory, **options)
         self.queue_name = queue_name or (settings.rejected_queue_name if settings else REJECTED_QUEUE_NAME)
 
     def reject(self, *, message_id: str, body: bytes, reason: str, description: str) -> None:
-        self._send("queue", self.queue_name,
-                   lambda: rejection_message(message_id=message_id, body=body, reason=reason,
-                                             description=description),
-                   action=f"reject {message_id} to queue {self.queue_name}")
+        self._send(
+            "queue",
+            self.queue_name,
+            lambda: rejection_message(
+                message_id=message_id, body=body, reason=reason, description=description
+            ),
+            action=f"reject {message_id} to queue {self.queue_name}",
+        )
         request_id, reply_to = body_fields(body)
         if reply_to and reply_to != self.queue_name:
             try:
-                self._send("queue", reply_to,
-                           lambda: rejection_notice(message_id=message_id, request_id=request_id,
-                                                    reason=reason, description=description),
-                           action=f"notify {reply_to} of rejection {message_id}")
+                self._send(
+                    "queue",
+                    reply_to,
+                    lambda: rejection_notice(
+                        message_id=message_id, request_id=request_id, reason=reason, description=description
+                    ),
+                    action=f"notify {reply_to} of rejection {message_id}",
+                )
             except PermanentError as err:  # a requester's missing queue must not block the rejection
-                log.warning("rejection of %s kept on %s; reply queue %r refused it: %s", message_id,
-                            self.queue_name, reply_to, err.description)
+                log.warning(
+                    "rejection of %s kept on %s; reply queue %r refused it: %s",
+                    message_id,
+                    self.queue_name,
+                    reply_to,
+                    err.description,
+                )

@@ -233,9 +233,8 @@ class SqliteBroker:
         sched = _epoch(scheduled_at)
         with self._db.tx() as conn:
             now = self._clock()
-            if self.duplicate_detection_window_s > 0:
-                if self._is_duplicate(conn, entity, mid, now):
-                    return False
+            if self.duplicate_detection_window_s > 0 and self._is_duplicate(conn, entity, mid, now):
+                return False
             kind = self._ensure_entity(conn, entity, None)
             if kind == "topic":
                 paths = [

@@ -64,11 +64,13 @@ def encode_record(record: RunRecord) -> dict[str, Any]:
     if len(text.encode("utf-16-le")) // 2 <= MAX_INLINE_UNITS:
         return {"Record": text}
     packed = zlib.compress(text.encode("utf-8"), 6)
-    chunks = [packed[i:i + CHUNK_BYTES] for i in range(0, len(packed), CHUNK_BYTES)]
+    chunks = [packed[i : i + CHUNK_BYTES] for i in range(0, len(packed), CHUNK_BYTES)]
     if len(chunks) > MAX_CHUNKS:
         raise PermanentError(
             f"run record {record.request_id!r} is {len(packed)} bytes compressed; Table storage holds "
-            f"at most {MAX_CHUNKS * CHUNK_BYTES} per entity", reason="RecordTooLarge")
+            f"at most {MAX_CHUNKS * CHUNK_BYTES} per entity",
+            reason="RecordTooLarge",
+        )
     props: dict[str, Any] = {f"RecordZ{i}": chunk for i, chunk in enumerate(chunks)}
     props["RecordChunks"] = len(chunks)
     return props
@@ -123,18 +125,22 @@ class TableRunStore:
             try:
                 self._table = TableClient.from_connection_string(connection_string, table_name, **options)
             except (ValueError, KeyError):
-                raise PermanentError("RLQ_TABLE_CONNECTION is not a storage connection string",
-                                     reason="TableConfiguration") from None
+                raise PermanentError(
+                    "RLQ_TABLE_CONNECTION is not a storage connection string", reason="TableConfiguration"
+                ) from None
         elif account_url:
             if credential is None:
                 from azure.identity import DefaultAzureCredential
 
                 credential = DefaultAzureCredential()
-            self._table = TableClient(endpoint=account_url, table_name=table_name, credential=credential,
-                                      **options)
+            self._table = TableClient(
+                endpoint=account_url, table_name=table_name, credential=credential, **options
+            )
         else:
-            raise PermanentError("RLQ_STORE=table needs RLQ_TABLE_ACCOUNT_URL (managed identity) or "
-                                 "RLQ_TABLE_CONNECTION", reason="TableConfiguration")
+            raise PermanentError(
+                "RLQ_STORE=table needs RLQ_TABLE_ACCOUNT_URL (managed identity) or RLQ_TABLE_CONNECTION",
+                reason="TableConfiguration",
+            )
         self.table_name = table_name
         self._clock = clock
         self._ready = False
@@ -143,8 +149,12 @@ class TableRunStore:
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> TableRunStore:
         conn = settings.table_connection.get_secret_value() if settings.table_connection else None
-        return cls(table_name=settings.table_name, connection_string=conn,
-                   account_url=settings.table_account_url, **options)
+        return cls(
+            table_name=settings.table_name,
+            connection_string=conn,
+            account_url=settings.table_account_url,
+            **options,
+        )
 
     def close(self) -> None:
         self._table.close()
@@ -187,23 +197,34 @@ class TableRunStore:
 
         key = row_key(record.request_id)
         try:
-            current = self._call("read", lambda: self._table.get_entity(
-                PARTITION, key, select=["Version", "Seq"]))
+            current = self._call(
+                "read", lambda: self._table.get_entity(PARTITION, key, select=["Version", "Seq"])
+            )
         except ResourceNotFoundError:
             raise NotFound(f"no run record for request_id {record.request_id!r}") from None
         stored_version = int(current["Version"])
         if stored_version != record.version:
-            raise Conflict(f"run record {record.request_id!r} is at version {stored_version}, not "
-                           f"{record.version}: re-read and retry")
+            raise Conflict(
+                f"run record {record.request_id!r} is at version {stored_version}, not "
+                f"{record.version}: re-read and retry"
+            )
         now = self._now()
         stored = record.model_copy(update={"version": record.version + 1, "updated_at": now})
         entity = self._entity(stored, seq=current.get("Seq") or f"{time.time_ns():020d}")
         try:
-            self._call("update", lambda: self._table.update_entity(
-                entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified))
+            self._call(
+                "update",
+                lambda: self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                ),
+            )
         except ResourceModifiedError:
-            raise Conflict(f"run record {record.request_id!r} changed under us (ETag): re-read and retry") from None
+            raise Conflict(
+                f"run record {record.request_id!r} changed under us (ETag): re-read and retry"
+            ) from None
         except ResourceNotFoundError:
             raise NotFound(f"no run record for request_id {record.request_id!r}") from None
         return stored
@@ -262,8 +283,9 @@ class TableRunStore:
         return flt
 
     def _query(self, flt: str, *, select: list[str]) -> list[Any]:
-        return self._call("query", lambda: list(self._table.query_entities(flt, select=select,
-                                                                         results_per_page=1000)))
+        return self._call(
+            "query", lambda: list(self._table.query_entities(flt, select=select, results_per_page=1000))
+        )
 
     def _ensure_table(self) -> None:
         if self._ready:
@@ -308,19 +330,26 @@ class TableRunStore:
         except ClientAuthenticationError as err:
             raise PermanentError(
                 f"Table storage refused rlq's credential for {action} on {self.table_name!r} "
-                "(the identity needs 'Storage Table Data Contributor')", reason="TableAuthorization") from err
+                "(the identity needs 'Storage Table Data Contributor')",
+                reason="TableAuthorization",
+            ) from err
         except (ServiceRequestError, ServiceResponseError) as err:
             raise TransientError(f"Table storage {action} failed to connect: {type(err).__name__}") from err
         except HttpResponseError as err:
             status = err.status_code or 0
             code = getattr(err, "error_code", None) or type(err).__name__
             if status in (403,):
-                raise PermanentError(f"Table storage {action} forbidden ({code}): check the identity's role",
-                                     reason="TableAuthorization") from err
+                raise PermanentError(
+                    f"Table storage {action} forbidden ({code}): check the identity's role",
+                    reason="TableAuthorization",
+                ) from err
             if status == 408 or status == 429 or status >= 500:
-                raise TransientError(f"Table storage {action} failed with HTTP {status} ({code}); try again") from err
-            raise PermanentError(f"Table storage {action} failed with HTTP {status} ({code})",
-                                 reason="TableRequest") from err
+                raise TransientError(
+                    f"Table storage {action} failed with HTTP {status} ({code}); try again"
+                ) from err
+            raise PermanentError(
+                f"Table storage {action} failed with HTTP {status} ({code})", reason="TableRequest"
+            ) from err
 
     def _now(self) -> datetime:
         value = self._clock()

@@ -146,30 +146,57 @@ def build_card(
     what = " on ".join(x for x in (message.algorithm, message.env) if x)
     subtitle = " · ".join(x for x in (what, f"experiment {message.experiment}") if x)
     body: list[dict[str, Any]] = [
-        {"type": "TextBlock", "text": headline, "size": "Large", "weight": "Bolder", "color": color,
-         "wrap": True, "style": "heading"},
+        {
+            "type": "TextBlock",
+            "text": headline,
+            "size": "Large",
+            "weight": "Bolder",
+            "color": color,
+            "wrap": True,
+            "style": "heading",
+        },
         {"type": "TextBlock", "text": subtitle, "isSubtle": True, "spacing": "None", "wrap": True},
         {"type": "FactSet", "facts": [{"title": t, "value": v} for t, v in facts]},
     ]
     if message.error:
-        body.append({"type": "TextBlock", "text": _middle(message.error, error_chars), "color": "Attention",
-                     "wrap": True, "fontType": "Monospace", "size": "Small"})
+        body.append(
+            {
+                "type": "TextBlock",
+                "text": _middle(message.error, error_chars),
+                "color": "Attention",
+                "wrap": True,
+                "fontType": "Monospace",
+                "size": "Small",
+            }
+        )
     if image_url:
-        body.append({"type": "Image", "url": image_url, "size": "Stretch",
-                     "altText": "Reward curve: mean episode reward per training iteration"})
+        body.append(
+            {
+                "type": "Image",
+                "url": image_url,
+                "size": "Stretch",
+                "altText": "Reward curve: mean episode reward per training iteration",
+            }
+        )
 
-    actions = [{"type": "Action.OpenUrl", "title": "Open run",
-                "url": run_url(public_base_url, message.request_id)}]
+    actions = [
+        {"type": "Action.OpenUrl", "title": "Open run", "url": run_url(public_base_url, message.request_id)}
+    ]
     if message.portal_url:
         actions.append({"type": "Action.OpenUrl", "title": "Open in portal", "url": message.portal_url})
-    actions.append({"type": "Action.OpenUrl", "title": "Reward curve",
-                    "url": message.reward_curve_url or reward_png_url(public_base_url, message.request_id)})
+    actions.append(
+        {
+            "type": "Action.OpenUrl",
+            "title": "Reward curve",
+            "url": message.reward_curve_url or reward_png_url(public_base_url, message.request_id),
+        }
+    )
     return {
         "type": "AdaptiveCard",
         "$schema": CARD_SCHEMA,
         "version": version,
         "fallbackText": f"rlq: training {message.request_id} {message.status}, final reward "
-                        f"{_reward(message.final_reward)}",
+        f"{_reward(message.final_reward)}",
         "body": body,
         "actions": actions,
     }
@@ -177,9 +204,12 @@ def build_card(
 
 def wrap_card(card: dict[str, Any]) -> dict[str, Any]:
     """The message envelope a Workflows "webhook request received" trigger expects."""
-    return {"type": "message", "attachments": [
-        {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}
-    ]}
+    return {
+        "type": "message",
+        "attachments": [
+            {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -206,8 +236,9 @@ def build_payload(
     title = f"{message.experiment}: {message.algorithm or ''} {message.env or ''}".strip()
     if points:
         for width, height in IMAGE_LADDER:
-            png = reward_curve_png(points, title=title, target=target_reward, width_px=width,
-                                   height_px=height, compact=True)
+            png = reward_curve_png(
+                points, title=title, target=target_reward, width_px=width, height_px=height, compact=True
+            )
             uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
             card = build_card(message, image_url=uri, **common)
             body = _encode(card)
@@ -226,6 +257,7 @@ def build_payload(
             break
         error_chars //= 2
     if len(body) > max_bytes:
-        raise ValueError(f"Teams card is {len(body)} bytes even without the picture; "
-                         f"the limit is {max_bytes}")
+        raise ValueError(
+            f"Teams card is {len(body)} bytes even without the picture; the limit is {max_bytes}"
+        )
     return TeamsPayload(body, card, image_mode)

@@ -88,7 +88,8 @@ class ResolveError(OSError):
 # --- the address rules -----------------------------------------------------------------------
 
 _V4_RULES: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
-    (ipaddress.IPv4Network(net), why) for net, why in (
+    (ipaddress.IPv4Network(net), why)
+    for net, why in (
         ("0.0.0.0/8", "an unspecified ('this network') address"),
         ("10.0.0.0/8", "a private address (10.0.0.0/8)"),
         ("100.64.0.0/10", "a carrier-grade NAT shared address (100.64.0.0/10)"),
@@ -111,7 +112,8 @@ _V4_RULES: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
 )
 
 _V6_RULES: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
-    (ipaddress.IPv6Network(net), why) for net, why in (
+    (ipaddress.IPv6Network(net), why)
+    for net, why in (
         ("::/128", "the unspecified address ::"),
         ("::1/128", "a loopback address"),
         ("::/96", "an IPv4-compatible IPv6 address (deprecated)"),
@@ -261,8 +263,9 @@ def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
     return tuple(out)
 
 
-def check_url(url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (),
-              resolve: bool = True) -> ResolvedTarget:
+def check_url(
+    url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (), resolve: bool = True
+) -> ResolvedTarget:
     """Decide whether rlq may POST to ``url``; return the target with its checked addresses.
 
     Rules: https only (plain http only to loopback, in local mode); no user info in the URL; when
@@ -282,8 +285,10 @@ def check_url(url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (),
     legacy = _legacy_ipv4(raw_host)
     if legacy is not None:
         why = address_problem(legacy, local_mode=False) or "a public address"
-        raise UnsafeUrl(f"{shown}: host {raw_host!r} is a non-canonical spelling of IP address "
-                        f"{legacy} ({why}); write addresses in dotted-decimal form")
+        raise UnsafeUrl(
+            f"{shown}: host {raw_host!r} is a non-canonical spelling of IP address "
+            f"{legacy} ({why}); write addresses in dotted-decimal form"
+        )
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError, TypeError) as err:
@@ -293,8 +298,10 @@ def check_url(url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (),
     if scheme not in ("https", "http"):
         raise UnsafeUrl(f"{shown}: scheme {scheme!r} is not allowed; use https")
     if parsed.userinfo:
-        raise UnsafeUrl(f"{shown}: credentials in the URL are not allowed (they would end up in logs); "
-                        "webhooks are authenticated by their signature")
+        raise UnsafeUrl(
+            f"{shown}: credentials in the URL are not allowed (they would end up in logs); "
+            "webhooks are authenticated by their signature"
+        )
     host = parsed.raw_host.decode("ascii").lower().rstrip(".")
     if not host:
         raise UnsafeUrl(f"{shown}: no host")
@@ -305,8 +312,10 @@ def check_url(url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (),
         raise UnsafeUrl(f"{shown}: port {port} is out of range")
 
     if allow_hosts and not _host_allowed(host, allow_hosts):
-        raise UnsafeUrl(f"{shown}: host {host!r} is not in the webhook allow-list "
-                        f"(RLQ_WEBHOOK_ALLOW_HOSTS: {', '.join(allow_hosts)})")
+        raise UnsafeUrl(
+            f"{shown}: host {host!r} is not in the webhook allow-list "
+            f"(RLQ_WEBHOOK_ALLOW_HOSTS: {', '.join(allow_hosts)})"
+        )
 
     literal: IPAddress | None
     try:
@@ -410,14 +419,18 @@ class SqliteEndpointRegistry:
 
     def disabled(self, url: str) -> DisabledEndpoint | None:
         with closing(self._connect()) as db:
-            row = db.execute("SELECT key, target, reason, disabled_at FROM disabled_endpoints WHERE key = ?",
-                             (endpoint_key(url),)).fetchone()
+            row = db.execute(
+                "SELECT key, target, reason, disabled_at FROM disabled_endpoints WHERE key = ?",
+                (endpoint_key(url),),
+            ).fetchone()
         return None if row is None else _entry(row)
 
     def disable(self, url: str, *, reason: str) -> None:
         with closing(self._connect()) as db, db:
-            db.execute("INSERT OR REPLACE INTO disabled_endpoints VALUES (?, ?, ?, ?)",
-                       (endpoint_key(url), redact(url), reason, datetime.now(UTC).isoformat()))
+            db.execute(
+                "INSERT OR REPLACE INTO disabled_endpoints VALUES (?, ?, ?, ?)",
+                (endpoint_key(url), redact(url), reason, datetime.now(UTC).isoformat()),
+            )
 
     def enable(self, url: str) -> bool:
         with closing(self._connect()) as db, db:
@@ -426,8 +439,9 @@ class SqliteEndpointRegistry:
 
     def list(self) -> list[DisabledEndpoint]:
         with closing(self._connect()) as db:
-            rows = db.execute("SELECT key, target, reason, disabled_at FROM disabled_endpoints "
-                              "ORDER BY disabled_at DESC").fetchall()
+            rows = db.execute(
+                "SELECT key, target, reason, disabled_at FROM disabled_endpoints ORDER BY disabled_at DESC"
+            ).fetchall()
         return [_entry(r) for r in rows]
 
 
@@ -548,19 +562,33 @@ class WebhookSender:
         target = redact(url)
         gone = self.registry.disabled(url)
         if gone is not None:
-            return Delivery(target=target, ok=False, attempts=0,
-                            error=f"skipped: endpoint disabled since {gone.disabled_at:%Y-%m-%d %H:%M} UTC "
-                                  f"({gone.reason})")
+            return Delivery(
+                target=target,
+                ok=False,
+                attempts=0,
+                error=f"skipped: endpoint disabled since {gone.disabled_at:%Y-%m-%d %H:%M} UTC "
+                f"({gone.reason})",
+            )
         counter = itertools.count(1)
 
         def attempt(client: httpx.Client) -> _Outcome:
-            return self._attempt(client, next(counter), url, body, message_id=message_id, secrets=secrets,
-                                 content_type=content_type, extra_headers=extra_headers or {})
+            return self._attempt(
+                client,
+                next(counter),
+                url,
+                body,
+                message_id=message_id,
+                secrets=secrets,
+                content_type=content_type,
+                extra_headers=extra_headers or {},
+            )
 
         retrying = tenacity.Retrying(
             # Bounded in attempts and in time: the notifier runs inside a function invocation.
-            stop=(tenacity.stop_after_attempt(self.max_attempts)
-                  | tenacity.stop_before_delay(self.max_elapsed_s)),
+            stop=(
+                tenacity.stop_after_attempt(self.max_attempts)
+                | tenacity.stop_before_delay(self.max_elapsed_s)
+            ),
             wait=self._wait,
             retry=tenacity.retry_if_result(lambda o: o.retry),
             sleep=self.sleep,
@@ -571,14 +599,24 @@ class WebhookSender:
 
         if outcome.status_code == 410:
             self.registry.disable(url, reason="410 Gone")
-        delivery = Delivery(target=target, ok=outcome.ok, attempts=outcome.attempt,
-                            status_code=outcome.status_code, error=_scrub(outcome.error, url))
+        delivery = Delivery(
+            target=target,
+            ok=outcome.ok,
+            attempts=outcome.attempt,
+            status_code=outcome.status_code,
+            error=_scrub(outcome.error, url),
+        )
         if delivery.ok:
-            log.info("webhook delivered to %s (attempts=%d, status=%s)", target, delivery.attempts,
-                     delivery.status_code)
+            log.info(
+                "webhook delivered to %s (attempts=%d, status=%s)",
+                target,
+                delivery.attempts,
+                delivery.status_code,
+            )
         else:
-            log.warning("webhook to %s failed after %d attempt(s): %s", target, delivery.attempts,
-                        delivery.error)
+            log.warning(
+                "webhook to %s failed after %d attempt(s): %s", target, delivery.attempts, delivery.error
+            )
         return delivery
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
@@ -587,8 +625,18 @@ class WebhookSender:
             return min(outcome.retry_after_s, self.max_retry_after_s)
         return float(self._jitter(state))
 
-    def _attempt(self, client: httpx.Client, n: int, url: str, body: bytes, *, message_id: str,
-                 secrets: Sequence[str], content_type: str, extra_headers: Mapping[str, str]) -> _Outcome:
+    def _attempt(
+        self,
+        client: httpx.Client,
+        n: int,
+        url: str,
+        body: bytes,
+        *,
+        message_id: str,
+        secrets: Sequence[str],
+        content_type: str,
+        extra_headers: Mapping[str, str],
+    ) -> _Outcome:
         try:
             # Checked on every attempt: DNS may legitimately move between retries, and the
             # connection below goes to exactly the addresses checked here.
@@ -611,8 +659,14 @@ class WebhookSender:
         }
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         for i, address in enumerate(order):
-            request = client.build_request("POST", target.pinned_url(address), content=body, headers=headers,
-                                           extensions=extensions, timeout=self.timeout_s)
+            request = client.build_request(
+                "POST",
+                target.pinned_url(address),
+                content=body,
+                headers=headers,
+                extensions=extensions,
+                timeout=self.timeout_s,
+            )
             try:
                 response = client.send(request, follow_redirects=False, stream=True)
                 break
@@ -625,8 +679,12 @@ class WebhookSender:
             except httpx.TimeoutException as err:
                 return _Outcome(ok=False, attempt=n, retry=True, error=f"timeout ({type(err).__name__})")
             except httpx.TransportError as err:
-                return _Outcome(ok=False, attempt=n, retry=not isinstance(err, httpx.UnsupportedProtocol),
-                                error=f"{type(err).__name__}: {err}")
+                return _Outcome(
+                    ok=False,
+                    attempt=n,
+                    retry=not isinstance(err, httpx.UnsupportedProtocol),
+                    error=f"{type(err).__name__}: {err}",
+                )
         try:
             code = response.status_code
             phrase = _reason(response.reason_phrase)
@@ -635,18 +693,31 @@ class WebhookSender:
             if 300 <= code < 400:
                 where = response.headers.get("location")
                 to = f" to {redact(where)}" if where else ""
-                return _Outcome(ok=False, attempt=n, status_code=code,
-                                error=f"HTTP {code} {phrase}: redirect{to} not followed; "
-                                      "configure the final URL")
+                return _Outcome(
+                    ok=False,
+                    attempt=n,
+                    status_code=code,
+                    error=f"HTTP {code} {phrase}: redirect{to} not followed; configure the final URL",
+                )
             if code == 410:
-                return _Outcome(ok=False, attempt=n, status_code=code,
-                                error="HTTP 410 Gone: endpoint disabled; later messages skip it")
+                return _Outcome(
+                    ok=False,
+                    attempt=n,
+                    status_code=code,
+                    error="HTTP 410 Gone: endpoint disabled; later messages skip it",
+                )
             retry_after = None
             if code in (429, 503):
                 retry_after = parse_retry_after(response.headers.get("retry-after"), now=self.clock())
             retry = code in (408, 429) or code >= 500
-            return _Outcome(ok=False, attempt=n, retry=retry, status_code=code,
-                            error=f"HTTP {code} {phrase}".rstrip(), retry_after_s=retry_after)
+            return _Outcome(
+                ok=False,
+                attempt=n,
+                retry=retry,
+                status_code=code,
+                error=f"HTTP {code} {phrase}".rstrip(),
+                retry_after_s=retry_after,
+            )
         finally:
             response.close()
 

@@ -20,8 +20,12 @@ from shared.models import Delivery, RunState
 from shared.settings import Settings
 from tests.service.conftest import topic_messages
 
-PONG = {"experiment": "pong", "algorithm": "IMPALA", "env": "PongNoFrameskip-v4",
-        "stop": {"episode_reward_mean": 18, "time_total_s": 3600}}
+PONG = {
+    "experiment": "pong",
+    "algorithm": "IMPALA",
+    "env": "PongNoFrameskip-v4",
+    "stop": {"episode_reward_mean": 18, "time_total_s": 3600},
+}
 
 
 class Notifier:
@@ -36,13 +40,24 @@ def twin() -> AzureMLTwin:
 
 @pytest.fixture
 def wired(tmp_path: Path, twin: AzureMLTwin, clock) -> Wiring:
-    settings = Settings(data_dir=tmp_path / "rlq", backend="azureml", azureml_subscription_id="sub-1",
-                        azureml_resource_group="rg-1", azureml_workspace="ws-1", azureml_vnet="rlq-vnet",
-                        azureml_subnet="aml", max_in_flight=10, stall_timeout_s=3600, _env_file=None)
+    settings = Settings(
+        data_dir=tmp_path / "rlq",
+        backend="azureml",
+        azureml_subscription_id="sub-1",
+        azureml_resource_group="rg-1",
+        azureml_workspace="ws-1",
+        azureml_vnet="rlq-vnet",
+        azureml_subnet="aml",
+        max_in_flight=10,
+        stall_timeout_s=3600,
+        _env_file=None,
+    )
     settings.data_dir.mkdir(parents=True)
     backend = AzureMLRayBackend(settings=settings, gateway=twin, network_factory=twin.network)
     broker = SqliteBroker(settings.data_dir / "queue.sqlite3", clock=clock.epoch)
-    w = build(settings, compute={"azureml": backend}, notifier=Notifier(), broker=broker, clock=clock, faults=None)
+    w = build(
+        settings, compute={"azureml": backend}, notifier=Notifier(), broker=broker, clock=clock, faults=None
+    )
     yield w
     backend.close()
 
@@ -71,19 +86,30 @@ def test_request_to_completion_through_azure_ml(wired: Wiring, twin: AzureMLTwin
     rec = wired.service.get("pong-1")
     assert rec.progress.iteration == 4 and rec.progress.episode_reward_mean == 18.3
 
-    twin.write_outputs(run.id, {"outputs/summary.json": {"stop_reason": "reward_reached", "timesteps": 1_500_000},
-                                "outputs/checkpoints/final/rllib_checkpoint.json": "{}"})
+    twin.write_outputs(
+        run.id,
+        {
+            "outputs/summary.json": {"stop_reason": "reward_reached", "timesteps": 1_500_000},
+            "outputs/checkpoints/final/rllib_checkpoint.json": "{}",
+        },
+    )
     twin.run_to(run.id, "Completed")
     wired.service.poll_once()
 
     rec = wired.service.get("pong-1")
     assert rec.state is RunState.notified
     [msg] = completions(wired)
-    assert (msg.message_id, msg.status, msg.stop_reason) == ("pong-1:completed", "Completed", "reward_reached")
+    assert (msg.message_id, msg.status, msg.stop_reason) == (
+        "pong-1:completed",
+        "Completed",
+        "reward_reached",
+    )
     assert (msg.final_reward, msg.best_reward, msg.iterations, msg.timesteps) == (18.3, 18.3, 4, 1_500_000)
-    assert msg.checkpoint_path == ("azureml://subscriptions/sub-1/resourcegroups/rg-1/workspaces/ws-1/datastores/"
-                                   f"workspaceartifactstore/paths/ExperimentRun/dcid.{run.id}_head/outputs/"
-                                   "checkpoints/final")
+    assert msg.checkpoint_path == (
+        "azureml://subscriptions/sub-1/resourcegroups/rg-1/workspaces/ws-1/datastores/"
+        f"workspaceartifactstore/paths/ExperimentRun/dcid.{run.id}_head/outputs/"
+        "checkpoints/final"
+    )
     assert msg.portal_url.startswith(f"https://ml.azure.com/runs/{run.id}")
     [reply] = wired.broker.receive("replies")
     assert json.loads(reply.body)["message_id"] == "pong-1:completed"

@@ -54,15 +54,22 @@ ARTICLE_REQUEST = {
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(backend="azureml", azureml_subscription_id="11111111-2222-3333-4444-555555555555",
-                    azureml_resource_group="rlq-rg", azureml_workspace="rlq-ws", azureml_vnet="rlq-vnet",
-                    azureml_subnet="aml", _env_file=None)
+    return Settings(
+        backend="azureml",
+        azureml_subscription_id="11111111-2222-3333-4444-555555555555",
+        azureml_resource_group="rlq-rg",
+        azureml_workspace="rlq-ws",
+        azureml_vnet="rlq-vnet",
+        azureml_subnet="aml",
+        _env_file=None,
+    )
 
 
 @pytest.fixture
 def twin() -> AzureMLTwin:
-    return AzureMLTwin(subscription_id="11111111-2222-3333-4444-555555555555", resource_group="rlq-rg",
-                       workspace="rlq-ws")
+    return AzureMLTwin(
+        subscription_id="11111111-2222-3333-4444-555555555555", resource_group="rlq-rg", workspace="rlq-ws"
+    )
 
 
 @pytest.fixture
@@ -92,10 +99,20 @@ def test_article_request_builds_the_real_estimator(backend: AzureMLRayBackend) -
     assert head.shm_size == "24g"
     argv = json.loads(head.environment.environment_variables[ARGV_ENV])
     assert argv == [
-        "--run", "IMPALA", "--env", "PongNoFrameskip-v4",
-        "--config", '{"num_gpus":1,"num_workers":13}',
-        "--stop", '{"episode_reward_mean":18.0,"time_total_s":3600}',
-        "--output-dir", "outputs", "--ray-address", "localhost:6379", "--checkpoint-freq", "10",
+        "--run",
+        "IMPALA",
+        "--env",
+        "PongNoFrameskip-v4",
+        "--config",
+        '{"num_gpus":1,"num_workers":13}',
+        "--stop",
+        '{"episode_reward_mean":18.0,"time_total_s":3600}',
+        "--output-dir",
+        "outputs",
+        "--ray-address",
+        "localhost:6379",
+        "--checkpoint-freq",
+        "10",
     ]
     workers = est.worker_configuration
     assert isinstance(workers, WorkerConfiguration)
@@ -130,21 +147,30 @@ def test_trainer_parses_the_argv_the_estimator_carries(backend: AzureMLRayBacken
     est = backend.build_estimator(article())
     monkeypatch.setenv(ARGV_ENV, est.head_configuration.environment.environment_variables[ARGV_ENV])
     args = parse_args(est.head_configuration.arguments)
-    assert (args.run, args.env, args.ray_address, args.output_dir) == \
-        ("IMPALA", "PongNoFrameskip-v4", "localhost:6379", "outputs")
+    assert (args.run, args.env, args.ray_address, args.output_dir) == (
+        "IMPALA",
+        "PongNoFrameskip-v4",
+        "localhost:6379",
+        "outputs",
+    )
     plan = Plan(args)
     assert plan.algorithm == "IMPALA" and plan.checkpoint_freq == 10
 
 
 def test_request_clusters_and_config_override_the_defaults(backend: AzureMLRayBackend) -> None:
-    req = parse_request({
-        **ARTICLE_REQUEST, "request_id": "big-1",
-        "config": {"num_workers": 20, "lr": 0.0005},
-        "compute": {"head": {"name": "head-t4", "vm_size": "Standard_NC8as_T4_v3", "max_nodes": 1},
-                    "workers": {"name": "cpu16", "vm_size": "STANDARD_F16S_V2", "node_count": 2, "max_nodes": 2},
-                    "max_run_duration_s": 7200},
-        "evaluate": {"episodes": 3, "gif": True},
-    })
+    req = parse_request(
+        {
+            **ARTICLE_REQUEST,
+            "request_id": "big-1",
+            "config": {"num_workers": 20, "lr": 0.0005},
+            "compute": {
+                "head": {"name": "head-t4", "vm_size": "Standard_NC8as_T4_v3", "max_nodes": 1},
+                "workers": {"name": "cpu16", "vm_size": "STANDARD_F16S_V2", "node_count": 2, "max_nodes": 2},
+                "max_run_duration_s": 7200,
+            },
+            "evaluate": {"episodes": 3, "gif": True},
+        }
+    )
     est = backend.build_estimator(req)
     argv = json.loads(est.head_configuration.environment.environment_variables[ARGV_ENV])
     config = json.loads(argv[argv.index("--config") + 1])
@@ -160,7 +186,13 @@ def test_num_workers_derivation_follows_the_seed(backend: AzureMLRayBackend) -> 
     cases = [
         ({}, 13),  # NC6 (6) + 4 x D2_v2 (2) - 1
         ({"workers": {"node_count": 2, "max_nodes": 4}}, 9),  # 6 + 2 x 2 - 1
-        ({"head": {"vm_size": "STANDARD_D2_V2"}, "workers": {"vm_size": "STANDARD_D4_V2", "node_count": 3}}, 25),
+        (
+            {
+                "head": {"vm_size": "STANDARD_D2_V2"},
+                "workers": {"vm_size": "STANDARD_D4_V2", "node_count": 3},
+            },
+            25,
+        ),
     ]
     for compute, expected in cases:
         req = parse_request({**ARTICLE_REQUEST, "compute": compute})
@@ -173,8 +205,9 @@ def test_num_workers_derivation_follows_the_seed(backend: AzureMLRayBackend) -> 
     assert est._use_gpu is False
 
 
-def test_argv_is_a_list_with_unquoted_json_and_tags_stay_off_it(backend: AzureMLRayBackend,
-                                                                twin: AzureMLTwin) -> None:
+def test_argv_is_a_list_with_unquoted_json_and_tags_stay_off_it(
+    backend: AzureMLRayBackend, twin: AzureMLTwin
+) -> None:
     req = parse_request({**ARTICLE_REQUEST, "tags": {"note": "two words here"}})
     argv = backend.trainer_argv(req)
     assert all(isinstance(a, str) for a in argv)
@@ -210,19 +243,29 @@ def test_vnet_resource_group_setting_wins(settings: Settings, twin: AzureMLTwin)
 # --- ensure_compute ----------------------------------------------------------------------------
 
 
-def test_ensure_compute_creates_both_clusters_without_waiting(backend: AzureMLRayBackend,
-                                                              twin: AzureMLTwin) -> None:
+def test_ensure_compute_creates_both_clusters_without_waiting(
+    backend: AzureMLRayBackend, twin: AzureMLTwin
+) -> None:
     backend.ensure_compute(article())
     head, workers = twin.provisioning_configs["head-gpu"], twin.provisioning_configs["worker-cpu"]
-    assert (head.vm_size, head.scale_settings.minimum_node_count, head.scale_settings.maximum_node_count) == \
-        ("STANDARD_NC6", 0, 2)
-    assert (workers.vm_size, workers.scale_settings.maximum_node_count, workers.vnet_name, workers.subnet_name) == \
-        ("STANDARD_D2_V2", 4, "rlq-vnet", "aml")
+    assert (head.vm_size, head.scale_settings.minimum_node_count, head.scale_settings.maximum_node_count) == (
+        "STANDARD_NC6",
+        0,
+        2,
+    )
+    assert (
+        workers.vm_size,
+        workers.scale_settings.maximum_node_count,
+        workers.vnet_name,
+        workers.subnet_name,
+    ) == ("STANDARD_D2_V2", 4, "rlq-vnet", "aml")
     assert twin.computes["head-gpu"].provisioning_state == "Creating"  # nobody waited for it
     # a second request reuses them while they are still being created
     backend.ensure_compute(article())
-    assert [c for c in twin.calls if c[0] == "create_compute"] == [("create_compute", "head-gpu"),
-                                                                     ("create_compute", "worker-cpu")]
+    assert [c for c in twin.calls if c[0] == "create_compute"] == [
+        ("create_compute", "head-gpu"),
+        ("create_compute", "worker-cpu"),
+    ]
 
 
 def test_sdk_gateway_creates_without_wait_for_completion(monkeypatch) -> None:
@@ -257,7 +300,9 @@ def test_sdk_gateway_submits_the_estimator_with_tags(monkeypatch, backend: Azure
         submitted.append((self.name, config, tags))
         return FakeRun()
 
-    monkeypatch.setattr(Experiment, "__init__", lambda self, workspace, name, **k: setattr(self, "_name", name))
+    monkeypatch.setattr(
+        Experiment, "__init__", lambda self, workspace, name, **k: setattr(self, "_name", name)
+    )
     monkeypatch.setattr(Experiment, "name", property(lambda self: self._name))
     monkeypatch.setattr(Experiment, "submit", fake_submit)
     est = backend.build_estimator(article())
@@ -266,20 +311,47 @@ def test_sdk_gateway_submits_the_estimator_with_tags(monkeypatch, backend: Azure
     assert submitted == [("rllib-pong-multi-node", est, {RUN_TAG: "pong-2024-01"})]
 
 
-@pytest.mark.parametrize("existing, message", [
-    (ComputeInfo("head-gpu", "AmlCompute", "Failed", "STANDARD_NC6", "rlq-vnet", "aml", max_nodes=2,
-                 errors='[{"code": "AllocationFailed"}]'), "provisioning state is Failed"),
-    (ComputeInfo("head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC6", "other-vnet", "aml", max_nodes=2),
-     "it is in other-vnet/aml, not rlq-vnet/aml"),
-    (ComputeInfo("head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC6", None, None, max_nodes=2),
-     "it is in no virtual network"),
-    (ComputeInfo("head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC12", "rlq-vnet", "aml", max_nodes=2),
-     "VM size is STANDARD_NC12, the request asks for STANDARD_NC6"),
-    (ComputeInfo("head-gpu", "ComputeInstance", "Succeeded", "STANDARD_NC6", "rlq-vnet", "aml"),
-     "not an AmlCompute cluster"),
-])
-def test_unusable_existing_cluster_is_a_compute_error(backend: AzureMLRayBackend, twin: AzureMLTwin,
-                                                       existing: ComputeInfo, message: str) -> None:
+@pytest.mark.parametrize(
+    "existing, message",
+    [
+        (
+            ComputeInfo(
+                "head-gpu",
+                "AmlCompute",
+                "Failed",
+                "STANDARD_NC6",
+                "rlq-vnet",
+                "aml",
+                max_nodes=2,
+                errors='[{"code": "AllocationFailed"}]',
+            ),
+            "provisioning state is Failed",
+        ),
+        (
+            ComputeInfo(
+                "head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC6", "other-vnet", "aml", max_nodes=2
+            ),
+            "it is in other-vnet/aml, not rlq-vnet/aml",
+        ),
+        (
+            ComputeInfo("head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC6", None, None, max_nodes=2),
+            "it is in no virtual network",
+        ),
+        (
+            ComputeInfo(
+                "head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC12", "rlq-vnet", "aml", max_nodes=2
+            ),
+            "VM size is STANDARD_NC12, the request asks for STANDARD_NC6",
+        ),
+        (
+            ComputeInfo("head-gpu", "ComputeInstance", "Succeeded", "STANDARD_NC6", "rlq-vnet", "aml"),
+            "not an AmlCompute cluster",
+        ),
+    ],
+)
+def test_unusable_existing_cluster_is_a_compute_error(
+    backend: AzureMLRayBackend, twin: AzureMLTwin, existing: ComputeInfo, message: str
+) -> None:
     twin.add_compute(existing)
     with pytest.raises(ComputeError) as info:
         backend.ensure_compute(article())
@@ -289,16 +361,36 @@ def test_unusable_existing_cluster_is_a_compute_error(backend: AzureMLRayBackend
 
 
 def test_worker_cluster_too_small_for_the_node_count(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:
-    twin.add_compute(ComputeInfo("worker-cpu", "AmlCompute", "Succeeded", "STANDARD_D2_V2", "rlq-vnet", "aml",
-                                 vnet_resource_group="rlq-rg", max_nodes=2))
+    twin.add_compute(
+        ComputeInfo(
+            "worker-cpu",
+            "AmlCompute",
+            "Succeeded",
+            "STANDARD_D2_V2",
+            "rlq-vnet",
+            "aml",
+            vnet_resource_group="rlq-rg",
+            max_nodes=2,
+        )
+    )
     with pytest.raises(ComputeError, match="scales to 2 nodes, the job needs 4"):
         backend.ensure_compute(article())
 
 
 def test_existing_matching_clusters_are_reused(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:
     for name, size, n in (("head-gpu", "STANDARD_NC6", 2), ("worker-cpu", "Standard_D2_v2", 4)):
-        twin.add_compute(ComputeInfo(name, "AmlCompute", "Succeeded", size, "rlq-vnet", "aml",
-                                     vnet_resource_group="rlq-rg", max_nodes=n))
+        twin.add_compute(
+            ComputeInfo(
+                name,
+                "AmlCompute",
+                "Succeeded",
+                size,
+                "rlq-vnet",
+                "aml",
+                vnet_resource_group="rlq-rg",
+                max_nodes=n,
+            )
+        )
     backend.ensure_compute(article())
     assert "create_compute" not in [c[0] for c in twin.calls]
 
@@ -319,8 +411,12 @@ def test_workers_without_a_vnet_are_refused(settings: Settings, twin: AzureMLTwi
 
 
 def test_restore_from_is_refused_with_a_reason(backend: AzureMLRayBackend) -> None:
-    req = parse_request({**ARTICLE_REQUEST, "restore_from": "azureml://subscriptions/s/resourcegroups/g/"
-                                                            "workspaces/w/datastores/d/paths/ckpt"})
+    req = parse_request(
+        {
+            **ARTICLE_REQUEST,
+            "restore_from": "azureml://subscriptions/s/resourcegroups/g/workspaces/w/datastores/d/paths/ckpt",
+        }
+    )
     with pytest.raises(ComputeError, match="restore_from"):
         backend.ensure_compute(req)
 
@@ -328,17 +424,29 @@ def test_restore_from_is_refused_with_a_reason(backend: AzureMLRayBackend) -> No
 def test_quota_and_auth_errors_from_create(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:
     from azureml.exceptions import ComputeTargetException
 
-    twin.fail_next("create_compute", ComputeTargetException(
-        "Received bad response from Resource Provider: Response Code: 400 ... QuotaExceeded: dedicated "
-        "cores quota for NC family is 0"))
+    twin.fail_next(
+        "create_compute",
+        ComputeTargetException(
+            "Received bad response from Resource Provider: Response Code: 400 ... QuotaExceeded: dedicated "
+            "cores quota for NC family is 0"
+        ),
+    )
     with pytest.raises(ComputeError, match="quota"):
         backend.ensure_compute(article())
-    twin.fail_next("get_compute", ComputeTargetException(
-        "Received bad response from Resource Provider: Response Code: 403 AuthorizationFailed"))
+    twin.fail_next(
+        "get_compute",
+        ComputeTargetException(
+            "Received bad response from Resource Provider: Response Code: 403 AuthorizationFailed"
+        ),
+    )
     with pytest.raises(PermanentError, match="AzureML Compute Operator"):
         backend.ensure_compute(article())
-    twin.fail_next("get_compute", ComputeTargetException(
-        "Received bad response from Resource Provider: Response Code: 429 Too many requests"))
+    twin.fail_next(
+        "get_compute",
+        ComputeTargetException(
+            "Received bad response from Resource Provider: Response Code: 429 Too many requests"
+        ),
+    )
     with pytest.raises(TransientError, match="HTTP 429"):
         backend.ensure_compute(article())
 
@@ -346,12 +454,33 @@ def test_quota_and_auth_errors_from_create(backend: AzureMLRayBackend, twin: Azu
 # --- the NSG check -------------------------------------------------------------------------------
 
 INFRA = [
-    {"name": "AllowBatchNodeManagement", "priority": 100, "direction": "Inbound", "access": "Allow",
-     "protocol": "Tcp", "sourceAddressPrefix": "BatchNodeManagement", "destinationPortRange": "29876-29877"},
-    {"name": "AllowAzureMachineLearning", "priority": 110, "direction": "Inbound", "access": "Allow",
-     "protocol": "Tcp", "sourceAddressPrefix": "AzureMachineLearning", "destinationPortRange": "44224"},
-    {"name": "DenyInternet", "priority": 4000, "direction": "Inbound", "access": "Deny", "protocol": "*",
-     "sourceAddressPrefix": "Internet", "destinationPortRange": "*"},
+    {
+        "name": "AllowBatchNodeManagement",
+        "priority": 100,
+        "direction": "Inbound",
+        "access": "Allow",
+        "protocol": "Tcp",
+        "sourceAddressPrefix": "BatchNodeManagement",
+        "destinationPortRange": "29876-29877",
+    },
+    {
+        "name": "AllowAzureMachineLearning",
+        "priority": 110,
+        "direction": "Inbound",
+        "access": "Allow",
+        "protocol": "Tcp",
+        "sourceAddressPrefix": "AzureMachineLearning",
+        "destinationPortRange": "44224",
+    },
+    {
+        "name": "DenyInternet",
+        "priority": 4000,
+        "direction": "Inbound",
+        "access": "Deny",
+        "protocol": "*",
+        "sourceAddressPrefix": "Internet",
+        "destinationPortRange": "*",
+    },
 ]
 
 
@@ -369,12 +498,24 @@ def test_no_custom_rules_means_default_deny_blocks_azure_ml() -> None:
 
 
 def test_a_deny_with_a_lower_priority_number_wins_over_the_allow() -> None:
-    rules = INFRA + [{"name": "DenyAllTcp", "priority": 50, "direction": "Inbound", "access": "Deny",
-                      "protocol": "Tcp", "sourceAddressPrefix": "*", "destinationPortRange": "*"}]
+    rules = [
+        *INFRA,
+        {
+            "name": "DenyAllTcp",
+            "priority": 50,
+            "direction": "Inbound",
+            "access": "Deny",
+            "protocol": "Tcp",
+            "sourceAddressPrefix": "*",
+            "destinationPortRange": "*",
+        },
+    ]
     problems = missing_nsg_rules(rules)
     joined = " | ".join(problems)
-    assert "denied by rule 'DenyAllTcp' (priority 50) before the allow rule 'AllowBatchNodeManagement' " \
-           "(priority 100); give the allow rule a priority number below 50" in joined
+    assert (
+        "denied by rule 'DenyAllTcp' (priority 50) before the allow rule 'AllowBatchNodeManagement' "
+        "(priority 100); give the allow rule a priority number below 50" in joined
+    )
     assert "AllowAzureMachineLearning' (priority 110)" in joined
     assert "inside the VNet" in joined  # Ray is blocked too: AllowVnetInBound comes after
     assert len(problems) == 3
@@ -389,23 +530,49 @@ def test_only_one_port_of_the_range_allowed() -> None:
 def test_udp_only_or_outbound_rules_do_not_count() -> None:
     rules = [dict(INFRA[0], protocol="Udp"), dict(INFRA[1], direction="Outbound")]
     problems = missing_nsg_rules(rules)
-    assert [p.split(" from ")[1].split(" (")[0] for p in problems] == ["service tag BatchNodeManagement",
-                                                                        "service tag AzureMachineLearning"]
+    assert [p.split(" from ")[1].split(" (")[0] for p in problems] == [
+        "service tag BatchNodeManagement",
+        "service tag AzureMachineLearning",
+    ]
 
 
 def test_regional_tags_port_lists_and_any_source_are_understood() -> None:
     rules = [
-        {"name": "batch", "priority": 200, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
-         "sourceAddressPrefixes": ["BatchNodeManagement.WestEurope"], "destinationPortRanges": ["29876", "29877"]},
-        {"name": "any44224", "priority": 210, "direction": "Inbound", "access": "Allow", "protocol": "*",
-         "sourceAddressPrefix": "*", "destinationPortRange": "44000-44500"},
+        {
+            "name": "batch",
+            "priority": 200,
+            "direction": "Inbound",
+            "access": "Allow",
+            "protocol": "Tcp",
+            "sourceAddressPrefixes": ["BatchNodeManagement.WestEurope"],
+            "destinationPortRanges": ["29876", "29877"],
+        },
+        {
+            "name": "any44224",
+            "priority": 210,
+            "direction": "Inbound",
+            "access": "Allow",
+            "protocol": "*",
+            "sourceAddressPrefix": "*",
+            "destinationPortRange": "44000-44500",
+        },
     ]
     assert missing_nsg_rules(rules) == []
 
 
 def test_deny_from_the_subnet_cidr_blocks_ray_and_says_which_ports() -> None:
-    rules = INFRA + [{"name": "DenyRayDashboard", "priority": 300, "direction": "Inbound", "access": "Deny",
-                      "protocol": "Tcp", "sourceAddressPrefix": "10.20.0.0/16", "destinationPortRange": "8265"}]
+    rules = [
+        *INFRA,
+        {
+            "name": "DenyRayDashboard",
+            "priority": 300,
+            "direction": "Inbound",
+            "access": "Deny",
+            "protocol": "Tcp",
+            "sourceAddressPrefix": "10.20.0.0/16",
+            "destinationPortRange": "8265",
+        },
+    ]
     [problem] = missing_nsg_rules(rules, subnet_prefixes=["10.20.1.0/24"])
     assert problem.startswith("inbound TCP 8265 from inside the VNet")
     assert "'DenyRayDashboard' (priority 300)" in problem
@@ -416,18 +583,33 @@ def test_deny_from_the_subnet_cidr_blocks_ray_and_says_which_ports() -> None:
 def test_sdk_rule_objects_are_accepted() -> None:
     from azure.mgmt.network.models import SecurityRule
 
-    rules = [SecurityRule(name=r["name"], priority=r["priority"], direction=r["direction"], access=r["access"],
-                          protocol=r["protocol"], source_address_prefix=r["sourceAddressPrefix"],
-                          destination_port_range=r["destinationPortRange"]) for r in INFRA]
+    rules = [
+        SecurityRule(
+            name=r["name"],
+            priority=r["priority"],
+            direction=r["direction"],
+            access=r["access"],
+            protocol=r["protocol"],
+            source_address_prefix=r["sourceAddressPrefix"],
+            destination_port_range=r["destinationPortRange"],
+        )
+        for r in INFRA
+    ]
     assert missing_nsg_rules(rules) == []
     assert len(missing_nsg_rules(rules[2:])) == 2
 
 
-def test_ensure_compute_fails_on_a_missing_rule_and_caches_good_answers(settings: Settings,
-                                                                        twin: AzureMLTwin) -> None:
+def test_ensure_compute_fails_on_a_missing_rule_and_caches_good_answers(
+    settings: Settings, twin: AzureMLTwin
+) -> None:
     now = [0.0]
-    b = AzureMLRayBackend(settings=settings, gateway=twin, network_factory=twin.network,
-                          monotonic=lambda: now[0], nsg_cache_s=600)
+    b = AzureMLRayBackend(
+        settings=settings,
+        gateway=twin,
+        network_factory=twin.network,
+        monotonic=lambda: now[0],
+        nsg_cache_s=600,
+    )
     b.ensure_compute(article())
     b.ensure_compute(article())
     assert [c[0] for c in twin.calls].count("network_security_groups.get") == 1  # cached
@@ -435,8 +617,11 @@ def test_ensure_compute_fails_on_a_missing_rule_and_caches_good_answers(settings
     twin.nsg_rules = [r for r in twin.nsg_rules if r["name"] != "AllowAzureMachineLearning"]
     with pytest.raises(ComputeError, match="44224 from service tag AzureMachineLearning"):
         b.ensure_compute(article())
-    warn = AzureMLRayBackend(settings=settings.model_copy(update={"azureml_nsg_check": "warn"}), gateway=twin,
-                             network_factory=twin.network)
+    warn = AzureMLRayBackend(
+        settings=settings.model_copy(update={"azureml_nsg_check": "warn"}),
+        gateway=twin,
+        network_factory=twin.network,
+    )
     warn.ensure_compute(article())  # logs, does not fail
 
 
@@ -458,8 +643,9 @@ def test_backend_satisfies_the_port(backend: AzureMLRayBackend) -> None:
     assert backend.name == "azureml"
 
 
-def test_submit_tags_the_run_and_a_redelivery_finds_it(backend: AzureMLRayBackend, twin: AzureMLTwin,
-                                                       settings: Settings) -> None:
+def test_submit_tags_the_run_and_a_redelivery_finds_it(
+    backend: AzureMLRayBackend, twin: AzureMLTwin, settings: Settings
+) -> None:
     req = article()
     backend.ensure_compute(req)
     run_id = backend.submit(req)
@@ -481,9 +667,18 @@ def test_submit_to_a_missing_cluster_is_permanent(backend: AzureMLRayBackend) ->
 
 def test_status_mapping_table_is_complete() -> None:
     expected = {
-        "NotStarted": "pending", "Queued": "pending", "Preparing": "pending", "Provisioning": "pending",
-        "Starting": "pending", "Running": "running", "Finalizing": "running", "CancelRequested": "running",
-        "NotResponding": "running", "Completed": "succeeded", "Failed": "failed", "Canceled": "stopped",
+        "NotStarted": "pending",
+        "Queued": "pending",
+        "Preparing": "pending",
+        "Provisioning": "pending",
+        "Starting": "pending",
+        "Running": "running",
+        "Finalizing": "running",
+        "CancelRequested": "running",
+        "NotResponding": "running",
+        "Completed": "succeeded",
+        "Failed": "failed",
+        "Canceled": "stopped",
     }
     for status, state in expected.items():
         assert STATUS_TO_STATE[status] == state, status
@@ -503,25 +698,41 @@ def test_run_lifecycle_progress_and_summary(backend: AzureMLRayBackend, twin: Az
     assert st.portal_url.startswith(f"https://ml.azure.com/runs/{run_id}")
     twin.log_iteration(run_id, reward=-21.0, episodes=40)
     st = backend.status(run_id)
-    assert (st.progress.iteration, st.progress.episode_reward_mean, st.progress.episodes_total) == (1, -21.0, 40)
+    assert (st.progress.iteration, st.progress.episode_reward_mean, st.progress.episodes_total) == (
+        1,
+        -21.0,
+        40,
+    )
     for i, reward in enumerate([-15.0, 3.5, 18.6, 18.2]):
         twin.log_iteration(run_id, reward=reward, episodes=100 + i)
     assert backend.status(run_id).progress.iteration == 5
     assert backend.status(run_id).summary is None
-    twin.write_outputs(run_id, {
-        "outputs/summary.json": {"stop_reason": "reward_reached", "timesteps": 2_000_000, "final_reward": 99.0,
-                                 "checkpoint_path": "file:///mnt/azureml/cr/j/abc/exe/wd/outputs/checkpoints/final"},
-        "outputs/checkpoints/final/algorithm_state.pkl": b"x",
-    })
+    twin.write_outputs(
+        run_id,
+        {
+            "outputs/summary.json": {
+                "stop_reason": "reward_reached",
+                "timesteps": 2_000_000,
+                "final_reward": 99.0,
+                "checkpoint_path": "file:///mnt/azureml/cr/j/abc/exe/wd/outputs/checkpoints/final",
+            },
+            "outputs/checkpoints/final/algorithm_state.pkl": b"x",
+        },
+    )
     twin.run_to(run_id, "Completed")
     st = backend.status(run_id)
     assert st.state == "succeeded"
     s = st.summary
-    assert (s["final_reward"], s["best_reward"], s["iterations"]) == (18.2, 18.6, 5)  # from the metric history
+    assert (s["final_reward"], s["best_reward"], s["iterations"]) == (
+        18.2,
+        18.6,
+        5,
+    )  # from the metric history
     assert (s["stop_reason"], s["timesteps"]) == ("reward_reached", 2_000_000)  # from summary.json
     assert s["checkpoint_path"] == (
         "azureml://subscriptions/11111111-2222-3333-4444-555555555555/resourcegroups/rlq-rg/workspaces/rlq-ws/"
-        f"datastores/workspaceartifactstore/paths/ExperimentRun/dcid.{run_id}_head/outputs/checkpoints/final")
+        f"datastores/workspaceartifactstore/paths/ExperimentRun/dcid.{run_id}_head/outputs/checkpoints/final"
+    )
     assert s["duration_s"] == 3600.0
 
 
@@ -530,8 +741,12 @@ def test_failed_run_reports_a_readable_error(backend: AzureMLRayBackend, twin: A
     backend.ensure_compute(req)
     run_id = backend.submit(req)
     twin.run_to(run_id, "Running")
-    twin.fail(run_id, code="UserError", message="Ray cluster did not start in 3600 s:  see\n driver_log.txt "
-                                                "https://acct.blob.core.windows.net/x?sv=2020&sig=SECRETSIG")
+    twin.fail(
+        run_id,
+        code="UserError",
+        message="Ray cluster did not start in 3600 s:  see\n driver_log.txt "
+        "https://acct.blob.core.windows.net/x?sv=2020&sig=SECRETSIG",
+    )
     st = backend.status(run_id)
     assert st.state == "failed"
     assert st.error.startswith("UserError: Ray cluster did not start in 3600 s: see driver_log.txt")
@@ -580,20 +795,31 @@ def test_translate_table() -> None:
 
 
 def test_checkpoint_relpath() -> None:
-    assert checkpoint_relpath("file:///mnt/x/wd/outputs/checkpoints/ckpt_000100/", []) == \
-        "outputs/checkpoints/ckpt_000100"
-    files = ["outputs/checkpoints/ckpt_000010/a", "outputs/checkpoints/ckpt_000020/a", "outputs/metrics.jsonl"]
+    assert (
+        checkpoint_relpath("file:///mnt/x/wd/outputs/checkpoints/ckpt_000100/", [])
+        == "outputs/checkpoints/ckpt_000100"
+    )
+    files = [
+        "outputs/checkpoints/ckpt_000010/a",
+        "outputs/checkpoints/ckpt_000020/a",
+        "outputs/metrics.jsonl",
+    ]
     assert checkpoint_relpath(None, files) == "outputs/checkpoints/ckpt_000020"
-    assert checkpoint_relpath(None, files + ["outputs/checkpoints/final/a"]) == "outputs/checkpoints/final"
+    assert checkpoint_relpath(None, [*files, "outputs/checkpoints/final/a"]) == "outputs/checkpoints/final"
     assert checkpoint_relpath(None, ["outputs/metrics.jsonl"]) is None
 
 
 def test_cluster_problems_accepts_a_match() -> None:
     info = ComputeInfo("w", "AmlCompute", "Succeeded", "Standard_D2_v2", "V", "S", "RG", max_nodes=4)
-    assert cluster_problems(info, vm_size="STANDARD_D2_V2", nodes_needed=4, vnet="v", subnet="s",
-                            vnet_resource_group="rg") == []
-    assert cluster_problems(info, vm_size="STANDARD_D2_V2", nodes_needed=4, vnet="v", subnet="s",
-                            vnet_resource_group="other") == ["its VNet is in resource group RG, not other"]
+    assert (
+        cluster_problems(
+            info, vm_size="STANDARD_D2_V2", nodes_needed=4, vnet="v", subnet="s", vnet_resource_group="rg"
+        )
+        == []
+    )
+    assert cluster_problems(
+        info, vm_size="STANDARD_D2_V2", nodes_needed=4, vnet="v", subnet="s", vnet_resource_group="other"
+    ) == ["its VNet is in resource group RG, not other"]
 
 
 def test_deprecation_is_logged_once(settings: Settings, twin: AzureMLTwin, caplog, monkeypatch) -> None:
@@ -622,7 +848,8 @@ def test_module_imports_no_sdk_and_the_backend_imports_no_ray(tmp_path: Path) ->
         "assert not bad, bad\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")

@@ -34,7 +34,10 @@ def _requirement_names() -> set[str]:
 def test_host_json_service_bus_and_timeouts() -> None:
     host = json.loads((REPO / "host.json").read_text())
     assert host["version"] == "2.0"
-    assert host["extensionBundle"] == {"id": "Microsoft.Azure.Functions.ExtensionBundle", "version": "[4.*, 5.0.0)"}
+    assert host["extensionBundle"] == {
+        "id": "Microsoft.Azure.Functions.ExtensionBundle",
+        "version": "[4.*, 5.0.0)",
+    }
     sb = host["extensions"]["serviceBus"]
     assert sb["autoCompleteMessages"] is True
     # the lock is renewed for as long as the intake may run
@@ -75,8 +78,13 @@ def test_requirements_cover_the_app_and_leave_the_trainer_out() -> None:
     files = [REPO / "function_app.py", *(REPO / "functions").rglob("*.py"), *(REPO / "shared").rglob("*.py")]
     for path in files:
         for node in ast.parse(path.read_text()).body:  # module-level imports: what loading the app needs
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            mods = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                else []
+            )
             for mod in mods:
                 top = mod.split(".")[0]
                 if top in ("shared", "functions", "trainer", "__future__") or top in _stdlib():
@@ -110,8 +118,11 @@ def _stdlib() -> frozenset[str]:
 
 
 def test_funcignore_keeps_the_trainer_and_drops_the_rest() -> None:
-    lines = {line.strip() for line in (REPO / ".funcignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")}
+    lines = {
+        line.strip()
+        for line in (REPO / ".funcignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for excluded in (".venv/", "tests/", "bench/", "infra/", "node_modules/", "local.settings.json"):
         assert excluded in lines
     assert not any(line.rstrip("/") in ("trainer", "trainer/*", "shared", "functions") for line in lines)
@@ -121,5 +132,5 @@ def test_funcignore_keeps_the_trainer_and_drops_the_rest() -> None:
 def test_azurite_helper_says_what_to_run_when_missing(tmp_path: Path) -> None:
     with pytest.raises(AzuriteUnavailable, match="npm install"):
         ensure_installed(repo_root=tmp_path, install=False)
-    with pytest.raises(AzuriteUnavailable, match="no package.json"):
+    with pytest.raises(AzuriteUnavailable, match=r"no package\.json"):
         ensure_installed(repo_root=tmp_path, install=True)

@@ -97,11 +97,20 @@ def body_of(message: ServiceBusMessage) -> bytes:
 
 def completion(**fields: object) -> CompletionMessage:
     base: dict[str, object] = {
-        "message_id": "req-7:completed", "request_id": "req-7", "run_id": "run-1", "status": "Completed",
-        "stop_reason": "reward_reached", "experiment": "pong", "algorithm": "IMPALA", "env": "PongNoFrameskip-v4",
-        "final_reward": 18.4, "best_reward": 19.0, "iterations": 120,
+        "message_id": "req-7:completed",
+        "request_id": "req-7",
+        "run_id": "run-1",
+        "status": "Completed",
+        "stop_reason": "reward_reached",
+        "experiment": "pong",
+        "algorithm": "IMPALA",
+        "env": "PongNoFrameskip-v4",
+        "final_reward": 18.4,
+        "best_reward": 19.0,
+        "iterations": 120,
         "checkpoint_path": "azureml://subscriptions/s/resourcegroups/g/workspaces/w/datastores/"
-                           "workspaceartifactstore/paths/ExperimentRun/dcid.run-1/outputs/checkpoints/final"}
+        "workspaceartifactstore/paths/ExperimentRun/dcid.run-1/outputs/checkpoints/final",
+    }
     base.update(fields)
     return CompletionMessage(**base)
 
@@ -113,8 +122,13 @@ def fake_time() -> FakeTime:
 
 def make(cls, client: RecordingClient, fake_time: FakeTime, **options):
     settings = Settings(servicebus_connection=CONN, _env_file=None)
-    return cls(settings=settings, client_factory=lambda: client, sleep=fake_time.sleep,
-               monotonic=fake_time.monotonic, **options)
+    return cls(
+        settings=settings,
+        client_factory=lambda: client,
+        sleep=fake_time.sleep,
+        monotonic=fake_time.monotonic,
+        **options,
+    )
 
 
 # --- publishing ------------------------------------------------------------------------------
@@ -149,8 +163,10 @@ def test_publish_builds_the_topic_message(fake_time: FakeTime) -> None:
 def test_publish_also_replies_to_the_reply_queue(fake_time: FakeTime) -> None:
     client = RecordingClient()
     make(ServiceBusPublisher, client, fake_time).publish(completion(), reply_to="drift-detector-replies")
-    assert [(k, e) for k, e, _ in client.sent] == [("topic", "training-completed"),
-                                                  ("queue", "drift-detector-replies")]
+    assert [(k, e) for k, e, _ in client.sent] == [
+        ("topic", "training-completed"),
+        ("queue", "drift-detector-replies"),
+    ]
     topic_msg, reply_msg = client.sent[0][2], client.sent[1][2]
     assert reply_msg is not topic_msg  # a fresh SDK message per entity
     assert reply_msg.message_id == topic_msg.message_id == "req-7:completed"
@@ -184,7 +200,8 @@ def test_long_ids_are_shortened_deterministically(fake_time: FakeTime) -> None:
     long_id = "r" + "x" * 127  # 128 characters: a valid request_id
     client = RecordingClient()
     make(ServiceBusPublisher, client, fake_time).publish(
-        completion(message_id=f"{long_id}:completed", request_id=long_id))
+        completion(message_id=f"{long_id}:completed", request_id=long_id)
+    )
     sent = client.sent[0][2]
     assert len(sent.message_id) <= 128
     assert sent.message_id == sb_message_id(f"{long_id}:completed")
@@ -252,11 +269,14 @@ def test_retries_are_bounded_by_total_time(fake_time: FakeTime) -> None:
     assert 10 <= sum(fake_time.sleeps) < 10 + 8 + 1
 
 
-@pytest.mark.parametrize("error", [
-    MessagingEntityNotFoundError(message=f"entity not found; connection {CONN}"),
-    MessageSizeExceededError(message=f"too big SharedAccessKey={SECRET_KEY}"),
-    ServiceBusAuthorizationError(message=f"Unauthorized access for {CONN}"),  # the SDK calls it retryable
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MessagingEntityNotFoundError(message=f"entity not found; connection {CONN}"),
+        MessageSizeExceededError(message=f"too big SharedAccessKey={SECRET_KEY}"),
+        ServiceBusAuthorizationError(message=f"Unauthorized access for {CONN}"),  # the SDK calls it retryable
+    ],
+)
 def test_non_retryable_errors_are_permanent_and_secret_free(fake_time: FakeTime, error: Exception) -> None:
     client = RecordingClient(failures=[error])
     with pytest.raises(PermanentError) as info:
@@ -294,9 +314,12 @@ def test_real_sdk_connection_failure_is_transient_and_secret_free() -> None:
     settings = Settings(servicebus_connection=conn, _env_file=None)
     sleeps: list[float] = []
     pub = ServiceBusPublisher(
-        settings=settings, max_attempts=2, sleep=sleeps.append,
+        settings=settings,
+        max_attempts=2,
+        sleep=sleeps.append,
         client_factory=lambda: ServiceBusClient.from_connection_string(conn, retry_total=0),
-        operation_timeout_s=5)
+        operation_timeout_s=5,
+    )
     try:
         with pytest.raises(TransientError) as info:
             pub.publish(completion())
@@ -338,8 +361,9 @@ def test_reject_keeps_the_body_with_reason_and_description(fake_time: FakeTime) 
     client = RecordingClient()
     body = b'{"request_id": "bad-1", "env": "Doom-v0", "reply_to": "requester-replies"}'
     description = "env: 'Doom-v0' is not an allowed environment; " + "é" * 3000  # 6 KB of UTF-8
-    make(ServiceBusRejecter, client, fake_time).reject(message_id="m-1", body=body, reason="InvalidRequest",
-                                                       description=description)
+    make(ServiceBusRejecter, client, fake_time).reject(
+        message_id="m-1", body=body, reason="InvalidRequest", description=description
+    )
     (k1, e1, kept), (k2, e2, notice) = client.sent
     assert (k1, e1) == ("queue", "training-rejected")
     assert body_of(kept) == body
@@ -360,8 +384,9 @@ def test_reject_keeps_the_body_with_reason_and_description(fake_time: FakeTime) 
 @pytest.mark.parametrize("body", [b"\xff\xfe not utf-8", b"[1, 2]", b'{"reply_to": "bad queue name!"}', b"{"])
 def test_reject_unusable_body_goes_to_the_rejected_queue_only(fake_time: FakeTime, body: bytes) -> None:
     client = RecordingClient()
-    make(ServiceBusRejecter, client, fake_time).reject(message_id="m-2", body=body, reason="InvalidRequest",
-                                                       description="malformed")
+    make(ServiceBusRejecter, client, fake_time).reject(
+        message_id="m-2", body=body, reason="InvalidRequest", description="malformed"
+    )
     [(kind, entity, kept)] = client.sent
     assert (kind, entity) == ("queue", "training-rejected")
     assert body_of(kept) == body
@@ -370,8 +395,9 @@ def test_reject_unusable_body_goes_to_the_rejected_queue_only(fake_time: FakeTim
 def test_reject_truncates_a_body_too_large_for_the_queue(fake_time: FakeTime) -> None:
     client = RecordingClient()
     body = b"x" * (MAX_REJECTED_BODY_BYTES + 5000)
-    make(ServiceBusRejecter, client, fake_time).reject(message_id="m-3", body=body, reason="InvalidRequest",
-                                                       description="body too large")
+    make(ServiceBusRejecter, client, fake_time).reject(
+        message_id="m-3", body=body, reason="InvalidRequest", description="body too large"
+    )
     kept = client.sent[0][2]
     assert len(body_of(kept)) == MAX_REJECTED_BODY_BYTES
     assert kept.application_properties["body_truncated"] is True
@@ -389,8 +415,12 @@ def test_reject_survives_a_missing_reply_queue(fake_time: FakeTime) -> None:
         return original(queue_name=queue_name)
 
     client.get_queue_sender = queue_sender  # type: ignore[method-assign]
-    rejecter.reject(message_id="m-4", body=b'{"reply_to": "missing-replies"}', reason="Forbidden",
-                    description="over the node cap")
+    rejecter.reject(
+        message_id="m-4",
+        body=b'{"reply_to": "missing-replies"}',
+        reason="Forbidden",
+        description="over the node cap",
+    )
     assert [(k, e) for k, e, _ in client.sent] == [("queue", "training-rejected")]
 
 

@@ -183,7 +183,7 @@ class RunStoreContract:
                         "counter",
                         lambda r: r.model_copy(update={"poll_failures": r.poll_failures + 1}),
                     )
-            except BaseException as err:  # surfaced below: a thread's failure must fail the test
+            except BaseException as err:  # noqa: BLE001 - surfaced below: a thread's failure must fail the test
                 errors.append(err)
 
         threads = [threading.Thread(target=bump) for _ in range(self.counter_threads)]

@@ -28,7 +28,9 @@ def azurite() -> Iterator[Azurite]:
     try:
         emulator = start_azurite()
     except AzuriteUnavailable as err:
-        pytest.fail(f"Azurite is required for the Table store tests and could not start: {err}", pytrace=False)
+        pytest.fail(
+            f"Azurite is required for the Table store tests and could not start: {err}", pytrace=False
+        )
     yield emulator
     emulator.stop()
 
@@ -49,8 +51,9 @@ class TestTableRunStore(RunStoreContract):
 
 def test_from_settings_uses_the_connection_and_table(azurite: Azurite) -> None:
     name = fresh_table()
-    settings = Settings(store="table", table_connection=azurite.connection_string, table_name=name,
-                        _env_file=None)
+    settings = Settings(
+        store="table", table_connection=azurite.connection_string, table_name=name, _env_file=None
+    )
     with TableRunStore.from_settings(settings) as s:
         s.insert_if_absent(record("via-settings"))
     raw = TableClient.from_connection_string(azurite.connection_string, name)
@@ -61,8 +64,15 @@ def test_from_settings_uses_the_connection_and_table(azurite: Azurite) -> None:
 def test_large_record_is_compressed_into_chunks_and_round_trips(azurite: Azurite) -> None:
     name = fresh_table()
     # ~150 KB of JSON: past a string property's 64 KiB, so it must be chunked
-    deliveries = [Delivery(target=f"https://hooks.example.com/{i}/{uuid.uuid4().hex}", ok=bool(i % 2),
-                           attempts=i % 5, error="timeout after 10 s " * 3) for i in range(900)]
+    deliveries = [
+        Delivery(
+            target=f"https://hooks.example.com/{i}/{uuid.uuid4().hex}",
+            ok=bool(i % 2),
+            attempts=i % 5,
+            error="timeout after 10 s " * 3,
+        )
+        for i in range(900)
+    ]
     big = record("big", deliveries=deliveries)
     assert len(big.model_dump_json()) > 100_000
     with TableRunStore(connection_string=azurite.connection_string, table_name=name) as s:
@@ -115,18 +125,25 @@ def test_unreachable_table_service_is_transient() -> None:
     from shared.adapters.azurite import ACCOUNT, ACCOUNT_KEY, free_port
 
     port = free_port()
-    conn = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"TableEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
-    with TableRunStore(connection_string=conn, table_name="unreachable", retry_total=0, timeout_s=2) as s, \
-            pytest.raises(TransientError):
+    conn = (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"TableEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+    )
+    with (
+        TableRunStore(connection_string=conn, table_name="unreachable", retry_total=0, timeout_s=2) as s,
+        pytest.raises(TransientError),
+    ):
         s.get("x")
 
 
 def test_wrong_key_is_permanent_and_names_the_role(azurite: Azurite) -> None:
-    wrong = azurite.connection_string.replace(azurite.connection_string.split("AccountKey=")[1].split(";")[0],
-                                              "d3Jvbmcta2V5LWZvci10ZXN0cw==")
-    with TableRunStore(connection_string=wrong, table_name=fresh_table(), retry_total=0) as s, \
-            pytest.raises(PermanentError) as info:
+    wrong = azurite.connection_string.replace(
+        azurite.connection_string.split("AccountKey=")[1].split(";")[0], "d3Jvbmcta2V5LWZvci10ZXN0cw=="
+    )
+    with (
+        TableRunStore(connection_string=wrong, table_name=fresh_table(), retry_total=0) as s,
+        pytest.raises(PermanentError) as info,
+    ):
         s.get("x")
     assert "d3Jvbmcta2V5LWZvci10ZXN0cw==" not in str(info.value)
 
@@ -143,7 +160,9 @@ def test_list_is_bounded_by_limit_and_stays_newest_first(azurite: Azurite) -> No
 
     with TableRunStore(connection_string=azurite.connection_string, table_name=fresh_table()) as s:
         for i in range(12):
-            s.insert_if_absent(record(f"b-{i:02d}", state=RunState.running, created_at=T0 + timedelta(seconds=i)))
+            s.insert_if_absent(
+                record(f"b-{i:02d}", state=RunState.running, created_at=T0 + timedelta(seconds=i))
+            )
         got = s.list(states=[RunState.running], limit=5)
         assert [r.request_id for r in got] == ["b-11", "b-10", "b-09", "b-08", "b-07"]
         assert s.count([RunState.running]) == 12

@@ -17,8 +17,13 @@ def e2e_head(ray_head: TestHead) -> TestHead:
 
 def e2e_env(head: TestHead, data_dir: Path, **extra: Any) -> dict[str, str]:
     """RLQ_* settings for a host on its own data dir, submitting to the session's head (local mode)."""
-    env = {"RLQ_DATA_DIR": str(data_dir), "RLQ_BACKEND": "ray", "RLQ_RAY_DASHBOARD_PORT": str(head.dashboard_port),
-           "RLQ_RAY_AUTH_TOKEN": head.token.get_secret_value(), "RLQ_POLL_SCHEDULE": "*/1 * * * * *"}
+    env = {
+        "RLQ_DATA_DIR": str(data_dir),
+        "RLQ_BACKEND": "ray",
+        "RLQ_RAY_DASHBOARD_PORT": str(head.dashboard_port),
+        "RLQ_RAY_AUTH_TOKEN": head.token.get_secret_value(),
+        "RLQ_POLL_SCHEDULE": "*/1 * * * * *",
+    }
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

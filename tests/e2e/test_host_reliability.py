@@ -31,8 +31,11 @@ def hosted(tmp_path, clock):
 
 def test_invalid_request_is_dead_lettered_at_once_naming_the_field(hosted):
     w, host, twin = hosted
-    w.broker.send(w.settings.queue_name, json.dumps({"env": "CartPole-v1", "config": {"num_workers": -2}}),
-                  message_id="poison")
+    w.broker.send(
+        w.settings.queue_name,
+        json.dumps({"env": "CartPole-v1", "config": {"num_workers": -2}}),
+        message_id="poison",
+    )
     host.drain()
     (dead,) = w.broker.dead_letters(w.settings.queue_name)
     assert dead.delivery_count == 1 and dead.reason == "InvalidRequest"
@@ -50,7 +53,9 @@ def test_transient_failures_are_redelivered_then_dead_lettered_with_the_last_err
         raise TransientError(f"ray head busy (attempt {len(attempts)})")
 
     twin.ensure_compute = flaky
-    w.broker.send(w.settings.queue_name, json.dumps({"env": "CartPole-v1", "request_id": "t"}), message_id="t")
+    w.broker.send(
+        w.settings.queue_name, json.dumps({"env": "CartPole-v1", "request_id": "t"}), message_id="t"
+    )
     for _ in range(20):
         host.drain()
     counts = [i.delivery_count for i in host.invocations if i.function == "intake"]

@@ -41,8 +41,10 @@ def drive(host: LocalHost, w, request_id: str, *, timeout_s: float, until=None) 
 
 def topic(w) -> list[CompletionMessage]:
     """Completion messages seen by a second subscriber of the topic (the notifier has its own)."""
-    return [CompletionMessage.model_validate_json(m.body)
-            for m in w.broker.peek(w.settings.topic_name, subscription="audit", limit=100)]
+    return [
+        CompletionMessage.model_validate_json(m.body)
+        for m in w.broker.peek(w.settings.topic_name, subscription="audit", limit=100)
+    ]
 
 
 @pytest.fixture
@@ -65,7 +67,11 @@ def ray_jobs(w, request_id: str) -> list:
 
 def test_request_to_completion_once_even_when_enqueued_twice(local):
     w, host = local()
-    body = {**CARTPOLE, "request_id": "e2e-cartpole", "stop": {"episode_reward_mean": 150, "time_total_s": 300}}
+    body = {
+        **CARTPOLE,
+        "request_id": "e2e-cartpole",
+        "stop": {"episode_reward_mean": 150, "time_total_s": 300},
+    }
     w.broker.send(w.settings.queue_name, json.dumps(body), message_id="first")
     w.broker.send(w.settings.queue_name, json.dumps(body), message_id="second")  # same request, new message
     drive(host, w, "e2e-cartpole", timeout_s=420)
@@ -75,8 +81,13 @@ def test_request_to_completion_once_even_when_enqueued_twice(local):
     assert msg.final_reward >= 150 and msg.message_id == "e2e-cartpole:completed"
     checkpoint = Path(msg.checkpoint_path.removeprefix("file://"))
     assert checkpoint.is_dir()
-    out = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--checkpoint", msg.checkpoint_path,
-                          "--episodes", "1"], check=False, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer.evaluate", "--checkpoint", msg.checkpoint_path, "--episodes", "1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "RLQ_EVAL" in out.stdout
     assert (w.settings.runs_dir / "e2e-cartpole" / "metrics.jsonl").is_file()
@@ -89,18 +100,24 @@ def test_killed_between_submit_and_record_starts_no_second_job(e2e_head, tmp_pat
     driver = [sys.executable, "-m", "tests.e2e.host_driver", "e2e-crash"]
     w = build(_settings_from(env))
     w.broker.send(w.settings.queue_name, json.dumps(body), message_id="only")
-    crashed = subprocess.run(driver + ["120"], check=False, env={**env, "RLQ_FAULT_AT": "submitted"}, timeout=180)
+    crashed = subprocess.run(
+        [*driver, "120"], check=False, env={**env, "RLQ_FAULT_AT": "submitted"}, timeout=180
+    )
     assert crashed.returncode == -signal.SIGKILL
     rec = w.store.get("e2e-crash")
-    assert rec.state is RunState.provisioning and rec.run_id is None  # the job exists; the record does not know
+    assert (
+        rec.state is RunState.provisioning and rec.run_id is None
+    )  # the job exists; the record does not know
     assert len(ray_jobs(w, "e2e-crash")) == 1
-    done = subprocess.run(driver + ["240"], check=False, env=env, timeout=300)
+    done = subprocess.run([*driver, "240"], check=False, env=env, timeout=300)
     assert done.returncode == 0
     rec = w.store.get("e2e-crash")
     assert rec.completion.status == "Completed" and rec.run_id == submission_id_for("e2e-crash")
     assert len(ray_jobs(w, "e2e-crash")) == 1
     msgs = w.broker.peek(w.settings.topic_name, subscription=w.settings.subscription_name, limit=10)
-    assert len(w.broker.dead_letters(w.settings.queue_name)) == 0 and len(msgs) == 0  # notifier consumed it once
+    assert (
+        len(w.broker.dead_letters(w.settings.queue_name)) == 0 and len(msgs) == 0
+    )  # notifier consumed it once
     assert rec.notified_at is not None
 
 
@@ -115,8 +132,13 @@ def test_cancel_of_a_running_request_stops_the_ray_job(local):
     w, host = local()
     body = {**CARTPOLE, "request_id": "e2e-cancel", "stop": {"time_total_s": 600}}
     w.broker.send(w.settings.queue_name, json.dumps(body), message_id="c")
-    drive(host, w, "e2e-cancel", timeout_s=240,
-          until=lambda rec: rec.state is RunState.running and rec.progress is not None)
+    drive(
+        host,
+        w,
+        "e2e-cancel",
+        timeout_s=240,
+        until=lambda rec: rec.state is RunState.running and rec.progress is not None,
+    )
     resp = host.handle_http("POST", "/api/trainings/e2e-cancel/cancel", {}, b"")
     assert resp.status_code == 202
     drive(host, w, "e2e-cancel", timeout_s=120)

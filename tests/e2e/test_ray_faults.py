@@ -47,8 +47,10 @@ def running_with_progress(rec) -> bool:
 
 def published(w) -> list[CompletionMessage]:
     s = w.settings
-    return [CompletionMessage.model_validate_json(m.body)
-            for m in w.broker.peek(s.topic_name, subscription=s.subscription_name, limit=100)]
+    return [
+        CompletionMessage.model_validate_json(m.body)
+        for m in w.broker.peek(s.topic_name, subscription=s.subscription_name, limit=100)
+    ]
 
 
 def trainer_process(request_id: str):
@@ -56,8 +58,9 @@ def trainer_process(request_id: str):
     psutil = _psutil()  # Ray's bundled copy
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if "trainer.train" in " ".join(proc.info["cmdline"] or []) and \
-                    request_id in proc.environ().get("RLQ_TRAINER_ARGV", ""):
+            if "trainer.train" in " ".join(proc.info["cmdline"] or []) and request_id in proc.environ().get(
+                "RLQ_TRAINER_ARGV", ""
+            ):
                 return proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -65,8 +68,14 @@ def trainer_process(request_id: str):
 
 
 def settings_for(head, tmp_path, **extra) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path / "rlq", backend="ray",  # type: ignore[call-arg]
-                    ray_dashboard_port=head.dashboard_port, ray_auth_token=head.token, **extra)
+    return Settings(
+        _env_file=None,
+        data_dir=tmp_path / "rlq",
+        backend="ray",  # type: ignore[call-arg]
+        ray_dashboard_port=head.dashboard_port,
+        ray_auth_token=head.token,
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +97,13 @@ def test_a_head_restarted_under_active_runs_is_reported_not_crashed(private_head
     # While the head is down, a tick reports a transient failure for the run and goes on.
     report = w.service.poll_once()
     assert report.errors and w.store.get("orphan").state is RunState.running
-    ensure_local_head(data_dir=head.data_dir, dashboard_port=head.dashboard_port, num_cpus=2,
-                      token=head.token, timeout_s=120)
+    ensure_local_head(
+        data_dir=head.data_dir,
+        dashboard_port=head.dashboard_port,
+        num_cpus=2,
+        token=head.token,
+        timeout_s=120,
+    )
     rec = wait_until(w, "orphan", lambda r: r.state is RunState.notified, timeout_s=120)
     assert rec.completion.status == "Failed"
     assert "restarted" in rec.completion.error

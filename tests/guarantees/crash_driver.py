@@ -62,7 +62,9 @@ class AuditedBroker(SqliteBroker):
     def send(self, entity: str, body: bytes | str, **kwargs: Any) -> bool:
         landed = super().send(entity, body, **kwargs)
         if entity == self._topic:
-            _append(self._log_path, {"message_id": kwargs.get("message_id"), "landed": landed, "pid": os.getpid()})
+            _append(
+                self._log_path, {"message_id": kwargs.get("message_id"), "landed": landed, "pid": os.getpid()}
+            )
         return landed
 
 
@@ -79,18 +81,26 @@ class FileNotifier:
 
 def wire(settings: Settings) -> Wiring:
     s = settings
-    broker = AuditedBroker(s.queue_db, lock_duration_s=s.lock_duration_s, max_delivery_count=s.max_delivery_count,
-                           duplicate_detection_window_s=s.duplicate_detection_window_s,
-                           topic=s.topic_name, log_path=s.data_dir / TOPIC_SENDS)
+    broker = AuditedBroker(
+        s.queue_db,
+        lock_duration_s=s.lock_duration_s,
+        max_delivery_count=s.max_delivery_count,
+        duplicate_detection_window_s=s.duplicate_detection_window_s,
+        topic=s.topic_name,
+        log_path=s.data_dir / TOPIC_SENDS,
+    )
     return build(s, broker=broker, notifier=FileNotifier(s.data_dir / NOTIFIED))
 
 
 def prepare(settings: Settings) -> SqliteBroker:
     """Create the entities (and the audit subscription) before anything is sent or published."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    broker = SqliteBroker(settings.queue_db, lock_duration_s=settings.lock_duration_s,
-                          max_delivery_count=settings.max_delivery_count,
-                          duplicate_detection_window_s=settings.duplicate_detection_window_s)
+    broker = SqliteBroker(
+        settings.queue_db,
+        lock_duration_s=settings.lock_duration_s,
+        max_delivery_count=settings.max_delivery_count,
+        duplicate_detection_window_s=settings.duplicate_detection_window_s,
+    )
     broker.create_queue(settings.queue_name)
     broker.create_topic(settings.topic_name)
     broker.create_subscription(settings.topic_name, settings.subscription_name)
@@ -147,7 +157,9 @@ class DirectDrive:
             else:
                 _settle(w.broker.complete, m)  # False when the handler dead-lettered it
         w.service.poll_once()
-        while done < 2 * ROUND_MESSAGES and (msgs := w.broker.receive(s.topic_name, subscription=s.subscription_name)):
+        while done < 2 * ROUND_MESSAGES and (
+            msgs := w.broker.receive(s.topic_name, subscription=s.subscription_name)
+        ):
             (m,) = msgs
             done += 1
             try:

@@ -72,27 +72,47 @@ def make_plan(n: int, *, duplicate_rate: float = 0.05, poison_rate: float = 0.02
     for i in range(n_valid):
         env = rng.choice(ENVS)
         rid = f"load-{i:05d}"
-        body = {"request_id": rid, "env": env, "algorithm": rng.choice(("IMPALA", "APPO", "PPO")),
-                "stop": {"timesteps_total": rng.randint(10_000, 10**7)}, "tags": {"batch": str(i // 100)}}
+        body = {
+            "request_id": rid,
+            "env": env,
+            "algorithm": rng.choice(("IMPALA", "APPO", "PPO")),
+            "stop": {"timesteps_total": rng.randint(10_000, 10**7)},
+            "tags": {"batch": str(i // 100)},
+        }
         valid.append(Message(f"msg-{rid}", json.dumps(body).encode(), "valid", request_id=rid))
         keyed.append((float(i), valid[-1]))
     for k in range(n_dup):  # a repeat comes somewhere after its original
         i = rng.randrange(n_valid)
         orig = valid[i]
-        keyed.append((rng.uniform(i + 0.1, n_valid), Message(f"{orig.message_id}-again-{k}", orig.body, "duplicate",
-                                                             request_id=orig.request_id)))
+        keyed.append(
+            (
+                rng.uniform(i + 0.1, n_valid),
+                Message(f"{orig.message_id}-again-{k}", orig.body, "duplicate", request_id=orig.request_id),
+            )
+        )
     poison_files = [c for c in corpus() if not c.name.startswith("gen-")]
     for k in range(n_poison):
         case = rng.choice(poison_files)
-        keyed.append((rng.uniform(0, n_valid), Message(f"poison-{k}-{case.name}", case.body, "poison", field=case.field)))
+        keyed.append(
+            (
+                rng.uniform(0, n_valid),
+                Message(f"poison-{k}-{case.name}", case.body, "poison", field=case.field),
+            )
+        )
     out = [m for _, m in sorted(keyed, key=lambda km: km[0])]
     return LoadPlan(out)
 
 
 def driver_env(data_dir: Path, **extra: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLQ_")}
-    env.update(RLQ_DATA_DIR=str(data_dir), RLQ_BACKEND="twin", RLQ_BROKER="sqlite", RLQ_STORE="sqlite",
-               RLQ_LOCK_DURATION_S="1", PYTHONPATH=str(REPO))
+    env.update(
+        RLQ_DATA_DIR=str(data_dir),
+        RLQ_BACKEND="twin",
+        RLQ_BROKER="sqlite",
+        RLQ_STORE="sqlite",
+        RLQ_LOCK_DURATION_S="1",
+        PYTHONPATH=str(REPO),
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -122,15 +142,21 @@ class LoadReport:
 
     def lines(self) -> list[str]:
         return [
-            (f"messages                 {self.messages:>8}  ({self.valid_requests} requests, "
-            f"{self.duplicate_deliveries} duplicate deliveries, {self.poison} poison)"),
-            (f"processing wall time     {self.processing_wall_s:>8.1f} s  ({self.requests_per_s:.0f} messages/s, "
-            f"restarts and lock expiries included)"),
+            (
+                f"messages                 {self.messages:>8}  ({self.valid_requests} requests, "
+                f"{self.duplicate_deliveries} duplicate deliveries, {self.poison} poison)"
+            ),
+            (
+                f"processing wall time     {self.processing_wall_s:>8.1f} s  ({self.requests_per_s:.0f} messages/s, "
+                f"restarts and lock expiries included)"
+            ),
             f"SIGKILL + restart        {self.restarts:>8}  at progress {', '.join(self.kill_points) or '-'}",
             f"notified                 {self.notified:>8}  (exactly one completion message each)",
             f"jobs                     {self.jobs:>8}  duplicate jobs {self.duplicate_jobs}, lost {self.lost}",
-            (f"duplicates dropped       {self.duplicate_deliveries:>8}  deliveries, plus {self.republishes_dropped} "
-            "completion re-publishes dropped by duplicate detection"),
+            (
+                f"duplicates dropped       {self.duplicate_deliveries:>8}  deliveries, plus {self.republishes_dropped} "
+                "completion re-publishes dropped by duplicate detection"
+            ),
             f"dead letters             {self.dead_letters:>8}  (all poison, each naming its field)",
             f"deferrals (in-flight cap){self.deferrals:>8}",
         ]
@@ -138,21 +164,40 @@ class LoadReport:
 
 # How far along a run record is: progress moves with every intake and every poll of every run, so
 # a kill threshold on it can land anywhere — mid-intake, mid-tick, between publish and record.
-_RANK = {RunState.received: 1, RunState.provisioning: 2, RunState.submitted: 3, RunState.running: 4,
-         RunState.completed: 5, RunState.failed: 5, RunState.canceled: 5, RunState.timed_out: 5,
-         RunState.notified: 6}
+_RANK = {
+    RunState.received: 1,
+    RunState.provisioning: 2,
+    RunState.submitted: 3,
+    RunState.running: 4,
+    RunState.completed: 5,
+    RunState.failed: 5,
+    RunState.canceled: 5,
+    RunState.timed_out: 5,
+    RunState.notified: 6,
+}
 
 
-def _progress(broker: SqliteBroker, store: SqliteRunStore, s: Settings, total_msgs: int, n_valid: int) -> float:
+def _progress(
+    broker: SqliteBroker, store: SqliteRunStore, s: Settings, total_msgs: int, n_valid: int
+) -> float:
     c = broker.counts(s.queue_name)
     consumed = total_msgs - c["active"] - c["locked"] - c["scheduled"]
     ranks = sum(rank * store.count([state]) for state, rank in _RANK.items())
     return (consumed + ranks) / (total_msgs + 6 * n_valid)
 
 
-def run_load(workdir: Path, plan: LoadPlan, *, restarts: int = 3, seed: int = 11, mode: str = "direct",
-             max_seconds: float = 600.0, max_in_flight: int | None = None, defer_delay_s: float = 60.0,
-             out=None) -> LoadReport:
+def run_load(
+    workdir: Path,
+    plan: LoadPlan,
+    *,
+    restarts: int = 3,
+    seed: int = 11,
+    mode: str = "direct",
+    max_seconds: float = 600.0,
+    max_in_flight: int | None = None,
+    defer_delay_s: float = 60.0,
+    out=None,
+) -> LoadReport:
     """Enqueue the plan, process it with SIGKILLs at random progress points, verify every message.
 
     ``max_in_flight`` (default: no cap in practice) makes the service defer what is over the cap;
@@ -162,23 +207,38 @@ def run_load(workdir: Path, plan: LoadPlan, *, restarts: int = 3, seed: int = 11
     data = workdir / "rlq"
     settings = Settings(data_dir=data)
     broker = prepare(settings)
-    report = LoadReport(messages=len(plan.messages), valid_requests=len(plan.request_ids),
-                        duplicate_deliveries=len(plan.duplicates), poison=len(plan.poison))
+    report = LoadReport(
+        messages=len(plan.messages),
+        valid_requests=len(plan.request_ids),
+        duplicate_deliveries=len(plan.duplicates),
+        poison=len(plan.poison),
+    )
     t0 = time.perf_counter()
     for m in plan.messages:
         assert broker.send(settings.queue_name, m.body, message_id=m.message_id)
     report.enqueue_s = time.perf_counter() - t0
     store = SqliteRunStore(settings.store_db)
-    env = driver_env(data, RLQ_MAX_IN_FLIGHT=max_in_flight or len(plan.messages) + 10,
-                     RLQ_DEFER_DELAY_S=defer_delay_s)
-    cmd = [sys.executable, "-m", "tests.guarantees.crash_driver", "--mode", mode, "--max-seconds", str(max_seconds)]
+    env = driver_env(
+        data, RLQ_MAX_IN_FLIGHT=max_in_flight or len(plan.messages) + 10, RLQ_DEFER_DELAY_S=defer_delay_s
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.guarantees.crash_driver",
+        "--mode",
+        mode,
+        "--max-seconds",
+        str(max_seconds),
+    ]
     thresholds = sorted(rng.uniform(0.05, 0.9) for _ in range(restarts))
     log = (lambda text: print(text, file=out, flush=True)) if out is not None else (lambda text: None)
 
     started = time.perf_counter()
     deadline = started + max_seconds
     while True:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         target = thresholds[report.restarts] if report.restarts < len(thresholds) else None
         jitter = rng.uniform(0.0, 0.05)  # so the kill is not in step with the progress reads
         while proc.poll() is None and target is not None:
@@ -194,7 +254,9 @@ def run_load(workdir: Path, plan: LoadPlan, *, restarts: int = 3, seed: int = 11
         _, err = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
         if proc.returncode == -signal.SIGKILL:
             report.restarts += 1
-            report.kill_points.append(f"{_progress(broker, store, settings, len(plan.messages), len(plan.request_ids)):.0%}")
+            report.kill_points.append(
+                f"{_progress(broker, store, settings, len(plan.messages), len(plan.request_ids)):.0%}"
+            )
             log(f"  killed the processing process at {report.kill_points[-1]} progress; restarting")
             continue
         if proc.returncode != 0:
@@ -223,15 +285,24 @@ def verify_load(data: Path, plan: LoadPlan, report: LoadReport) -> None:
         lost = [rid for rid in ids if rid not in records or records[rid].state is not RunState.notified]
         report.lost = len(lost)
         report.notified = sum(1 for rid in ids if rid in records and records[rid].state is RunState.notified)
-        assert not lost, f"{len(lost)} requests not notified, e.g. {[(r, records.get(r) and records[r].state) for r in lost[:5]]}"
-        assert report.duplicate_jobs == 0, f"duplicate jobs: {[(r, n) for r, n in jobs.items() if n > 1][:10]}"
-        assert set(jobs) == set(ids), f"jobs for requests that are not valid ones: {sorted(set(jobs) - set(ids))[:10]}"
+        assert not lost, (
+            f"{len(lost)} requests not notified, e.g. {[(r, records.get(r) and records[r].state) for r in lost[:5]]}"
+        )
+        assert report.duplicate_jobs == 0, (
+            f"duplicate jobs: {[(r, n) for r, n in jobs.items() if n > 1][:10]}"
+        )
+        assert set(jobs) == set(ids), (
+            f"jobs for requests that are not valid ones: {sorted(set(jobs) - set(ids))[:10]}"
+        )
         assert all(r.state in FINAL for r in records.values())
         report.deferrals = sum(r.deferrals for r in records.values())
 
-        seen = Counter(m.message_id for m in broker.peek(s.topic_name, subscription=AUDIT_SUBSCRIPTION, limit=10**7))
-        assert seen == Counter({f"{rid}:completed": 1 for rid in ids}), \
+        seen = Counter(
+            m.message_id for m in broker.peek(s.topic_name, subscription=AUDIT_SUBSCRIPTION, limit=10**7)
+        )
+        assert seen == Counter({f"{rid}:completed": 1 for rid in ids}), (
             f"completion messages not one per request: {[(k, v) for k, v in seen.items() if v != 1][:10]}"
+        )
         sends = [json.loads(line) for line in (data / TOPIC_SENDS).read_text().splitlines()]
         report.republishes_dropped = sum(1 for x in sends if not x["landed"])
 
@@ -240,11 +311,17 @@ def verify_load(data: Path, plan: LoadPlan, report: LoadReport) -> None:
         by_id = {d.message_id: d for d in dead}
         assert len(by_id) == len(dead), "a message was dead-lettered twice"
         poison = {m.message_id: m for m in plan.poison}
-        assert set(by_id) == set(poison), (f"dead letters that are not poison: {sorted(set(by_id) - set(poison))[:5]}; "
-                                           f"poison not dead-lettered: {sorted(set(poison) - set(by_id))[:5]}")
+        assert set(by_id) == set(poison), (
+            f"dead letters that are not poison: {sorted(set(by_id) - set(poison))[:5]}; "
+            f"poison not dead-lettered: {sorted(set(poison) - set(by_id))[:5]}"
+        )
         for mid, d in by_id.items():
             assert d.reason in ("InvalidRequest", "Forbidden"), (mid, d.reason, d.description[:200])
-            assert names_field(d.description, poison[mid].field or ""), (mid, poison[mid].field, d.description[:200])
+            assert names_field(d.description, poison[mid].field or ""), (
+                mid,
+                poison[mid].field,
+                d.description[:200],
+            )
         counts = broker.counts(s.queue_name)
         assert counts == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": len(plan.poison)}, counts
     finally:
@@ -277,27 +354,51 @@ class SoakReport:
         return [
             f"runs                     {self.runs:>8}  finished {self.finished}, stuck {self.runs - self.finished}",
             f"ticks                    {self.ticks:>8}  skipped runs {self.skipped}",
-            (f"tick wall time           p50 {walls[len(walls) // 2]:.2f} s, max {self.max_tick_s:.2f} s "
-            f"(budget {self.budget_s:.0f} s)"),
-            (f"transient status errors  {self.status_errors:>8}  (retried on the next tick); other errors "
-            f"{len(self.other_errors)}"),
-            (f"open file descriptors    {self.open_fds[0] if self.open_fds else 0:>8}  after the first tick, "
-            f"{self.open_fds[-1] if self.open_fds else 0} after the last"),
+            (
+                f"tick wall time           p50 {walls[len(walls) // 2]:.2f} s, max {self.max_tick_s:.2f} s "
+                f"(budget {self.budget_s:.0f} s)"
+            ),
+            (
+                f"transient status errors  {self.status_errors:>8}  (retried on the next tick); other errors "
+                f"{len(self.other_errors)}"
+            ),
+            (
+                f"open file descriptors    {self.open_fds[0] if self.open_fds else 0:>8}  after the first tick, "
+                f"{self.open_fds[-1] if self.open_fds else 0} after the last"
+            ),
         ]
 
 
-def run_poll_soak(workdir: Path, *, runs: int, max_ticks: int, polls_to_finish: int, error_rate: float = 0.1,
-                  concurrency: int = 64, budget_s: float = 50.0, seed: int = 5) -> SoakReport:
+def run_poll_soak(
+    workdir: Path,
+    *,
+    runs: int,
+    max_ticks: int,
+    polls_to_finish: int,
+    error_rate: float = 0.1,
+    concurrency: int = 64,
+    budget_s: float = 50.0,
+    seed: int = 5,
+) -> SoakReport:
     """``runs`` active runs, ticked until all finish (at most ``max_ticks``), a share of status calls failing."""
     from shared.composition import build
     from tests.guarantees.crash_driver import FileNotifier
 
     data = workdir / "soak"
     data.mkdir(parents=True, exist_ok=True)
-    settings = Settings(data_dir=data, backend="twin", max_in_flight=runs + 1, poll_concurrency=concurrency,
-                        poll_tick_budget_s=budget_s, stall_timeout_s=10**6, default_run_duration_s=10**5,
-                        max_run_duration_s=10**6)
-    twin = ComputeTwin(data / "twin.sqlite3", polls_to_finish=polls_to_finish, status_error_rate=error_rate, seed=seed)
+    settings = Settings(
+        data_dir=data,
+        backend="twin",
+        max_in_flight=runs + 1,
+        poll_concurrency=concurrency,
+        poll_tick_budget_s=budget_s,
+        stall_timeout_s=10**6,
+        default_run_duration_s=10**5,
+        max_run_duration_s=10**6,
+    )
+    twin = ComputeTwin(
+        data / "twin.sqlite3", polls_to_finish=polls_to_finish, status_error_rate=error_rate, seed=seed
+    )
     w = build(settings, compute={"twin": twin}, notifier=FileNotifier(data / "notified.jsonl"), faults=None)
     for i in range(runs):
         body = {"request_id": f"soak-{i:05d}", "env": "CartPole-v1", "stop": {"timesteps_total": 10**6}}

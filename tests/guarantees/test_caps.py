@@ -12,23 +12,46 @@ from shared.models import RunState
 from tests.poison.conftest import feed
 from tests.service.conftest import topic_messages
 
-CARTPOLE = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"episode_reward_mean": 150, "time_total_s": 300}}
+CARTPOLE = {
+    "env": "CartPole-v1",
+    "algorithm": "IMPALA",
+    "stop": {"episode_reward_mean": 150, "time_total_s": 300},
+}
 
 
 def body(request_id: str, **extra) -> bytes:
     return json.dumps({**CARTPOLE, "request_id": request_id, **extra}).encode()
 
 
-@pytest.mark.parametrize("setting, value, extra, named", [
-    ("max_nodes_per_request", 6, {"compute": {"workers": {"node_count": 6, "max_nodes": 6}}},
-     "compute: 7 nodes requested; the cap is 6"),
-    ("max_gpus_per_request", 1, {"compute": {"head": {"vm_size": "STANDARD_NC12"}}},
-     "compute: 2 GPUs requested; the cap is 1"),
-    ("max_run_duration_s", 600, {"compute": {"max_run_duration_s": 3600}},
-     "compute.max_run_duration_s: 3600 is over the cap of 600 s"),
-    ("max_run_duration_s", 600, {"stop": {"time_total_s": 601}},
-     "stop.time_total_s: 601 is over the cap of 600 s"),
-])
+@pytest.mark.parametrize(
+    "setting, value, extra, named",
+    [
+        (
+            "max_nodes_per_request",
+            6,
+            {"compute": {"workers": {"node_count": 6, "max_nodes": 6}}},
+            "compute: 7 nodes requested; the cap is 6",
+        ),
+        (
+            "max_gpus_per_request",
+            1,
+            {"compute": {"head": {"vm_size": "STANDARD_NC12"}}},
+            "compute: 2 GPUs requested; the cap is 1",
+        ),
+        (
+            "max_run_duration_s",
+            600,
+            {"compute": {"max_run_duration_s": 3600}},
+            "compute.max_run_duration_s: 3600 is over the cap of 600 s",
+        ),
+        (
+            "max_run_duration_s",
+            600,
+            {"stop": {"time_total_s": 601}},
+            "stop.time_total_s: 601 is over the cap of 600 s",
+        ),
+    ],
+)
 def test_each_per_request_cap_rejects_naming_the_cap(wired, twin, setting, value, extra, named):
     setattr(wired.settings, setting, value)
     record, completed = feed(wired, body("over", **extra), "m-over")
@@ -44,8 +67,14 @@ def test_each_per_request_cap_rejects_naming_the_cap(wired, twin, setting, value
 def test_exactly_at_each_cap_is_accepted(wired, twin):
     s = wired.settings
     s.max_nodes_per_request, s.max_gpus_per_request, s.max_run_duration_s = 7, 2, 600
-    at_caps = {"compute": {"head": {"vm_size": "STANDARD_NC12"}, "workers": {"node_count": 6, "max_nodes": 6},
-                           "max_run_duration_s": 600}, "stop": {"time_total_s": 600}}
+    at_caps = {
+        "compute": {
+            "head": {"vm_size": "STANDARD_NC12"},
+            "workers": {"node_count": 6, "max_nodes": 6},
+            "max_run_duration_s": 600,
+        },
+        "stop": {"time_total_s": 600},
+    }
     record, _ = feed(wired, body("at-caps", **at_caps), "m-at")
     assert record.state is RunState.submitted and twin.jobs_per_request() == {"at-caps": 1}
 

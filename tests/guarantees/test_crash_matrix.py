@@ -37,23 +37,50 @@ from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, NOTIFIED, TOPIC_SE
 REPO = Path(__file__).resolve().parents[2]
 BACKEND = os.environ.get("RLQ_CRASH_BACKEND", "twin")
 MODE = os.environ.get("RLQ_CRASH_MODE", "host")  # host: through shared.localhost; direct: no host
-CARTPOLE = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"episode_reward_mean": 150, "time_total_s": 300}}
+CARTPOLE = {
+    "env": "CartPole-v1",
+    "algorithm": "IMPALA",
+    "stop": {"episode_reward_mean": 150, "time_total_s": 300},
+}
 
 
 def driver_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLQ_")}
-    env.update(RLQ_DATA_DIR=str(data_dir), RLQ_BACKEND=BACKEND, RLQ_BROKER="sqlite", RLQ_STORE="sqlite",
-               RLQ_LOCK_DURATION_S="1", RLQ_MAX_IN_FLIGHT="1000", PYTHONPATH=str(REPO), **extra)
+    env.update(
+        RLQ_DATA_DIR=str(data_dir),
+        RLQ_BACKEND=BACKEND,
+        RLQ_BROKER="sqlite",
+        RLQ_STORE="sqlite",
+        RLQ_LOCK_DURATION_S="1",
+        RLQ_MAX_IN_FLIGHT="1000",
+        PYTHONPATH=str(REPO),
+        **extra,
+    )
     return env
 
 
-def run_driver(data_dir: Path, *, fault: str | None = None, max_seconds: float = 60,
-               args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run_driver(
+    data_dir: Path, *, fault: str | None = None, max_seconds: float = 60, args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     env = driver_env(data_dir, **({"RLQ_FAULT_AT": fault} if fault else {}))
-    return subprocess.run([sys.executable, "-m", "tests.guarantees.crash_driver", "--mode", MODE,
-                           "--max-seconds", str(max_seconds), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=max_seconds + 60,
-                          check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.guarantees.crash_driver",
+            "--mode",
+            MODE,
+            "--max-seconds",
+            str(max_seconds),
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=max_seconds + 60,
+        check=False,
+    )
 
 
 def count_jobs(data_dir: Path) -> dict[str, int]:
@@ -64,8 +91,10 @@ def count_jobs(data_dir: Path) -> dict[str, int]:
             return twin.jobs_per_request()
         finally:
             twin.close()
-    pytest.skip(f"no job counter for RLQ_CRASH_BACKEND={BACKEND!r} yet: list the backend's jobs by their "
-                "request tag here (e.g. Ray JobSubmissionClient.list_jobs() metadata) to run this matrix on it")
+    pytest.skip(
+        f"no job counter for RLQ_CRASH_BACKEND={BACKEND!r} yet: list the backend's jobs by their "
+        "request tag here (e.g. Ray JobSubmissionClient.list_jobs() metadata) to run this matrix on it"
+    )
 
 
 def enqueue(data_dir: Path, request_ids: list[str], *, copies: int = 2) -> None:
@@ -90,7 +119,9 @@ def assert_all_accounted_for(data_dir: Path, request_ids: list[str]) -> dict[str
     try:
         records = {rid: store.get(rid) for rid in request_ids}
         lost = [rid for rid, r in records.items() if r is None or r.state is not RunState.notified]
-        assert not lost, f"requests not carried through: {[(rid, records[rid] and records[rid].state) for rid in lost]}"
+        assert not lost, (
+            f"requests not carried through: {[(rid, records[rid] and records[rid].state) for rid in lost]}"
+        )
         assert all(r.published_at is not None and r.run_id for r in records.values())
 
         jobs = count_jobs(data_dir)
@@ -106,8 +137,9 @@ def assert_all_accounted_for(data_dir: Path, request_ids: list[str]) -> dict[str
         landed = Counter(x["message_id"] for x in sends if x["landed"])
         # The journal line follows the send, so a SIGKILL that lands between the two (another poll
         # thread publishing at that moment) can leave a landed send unjournaled; never two landed.
-        assert set(landed) <= set(per_id) and all(n == 1 for n in landed.values()), \
+        assert set(landed) <= set(per_id) and all(n == 1 for n in landed.values()), (
             f"the outbox landed more than one send for an id: {landed}"
+        )
         notified = Counter(x["message_id"] for x in jsonl(data_dir / NOTIFIED))
         assert set(notified) == set(per_id), "a completion message never reached the notifier"
 

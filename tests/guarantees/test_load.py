@@ -32,17 +32,35 @@ def test_load_with_three_sigkills_loses_and_duplicates_nothing(tmp_path):
 
 def test_load_over_the_in_flight_cap_with_sigkills_defers_and_still_runs_each_once(tmp_path):
     plan = make_plan(150, duplicate_rate=0.05, poison_rate=0.02, seed=SEED + 1)
-    report = run_load(tmp_path, plan, restarts=3, seed=SEED + 1, mode="host", max_seconds=150,
-                      max_in_flight=20, defer_delay_s=0.2)
+    report = run_load(
+        tmp_path,
+        plan,
+        restarts=3,
+        seed=SEED + 1,
+        mode="host",
+        max_seconds=150,
+        max_in_flight=20,
+        defer_delay_s=0.2,
+    )
     summary = "\n".join(report.lines()) + f"\n(RLQ_LOAD_SEED={SEED})"
     assert report.deferrals > 0, summary  # the cap was really in the way
-    assert (report.notified, report.jobs, report.duplicate_jobs, report.lost) == (len(plan.request_ids),) * 2 + (0, 0)
+    assert (report.notified, report.jobs, report.duplicate_jobs, report.lost) == (
+        len(plan.request_ids),
+    ) * 2 + (0, 0)
     print(summary)
 
 
 def test_poll_soak_with_transient_status_errors(tmp_path):
-    report = run_poll_soak(tmp_path, runs=200, max_ticks=40, polls_to_finish=10, error_rate=0.1,
-                           concurrency=16, budget_s=20.0, seed=SEED)
+    report = run_poll_soak(
+        tmp_path,
+        runs=200,
+        max_ticks=40,
+        polls_to_finish=10,
+        error_rate=0.1,
+        concurrency=16,
+        budget_s=20.0,
+        seed=SEED,
+    )
     summary = "\n".join(report.lines()) + f"\n(RLQ_LOAD_SEED={SEED})"
     assert report.finished == report.runs, summary  # none stuck
     assert report.skipped == 0 and report.max_tick_s < report.budget_s, summary

@@ -17,7 +17,11 @@ from shared.errors import TransientError
 from shared.localhost import LocalHost
 from shared.models import CompletionMessage, RunState
 
-CARTPOLE = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"episode_reward_mean": 150, "time_total_s": 300}}
+CARTPOLE = {
+    "env": "CartPole-v1",
+    "algorithm": "IMPALA",
+    "stop": {"episode_reward_mean": 150, "time_total_s": 300},
+}
 
 
 @pytest.fixture
@@ -30,8 +34,10 @@ def host(wired, clock):
 
 
 def topic_messages(w) -> list[CompletionMessage]:
-    return [CompletionMessage.model_validate_json(m.body)
-            for m in w.broker.peek(w.settings.topic_name, subscription="audit", limit=1000)]
+    return [
+        CompletionMessage.model_validate_json(m.body)
+        for m in w.broker.peek(w.settings.topic_name, subscription="audit", limit=1000)
+    ]
 
 
 def run_poller(host, times: int = 3) -> None:
@@ -40,7 +46,8 @@ def run_poller(host, times: int = 3) -> None:
 
 
 def test_a_compute_outage_past_the_last_delivery_leaves_a_dead_letter_that_still_runs_once(
-        wired, twin, clock, host):
+    wired, twin, clock, host
+):
     """Past ``max_delivery_count`` the queue dead-letters the message with the last error. The
     request is not stranded half-claimed: its record says it was dead-lettered and why, with no job,
     and once the outage is over, resubmitting the dead letter runs it exactly once."""
@@ -90,8 +97,11 @@ def test_a_topic_outage_of_many_ticks_publishes_once_when_it_ends(wired, twin, c
             real.publish(message, reply_to=reply_to)
 
     wired.service.publisher = Down()
-    wired.broker.send(wired.settings.queue_name, json.dumps({**CARTPOLE, "request_id": "outbox"}).encode(),
-                      message_id="m-outbox")
+    wired.broker.send(
+        wired.settings.queue_name,
+        json.dumps({**CARTPOLE, "request_id": "outbox"}).encode(),
+        message_id="m-outbox",
+    )
     host.drain()
     run_poller(host, 40)
     rec = wired.store.get("outbox")
@@ -112,8 +122,11 @@ def test_a_store_failure_right_after_submit_does_not_strand_the_run(wired, twin,
         return real_update(record)
 
     wired.store.update = update
-    wired.broker.send(wired.settings.queue_name, json.dumps({**CARTPOLE, "request_id": "stranded"}).encode(),
-                      message_id="m-stranded")
+    wired.broker.send(
+        wired.settings.queue_name,
+        json.dumps({**CARTPOLE, "request_id": "stranded"}).encode(),
+        message_id="m-stranded",
+    )
     host.drain()
     run_poller(host)
     host.drain()

@@ -78,14 +78,17 @@ def test_submit_rejects_bad_fields_with_exit_2_names_them_and_sends_nothing(run,
     assert queued(data_dir) == []
 
 
-@pytest.mark.parametrize(("args", "field"), [
-    (["--config", "{not json"], "config"),
-    (["--stop", "[1, 2]"], "stop"),
-    (["--tag", "no-equals-sign"], "tags.0"),
-    (["--config", '{"rm_rf": 1}'], "config"),
-    (["--webhook", "ftp://example.com/x"], "notify.webhooks"),
-    (["--max-run-duration-s", "5"], "compute.max_run_duration_s"),
-])
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--config", "{not json"], "config"),
+        (["--stop", "[1, 2]"], "stop"),
+        (["--tag", "no-equals-sign"], "tags.0"),
+        (["--config", '{"rm_rf": 1}'], "config"),
+        (["--webhook", "ftp://example.com/x"], "notify.webhooks"),
+        (["--max-run-duration-s", "5"], "compute.max_run_duration_s"),
+    ],
+)
 def test_submit_field_errors(run, data_dir, args, field):
     result = run("submit", "--env", "CartPole-v1", *args)
 
@@ -104,12 +107,40 @@ def test_submit_over_a_cap_is_refused_and_not_sent(run, data_dir):
 
 def test_submit_puts_exactly_one_message_on_the_queue(run, data_dir):
     result = run(
-        "submit", "--run", "APPO", "--env", "PongNoFrameskip-v4", "--config", '{"num_workers": 13, "lr": 0.0005}',
-        "--stop", '{"episode_reward_mean": 18, "time_total_s": 3600}', "--experiment", "pong",
-        "--request-id", "req-42", "--head-vm-size", "standard_nc6", "--worker-vm-size", "STANDARD_D2_V2",
-        "--worker-nodes", "6", "--max-run-duration-s", "7200", "--webhook", "https://hooks.example.com/a",
-        "--webhook", "https://hooks.example.com/b", "--reply-to", "replies", "--tag", "team=rl", "--tag", "ticket=7",
-        "--evaluate-episodes", "3", "--gif",
+        "submit",
+        "--run",
+        "APPO",
+        "--env",
+        "PongNoFrameskip-v4",
+        "--config",
+        '{"num_workers": 13, "lr": 0.0005}',
+        "--stop",
+        '{"episode_reward_mean": 18, "time_total_s": 3600}',
+        "--experiment",
+        "pong",
+        "--request-id",
+        "req-42",
+        "--head-vm-size",
+        "standard_nc6",
+        "--worker-vm-size",
+        "STANDARD_D2_V2",
+        "--worker-nodes",
+        "6",
+        "--max-run-duration-s",
+        "7200",
+        "--webhook",
+        "https://hooks.example.com/a",
+        "--webhook",
+        "https://hooks.example.com/b",
+        "--reply-to",
+        "replies",
+        "--tag",
+        "team=rl",
+        "--tag",
+        "ticket=7",
+        "--evaluate-episodes",
+        "3",
+        "--gif",
     )
 
     assert result.exit_code == 0, result.output
@@ -132,8 +163,17 @@ def test_submit_puts_exactly_one_message_on_the_queue(run, data_dir):
 
 def test_submit_from_a_file_with_flags_overriding(run, data_dir, tmp_path):
     path = tmp_path / "request.json"
-    path.write_text(json.dumps({"request_id": "from-file", "env": "CartPole-v1", "algorithm": "PPO",
-                                "config": {"lr": 0.01, "gamma": 0.9}, "stop": {"time_total_s": 600}}))
+    path.write_text(
+        json.dumps(
+            {
+                "request_id": "from-file",
+                "env": "CartPole-v1",
+                "algorithm": "PPO",
+                "config": {"lr": 0.01, "gamma": 0.9},
+                "stop": {"time_total_s": 600},
+            }
+        )
+    )
 
     result = run("submit", "--file", str(path), "--config", '{"lr": 0.001}', "--run", "IMPALA")
 
@@ -161,27 +201,76 @@ def test_build_request_without_flags_is_empty():
 def seed_records(data_dir: Path) -> None:
     s = store(data_dir)
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    s.insert_if_absent(RunRecord(
-        request_id="r-run", state=RunState.running, request=request("r-run"), backend="twin", run_id="twin-1",
-        progress=Progress(iteration=12, timesteps=48_000, time_total_s=95.0, episode_reward_mean=87.25,
-                          env_steps_per_s=505.0), created_at=now))
-    s.insert_if_absent(RunRecord(
-        request_id="r-failed", state=RunState.failed, request=request("r-failed"), backend="twin",
-        run_id="twin-2", error="trainer exited with code 1: CUDA out of memory", stop_reason="error",
-        created_at=now))
-    done = CompletionMessage(message_id="r-done:completed", request_id="r-done", run_id="twin-3",
-                             status="Completed", stop_reason="reward_reached", final_reward=151.5,
-                             checkpoint_path="file:///ckpt/final")
-    s.insert_if_absent(RunRecord(
-        request_id="r-done", state=RunState.notified, request=request("r-done"), backend="twin", run_id="twin-3",
-        completion=done, created_at=now,
-        deliveries=[Delivery(target="https://hooks.example.com/ok", ok=True, attempts=1, status_code=204),
-                    Delivery(target="https://hooks.example.com/broken", ok=False, attempts=5, status_code=503,
-                             error="HTTP 503 after 5 attempts")]))
-    s.insert_if_absent(RunRecord(request_id="r-canceled", state=RunState.canceled, request=request("r-canceled"),
-                                 completion=CompletionMessage(message_id="r-canceled:completed",
-                                                              request_id="r-canceled", status="Canceled"),
-                                 created_at=now))
+    s.insert_if_absent(
+        RunRecord(
+            request_id="r-run",
+            state=RunState.running,
+            request=request("r-run"),
+            backend="twin",
+            run_id="twin-1",
+            progress=Progress(
+                iteration=12,
+                timesteps=48_000,
+                time_total_s=95.0,
+                episode_reward_mean=87.25,
+                env_steps_per_s=505.0,
+            ),
+            created_at=now,
+        )
+    )
+    s.insert_if_absent(
+        RunRecord(
+            request_id="r-failed",
+            state=RunState.failed,
+            request=request("r-failed"),
+            backend="twin",
+            run_id="twin-2",
+            error="trainer exited with code 1: CUDA out of memory",
+            stop_reason="error",
+            created_at=now,
+        )
+    )
+    done = CompletionMessage(
+        message_id="r-done:completed",
+        request_id="r-done",
+        run_id="twin-3",
+        status="Completed",
+        stop_reason="reward_reached",
+        final_reward=151.5,
+        checkpoint_path="file:///ckpt/final",
+    )
+    s.insert_if_absent(
+        RunRecord(
+            request_id="r-done",
+            state=RunState.notified,
+            request=request("r-done"),
+            backend="twin",
+            run_id="twin-3",
+            completion=done,
+            created_at=now,
+            deliveries=[
+                Delivery(target="https://hooks.example.com/ok", ok=True, attempts=1, status_code=204),
+                Delivery(
+                    target="https://hooks.example.com/broken",
+                    ok=False,
+                    attempts=5,
+                    status_code=503,
+                    error="HTTP 503 after 5 attempts",
+                ),
+            ],
+        )
+    )
+    s.insert_if_absent(
+        RunRecord(
+            request_id="r-canceled",
+            state=RunState.canceled,
+            request=request("r-canceled"),
+            completion=CompletionMessage(
+                message_id="r-canceled:completed", request_id="r-canceled", status="Canceled"
+            ),
+            created_at=now,
+        )
+    )
 
 
 def test_status_shows_progress_error_completion_and_failed_deliveries(run, data_dir):
@@ -266,7 +355,9 @@ def dead_letter_one(data_dir: Path, body: bytes, message_id: str) -> int:
     with SqliteBroker(data_dir / "queue.sqlite3") as broker:
         broker.send(QUEUE_NAME, body, message_id=message_id)
         (msg,) = broker.receive(QUEUE_NAME)
-        broker.dead_letter(msg, reason="InvalidRequest", description="env: 'Pong' is not an allowed environment")
+        broker.dead_letter(
+            msg, reason="InvalidRequest", description="env: 'Pong' is not an allowed environment"
+        )
         return msg.sequence_number
 
 
@@ -295,13 +386,24 @@ def test_dead_letters_list_show_and_resubmit(run, data_dir):
 
 
 def test_plot_writes_the_reward_png_from_metrics(run, data_dir, tmp_path):
-    store(data_dir).insert_if_absent(RunRecord(request_id="r-plot", state=RunState.running,
-                                               request=request("r-plot")))
+    store(data_dir).insert_if_absent(
+        RunRecord(request_id="r-plot", state=RunState.running, request=request("r-plot"))
+    )
     out_dir = data_dir / "runs" / "r-plot"
     out_dir.mkdir(parents=True)
     with open(out_dir / "metrics.jsonl", "w") as fh:
-        fh.writelines(json.dumps({"iteration": i, "timesteps": i * 1000, "time_total_s": i * 2.0,
-                                 "episode_reward_mean": 20.0 * i}) + "\n" for i in range(1, 6))
+        fh.writelines(
+            json.dumps(
+                {
+                    "iteration": i,
+                    "timesteps": i * 1000,
+                    "time_total_s": i * 2.0,
+                    "episode_reward_mean": 20.0 * i,
+                }
+            )
+            + "\n"
+            for i in range(1, 6)
+        )
     target = tmp_path / "curve.png"
 
     result = run("plot", "r-plot", "--out", str(target))
@@ -336,8 +438,14 @@ def test_demo_on_the_twin_backend_completes_publishes_and_verifies_the_webhook(r
 
 def test_serve_answers_http_and_stops_gracefully_on_sigterm(data_dir, tmp_path):
     env = {**os.environ, "RLQ_BACKEND": "twin", "RLQ_POLL_SCHEDULE": "*/1 * * * * *", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "--data-dir", str(data_dir), "serve", "--port", "0"],
-                            cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "--data-dir", str(data_dir), "serve", "--port", "0"],
+        cwd=str(ROOT),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = None
         seen = []
@@ -349,8 +457,9 @@ def test_serve_answers_http_and_stops_gracefully_on_sigterm(data_dir, tmp_path):
                 break
         assert base, "".join(seen)
         assert httpx.get(f"{base}/health", timeout=10).json() == {"status": "ok"}
-        posted = httpx.post(f"{base}/trainings", json={"env": "CartPole-v1", "stop": {"time_total_s": 60}},
-                            timeout=10)
+        posted = httpx.post(
+            f"{base}/trainings", json={"env": "CartPole-v1", "stop": {"time_total_s": 60}}, timeout=10
+        )
         assert posted.status_code == 202
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=30)

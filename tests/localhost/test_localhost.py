@@ -71,8 +71,9 @@ def make_app(rec: Recorder, *, schedule: str = "*/10 * * * * *", queue: str = Q)
             rec.behaviour(msg)
 
     @app.function_name("audit")
-    @app.service_bus_topic_trigger(arg_name="msg", topic_name=TOPIC, subscription_name=SUB,
-                                   connection="ServiceBusConnection")
+    @app.service_bus_topic_trigger(
+        arg_name="msg", topic_name=TOPIC, subscription_name=SUB, connection="ServiceBusConnection"
+    )
     def audit(msg: func.ServiceBusMessage) -> None:
         rec.topic_messages.append(msg)
 
@@ -86,22 +87,28 @@ def make_app(rec: Recorder, *, schedule: str = "*/10 * * * * *", queue: str = Q)
     @app.function_name("get_item")
     @app.route(route="items/{item_id}", methods=["GET"])
     def get_item(req: func.HttpRequest) -> func.HttpResponse:
-        return func.HttpResponse(json.dumps({"item_id": req.route_params["item_id"],
-                                             "verbose": req.params.get("verbose")}),
-                                 mimetype="application/json", headers={"X-Item": req.route_params["item_id"]})
+        return func.HttpResponse(
+            json.dumps({"item_id": req.route_params["item_id"], "verbose": req.params.get("verbose")}),
+            mimetype="application/json",
+            headers={"X-Item": req.route_params["item_id"]},
+        )
 
     @app.function_name("item_tags")
     @app.route(route="items/{item_id:int}/tags", methods=["GET"])
     async def item_tags(req: func.HttpRequest) -> func.HttpResponse:  # async handlers are awaited
-        return func.HttpResponse(json.dumps({"tags_of": int(req.route_params["item_id"])}),
-                                 mimetype="application/json")
+        return func.HttpResponse(
+            json.dumps({"tags_of": int(req.route_params["item_id"])}), mimetype="application/json"
+        )
 
     @app.function_name("create_item")
     @app.route(route="items", methods=["POST"])
     def create_item(req: func.HttpRequest) -> func.HttpResponse:
         body = req.get_json()
-        return func.HttpResponse(json.dumps({"created": body, "content_type": req.headers.get("content-type")}),
-                                 status_code=201, mimetype="application/json")
+        return func.HttpResponse(
+            json.dumps({"created": body, "content_type": req.headers.get("content-type")}),
+            status_code=201,
+            mimetype="application/json",
+        )
 
     @app.function_name("broken")
     @app.route(route="broken", methods=["GET"])
@@ -144,8 +151,9 @@ def no_host_json(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def host(rec, broker, settings, clock, no_host_json):
-    h = LocalHost(make_app(rec), broker=broker, settings=settings, host_json=no_host_json, http_port=0,
-                  clock=clock)
+    h = LocalHost(
+        make_app(rec), broker=broker, settings=settings, host_json=no_host_json, http_port=0, clock=clock
+    )
     yield h
     h.stop()
 
@@ -159,7 +167,9 @@ def write_host_json(path: Path, service_bus: dict[str, Any]) -> Path:
 
 
 def test_success_completes_and_the_handler_gets_the_runtime_message(host, broker, rec, caplog):
-    broker.send(Q, b'{"n": 1}', message_id="m-1", correlation_id="c-1", application_properties={"kind": "test"})
+    broker.send(
+        Q, b'{"n": 1}', message_id="m-1", correlation_id="c-1", application_properties={"kind": "test"}
+    )
     caplog.set_level(logging.INFO, logger="rlq.localhost")
 
     assert host.drain() == 1
@@ -173,8 +183,13 @@ def test_success_completes_and_the_handler_gets_the_runtime_message(host, broker
     assert msg.metadata["DeliveryCount"] == 1
     assert broker.counts(Q) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
     assert [(i.function, i.outcome) for i in host.invocations] == [("work", "completed")]
-    assert any("fn=work" in r.message and "outcome=completed" in r.message and "id=m-1" in r.message
-               and "delivery=1" in r.message for r in caplog.records)
+    assert any(
+        "fn=work" in r.message
+        and "outcome=completed" in r.message
+        and "id=m-1" in r.message
+        and "delivery=1" in r.message
+        for r in caplog.records
+    )
 
 
 def test_a_failing_handler_is_abandoned_redelivered_and_dead_lettered_with_the_last_error(host, broker, rec):
@@ -214,8 +229,9 @@ def test_one_failure_does_not_stop_the_next_message(host, broker, rec):
 
 def test_a_handler_that_dead_letters_its_own_message_makes_complete_a_no_op(host, broker, rec):
     def reject(msg):
-        assert broker.dead_letter_by_id(Q, msg.message_id, reason="InvalidRequest",
-                                        description="env: 'Nope' is not allowed")
+        assert broker.dead_letter_by_id(
+            Q, msg.message_id, reason="InvalidRequest", description="env: 'Nope' is not allowed"
+        )
 
     rec.behaviour = reject
     broker.send(Q, b"{}", message_id="bad")
@@ -295,7 +311,8 @@ def test_lock_is_renewed_while_a_long_handler_runs(host, broker, rec, clock):
 
 
 def test_without_renewal_past_max_auto_lock_renewal_the_lock_is_lost_and_redelivered(
-        rec, broker, settings, clock, tmp_path):
+    rec, broker, settings, clock, tmp_path
+):
     host_json = write_host_json(tmp_path / "host.json", {"maxAutoLockRenewalDuration": "00:00:30"})
     host = LocalHost(make_app(rec), broker=broker, settings=settings, host_json=host_json, clock=clock)
     renewals = []
@@ -474,11 +491,14 @@ def test_a_failing_timer_is_logged_and_fires_again_next_time(host, rec):
 
     assert host.tick_timers(now=T0 + 7) == ["tick"]
     assert host.tick_timers(now=T0 + 17) == ["tick"]
-    assert [(i.outcome, i.error) for i in host.invocations] == [("error", "ZeroDivisionError: division by zero")] * 2
+    assert [(i.outcome, i.error) for i in host.invocations] == [
+        ("error", "ZeroDivisionError: division by zero")
+    ] * 2
 
 
-def test_app_setting_expressions_resolve_from_environment_then_settings(rec, broker, clock, tmp_path,
-                                                                       monkeypatch, no_host_json):
+def test_app_setting_expressions_resolve_from_environment_then_settings(
+    rec, broker, clock, tmp_path, monkeypatch, no_host_json
+):
     monkeypatch.delenv("RLQ_POLL_SCHEDULE", raising=False)
     monkeypatch.delenv("RLQ_QUEUE_NAME", raising=False)
     settings = Settings(data_dir=tmp_path, poll_schedule="0 */5 * * * *", queue_name="from-settings")
@@ -489,13 +509,23 @@ def test_app_setting_expressions_resolve_from_environment_then_settings(rec, bro
     assert {f.name: f.detail for f in host.functions}["work"] == "queue from-settings"
 
     monkeypatch.setenv("RLQ_POLL_SCHEDULE", "30 * * * * *")  # the environment wins
-    host = LocalHost(make_app(rec, schedule="%RLQ_POLL_SCHEDULE%"), broker=broker, settings=settings,
-                     host_json=no_host_json, clock=clock)
+    host = LocalHost(
+        make_app(rec, schedule="%RLQ_POLL_SCHEDULE%"),
+        broker=broker,
+        settings=settings,
+        host_json=no_host_json,
+        clock=clock,
+    )
     assert host.next_due("tick") == datetime.fromtimestamp(1_700_000_010, UTC)  # :30 of that minute
 
     with pytest.raises(LocalHostError, match="RLQ_NOT_A_SETTING"):
-        LocalHost(make_app(rec, schedule="%RLQ_NOT_A_SETTING%"), broker=broker, settings=settings,
-                  host_json=no_host_json, clock=clock)
+        LocalHost(
+            make_app(rec, schedule="%RLQ_NOT_A_SETTING%"),
+            broker=broker,
+            settings=settings,
+            host_json=no_host_json,
+            clock=clock,
+        )
 
 
 def test_bad_schedules_are_refused_naming_the_expression():
@@ -547,7 +577,9 @@ def test_route_templates():
     assert Route.compile("files/{*rest}").match("files/a/b/c") == {"rest": "a/b/c"}
     assert Route.compile("runs/{id?}").match("runs") == {}
     assert Route.compile("runs/{id?}").match("runs/7") == {"id": "7"}
-    assert Route.compile("trainings/{request_id}/reward.png").match("trainings/r1/reward.png") == {"request_id": "r1"}
+    assert Route.compile("trainings/{request_id}/reward.png").match("trainings/r1/reward.png") == {
+        "request_id": "r1"
+    }
 
 
 # --- host.json ---------------------------------------------------------------------------------
@@ -557,17 +589,28 @@ def test_host_json_defaults_and_values(tmp_path):
     assert HostConfig.load(tmp_path / "missing.json") == HostConfig()
     assert HostConfig().max_concurrent_calls == 16
     path = tmp_path / "host.json"
-    path.write_text(json.dumps({
-        "version": "2.0", "functionTimeout": "00:10:00",
-        "extensions": {"serviceBus": {"maxConcurrentCalls": 4, "maxAutoLockRenewalDuration": "00:20:00"},
-                       "http": {"routePrefix": "v1"}},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "version": "2.0",
+                "functionTimeout": "00:10:00",
+                "extensions": {
+                    "serviceBus": {"maxConcurrentCalls": 4, "maxAutoLockRenewalDuration": "00:20:00"},
+                    "http": {"routePrefix": "v1"},
+                },
+            }
+        )
+    )
     cfg = HostConfig.load(path)
-    assert (cfg.max_concurrent_calls, cfg.max_auto_lock_renewal_s, cfg.route_prefix, cfg.function_timeout_s) == \
-        (4, 1200.0, "v1", 600.0)
+    assert (
+        cfg.max_concurrent_calls,
+        cfg.max_auto_lock_renewal_s,
+        cfg.route_prefix,
+        cfg.function_timeout_s,
+    ) == (4, 1200.0, "v1", 600.0)
     assert parse_timespan("1.02:00:00.5") == 93600.5
     path.write_text("{not json")
-    with pytest.raises(LocalHostError, match="host.json"):
+    with pytest.raises(LocalHostError, match=r"host\.json"):
         HostConfig.load(path)
 
 
@@ -585,5 +628,5 @@ def test_unsupported_triggers_are_refused_by_name(broker, settings, no_host_json
     @app.blob_trigger(arg_name="blob", path="c/{name}", connection="C")
     def blobby(blob: func.InputStream) -> None: ...
 
-    with pytest.raises(LocalHostError, match="blobby.*blobTrigger"):
+    with pytest.raises(LocalHostError, match=r"blobby.*blobTrigger"):
         LocalHost(app, broker=broker, settings=settings, host_json=no_host_json)

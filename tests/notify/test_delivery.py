@@ -33,8 +33,9 @@ def sender(sleeps: Sleeps, **kw) -> WebhookSender:
     return WebhookSender(sleep=sleeps, clock=lambda: NOW, timeout_s=5, **kw)
 
 
-def test_receiver_verifies_the_signature_with_the_shipped_verifier(receiver: Receiver,
-                                                                   sleeps: Sleeps) -> None:
+def test_receiver_verifies_the_signature_with_the_shipped_verifier(
+    receiver: Receiver, sleeps: Sleeps
+) -> None:
     d = sender(sleeps).send(receiver.url(), BODY, message_id="r1:completed", secrets=[SECRET])
     assert (d.ok, d.attempts, d.status_code, d.error) == (True, 1, 200, None)
     [seen] = receiver.requests
@@ -103,8 +104,9 @@ def test_408_is_retried(receiver: Receiver, sleeps: Sleeps) -> None:
     assert sender(sleeps).send(receiver.url(), BODY, message_id="m").attempts == 2
 
 
-def test_410_disables_the_endpoint_and_later_messages_skip_it(receiver: Receiver, sleeps: Sleeps,
-                                                               tmp_path) -> None:
+def test_410_disables_the_endpoint_and_later_messages_skip_it(
+    receiver: Receiver, sleeps: Sleeps, tmp_path
+) -> None:
     registry = SqliteEndpointRegistry(tmp_path / "webhooks.sqlite3")
     receiver.respond(410)
     first = sender(sleeps, registry=registry).send(receiver.url("/hook?token=abc"), BODY, message_id="m1")
@@ -112,7 +114,8 @@ def test_410_disables_the_endpoint_and_later_messages_skip_it(receiver: Receiver
     assert "disabled" in (first.error or "")
     # a new sender over the same SQLite file: the decision survives a restart
     second = sender(sleeps, registry=SqliteEndpointRegistry(tmp_path / "webhooks.sqlite3")).send(
-        receiver.url("/hook?token=abc"), BODY, message_id="m2")
+        receiver.url("/hook?token=abc"), BODY, message_id="m2"
+    )
     assert (second.ok, second.attempts) == (False, 0)
     assert "skipped: endpoint disabled" in (second.error or "")
     assert len(receiver.requests) == 1  # no request for the second message
@@ -142,8 +145,9 @@ def test_connection_refused_is_retried_then_reported(sleeps: Sleeps) -> None:
     assert "ConnectError" in (d.error or "")
 
 
-def test_connect_failure_moves_on_to_the_next_checked_address(receiver: Receiver, dns: FakeDNS,
-                                                             sleeps: Sleeps) -> None:
+def test_connect_failure_moves_on_to_the_next_checked_address(
+    receiver: Receiver, dns: FakeDNS, sleeps: Sleeps
+) -> None:
     # ::1 first (nobody listens there on this port), then 127.0.0.1: one attempt, no backoff wait.
     dns.set("dual.test", ["::1", "127.0.0.1"])
     d = sender(sleeps).send(f"http://dual.test:{receiver.port}/hook", BODY, message_id="m")
@@ -169,8 +173,15 @@ def test_retries_stop_at_the_time_budget(sleeps: Sleeps) -> None:
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     try:
-        s = WebhookSender(local_mode=True, timeout_s=0.3, max_attempts=10, backoff_s=0, max_elapsed_s=0.5,
-                          sleep=sleeps, clock=lambda: NOW)
+        s = WebhookSender(
+            local_mode=True,
+            timeout_s=0.3,
+            max_attempts=10,
+            backoff_s=0,
+            max_elapsed_s=0.5,
+            sleep=sleeps,
+            clock=lambda: NOW,
+        )
         d = s.send(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", BODY, message_id="m")
     finally:
         listener.close()
@@ -178,15 +189,17 @@ def test_retries_stop_at_the_time_budget(sleeps: Sleeps) -> None:
 
 
 def test_refused_url_is_not_retried_and_sends_nothing(sleeps: Sleeps) -> None:
-    d = sender(sleeps, local_mode=False).send("https://169.254.169.254/latest/meta-data", BODY,
-                                              message_id="m")
+    d = sender(sleeps, local_mode=False).send(
+        "https://169.254.169.254/latest/meta-data", BODY, message_id="m"
+    )
     assert (d.ok, d.attempts) == (False, 1)
     assert d.error and d.error.startswith("refused:") and "metadata" in d.error
     assert sleeps == []
 
 
-def test_connects_to_the_checked_address_with_the_original_host_header(receiver: Receiver, dns: FakeDNS,
-                                                                      sleeps: Sleeps) -> None:
+def test_connects_to_the_checked_address_with_the_original_host_header(
+    receiver: Receiver, dns: FakeDNS, sleeps: Sleeps
+) -> None:
     # The name answers 127.0.0.1 at check time and an unroutable address afterwards: the request
     # still reaches the receiver, so httpx never resolved the name itself (no DNS rebinding).
     dns.set("hooks.rebind.test", ["127.0.0.1"], ["203.0.113.9"])
@@ -198,13 +211,15 @@ def test_connects_to_the_checked_address_with_the_original_host_header(receiver:
     assert dns.asked == ["hooks.rebind.test"]  # one lookup: ours
 
 
-def test_https_pins_the_address_and_keeps_sni_and_certificate_name(receivers: Callable[..., Receiver],
-                                                                   dns: FakeDNS, sleeps: Sleeps) -> None:
+def test_https_pins_the_address_and_keeps_sni_and_certificate_name(
+    receivers: Callable[..., Receiver], dns: FakeDNS, sleeps: Sleeps
+) -> None:
     pki = make_pki("hooks.example.test")
     tls = receivers(tls=pki.server)
     dns.set("hooks.example.test", ["127.0.0.1"])
     d = sender(sleeps, http_client_factory=lambda: httpx.Client(verify=pki.client, trust_env=False)).send(
-        f"https://hooks.example.test:{tls.port}/hook", BODY, message_id="m", secrets=[SECRET])
+        f"https://hooks.example.test:{tls.port}/hook", BODY, message_id="m", secrets=[SECRET]
+    )
     assert d.ok, d.error
     [seen] = tls.requests
     assert seen.sni == "hooks.example.test"  # SNI is the name, though we connected to 127.0.0.1
@@ -212,20 +227,23 @@ def test_https_pins_the_address_and_keeps_sni_and_certificate_name(receivers: Ca
     verify(seen.body, seen.headers, [SECRET], now=NOW)
 
 
-def test_https_certificate_for_another_name_fails_without_retry(receivers: Callable[..., Receiver],
-                                                                 dns: FakeDNS, sleeps: Sleeps) -> None:
+def test_https_certificate_for_another_name_fails_without_retry(
+    receivers: Callable[..., Receiver], dns: FakeDNS, sleeps: Sleeps
+) -> None:
     pki = make_pki("someone-else.test")
     tls = receivers(tls=pki.server)
     dns.set("hooks.example.test", ["127.0.0.1"])
     d = sender(sleeps, http_client_factory=lambda: httpx.Client(verify=pki.client, trust_env=False)).send(
-        f"https://hooks.example.test:{tls.port}/hook", BODY, message_id="m")
+        f"https://hooks.example.test:{tls.port}/hook", BODY, message_id="m"
+    )
     assert (d.ok, d.attempts) == (False, 1)
     assert "CERTIFICATE_VERIFY_FAILED" in (d.error or "")
     assert tls.requests == []
 
 
-def test_secrets_in_the_query_never_reach_deliveries_or_logs(receiver: Receiver, sleeps: Sleeps,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_secrets_in_the_query_never_reach_deliveries_or_logs(
+    receiver: Receiver, sleeps: Sleeps, caplog: pytest.LogCaptureFixture
+) -> None:
     receiver.respond(500, 500)
     url = receiver.url("/hook?sig=TOPSECRETSIG&sv=1.0")
     with caplog.at_level(logging.DEBUG):
@@ -249,15 +267,22 @@ def test_memory_registry_twin_behaves_like_sqlite(tmp_path) -> None:
         assert registry.list() == []
 
 
-def test_concurrent_senders_share_one_sqlite_registry(tmp_path, receivers: Callable[..., Receiver],
-                                                      sleeps: Sleeps) -> None:
+def test_concurrent_senders_share_one_sqlite_registry(
+    tmp_path, receivers: Callable[..., Receiver], sleeps: Sleeps
+) -> None:
     registry = SqliteEndpointRegistry(tmp_path / "r.sqlite3")
     hooks = [receivers() for _ in range(4)]
     for h in hooks:
         h.respond(410)
     results = []
-    threads = [threading.Thread(target=lambda h=h: results.append(
-        sender(sleeps, registry=registry).send(h.url(), BODY, message_id="m"))) for h in hooks]
+    threads = [
+        threading.Thread(
+            target=lambda h=h: results.append(
+                sender(sleeps, registry=registry).send(h.url(), BODY, message_id="m")
+            )
+        )
+        for h in hooks
+    ]
     for t in threads:
         t.start()
     for t in threads:

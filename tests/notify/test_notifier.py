@@ -28,15 +28,32 @@ def settings(tmp_path, **kw) -> Settings:
 
 
 def request(**notify) -> TrainingRequest:
-    return TrainingRequest(request_id="cp-7", experiment="cartpole", algorithm="IMPALA", env="CartPole-v1",
-                           stop={"episode_reward_mean": 450, "time_total_s": 600}, notify=notify)
+    return TrainingRequest(
+        request_id="cp-7",
+        experiment="cartpole",
+        algorithm="IMPALA",
+        env="CartPole-v1",
+        stop={"episode_reward_mean": 450, "time_total_s": 600},
+        notify=notify,
+    )
 
 
 def completion(**kw) -> CompletionMessage:
-    base = {"message_id": "cp-7:completed", "request_id": "cp-7", "run_id": "rlq-cp-7", "status": "Completed",
-            "stop_reason": "reward_reached", "experiment": "cartpole", "algorithm": "IMPALA",
-            "env": "CartPole-v1", "final_reward": 455.0, "best_reward": 470.5, "iterations": 40,
-            "timesteps": 160_000, "duration_s": 61.0}
+    base = {
+        "message_id": "cp-7:completed",
+        "request_id": "cp-7",
+        "run_id": "rlq-cp-7",
+        "status": "Completed",
+        "stop_reason": "reward_reached",
+        "experiment": "cartpole",
+        "algorithm": "IMPALA",
+        "env": "CartPole-v1",
+        "final_reward": 455.0,
+        "best_reward": 470.5,
+        "iterations": 40,
+        "timesteps": 160_000,
+        "duration_s": 61.0,
+    }
     return CompletionMessage(**(base | kw))
 
 
@@ -49,21 +66,31 @@ def test_implements_the_notifier_port(tmp_path, sleeps: Sleeps) -> None:
     assert isinstance(notifier(tmp_path, sleeps), Notifier)
 
 
-def test_each_target_is_delivered_independently(tmp_path, sleeps: Sleeps,
-                                                receivers: Callable[..., Receiver]) -> None:
+def test_each_target_is_delivered_independently(
+    tmp_path, sleeps: Sleeps, receivers: Callable[..., Receiver]
+) -> None:
     glob, ok, flaky, teams = receivers(), receivers(), receivers(), receivers()
     flaky.respond(500, 500, 500)  # fails every attempt
     s = settings(tmp_path, webhook_urls=[glob.url("/global")])
-    req = request(webhooks=["https://10.0.0.1/internal", flaky.url("/flaky"), ok.url("/ok")],
-                  teams=[teams.url("/workflow?sig=abc"),
-                         "https://contoso.webhook.office.com/webhookb2/a@b/IncomingWebhook/c/d"])
+    req = request(
+        webhooks=["https://10.0.0.1/internal", flaky.url("/flaky"), ok.url("/ok")],
+        teams=[
+            teams.url("/workflow?sig=abc"),
+            "https://contoso.webhook.office.com/webhookb2/a@b/IncomingWebhook/c/d",
+        ],
+    )
     points = cartpole_points()
     n = notifier(tmp_path, sleeps, settings=s, curve_points=lambda m: points)
     deliveries = n.deliver(completion(), req)
 
     assert [d.target for d in deliveries] == [
-        glob.url("/global"), "https://10.0.0.1/internal", flaky.url("/flaky"), ok.url("/ok"),
-        teams.url("/workflow"), "https://contoso.webhook.office.com/webhookb2/a@b/IncomingWebhook/c/d"]
+        glob.url("/global"),
+        "https://10.0.0.1/internal",
+        flaky.url("/flaky"),
+        ok.url("/ok"),
+        teams.url("/workflow"),
+        "https://contoso.webhook.office.com/webhookb2/a@b/IncomingWebhook/c/d",
+    ]
     by = {d.target: d for d in deliveries}
     assert by[glob.url("/global")].ok and by[ok.url("/ok")].ok and by[teams.url("/workflow")].ok
     assert not by["https://10.0.0.1/internal"].ok and "private" in by["https://10.0.0.1/internal"].error
@@ -104,8 +131,9 @@ def test_no_request_means_global_endpoints_only(tmp_path, sleeps: Sleeps, receiv
 def test_cloud_mode_without_a_secret_sends_nothing_unsigned(tmp_path, sleeps: Sleeps, dns) -> None:
     dns.set("hooks.example.com", ["93.184.216.34"])
     s = settings(tmp_path, local_mode=False, webhook_secrets=[])
-    [d] = notifier(tmp_path, sleeps, settings=s).deliver(completion(),
-                                                          request(webhooks=["https://hooks.example.com/x"]))
+    [d] = notifier(tmp_path, sleeps, settings=s).deliver(
+        completion(), request(webhooks=["https://hooks.example.com/x"])
+    )
     assert not d.ok and d.attempts == 0 and "RLQ_WEBHOOK_SECRETS" in d.error
     assert dns.asked == []  # nothing was even looked up
 
@@ -156,9 +184,13 @@ def test_event_body_is_the_standard_webhooks_envelope() -> None:
 
 def test_intake_check_names_the_bad_field(tmp_path) -> None:
     s = settings(tmp_path, local_mode=False, webhook_allow_hosts=["*.example.com"])
-    problems = check_notify_targets(request(
-        webhooks=["https://hooks.example.com/ok", "https://other.org/x", "http://a.example.com/"],
-        teams=["https://outlook.office.com/webhook/a/IncomingWebhook/b"]), settings=s)
+    problems = check_notify_targets(
+        request(
+            webhooks=["https://hooks.example.com/ok", "https://other.org/x", "http://a.example.com/"],
+            teams=["https://outlook.office.com/webhook/a/IncomingWebhook/b"],
+        ),
+        settings=s,
+    )
     assert [p["field"] for p in problems] == ["notify.webhooks.1", "notify.webhooks.2", "notify.teams.0"]
     assert "allow-list" in problems[0]["message"] and "plain http" in problems[1]["message"]
     assert "Workflows" in problems[2]["message"]

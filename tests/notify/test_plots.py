@@ -16,9 +16,16 @@ def cartpole_points(n: int = 60) -> list[dict]:
     out = []
     for i in range(1, n + 1):
         mean = min(500.0, 20 + 9.0 * i + 15 * math.sin(i))
-        out.append({"iteration": i, "timesteps": 4000 * i, "time_total_s": 2.0 * i,
-                    "episode_reward_mean": mean, "episode_reward_min": max(8.0, mean - 60),
-                    "episode_reward_max": min(500.0, mean + 80)})
+        out.append(
+            {
+                "iteration": i,
+                "timesteps": 4000 * i,
+                "time_total_s": 2.0 * i,
+                "episode_reward_mean": mean,
+                "episode_reward_min": max(8.0, mean - 60),
+                "episode_reward_max": min(500.0, mean + 80),
+            }
+        )
     return out
 
 
@@ -31,8 +38,11 @@ def open_png(data: bytes) -> Image.Image:
 
 @pytest.mark.parametrize(("w", "h"), [(800, 400), (640, 320), (333, 177), (1200, 500)])
 def test_png_is_a_real_image_of_the_requested_size_with_the_title(w: int, h: int) -> None:
-    img = open_png(reward_curve_png(cartpole_points(), title="cartpole: IMPALA CartPole-v1", target=450,
-                                    width_px=w, height_px=h))
+    img = open_png(
+        reward_curve_png(
+            cartpole_points(), title="cartpole: IMPALA CartPole-v1", target=450, width_px=w, height_px=h
+        )
+    )
     assert img.format == "PNG" and img.size == (w, h)
     assert img.info["Title"] == "cartpole: IMPALA CartPole-v1"
 
@@ -58,8 +68,9 @@ def test_compact_png_is_smaller_and_keeps_size_and_title() -> None:
 
 def test_empty_and_huge_series_still_render() -> None:
     assert open_png(reward_curve_png([], title="nothing yet", target=None)).size == (800, 400)
-    huge = [{"iteration": i, "timesteps": i * 500, "episode_reward_mean": (i * 7919) % 500}
-            for i in range(60_000)]
+    huge = [
+        {"iteration": i, "timesteps": i * 500, "episode_reward_mean": (i * 7919) % 500} for i in range(60_000)
+    ]
     assert open_png(reward_curve_png(huge, title="huge", width_px=400, height_px=200)).size == (400, 200)
 
 
@@ -67,9 +78,13 @@ def test_series_uses_steps_when_present_else_iterations() -> None:
     label, xs, means, mins, maxs = reward_series(cartpole_points(3))
     assert label == "environment steps" and xs == [4000.0, 8000.0, 12000.0]
     assert mins[0] is not None and maxs[0] is not None
-    label, xs, means, *_ = reward_series([{"iteration": 5, "episode_reward_mean": 1.0},
-                                          {"iteration": 6, "episode_reward_mean": None},
-                                          {"iteration": 7, "episode_reward_mean": 3.0}])
+    label, xs, means, *_ = reward_series(
+        [
+            {"iteration": 5, "episode_reward_mean": 1.0},
+            {"iteration": 6, "episode_reward_mean": None},
+            {"iteration": 7, "episode_reward_mean": 3.0},
+        ]
+    )
     assert label == "iteration" and xs == [5.0, 7.0] and means == [1.0, 3.0]
 
 

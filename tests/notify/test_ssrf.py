@@ -11,39 +11,42 @@ from shared.adapters.webhooks import ResolveError, UnsafeUrl, address_problem, c
 from .conftest import FakeDNS
 
 
-@pytest.mark.parametrize(("url", "reason"), [
-    ("https://10.0.0.1/hook", "private address (10.0.0.0/8)"),
-    ("https://172.16.5.4/hook", "private address (172.16.0.0/12)"),
-    ("https://192.168.1.1/hook", "private address (192.168.0.0/16)"),
-    ("https://127.0.0.1/hook", "loopback"),
-    ("https://[::1]/hook", "loopback"),
-    ("https://[::ffff:127.0.0.1]/hook", "IPv4-mapped IPv6 address (of 127.0.0.1)"),
-    ("https://169.254.169.254/latest/meta-data/", "metadata"),
-    ("https://169.254.10.10/", "link-local"),
-    ("https://[fe80::1]/", "link-local"),
-    ("https://[fd00::1]/hook", "unique-local"),
-    ("https://0.0.0.0/hook", "unspecified"),
-    ("https://[::]/hook", "unspecified"),
-    ("https://100.64.0.1/", "carrier-grade NAT"),
-    ("https://224.0.0.1/", "multicast"),
-    ("https://[ff02::1]/", "multicast"),
-    ("https://240.0.0.1/", "reserved"),
-    ("https://168.63.129.16/", "Azure platform endpoint"),
-    ("https://[64:ff9b::a9fe:a9fe]/", "NAT64 address of 169.254.169.254"),
-    ("https://[2002:7f00:1::]/", "6to4 address of 127.0.0.1"),
-    ("https://[fe80::1%25eth0]/", "zone index"),
-    ("http://2130706433/", "non-canonical spelling of IP address 127.0.0.1"),
-    ("http://0x7f000001/", "non-canonical spelling of IP address 127.0.0.1"),
-    ("http://0177.0.0.1/", "non-canonical spelling of IP address 127.0.0.1"),
-    ("http://127.1/", "non-canonical spelling of IP address 127.0.0.1"),
-    ("https://0xa9.0xfe.0xa9.0xfe/", "non-canonical spelling of IP address 169.254.169.254"),
-    ("https://localhost/hook", "loopback name"),
-    ("https://api.localhost/hook", "loopback name"),
-    ("http://hooks.example.com/hook", "plain http is not allowed"),
-    ("ftp://hooks.example.com/hook", "scheme 'ftp' is not allowed"),
-    ("https://user:pass@hooks.example.com/hook", "credentials in the URL"),
-    ("https://hooks.example.com:0/hook", "port 0 is out of range"),
-])
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://10.0.0.1/hook", "private address (10.0.0.0/8)"),
+        ("https://172.16.5.4/hook", "private address (172.16.0.0/12)"),
+        ("https://192.168.1.1/hook", "private address (192.168.0.0/16)"),
+        ("https://127.0.0.1/hook", "loopback"),
+        ("https://[::1]/hook", "loopback"),
+        ("https://[::ffff:127.0.0.1]/hook", "IPv4-mapped IPv6 address (of 127.0.0.1)"),
+        ("https://169.254.169.254/latest/meta-data/", "metadata"),
+        ("https://169.254.10.10/", "link-local"),
+        ("https://[fe80::1]/", "link-local"),
+        ("https://[fd00::1]/hook", "unique-local"),
+        ("https://0.0.0.0/hook", "unspecified"),
+        ("https://[::]/hook", "unspecified"),
+        ("https://100.64.0.1/", "carrier-grade NAT"),
+        ("https://224.0.0.1/", "multicast"),
+        ("https://[ff02::1]/", "multicast"),
+        ("https://240.0.0.1/", "reserved"),
+        ("https://168.63.129.16/", "Azure platform endpoint"),
+        ("https://[64:ff9b::a9fe:a9fe]/", "NAT64 address of 169.254.169.254"),
+        ("https://[2002:7f00:1::]/", "6to4 address of 127.0.0.1"),
+        ("https://[fe80::1%25eth0]/", "zone index"),
+        ("http://2130706433/", "non-canonical spelling of IP address 127.0.0.1"),
+        ("http://0x7f000001/", "non-canonical spelling of IP address 127.0.0.1"),
+        ("http://0177.0.0.1/", "non-canonical spelling of IP address 127.0.0.1"),
+        ("http://127.1/", "non-canonical spelling of IP address 127.0.0.1"),
+        ("https://0xa9.0xfe.0xa9.0xfe/", "non-canonical spelling of IP address 169.254.169.254"),
+        ("https://localhost/hook", "loopback name"),
+        ("https://api.localhost/hook", "loopback name"),
+        ("http://hooks.example.com/hook", "plain http is not allowed"),
+        ("ftp://hooks.example.com/hook", "scheme 'ftp' is not allowed"),
+        ("https://user:pass@hooks.example.com/hook", "credentials in the URL"),
+        ("https://hooks.example.com:0/hook", "port 0 is out of range"),
+    ],
+)
 def test_refused_in_cloud_mode_with_a_reason(url: str, reason: str, dns: FakeDNS) -> None:
     dns.set("hooks.example.com", ["93.184.216.34"])
     with pytest.raises(UnsafeUrl) as err:
@@ -61,7 +64,7 @@ def test_a_name_resolving_to_loopback_is_refused_in_cloud_mode(dns: FakeDNS) -> 
 def test_every_resolved_address_is_checked(dns: FakeDNS) -> None:
     # One public and one private answer: a client could pick either, so the name is refused.
     dns.set("split.example.com", ["93.184.216.34", "10.1.2.3"])
-    with pytest.raises(UnsafeUrl, match="resolves to 10.1.2.3, a private address"):
+    with pytest.raises(UnsafeUrl, match=r"resolves to 10\.1\.2\.3, a private address"):
         check_url("https://split.example.com/", local_mode=False)
     dns.set("v6.example.com", ["2606:4700::1111", "fd12::5"])
     with pytest.raises(UnsafeUrl, match="resolves to fd12::5, a unique-local"):
@@ -87,15 +90,21 @@ def test_nat64_of_a_public_address_is_allowed() -> None:
 
 
 def test_local_mode_allows_loopback_only_and_http_only_to_loopback(dns: FakeDNS) -> None:
-    for url in ("http://127.0.0.1:8080/hook", "http://[::1]:8080/hook", "http://localhost:8080/hook",
-                "https://127.0.0.1/hook"):
+    for url in (
+        "http://127.0.0.1:8080/hook",
+        "http://[::1]:8080/hook",
+        "http://localhost:8080/hook",
+        "https://127.0.0.1/hook",
+    ):
         assert check_url(url, local_mode=True).addresses
     dns.set("receiver.test", ["127.0.0.1"])
     assert str(check_url("http://receiver.test:9000/", local_mode=True).addresses[0]) == "127.0.0.1"
-    for url, reason in (("http://10.0.0.1/hook", "private"),
-                        ("https://[::ffff:127.0.0.1]/", "IPv4-mapped"),
-                        ("http://0x7f000001/", "non-canonical"),
-                        ("https://169.254.169.254/", "metadata")):
+    for url, reason in (
+        ("http://10.0.0.1/hook", "private"),
+        ("https://[::ffff:127.0.0.1]/", "IPv4-mapped"),
+        ("http://0x7f000001/", "non-canonical"),
+        ("https://169.254.169.254/", "metadata"),
+    ):
         with pytest.raises(UnsafeUrl, match=reason):
             check_url(url, local_mode=True)
     dns.set("public.example.com", ["93.184.216.34"])
@@ -140,7 +149,7 @@ def test_request_model_normalised_spellings_are_still_refused() -> None:
     from shared.models import Notify
 
     url = str(Notify(webhooks=["https://0x7f000001/hook"]).webhooks[0])
-    with pytest.raises(UnsafeUrl, match="loopback|non-canonical"):
+    with pytest.raises(UnsafeUrl, match=r"loopback|non-canonical"):
         check_url(url, local_mode=False)
 
 

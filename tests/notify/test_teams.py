@@ -37,11 +37,22 @@ def validator_for(card: dict) -> jsonschema.Draft6Validator:
 
 
 def message(**kw) -> CompletionMessage:
-    base = {"message_id": "cp-1:completed", "request_id": "cp-1", "run_id": "rlq-cp-1", "status": "Completed",
-            "stop_reason": "reward_reached", "experiment": "cartpole", "algorithm": "IMPALA",
-            "env": "CartPole-v1", "final_reward": 462.3, "best_reward": 481.0, "iterations": 61,
-            "timesteps": 244_000, "duration_s": 95.4,
-            "checkpoint_path": "file:///data/runs/cp-1/checkpoints/checkpoint_000061"}
+    base = {
+        "message_id": "cp-1:completed",
+        "request_id": "cp-1",
+        "run_id": "rlq-cp-1",
+        "status": "Completed",
+        "stop_reason": "reward_reached",
+        "experiment": "cartpole",
+        "algorithm": "IMPALA",
+        "env": "CartPole-v1",
+        "final_reward": 462.3,
+        "best_reward": 481.0,
+        "iterations": 61,
+        "timesteps": 244_000,
+        "duration_s": 95.4,
+        "checkpoint_path": "file:///data/runs/cp-1/checkpoints/checkpoint_000061",
+    }
     return CompletionMessage(**(base | kw))
 
 
@@ -51,8 +62,9 @@ def facts(card: dict) -> dict[str, str]:
 
 
 def test_card_validates_against_the_schema_of_its_version_and_shows_the_run() -> None:
-    p = build_payload(message(), public_base_url="https://rlq.example.com/", points=cartpole_points(),
-                      target_reward=450)
+    p = build_payload(
+        message(), public_base_url="https://rlq.example.com/", points=cartpole_points(), target_reward=450
+    )
     envelope = json.loads(p.body)
     assert envelope["type"] == "message"
     [att] = envelope["attachments"]
@@ -75,7 +87,7 @@ def test_card_validates_against_the_schema_of_its_version_and_shows_the_run() ->
     assert p.image.startswith("inline ")
     prefix = "data:image/png;base64,"
     assert image["url"].startswith(prefix)
-    img = Image.open(io.BytesIO(base64.b64decode(image["url"][len(prefix):])))
+    img = Image.open(io.BytesIO(base64.b64decode(image["url"][len(prefix) :])))
     img.load()
     assert f"{img.size[0]}x{img.size[1]}" == p.image.removeprefix("inline ")
 
@@ -93,9 +105,14 @@ def test_the_schema_check_is_not_vacuous() -> None:
 
 @pytest.mark.parametrize("status", ["Failed", "Canceled", "TimedOut"])
 def test_other_outcomes_validate_and_carry_the_error(status: str) -> None:
-    m = message(status=status, stop_reason="error" if status == "Failed" else None, final_reward=None,
-                best_reward=None, error="RuntimeError: env worker died\n" * 20,
-                portal_url="https://ml.azure.com/runs/rlq-cp-1")
+    m = message(
+        status=status,
+        stop_reason="error" if status == "Failed" else None,
+        final_reward=None,
+        best_reward=None,
+        error="RuntimeError: env worker died\n" * 20,
+        portal_url="https://ml.azure.com/runs/rlq-cp-1",
+    )
     card = build_payload(m, public_base_url="https://rlq.example.com", points=None).card
     validator_for(card).validate(card)
     texts = [b.get("text", "") for b in card["body"] if b["type"] == "TextBlock"]
@@ -105,19 +122,32 @@ def test_other_outcomes_validate_and_carry_the_error(status: str) -> None:
 
 
 def test_huge_curve_still_fits_the_teams_limit() -> None:
-    noisy = [{"iteration": i, "timesteps": i * 400, "episode_reward_mean": 250 + 240 * math.sin(i * 1.7),
-              "episode_reward_min": 0.0, "episode_reward_max": 500.0} for i in range(1, 100_001)]
+    noisy = [
+        {
+            "iteration": i,
+            "timesteps": i * 400,
+            "episode_reward_mean": 250 + 240 * math.sin(i * 1.7),
+            "episode_reward_min": 0.0,
+            "episode_reward_max": 500.0,
+        }
+        for i in range(1, 100_001)
+    ]
     huge_error = "Traceback line that goes on and on\n" * 2000
-    p = build_payload(message(status="Failed", error=huge_error), public_base_url="https://rlq.example.com",
-                      points=noisy, target_reward=450)
+    p = build_payload(
+        message(status="Failed", error=huge_error),
+        public_base_url="https://rlq.example.com",
+        points=noisy,
+        target_reward=450,
+    )
     assert len(p.body) <= TEAMS_MAX_PAYLOAD_BYTES
     card = json.loads(p.body)["attachments"][0]["content"]
     validator_for(card).validate(card)
 
 
 def test_when_the_image_cannot_fit_the_card_links_to_the_api_picture() -> None:
-    p = build_payload(message(), public_base_url="https://rlq.example.com", points=cartpole_points(),
-                      max_bytes=4_000)
+    p = build_payload(
+        message(), public_base_url="https://rlq.example.com", points=cartpole_points(), max_bytes=4_000
+    )
     assert p.image == "link" and len(p.body) <= 4_000
     [image] = [b for b in p.card["body"] if b["type"] == "Image"]
     assert image["url"] == "https://rlq.example.com/api/trainings/cp-1/reward.png"
@@ -131,10 +161,13 @@ def test_request_ids_are_escaped_in_links() -> None:
     assert card["actions"][0]["url"] == "https://x.example/api/trainings/a%3Ab.c"
 
 
-@pytest.mark.parametrize("url", [
-    "https://contoso.webhook.office.com/webhookb2/1234@5678/IncomingWebhook/abcd/ef01",
-    "https://outlook.office.com/webhook/1234@5678/IncomingWebhook/abcd/ef01",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://contoso.webhook.office.com/webhookb2/1234@5678/IncomingWebhook/abcd/ef01",
+        "https://outlook.office.com/webhook/1234@5678/IncomingWebhook/abcd/ef01",
+    ],
+)
 def test_office_365_connector_urls_are_rejected_with_the_workflows_hint(url: str) -> None:
     with pytest.raises(RetiredConnectorUrl) as err:
         check_teams_url(url)
@@ -142,11 +175,18 @@ def test_office_365_connector_urls_are_rejected_with_the_workflows_hint(url: str
     assert err.value.reason.startswith(redact(url) + ":")
 
 
-@pytest.mark.parametrize("url", [
-    ("https://prod-12.westus.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke"
-     "?api-version=2016-06-01&sig=x"),
-    ("https://default1234.56.environment.api.powerplatform.com:443/powerautomate/automations/direct/workflows/abc"
-     "/triggers/manual/paths/invoke?api-version=1&sig=x"),
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        (
+            "https://prod-12.westus.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke"
+            "?api-version=2016-06-01&sig=x"
+        ),
+        (
+            "https://default1234.56.environment.api.powerplatform.com:443/powerautomate/automations/direct/workflows/abc"
+            "/triggers/manual/paths/invoke?api-version=1&sig=x"
+        ),
+    ],
+)
 def test_workflows_urls_are_accepted(url: str) -> None:
     check_teams_url(url)

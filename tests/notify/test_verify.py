@@ -16,12 +16,14 @@ from shared.webhook_verify import WebhookVerificationError, sign, verify
 from .conftest import OLD_SECRET, SECRET
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
-BODY = json.dumps({"type": "training.completed",
-                   "data": {"request_id": "r1", "final_reward": 475.5}}).encode()
+BODY = json.dumps(
+    {"type": "training.completed", "data": {"request_id": "r1", "final_reward": 475.5}}
+).encode()
 
 
-def headers(body: bytes = BODY, *, msg_id: str = "r1:completed", ts: int = NOW,
-            secrets: tuple[str, ...] = (SECRET,)) -> dict[str, str]:
+def headers(
+    body: bytes = BODY, *, msg_id: str = "r1:completed", ts: int = NOW, secrets: tuple[str, ...] = (SECRET,)
+) -> dict[str, str]:
     return signature_headers(msg_id, body, secrets, timestamp=ts)
 
 
@@ -126,6 +128,7 @@ def test_verifier_is_stdlib_only_so_receivers_can_copy_it() -> None:
 
 def test_agrees_with_the_standardwebhooks_reference_package() -> None:
     import standardwebhooks as sw
+
     now = int(time.time())  # the reference package only knows wall time
     reference = sw.Webhook(SECRET)
     ours = headers(ts=now)
@@ -134,7 +137,10 @@ def test_agrees_with_the_standardwebhooks_reference_package() -> None:
     # ... and rlq verifies what the reference signs
     from datetime import UTC, datetime
 
-    theirs = {"webhook-id": "msg_1", "webhook-timestamp": str(now),
-              "webhook-signature": reference.sign("msg_1", datetime.fromtimestamp(now, UTC), BODY.decode())}
+    theirs = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": reference.sign("msg_1", datetime.fromtimestamp(now, UTC), BODY.decode()),
+    }
     assert verify(BODY, theirs, [SECRET])["type"] == "training.completed"
     assert sign("msg_1", now, BODY, SECRET) == theirs["webhook-signature"]

@@ -40,8 +40,11 @@ def names_field(description: str, field: str) -> bool:
 
 def files_outside_stores(root: Path) -> dict[str, int]:
     """Every file under ``root`` with its size, except the SQLite databases (queue, runs, twin)."""
-    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")
-            if p.is_file() and not p.name.endswith(SQLITE_SUFFIXES)}
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.endswith(SQLITE_SUFFIXES)
+    }
 
 
 def feed(w, body: bytes, message_id: str):

@@ -16,7 +16,11 @@ from tests.poison.conftest import Poison, corpus, feed, files_outside_stores, na
 from tests.service.conftest import topic_messages
 
 CASES = corpus()
-VALID = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"episode_reward_mean": 150, "time_total_s": 300}}
+VALID = {
+    "env": "CartPole-v1",
+    "algorithm": "IMPALA",
+    "stop": {"episode_reward_mean": 150, "time_total_s": 300},
+}
 
 
 def test_the_corpus_is_big_and_covers_every_category():
@@ -25,10 +29,27 @@ def test_the_corpus_is_big_and_covers_every_category():
     assert sum(n.endswith(".bin") for n in names) >= 5
     assert sum(c.name.startswith("gen-") for c in CASES) >= 5
     fields = {c.field for c in CASES}
-    for must in ("(body)", "algorithm", "env", "config", "request_id", "experiment", "reply_to", "restore_from",
-                 "tags", "compute.head.name", "compute.workers.name", "compute.vnet", "compute.subnet",
-                 "compute.workers.vm_size", "compute.workers.node_count", "stop", "stop.episode_reward_mean",
-                 "notify.webhooks.0", "notify.teams.0"):
+    for must in (
+        "(body)",
+        "algorithm",
+        "env",
+        "config",
+        "request_id",
+        "experiment",
+        "reply_to",
+        "restore_from",
+        "tags",
+        "compute.head.name",
+        "compute.workers.name",
+        "compute.vnet",
+        "compute.subnet",
+        "compute.workers.vm_size",
+        "compute.workers.node_count",
+        "stop",
+        "stop.episode_reward_mean",
+        "notify.webhooks.0",
+        "notify.teams.0",
+    ):
         assert must in fields, f"no poison input names {must}"
 
 
@@ -101,13 +122,18 @@ def test_loopback_webhooks_pass_in_local_mode_only(wired, twin):
 
 
 def test_a_teams_url_with_its_signature_is_accepted_and_the_signature_never_echoed(wired):
-    teams = ("https://prod-01.westeurope.logic.azure.com:443/workflows/0a1b2c/triggers/manual/paths/invoke"
-             "?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=SECRETSIG")
-    rec, _ = feed(wired, json.dumps({**VALID, "request_id": "teams-ok", "notify": {"teams": [teams]}}).encode(), "t1")
+    teams = (
+        "https://prod-01.westeurope.logic.azure.com:443/workflows/0a1b2c/triggers/manual/paths/invoke"
+        "?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=SECRETSIG"
+    )
+    rec, _ = feed(
+        wired, json.dumps({**VALID, "request_id": "teams-ok", "notify": {"teams": [teams]}}).encode(), "t1"
+    )
     assert rec.state is RunState.submitted
     private = teams.replace("prod-01.westeurope.logic.azure.com", "10.9.8.7")
-    rec, _ = feed(wired, json.dumps({**VALID, "request_id": "teams-bad", "notify": {"teams": [private]}}).encode(),
-                  "t2")
+    rec, _ = feed(
+        wired, json.dumps({**VALID, "request_id": "teams-bad", "notify": {"teams": [private]}}).encode(), "t2"
+    )
     assert rec.state is RunState.rejected and names_field(rec.error, "notify.teams.0")
     (dead,) = wired.broker.dead_letters(wired.settings.queue_name)
     assert "SECRETSIG" not in dead.description and "SECRETSIG" not in rec.error

@@ -91,8 +91,13 @@ def standin_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def head_settings(head: TestHead, **overrides: Any) -> Settings:
     """Local-mode settings that find the session's head (same data_dir, port and token)."""
-    values: dict[str, Any] = {"data_dir": head.data_dir, "ray_dashboard_port": head.dashboard_port,
-                              "ray_auth_token": head.token, "ray_address": None, "status_timeout_s": 10.0}
+    values: dict[str, Any] = {
+        "data_dir": head.data_dir,
+        "ray_dashboard_port": head.dashboard_port,
+        "ray_auth_token": head.token,
+        "ray_address": None,
+        "status_timeout_s": 10.0,
+    }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
@@ -103,23 +108,31 @@ def make_backend(ray_head: TestHead, standin_package: Path) -> Callable[..., Ray
 
     def make(*, remote: bool = False, real_trainer: bool = False, **overrides: Any) -> RayJobsBackend:
         settings = head_settings(ray_head, **overrides)
-        return RayJobsBackend(address=ray_head.address if remote else None, settings=settings,
-                              trainer_package=None if real_trainer else standin_package)
+        return RayJobsBackend(
+            address=ray_head.address if remote else None,
+            settings=settings,
+            trainer_package=None if real_trainer else standin_package,
+        )
 
     return make
 
 
 def make_request(*, seed: int = STANDIN_OK, **fields: Any) -> TrainingRequest:
     """A CartPole request with a unique request_id (the session's head keeps every job)."""
-    body: dict[str, Any] = {"request_id": f"t-{uuid.uuid4().hex[:12]}", "algorithm": "IMPALA",
-                            "env": "CartPole-v1", "config": {"seed": seed},
-                            "stop": {"training_iteration": 2}}
+    body: dict[str, Any] = {
+        "request_id": f"t-{uuid.uuid4().hex[:12]}",
+        "algorithm": "IMPALA",
+        "env": "CartPole-v1",
+        "config": {"seed": seed},
+        "stop": {"training_iteration": 2},
+    }
     body.update(fields)
     return TrainingRequest.model_validate(body)
 
 
-def wait_for(backend: RayJobsBackend, run_id: str, until: Callable[[JobStatus], bool], *,
-             timeout_s: float = 90.0) -> JobStatus:
+def wait_for(
+    backend: RayJobsBackend, run_id: str, until: Callable[[JobStatus], bool], *, timeout_s: float = 90.0
+) -> JobStatus:
     """Poll the job until ``until(status)`` holds (the job runs in another process: no clock to step)."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -73,9 +73,15 @@ def test_hostile_request_fields_reach_only_the_argv_json(tmp_path: Path) -> None
     # Validation refuses these strings; build the request past it to show that, even so, they
     # could only ever reach the trainer as data.
     request = TrainingRequest.model_construct(
-        request_id="evil-1", experiment="rlq", algorithm="IMPALA", env="CartPole-v1",
+        request_id="evil-1",
+        experiment="rlq",
+        algorithm="IMPALA",
+        env="CartPole-v1",
         config={"model": {"fcnet_activation": HOSTILE}, "lr": 0.001},
-        stop=Stop(training_iteration=3), tags={"note": HOSTILE}, restore_from=None, evaluate=None,
+        stop=Stop(training_iteration=3),
+        tags={"note": HOSTILE},
+        restore_from=None,
+        evaluate=None,
     )
     calls: list[dict[str, Any]] = []
 
@@ -93,8 +99,9 @@ def test_hostile_request_fields_reach_only_the_argv_json(tmp_path: Path) -> None
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "train.py").write_text("")
-    backend = RayJobsBackend(address=None, settings=_settings(tmp_path), client_factory=lambda a, h: Client(),
-                             trainer_package=pkg)
+    backend = RayJobsBackend(
+        address=None, settings=_settings(tmp_path), client_factory=lambda a, h: Client(), trainer_package=pkg
+    )
     run_id = backend.submit(request)
 
     (call,) = calls
@@ -111,33 +118,46 @@ def test_hostile_request_fields_reach_only_the_argv_json(tmp_path: Path) -> None
     assert [a for a in argv if HOSTILE in a] == [argv[argv.index("--config") + 1]]
 
 
-@pytest.mark.parametrize(("stop_s", "compute_s", "expected"), [
-    (None, None, 3600),      # the deployment default
-    (None, 600, 600),        # the request's compute cap
-    (120, 600, 120),         # the request's own stop, when tighter
-    (7200, None, 3600),      # a stop above the default is cut to the default
-    (None, 6 * 3600, 4 * 3600),  # never above the deployment cap
-])
+@pytest.mark.parametrize(
+    ("stop_s", "compute_s", "expected"),
+    [
+        (None, None, 3600),  # the deployment default
+        (None, 600, 600),  # the request's compute cap
+        (120, 600, 120),  # the request's own stop, when tighter
+        (7200, None, 3600),  # a stop above the default is cut to the default
+        (None, 6 * 3600, 4 * 3600),  # never above the deployment cap
+    ],
+)
 def test_every_run_is_bounded(stop_s: int | None, compute_s: int | None, expected: int) -> None:
     stop: dict[str, Any] = {"training_iteration": 5}
     if stop_s:
         stop["time_total_s"] = stop_s
-    request = TrainingRequest.model_validate({
-        "request_id": "r1", "env": "CartPole-v1", "stop": stop,
-        "compute": {"max_run_duration_s": compute_s} if compute_s else {},
-    })
-    argv = trainer_argv(request, output_dir="/out/r1", default_run_duration_s=3600,
-                        max_run_duration_s=4 * 3600)
+    request = TrainingRequest.model_validate(
+        {
+            "request_id": "r1",
+            "env": "CartPole-v1",
+            "stop": stop,
+            "compute": {"max_run_duration_s": compute_s} if compute_s else {},
+        }
+    )
+    argv = trainer_argv(
+        request, output_dir="/out/r1", default_run_duration_s=3600, max_run_duration_s=4 * 3600
+    )
     assert json.loads(argv[argv.index("--stop") + 1]) == {"training_iteration": 5, "time_total_s": expected}
     assert run_bound_s(request, default_run_duration_s=3600, max_run_duration_s=4 * 3600) == expected
 
 
 def test_argv_carries_restore_evaluate_and_output_dir() -> None:
-    request = TrainingRequest.model_validate({
-        "request_id": "r2", "algorithm": "PPO", "env": "CartPole-v1", "stop": {"episode_reward_mean": 400},
-        "restore_from": "file:///data/runs/r1/checkpoints/final%20copy",
-        "evaluate": {"episodes": 3, "gif": True},
-    })
+    request = TrainingRequest.model_validate(
+        {
+            "request_id": "r2",
+            "algorithm": "PPO",
+            "env": "CartPole-v1",
+            "stop": {"episode_reward_mean": 400},
+            "restore_from": "file:///data/runs/r1/checkpoints/final%20copy",
+            "evaluate": {"episodes": 3, "gif": True},
+        }
+    )
     argv = trainer_argv(request, output_dir="/runs/r2", checkpoint_freq=5)
     assert argv[argv.index("--run") + 1] == "PPO"
     assert argv[argv.index("--env") + 1] == "CartPole-v1"
@@ -149,33 +169,48 @@ def test_argv_carries_restore_evaluate_and_output_dir() -> None:
 
 
 def test_restore_from_other_schemes_is_refused_naming_the_field() -> None:
-    request = TrainingRequest.model_validate({
-        "request_id": "r3", "env": "CartPole-v1", "stop": {"training_iteration": 1},
-        "restore_from": "azureml://datastores/x/paths/ckpt",
-    })
+    request = TrainingRequest.model_validate(
+        {
+            "request_id": "r3",
+            "env": "CartPole-v1",
+            "stop": {"training_iteration": 1},
+            "restore_from": "azureml://datastores/x/paths/ckpt",
+        }
+    )
     with pytest.raises(PermanentError, match="restore_from"):
         trainer_argv(request, output_dir="/o")
 
 
 def test_last_marked_takes_the_last_valid_line() -> None:
-    logs = ('RLQ_METRICS {"iteration": 1}\nnoise\nRLQ_METRICS {"iteration": 2}\nRLQ_METRICS {broken\n'
-            'RLQ_SUMMARY {"final_reward": 3.5}\nafter\n')
+    logs = (
+        'RLQ_METRICS {"iteration": 1}\nnoise\nRLQ_METRICS {"iteration": 2}\nRLQ_METRICS {broken\n'
+        'RLQ_SUMMARY {"final_reward": 3.5}\nafter\n'
+    )
     assert last_marked(logs, "RLQ_METRICS ") == {"iteration": 2}
     assert last_marked(logs, "RLQ_SUMMARY ") == {"final_reward": 3.5}
     assert last_marked("nothing here", "RLQ_SUMMARY ") is None
 
 
 def test_readable_error_for_a_killed_process_and_a_traceback() -> None:
-    killed = readable_error(message="Job entrypoint command failed with exit code -9. No logs available.",
-                            exit_code=None, trainer_error=None)
+    killed = readable_error(
+        message="Job entrypoint command failed with exit code -9. No logs available.",
+        exit_code=None,
+        trainer_error=None,
+    )
     assert killed.startswith("the trainer process was killed (SIGKILL")
-    tb = ("Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 chars):\n"
-          "Traceback (most recent call last):\n  File \"x.py\", line 3, in <module>\n    boom()\n"
-          "RuntimeError: the replay buffer is empty\n")
-    assert readable_error(message=tb, exit_code=1, trainer_error=None) == \
-        "training failed (exit code 1): RuntimeError: the replay buffer is empty"
-    assert readable_error(message=tb, exit_code=1, trainer_error="ValueError: lr must be positive") == \
-        "training failed (exit code 1): ValueError: lr must be positive"
+    tb = (
+        "Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 chars):\n"
+        'Traceback (most recent call last):\n  File "x.py", line 3, in <module>\n    boom()\n'
+        "RuntimeError: the replay buffer is empty\n"
+    )
+    assert (
+        readable_error(message=tb, exit_code=1, trainer_error=None)
+        == "training failed (exit code 1): RuntimeError: the replay buffer is empty"
+    )
+    assert (
+        readable_error(message=tb, exit_code=1, trainer_error="ValueError: lr must be positive")
+        == "training failed (exit code 1): ValueError: lr must be positive"
+    )
     assert "Traceback" not in readable_error(message=tb, exit_code=None, trainer_error=None)
 
 
@@ -201,10 +236,18 @@ class ScriptedClient:
 
 
 def _scripted(tmp_path: Path, client: ScriptedClient, *, token: str | None = None) -> RayJobsBackend:
-    settings = _settings(tmp_path, ray_address="http://ray.example:8265", status_timeout_s=5.0,
-                         ray_auth_token=SecretStr(token) if token else None)
-    return RayJobsBackend(address=None, settings=settings, client_factory=lambda a, h: client,
-                          trainer_package=Path(__file__).parent)
+    settings = _settings(
+        tmp_path,
+        ray_address="http://ray.example:8265",
+        status_timeout_s=5.0,
+        ray_auth_token=SecretStr(token) if token else None,
+    )
+    return RayJobsBackend(
+        address=None,
+        settings=settings,
+        client_factory=lambda a, h: client,
+        trainer_package=Path(__file__).parent,
+    )
 
 
 def test_submit_race_with_another_submitter_returns_the_same_id(tmp_path: Path) -> None:
@@ -217,10 +260,15 @@ def test_submit_race_with_another_submitter_returns_the_same_id(tmp_path: Path) 
 
 def test_submit_rejected_runtime_env_is_permanent_readable_and_token_free(tmp_path: Path) -> None:
     token = "tok-" + "9" * 40
-    text = ("Traceback (most recent call last):\n  File \"job_head.py\", line 2\n"
-            f"ValueError: runtime_env field 'pip' is not allowed (header was Bearer {token})")
-    backend = _scripted(tmp_path, ScriptedClient(get_job_info=RayHttpError(404, ""),
-                                                 submit_job=RayHttpError(400, text)), token=token)
+    text = (
+        'Traceback (most recent call last):\n  File "job_head.py", line 2\n'
+        f"ValueError: runtime_env field 'pip' is not allowed (header was Bearer {token})"
+    )
+    backend = _scripted(
+        tmp_path,
+        ScriptedClient(get_job_info=RayHttpError(404, ""), submit_job=RayHttpError(400, text)),
+        token=token,
+    )
     with pytest.raises(PermanentError) as caught:
         backend.submit(make_request())
     assert "HTTP 400" in str(caught.value) and "runtime_env field 'pip'" in str(caught.value)
@@ -236,8 +284,13 @@ def test_server_errors_are_retried_a_bounded_number_of_times_then_transient(tmp_
 
 
 def test_find_maps_404_to_none_and_cancel_of_unknown_job_is_quiet(tmp_path: Path) -> None:
-    backend = _scripted(tmp_path, ScriptedClient(get_job_info=RayHttpError(404, "Job x does not exist"),
-                                                 stop_job=RayHttpError(404, "Job x does not exist")))
+    backend = _scripted(
+        tmp_path,
+        ScriptedClient(
+            get_job_info=RayHttpError(404, "Job x does not exist"),
+            stop_job=RayHttpError(404, "Job x does not exist"),
+        ),
+    )
     assert backend.find("nope") is None
     backend.cancel(submission_id_for("nope"))
 
@@ -265,8 +318,14 @@ def test_token_auth_is_on(ray_head: ray_local.TestHead, monkeypatch: pytest.Monk
     # Ray's own client without the token is refused too.
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
-    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
-                "RAY_API_SERVER_ADDRESS"):
+
+    for var in (
+        "RAY_AUTH_MODE",
+        "RAY_AUTH_TOKEN",
+        "RAY_AUTH_TOKEN_PATH",
+        "RAY_ADDRESS",
+        "RAY_API_SERVER_ADDRESS",
+    ):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(AuthenticationError):
         JobSubmissionClient(ray_head.address)
@@ -274,7 +333,8 @@ def test_token_auth_is_on(ray_head: ray_local.TestHead, monkeypatch: pytest.Monk
 
 @pytest.mark.ray
 def test_a_wrong_token_is_a_transient_error_that_does_not_leak_it(
-        ray_head: ray_local.TestHead, tmp_path: Path) -> None:
+    ray_head: ray_local.TestHead, tmp_path: Path
+) -> None:
     wrong = "f" * 64
     settings = _settings(tmp_path, ray_auth_token=SecretStr(wrong))
     backend = RayJobsBackend(address=ray_head.address, settings=settings)
@@ -307,6 +367,7 @@ def test_real_trainer_job_succeeds_once_with_progress_and_summary(make_backend: 
     assert status.portal_url == f"{backend.address}/#/jobs/{run_id}"
 
     from ray.job_submission import JobSubmissionClient
+
     client = JobSubmissionClient(backend.address, headers=ray_local.auth_headers(backend._resolve_token()))
     assert [j.submission_id for j in client.list_jobs()].count(run_id) == 1
 
@@ -372,12 +433,19 @@ def test_an_unknown_run_id_is_a_failed_job_with_a_reason(make_backend: Any) -> N
 
 def test_an_unreachable_head_is_transient_not_a_crash(tmp_path: Path) -> None:
     port = ray_local.free_port()  # nothing listens there
-    backend = RayJobsBackend(address=f"http://127.0.0.1:{port}",
-                             settings=_settings(tmp_path, status_timeout_s=3.0), retry_attempts=2)
+    backend = RayJobsBackend(
+        address=f"http://127.0.0.1:{port}",
+        settings=_settings(tmp_path, status_timeout_s=3.0),
+        retry_attempts=2,
+    )
     started = time.monotonic()
-    for call in (lambda: backend.ensure_compute(make_request()), lambda: backend.find("r"),
-                 lambda: backend.status("rlq-r-00000000"), lambda: backend.submit(make_request()),
-                 lambda: backend.cancel("rlq-r-00000000")):
+    for call in (
+        lambda: backend.ensure_compute(make_request()),
+        lambda: backend.find("r"),
+        lambda: backend.status("rlq-r-00000000"),
+        lambda: backend.submit(make_request()),
+        lambda: backend.cancel("rlq-r-00000000"),
+    ):
         with pytest.raises(TransientError, match="unreachable"):
             call()
     assert time.monotonic() - started < 10
@@ -400,8 +468,16 @@ def test_two_processes_starting_the_local_head_at_once_get_one_head(tmp_path: Pa
     port = ray_local.free_port()
     token = "a" * 64
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(data_dir), str(port), token], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE, str(data_dir), str(port), token],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=150) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [o[1][-500:] for o in outs]
@@ -431,8 +507,9 @@ def _head_pids(temp_dir: str, name: str) -> list[int]:
 
 
 def test_head_settings_point_at_the_session_head_without_starting_one(tmp_path: Path) -> None:
-    head = ray_local.TestHead(address="http://127.0.0.1:1", data_dir=tmp_path, dashboard_port=1,
-                              token=SecretStr("t" * 64))
+    head = ray_local.TestHead(
+        address="http://127.0.0.1:1", data_dir=tmp_path, dashboard_port=1, token=SecretStr("t" * 64)
+    )
     backend = RayJobsBackend(address=None, settings=head_settings(head))
     assert backend.local and backend.address == "http://127.0.0.1:1"
     assert backend.output_dir_for("r.1") == str((tmp_path / "runs" / "r.1").resolve())

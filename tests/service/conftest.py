@@ -17,15 +17,28 @@ class RecordingNotifier:
 
     def deliver(self, message, request):
         self.messages.append(message)
-        return [Delivery(target="https://hooks.example.com/x", ok=False, attempts=3, status_code=500,
-                         error="HTTP 500 after 3 attempts")]
+        return [
+            Delivery(
+                target="https://hooks.example.com/x",
+                ok=False,
+                attempts=3,
+                status_code=500,
+                error="HTTP 500 after 3 attempts",
+            )
+        ]
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     (tmp_path / "rlq").mkdir()
-    return Settings(data_dir=tmp_path / "rlq", backend="twin", max_in_flight=100, lock_duration_s=60,
-                    stall_timeout_s=600, poll_concurrency=8)
+    return Settings(
+        data_dir=tmp_path / "rlq",
+        backend="twin",
+        max_in_flight=100,
+        lock_duration_s=60,
+        stall_timeout_s=600,
+        poll_concurrency=8,
+    )
 
 
 @pytest.fixture
@@ -35,10 +48,17 @@ def twin(tmp_path: Path) -> ComputeTwin:
 
 @pytest.fixture
 def wired(settings: Settings, twin: ComputeTwin, clock) -> Wiring:
-    broker = SqliteBroker(settings.data_dir / "queue.sqlite3", clock=clock.epoch,
-                          lock_duration_s=settings.lock_duration_s)
-    return build(settings, compute={"twin": twin}, notifier=RecordingNotifier(), broker=broker, clock=clock,
-                 faults=None)
+    broker = SqliteBroker(
+        settings.data_dir / "queue.sqlite3", clock=clock.epoch, lock_duration_s=settings.lock_duration_s
+    )
+    return build(
+        settings,
+        compute={"twin": twin},
+        notifier=RecordingNotifier(),
+        broker=broker,
+        clock=clock,
+        faults=None,
+    )
 
 
 def topic_messages(w: Wiring) -> list[CompletionMessage]:

@@ -13,7 +13,6 @@ from shared.composition import install
 from shared.models import RunState
 from tests.service.conftest import topic_messages
 
-
 # get_functions() may be called once per app object (it re-validates names against its own index).
 FUNCTIONS = {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
 
@@ -23,18 +22,34 @@ def handler(name: str):
 
 
 def sb_message(body: bytes, message_id: str, delivery_count: int = 1) -> ServiceBusMessage:
-    return ServiceBusMessage(body=body, message_id=message_id, delivery_count=delivery_count,
-                             content_type="application/json", application_properties={}, user_properties={})
+    return ServiceBusMessage(
+        body=body,
+        message_id=message_id,
+        delivery_count=delivery_count,
+        content_type="application/json",
+        application_properties={},
+        user_properties={},
+    )
 
 
 def http(method: str, url: str, body: bytes = b"", route_params=None, params=None) -> func.HttpResponse:
     name = {("POST", "/api/trainings"): "submit_training", ("GET", "/api/trainings"): "list_trainings"}.get(
-        (method, url))
+        (method, url)
+    )
     if name is None:
-        name = "cancel_training" if url.endswith("/cancel") else (
-            "reward_png" if url.endswith("reward.png") else "get_training")
-    req = func.HttpRequest(method=method, url=url, body=body, route_params=route_params or {},
-                           params=params or {}, headers={"content-type": "application/json"})
+        name = (
+            "cancel_training"
+            if url.endswith("/cancel")
+            else ("reward_png" if url.endswith("reward.png") else "get_training")
+        )
+    req = func.HttpRequest(
+        method=method,
+        url=url,
+        body=body,
+        route_params=route_params or {},
+        params=params or {},
+        headers={"content-type": "application/json"},
+    )
     return handler(name)(req)
 
 
@@ -51,12 +66,18 @@ def test_bindings_are_the_documented_ones():
     assert bindings["notifier"].topic_name == "training-completed"
     assert bindings["notifier"].subscription_name == "notifier"
     assert bindings["poller"].schedule == "%RLQ_POLL_SCHEDULE%"
-    routes = {(b.route, tuple(str(getattr(m, "value", m)) for m in b.methods)) for n, b in bindings.items() if b.type == "httpTrigger"}
+    routes = {
+        (b.route, tuple(str(getattr(m, "value", m)) for m in b.methods))
+        for n, b in bindings.items()
+        if b.type == "httpTrigger"
+    }
     assert ("trainings/{request_id}/cancel", ("POST",)) in routes
 
 
 def test_queue_to_completion_through_the_handlers(wired, twin):
-    body = json.dumps({"request_id": "h1", "env": "CartPole-v1", "stop": {"episode_reward_mean": 150}}).encode()
+    body = json.dumps(
+        {"request_id": "h1", "env": "CartPole-v1", "stop": {"episode_reward_mean": 150}}
+    ).encode()
     handler("intake")(sb_message(body, "m-1"))
     for _ in range(3):
         handler("poller")(None)  # the poller ignores its TimerRequest
@@ -67,7 +88,9 @@ def test_queue_to_completion_through_the_handlers(wired, twin):
 
 
 def test_post_validates_and_enqueues(wired):
-    ok = http("POST", "/api/trainings", json.dumps({"env": "CartPole-v1", "stop": {"time_total_s": 60}}).encode())
+    ok = http(
+        "POST", "/api/trainings", json.dumps({"env": "CartPole-v1", "stop": {"time_total_s": 60}}).encode()
+    )
     assert ok.status_code == 202
     rid = json.loads(ok.get_body())["request_id"]
     assert ok.headers["Location"] == f"/api/trainings/{rid}"

@@ -11,7 +11,11 @@ from shared.models import RunState
 from shared.ports import JobStatus
 from tests.service.conftest import topic_messages
 
-CARTPOLE = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"episode_reward_mean": 150, "time_total_s": 300}}
+CARTPOLE = {
+    "env": "CartPole-v1",
+    "algorithm": "IMPALA",
+    "stop": {"episode_reward_mean": 150, "time_total_s": 300},
+}
 
 
 def body(**extra) -> bytes:
@@ -61,23 +65,30 @@ def test_completion_message_carries_the_trainer_summary(wired):
 
 
 def test_invalid_request_is_rejected_once_with_the_field_named(wired, twin):
-    wired.broker.send(wired.settings.queue_name, body(request_id="bad", algorithm="DQN"), message_id="bad-msg")
+    wired.broker.send(
+        wired.settings.queue_name, body(request_id="bad", algorithm="DQN"), message_id="bad-msg"
+    )
     (msg,) = wired.broker.receive(wired.settings.queue_name)
     rec = wired.service.intake(msg.body, message_id=msg.message_id)
     assert rec.state is RunState.rejected and "algorithm" in rec.error
     (dead,) = wired.broker.dead_letters(wired.settings.queue_name)
-    assert dead.reason == "InvalidRequest" and "algorithm" in dead.description and "IMPALA" in dead.description
+    assert (
+        dead.reason == "InvalidRequest" and "algorithm" in dead.description and "IMPALA" in dead.description
+    )
     assert twin.jobs_per_request() == {}
 
 
-@pytest.mark.parametrize("raw, field", [
-    (b"{not json", "(body)"),
-    (b"\xff\xfe", "(body)"),
-    (json.dumps({"env": "Doom"}).encode(), "env"),
-    (json.dumps({"env": "CartPole-v1", "surprise": 1}).encode(), "surprise"),
-    (json.dumps({"env": "CartPole-v1", "config": {"num_workers": -3}}).encode(), "config"),
-    (json.dumps({"env": "CartPole-v1", "stop": {"episode_reward_mean": 900}}).encode(), "(body)"),
-])
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        (b"{not json", "(body)"),
+        (b"\xff\xfe", "(body)"),
+        (json.dumps({"env": "Doom"}).encode(), "env"),
+        (json.dumps({"env": "CartPole-v1", "surprise": 1}).encode(), "surprise"),
+        (json.dumps({"env": "CartPole-v1", "config": {"num_workers": -3}}).encode(), "config"),
+        (json.dumps({"env": "CartPole-v1", "stop": {"episode_reward_mean": 900}}).encode(), "(body)"),
+    ],
+)
 def test_accept_names_the_bad_field(wired, raw, field):
     with pytest.raises(InvalidRequest) as exc:
         wired.service.accept(raw, message_id="m")

@@ -1,4 +1,5 @@
 """Pure-function tests of the config / stop mapping (no Ray)."""
+
 import pytest
 
 from trainer import config_map, presets
@@ -6,11 +7,25 @@ from trainer.config_map import UsageError, check_stop, default_num_env_runners, 
 
 
 def test_article_names_map_to_todays_names_with_one_note_each():
-    m = map_config({"num_workers": 13, "num_envs_per_worker": 5, "sample_batch_size": 50,
-                    "train_batch_size": 1000, "num_sgd_iter": 2, "lr": 0.0005}, "IMPALA")
-    assert m.settings == {"num_env_runners": 13, "num_envs_per_env_runner": 5,
-                          "rollout_fragment_length": 50, "train_batch_size_per_learner": 1000,
-                          "num_epochs": 2, "lr": 0.0005}
+    m = map_config(
+        {
+            "num_workers": 13,
+            "num_envs_per_worker": 5,
+            "sample_batch_size": 50,
+            "train_batch_size": 1000,
+            "num_sgd_iter": 2,
+            "lr": 0.0005,
+        },
+        "IMPALA",
+    )
+    assert m.settings == {
+        "num_env_runners": 13,
+        "num_envs_per_env_runner": 5,
+        "rollout_fragment_length": 50,
+        "train_batch_size_per_learner": 1000,
+        "num_epochs": 2,
+        "lr": 0.0005,
+    }
     assert len(m.notes) == 5  # lr is today's name: no note
     assert any("num_workers=13 -> num_env_runners=13" in n for n in m.notes)
     assert any("sample_batch_size=50 -> rollout_fragment_length=50" in n for n in m.notes)
@@ -41,24 +56,37 @@ def test_ignored_names_log_why():
 
 
 def test_seed_article_config_is_accepted():
-    m = map_config({"num_gpus": 1, "num_workers": 13, "sample_batch_size": 50, "train_batch_size": 1000,
-                    "num_sgd_iter": 2, "num_data_loader_buffers": 2, "model": {"dim": 42}}, "IMPALA")
+    m = map_config(
+        {
+            "num_gpus": 1,
+            "num_workers": 13,
+            "sample_batch_size": 50,
+            "train_batch_size": 1000,
+            "num_sgd_iter": 2,
+            "num_data_loader_buffers": 2,
+            "model": {"dim": 42},
+        },
+        "IMPALA",
+    )
     assert m.settings["num_env_runners"] == 13 and m.settings["dim"] == 42
     assert m.settings["num_epochs"] == 2
 
 
-@pytest.mark.parametrize("cfg, field", [
-    ({"no_such_key": 1}, "--config.no_such_key"),
-    ({"num_workers": -3}, "--config.num_workers"),
-    ({"num_workers": 5000}, "--config.num_workers"),
-    ({"num_workers": "4"}, "--config.num_workers"),
-    ({"num_workers": True}, "--config.num_workers"),
-    ({"lr": "fast"}, "--config.lr"),
-    ({"gamma": 1.5}, "--config.gamma"),
-    ({"model": {"dim": 42, "bogus": 1}}, "--config.model.bogus"),
-    ({"model": [1]}, "--config.model"),
-    ({"clip_param": 0.3}, "--config.clip_param"),  # not an IMPALA setting
-])
+@pytest.mark.parametrize(
+    "cfg, field",
+    [
+        ({"no_such_key": 1}, "--config.no_such_key"),
+        ({"num_workers": -3}, "--config.num_workers"),
+        ({"num_workers": 5000}, "--config.num_workers"),
+        ({"num_workers": "4"}, "--config.num_workers"),
+        ({"num_workers": True}, "--config.num_workers"),
+        ({"lr": "fast"}, "--config.lr"),
+        ({"gamma": 1.5}, "--config.gamma"),
+        ({"model": {"dim": 42, "bogus": 1}}, "--config.model.bogus"),
+        ({"model": [1]}, "--config.model"),
+        ({"clip_param": 0.3}, "--config.clip_param"),  # not an IMPALA setting
+    ],
+)
 def test_bad_values_name_the_field(cfg, field):
     with pytest.raises(UsageError) as ei:
         map_config(cfg, "IMPALA")
@@ -80,10 +108,13 @@ def test_num_workers_default_from_cpu_count():
 
 def test_stop_names_old_and_new():
     assert map_stop({"episode_reward_mean": 18, "time_total_s": 3600, "timesteps_total": 1000}) == {
-        "episode_reward_mean": 18.0, "time_total_s": 3600.0, "timesteps": 1000}
-    assert map_stop({"env_runners/episode_return_mean": 450, "num_env_steps_sampled_lifetime": 5,
-                     "training_iteration": 3}) == {"episode_reward_mean": 450.0, "timesteps": 5,
-                                                   "training_iteration": 3}
+        "episode_reward_mean": 18.0,
+        "time_total_s": 3600.0,
+        "timesteps": 1000,
+    }
+    assert map_stop(
+        {"env_runners/episode_return_mean": 450, "num_env_steps_sampled_lifetime": 5, "training_iteration": 3}
+    ) == {"episode_reward_mean": 450.0, "timesteps": 5, "training_iteration": 3}
     with pytest.raises(UsageError, match=r"--stop.reward: "):
         map_stop({"reward": 3})
     with pytest.raises(UsageError, match=r"--stop.time_total_s"):
@@ -91,8 +122,9 @@ def test_stop_names_old_and_new():
 
 
 def test_check_stop_reasons():
-    stop = map_stop({"episode_reward_mean": 18, "time_total_s": 100, "timesteps_total": 1000,
-                     "training_iteration": 50})
+    stop = map_stop(
+        {"episode_reward_mean": 18, "time_total_s": 100, "timesteps_total": 1000, "training_iteration": 50}
+    )
     row = {"iteration": 1, "time_total_s": 1.0, "timesteps": 10, "episode_reward_mean": None}
     assert check_stop(stop, row) is None
     assert check_stop(stop, {**row, "episode_reward_mean": 18.0}) == "reward_reached"
@@ -106,7 +138,7 @@ def test_presets_are_valid_settings_and_user_config_overrides():
         for env, atari in (("CartPole-v1", False), ("PongNoFrameskip-v4", True)):
             p = presets.preset(algo, env, atari)
             for key, value in p.items():
-                method, kind, algos = config_map.SETTINGS[key]
+                _method, kind, algos = config_map.SETTINGS[key]
                 assert algos is None or algo in algos, (algo, key)
                 kind(key, value)  # raises if the preset value is out of range
     p = presets.preset("IMPALA", "PongNoFrameskip-v4", True, num_gpus=1)

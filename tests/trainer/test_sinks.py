@@ -1,4 +1,5 @@
 """Metrics sinks: jsonl always; Azure ML only inside a real run; MLflow only when configured."""
+
 import json
 import math
 
@@ -17,10 +18,13 @@ def test_jsonl_sink_writes_nan_as_null(tmp_path):
 def test_azureml_sink_logs_article_metrics_to_a_real_run():
     class FakeRun:  # stands in for azureml.core.Run (not RLlib)
         id = "rlq_123"
+
         def __init__(self):
             self.logged = []
+
         def log(self, name, value):
             self.logged.append((name, value))
+
     run = FakeRun()
     assert not sinks.is_offline_run(run)
     s = sinks.AzureMLSink(run)
@@ -32,6 +36,7 @@ def test_azureml_sink_logs_article_metrics_to_a_real_run():
 def test_azureml_offline_run_is_not_used():
     class _OfflineRun:
         id = "OfflineRun_abc"
+
     assert sinks.is_offline_run(_OfflineRun())
     # Outside Azure ML, Run.get_context() is an offline run (or azureml-core is absent): no sink.
     assert sinks.AzureMLSink.create() is None
@@ -59,8 +64,10 @@ def test_reward_window_is_last_100_episodes():
 
 
 def test_error_paragraph_drops_traceback():
-    text = ("ray::SingleAgentEnvRunner.sample() (pid=1)\n  File \"x.py\", line 3, in f\n    boom()\n"
-            "ValueError: the env exploded")
+    text = (
+        'ray::SingleAgentEnvRunner.sample() (pid=1)\n  File "x.py", line 3, in f\n    boom()\n'
+        "ValueError: the env exploded"
+    )
     msg = _error_paragraph(RuntimeError(text))
     assert msg == "ValueError: the env exploded"
     assert "File" not in msg and "\n" not in msg

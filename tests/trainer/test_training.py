@@ -1,4 +1,5 @@
 """Real (short) RLlib training runs through the CLI: CartPole and Pong, restore, evaluate, cancel."""
+
 import json
 import os
 import signal
@@ -8,22 +9,45 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 from PIL import Image
 
-from conftest import REPO_ROOT
-
-METRIC_KEYS = {"iteration", "time_total_s", "timesteps", "episode_reward_mean", "episode_reward_min",
-               "episode_reward_max", "episodes", "episodes_total", "env_steps_per_s"}
-SUMMARY_KEYS = {"final_reward", "best_reward", "iterations", "timesteps", "duration_s", "stop_reason",
-                "checkpoint_path", "algorithm", "env"}
+METRIC_KEYS = {
+    "iteration",
+    "time_total_s",
+    "timesteps",
+    "episode_reward_mean",
+    "episode_reward_min",
+    "episode_reward_max",
+    "episodes",
+    "episodes_total",
+    "env_steps_per_s",
+}
+SUMMARY_KEYS = {
+    "final_reward",
+    "best_reward",
+    "iterations",
+    "timesteps",
+    "duration_s",
+    "stop_reason",
+    "checkpoint_path",
+    "algorithm",
+    "env",
+}
 
 
 def train(args, timeout=240):
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "trainer.train", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.train", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_metrics(out: Path):
@@ -31,20 +55,35 @@ def read_metrics(out: Path):
 
 
 def stdout_json(stdout: str, prefix: str):
-    return [json.loads(ln[len(prefix) + 1:]) for ln in stdout.splitlines() if ln.startswith(prefix + " ")]
+    return [json.loads(ln[len(prefix) + 1 :]) for ln in stdout.splitlines() if ln.startswith(prefix + " ")]
 
 
 def uri_to_path(uri: str) -> Path:
     assert uri.startswith("file:///"), uri
-    return Path(uri[len("file://"):])
+    return Path(uri[len("file://") :])
 
 
 @pytest.fixture(scope="module")
 def cartpole_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cartpole") / "o"
-    p = train(["--run", "IMPALA", "--env", "CartPole-v1", "--stop", '{"training_iteration": 3}',
-               "--config", '{"num_workers": 1, "min_time_s_per_iteration": 1}',
-               "--checkpoint-freq", "2", "--output-dir", str(out), "--seed", "1"])
+    p = train(
+        [
+            "--run",
+            "IMPALA",
+            "--env",
+            "CartPole-v1",
+            "--stop",
+            '{"training_iteration": 3}',
+            "--config",
+            '{"num_workers": 1, "min_time_s_per_iteration": 1}',
+            "--checkpoint-freq",
+            "2",
+            "--output-dir",
+            str(out),
+            "--seed",
+            "1",
+        ]
+    )
     return out, p
 
 
@@ -54,7 +93,7 @@ def test_cartpole_outputs(cartpole_run):
     rows = read_metrics(out)
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     for r in rows:
-        assert METRIC_KEYS <= set(r)
+        assert set(r) >= METRIC_KEYS
         assert all(k.startswith("learner/") for k in set(r) - METRIC_KEYS)
     # The asynchronous Learner may not have reported by the first iteration; later ones have.
     assert any(isinstance(r.get("learner/total_loss"), float) for r in rows), rows
@@ -65,14 +104,16 @@ def test_cartpole_outputs(cartpole_run):
     assert stdout_json(p.stdout, "RLQ_METRICS") == rows
     last = p.stdout.strip().splitlines()[-1]
     assert last.startswith("RLQ_SUMMARY ")
-    summary = json.loads(last[len("RLQ_SUMMARY "):])
+    summary = json.loads(last[len("RLQ_SUMMARY ") :])
     assert summary == json.loads((out / "summary.json").read_text())
-    assert SUMMARY_KEYS <= set(summary)
+    assert set(summary) >= SUMMARY_KEYS
     assert summary["stop_reason"] == "iterations_limit"
     assert summary["iterations"] == 3 and summary["timesteps"] == rows[-1]["timesteps"]
     assert summary["algorithm"] == "IMPALA" and summary["env"] == "CartPole-v1"
     assert summary["final_reward"] == rows[-1]["episode_reward_mean"]
-    assert summary["best_reward"] == max(r["episode_reward_mean"] for r in rows if r["episode_reward_mean"] is not None)
+    assert summary["best_reward"] == max(
+        r["episode_reward_mean"] for r in rows if r["episode_reward_mean"] is not None
+    )
     assert "error" not in summary
     ckpt = uri_to_path(summary["checkpoint_path"])
     assert ckpt == out / "checkpoints" / "final"
@@ -85,10 +126,25 @@ def test_restore_continues_counting_and_evaluates(cartpole_run, tmp_path):
     assert p.returncode == 0
     before = read_metrics(out)[-1]
     out2 = tmp_path / "o2"
-    p2 = train(["--run", "IMPALA", "--env", "CartPole-v1", "--stop", '{"training_iteration": 5}',
-                "--config", '{"num_workers": 1, "min_time_s_per_iteration": 1}',
-                "--restore", "file://" + str(out / "checkpoints" / "final"), "--output-dir", str(out2),
-                "--evaluate-episodes", "2", "--evaluate-gif"])
+    p2 = train(
+        [
+            "--run",
+            "IMPALA",
+            "--env",
+            "CartPole-v1",
+            "--stop",
+            '{"training_iteration": 5}',
+            "--config",
+            '{"num_workers": 1, "min_time_s_per_iteration": 1}',
+            "--restore",
+            "file://" + str(out / "checkpoints" / "final"),
+            "--output-dir",
+            str(out2),
+            "--evaluate-episodes",
+            "2",
+            "--evaluate-gif",
+        ]
+    )
     assert p2.returncode == 0, p2.stderr[-3000:]
     rows = read_metrics(out2)
     assert [r["iteration"] for r in rows] == [4, 5]
@@ -107,12 +163,26 @@ def test_evaluate_cli_with_gif(cartpole_run, tmp_path):
     assert p.returncode == 0
     summary = json.loads((out / "summary.json").read_text())
     gif = tmp_path / "play.gif"
-    e = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--checkpoint", summary["checkpoint_path"],
-                        "--episodes", "3", "--gif", str(gif)], cwd=REPO_ROOT, capture_output=True,
-                       text=True, timeout=120)
+    e = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.evaluate",
+            "--checkpoint",
+            summary["checkpoint_path"],
+            "--episodes",
+            "3",
+            "--gif",
+            str(gif),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert e.returncode == 0, e.stderr[-3000:]
     assert "mean return over 3 episodes" in e.stdout
-    res = json.loads(e.stdout.strip().splitlines()[-1][len("RLQ_EVAL "):])
+    res = json.loads(e.stdout.strip().splitlines()[-1][len("RLQ_EVAL ") :])
     assert res["episodes"] == 3 and len(res["returns"]) == 3
     assert res["mean_return"] == pytest.approx(sum(res["returns"]) / 3)
     assert res["mean_return"] >= 8  # CartPole gives >= 8 reward per episode
@@ -125,15 +195,32 @@ def test_impala_cartpole_learns_to_150(tmp_path):
     """The must-have: the IMPALA preset reaches 150 well within 300 s on 2 cores."""
     out = tmp_path / "o"
     t0 = time.time()
-    p = train(["--run", "IMPALA", "--env", "CartPole-v1", "--stop",
-               '{"episode_reward_mean": 150, "time_total_s": 200}', "--output-dir", str(out),
-               "--checkpoint-freq", "0"], timeout=290)
+    p = train(
+        [
+            "--run",
+            "IMPALA",
+            "--env",
+            "CartPole-v1",
+            "--stop",
+            '{"episode_reward_mean": 150, "time_total_s": 200}',
+            "--output-dir",
+            str(out),
+            "--checkpoint-freq",
+            "0",
+        ],
+        timeout=290,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stop_reason"] == "reward_reached", summary
     assert summary["final_reward"] >= 150
-    print("IMPALA CartPole to 150:", summary["duration_s"], "s wall,",
-          read_metrics(out)[-1]["time_total_s"], "s training")
+    print(
+        "IMPALA CartPole to 150:",
+        summary["duration_s"],
+        "s wall,",
+        read_metrics(out)[-1]["time_total_s"],
+        "s training",
+    )
     assert time.time() - t0 < 280
 
 
@@ -141,9 +228,26 @@ def test_sigterm_cancels_with_summary(tmp_path):
     out = tmp_path / "o"
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.train", "--run", "PPO", "--env", "CartPole-v1",
-                             "--stop", '{"time_total_s": 200}', "--output-dir", str(out)],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trainer.train",
+            "--run",
+            "PPO",
+            "--env",
+            "CartPole-v1",
+            "--stop",
+            '{"time_total_s": 200}',
+            "--output-dir",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         lines = []
         for line in proc.stdout:
@@ -166,11 +270,33 @@ def test_sigterm_cancels_with_summary(tmp_path):
 
 def test_pong_with_atari_preprocessing(tmp_path):
     out = tmp_path / "o"
-    p = train(["--run", "IMPALA", "--env", "PongNoFrameskip-v4", "--stop", '{"training_iteration": 2}',
-               "--config", json.dumps({"num_workers": 1, "num_envs_per_env_runner": 2, "sample_batch_size": 20,
-                                       "train_batch_size": 40, "min_time_s_per_iteration": 1,
-                                       "num_data_loader_buffers": 2, "model": {"dim": 42}}),
-               "--output-dir", str(out), "--evaluate-episodes", "1"], timeout=240)
+    p = train(
+        [
+            "--run",
+            "IMPALA",
+            "--env",
+            "PongNoFrameskip-v4",
+            "--stop",
+            '{"training_iteration": 2}',
+            "--config",
+            json.dumps(
+                {
+                    "num_workers": 1,
+                    "num_envs_per_env_runner": 2,
+                    "sample_batch_size": 20,
+                    "train_batch_size": 40,
+                    "min_time_s_per_iteration": 1,
+                    "num_data_loader_buffers": 2,
+                    "model": {"dim": 42},
+                }
+            ),
+            "--output-dir",
+            str(out),
+            "--evaluate-episodes",
+            "1",
+        ],
+        timeout=240,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "num_data_loader_buffers=2 ignored" in p.stderr
     assert "sample_batch_size=20 -> rollout_fragment_length=20" in p.stderr
