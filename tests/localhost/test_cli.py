@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
-from shared.cli import app, build_request, choose_port
-from shared.errors import PermanentError
+from shared.cli import app
+from shared.cli.request import build_request
 from shared.models import CompletionMessage, Delivery, Progress, RunRecord, RunState, TrainingRequest
 from shared.settings import QUEUE_NAME
 
@@ -419,66 +413,3 @@ def test_plot_without_iterations_is_exit_1(run, data_dir):
     result = run("plot", "r-empty")
 
     assert result.exit_code == 1 and "no training iterations" in result.output
-
-
-# --- demo and serve, end to end on the compute twin --------------------------------------------
-
-
-def test_demo_on_the_twin_backend_completes_publishes_and_verifies_the_webhook(run, data_dir, monkeypatch):
-    monkeypatch.setenv("RLQ_POLL_SCHEDULE", "*/1 * * * * *")
-
-    result = run("demo", "--backend", "twin", "--port", "0", "--interval-s", "0.2", "--timeout-s", "60")
-
-    assert result.exit_code == 0, result.output
-    assert "webhook delivered and verified" in result.output
-    assert '"status": "Completed"' in result.output
-    png = re.search(r"reward curve: (\S+)", result.output)
-    assert png and Path(png.group(1)).read_bytes()[:4] == b"\x89PNG"
-
-
-def test_serve_answers_http_and_stops_gracefully_on_sigterm(data_dir, tmp_path):
-    env = {**os.environ, "RLQ_BACKEND": "twin", "RLQ_POLL_SCHEDULE": "*/1 * * * * *", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "--data-dir", str(data_dir), "serve", "--port", "0"],
-        cwd=str(ROOT),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        base = None
-        seen = []
-        for line in proc.stdout:  # type: ignore[union-attr]
-            seen.append(line)
-            m = re.search(r"API (http://127\.0\.0\.1:\d+/api)", line)
-            if m:
-                base = m.group(1)
-                break
-        assert base, "".join(seen)
-        assert httpx.get(f"{base}/health", timeout=10).json() == {"status": "ok"}
-        posted = httpx.post(
-            f"{base}/trainings", json={"env": "CartPole-v1", "stop": {"time_total_s": 60}}, timeout=10
-        )
-        assert posted.status_code == 202
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, rest
-    assert "host stopped" in rest
-
-
-def test_a_busy_port_is_refused_for_serve_and_replaced_for_demo():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        busy = sock.getsockname()[1]
-        with pytest.raises(PermanentError, match=f"port {busy}"):
-            choose_port(busy, fallback=False)
-        other = choose_port(busy, fallback=True)
-    assert other != busy and other > 0

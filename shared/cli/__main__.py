@@ -1,0 +1,5 @@
+"""``python -m shared.cli`` runs ``rlq``."""
+
+from shared.cli import main
+
+main()

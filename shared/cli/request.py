@@ -1,0 +1,120 @@
+"""A training request body from ``rlq submit``'s flags and ``--file`` (a flag wins over the file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shared.errors import InvalidRequest
+
+
+def json_option(text: str | None, field_name: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise InvalidRequest([{"field": field_name, "message": f"not valid JSON: {err}"}]) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            [{"field": field_name, "message": "expected a JSON object, e.g. '{\"lr\": 0.001}'"}]
+        )
+    return value
+
+
+def build_request(
+    *,
+    file: Path | None = None,
+    algorithm: str | None = None,
+    env: str | None = None,
+    config: str | None = None,
+    stop: str | None = None,
+    experiment: str | None = None,
+    request_id: str | None = None,
+    backend: str | None = None,
+    head_vm_size: str | None = None,
+    worker_vm_size: str | None = None,
+    worker_nodes: int | None = None,
+    max_run_duration_s: int | None = None,
+    restore_from: str | None = None,
+    webhooks: list[str] | None = None,
+    teams: list[str] | None = None,
+    reply_to: str | None = None,
+    tags: list[str] | None = None,
+    evaluate_episodes: int | None = None,
+    gif: bool = False,
+) -> dict[str, Any]:
+    """The request body from ``--file`` and the flags (a flag wins over the file's value)."""
+    body: dict[str, Any] = {}
+    if file is not None:
+        try:
+            loaded = json.loads(Path(file).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise InvalidRequest(
+                [{"field": "--file", "message": f"cannot read {file}: {err.strerror}"}]
+            ) from None
+        except ValueError as err:
+            raise InvalidRequest(
+                [{"field": "--file", "message": f"{file} is not valid JSON: {err}"}]
+            ) from None
+        if not isinstance(loaded, dict):
+            raise InvalidRequest([{"field": "--file", "message": f"{file} must hold a JSON object"}])
+        body = loaded
+    simple = {
+        "algorithm": algorithm,
+        "env": env,
+        "experiment": experiment,
+        "request_id": request_id,
+        "restore_from": restore_from,
+        "reply_to": reply_to,
+    }
+    body.update({k: v for k, v in simple.items() if v is not None})
+    for key, text in (("config", config), ("stop", stop)):
+        parsed = json_option(text, key)
+        if parsed is not None:
+            base = body.get(key) if isinstance(body.get(key), dict) else {}
+            body[key] = {**base, **parsed}
+
+    compute = dict(body.get("compute") or {})
+    if backend is not None:
+        compute["backend"] = backend
+    if head_vm_size is not None:
+        compute["head"] = {**(compute.get("head") or {}), "vm_size": head_vm_size}
+    if worker_vm_size is not None or worker_nodes is not None:
+        workers = dict(compute.get("workers") or {})
+        if worker_vm_size is not None:
+            workers["vm_size"] = worker_vm_size
+        if worker_nodes is not None:
+            workers["node_count"] = worker_nodes
+            # --worker-nodes N means "N nodes": raise the cluster's ceiling to fit.
+            workers["max_nodes"] = max(worker_nodes, int(workers.get("max_nodes") or 4))
+        compute["workers"] = workers
+    if max_run_duration_s is not None:
+        compute["max_run_duration_s"] = max_run_duration_s
+    if compute:
+        body["compute"] = compute
+
+    if webhooks or teams:
+        notify = dict(body.get("notify") or {})
+        if webhooks:
+            notify["webhooks"] = [*notify.get("webhooks", []), *webhooks]
+        if teams:
+            notify["teams"] = [*notify.get("teams", []), *teams]
+        body["notify"] = notify
+    if tags:
+        parsed_tags = dict(body.get("tags") or {})
+        for i, tag in enumerate(tags):
+            key, sep, value = tag.partition("=")
+            if not sep or not key:
+                raise InvalidRequest([{"field": f"tags.{i}", "message": f"{tag!r}: expected name=value"}])
+            parsed_tags[key] = value
+        body["tags"] = parsed_tags
+    if evaluate_episodes is not None or gif:
+        evaluate = dict(body.get("evaluate") or {})
+        if evaluate_episodes is not None:
+            evaluate["episodes"] = evaluate_episodes
+        if gif:
+            evaluate["gif"] = True
+        body["evaluate"] = evaluate
+    return body
