@@ -55,7 +55,7 @@ def _compute(settings: Settings, name: str) -> ComputeBackend:
 
         return RayJobsBackend(address=settings.ray_address, settings=settings)
     if name == "azureml":
-        from shared.adapters.azureml_v1 import AzureMLRayBackend
+        from shared.adapters.azureml.v1 import AzureMLRayBackend
 
         return AzureMLRayBackend(settings=settings)
     raise ValueError(f"RLQ_BACKEND: {name!r} is not a backend; allowed: ray, azureml, twin")

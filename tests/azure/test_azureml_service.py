@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.azureml_twin import AzureMLTwin
-from shared.adapters.azureml_v1 import RUN_TAG, AzureMLRayBackend
+from shared.adapters.azureml.twin import AzureMLTwin
+from shared.adapters.azureml.v1 import RUN_TAG, AzureMLRayBackend
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build
 from shared.models import Delivery, RunState

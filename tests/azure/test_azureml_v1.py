@@ -18,22 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters import azureml_v1
-from shared.adapters.azureml_twin import AzureMLTwin
-from shared.adapters.azureml_v1 import (
+from shared.adapters.azureml import v1 as azureml_v1
+from shared.adapters.azureml.clusters import ComputeInfo, cluster_problems
+from shared.adapters.azureml.errors import translate
+from shared.adapters.azureml.gateway import SdkGateway
+from shared.adapters.azureml.nsg import missing_nsg_rules
+from shared.adapters.azureml.twin import AzureMLTwin
+from shared.adapters.azureml.v1 import (
     ARGV_ENV,
     CONDA_FILE,
     DEPRECATION_URL,
     RUN_TAG,
     STATUS_TO_STATE,
     AzureMLRayBackend,
-    ComputeInfo,
-    SdkGateway,
     checkpoint_relpath,
-    cluster_problems,
-    missing_nsg_rules,
     parse_requirements,
-    translate,
     worker_shm_size,
 )
 from shared.errors import ComputeError, PermanentError, TransientError
@@ -630,7 +629,7 @@ def test_unreadable_nsg_does_not_block(settings: Settings, twin: AzureMLTwin, ca
         raise RuntimeError("no permission to read the network")
 
     b = AzureMLRayBackend(settings=settings, gateway=twin, network_factory=broken)
-    with caplog.at_level(logging.WARNING, logger="rlq.azureml"):
+    with caplog.at_level(logging.WARNING, logger="shared.adapters.azureml"):
         b.ensure_compute(article())
     assert "skipping the check" in caplog.text
 
@@ -824,19 +823,19 @@ def test_cluster_problems_accepts_a_match() -> None:
 
 def test_deprecation_is_logged_once(settings: Settings, twin: AzureMLTwin, caplog, monkeypatch) -> None:
     monkeypatch.setattr(azureml_v1, "_warned", False)
-    with caplog.at_level(logging.WARNING, logger="rlq.azureml"):
+    with caplog.at_level(logging.WARNING, logger="shared.adapters.azureml.v1"):
         AzureMLRayBackend(settings=settings, gateway=twin)
         AzureMLRayBackend(settings=settings, gateway=twin)
-    ours = [r for r in caplog.records if r.name == "rlq.azureml"]
+    ours = [r for r in caplog.records if r.name == "shared.adapters.azureml.v1"]
     assert len(ours) == 1 and DEPRECATION_URL in ours[0].getMessage()
 
 
 def test_module_imports_no_sdk_and_the_backend_imports_no_ray(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "import shared.adapters.azureml_v1 as m\n"
+        "import shared.adapters.azureml.v1 as m\n"
         "assert not [k for k in sys.modules if k.split('.')[0] == 'azureml'], 'azureml imported eagerly'\n"
-        "from shared.adapters.azureml_twin import AzureMLTwin\n"
+        "from shared.adapters.azureml.twin import AzureMLTwin\n"
         "from shared.settings import Settings\n"
         "from shared.models import parse_request\n"
         "t = AzureMLTwin()\n"

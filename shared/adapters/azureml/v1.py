@@ -29,8 +29,6 @@ What the service relies on, and how it is kept:
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import json
 import logging
 import math
@@ -40,20 +38,26 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
-
-from pydantic import ValidationError
+from typing import Any
 
 from shared import trainer_args
-from shared.errors import ComputeError, PermanentError, TransientError
-from shared.models import VM_SIZES, Compute, HeadCluster, Progress, TrainingRequest, WorkerCluster
+from shared.adapters.azureml.clusters import (
+    Clusters,
+    NsgGuard,
+    cluster_problems,
+    network_client_from_settings,
+    resolve_clusters,
+)
+from shared.adapters.azureml.errors import readable, sdk_errors
+from shared.adapters.azureml.gateway import AmlGateway, RunLike, SdkGateway, workspace_from_settings
+from shared.errors import ComputeError, TransientError
+from shared.models import Progress, TrainingRequest
 from shared.ports import JobState, JobStatus
 from shared.settings import Settings
 
-log = logging.getLogger("rlq.azureml")
+log = logging.getLogger(__name__)
 
 DEPRECATION_URL = "https://aka.ms/rldepre"
 RUN_TAG = "rlq_request_id"
@@ -65,7 +69,7 @@ RAY_ADDRESS = "localhost:6379"  # the RL service starts Ray's head on its defaul
 CHECKPOINT_FREQ = 10
 HEAD_SHM_SIZE = "24g"
 CLUSTER_COORDINATION_TIMEOUT_S = 3600
-TRAINER_DIR = Path(__file__).resolve().parents[2] / "trainer"
+TRAINER_DIR = Path(__file__).resolve().parents[3] / "trainer"
 
 # Azure ML run status -> JobState. CancelRequested / NotResponding are not terminal yet: the
 # poller keeps asking (and its stall detector covers a run that stays silent).
@@ -129,474 +133,7 @@ def _warn_deprecated_once() -> None:
     )
 
 
-# --- what the backend needs from Azure ML (the SDK, or the twin) ------------------------------
-
-
-@dataclass(frozen=True)
-class ComputeInfo:
-    """The parts of an existing compute target the backend checks."""
-
-    name: str
-    compute_type: str
-    provisioning_state: str
-    vm_size: str | None = None
-    vnet_name: str | None = None
-    subnet_name: str | None = None
-    vnet_resource_group: str | None = None
-    max_nodes: int | None = None
-    errors: str | None = None
-
-
-class RunLike(Protocol):
-    """The slice of ``azureml.core.Run`` the backend uses (the twin's runs have it too)."""
-
-    id: str
-
-    def get_status(self) -> str: ...
-    def get_metrics(self, name: str | None = None, recursive: bool = False) -> dict[str, Any]: ...
-    def get_details(self) -> dict[str, Any]: ...
-    def get_portal_url(self) -> str: ...
-    def get_children(self) -> Iterable[RunLike]: ...
-    def get_file_names(self) -> list[str]: ...
-    def download_file(self, name: str, output_file_path: str | None = None) -> None: ...
-    def cancel(self) -> None: ...
-
-
-class AmlGateway(Protocol):
-    """Every Azure ML call the backend makes. :class:`SdkGateway` is the real one."""
-
-    def get_compute(self, name: str) -> ComputeInfo | None: ...
-    def create_compute(self, name: str, provisioning_configuration: Any) -> None: ...
-    def find_runs(self, experiment: str, tags: Mapping[str, str]) -> list[RunLike]: ...
-    def submit(self, experiment: str, estimator: Any, tags: Mapping[str, str]) -> RunLike: ...
-    def get_run(self, run_id: str) -> RunLike: ...
-    def workspace_ids(self) -> tuple[str, str, str]: ...
-
-
-def token_auth(credential: Any = None) -> Any:
-    """``azureml`` auth from azure-identity: managed identity in Functions, ``az login`` locally."""
-    from azureml.core.authentication import TokenAuthentication
-
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-
-    def get_token_for_audience(resource: str) -> str:
-        scope = resource if resource.endswith("/.default") else resource.rstrip("/") + "/.default"
-        return credential.get_token(scope).token
-
-    return TokenAuthentication(get_token_for_audience)
-
-
-def workspace_from_settings(settings: Settings) -> Any:
-    from azureml.core import Workspace
-
-    sub, rg, name = (
-        settings.azureml_subscription_id,
-        settings.azureml_resource_group,
-        settings.azureml_workspace,
-    )
-    if not (sub and rg and name):
-        raise PermanentError(
-            "RLQ_BACKEND=azureml needs RLQ_AZUREML_SUBSCRIPTION_ID, RLQ_AZUREML_RESOURCE_GROUP "
-            "and RLQ_AZUREML_WORKSPACE",
-            reason="AzureMLConfiguration",
-        )
-    with sdk_errors("open workspace"):
-        return Workspace(sub, rg, name, auth=token_auth())
-
-
-class SdkGateway:
-    """:class:`AmlGateway` on the real ``azureml-core`` classes; the workspace is opened lazily."""
-
-    def __init__(self, workspace_factory: Callable[[], Any]) -> None:
-        self._factory = workspace_factory
-        self._ws: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def workspace(self) -> Any:
-        with self._lock:
-            if self._ws is None:
-                self._ws = self._factory()
-            return self._ws
-
-    def get_compute(self, name: str) -> ComputeInfo | None:
-        from azureml.core.compute import ComputeTarget
-        from azureml.exceptions import ComputeTargetException
-
-        try:
-            target = ComputeTarget(workspace=self.workspace, name=name)
-        except ComputeTargetException as err:
-            if "notfound" in str(err).replace(" ", "").lower():
-                return None
-            raise
-        scale = getattr(target, "scale_settings", None)
-        errors = getattr(target, "provisioning_errors", None)
-        return ComputeInfo(
-            name=target.name,
-            compute_type=str(getattr(target, "type", "") or ""),
-            provisioning_state=str(getattr(target, "provisioning_state", "") or ""),
-            vm_size=getattr(target, "vm_size", None),
-            vnet_name=getattr(target, "vnet_name", None),
-            subnet_name=getattr(target, "subnet_name", None),
-            vnet_resource_group=getattr(target, "vnet_resourcegroup_name", None),
-            max_nodes=getattr(scale, "maximum_node_count", None) if scale is not None else None,
-            errors=json.dumps(errors)[:1000] if errors else None,
-        )
-
-    def create_compute(self, name: str, provisioning_configuration: Any) -> None:
-        from azureml.core.compute import ComputeTarget
-
-        # No wait_for_completion: Azure ML queues the run until the nodes are up.
-        ComputeTarget.create(self.workspace, name, provisioning_configuration)
-
-    def find_runs(self, experiment: str, tags: Mapping[str, str]) -> list[RunLike]:
-        from azureml.core import Experiment
-
-        runs = Experiment(self.workspace, experiment).get_runs(tags=dict(tags))
-        return list(_take(runs, 20))
-
-    def submit(self, experiment: str, estimator: Any, tags: Mapping[str, str]) -> RunLike:
-        from azureml.core import Experiment
-
-        return Experiment(self.workspace, experiment).submit(config=estimator, tags=dict(tags))
-
-    def get_run(self, run_id: str) -> RunLike:
-        from azureml.core import Run
-
-        return Run.get(self.workspace, run_id)
-
-    def workspace_ids(self) -> tuple[str, str, str]:
-        ws = self.workspace
-        return ws.subscription_id, ws.resource_group, ws.name
-
-
-def _take(items: Iterable[Any], n: int) -> Iterator[Any]:
-    for i, item in enumerate(items):
-        if i >= n:
-            return
-        yield item
-
-
-# --- error translation --------------------------------------------------------------------------
-
-_STATUS_RE = re.compile(r"(?:response code|status code|status_code|http status)\D{0,5}(\d{3})", re.IGNORECASE)
-_SECRET_RE = re.compile(
-    r"(sig|se|sv|sp|skoid|sktid|AccountKey|SharedAccessKey|access_token)=([^&;\s\"']+)", re.IGNORECASE
-)
-
-
-def _status_of(err: BaseException) -> int | None:
-    for obj in (err, getattr(err, "inner_exception", None), getattr(err, "response", None)):
-        code = getattr(obj, "status_code", None)
-        if isinstance(code, int):
-            return code
-    m = _STATUS_RE.search(str(err))
-    return int(m.group(1)) if m else None
-
-
-def readable(text: str, limit: int = 1500) -> str:
-    """One line, no signatures or keys, bounded."""
-    text = _SECRET_RE.sub(lambda m: f"{m.group(1)}=***", " ".join(str(text).split()))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def translate(err: BaseException, *, action: str) -> Exception:
-    """The :mod:`shared.errors` exception for an Azure ML / ARM SDK error."""
-    text = readable(str(err) or type(err).__name__)
-    low = text.lower()
-    status = _status_of(err)
-    kind = type(err).__name__
-    if "quota" in low:
-        return ComputeError(f"Azure ML {action}: not enough quota: {text}")
-    if (
-        kind in ("AuthenticationException", "ClientAuthenticationError")
-        or status in (401, 403)
-        or "authorizationfailed" in low
-    ):
-        return PermanentError(
-            f"Azure ML {action}: not authorized ({kind}); the function's identity needs 'AzureML Data "
-            f"Scientist' (and 'AzureML Compute Operator' to create clusters) on the workspace: {text}",
-            reason="AzureMLAuthorization",
-        )
-    if status is not None and (status in (408, 409, 429) or status >= 500):
-        return TransientError(f"Azure ML {action} failed with HTTP {status}; try again: {text}")
-    transient_types = (
-        "ConnectionError",
-        "Timeout",
-        "ReadTimeout",
-        "ConnectTimeout",
-        "ClientRequestError",
-        "ServiceRequestError",
-        "ServiceResponseError",
-        "TimeoutError",
-        "ProjectSystemException",
-    )
-    if kind in transient_types or isinstance(err, (ConnectionError, TimeoutError)):
-        return TransientError(f"Azure ML {action} failed ({kind}); try again: {text}")
-    if kind in (
-        "UserErrorException",
-        "RunConfigurationException",
-        "TrainingException",
-        "ValueError",
-        "TypeError",
-        "ComputeTargetException",
-    ) and (status is None or 400 <= status < 500):
-        return PermanentError(f"Azure ML {action} refused: {kind}: {text}", reason="AzureMLRequest")
-    return TransientError(f"Azure ML {action} failed ({kind}); try again: {text}")
-
-
-@contextlib.contextmanager
-def sdk_errors(action: str) -> Iterator[None]:
-    """Translate whatever the SDK raises inside the block; rlq's own errors pass through."""
-    try:
-        yield
-    except (PermanentError, TransientError):
-        raise
-    except Exception as err:
-        raise translate(err, action=action) from err
-
-
-# --- the NSG check ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InboundNeed:
-    what: str
-    source: str  # a service tag, or "VirtualNetwork" for traffic inside the VNet
-    ports: tuple[int, ...]
-    port_text: str
-
-
-INBOUND_NEEDS = (
-    InboundNeed("Azure ML node management (Batch)", "BatchNodeManagement", (29876, 29877), "29876-29877"),
-    InboundNeed("Azure ML service", "AzureMachineLearning", (44224,), "44224"),
-    # GCS, dashboard, client server, first and last default worker ports
-    InboundNeed(
-        "Ray between head and workers",
-        "VirtualNetwork",
-        (6379, 8265, 10001, 10002, 19999),
-        "6379, 8265, 10001, 10002-19999",
-    ),
-)
-
-# Azure adds these to every NSG; a rule list without them is completed with them.
-DEFAULT_INBOUND = (
-    {
-        "name": "AllowVnetInBound",
-        "priority": 65000,
-        "direction": "Inbound",
-        "access": "Allow",
-        "protocol": "*",
-        "source_address_prefix": "VirtualNetwork",
-        "destination_port_range": "*",
-    },
-    {
-        "name": "AllowAzureLoadBalancerInBound",
-        "priority": 65001,
-        "direction": "Inbound",
-        "access": "Allow",
-        "protocol": "*",
-        "source_address_prefix": "AzureLoadBalancer",
-        "destination_port_range": "*",
-    },
-    {
-        "name": "DenyAllInBound",
-        "priority": 65500,
-        "direction": "Inbound",
-        "access": "Deny",
-        "protocol": "*",
-        "source_address_prefix": "*",
-        "destination_port_range": "*",
-    },
-)
-
-
-@dataclass(frozen=True)
-class _Rule:
-    name: str
-    priority: int
-    direction: str
-    access: str
-    protocol: str
-    sources: tuple[str, ...]
-    ports: tuple[str, ...]
-
-
-def _field(rule: Any, snake: str) -> Any:
-    camel = re.sub(r"_(\w)", lambda m: m.group(1).upper(), snake)
-    if isinstance(rule, Mapping):
-        if snake in rule:
-            return rule[snake]
-        if camel in rule:
-            return rule[camel]
-        props = rule.get("properties")
-        if isinstance(props, Mapping):
-            return props.get(camel, props.get(snake))
-        return None
-    return getattr(rule, snake, None)
-
-
-def _normalize(rule: Any) -> _Rule:
-    sources = [_field(rule, "source_address_prefix"), *list(_field(rule, "source_address_prefixes") or [])]
-    ports = [_field(rule, "destination_port_range"), *list(_field(rule, "destination_port_ranges") or [])]
-    return _Rule(
-        name=str(_field(rule, "name") or "?"),
-        priority=int(_field(rule, "priority") or 0),
-        direction=str(_field(rule, "direction") or ""),
-        access=str(_field(rule, "access") or ""),
-        protocol=str(_field(rule, "protocol") or "*"),
-        sources=tuple(str(s) for s in sources if s),
-        ports=tuple(str(p) for p in ports if p),
-    )
-
-
-def _port_matches(spec: str, port: int) -> bool:
-    spec = spec.strip()
-    if spec in ("*", "Any"):
-        return True
-    if "-" in spec:
-        lo, hi = spec.split("-", 1)
-        return int(lo) <= port <= int(hi)
-    return spec.isdigit() and int(spec) == port
-
-
-def _source_matches(prefix: str, source: str, subnet_prefixes: tuple[str, ...]) -> bool:
-    p = prefix.strip()
-    if p in ("*", "Any", "0.0.0.0/0"):
-        return True
-    if source == "VirtualNetwork":
-        if p == "VirtualNetwork":
-            return True
-        try:
-            net = ipaddress.ip_network(p, strict=False)
-        except ValueError:
-            return False
-        return any(net.overlaps(ipaddress.ip_network(s, strict=False)) for s in subnet_prefixes if s)
-    # an Azure service's public addresses: its tag (optionally regional) or the Internet tag
-    return p == source or p.startswith(source + ".") or p == "Internet"
-
-
-def _first_match(
-    rules: list[_Rule], need: InboundNeed, port: int, subnet_prefixes: tuple[str, ...]
-) -> _Rule | None:
-    for rule in rules:
-        if rule.direction.lower() != "inbound" or rule.protocol.lower() not in ("*", "tcp"):
-            continue
-        if any(_port_matches(p, port) for p in rule.ports) and any(
-            _source_matches(s, need.source, subnet_prefixes) for s in rule.sources
-        ):
-            return rule
-    return None
-
-
-def missing_nsg_rules(nsg_rules: Iterable[Any], *, subnet_prefixes: Iterable[str] = ()) -> list[str]:
-    """What the NSG lacks for Azure ML and Ray to reach the cluster nodes; empty when nothing.
-
-    ``nsg_rules`` are the NSG's security rules as dicts (ARM JSON, camelCase or snake_case) or SDK
-    ``SecurityRule`` objects; Azure's default rules are added when absent. NSG semantics: for each
-    flow the rule with the lowest priority number that matches decides. Checked flows (inbound,
-    TCP): 29876-29877 from ``BatchNodeManagement``, 44224 from ``AzureMachineLearning``, and Ray's
-    ports from inside the VNet. Rules naming specific public CIDRs are not assumed to cover a
-    service tag.
-    """
-    rules = [_normalize(r) for r in nsg_rules]
-    names = {r.name for r in rules}
-    rules += [_normalize(d) for d in DEFAULT_INBOUND if d["name"] not in names]
-    rules.sort(key=lambda r: r.priority)
-    prefixes = tuple(subnet_prefixes)
-    problems: list[str] = []
-    for need in INBOUND_NEEDS:
-        blockers: dict[str, tuple[_Rule | None, list[int]]] = {}
-        for port in need.ports:
-            decided = _first_match(rules, need, port, prefixes)
-            if decided is None or decided.access.lower() != "allow":
-                key = decided.name if decided else "-"
-                blockers.setdefault(key, (decided, []))[1].append(port)
-        for rule, ports in blockers.values():
-            problems.append(_explain(need, rule, ports, rules, prefixes))
-    return problems
-
-
-def _explain(
-    need: InboundNeed, rule: _Rule | None, ports: list[int], rules: list[_Rule], prefixes: tuple[str, ...]
-) -> str:
-    port_text = need.port_text if len(ports) == len(need.ports) else ", ".join(str(p) for p in ports)
-    src = (
-        "inside the VNet (VirtualNetwork)"
-        if need.source == "VirtualNetwork"
-        else f"service tag {need.source}"
-    )
-    flow = f"inbound TCP {port_text} from {src} ({need.what})"
-    if rule is None:
-        return f"{flow}: no rule decides it; add an inbound Allow rule"
-    late_allow = next(
-        (
-            r
-            for r in rules
-            if r.priority > rule.priority
-            and r.access.lower() == "allow"
-            and all(_first_match([r], need, p, prefixes) for p in ports)
-        ),
-        None,
-    )
-    if late_allow is not None:
-        return (
-            f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}) before the allow rule "
-            f"{late_allow.name!r} (priority {late_allow.priority}); give the allow rule a priority "
-            f"number below {rule.priority}"
-        )
-    source = "VirtualNetwork" if need.source == "VirtualNetwork" else need.source
-    return (
-        f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}); add an inbound Allow rule: "
-        f"source {source}, protocol TCP, destination ports {port_text}, priority below {rule.priority}"
-    )
-
-
-def _nsg_name_and_group(resource_id: str) -> tuple[str, str]:
-    m = re.search(
-        r"/resourceGroups/([^/]+)/providers/Microsoft\.Network/networkSecurityGroups/([^/]+)",
-        resource_id,
-        re.IGNORECASE,
-    )
-    if not m:
-        raise ValueError(f"not a network security group id: {resource_id}")
-    return m.group(1), m.group(2)
-
-
-def network_client_from_settings(settings: Settings) -> Any:
-    from azure.identity import DefaultAzureCredential
-    from azure.mgmt.network import NetworkManagementClient
-
-    return NetworkManagementClient(DefaultAzureCredential(), settings.azureml_subscription_id)
-
-
 # --- the backend --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Clusters:
-    head: HeadCluster
-    workers: WorkerCluster
-    vnet: str | None
-    subnet: str
-    vnet_resource_group: str | None
-
-    @property
-    def head_gpus(self) -> int:
-        return VM_SIZES[self.head.vm_size][1]
-
-    @property
-    def total_cpus(self) -> int:
-        return int(Compute(head=self.head, workers=self.workers).total_cpus() or 0)
-
-
-@dataclass
-class _NsgCache:
-    at: float
-    problems: list[str] = field(default_factory=list)
 
 
 class AzureMLRayBackend:
@@ -620,12 +157,13 @@ class AzureMLRayBackend:
         self.gateway: AmlGateway = gateway or SdkGateway(
             workspace_factory or (lambda: workspace_from_settings(settings))
         )
-        self._network_factory = network_factory or (lambda: network_client_from_settings(settings))
-        self._network: Any = None
+        self.nsg = NsgGuard(
+            settings,
+            network_factory or (lambda: network_client_from_settings(settings)),
+            monotonic=monotonic,
+            cache_s=nsg_cache_s,
+        )
         self.trainer_dir = Path(trainer_dir) if trainer_dir is not None else TRAINER_DIR
-        self._monotonic = monotonic
-        self._nsg_cache_s = nsg_cache_s
-        self._nsg: dict[tuple[str, str, str], _NsgCache] = {}
         self._experiments: OrderedDict[str, str] = OrderedDict()  # request_id -> experiment (bounded)
         self._stage: Path | None = None
         self._lock = threading.Lock()
@@ -653,7 +191,7 @@ class AzureMLRayBackend:
                 c,
             )
         if c.vnet:
-            self._check_nsg(c)
+            self.nsg.check(c)
 
     def find(self, request_id: str) -> str | None:
         """The run already submitted for ``request_id``, in the experiment this process saw it in.
@@ -736,38 +274,11 @@ class AzureMLRayBackend:
     # --- building blocks (public: the tests assert on the real SDK objects they return) -----
 
     def clusters(self, request: TrainingRequest) -> Clusters:
-        s = self.settings
-        try:
-            head = request.compute.head or HeadCluster(
-                name=s.head_cluster,
-                vm_size=s.head_vm_size,
-                min_nodes=s.head_min_nodes,
-                max_nodes=s.head_max_nodes,
-            )
-            workers = request.compute.workers or WorkerCluster(
-                name=s.worker_cluster,
-                vm_size=s.worker_vm_size,
-                node_count=s.worker_node_count,
-                min_nodes=s.worker_min_nodes,
-                max_nodes=s.worker_max_nodes,
-            )
-        except ValidationError as err:
-            raise ComputeError(
-                f"the deployment's default clusters are invalid (RLQ_HEAD_* / RLQ_WORKER_*): "
-                f"{err.errors(include_url=False)[0]['msg']}"
-            ) from None
-        vnet = request.compute.vnet or s.azureml_vnet
-        vnet_rg = s.azureml_vnet_resource_group or s.azureml_resource_group
-        if vnet and not vnet_rg:  # the VNet lives in the workspace's resource group unless told otherwise
+        def workspace_rg() -> str:
             with sdk_errors("read the workspace"):
-                vnet_rg = self.gateway.workspace_ids()[1]
-        return Clusters(
-            head=head,
-            workers=workers,
-            vnet=vnet,
-            subnet=request.compute.subnet or s.azureml_subnet,
-            vnet_resource_group=vnet_rg,
-        )
+                return self.gateway.workspace_ids()[1]
+
+        return resolve_clusters(self.settings, request, workspace_resource_group=workspace_rg)
 
     def provisioning_config(self, *, vm_size: str, min_nodes: int, max_nodes: int, clusters: Clusters) -> Any:
         from azureml.core.compute import AmlCompute
@@ -911,62 +422,6 @@ class AzureMLRayBackend:
         if problems:
             raise ComputeError(f"cluster {name} cannot take this job: " + "; ".join(problems))
 
-    def _check_nsg(self, c: Clusters) -> None:
-        mode = self.settings.azureml_nsg_check
-        if mode == "off" or not c.vnet or not c.vnet_resource_group:
-            return
-        key = (c.vnet_resource_group, c.vnet, c.subnet)
-        now = self._monotonic()
-        cached = self._nsg.get(key)
-        if cached is None or now - cached.at > self._nsg_cache_s:
-            problems = self._read_nsg(*key)
-            if problems is None:  # could not read: do not block on an advisory check
-                return
-            cached = self._nsg[key] = _NsgCache(at=now, problems=problems)
-        if not cached.problems:
-            return
-        text = f"the NSG on subnet {c.vnet}/{c.subnet} blocks what Azure ML needs: " + "; ".join(
-            cached.problems
-        )
-        if mode == "enforce":
-            self._nsg.pop(key, None)  # re-read next time: someone may be fixing it right now
-            raise ComputeError(text + " (RLQ_AZUREML_NSG_CHECK=warn to only log this)")
-        log.warning("%s", text)
-
-    def _read_nsg(self, resource_group: str, vnet: str, subnet: str) -> list[str] | None:
-        try:
-            if self._network is None:
-                self._network = self._network_factory()
-            net = self._network
-            sn = net.subnets.get(resource_group, vnet, subnet)
-            ref = getattr(sn, "network_security_group", None)
-            if ref is None:
-                return []  # no NSG on the subnet: nothing filters inbound traffic
-            nsg_rg, nsg_name = _nsg_name_and_group(ref.id)
-            nsg = net.network_security_groups.get(nsg_rg, nsg_name)
-            rules = list(getattr(nsg, "security_rules", None) or []) + list(
-                getattr(nsg, "default_security_rules", None) or []
-            )
-            prefixes = [
-                getattr(sn, "address_prefix", None),
-                *list(getattr(sn, "address_prefixes", None) or []),
-            ]
-            return missing_nsg_rules(rules, subnet_prefixes=[p for p in prefixes if p])
-        except Exception as err:  # any failure but a missing subnet only skips an advisory check
-            if type(err).__name__ == "ResourceNotFoundError":
-                raise ComputeError(
-                    f"subnet {vnet}/{subnet} was not found in resource group {resource_group}: "
-                    "check RLQ_AZUREML_VNET / RLQ_AZUREML_SUBNET / RLQ_AZUREML_VNET_RESOURCE_GROUP"
-                ) from err
-            log.warning(
-                "could not read the NSG of %s/%s (%s: %s); skipping the check",
-                vnet,
-                subnet,
-                type(err).__name__,
-                readable(str(err), 300),
-            )
-            return None
-
     def _summary(
         self, head: RunLike | None, series: dict[str, list[float]], details: Mapping[str, Any]
     ) -> dict[str, Any]:
@@ -1014,49 +469,6 @@ class AzureMLRayBackend:
 
 
 # --- helpers (pure) --------------------------------------------------------------------------
-
-
-def cluster_problems(
-    info: ComputeInfo,
-    *,
-    vm_size: str,
-    nodes_needed: int,
-    vnet: str | None,
-    subnet: str,
-    vnet_resource_group: str | None,
-) -> list[str]:
-    """Why an existing compute target cannot serve the job; empty when it can."""
-    problems = []
-    if info.compute_type and info.compute_type.lower() not in ("amlcompute",):
-        problems.append(f"it is a {info.compute_type}, not an AmlCompute cluster")
-    if info.provisioning_state.lower() in ("failed", "canceled"):
-        problems.append(
-            f"its provisioning state is {info.provisioning_state}"
-            + (f" ({readable(info.errors, 300)})" if info.errors else "")
-            + "; delete it in Azure ML studio so rlq can recreate it"
-        )
-    if info.vm_size and info.vm_size.upper() != vm_size.upper():
-        problems.append(
-            f"its VM size is {info.vm_size.upper()}, the request asks for {vm_size.upper()} "
-            "(name another cluster to use another size)"
-        )
-    if info.max_nodes is not None and info.max_nodes < nodes_needed:
-        problems.append(f"it scales to {info.max_nodes} nodes, the job needs {nodes_needed}")
-    if vnet:
-        where = f"{info.vnet_name}/{info.subnet_name}" if info.vnet_name else "no virtual network"
-        if (info.vnet_name or "").lower() != vnet.lower() or (
-            info.subnet_name or ""
-        ).lower() != subnet.lower():
-            problems.append(f"it is in {where}, not {vnet}/{subnet}")
-        elif (
-            vnet_resource_group
-            and info.vnet_resource_group
-            and info.vnet_resource_group.lower() != vnet_resource_group.lower()
-        ):
-            problems.append(
-                f"its VNet is in resource group {info.vnet_resource_group}, not {vnet_resource_group}"
-            )
-    return problems
 
 
 def check_restore(request: TrainingRequest) -> None:

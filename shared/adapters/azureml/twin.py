@@ -1,6 +1,6 @@
-"""An in-memory Azure ML workspace for :class:`shared.adapters.azureml_v1.AzureMLRayBackend`.
+"""An in-memory Azure ML workspace for :class:`shared.adapters.azureml.v1.AzureMLRayBackend`.
 
-It implements the backend's :class:`~shared.adapters.azureml_v1.AmlGateway` with the behaviour the
+It implements the backend's :class:`~shared.adapters.azureml.gateway.AmlGateway` with the behaviour the
 service relies on: compute targets that are created asynchronously (``Creating`` → ``Succeeded``),
 runs found by tag, a status progression driven by :meth:`AzureMLTwin.step`, metric history on the
 head child run (scalar for one value, a list after that, as Azure ML answers), output files,
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.adapters.azureml_v1 import ComputeInfo
+from shared.adapters.azureml.clusters import ComputeInfo
 
 PROGRESSION = ("NotStarted", "Queued", "Preparing", "Starting", "Running", "Finalizing", "Completed")
 TERMINAL = frozenset({"Completed", "Failed", "Canceled"})
