@@ -39,6 +39,7 @@ from tenacity import (
 
 from shared import trainer_args
 from shared.adapters import ray_local
+from shared.adapters._redact import scrub
 from shared.errors import PermanentError, TransientError
 from shared.models import Progress, TrainingRequest
 from shared.ports import JobState, JobStatus
@@ -308,11 +309,7 @@ class RayJobsBackend:
         return self._client_obj
 
     def _scrub(self, text: str) -> str:
-        if self._token is not None:
-            secret = self._token.get_secret_value()
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._token.get_secret_value() if self._token is not None else None)
 
     def _guard(self, fn: Callable[[], T], *, what: str, submit: bool = False) -> T:
         """Call the SDK and translate what it raises into shared.errors (token scrubbed)."""

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tenacity.stop import stop_base
 
+from shared.adapters._redact import scrub
 from shared.errors import PermanentError, TransientError
 from shared.models import QUEUE_RE, CompletionMessage
 from shared.settings import Settings
@@ -195,19 +196,6 @@ def body_fields(body: bytes) -> tuple[str | None, str | None]:
 
 
 # --- error translation ----------------------------------------------------------------------
-
-_SECRET_RE = re.compile(
-    r"(SharedAccessKey|SharedAccessSignature|AccountKey|sig|skn)=([^;&\s\"']+)", re.IGNORECASE
-)
-
-
-def scrub(text: str, *secrets: str | None) -> str:
-    """``text`` without connection-string keys, SAS signatures or any of ``secrets``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _SECRET_RE.sub(lambda m: f"{m.group(1)}=***", text)
-
 
 def _permanent_types() -> tuple[type[BaseException], ...]:
     from azure.core.exceptions import ClientAuthenticationError

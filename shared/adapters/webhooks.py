@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import httpx
 import tenacity
 
+from shared.adapters._redact import scrub
 from shared.models import Delivery
 from shared.webhook_verify import secret_key, sign
 
@@ -730,7 +731,4 @@ def _scrub(text: str | None, url: str) -> str | None:
         parts = urlsplit(url)
     except ValueError:
         return text
-    for secret in (url, parts.query, parts.password, parts.username):
-        if secret:
-            text = text.replace(secret, "…")
-    return text
+    return scrub(text, url, parts.query, parts.password, parts.username)
