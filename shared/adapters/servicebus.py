@@ -2,8 +2,7 @@
 
 Three small adapters share one shape: a lazily built ``ServiceBusClient`` (connection string, or
 ``DefaultAzureCredential`` + namespace: managed identity in Azure), one cached sender per entity,
-tenacity retries for what the SDK marks retryable (bounded in attempts and in total time), and SDK
-errors translated here, at the boundary, into :mod:`shared.errors`:
+one retry layer, and SDK errors translated here, at the boundary, into :mod:`shared.errors`:
 
 * :class:`ServiceBusPublisher` — :class:`shared.ports.Publisher`: the completion message to the
   ``training-completed`` topic and, when the request named one, to its ``reply_to`` queue.
@@ -22,6 +21,17 @@ returns normally, so the original is completed once, never retried ten times. Th
 the reason and the description land on the ``training-rejected`` queue (and, when the body names
 one, a short notice on the request's ``reply_to`` queue). ``docs/azure.md`` shows the wiring for
 the dead-letter variant.
+
+Retries: one layer only. The SDK client is built with ``retry_total=0`` (its own default is 3
+retries with back-off up to 120 s, which stacked under ours multiplied the attempts and the time);
+this module retries what the SDK marks retryable (``ServiceBusError._retryable`` in
+``azure/servicebus/exceptions.py``), bounded in attempts and in total time: each attempt's operation
+timeout and each wait are cut to what is left of ``max_retry_s``, so one call never outlasts it.
+``ServiceBusAuthenticationError`` and ``ServiceBusAuthorizationError`` are among the retryable
+ones: a role assignment made by the deploy can take minutes to reach Service Bus
+(https://learn.microsoft.com/azure/role-based-access-control/troubleshooting). When they outlast
+the budget they surface as :class:`shared.errors.TransientError` naming the role to check, so the
+queue redelivers the request and the outbox publishes later, instead of giving up for good.
 
 Message ids longer than Service Bus's 128 characters are shortened deterministically (prefix +
 hash), so duplicate detection still drops repeats; the full id travels in ``rlq_message_id``.
@@ -59,6 +69,7 @@ MAX_DESCRIPTION_BYTES = 4096
 # Standard tier caps a message at 256 KB, headers included: keep room for the properties.
 MAX_REJECTED_BODY_BYTES = 192 * 1024
 CONTENT_TYPE = "application/json"
+MIN_ATTEMPT_S = 1.0  # an attempt is not started with less time than this left in the budget
 
 ClientFactory = Callable[[], "ServiceBusClient"]
 
@@ -197,20 +208,16 @@ def body_fields(body: bytes) -> tuple[str | None, str | None]:
 
 # --- error translation ----------------------------------------------------------------------
 
+
 def _permanent_types() -> tuple[type[BaseException], ...]:
     from azure.core.exceptions import ClientAuthenticationError
-    from azure.servicebus.exceptions import (
-        MessageSizeExceededError,
-        MessagingEntityNotFoundError,
-        ServiceBusAuthenticationError,
-        ServiceBusAuthorizationError,
-    )
+    from azure.servicebus.exceptions import MessageSizeExceededError, MessagingEntityNotFoundError
 
+    # Not here: ServiceBusAuthenticationError / ServiceBusAuthorizationError. The SDK marks them
+    # retryable, and right after a deploy they are: the role assignment is still propagating.
     return (
         MessageSizeExceededError,
         MessagingEntityNotFoundError,
-        ServiceBusAuthenticationError,
-        ServiceBusAuthorizationError,
         ClientAuthenticationError,
         ValueError,
         TypeError,
@@ -230,18 +237,32 @@ def is_retryable(err: BaseException) -> bool:
     return isinstance(err, (TimeoutError, ConnectionError, ServiceRequestError, ServiceResponseError))
 
 
+ROLE_PROPAGATION_HINT = (
+    "; a role assigned by the deploy can take up to 10 minutes to propagate "
+    "(https://learn.microsoft.com/azure/role-based-access-control/troubleshooting)"
+)
+
+
 def translate(err: BaseException, *, action: str, secrets: tuple[str | None, ...] = ()) -> Exception:
     """The :mod:`shared.errors` exception for an SDK error (``raise translate(...) from err``)."""
     from azure.core.exceptions import AzureError
+    from azure.servicebus.exceptions import ServiceBusAuthenticationError, ServiceBusAuthorizationError
 
     kind = type(err).__name__
     text = scrub(str(err) or kind, *secrets)
     text = truncate_utf8(text, 1024)
+    if isinstance(err, (ServiceBusAuthorizationError, ServiceBusAuthenticationError)):
+        check = (
+            "the identity needs 'Azure Service Bus Data Sender' on the namespace"
+            if isinstance(err, ServiceBusAuthorizationError)
+            else "check RLQ_SERVICEBUS_NAMESPACE and the managed identity"
+        )
+        return TransientError(
+            f"Service Bus {action} failed, try again later: {kind}: {text} ({check}{ROLE_PROPAGATION_HINT})"
+        )
     if isinstance(err, _permanent_types()):
         hint = {
             "MessagingEntityNotFoundError": " (create the queue/topic: see infra/main.bicep)",
-            "ServiceBusAuthorizationError": " (the identity needs 'Azure Service Bus Data Sender')",
-            "ServiceBusAuthenticationError": " (check RLQ_SERVICEBUS_NAMESPACE and the managed identity)",
             "ClientAuthenticationError": " (no credential: managed identity, az login or a connection string)",
             "MessageSizeExceededError": " (the message is larger than the entity accepts)",
         }.get(kind, "")
@@ -269,7 +290,7 @@ class _ServiceBusSide:
         backoff_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
-        operation_timeout_s: float = 30.0,
+        operation_timeout_s: float = 15.0,
     ) -> None:
         if settings is None and client_factory is None:
             raise ValueError("pass settings= or client_factory=")
@@ -332,10 +353,12 @@ class _ServiceBusSide:
             )
             self._forget(kind, name)
 
+        deadline = _Deadline(self._monotonic, self.max_retry_s)
+        backoff = wait_exponential_jitter(initial=self.backoff_s, max=8.0, jitter=self.backoff_s)
         retrying = Retrying(
             retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(self.max_attempts) | _Deadline(self._monotonic, self.max_retry_s),
-            wait=wait_exponential_jitter(initial=self.backoff_s, max=8.0, jitter=self.backoff_s),
+            stop=stop_after_attempt(self.max_attempts) | deadline,
+            wait=lambda state: min(backoff(state), max(0.0, deadline.remaining() - MIN_ATTEMPT_S)),
             sleep=self._sleep,
             before_sleep=before_sleep,
             reraise=True,
@@ -345,8 +368,9 @@ class _ServiceBusSide:
                 with attempt:
                     sender, lock = self._sender(kind, name)
                     message = build()
+                    timeout = max(MIN_ATTEMPT_S, min(self.operation_timeout_s, deadline.remaining()))
                     with lock:
-                        sender.send_messages(message, timeout=self.operation_timeout_s)
+                        sender.send_messages(message, timeout=timeout)
         except (PermanentError, TransientError):
             raise
         except Exception as err:
@@ -365,14 +389,21 @@ class _ServiceBusSide:
 
 
 class _Deadline(stop_base):
-    """Stop once ``budget_s`` has passed since the first attempt, on an injectable clock."""
+    """Stop when the next attempt would start with less than ``MIN_ATTEMPT_S`` of ``budget_s`` left.
+
+    The wait before it (``retry_state.upcoming_sleep``, set before tenacity asks to stop) counts.
+    """
 
     def __init__(self, clock: Callable[[], float], budget_s: float) -> None:
         self._clock, self._budget_s = clock, budget_s
         self._start = clock()
 
+    def remaining(self) -> float:
+        return self._budget_s - (self._clock() - self._start)
+
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._clock() - self._start >= self._budget_s
+        left = self.remaining()
+        return left <= MIN_ATTEMPT_S or left - (retry_state.upcoming_sleep or 0.0) < MIN_ATTEMPT_S
 
 
 def fully_qualified(namespace: str) -> str:
@@ -382,12 +413,17 @@ def fully_qualified(namespace: str) -> str:
 
 
 def client_from_settings(settings: Settings) -> ServiceBusClient:
-    """A connection string when one is set (local tools), else the managed identity (Azure)."""
+    """A connection string when one is set (local tools), else the managed identity (Azure).
+
+    ``retry_total=0``: the adapter's retries are the only layer (see the module docstring).
+    """
     from azure.servicebus import ServiceBusClient
 
     if settings.servicebus_connection is not None:
         try:
-            return ServiceBusClient.from_connection_string(settings.servicebus_connection.get_secret_value())
+            return ServiceBusClient.from_connection_string(
+                settings.servicebus_connection.get_secret_value(), retry_total=0
+            )
         except (ValueError, TypeError, KeyError):
             raise PermanentError(
                 "RLQ_SERVICEBUS_CONNECTION is not a Service Bus connection string "
@@ -397,7 +433,9 @@ def client_from_settings(settings: Settings) -> ServiceBusClient:
     if settings.servicebus_namespace:
         from azure.identity import DefaultAzureCredential
 
-        return ServiceBusClient(fully_qualified(settings.servicebus_namespace), DefaultAzureCredential())
+        return ServiceBusClient(
+            fully_qualified(settings.servicebus_namespace), DefaultAzureCredential(), retry_total=0
+        )
     raise PermanentError(
         "RLQ_BROKER=servicebus needs RLQ_SERVICEBUS_NAMESPACE (<name>.servicebus.windows.net, managed "
         "identity) or RLQ_SERVICEBUS_CONNECTION",

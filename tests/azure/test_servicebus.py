@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -16,6 +17,7 @@ from azure.servicebus import ServiceBusClient, ServiceBusMessage
 from azure.servicebus.exceptions import (
     MessageSizeExceededError,
     MessagingEntityNotFoundError,
+    ServiceBusAuthenticationError,
     ServiceBusAuthorizationError,
     ServiceBusConnectionError,
     ServiceBusServerBusyError,
@@ -47,6 +49,9 @@ class RecordingSender:
 
     def send_messages(self, message: ServiceBusMessage, *, timeout: float | None = None) -> None:
         self.client.attempts.append((self.kind, self.name))
+        self.client.timeouts.append(timeout)
+        if self.client.attempt_takes is not None:  # the SDK waits out its operation timeout
+            self.client.attempt_takes(timeout)
         if self.client.failures:
             raise self.client.failures.pop(0)
         self.client.sent.append((self.kind, self.name, message))
@@ -58,8 +63,14 @@ class RecordingSender:
 class RecordingClient:
     """Stands in for ``ServiceBusClient``: records senders opened and messages sent."""
 
-    def __init__(self, failures: list[BaseException] | None = None) -> None:
+    def __init__(
+        self,
+        failures: list[BaseException] | None = None,
+        attempt_takes: Callable[[float | None], None] | None = None,
+    ) -> None:
         self.failures = list(failures or [])
+        self.attempt_takes = attempt_takes
+        self.timeouts: list[float | None] = []
         self.sent: list[tuple[str, str, ServiceBusMessage]] = []
         self.attempts: list[tuple[str, str]] = []
         self.senders: list[RecordingSender] = []
@@ -265,8 +276,56 @@ def test_retries_are_bounded_by_total_time(fake_time: FakeTime) -> None:
     with pytest.raises(TransientError):
         pub.publish(completion())
     assert 3 <= len(client.attempts) < 100
-    # stopped at the first check past the budget: the last wait was at most the 8 s cap
-    assert 10 <= sum(fake_time.sleeps) < 10 + 8 + 1
+    # the waits are cut to the budget: the last attempt starts with at least a second left
+    assert 5 <= sum(fake_time.sleeps) <= 10 - 1
+
+
+def test_retries_and_their_timeouts_fit_one_total_budget(fake_time: FakeTime) -> None:
+    """Each attempt waits out its operation timeout (a hung link): the sum stays in the budget."""
+    client = RecordingClient(
+        failures=[ServiceBusConnectionError() for _ in range(100)],
+        attempt_takes=lambda timeout: fake_time.sleep(timeout or 0),
+    )
+    pub = make(
+        ServiceBusPublisher, client, fake_time, max_attempts=100, max_retry_s=45, operation_timeout_s=30
+    )
+    start = fake_time.now
+    with pytest.raises(TransientError):
+        pub.publish(completion())
+    assert fake_time.now - start <= 45
+    assert len(client.attempts) >= 2
+    assert client.timeouts[0] == 30
+    assert all(t is not None and 0 < t <= 30 for t in client.timeouts)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ServiceBusAuthorizationError(message="Unauthorized access. 'Send' claim(s) are required"),
+        ServiceBusAuthenticationError(message="ExpiredToken: the token is expired"),
+    ],
+)
+def test_auth_errors_are_retried_as_the_sdk_marks_them(fake_time: FakeTime, error: Exception) -> None:
+    """A role assignment made by the deploy takes minutes to reach Service Bus: try again."""
+    assert error._retryable is True  # azure/servicebus/exceptions.py: retryable=True
+    client = RecordingClient(failures=[error, error])
+    make(ServiceBusPublisher, client, fake_time).publish(completion())
+    assert len(client.attempts) == 3
+    assert [m.message_id for _, _, m in client.sent] == ["req-7:completed"]
+
+
+def test_auth_error_that_outlasts_the_budget_is_transient_with_the_role_to_check(fake_time: FakeTime) -> None:
+    client = RecordingClient(
+        failures=[ServiceBusAuthorizationError(message=f"Unauthorized access for {CONN}") for _ in range(10)]
+    )
+    pub = make(ServiceBusPublisher, client, fake_time, max_attempts=3)
+    with pytest.raises(TransientError) as info:
+        pub.publish(completion())
+    assert len(client.attempts) == 3
+    text = str(info.value)
+    assert SECRET_KEY not in text and CONN not in text
+    assert "ServiceBusAuthorizationError" in text
+    assert "Azure Service Bus Data Sender" in text and "propagat" in text
 
 
 @pytest.mark.parametrize(
@@ -274,7 +333,6 @@ def test_retries_are_bounded_by_total_time(fake_time: FakeTime) -> None:
     [
         MessagingEntityNotFoundError(message=f"entity not found; connection {CONN}"),
         MessageSizeExceededError(message=f"too big SharedAccessKey={SECRET_KEY}"),
-        ServiceBusAuthorizationError(message=f"Unauthorized access for {CONN}"),  # the SDK calls it retryable
     ],
 )
 def test_non_retryable_errors_are_permanent_and_secret_free(fake_time: FakeTime, error: Exception) -> None:
@@ -335,9 +393,11 @@ def test_real_sdk_connection_failure_is_transient_and_secret_free() -> None:
 def test_client_from_connection_string_and_namespace() -> None:
     client = client_from_settings(Settings(servicebus_connection=CONN, _env_file=None))
     assert client.fully_qualified_namespace == "rlq-test.servicebus.windows.net"
+    assert client._config.retry_total == 0  # one retry layer: the adapter's, not the SDK's on top
     client.close()
     client = client_from_settings(Settings(servicebus_namespace="rlq-prod", _env_file=None))
     assert client.fully_qualified_namespace == "rlq-prod.servicebus.windows.net"
+    assert client._config.retry_total == 0
     client.close()
     assert fully_qualified("sb://rlq-x.servicebus.windows.net/") == "rlq-x.servicebus.windows.net"
 
