@@ -70,10 +70,9 @@ def bench_intake(data: Path, n: int, *, use_host: bool) -> tuple[dict, object]:
     latencies_ms: list[float] = []
     t0 = time.perf_counter()
     if use_host:
-        import function_app
         from shared.localhost import LocalHost
 
-        host = LocalHost(function_app.app, broker=broker, settings=settings)
+        host = LocalHost.for_wiring(w)
         while True:  # the host keeps the last 1000 invocations: drain in chunks to read them all
             done = host.drain(max_messages=1000)
             latencies_ms += [inv.ms for inv in host.invocations[-done:]] if done else []

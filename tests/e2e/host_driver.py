@@ -10,17 +10,14 @@ from __future__ import annotations
 import sys
 import time
 
-from shared.composition import build, install
+from shared.composition import build
 from shared.localhost import LocalHost
 from shared.models import RunState
 
 
 def main(request_id: str, timeout_s: float) -> int:
-    import function_app
-
     w = build()
-    install(w)
-    host = LocalHost(function_app.app, broker=w.broker, settings=w.settings, http_port=0)
+    host = LocalHost.for_wiring(w)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         host.drain()

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-import function_app
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
-from shared.composition import build, install
+from shared.composition import build
 from shared.errors import TransientError
 from shared.localhost import LocalHost
 from shared.models import RunState
@@ -23,10 +22,9 @@ def hosted(tmp_path, clock):
     twin = ComputeTwin(tmp_path / "twin.sqlite3")
     broker = SqliteBroker(settings.queue_db, clock=clock.epoch)
     w = build(settings, compute={"twin": twin}, broker=broker, clock=clock)
-    install(w)
-    host = LocalHost(function_app.app, broker=broker, settings=settings, http_port=0, clock=clock.epoch)
+    host = LocalHost.for_wiring(w, clock=clock.epoch)
     yield w, host, twin
-    install(None)
+    host.close()
 
 
 def test_invalid_request_is_dead_lettered_at_once_naming_the_field(hosted):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import function_app
 from shared.adapters.ray_jobs import submission_id_for
 from shared.composition import build, install
 from shared.localhost import LocalHost
@@ -52,9 +51,7 @@ def local(e2e_settings):
     def make(**extra):
         w = build(e2e_settings(**extra))
         w.broker.create_subscription(w.settings.topic_name, "audit")
-        install(w)
-        host = LocalHost(function_app.app, broker=w.broker, settings=w.settings, http_port=0)
-        return w, host
+        return w, LocalHost.for_wiring(w)
 
     yield make
     install(None)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.sqlite_broker import MessageLockLost, SqliteBroker
-from shared.composition import Wiring, build, install
+from shared.composition import Wiring, build
 from shared.models import ACTIVE, TERMINAL, CompletionMessage, Delivery, TrainingRequest
 from shared.settings import Settings
 
@@ -126,11 +126,9 @@ class HostDrive:
     """One round through :class:`shared.localhost.LocalHost`: deliver messages, fire the poller."""
 
     def __init__(self, w: Wiring) -> None:
-        import function_app
         from shared.localhost import LocalHost
 
-        install(w)
-        self.host = LocalHost(function_app.app, broker=w.broker, settings=w.settings)
+        self.host = LocalHost.for_wiring(w)
 
     def round(self) -> int:
         done = self.host.drain(max_messages=ROUND_MESSAGES)

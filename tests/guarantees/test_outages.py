@@ -11,8 +11,6 @@ import json
 
 import pytest
 
-import function_app
-from shared.composition import install
 from shared.errors import TransientError
 from shared.localhost import LocalHost
 from shared.models import CompletionMessage, RunState
@@ -28,9 +26,9 @@ CARTPOLE = {
 def host(wired, clock):
     # the hosted notifier consumes the topic's own subscription: watch the topic through a second one
     wired.broker.create_subscription(wired.settings.topic_name, "audit")
-    install(wired)
-    yield LocalHost(function_app.app, broker=wired.broker, settings=wired.settings, clock=clock.epoch)
-    install(None)
+    host = LocalHost.for_wiring(wired, clock=clock.epoch)
+    yield host
+    host.close()
 
 
 def topic_messages(w) -> list[CompletionMessage]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,8 @@ import pytest
 from shared.adapters.sqlite_broker import MAX_DELIVERY_REASON, SqliteBroker
 from shared.localhost import (
     DEAD_LETTER_REASON,
-    HostConfig,
     LocalHost,
     LocalHostError,
-    Route,
-    Schedule,
-    default_host_json,
-    parse_timespan,
 )
 from shared.settings import Settings
 
@@ -170,7 +167,7 @@ def test_success_completes_and_the_handler_gets_the_runtime_message(host, broker
     broker.send(
         Q, b'{"n": 1}', message_id="m-1", correlation_id="c-1", application_properties={"kind": "test"}
     )
-    caplog.set_level(logging.INFO, logger="rlq.localhost")
+    caplog.set_level(logging.INFO, logger="shared.localhost")
 
     assert host.drain() == 1
 
@@ -528,12 +525,6 @@ def test_app_setting_expressions_resolve_from_environment_then_settings(
         )
 
 
-def test_bad_schedules_are_refused_naming_the_expression():
-    with pytest.raises(LocalHostError, match="every minute"):
-        Schedule("every minute")
-    assert Schedule("00:00:15").next_after(100.0) == 115.0
-
-
 # --- HTTP --------------------------------------------------------------------------------------
 
 
@@ -570,55 +561,132 @@ def test_http_routes_over_real_http(host):
     assert ("get_item", "200") in outcomes and ("broken", "error") in outcomes
 
 
-def test_route_templates():
-    r = Route.compile("trainings/{request_id}/cancel")
-    assert r.match("trainings/abc-1/cancel") == {"request_id": "abc-1"}
-    assert r.match("trainings/abc-1") is None
-    assert Route.compile("files/{*rest}").match("files/a/b/c") == {"rest": "a/b/c"}
-    assert Route.compile("runs/{id?}").match("runs") == {}
-    assert Route.compile("runs/{id?}").match("runs/7") == {"id": "7"}
-    assert Route.compile("trainings/{request_id}/reward.png").match("trainings/r1/reward.png") == {
-        "request_id": "r1"
-    }
+def _raw(port: int, request: bytes, *, timeout_s: float = 10.0) -> tuple[bytes, float]:
+    """Send ``request`` as is on a fresh connection; what came back before the server closed it
+    (or the timeout), and how long that took."""
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and b"Connection: close" not in request:
+                    head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
+                    length = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
+                    if length and len(rest) >= int(length[0].split(b":")[1]):
+                        break
+        except TimeoutError:
+            pass
+    return b"".join(chunks), time.perf_counter() - t0
 
 
-# --- host.json ---------------------------------------------------------------------------------
+def _status(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
 
 
-def test_host_json_defaults_and_values(tmp_path):
-    assert HostConfig.load(tmp_path / "missing.json") == HostConfig()
-    assert HostConfig().max_concurrent_calls == 16
-    path = tmp_path / "host.json"
-    path.write_text(
-        json.dumps(
-            {
-                "version": "2.0",
-                "functionTimeout": "00:10:00",
-                "extensions": {
-                    "serviceBus": {"maxConcurrentCalls": 4, "maxAutoLockRenewalDuration": "00:20:00"},
-                    "http": {"routePrefix": "v1"},
-                },
-            }
-        )
+def test_many_concurrent_clients_on_fresh_connections_are_all_served(host):
+    """64 clients, each opening a new connection per request at the same moment: none is reset."""
+    host.start(queues=False, timers=False)
+    clients, per_client = 64, 8
+    barrier = threading.Barrier(clients)
+    failures: list[str] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        barrier.wait()
+        for i in range(per_client):
+            try:
+                got, took = _raw(
+                    host.http_port, f"GET /api/items/c{n}-{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+                )
+                ok = _status(got) == 200 and f'"c{n}-{i}"'.encode() in got
+            except OSError as err:
+                ok, got, took = False, repr(err).encode(), 0.0
+            with lock:
+                latencies.append(took)
+                if not ok:
+                    failures.append(got[:80].decode(errors="replace"))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    assert len(latencies) == clients * per_client
+    assert max(latencies) < 5.0  # a refused SYN would be retried after 1 s, 3 s, ...: never here
+
+
+@pytest.mark.parametrize("length", [b"-1", b"abc", b"1e3"])
+def test_a_malformed_content_length_is_a_400_at_once(host, length):
+    host.start(queues=False, timers=False)
+    got, took = _raw(
+        host.http_port,
+        b"POST /api/items HTTP/1.1\r\nHost: t\r\nContent-Length: " + length + b"\r\n\r\n{}",
+        timeout_s=5,
     )
-    cfg = HostConfig.load(path)
-    assert (
-        cfg.max_concurrent_calls,
-        cfg.max_auto_lock_renewal_s,
-        cfg.route_prefix,
-        cfg.function_timeout_s,
-    ) == (4, 1200.0, "v1", 600.0)
-    assert parse_timespan("1.02:00:00.5") == 93600.5
-    path.write_text("{not json")
-    with pytest.raises(LocalHostError, match=r"host\.json"):
-        HostConfig.load(path)
+    assert _status(got) == 400 and b"Traceback" not in got
+    assert took < 2.0
+    assert [i for i in host.invocations if i.function == "create_item"] == []  # never reached the app
 
 
-def test_the_repository_host_json_is_readable():
-    path = default_host_json()
-    assert path is not None, "host.json is missing from the repository root"
-    cfg = HostConfig.load(path)
-    assert cfg.max_concurrent_calls >= 1 and cfg.max_auto_lock_renewal_s > 0
+def test_a_chunked_body_reaches_the_function_whole(host):
+    host.start(queues=False, timers=False)
+    body = json.dumps({"name": "x" * 300}).encode()
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 100]), body[i : i + 100]) for i in range(0, len(body), 100)
+    )
+    got, _ = _raw(
+        host.http_port,
+        b"POST /api/items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n",
+    )
+    assert _status(got) == 201
+    assert json.loads(got.partition(b"\r\n\r\n")[2])["created"] == {"name": "x" * 300}
+
+
+def test_an_idle_or_stalled_client_is_disconnected_after_the_idle_timeout(
+    rec, broker, settings, clock, no_host_json
+):
+    host = LocalHost(
+        make_app(rec),
+        broker=broker,
+        settings=settings,
+        host_json=no_host_json,
+        http_port=0,
+        http_idle_timeout_s=1,
+    )
+    host.start(queues=False, timers=False)
+    try:
+        # a body promised but never sent, and a connection that never says anything
+        stalled, took_stalled = _raw(
+            host.http_port, b"POST /api/items HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n{", timeout_s=8
+        )
+        silent, took_silent = _raw(host.http_port, b"", timeout_s=8)
+        assert (stalled, silent) == (b"", b"")  # closed by the server, not by our timeout
+        assert took_stalled < 6.0 and took_silent < 6.0
+        # the server still serves others afterwards
+        assert httpx.get(f"{host.base_url}/api/items/1", timeout=5).status_code == 200
+    finally:
+        host.stop()
+
+
+def test_stop_closes_the_listening_socket_and_open_connections(host):
+    host.start(queues=False, timers=False)
+    port = host.http_port
+    keep = socket.create_connection(("127.0.0.1", port), timeout=5)  # an idle keep-alive client
+    try:
+        host.stop()
+        try:  # closed by the server on stop (reset when the listener closed before accepting it)
+            assert keep.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        keep.close()
 
 
 def test_unsupported_triggers_are_refused_by_name(broker, settings, no_host_json):
