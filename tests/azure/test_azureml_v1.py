@@ -20,19 +20,18 @@ import pytest
 
 from shared.adapters.azureml import v1 as azureml_v1
 from shared.adapters.azureml.clusters import ComputeInfo, cluster_problems
+from shared.adapters.azureml.environment import CONDA_FILE, parse_requirements
 from shared.adapters.azureml.errors import translate
 from shared.adapters.azureml.gateway import SdkGateway
 from shared.adapters.azureml.nsg import missing_nsg_rules
 from shared.adapters.azureml.twin import AzureMLTwin
 from shared.adapters.azureml.v1 import (
     ARGV_ENV,
-    CONDA_FILE,
     DEPRECATION_URL,
     RUN_TAG,
     STATUS_TO_STATE,
     AzureMLRayBackend,
     checkpoint_relpath,
-    parse_requirements,
     worker_shm_size,
 )
 from shared.errors import ComputeError, PermanentError, TransientError

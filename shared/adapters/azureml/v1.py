@@ -50,6 +50,7 @@ from shared.adapters.azureml.clusters import (
     network_client_from_settings,
     resolve_clusters,
 )
+from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
 from shared.adapters.azureml.errors import readable, sdk_errors
 from shared.adapters.azureml.gateway import AmlGateway, RunLike, SdkGateway, workspace_from_settings
 from shared.errors import ComputeError, TransientError
@@ -63,13 +64,10 @@ DEPRECATION_URL = "https://aka.ms/rldepre"
 RUN_TAG = "rlq_request_id"
 ARGV_ENV = "RLQ_TRAINER_ARGV"
 ENTRY_SCRIPT = "trainer/train.py"
-CONDA_FILE = "rlq_conda_env.yml"
-PYTHON_VERSION = "3.11"
 RAY_ADDRESS = "localhost:6379"  # the RL service starts Ray's head on its default port
 CHECKPOINT_FREQ = 10
 HEAD_SHM_SIZE = "24g"
 CLUSTER_COORDINATION_TIMEOUT_S = 3600
-TRAINER_DIR = Path(__file__).resolve().parents[3] / "trainer"
 
 # Azure ML run status -> JobState. CancelRequested / NotResponding are not terminal yet: the
 # poller keeps asking (and its stall detector covers a run that stays silent).
@@ -358,16 +356,7 @@ class AzureMLRayBackend:
         with self._lock:
             if self._stage is not None and self._stage.exists():
                 return self._stage
-            requirements = self.trainer_dir / "requirements.txt"
-            if not requirements.is_file():
-                raise ComputeError(f"{requirements} is missing: the cluster image is built from it")
-            stage = Path(tempfile.mkdtemp(prefix="rlq-aml-src-"))
-            shutil.copytree(
-                self.trainer_dir,
-                stage / "trainer",
-                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "outputs", ".pytest_cache"),
-            )
-            (stage / CONDA_FILE).write_text(conda_file(parse_requirements(requirements.read_text())))
+            stage = stage_trainer(self.trainer_dir)
             self._stage = stage
             return stage
 
@@ -488,31 +477,6 @@ def check_restore(request: TrainingRequest) -> None:
 def worker_shm_size(vm_size: str) -> str:
     """About 40% of a worker's memory: Ray puts its object store (30% by default) in /dev/shm."""
     return f"{max(2, math.ceil(VM_MEMORY_GIB.get(vm_size.upper(), 8) * 0.4))}g"
-
-
-def parse_requirements(text: str) -> list[str]:
-    """Requirement lines of a pip requirements file (comments, blanks and options dropped)."""
-    out = []
-    for line in text.splitlines():
-        line = line.split(" #", 1)[0].strip()
-        if line and not line.startswith(("#", "-")):
-            out.append(line)
-    return out
-
-
-def conda_file(pip_packages: list[str], python_version: str = PYTHON_VERSION) -> str:
-    """A conda environment file: this Python, pip, and the trainer's packages."""
-    lines = [
-        "name: rlq-trainer",
-        "channels:",
-        "  - conda-forge",
-        "dependencies:",
-        f"  - python={python_version}",
-        "  - pip",
-        "  - pip:",
-    ]
-    lines += [f"    - {json.dumps(p)}" for p in pip_packages]
-    return "\n".join(lines) + "\n"
 
 
 def _maybe(fn: Callable[[], Any]) -> Any:

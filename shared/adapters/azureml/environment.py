@@ -1,0 +1,60 @@
+"""The cluster image and code snapshot both Azure ML backends submit: ``trainer/`` and its packages.
+
+Head and workers run one image (a GPU base image + a conda file made from
+``trainer/requirements.txt``): Ray needs the same Python and Ray on every node. The code snapshot
+holds only ``trainer/`` (the function app's own folder holds its deployed packages; uploading it
+would be slow and could exceed the snapshot limit).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from shared.errors import ComputeError
+
+CONDA_FILE = "rlq_conda_env.yml"
+PYTHON_VERSION = "3.11"
+TRAINER_DIR = Path(__file__).resolve().parents[3] / "trainer"
+
+
+def parse_requirements(text: str) -> list[str]:
+    """Requirement lines of a pip requirements file (comments, blanks and options dropped)."""
+    out = []
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith(("#", "-")):
+            out.append(line)
+    return out
+
+
+def conda_file(pip_packages: list[str], python_version: str = PYTHON_VERSION) -> str:
+    """A conda environment file: this Python, pip, and the trainer's packages."""
+    lines = [
+        "name: rlq-trainer",
+        "channels:",
+        "  - conda-forge",
+        "dependencies:",
+        f"  - python={python_version}",
+        "  - pip",
+        "  - pip:",
+    ]
+    lines += [f"    - {json.dumps(p)}" for p in pip_packages]
+    return "\n".join(lines) + "\n"
+
+
+def stage_trainer(trainer_dir: Path) -> Path:
+    """A new folder holding ``trainer/`` and the conda file made from its requirements."""
+    requirements = trainer_dir / "requirements.txt"
+    if not requirements.is_file():
+        raise ComputeError(f"{requirements} is missing: the cluster image is built from it")
+    stage = Path(tempfile.mkdtemp(prefix="rlq-aml-src-"))
+    shutil.copytree(
+        trainer_dir,
+        stage / "trainer",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "outputs", ".pytest_cache"),
+    )
+    (stage / CONDA_FILE).write_text(conda_file(parse_requirements(requirements.read_text())))
+    return stage
