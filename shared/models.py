@@ -138,6 +138,8 @@ STOP_KEYS = ("episode_reward_mean", "time_total_s", "timesteps_total", "training
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"  # 100: "<id>:completed" and "<id>:deferred:<n>" stay under Service Bus's 128
+# ``restore_from: rlq://<request_id>``: the final checkpoint of an earlier run, resolved at intake.
+RESTORE_SCHEME = "rlq://"
 QUEUE_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$"
 CLUSTER_RE = r"^[A-Za-z][A-Za-z0-9-]{1,15}$"  # Azure ML compute names: 2-16 chars
 # Free text that may reach a shell-adjacent place (job tags, file names, card markdown): none of these.
@@ -363,13 +365,27 @@ class TrainingRequest(Strict):
                 )
         return v
 
+    @property
+    def restore_parent(self) -> str | None:
+        """The request id named by ``restore_from: rlq://<request_id>``, else None."""
+        if self.restore_from and self.restore_from.startswith(RESTORE_SCHEME):
+            return self.restore_from.removeprefix(RESTORE_SCHEME)
+        return None
+
     @field_validator("restore_from")
     @classmethod
     def _restore(cls, v: str | None) -> str | None:
         if v is None:
             return v
+        if v.startswith(RESTORE_SCHEME):
+            if not re.match(ID_RE, v.removeprefix(RESTORE_SCHEME)):
+                raise ValueError(f"{v!r}: expected rlq://<request_id> of an earlier run")
+            return v
         if not re.match(r"^(file|azureml|abfss|https)://", v):
-            raise ValueError("must be a URI: file://, azureml://, abfss:// or https://")
+            raise ValueError(
+                "must be a URI: rlq://<request_id> (an earlier run's final checkpoint), file://, "
+                "azureml://, abfss:// or https://"
+            )
         decoded = unquote(v)  # %2e%2e is '..' to whoever decodes the URI later
         if ".." in re.split(r"[/\\]", unquote(v.split("?")[0])) or any(
             c in text for text in (v, decoded) for c in "\x00\n\r;`$|&<>\\"
@@ -500,6 +516,8 @@ class CompletionMessage(Strict):
     timesteps: int | None = None
     duration_s: float | None = None
     checkpoint_path: str | None = None
+    # The run this one was warm-started from (``restore_from: rlq://<parent_request_id>``).
+    parent_request_id: str | None = None
     eval_reward: float | None = None
     replay_path: str | None = None
     reward_curve_url: str | None = None
@@ -549,6 +567,8 @@ class RunRecord(BaseModel):
     poll_failures: int = 0
     claimed_at: datetime | None = None
     deferrals: int = 0
+    # The run whose final checkpoint this one restored (``restore_from: rlq://<parent_request_id>``).
+    parent_request_id: str | None = None
     # Compact reward curve for runs whose metrics file is not local: [iteration, timesteps, reward].
     curve: list[tuple[int, int, float | None]] = Field(default_factory=list)
     version: int = 0

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.errors import Conflict, Forbidden, NotFound, PermanentError, TransientError
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PermanentError, TransientError
 from shared.models import (
     FINAL,
     STATUS_OF,
@@ -139,6 +139,7 @@ class TrainingService:
         """Validate, record (idempotent on request_id), ensure compute, submit, record the run id."""
         request = parse_request(body, default_id=message_id, max_bytes=self.settings.max_body_bytes)
         self._check_caps(request)
+        request, parent_id = self._resolve_restore(request)
         self._fault("validated")
         backend_name = self._backend_name(request)
         record, inserted = self.store.insert_if_absent(
@@ -147,6 +148,7 @@ class TrainingService:
                 request=request,
                 backend=backend_name,
                 message_id=message_id,
+                parent_request_id=parent_id,
                 created_at=self.clock(),
                 updated_at=self.clock(),
             )
@@ -157,6 +159,8 @@ class TrainingService:
             # deliveries in a transient fault; this one is valid, so it runs. A rejected request never
             # reached the compute, so there is nothing it could repeat.
             record = self._revive(record, request, backend_name, message_id)
+            if record.parent_request_id != parent_id:
+                record = self._update(record, parent_request_id=parent_id)
         if not inserted and record.request is not None and record.request != request:
             log.warning(
                 "request %s delivered again with a different body; the first one stands", request.request_id
@@ -167,6 +171,43 @@ class TrainingService:
         if claimed.state is RunState.received:  # over the in-flight cap: deferred, not lost
             return claimed
         return self._submit(claimed)
+
+    def _resolve_restore(self, request: TrainingRequest) -> tuple[TrainingRequest, str | None]:
+        """``restore_from: rlq://<id>``: the request with that run's final checkpoint URI (as its
+        backend reported it) and the id, for lineage; any other request as it is. Refused, naming
+        ``restore_from``, when that run is unknown, did not complete, has no checkpoint, or ran on
+        another backend than this request would (its checkpoint lives there)."""
+        parent_id = request.restore_parent
+        if parent_id is None:
+            return request, None
+
+        def refused(why: str) -> InvalidRequest:
+            return InvalidRequest([{"field": "restore_from", "message": f"{request.restore_from}: {why}"}])
+
+        if parent_id == request.request_id:
+            raise refused("a run cannot restore from itself")
+        parent = self.store.get(parent_id)
+        if parent is None:
+            raise refused(f"no training request {parent_id!r}")
+        if parent.completion is None or parent.completion.status != "Completed":
+            raise refused(
+                f"run {parent_id!r} did not complete ({parent.status or parent.state.value}); only a "
+                "completed run's final checkpoint can be restored"
+            )
+        checkpoint = parent.completion.checkpoint_path
+        if not checkpoint:
+            raise refused(f"run {parent_id!r} completed without a checkpoint")
+        backend = self._backend_name(request)
+        if parent.backend is not None and parent.backend != backend:
+            raise refused(
+                f"run {parent_id!r} ran on backend {parent.backend!r}, where its checkpoint lives; this "
+                f"request would run on {backend!r} (set compute.backend to {parent.backend!r})"
+            )
+        try:
+            resolved = TrainingRequest.model_validate({**request.model_dump(), "restore_from": checkpoint})
+        except ValueError as err:
+            raise refused(f"the checkpoint URI of run {parent_id!r} cannot be restored: {err}") from None
+        return resolved, parent_id
 
     def _revive(
         self, record: RunRecord, request: TrainingRequest, backend: str, message_id: str | None
@@ -563,6 +604,7 @@ class TrainingService:
             timesteps=summary.get("timesteps", p.timesteps if p else None),
             duration_s=summary.get("duration_s", duration),
             checkpoint_path=summary.get("checkpoint_path"),
+            parent_request_id=record.parent_request_id,
             eval_reward=summary.get("eval_reward"),
             replay_path=summary.get("replay_path"),
             reward_curve_url=f"{self.settings.public_base_url.rstrip('/')}/api/trainings/{record.request_id}/reward.png",
@@ -629,12 +671,15 @@ class TrainingService:
             raise PermanentError("no request sender configured")
         request = parse_request(body, default_id=uuid.uuid4().hex, max_bytes=self.settings.max_body_bytes)
         self._check_caps(request)
+        resolved, parent_id = self._resolve_restore(request)  # refused here too: the caller sees why
+        # The queue gets the request as written: intake resolves rlq:// itself, for every producer.
         self.sender.send(request.model_dump_json().encode(), message_id=request.request_id)
         self.store.insert_if_absent(
             RunRecord(
                 request_id=request.request_id,
-                request=request,
-                backend=self._backend_name(request),
+                request=resolved,
+                parent_request_id=parent_id,
+                backend=self._backend_name(resolved),
                 created_at=self.clock(),
                 updated_at=self.clock(),
             )
