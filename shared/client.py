@@ -1,0 +1,274 @@
+"""A client for services that enqueue training: rlq's HTTP API from Python, and the Service Bus
+message intake expects, for producers that write to the queue directly.
+
+Importing this module loads the standard library and ``httpx`` only, so another service can depend
+on it cheaply; results are the API's JSON as plain dicts (the run record, the completion message).
+
+    from shared.client import Client
+
+    with Client("https://rlq-func.azurewebsites.net", function_key=KEY) as rlq:
+        rid = rlq.submit({"env": "CartPole-v1", "stop": {"episode_reward_mean": 150}})
+        done = rlq.wait(rid, timeout_s=3600)  # the completion message
+        print(done["status"], done["final_reward"], done["checkpoint_path"])
+
+Errors are the API's own: a refused request raises :class:`RequestRejected` carrying the same
+``[{"field", "message"}]`` list the API returns; an unknown id :class:`RunNotFound`. Transient
+failures (connection refused or reset, timeouts, 502 / 503 / 504) are retried with exponential
+backoff (honouring ``Retry-After``) up to a bound, then raised as :class:`ServiceUnavailable`.
+``submit`` gives every request a ``request_id`` before the first attempt, so a retried submission
+is the same request and intake runs it once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Self
+
+import httpx
+
+if TYPE_CHECKING:
+    from azure.servicebus import ServiceBusMessage
+
+__all__ = [
+    "ApiError",
+    "Client",
+    "RequestRejected",
+    "RunNotFound",
+    "ServiceUnavailable",
+    "WaitTimeout",
+    "servicebus_message",
+]
+
+FUNCTION_KEY_HEADER = "x-functions-key"
+RETRIED_STATUS = frozenset({502, 503, 504})
+
+
+class ApiError(Exception):
+    """rlq answered with an error. ``errors`` is the API's ``[{"field", "message"}]`` list."""
+
+    def __init__(self, errors: list[dict[str, str]], *, status_code: int | None = None) -> None:
+        self.errors = errors
+        self.status_code = status_code
+        text = "; ".join(f"{e.get('field', '(body)')}: {e.get('message', '')}" for e in errors)
+        super().__init__(text or f"HTTP {status_code}")
+
+
+class RequestRejected(ApiError):
+    """The request can never run as it is (HTTP 400, or rejected at intake); each field is named."""
+
+
+class RunNotFound(ApiError):
+    """No training request with that id (HTTP 404)."""
+
+
+class ServiceUnavailable(ApiError):
+    """Still unreachable or busy after the bounded retries (connection errors, 502 / 503 / 504)."""
+
+
+class WaitTimeout(ApiError, TimeoutError):
+    """``wait`` gave up before the run ended; ``record`` is the last run record read."""
+
+    def __init__(self, errors: list[dict[str, str]], *, record: dict[str, Any]) -> None:
+        super().__init__(errors)
+        self.record = record
+
+
+class Client:
+    """rlq's HTTP API at ``base_url`` (the Function App, or ``rlq serve``'s ``http://127.0.0.1:7071``).
+
+    ``function_key`` is sent as ``x-functions-key`` (Azure; the local host does not check keys).
+    ``retries`` bounds the attempts after the first for a transient failure; the waits between them
+    grow from ``backoff_s`` and never exceed ``max_backoff_s``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        function_key: str | None = None,
+        timeout_s: float = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        root = base_url.rstrip("/")
+        self.api_url = root if root.endswith("/api") else f"{root}/api"
+        headers = {"accept": "application/json"}
+        if function_key:
+            headers[FUNCTION_KEY_HEADER] = function_key
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=self.api_url, headers=headers, timeout=timeout_s, transport=transport
+        )
+
+    # --- the API ---------------------------------------------------------------------------------
+
+    def submit(self, request: Mapping[str, Any]) -> str:
+        """Validate and enqueue ``request`` (a training request body); returns its request id."""
+        body = dict(request)
+        body.setdefault("request_id", uuid.uuid4().hex)  # one id across retries: intake runs it once
+        return str(self._call("POST", "/trainings", json=body)["request_id"])
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        """The run record: state, progress, the completion message once there is one, deliveries."""
+        return self._call("GET", f"/trainings/{_segment(request_id)}")
+
+    def list(self, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Run records, newest first (``state``: only runs in that state)."""
+        params: dict[str, Any] = {"limit": limit}
+        if state is not None:
+            params["state"] = state
+        return list(self._call("GET", "/trainings", params=params)["items"])
+
+    def cancel(self, request_id: str) -> dict[str, Any]:
+        """Ask the run to stop; returns the run record (``cancel_requested`` set)."""
+        return self._call("POST", f"/trainings/{_segment(request_id)}/cancel")
+
+    def wait(self, request_id: str, timeout_s: float, *, interval_s: float = 2.0) -> dict[str, Any]:
+        """The completion message, once the run has ended (whatever its ``status``: Completed,
+        Failed, Canceled, TimedOut). Raises :class:`RequestRejected` when intake refused the
+        request, :class:`WaitTimeout` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = self.get(request_id)
+            if record.get("completion") is not None:
+                return dict(record["completion"])
+            if record.get("state") == "rejected":
+                raise RequestRejected(
+                    [{"field": "(request)", "message": record.get("error") or "rejected at intake"}]
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(
+                    [
+                        {
+                            "field": "request_id",
+                            "message": f"{request_id} is still {record.get('state')} after {timeout_s:g} s",
+                        }
+                    ],
+                    record=record,
+                )
+            self._sleep(min(interval_s, left))
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            retry_after = None
+            status = None
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as err:  # refused, reset, timed out: nothing was answered
+                problem = f"{type(err).__name__}: {err}"
+            else:
+                if response.status_code not in RETRIED_STATUS:
+                    return _result(response)
+                status = response.status_code
+                said = _errors_of(response)
+                problem = f"HTTP {status}" + (f": {said[0]['message']}" if said else "")
+                retry_after = _retry_after(response)
+            if attempt >= self.retries:
+                raise ServiceUnavailable(
+                    [{"field": "(service)", "message": f"{problem} (after {attempt + 1} attempts)"}],
+                    status_code=status,
+                )
+            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+            if retry_after is not None:
+                delay = min(self.max_backoff_s, max(delay, retry_after))
+            self._sleep(delay)
+            attempt += 1
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def servicebus_message(request: Mapping[str, Any], *, validate: bool = True) -> ServiceBusMessage:
+    """The ``azure.servicebus.ServiceBusMessage`` intake expects, for producers that send to the
+    ``training-requests`` queue themselves: the JSON body, ``message_id`` = ``request_id`` (one is
+    added when the request has none, so Service Bus duplicate detection and intake both see one
+    request), ``content_type`` ``application/json`` and the ``rlq_message_id`` property.
+
+    ``validate`` checks the body here, as the API would, raising :class:`RequestRejected` with the
+    same field errors, so a bad request is refused before it reaches the queue (checks that need the
+    deployment, such as caps and ``rlq://`` references, still happen at intake). It needs the
+    ``rlq`` package (pydantic); ``validate=False`` needs only ``azure-servicebus``.
+    """
+    from shared.adapters.servicebus import request_message  # the one place rlq builds this message
+
+    body = dict(request)
+    body.setdefault("request_id", uuid.uuid4().hex)
+    if validate:
+        from shared.errors import InvalidRequest
+        from shared.models import parse_request
+
+        try:
+            parse_request(body)
+        except InvalidRequest as err:
+            raise RequestRejected(err.errors) from None
+    rid = body["request_id"]
+    if not isinstance(rid, str) or not rid:
+        raise RequestRejected([{"field": "request_id", "message": "expected a non-empty string"}])
+    return request_message(json.dumps(body).encode("utf-8"), message_id=rid)
+
+
+def _segment(request_id: str) -> str:
+    if not request_id or "/" in request_id or request_id in (".", ".."):
+        raise RequestRejected([{"field": "request_id", "message": f"{request_id!r} is not a request id"}])
+    return request_id
+
+
+def _errors_of(response: httpx.Response) -> list[dict[str, str]]:
+    try:
+        data = response.json()
+    except ValueError:
+        return []
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return [
+        {"field": str(e.get("field", "(body)")), "message": str(e.get("message", ""))}
+        for e in errors
+        if isinstance(e, dict)
+    ]
+
+
+def _result(response: httpx.Response) -> dict[str, Any]:
+    code = response.status_code
+    if code < 400:
+        data = response.json()
+        if not isinstance(data, dict):
+            raise ApiError([{"field": "(response)", "message": "expected a JSON object"}], status_code=code)
+        return data
+    errors = _errors_of(response) or [
+        {"field": "(service)", "message": f"HTTP {code}: {response.text[:200] or response.reason_phrase}"}
+    ]
+    if code == 400:
+        raise RequestRejected(errors, status_code=code)
+    if code == 404:
+        raise RunNotFound(errors, status_code=code)
+    raise ApiError(errors, status_code=code)  # 401/403 (a wrong function key), 500, ...
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    except ValueError:
+        return None
