@@ -1,6 +1,7 @@
 // rlq in Azure: Service Bus, the function app (Flex Consumption, VNet-integrated, managed
-// identity), its storage (run table), Azure ML (workspace, Key Vault, clusters in the VNet),
-// monitoring, and the role assignments that let the app's identity do its job — nothing more.
+// identity), its storage (run table), Azure ML (workspace, Key Vault, container registry,
+// clusters in the VNet), monitoring, and the role assignments that let each identity do its
+// job — nothing more.
 //
 //   az deployment group create -g <rg> -f infra/main.bicep -p @infra/main.parameters.json
 //
@@ -58,6 +59,14 @@ param webhookUrls string = ''
 @secure()
 param webhookSecrets string = ''
 
+@description('Container registry SKU (Premium: content trust, retention, zone redundancy).')
+@allowed([
+  'Basic'
+  'Standard'
+  'Premium'
+])
+param registrySku string = 'Premium'
+
 @description('Tags for every resource.')
 param tags object = {
   workload: 'rlq'
@@ -71,6 +80,7 @@ var names = {
   storage: take('${p}st${suffix}', 24)
   mlStorage: take('${p}ml${suffix}', 24)
   keyVault: take('${p}-kv-${suffix}', 24)
+  registry: take('${p}acr${suffix}', 50)
   workspace: '${p}-mlw'
   plan: '${p}-plan'
   functionApp: '${p}-func-${suffix}'
@@ -121,6 +131,16 @@ module storage 'modules/storage.bicep' = {
   }
 }
 
+module registry 'modules/registry.bicep' = {
+  name: 'registry'
+  params: {
+    location: location
+    name: names.registry
+    sku: registrySku
+    tags: tags
+  }
+}
+
 module aml 'modules/aml.bicep' = {
   name: 'aml'
   params: {
@@ -143,6 +163,7 @@ module aml 'modules/aml.bicep' = {
     workerVmSize: workerVmSize
     workerMaxNodes: workerMaxNodes
     webhookSecrets: webhookSecrets
+    containerRegistryId: registry.outputs.id
     tags: tags
   }
 }
@@ -209,6 +230,9 @@ module roles 'modules/roles.bicep' = {
   params: {
     principalId: functionApp.outputs.principalId
     serviceBusName: serviceBus.outputs.name
+    requestsQueueName: serviceBus.outputs.requestsQueueName
+    completedTopicName: serviceBus.outputs.completedTopicName
+    notifierSubscriptionName: serviceBus.outputs.notifierSubscriptionName
     storageName: storage.outputs.name
     workspaceName: aml.outputs.workspaceName
     keyVaultName: aml.outputs.keyVaultName
@@ -216,6 +240,9 @@ module roles 'modules/roles.bicep' = {
     vnetName: network.outputs.vnetName
     amlNsgName: network.outputs.amlNsgName
     allowClusterCreation: allowClusterCreation
+    registryName: registry.outputs.name
+    workspacePrincipalId: aml.outputs.workspacePrincipalId
+    clusterPrincipalIds: aml.outputs.clusterPrincipalIds
   }
 }
 
@@ -225,3 +252,4 @@ output serviceBusNamespace string = serviceBus.outputs.fullyQualifiedNamespace
 output tableAccountUrl string = storage.outputs.tableEndpoint
 output workspaceName string = aml.outputs.workspaceName
 output vnetName string = network.outputs.vnetName
+output registryLoginServer string = registry.outputs.loginServer

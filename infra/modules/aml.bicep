@@ -44,6 +44,9 @@ param webhookSecrets string = ''
 @description('Expiry of the stored secret (epoch seconds).')
 param secretExpiry int = dateTimeToEpoch(dateTimeAdd(utcNow(), 'P1Y'))
 
+@description('Container registry resource id (modules/registry.bicep): the environment image is built and kept there.')
+param containerRegistryId string
+
 @description('Tags for every resource.')
 param tags object = {}
 
@@ -152,6 +155,7 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-04-01' = {
     keyVault: vault.id
     storageAccount: mlStorage.id
     applicationInsights: appInsightsId
+    containerRegistry: containerRegistryId
     publicNetworkAccess: 'Enabled'
   }
 }
@@ -160,6 +164,10 @@ resource headCluster 'Microsoft.MachineLearningServices/workspaces/computes@2024
   parent: workspace
   name: headClusterName
   location: location
+  // pulls the environment image from the registry (AcrPull: modules/roles.bicep)
+  identity: {
+    type: 'SystemAssigned'
+  }
   properties: {
     computeType: 'AmlCompute'
     description: 'Ray head: trains the network (GPU)'
@@ -184,6 +192,10 @@ resource workerCluster 'Microsoft.MachineLearningServices/workspaces/computes@20
   parent: workspace
   name: workerClusterName
   location: location
+  // pulls the environment image from the registry (AcrPull: modules/roles.bicep)
+  identity: {
+    type: 'SystemAssigned'
+  }
   properties: {
     computeType: 'AmlCompute'
     description: 'Ray workers: run the game simulations (CPU)'
@@ -205,5 +217,10 @@ resource workerCluster 'Microsoft.MachineLearningServices/workspaces/computes@20
 }
 
 output workspaceName string = workspace.name
+output workspacePrincipalId string = workspace.identity.principalId
+output clusterPrincipalIds array = createClusters ? [
+  headCluster.identity.principalId
+  workerCluster.identity.principalId
+] : []
 output keyVaultName string = vault.name
 output webhookSecretName string = empty(webhookSecrets) ? '' : webhookSecretName

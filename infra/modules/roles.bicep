@@ -1,9 +1,15 @@
-// What the function app's managed identity may do, each grant on the narrowest scope.
+// What the function app's managed identity may do, each grant on the narrowest scope, and what
+// the Azure ML workspace and its clusters need on the container registry. docs/azure.md lists
+// every assignment with the documentation it follows; tests/azure/test_deployment_files.py
+// checks that list against this file.
 
 @description('Principal (object) id of the function app\'s system-assigned identity.')
 param principalId string
 
 param serviceBusName string
+param requestsQueueName string = 'training-requests'
+param completedTopicName string = 'training-completed'
+param notifierSubscriptionName string = 'notifier'
 param storageName string
 param workspaceName string
 param keyVaultName string
@@ -15,9 +21,18 @@ param amlNsgName string
 @description('Let the app create clusters a request names (AzureML Compute Operator + join the aml subnet).')
 param allowClusterCreation bool = true
 
+@description('Container registry of the workspace (modules/registry.bicep).')
+param registryName string
+
+@description('Principal id of the Azure ML workspace\'s system-assigned identity (builds and pushes the image).')
+param workspacePrincipalId string
+
+@description('Principal ids of the clusters\' system-assigned identities (pull the image).')
+param clusterPrincipalIds array = []
+
 var role = {
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
-  serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
+  serviceBusDataOwner: '090c5cfd-751d-490a-894a-3ce6f1109419'
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   azureMLDataScientist: 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
@@ -26,10 +41,31 @@ var role = {
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
   networkContributor: '4d97b98b-1d4f-4787-a291-c67834d212e7'
   reader: 'acdd72a7-3385-48ef-bd42-f606fba81ae7'
+  acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+  acrPush: '8311e382-0749-4cb8-b61a-304f252e45ec'
 }
 
-resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' existing = {
+resource serviceBus 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
   name: serviceBusName
+}
+
+resource requestsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = {
+  parent: serviceBus
+  name: requestsQueueName
+}
+
+resource completedTopic 'Microsoft.ServiceBus/namespaces/topics@2024-01-01' existing = {
+  parent: serviceBus
+  name: completedTopicName
+}
+
+resource notifierSubscription 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2024-01-01' existing = {
+  parent: completedTopic
+  name: notifierSubscriptionName
+}
+
+resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
+  name: registryName
 }
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -61,7 +97,8 @@ resource amlNsg 'Microsoft.Network/networkSecurityGroups@2023-11-01' existing = 
   name: amlNsgName
 }
 
-// Service Bus: receive requests and completions (triggers), send completions, deferrals, rejections.
+// Service Bus, sending: completions (topic, reply_to queues), deferrals (requests queue),
+// rejections. Namespace scope, because a request's reply_to queue can be any queue in it.
 resource sbSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(serviceBus.id, principalId, role.serviceBusDataSender)
   scope: serviceBus
@@ -72,11 +109,29 @@ resource sbSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-resource sbReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(serviceBus.id, principalId, role.serviceBusDataReceiver)
-  scope: serviceBus
+// Service Bus, the two triggers: Data Owner on exactly the entities they read. Data Receiver
+// would receive, but the Functions scale controller (target-based scaling, Flex Consumption)
+// reads the entity's message count with the administration API, which needs the Manage claim:
+// without it the count fails and the app does not scale on the backlog
+// (Azure/azure-sdk-for-net, Microsoft.Azure.WebJobs.Extensions.ServiceBus,
+// Listeners/ServiceBusMetricsProvider.cs; the trigger's roles:
+// https://learn.microsoft.com/azure/azure-functions/functions-bindings-service-bus-trigger#identity-based-connections).
+// A topic trigger's assignment must cover the subscription, hence the subscription scope.
+resource sbRequestsOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(requestsQueue.id, principalId, role.serviceBusDataOwner)
+  scope: requestsQueue
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.serviceBusDataReceiver)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.serviceBusDataOwner)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource sbNotifierOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(notifierSubscription.id, principalId, role.serviceBusDataOwner)
+  scope: notifierSubscription
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.serviceBusDataOwner)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }
@@ -178,3 +233,38 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     principalType: 'ServicePrincipal'
   }
 }
+
+// Container registry (admin user off): the workspace identity builds the environment image and
+// pushes it (AcrPush, which includes pull); each cluster identity pulls it (AcrPull). Azure ML
+// grants a cluster AcrPull itself only when the registry exists before the cluster; in one
+// deployment the order is not guaranteed, so the grant is explicit.
+// https://learn.microsoft.com/azure/machine-learning/how-to-identity-based-service-authentication
+resource workspaceAcrPush 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, workspacePrincipalId, role.acrPush)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.acrPush)
+    principalId: workspacePrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource workspaceAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, workspacePrincipalId, role.acrPull)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.acrPull)
+    principalId: workspacePrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource clusterAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for clusterPrincipalId in clusterPrincipalIds: {
+  name: guid(registry.id, clusterPrincipalId, role.acrPull)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.acrPull)
+    principalId: clusterPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}]

@@ -1,6 +1,8 @@
 // Service Bus: the intake queue, the rejected-requests queue, the completion topic and its
 // notifier subscription. Standard tier: topics and duplicate detection (Basic has neither).
 // Local (SAS key) auth is off: every client uses Entra ID (managed identity / az login).
+// API 2024-01-01: the newest GA version of Microsoft.ServiceBus (azure-rest-api-specs,
+// specification/servicebus/resource-manager/Microsoft.ServiceBus/stable/2024-01-01).
 
 @description('Azure region.')
 param location string
@@ -11,7 +13,7 @@ param name string
 @description('Tags for every resource.')
 param tags object = {}
 
-resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
+resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   name: name
   location: location
   tags: tags
@@ -28,7 +30,7 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
 
 // At-least-once intake: ten deliveries, then the dead-letter queue; duplicate detection drops a
 // re-sent request id within ten minutes; the lock covers the intake's worst case with renewal.
-resource requests 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+resource requests 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'training-requests'
   properties: {
@@ -44,7 +46,7 @@ resource requests 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = 
 
 // Requests that can never run, kept with their reason for a person (the intake completes the
 // original; see shared/adapters/servicebus.py for why this is a queue and not a dead letter).
-resource rejected 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+resource rejected 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'training-rejected'
   properties: {
@@ -58,7 +60,7 @@ resource rejected 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = 
   }
 }
 
-resource completed 'Microsoft.ServiceBus/namespaces/topics@2022-10-01-preview' = {
+resource completed 'Microsoft.ServiceBus/namespaces/topics@2024-01-01' = {
   parent: namespace
   name: 'training-completed'
   properties: {
@@ -69,7 +71,7 @@ resource completed 'Microsoft.ServiceBus/namespaces/topics@2022-10-01-preview' =
   }
 }
 
-resource notifier 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2022-10-01-preview' = {
+resource notifier 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2024-01-01' = {
   parent: completed
   name: 'notifier'
   properties: {
@@ -82,3 +84,6 @@ resource notifier 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2022-10-
 
 output name string = namespace.name
 output fullyQualifiedNamespace string = '${namespace.name}.servicebus.windows.net'
+output requestsQueueName string = requests.name
+output completedTopicName string = completed.name
+output notifierSubscriptionName string = notifier.name
