@@ -40,6 +40,7 @@ __all__ = [
     "RunNotFound",
     "ServiceUnavailable",
     "WaitTimeout",
+    "retrain_request",
     "servicebus_message",
 ]
 
@@ -131,6 +132,23 @@ class Client:
             params["state"] = state
         return list(self._call("GET", "/trainings", params=params)["items"])
 
+    def retrain(
+        self,
+        request_id: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        stop: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        new_request_id: str | None = None,
+    ) -> str:
+        """Submit a warm-started copy of run ``request_id`` (see :func:`retrain_request`); returns
+        the new request id. Refused (:class:`RequestRejected`, naming ``restore_from``) when that
+        run did not complete or left no checkpoint."""
+        body = retrain_request(
+            self.get(request_id), config=config, stop=stop, tags=tags, request_id=new_request_id
+        )
+        return self.submit(body)
+
     def cancel(self, request_id: str) -> dict[str, Any]:
         """Ask the run to stop; returns the run record (``cancel_requested`` set)."""
         return self._call("POST", f"/trainings/{_segment(request_id)}/cancel")
@@ -198,6 +216,37 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def retrain_request(
+    parent: Mapping[str, Any],
+    *,
+    config: Mapping[str, Any] | None = None,
+    stop: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The request body of a warm-started copy of ``parent`` (a run record as the API returns it):
+    the same algorithm, env, experiment, compute (on the parent's backend, where its checkpoint
+    lives), notifications and evaluation; ``config``, ``stop`` and ``tags`` merged over the
+    parent's (a ``None`` value drops a stop criterion); ``restore_from: rlq://<parent id>``, which
+    intake resolves to the parent's final checkpoint; a new ``request_id``."""
+    request = parent.get("request")
+    parent_id = parent.get("request_id")
+    if not isinstance(request, Mapping) or not parent_id:
+        raise RequestRejected(
+            [{"field": "restore_from", "message": f"run {parent_id!r} has no recorded request to copy"}]
+        )
+    body: dict[str, Any] = json.loads(json.dumps(request))  # a deep copy of plain JSON
+    body["request_id"] = request_id or uuid.uuid4().hex
+    body["restore_from"] = f"rlq://{parent_id}"
+    body["config"] = {**(body.get("config") or {}), **(config or {})}
+    body["stop"] = {**(body.get("stop") or {}), **(stop or {})}
+    if tags:
+        body["tags"] = {**(body.get("tags") or {}), **tags}
+    if parent.get("backend"):
+        body["compute"] = {**(body.get("compute") or {}), "backend": parent["backend"]}
+    return body
 
 
 def servicebus_message(request: Mapping[str, Any], *, validate: bool = True) -> ServiceBusMessage:

@@ -161,6 +161,51 @@ def submit(
 
 
 @app.command()
+def retrain(
+    ctx: typer.Context,
+    request_id: Annotated[str, typer.Argument(help="The completed run to warm-start from.")],
+    config: Annotated[
+        str | None, typer.Option("--config", help="RLlib overrides as JSON, merged over the run's config.")
+    ] = None,
+    stop: Annotated[
+        str | None,
+        typer.Option(
+            "--stop",
+            help="Stop criteria as JSON, merged over the run's (counts continue from the parent's).",
+        ),
+    ] = None,
+    new_request_id: Annotated[
+        str | None, typer.Option("--request-id", help="Id of the new run (default: a new id).")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="name=value tag (repeatable).")] = None,
+) -> None:
+    """Submit a warm-started copy of a completed run: the same algorithm, env and compute, restored
+    from its final checkpoint (restore_from rlq://ID); prints the new request id."""
+    from shared.client import RequestRejected, retrain_request
+
+    state = state_of(ctx)
+    with errors(state):
+        flags = build_request(config=config, stop=stop, tags=tag)
+        w = state.wiring()
+        parent = w.service.get(request_id)
+        try:
+            body = retrain_request(
+                parent.model_dump(mode="json"),
+                config=flags.get("config"),
+                stop=flags.get("stop"),
+                tags=flags.get("tags"),
+                request_id=new_request_id,
+            )
+        except RequestRejected as err:
+            raise InvalidRequest(err.errors) from None
+        rid = w.service.enqueue(body)
+        out_console().print(rid, soft_wrap=True)
+        err_console().print(
+            f"warm-started from {request_id}'s final checkpoint; follow it with: rlq watch {rid}"
+        )
+
+
+@app.command()
 def status(
     ctx: typer.Context,
     request_id: Annotated[str, typer.Argument(help="The request id.")],

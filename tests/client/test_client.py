@@ -259,3 +259,29 @@ def test_importing_the_client_loads_httpx_but_not_the_service():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_retrain_warm_starts_a_copy_from_the_parents_final_checkpoint(client):
+    parent = client.submit({**CARTPOLE, "tags": {"model": "v1"}})
+    parent_done = client.wait(parent, timeout_s=30, interval_s=0.2)
+
+    child = client.retrain(parent, stop={"training_iteration": 5}, tags={"model": "v2"})
+
+    record = client.get(child)
+    assert child != parent and record["parent_request_id"] == parent
+    assert record["request"]["restore_from"] == parent_done["checkpoint_path"]
+    assert record["request"]["stop"]["training_iteration"] == 5
+    assert record["request"]["stop"]["episode_reward_mean"] == 150
+    done = client.wait(child, timeout_s=30, interval_s=0.2)
+    assert done["status"] == "Completed" and done["parent_request_id"] == parent
+    assert done["tags"] == {"model": "v2"}
+
+
+def test_retrain_of_a_run_that_has_not_completed_is_refused_naming_restore_from(serve):
+    host, _ = serve(timers=False)  # no poller: the parent never completes
+    with Client(host.base_url) as c:
+        parent = c.submit(CARTPOLE)
+        with pytest.raises(RequestRejected) as err:
+            c.retrain(parent)
+    (e,) = err.value.errors
+    assert e["field"] == "restore_from" and f"run {parent!r} did not complete" in e["message"]

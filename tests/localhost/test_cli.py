@@ -413,3 +413,54 @@ def test_plot_without_iterations_is_exit_1(run, data_dir):
     result = run("plot", "r-empty")
 
     assert result.exit_code == 1 and "no training iterations" in result.output
+
+
+# --- retrain -----------------------------------------------------------------------------------
+
+
+def test_retrain_queues_a_warm_started_copy_with_flags_merged_over_the_parents(run, data_dir):
+    seed_records(data_dir)
+
+    result = run(
+        "retrain",
+        "r-done",
+        "--stop",
+        '{"training_iteration": 40}',
+        "--config",
+        '{"lr": 0.001}',
+        "--request-id",
+        "child-1",
+        "--tag",
+        "why=drift",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "child-1"
+    assert "warm-started from r-done" in result.output
+    (msg,) = queued(data_dir)
+    body = json.loads(msg.body)
+    assert msg.message_id == "child-1" and body["restore_from"] == "rlq://r-done"
+    assert (body["algorithm"], body["env"]) == ("IMPALA", "CartPole-v1")
+    assert body["stop"]["episode_reward_mean"] == 150 and body["stop"]["training_iteration"] == 40
+    assert body["config"] == {"lr": 0.001} and body["tags"] == {"why": "drift"}
+    assert body["compute"]["backend"] == "twin"  # where the parent's checkpoint lives
+    child = store(data_dir).get("child-1")
+    assert child.parent_request_id == "r-done" and child.request.restore_from == "file:///ckpt/final"
+
+
+@pytest.mark.parametrize(("rid", "why"), [("r-failed", "(Failed)"), ("r-canceled", "(Canceled)")])
+def test_retrain_of_a_run_that_did_not_complete_is_refused_naming_restore_from(run, data_dir, rid, why):
+    seed_records(data_dir)
+
+    result = run("retrain", rid)
+
+    assert result.exit_code == 2, result.output
+    assert "restore_from" in result.output and "did not complete" in result.output and why in result.output
+    assert queued(data_dir) == []
+
+
+def test_retrain_of_an_unknown_run_is_exit_1(run, data_dir):
+    result = run("retrain", "nobody")
+
+    assert result.exit_code == 1 and "no training request 'nobody'" in result.output
+    assert queued(data_dir) == []
