@@ -9,13 +9,24 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.ports import ComputeBackend, Notifier, Publisher, RequestSender, RunStore
+from shared.ports import (
+    ComputeBackend,
+    DeadLetterInbox,
+    Notifier,
+    Publisher,
+    Rejecter,
+    RequestSender,
+    RunStore,
+)
 from shared.service import TrainingService, env_faults
 from shared.settings import Settings, get_settings
 
-log = logging.getLogger("rlq.composition")
+if TYPE_CHECKING:
+    from shared.adapters.sqlite_broker import SqliteBroker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,22 +38,11 @@ class Wiring:
     publisher: Publisher
     sender: RequestSender
     notifier: Notifier | None
-    broker: Any = None  # the SQLite broker in local mode (shared.adapters.sqlite_broker.SqliteBroker)
-    rejecter: Any = None
-
-
-class BrokerRejecter:
-    """Local twin of the intake's settle-as-dead-letter: dead-letters the locked message by id."""
-
-    def __init__(self, broker: Any, queue: str) -> None:
-        self.broker, self.queue = broker, queue
-
-    def reject(self, *, message_id: str, body: bytes, reason: str, description: str) -> None:
-        if not self.broker.dead_letter_by_id(self.queue, message_id, reason=reason, description=description):
-            log.info(
-                "message %s was not locked here (sent outside the local host); rejection recorded only",
-                message_id,
-            )
+    broker: SqliteBroker | None = None  # local mode only: the local host drives its triggers from it
+    rejecter: Rejecter | None = None
+    # Where dead letters can be listed and resubmitted: the SQLite broker locally; None on Service
+    # Bus (the portal's Service Bus Explorer does it there).
+    dead_letters: DeadLetterInbox | None = None
 
 
 def _compute(settings: Settings, name: str) -> ComputeBackend:
@@ -69,14 +69,19 @@ def build(
     publisher: Publisher | None = None,
     sender: RequestSender | None = None,
     notifier: Notifier | None = None,
-    broker: Any = None,
-    rejecter: Any = None,
+    broker: SqliteBroker | None = None,
+    rejecter: Rejecter | None = None,
     **service_options: Any,
 ) -> Wiring:
     s = settings or get_settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     if s.broker == "sqlite":
-        from shared.adapters.sqlite_broker import SqliteBroker, SqlitePublisher, SqliteRequestSender
+        from shared.adapters.sqlite_broker import (
+            SqliteBroker,
+            SqlitePublisher,
+            SqliteRejecter,
+            SqliteRequestSender,
+        )
 
         broker = broker or SqliteBroker(
             s.queue_db,
@@ -89,7 +94,7 @@ def build(
         broker.create_subscription(s.topic_name, s.subscription_name)
         publisher = publisher or SqlitePublisher(broker, s.topic_name)
         sender = sender or SqliteRequestSender(broker, s.queue_name)
-        rejecter = rejecter or BrokerRejecter(broker, s.queue_name)
+        rejecter = rejecter or SqliteRejecter(broker, s.queue_name)
     else:
         from shared.adapters.servicebus import (
             ServiceBusPublisher,
@@ -146,6 +151,7 @@ def build(
         notifier=notifier,
         broker=broker,
         rejecter=rejecter,
+        dead_letters=broker,
     )
 
 

@@ -7,11 +7,12 @@ Every model rejects unknown keys, and every validation error names the field and
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 from urllib.parse import unquote
 
 from pydantic import (
@@ -27,9 +28,14 @@ from pydantic import (
 
 from shared.errors import InvalidRequest
 
+log = logging.getLogger(__name__)
+
 # --- allow-lists -----------------------------------------------------------------------------
 
-ALGORITHMS = ("IMPALA", "APPO", "PPO")
+Algorithm = Literal["IMPALA", "APPO", "PPO"]
+ALGORITHMS: tuple[str, ...] = get_args(
+    Algorithm
+)  # trainer/config_map.py mirrors it (trainer/ imports no shared/)
 
 CLASSIC_ENVS = ("CartPole-v1", "CartPole-v0", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1")
 # Atari ids as ale-py registers them; the trainer checks the game exists.
@@ -47,29 +53,80 @@ MAX_RETURN = {
     "Pong": 21.0,
 }
 
-# VM size -> (vCPUs, GPUs). Upper case, as Azure ML reports them.
-VM_SIZES: dict[str, tuple[int, int]] = {
-    "STANDARD_NC6": (6, 1),
-    "STANDARD_NC12": (12, 2),
-    "STANDARD_NC24": (24, 4),
-    "STANDARD_NC6S_V3": (6, 1),
-    "STANDARD_NC12S_V3": (12, 2),
-    "STANDARD_NC24S_V3": (24, 4),
-    "STANDARD_NC4AS_T4_V3": (4, 1),
-    "STANDARD_NC8AS_T4_V3": (8, 1),
-    "STANDARD_NC16AS_T4_V3": (16, 1),
-    "STANDARD_NC24ADS_A100_V4": (24, 1),
-    "STANDARD_D2_V2": (2, 0),
-    "STANDARD_D3_V2": (4, 0),
-    "STANDARD_D4_V2": (8, 0),
-    "STANDARD_D5_V2": (16, 0),
-    "STANDARD_D2S_V3": (2, 0),
-    "STANDARD_D4S_V3": (4, 0),
-    "STANDARD_D8S_V3": (8, 0),
-    "STANDARD_D16S_V3": (16, 0),
-    "STANDARD_F4S_V2": (4, 0),
-    "STANDARD_F8S_V2": (8, 0),
-    "STANDARD_F16S_V2": (16, 0),
+
+class VmSize(NamedTuple):
+    """What one node of a VM size brings (Azure's published figures)."""
+
+    cpus: int
+    gpus: int
+    memory_gib: int
+
+
+# The one VM table: every size a request may name, upper case as Azure ML reports them. Current
+# series only (Azure VM size docs): GPU NCasT4_v3 (T4), NC A100 v4, NC H100 v5; CPU Dv5, Dasv5, Fsv2.
+VM_SIZES: dict[str, VmSize] = {
+    # GPU: NCasT4_v3
+    "STANDARD_NC4AS_T4_V3": VmSize(4, 1, 28),
+    "STANDARD_NC8AS_T4_V3": VmSize(8, 1, 56),
+    "STANDARD_NC16AS_T4_V3": VmSize(16, 1, 110),
+    "STANDARD_NC64AS_T4_V3": VmSize(64, 4, 440),
+    # GPU: NC A100 v4
+    "STANDARD_NC24ADS_A100_V4": VmSize(24, 1, 220),
+    "STANDARD_NC48ADS_A100_V4": VmSize(48, 2, 440),
+    "STANDARD_NC96ADS_A100_V4": VmSize(96, 4, 880),
+    # GPU: NC H100 v5
+    "STANDARD_NC40ADS_H100_V5": VmSize(40, 1, 320),
+    "STANDARD_NC80ADIS_H100_V5": VmSize(80, 2, 640),
+    # CPU: Dv5 (Intel)
+    "STANDARD_D2_V5": VmSize(2, 0, 8),
+    "STANDARD_D4_V5": VmSize(4, 0, 16),
+    "STANDARD_D8_V5": VmSize(8, 0, 32),
+    "STANDARD_D16_V5": VmSize(16, 0, 64),
+    # CPU: Dasv5 (AMD)
+    "STANDARD_D2AS_V5": VmSize(2, 0, 8),
+    "STANDARD_D4AS_V5": VmSize(4, 0, 16),
+    "STANDARD_D8AS_V5": VmSize(8, 0, 32),
+    "STANDARD_D16AS_V5": VmSize(16, 0, 64),
+    # CPU: Fsv2 (compute optimised)
+    "STANDARD_F2S_V2": VmSize(2, 0, 4),
+    "STANDARD_F4S_V2": VmSize(4, 0, 8),
+    "STANDARD_F8S_V2": VmSize(8, 0, 16),
+    "STANDARD_F16S_V2": VmSize(16, 0, 32),
+}
+
+DEFAULT_HEAD_VM_SIZE = "STANDARD_NC4AS_T4_V3"
+DEFAULT_WORKER_VM_SIZE = "STANDARD_D2AS_V5"
+
+_NC_RETIRED = "was retired on 6 September 2023 (NC series, K80)"
+_NCV2_RETIRED = "was retired on 6 September 2023 (NCv2 series, P100)"
+_NCV3_RETIRED = "was retired on 30 September 2025 (NCv3 series, V100)"
+_PREVIOUS = "is a previous-generation size rlq no longer offers"
+
+# Sizes a request may still name (the seed article's STANDARD_NC6 / STANDARD_D2_V2 among them) that
+# are not offered: why, and the replacements, the first of which is taken when the request sets
+# compute.allow_size_substitution (never silently). Each replacement has the GPUs of the original.
+SUPERSEDED_VM_SIZES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "STANDARD_NC6": (_NC_RETIRED, ("STANDARD_NC4AS_T4_V3", "STANDARD_NC24ADS_A100_V4")),
+    "STANDARD_NC12": (_NC_RETIRED, ("STANDARD_NC48ADS_A100_V4", "STANDARD_NC80ADIS_H100_V5")),
+    "STANDARD_NC24": (_NC_RETIRED, ("STANDARD_NC64AS_T4_V3", "STANDARD_NC96ADS_A100_V4")),
+    "STANDARD_NC24R": (_NC_RETIRED, ("STANDARD_NC64AS_T4_V3", "STANDARD_NC96ADS_A100_V4")),
+    "STANDARD_NC6S_V2": (_NCV2_RETIRED, ("STANDARD_NC24ADS_A100_V4", "STANDARD_NC4AS_T4_V3")),
+    "STANDARD_NC12S_V2": (_NCV2_RETIRED, ("STANDARD_NC48ADS_A100_V4", "STANDARD_NC80ADIS_H100_V5")),
+    "STANDARD_NC24S_V2": (_NCV2_RETIRED, ("STANDARD_NC96ADS_A100_V4", "STANDARD_NC64AS_T4_V3")),
+    "STANDARD_NC24RS_V2": (_NCV2_RETIRED, ("STANDARD_NC96ADS_A100_V4", "STANDARD_NC64AS_T4_V3")),
+    "STANDARD_NC6S_V3": (_NCV3_RETIRED, ("STANDARD_NC24ADS_A100_V4", "STANDARD_NC40ADS_H100_V5")),
+    "STANDARD_NC12S_V3": (_NCV3_RETIRED, ("STANDARD_NC48ADS_A100_V4", "STANDARD_NC80ADIS_H100_V5")),
+    "STANDARD_NC24S_V3": (_NCV3_RETIRED, ("STANDARD_NC96ADS_A100_V4", "STANDARD_NC64AS_T4_V3")),
+    "STANDARD_NC24RS_V3": (_NCV3_RETIRED, ("STANDARD_NC96ADS_A100_V4", "STANDARD_NC64AS_T4_V3")),
+    "STANDARD_D1_V2": (_PREVIOUS, ("STANDARD_D2AS_V5", "STANDARD_D2_V5")),
+    "STANDARD_D2_V2": (_PREVIOUS, ("STANDARD_D2AS_V5", "STANDARD_D2_V5")),
+    "STANDARD_D3_V2": (_PREVIOUS, ("STANDARD_D4AS_V5", "STANDARD_D4_V5")),
+    "STANDARD_D4_V2": (_PREVIOUS, ("STANDARD_D8AS_V5", "STANDARD_D8_V5")),
+    "STANDARD_D5_V2": (_PREVIOUS, ("STANDARD_D16AS_V5", "STANDARD_D16_V5")),
+    "STANDARD_D2S_V3": (_PREVIOUS, ("STANDARD_D2AS_V5", "STANDARD_D2_V5")),
+    "STANDARD_D4S_V3": (_PREVIOUS, ("STANDARD_D4AS_V5", "STANDARD_D4_V5")),
+    "STANDARD_D8S_V3": (_PREVIOUS, ("STANDARD_D8AS_V5", "STANDARD_D8_V5")),
+    "STANDARD_D16S_V3": (_PREVIOUS, ("STANDARD_D16AS_V5", "STANDARD_D16_V5")),
 }
 
 # RLlib config keys a request may set: today's names and the seed-era names the trainer maps.
@@ -134,6 +191,12 @@ MODEL_KEYS = frozenset(
     }
 )
 
+# The config keys whose value is true / false (trainer/config_map.py: boolean()); every other key
+# takes numbers, names or lists of numbers, where a JSON boolean is a mistake, not a count.
+BOOL_CONFIG_KEYS = frozenset({"vtrace", "use_kl_loss"})
+BOOL_MODEL_KEYS = frozenset({"vf_share_layers", "use_lstm", "framestack"})  # old model.framestack: bool
+_NOT_A_NUMBER = "true / false is not allowed here; expected a number"
+
 STOP_KEYS = ("episode_reward_mean", "time_total_s", "timesteps_total", "training_iteration")
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -159,13 +222,17 @@ class Strict(BaseModel):
 # --- the training request --------------------------------------------------------------------
 
 
+# Counts and numbers take ``strict=True``: a JSON boolean (``true`` is 1 to Python) or a numeric
+# string is refused, naming the field, instead of being read as a count.
+
+
 class Stop(Strict):
     """Stop criteria (seed names); whichever is met first ends training."""
 
-    episode_reward_mean: float | None = Field(None, ge=-1e6, le=1e6)
-    time_total_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
-    timesteps_total: int | None = Field(None, ge=1, le=10**11)
-    training_iteration: int | None = Field(None, ge=1, le=10**7)
+    episode_reward_mean: float | None = Field(None, ge=-1e6, le=1e6, allow_inf_nan=False, strict=True)
+    time_total_s: int | None = Field(None, ge=1, le=7 * 24 * 3600, strict=True)
+    timesteps_total: int | None = Field(None, ge=1, le=10**11, strict=True)
+    training_iteration: int | None = Field(None, ge=1, le=10**7, strict=True)
 
     @model_validator(mode="after")
     def _some(self) -> Stop:
@@ -191,17 +258,17 @@ class _Cluster(Strict):
 
 class HeadCluster(_Cluster):
     name: str = Field("head-gpu", pattern=CLUSTER_RE)
-    vm_size: str = "STANDARD_NC6"
-    min_nodes: int = Field(0, ge=0, le=100)
-    max_nodes: int = Field(2, ge=1, le=100)
+    vm_size: str = DEFAULT_HEAD_VM_SIZE
+    min_nodes: int = Field(0, ge=0, le=100, strict=True)
+    max_nodes: int = Field(2, ge=1, le=100, strict=True)
 
 
 class WorkerCluster(_Cluster):
     name: str = Field("worker-cpu", pattern=CLUSTER_RE)
-    vm_size: str = "STANDARD_D2_V2"
-    node_count: int = Field(4, ge=0, le=100)
-    min_nodes: int = Field(0, ge=0, le=100)
-    max_nodes: int = Field(4, ge=0, le=100)
+    vm_size: str = DEFAULT_WORKER_VM_SIZE
+    node_count: int = Field(4, ge=0, le=100, strict=True)
+    min_nodes: int = Field(0, ge=0, le=100, strict=True)
+    max_nodes: int = Field(4, ge=0, le=100, strict=True)
 
     @model_validator(mode="after")
     def _count(self) -> WorkerCluster:
@@ -212,20 +279,50 @@ class WorkerCluster(_Cluster):
 
 def _check_vm_size(v: str) -> str:
     up = v.upper()
+    if up in SUPERSEDED_VM_SIZES:
+        why, replacements = SUPERSEDED_VM_SIZES[up]
+        raise ValueError(
+            f"{v!r} {why}; use {' or '.join(replacements)} (or set compute.allow_size_substitution: "
+            f"true to run on {replacements[0]})"
+        )
     if up not in VM_SIZES:
         raise ValueError(f"{v!r} is not an allowed VM size; allowed: {', '.join(sorted(VM_SIZES))}")
     return up
 
 
+def substitute_vm_size(v: str) -> str | None:
+    """The size a superseded ``v`` runs on when the request allows substitution, else None."""
+    entry = SUPERSEDED_VM_SIZES.get(v.upper()) if isinstance(v, str) else None
+    return entry[1][0] if entry else None
+
+
 class Compute(Strict):
     """Where the job runs. Absent fields take the deployment's settings."""
 
-    backend: Literal["ray", "azureml", "twin"] | None = None
+    backend: Literal["ray", "azureml", "azureml_v1", "twin"] | None = None
     head: HeadCluster | None = None
     workers: WorkerCluster | None = None
     vnet: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     subnet: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
-    max_run_duration_s: int | None = Field(None, ge=60, le=7 * 24 * 3600)
+    max_run_duration_s: int | None = Field(None, ge=60, le=7 * 24 * 3600, strict=True)
+    # A retired / previous-generation vm_size (the seed's STANDARD_NC6) runs on its first named
+    # replacement instead of being refused; the request as stored names the size that runs.
+    allow_size_substitution: bool = Field(False, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _substitute(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("allow_size_substitution") is not True:
+            return data
+        data = dict(data)
+        for part in ("head", "workers"):
+            cluster = data.get(part)
+            if isinstance(cluster, dict) and (to := substitute_vm_size(cluster.get("vm_size"))):
+                log.warning(
+                    "compute.%s.vm_size %s runs on %s (allowed by the request)", part, cluster["vm_size"], to
+                )
+                data[part] = {**cluster, "vm_size": to}
+        return data
 
     def total_cpus(self) -> int | None:
         """vCPUs of one head node plus all worker nodes; None when no cluster is described."""
@@ -233,12 +330,12 @@ class Compute(Strict):
             return None
         head = self.head or HeadCluster()
         workers = self.workers or WorkerCluster()
-        return VM_SIZES[head.vm_size][0] + VM_SIZES[workers.vm_size][0] * workers.node_count
+        return VM_SIZES[head.vm_size].cpus + VM_SIZES[workers.vm_size].cpus * workers.node_count
 
     def total_gpus(self) -> int:
         head = self.head or HeadCluster()
         workers = self.workers or WorkerCluster()
-        return VM_SIZES[head.vm_size][1] + VM_SIZES[workers.vm_size][1] * workers.node_count
+        return VM_SIZES[head.vm_size].gpus + VM_SIZES[workers.vm_size].gpus * workers.node_count
 
     def total_nodes(self) -> int:
         return 1 + (self.workers or WorkerCluster()).node_count
@@ -288,8 +385,8 @@ class Notify(Strict):
 
 
 class Evaluate(Strict):
-    episodes: int = Field(5, ge=1, le=100)
-    gif: bool = False
+    episodes: int = Field(5, ge=1, le=100, strict=True)
+    gif: bool = Field(False, strict=True)
 
 
 class TrainingRequest(Strict):
@@ -297,7 +394,7 @@ class TrainingRequest(Strict):
 
     request_id: str = Field(..., pattern=ID_RE)
     experiment: str = Field("rlq", pattern=NAME_RE)
-    algorithm: Literal["IMPALA", "APPO", "PPO"] = "IMPALA"
+    algorithm: Algorithm = "IMPALA"
     env: str = "PongNoFrameskip-v4"
     config: dict[str, Any] = Field(default_factory=dict)
     stop: Stop = Field(default_factory=lambda: Stop(episode_reward_mean=18, time_total_s=3600))
@@ -332,6 +429,11 @@ class TrainingRequest(Strict):
                     raise ValueError(
                         f"model key {bad[0]!r} is not allowed; allowed: {', '.join(sorted(MODEL_KEYS))}"
                     )
+                for sub, sub_value in value.items():
+                    if sub not in BOOL_MODEL_KEYS and _has_bool(sub_value):
+                        raise ValueError(f"model.{sub}: {_NOT_A_NUMBER}")
+            elif key not in BOOL_CONFIG_KEYS and _has_bool(value):
+                raise ValueError(f"{key}: {_NOT_A_NUMBER}")
             if isinstance(value, bool) or value is None:
                 continue
             if isinstance(value, (int, float)):
@@ -407,10 +509,6 @@ class TrainingRequest(Strict):
                 )
         return self
 
-    @property
-    def message_id_completed(self) -> str:
-        return f"{self.request_id}:completed"
-
 
 def _config_value_problem(value: Any) -> str | None:
     """Why a (possibly nested) config value cannot be passed on to RLlib, or None.
@@ -441,6 +539,14 @@ def _config_value_problem(value: Any) -> str | None:
     return None
 
 
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, list):
+        return any(_has_bool(v) for v in value)
+    return False
+
+
 def _game(env: str) -> str:
     return re.sub(r"^ALE/|(NoFrameskip|Deterministic)?-v\d+$", "", env)
 
@@ -459,14 +565,6 @@ class RunState(StrEnum):
     timed_out = "timed_out"
     notified = "notified"
     rejected = "rejected"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
-    @property
-    def active(self) -> bool:
-        return self in ACTIVE
 
 
 ACTIVE = frozenset({RunState.received, RunState.provisioning, RunState.submitted, RunState.running})
@@ -595,8 +693,72 @@ def field_errors(err: ValidationError) -> list[dict[str, str]]:
             msg = f"{e.get('input')!r} is not allowed; {msg[0].lower()}{msg[1:]}"
         elif e["type"] == "missing":
             msg = "field required"
+        elif e["type"] in ("int_type", "float_type", "bool_type") and isinstance(
+            e.get("input"), (bool, str, float)
+        ):
+            want = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false"}[
+                e["type"]
+            ]
+            msg = f"{json.dumps(e['input'])[:40]} is not allowed; expected {want}"
         out.append({"field": loc, "message": msg})
     return out
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice; ``field`` is the dotted path of the repeated key."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.message = (
+            "this key appears more than once in the same JSON object; give it once "
+            "(parsers disagree on which copy wins)"
+        )
+        super().__init__(f"{field}: {self.message}")
+
+
+class _Repeated(dict):  # type: ignore[type-arg]
+    """A decoded object that had repeated keys (``repeated`` names them), found after decoding."""
+
+    repeated: list[str]
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    repeated: list[str] = []
+    for key, value in pairs:
+        if key in obj and key not in repeated:
+            repeated.append(key)
+        obj[key] = value
+    if not repeated:
+        return obj
+    marked = _Repeated(obj)
+    marked.repeated = repeated
+    return marked
+
+
+def _first_repeated(obj: Any, path: str = "") -> str | None:
+    if isinstance(obj, _Repeated):
+        return f"{path}.{obj.repeated[0]}" if path else obj.repeated[0]
+    items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        found = _first_repeated(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def load_json(text: str | bytes) -> Any:
+    """``json.loads`` that refuses an object with a repeated key (:class:`DuplicateKey`, naming it).
+
+    The one parser for request bodies (queue intake, the HTTP API, request files): a body whose
+    keys repeat means different things to parsers that keep the first copy and those that keep
+    the last, which is how a value slips past validation.
+    """
+    value = json.loads(text, object_pairs_hook=_pairs)
+    where = _first_repeated(value)
+    if where is not None:
+        raise DuplicateKey(where)
+    return value
 
 
 def parse_request(
@@ -618,9 +780,11 @@ def parse_request(
         if len(body.encode("utf-8", "surrogatepass")) > max_bytes:
             raise InvalidRequest([{"field": "(body)", "message": f"body is larger than {max_bytes} bytes"}])
         try:
-            body = json.loads(body)
+            body = load_json(body)
         except RecursionError:
             raise InvalidRequest([{"field": "(body)", "message": "JSON nested too deeply"}]) from None
+        except DuplicateKey as err:
+            raise InvalidRequest([{"field": err.field, "message": err.message}]) from None
         except ValueError as err:
             raise InvalidRequest([{"field": "(body)", "message": f"malformed JSON: {err}"}]) from None
     if not isinstance(body, dict):

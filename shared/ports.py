@@ -92,13 +92,43 @@ class Notifier(Protocol):
     def deliver(self, message: CompletionMessage, request: TrainingRequest | None) -> list[Delivery]: ...
 
 
-@dataclass
-class TickReport:
-    """What one poll tick did."""
+@runtime_checkable
+class Rejecter(Protocol):
+    """Keeps a request that can never run where a person finds it, with the reason.
 
-    polled: int = 0
-    transitions: dict[str, int] = field(default_factory=dict)
-    published: int = 0
-    errors: list[str] = field(default_factory=list)
-    skipped: int = 0
-    wall_s: float = 0.0
+    Locally the SQLite broker dead-letters the locked message itself; on Azure the plain queue
+    binding cannot settle a message, so the request is forwarded to the rejected queue.
+    """
+
+    def reject(self, *, message_id: str, body: bytes, reason: str, description: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message in a dead-letter sub-queue, with the reason a person acts on."""
+
+    sequence_number: int
+    message_id: str
+    body: bytes
+    reason: str
+    description: str
+    delivery_count: int
+    dead_lettered_at: datetime
+    correlation_id: str | None = None
+    content_type: str | None = None
+    application_properties: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class DeadLetterInbox(Protocol):
+    """Lists dead-lettered messages and sends one back (``rlq dead-letters``)."""
+
+    def dead_letters(
+        self, entity: str, *, subscription: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Oldest first."""
+
+    def resubmit_dead_letter(
+        self, entity: str, sequence_number: int, *, subscription: str | None = None
+    ) -> str:
+        """Put a dead letter back as a new message; returns the new message id. KeyError: no such one."""

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,15 +40,28 @@ from shared.models import (
     parse_request,
     utcnow,
 )
-from shared.ports import ComputeBackend, JobStatus, Notifier, Publisher, RequestSender, RunStore, TickReport
+from shared.ports import ComputeBackend, JobStatus, Notifier, Publisher, Rejecter, RequestSender, RunStore
 from shared.settings import Settings
+from shared.urlguard import check_request_urls
 
-log = logging.getLogger("rlq.service")
+log = logging.getLogger(__name__)
 
 # Step boundaries where the fault hook may kill the process (see tests/faults).
 FAULT_POINTS = ("validated", "inserted", "ensured", "submitted", "recorded", "terminal", "published")
 CURVE_POINTS = 300
 MAX_UPDATE_ATTEMPTS = 8
+
+
+@dataclass
+class TickReport:
+    """What one poll tick did (the poller's output, logged by the timer trigger)."""
+
+    polled: int = 0
+    transitions: dict[str, int] = field(default_factory=dict)
+    published: int = 0
+    errors: list[str] = field(default_factory=list)
+    skipped: int = 0
+    wall_s: float = 0.0
 
 
 def env_faults() -> Callable[[str], None] | None:
@@ -83,7 +97,7 @@ class TrainingService:
         publisher: Publisher,
         sender: RequestSender | None = None,
         notifier: Notifier | None = None,
-        rejecter: Any = None,
+        rejecter: Rejecter | None = None,
         artifacts: Callable[[RunRecord], object] | None = None,
         clock: Callable[[], datetime] = utcnow,
         faults: Callable[[str], None] | None = None,
@@ -365,26 +379,11 @@ class TrainingService:
                 f"compute.backend: {c.backend!r} is not enabled here; enabled: "
                 f"{', '.join(sorted(self.compute))}"
             )
-        self._check_notify(request)
-
-    def _check_notify(self, request: TrainingRequest) -> None:
-        """Refuse at intake a webhook / Teams URL aimed at a private, loopback or metadata address.
-
-        Only the static rules run here (IP literals, loopback names, scheme, user info): no DNS
-        lookup, so intake never waits on a resolver. Delivery resolves and pins each address.
-        """
-        urls = [("webhooks", i, str(u)) for i, u in enumerate(request.notify.webhooks)]
-        urls += [("teams", i, str(u)) for i, u in enumerate(request.notify.teams)]
-        if not urls:
-            return
-        from shared.adapters.webhooks import UnsafeUrl, check_url  # lazily: the core imports no httpx
-
-        s = self.settings
-        for kind, i, url in urls:
-            try:
-                check_url(url, local_mode=s.local_mode, allow_hosts=s.webhook_allow_hosts, resolve=False)
-            except UnsafeUrl as err:
-                raise Forbidden(f"notify.{kind}.{i}: {err.reason}") from None
+        problems = check_request_urls(
+            request, local_mode=s.local_mode, allow_hosts=s.webhook_allow_hosts
+        )  # static rules only: no DNS at intake; delivery resolves and pins each address
+        if problems:
+            raise Forbidden("; ".join(f"{p['field']}: {p['message']}" for p in problems))
 
     def _backend_name(self, request: TrainingRequest) -> str:
         return request.compute.backend or self.settings.backend
@@ -503,7 +502,7 @@ class TrainingService:
             changes.update(self._terminal_fields(record, st))
             outcome = changes["state"].value
         else:
-            limit = self._limit_s(record)
+            limit = self._watchdog_limit_s(record)
             began = record.started_at or record.submitted_at or record.created_at
             last = changes.get("progress_at") or record.progress_at or began
             if (now - began).total_seconds() > limit:
@@ -556,7 +555,13 @@ class TrainingService:
             "error": error if state is not RunState.completed else None,
         }
 
-    def _limit_s(self, record: RunRecord) -> float:
+    def _watchdog_limit_s(self, record: RunRecord) -> float:
+        """How long a run may go on before the poller cancels it as ``timed_out`` (the watchdog).
+
+        Not the trainer's own time budget (:func:`shared.trainer_args.trainer_time_budget_s`,
+        passed as ``--stop time_total_s``), at which a healthy trainer stops itself: the watchdog
+        is the outer bound for a job that does not, with room for start-up and checkpointing.
+        """
         req = record.request
         limit = self.settings.default_run_duration_s
         if req is not None:

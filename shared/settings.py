@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.models import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE
+
 QUEUE_NAME = "training-requests"
 TOPIC_NAME = "training-completed"
 SUBSCRIPTION_NAME = "notifier"
@@ -89,11 +91,11 @@ class Settings(BaseSettings):
     azureml_subnet: str = "default"
     azureml_vnet_resource_group: str | None = None
     head_cluster: str = "head-gpu"
-    head_vm_size: str = "STANDARD_NC6"
+    head_vm_size: str = DEFAULT_HEAD_VM_SIZE
     head_min_nodes: int = 0
     head_max_nodes: int = 2
     worker_cluster: str = "worker-cpu"
-    worker_vm_size: str = "STANDARD_D2_V2"
+    worker_vm_size: str = DEFAULT_WORKER_VM_SIZE
     worker_min_nodes: int = 0
     worker_max_nodes: int = 4
     worker_node_count: int = 4

@@ -1,8 +1,22 @@
-"""The trainer's argument vector, built from a request: the one contract every backend speaks.
+"""The trainer contract, rlq's side: how a request becomes the trainer's command line, and what the
+trainer prints back.
 
-Pure and shared by the compute backends, so a request means the same command line on a local Ray
-head, a remote Ray cluster and Azure ML. Each value is one argv element: nothing here is ever
-joined into a shell string (backends pass the list through ``--argv-from-env``).
+Everything a compute backend needs to start ``trainer/train.py`` and read its progress lives here,
+so a request means the same run on a local Ray head, a remote Ray cluster and Azure ML:
+
+* :data:`ARGV_ENV`: the argument vector travels as a JSON list in this environment variable and
+  the trainer reads it back with ``--argv-from-env`` (nothing is ever joined into a shell string:
+  Ray runs its entrypoint through a shell, so the entrypoint is a constant, :data:`ENTRYPOINT`);
+* :func:`build_argv`: the one argv builder (each value is one argv element);
+* :func:`trainer_time_budget_s`: the training time every run is given (``--stop time_total_s``);
+* :data:`CHECKPOINT_FREQ`: iterations between checkpoints;
+* :data:`METRICS_MARK` / :data:`SUMMARY_MARK`: the stdout line prefixes of one iteration's metrics
+  and of the final summary, which backends that only see job logs parse.
+
+``trainer/`` never imports ``shared/`` (it is uploaded alone as an Azure ML snapshot / Ray working
+dir), so it keeps its own copy of its side of this contract: the markers in ``trainer/train.py``
+and the algorithm names in ``trainer/config_map.py``. ``tests/trainer/test_contract.py`` checks
+that both sides agree.
 """
 
 from __future__ import annotations
@@ -12,24 +26,60 @@ from typing import Any
 
 from shared.models import TrainingRequest
 
+ARGV_ENV = "RLQ_TRAINER_ARGV"
+# Constant on purpose: no request field may ever reach a shell.
+ENTRYPOINT = f"python -m trainer.train --argv-from-env {ARGV_ENV}"
+CHECKPOINT_FREQ = 10
+METRICS_MARK = "RLQ_METRICS "
+SUMMARY_MARK = "RLQ_SUMMARY "
 
-def trainer_argv(
+__all__ = [
+    "ARGV_ENV",
+    "CHECKPOINT_FREQ",
+    "ENTRYPOINT",
+    "METRICS_MARK",
+    "SUMMARY_MARK",
+    "build_argv",
+    "trainer_time_budget_s",
+]
+
+
+def trainer_time_budget_s(
+    request: TrainingRequest, *, default_run_duration_s: int, max_run_duration_s: int
+) -> int:
+    """The training time the trainer itself is given (``--stop time_total_s``), in seconds.
+
+    The request's ``compute.max_run_duration_s``, else the deployment's default, never above the
+    cap, and never above the request's own ``stop.time_total_s``. The trainer stops itself at this
+    budget and reports ``time_limit``; the service's watchdog
+    (``TrainingService._watchdog_limit_s``) allows more before it cancels a job that overran.
+    """
+    bound = min(request.compute.max_run_duration_s or default_run_duration_s, max_run_duration_s)
+    if request.stop.time_total_s is not None:
+        bound = min(bound, request.stop.time_total_s)
+    return int(bound)
+
+
+def build_argv(
     request: TrainingRequest,
     *,
     output_dir: str,
-    checkpoint_freq: int,
+    checkpoint_freq: int = CHECKPOINT_FREQ,
     config: dict[str, Any] | None = None,
-    stop: dict[str, Any] | None = None,
+    time_budget_s: int | None = None,
     restore: str | None = None,
     ray_address: str | None = None,
 ) -> list[str]:
     """``--run … --env … --config … --stop … --output-dir …`` and the optional flags.
 
-    ``config`` / ``stop`` default to the request's own (a backend passes them when it adds to
-    them: a time bound, the seed's worker count); ``restore`` is a path the job can read.
+    ``config`` defaults to the request's own (a backend passes it when it adds to it: the seed's
+    worker count); ``time_budget_s`` (see :func:`trainer_time_budget_s`) replaces the request's
+    ``stop.time_total_s``; ``restore`` is a path the job can read.
     """
     config = request.config if config is None else config
-    stop = request.stop.model_dump(exclude_none=True) if stop is None else stop
+    stop = request.stop.model_dump(exclude_none=True)
+    if time_budget_s is not None:
+        stop["time_total_s"] = int(time_budget_s)
     argv = [
         "--run",
         request.algorithm,

@@ -352,9 +352,6 @@ class MappedConfig:
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one line per mapped/ignored name
 
-    def section(self, method: str) -> dict[str, Any]:
-        return {k: v for k, v in self.settings.items() if SETTINGS[k][0] == method}
-
 
 def _set(out: MappedConfig, name: str, value: Any, source: str, algorithm: str) -> None:
     _method, kind, algos = SETTINGS[name]

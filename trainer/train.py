@@ -31,6 +31,10 @@ from trainer.config_map import UsageError
 from trainer.sinks import Sinks, clean, dumps
 
 PROG = "rlq-trainer"
+# The trainer's side of the log markers; rlq's side is shared/trainer_args.py (trainer/ is shipped
+# alone, so it imports nothing from shared/; tests/contract/test_trainer_contract.py checks they agree).
+METRICS_MARK = "RLQ_METRICS "
+SUMMARY_MARK = "RLQ_SUMMARY "
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 SMOOTHING_EPISODES = 100
 LEARNER_STAT_KEYS = ("entropy", "vf_explained_var", "curr_kl_coeff", "mean_kl_loss")
@@ -485,7 +489,7 @@ class Trainer:
         self.summary["duration_s"] = round(time.time() - self.t0, 3)
         self.summary = clean(self.summary)
         (out / "summary.json").write_text(json.dumps(self.summary, indent=1, allow_nan=False) + "\n")
-        print("RLQ_SUMMARY " + dumps(self.summary), flush=True)
+        print(SUMMARY_MARK + dumps(self.summary), flush=True)
         return exit_code
 
     def _loop(self, sinks: Sinks, offset_ts: int, offset_it: int, offset_eps: int) -> int:
@@ -555,7 +559,7 @@ class Trainer:
             if mean is not None:
                 self.best = mean if self.best is None else max(self.best, mean)
             sinks.log(row)
-            print("RLQ_METRICS " + dumps(row), flush=True)
+            print(METRICS_MARK + dumps(row), flush=True)
             self.summary.update(final_reward=mean, best_reward=self.best, iterations=it, timesteps=ts)
             if plan.checkpoint_freq and it % plan.checkpoint_freq == 0:
                 self.save(f"iter_{it:06d}")

@@ -19,23 +19,16 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from shared.adapters.teams import TeamsPayload, build_payload, check_teams_url
-from shared.adapters.webhooks import (
-    EndpointRegistry,
-    SqliteEndpointRegistry,
-    UnsafeUrl,
-    WebhookSender,
-    check_secrets,
-    check_url,
-    redact,
-)
+from shared.adapters.teams import TeamsPayload, build_payload
+from shared.adapters.webhooks import EndpointRegistry, SqliteEndpointRegistry, WebhookSender, check_secrets
 from shared.models import CompletionMessage, Delivery, TrainingRequest
 from shared.plots import load_metrics
 from shared.settings import Settings
+from shared.urlguard import UnsafeUrl, check_teams_url, redact
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENT_TYPE", "CompositeNotifier", "check_notify_targets", "event_body"]
+__all__ = ["EVENT_TYPE", "CompositeNotifier", "event_body"]
 
 EVENT_TYPE = "training.completed"
 Kind = Literal["webhook", "teams"]
@@ -49,30 +42,6 @@ def event_body(message: CompletionMessage) -> bytes:
         "data": message.model_dump(mode="json"),
     }
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def check_notify_targets(request: TrainingRequest, *, settings: Settings) -> list[dict[str, str]]:
-    """Static checks of a request's notify URLs (no DNS), as ``[{field, message}]`` for intake.
-
-    Lets intake reject a request whose URLs can never be delivered to (plain http to a public host,
-    a private IP literal, a host outside the allow-list, a retired Office 365 connector) with the
-    field named, instead of discovering it when the run ends.
-    """
-    problems = []
-    for kind, urls in (("webhooks", request.notify.webhooks), ("teams", request.notify.teams)):
-        for i, url in enumerate(urls):
-            try:
-                if kind == "teams":
-                    check_teams_url(str(url))
-                check_url(
-                    str(url),
-                    local_mode=settings.local_mode,
-                    allow_hosts=settings.webhook_allow_hosts,
-                    resolve=False,
-                )
-            except UnsafeUrl as err:
-                problems.append({"field": f"notify.{kind}.{i}", "message": err.reason})
-    return problems
 
 
 class CompositeNotifier:

@@ -47,12 +47,9 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ARGV_ENV = "RLQ_TRAINER_ARGV"
-# Constant on purpose: Ray runs the entrypoint through a shell.
-ENTRYPOINT = f"python -m trainer.train --argv-from-env {ARGV_ENV}"
-METRICS_MARK = "RLQ_METRICS "
-SUMMARY_MARK = "RLQ_SUMMARY "
-DEFAULT_CHECKPOINT_FREQ = 10
+# The trainer contract (argv variable, constant entrypoint, log markers): shared.trainer_args.
+ARGV_ENV, ENTRYPOINT = trainer_args.ARGV_ENV, trainer_args.ENTRYPOINT
+METRICS_MARK, SUMMARY_MARK = trainer_args.METRICS_MARK, trainer_args.SUMMARY_MARK
 
 _STATES: dict[str, JobState] = {
     "PENDING": "pending",
@@ -103,14 +100,6 @@ def submission_id_for(request_id: str) -> str:
     return f"rlq-{safe}-{digest}"
 
 
-def run_bound_s(request: TrainingRequest, *, default_run_duration_s: int, max_run_duration_s: int) -> int:
-    """The training-time limit every run gets: the request's own, else the default, never above the cap."""
-    bound = min(request.compute.max_run_duration_s or default_run_duration_s, max_run_duration_s)
-    if request.stop.time_total_s is not None:
-        bound = min(bound, request.stop.time_total_s)
-    return int(bound)
-
-
 def restore_path(uri: str) -> str:
     """A local path from a ``file://`` checkpoint URI (the only scheme a Ray cluster can read)."""
     parsed = urlparse(uri)
@@ -131,25 +120,28 @@ def restore_path(uri: str) -> str:
     return path
 
 
-def trainer_argv(
+def ray_job_argv(
     request: TrainingRequest,
     *,
     output_dir: str,
-    checkpoint_freq: int = DEFAULT_CHECKPOINT_FREQ,
+    checkpoint_freq: int = trainer_args.CHECKPOINT_FREQ,
     default_run_duration_s: int = 3600,
     max_run_duration_s: int = 4 * 3600,
 ) -> list[str]:
-    """The trainer's argument vector for ``request`` on Ray (pure; each value is one argv element).
+    """:func:`shared.trainer_args.build_argv` with what a Ray job adds: a time budget, a local restore path.
 
-    ``stop.time_total_s`` is always present (see :func:`run_bound_s`), so every run is bounded.
+    ``stop.time_total_s`` is always present (:func:`shared.trainer_args.trainer_time_budget_s`), so
+    every run is bounded; a ``file://`` checkpoint becomes the path the cluster reads.
     """
-    stop = request.stop.model_dump(exclude_none=True)
-    stop["time_total_s"] = run_bound_s(
-        request, default_run_duration_s=default_run_duration_s, max_run_duration_s=max_run_duration_s
-    )
     restore = restore_path(request.restore_from) if request.restore_from else None
-    return trainer_args.trainer_argv(
-        request, output_dir=output_dir, checkpoint_freq=checkpoint_freq, stop=stop, restore=restore
+    return trainer_args.build_argv(
+        request,
+        output_dir=output_dir,
+        checkpoint_freq=checkpoint_freq,
+        time_budget_s=trainer_args.trainer_time_budget_s(
+            request, default_run_duration_s=default_run_duration_s, max_run_duration_s=max_run_duration_s
+        ),
+        restore=restore,
     )
 
 
@@ -278,7 +270,7 @@ class RayJobsBackend:
         settings: Settings,
         client_factory: ClientFactory | None = None,
         trainer_package: Path | None = None,
-        checkpoint_freq: int = DEFAULT_CHECKPOINT_FREQ,
+        checkpoint_freq: int = trainer_args.CHECKPOINT_FREQ,
         retry_attempts: int = 3,
     ) -> None:
         self.settings = settings
@@ -411,7 +403,7 @@ class RayJobsBackend:
             return existing
         run_id = submission_id_for(request.request_id)
         output_dir = self.output_dir_for(request.request_id)
-        argv = trainer_argv(
+        argv = ray_job_argv(
             request,
             output_dir=output_dir,
             checkpoint_freq=self._checkpoint_freq,
@@ -589,9 +581,8 @@ __all__ = [
     "RayJobsBackend",
     "last_marked",
     "last_meaningful_line",
+    "ray_job_argv",
     "readable_error",
     "restore_path",
-    "run_bound_s",
     "submission_id_for",
-    "trainer_argv",
 ]

@@ -17,6 +17,7 @@ Why not a library: see ``docs/queue.md``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -30,6 +31,19 @@ from typing import Any
 from shared.adapters._sqlite import Connections
 from shared.errors import TransientError
 from shared.models import CompletionMessage
+from shared.ports import DeadLetter
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DeadLetter",
+    "MessageLockLost",
+    "ReceivedMessage",
+    "SqliteBroker",
+    "SqlitePublisher",
+    "SqliteRejecter",
+    "SqliteRequestSender",
+]
 
 MAX_DELIVERY_REASON = "MaxDeliveryCountExceeded"
 _SUBSCRIPTION_SEP = "/Subscriptions/"
@@ -121,22 +135,6 @@ class ReceivedMessage:
     scheduled_at: datetime | None
     locked_until: float
     lock_token: str
-    correlation_id: str | None = None
-    content_type: str | None = None
-    application_properties: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A message in a dead-letter sub-queue, with the reason a person acts on."""
-
-    sequence_number: int
-    message_id: str
-    body: bytes
-    reason: str
-    description: str
-    delivery_count: int
-    dead_lettered_at: datetime
     correlation_id: str | None = None
     content_type: str | None = None
     application_properties: dict[str, Any] = field(default_factory=dict)
@@ -630,6 +628,26 @@ class SqliteRequestSender:
 
     def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
         self.broker.send(self.queue, body, message_id=message_id, scheduled_at=scheduled_at)
+
+
+class SqliteRejecter:
+    """:class:`shared.ports.Rejecter` for the local host: dead-letters the locked message by id.
+
+    Azure's plain queue binding cannot settle a message, so there the request is forwarded to a
+    rejected queue (:class:`shared.adapters.servicebus.ServiceBusRejecter`); here the broker
+    moves the very message to the queue's dead-letter sub-queue, reason and description kept.
+    """
+
+    def __init__(self, broker: SqliteBroker, queue: str) -> None:
+        self.broker = broker
+        self.queue = queue
+
+    def reject(self, *, message_id: str, body: bytes, reason: str, description: str) -> None:
+        if not self.broker.dead_letter_by_id(self.queue, message_id, reason=reason, description=description):
+            log.info(
+                "message %s was not locked here (sent outside the local host); rejection recorded only",
+                message_id,
+            )
 
 
 class SqlitePublisher:

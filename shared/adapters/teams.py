@@ -2,7 +2,8 @@
 
 Teams' Office 365 connectors ("Incoming Webhook", ``*.webhook.office.com/webhookb2/...``) are
 retired; a channel now receives cards through a Power Automate / Teams *Workflows* flow whose
-trigger is "When a Teams webhook request is received". Its URL looks like
+trigger is "When a Teams webhook request is received" (:func:`shared.urlguard.check_teams_url`
+refuses connector URLs at intake and at delivery). Its URL looks like
 ``https://prod-NN.<region>.logic.azure.com/workflows/<id>/triggers/manual/paths/invoke?...&sig=...``
 or ``https://<env>.environment.api.powerplatform.com/powerautomate/automations/direct/workflows/...``;
 the ``sig`` query parameter is the only credential, so the URL is a secret and only its redacted
@@ -20,20 +21,17 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from shared.adapters.webhooks import UnsafeUrl, redact
 from shared.models import CompletionMessage
 from shared.plots import reward_curve_png
 
 __all__ = [
     "CARD_VERSION",
     "TEAMS_MAX_PAYLOAD_BYTES",
-    "RetiredConnectorUrl",
     "TeamsPayload",
     "build_card",
     "build_payload",
-    "check_teams_url",
     "reward_png_url",
     "run_url",
     "wrap_card",
@@ -52,32 +50,6 @@ _HEADLINE = {
     "Canceled": ("⏹️ Training canceled", "Warning"),
     "TimedOut": ("⏱️ Training timed out", "Warning"),
 }
-WORKFLOWS_HELP = (
-    "create a Teams Workflows webhook instead: in the channel choose Workflows > "
-    "'Post to a channel when a webhook request is received' (trigger 'When a Teams webhook request "
-    "is received') and use the URL it gives"
-)
-
-
-class RetiredConnectorUrl(UnsafeUrl):
-    """An Office 365 connector URL: the service behind it is retired."""
-
-
-def check_teams_url(url: str) -> None:
-    """Refuse Office 365 connector URLs with a message saying what to use instead."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower().rstrip(".")
-    except ValueError:
-        return  # the SSRF guard reports unparsable URLs
-    path = parts.path.lower()
-    if (host.endswith(".webhook.office.com") and path.startswith("/webhookb2/")) or (
-        host in ("outlook.office.com", "outlook.office365.com") and path.startswith("/webhook/")
-    ):
-        raise RetiredConnectorUrl(
-            f"{redact(url)}: Office 365 connector webhooks are retired and no longer deliver; "
-            + WORKFLOWS_HELP
-        )
 
 
 def run_url(public_base_url: str, request_id: str) -> str:

@@ -1,16 +1,14 @@
-"""Outgoing webhooks: the SSRF guard, Standard Webhooks signing, and retried delivery over httpx.
+"""Outgoing webhooks: Standard Webhooks signing and retried, address-pinned delivery over httpx.
 
 Why each piece exists:
 
-* :func:`check_url` decides whether rlq may talk to a URL a request named. A request comes from a
-  queue anyone with send rights can write to, so its URLs are untrusted: without the guard a request
-  could make rlq POST to the cloud metadata service, a private admin port, or a neighbour in the VNet.
-  Every address the name resolves to is checked, and the connection then goes to the checked
-  address (see :meth:`ResolvedTarget.pinned_url`), so a DNS answer that changes between the check
-  and the connect (DNS rebinding) cannot redirect it.
+* Every attempt first runs :func:`shared.urlguard.check_url` (the SSRF rules), which resolves the
+  host and checks every address; the connection then goes to a checked address
+  (:func:`pinned_url`), so a DNS answer that changes between the check and the connect (DNS
+  rebinding) cannot redirect it.
 * :class:`WebhookSender` posts one body to one URL with bounded retries, honouring ``Retry-After``,
   never following redirects, and disabling endpoints that answer 410 Gone (:class:`EndpointRegistry`).
-* Errors and logs name a target by :func:`redact` (no query string, no user info): Teams Workflows
+* Errors and logs name a target by :func:`shared.urlguard.redact` (no query string, no user info): Teams Workflows
   URLs carry their signature in the query, and it must never reach a log line or a run record.
 """
 
@@ -18,13 +16,11 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import ipaddress
 import itertools
 import logging
-import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +33,7 @@ import tenacity
 
 from shared.adapters._redact import scrub
 from shared.models import Delivery
+from shared.urlguard import IPAddress, ResolvedTarget, ResolveError, UnsafeUrl, check_url, redact
 from shared.webhook_verify import secret_key, sign
 
 log = logging.getLogger(__name__)
@@ -54,299 +51,25 @@ class _RedactUrls(logging.Filter):
 if not any(isinstance(f, _RedactUrls) for f in logging.getLogger("httpx").filters):
     logging.getLogger("httpx").addFilter(_RedactUrls())
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 USER_AGENT = "rlq-webhooks/1"
 
 __all__ = [
     "DisabledEndpoint",
     "EndpointRegistry",
     "MemoryEndpointRegistry",
-    "ResolveError",
-    "ResolvedTarget",
     "SqliteEndpointRegistry",
-    "UnsafeUrl",
     "WebhookSender",
-    "address_problem",
-    "check_url",
     "parse_retry_after",
-    "redact",
+    "pinned_url",
     "signature_headers",
 ]
 
 
-class UnsafeUrl(ValueError):
-    """rlq will not send to this URL; ``reason`` says why (it never holds the query string)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ResolveError(OSError):
-    """The host name did not resolve now; it may later (DNS is a transient dependency)."""
-
-
-# --- the address rules -----------------------------------------------------------------------
-
-_V4_RULES: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
-    (ipaddress.IPv4Network(net), why)
-    for net, why in (
-        ("0.0.0.0/8", "an unspecified ('this network') address"),
-        ("10.0.0.0/8", "a private address (10.0.0.0/8)"),
-        ("100.64.0.0/10", "a carrier-grade NAT shared address (100.64.0.0/10)"),
-        ("127.0.0.0/8", "a loopback address"),
-        ("169.254.169.254/32", "the cloud instance metadata service (link-local 169.254.169.254)"),
-        ("169.254.0.0/16", "a link-local address (169.254.0.0/16)"),
-        ("172.16.0.0/12", "a private address (172.16.0.0/12)"),
-        ("192.0.0.0/24", "an IETF protocol assignment address (192.0.0.0/24)"),
-        ("192.0.2.0/24", "a documentation address (192.0.2.0/24)"),
-        ("192.88.99.0/24", "a 6to4 relay anycast address (192.88.99.0/24)"),
-        ("192.168.0.0/16", "a private address (192.168.0.0/16)"),
-        ("198.18.0.0/15", "a benchmarking address (198.18.0.0/15)"),
-        ("198.51.100.0/24", "a documentation address (198.51.100.0/24)"),
-        ("203.0.113.0/24", "a documentation address (203.0.113.0/24)"),
-        ("224.0.0.0/4", "a multicast address"),
-        ("240.0.0.0/4", "a reserved address (240.0.0.0/4, incl. broadcast)"),
-        # Azure's platform endpoint (WireServer, IMDS proxy, platform DNS): public-looking, not public.
-        ("168.63.129.16/32", "the Azure platform endpoint 168.63.129.16"),
-    )
-)
-
-_V6_RULES: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
-    (ipaddress.IPv6Network(net), why)
-    for net, why in (
-        ("::/128", "the unspecified address ::"),
-        ("::1/128", "a loopback address"),
-        ("::/96", "an IPv4-compatible IPv6 address (deprecated)"),
-        ("64:ff9b:1::/48", "a local-use NAT64 address (64:ff9b:1::/48)"),
-        ("100::/64", "a discard-only address (100::/64)"),
-        ("2001::/32", "a Teredo tunnel address (2001::/32)"),
-        ("2001:db8::/32", "a documentation address (2001:db8::/32)"),
-        ("fc00::/7", "a unique-local address (fc00::/7)"),
-        ("fe80::/10", "a link-local address (fe80::/10)"),
-        ("fec0::/10", "a site-local address (fec0::/10, deprecated)"),
-        ("ff00::/8", "a multicast address"),
-    )
-)
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-def address_problem(ip: IPAddress, *, local_mode: bool) -> str | None:
-    """Why rlq must not connect to ``ip``, or None when it may.
-
-    Loopback is allowed only in local mode (the one-machine demo posts to a receiver on
-    127.0.0.1). Addresses that embed an IPv4 address (NAT64, 6to4) are judged by the embedded one;
-    IPv4-mapped IPv6 addresses are always refused, as no public DNS name should answer with one.
-    """
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id:
-            return "an IPv6 address with a zone index"
-        if ip.ipv4_mapped is not None:
-            return f"an IPv4-mapped IPv6 address (of {ip.ipv4_mapped})"
-        if ip in _NAT64:
-            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-            why = address_problem(inner, local_mode=False)
-            return f"a NAT64 address of {inner}, {why}" if why else None
-        if ip.sixtofour is not None:
-            why = address_problem(ip.sixtofour, local_mode=False)
-            return f"a 6to4 address of {ip.sixtofour}, {why}" if why else None
-        for net, why in _V6_RULES:
-            if ip in net:
-                return None if (local_mode and ip.is_loopback) else why
-    else:
-        for net, why in _V4_RULES:
-            if ip in net:
-                return None if (local_mode and ip.is_loopback) else why
-    if not ip.is_global:
-        return "not a globally routable address"
-    return None
-
-
-# --- URL checks ------------------------------------------------------------------------------
-
-
-def redact(url: str) -> str:
-    """``scheme://host[:port]/path`` of ``url``: what logs, errors and deliveries may show."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        return "(unparsable URL)"
-    try:
-        port: int | str | None = parts.port
-    except ValueError:
-        port = "(invalid port)"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{port}" if port is not None else host
-    return f"{parts.scheme}://{netloc}{parts.path}"
-
-
-@dataclass(frozen=True)
-class ResolvedTarget:
-    """A URL that passed :func:`check_url`, with the addresses that were checked."""
-
-    url: str
-    scheme: str
-    host: str  # ASCII (IDNA) host as written, lower case, without a trailing dot
-    port: int
-    addresses: tuple[IPAddress, ...]
-    target: str  # the redacted URL (see :func:`redact`)
-
-    @property
-    def host_header(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-    def pinned_url(self, address: IPAddress) -> httpx.URL:
-        """The URL with its host replaced by a checked address: httpx connects there, no DNS."""
-        if address not in self.addresses:
-            raise ValueError("address was not checked")
-        return httpx.URL(self.url).copy_with(host=str(address))
-
-
-def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
-    """The address an inet_aton-style spelling (``2130706433``, ``0x7f000001``, ``0177.0.0.1``,
-    ``127.1``) stands for, or None for names and canonical dotted quads."""
-    try:
-        ipaddress.IPv4Address(host)
-        return None  # canonical dotted-decimal
-    except ValueError:
-        pass
-    if not host or not all(c in "0123456789abcdefx." for c in host.lower()):
-        return None
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
-        return None
-
-
-_PLAIN_HTTP = "plain http is not allowed; use https (http only to loopback in local mode)"
-
-
-def _idna(host: str) -> str:
-    try:
-        return host.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return host.lower()
-
-
-def _host_allowed(host: str, allow_hosts: Iterable[str]) -> bool:
-    for pattern in allow_hosts:
-        pat = pattern.strip().lower().rstrip(".")
-        if pat.startswith("*."):
-            if host.endswith(pat[1:]) and len(host) > len(pat) - 1:
-                return True
-        elif host == pat:
-            return True
-    return False
-
-
-def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as err:
-        raise ResolveError(f"cannot resolve {host!r}: {err.strerror or err}") from None
-    except UnicodeError:
-        raise ResolveError(f"cannot resolve {host!r}: not a valid host name") from None
-    out: list[IPAddress] = []
-    for family, _type, _proto, _canon, sockaddr in infos:
-        if family not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        addr = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if family == socket.AF_INET6 and len(sockaddr) >= 4 and sockaddr[3]:
-            addr = ipaddress.IPv6Address(f"{addr}%{sockaddr[3]}")
-        if addr not in out:
-            out.append(addr)
-    if not out:
-        raise ResolveError(f"{host!r} has no IPv4 or IPv6 address")
-    return tuple(out)
-
-
-def check_url(
-    url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (), resolve: bool = True
-) -> ResolvedTarget:
-    """Decide whether rlq may POST to ``url``; return the target with its checked addresses.
-
-    Rules: https only (plain http only to loopback, in local mode); no user info in the URL; when
-    ``allow_hosts`` is non-empty, the host must equal one entry or match a ``*.suffix`` entry; the
-    host is resolved and EVERY address must pass :func:`address_problem`. IP literals in legacy
-    spellings (decimal, hex, octal, shortened) are refused. With ``resolve=False`` only the static
-    rules run (for validating a request at intake without touching DNS).
-
-    Raises :class:`UnsafeUrl` (never retry) or :class:`ResolveError` (retry later).
-    """
-    shown = redact(url)
-    try:
-        raw = urlsplit(url)
-        raw_host = (raw.hostname or "").rstrip(".")
-    except ValueError:
-        raise UnsafeUrl(f"{shown}: not a valid URL") from None
-    legacy = _legacy_ipv4(raw_host)
-    if legacy is not None:
-        why = address_problem(legacy, local_mode=False) or "a public address"
-        raise UnsafeUrl(
-            f"{shown}: host {raw_host!r} is a non-canonical spelling of IP address "
-            f"{legacy} ({why}); write addresses in dotted-decimal form"
-        )
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError, TypeError) as err:
-        raise UnsafeUrl(f"{shown}: not a valid URL ({str(err).split(':')[0]})") from None
-
-    scheme = parsed.scheme
-    if scheme not in ("https", "http"):
-        raise UnsafeUrl(f"{shown}: scheme {scheme!r} is not allowed; use https")
-    if parsed.userinfo:
-        raise UnsafeUrl(
-            f"{shown}: credentials in the URL are not allowed (they would end up in logs); "
-            "webhooks are authenticated by their signature"
-        )
-    host = parsed.raw_host.decode("ascii").lower().rstrip(".")
-    if not host:
-        raise UnsafeUrl(f"{shown}: no host")
-    if host not in (raw_host.lower(), _idna(raw_host)):
-        raise UnsafeUrl(f"{shown}: ambiguous URL (parsers disagree on the host)")
-    port = parsed.port if parsed.port is not None else (443 if scheme == "https" else 80)
-    if not 0 < port < 65536:
-        raise UnsafeUrl(f"{shown}: port {port} is out of range")
-
-    if allow_hosts and not _host_allowed(host, allow_hosts):
-        raise UnsafeUrl(
-            f"{shown}: host {host!r} is not in the webhook allow-list "
-            f"(RLQ_WEBHOOK_ALLOW_HOSTS: {', '.join(allow_hosts)})"
-        )
-
-    literal: IPAddress | None
-    try:
-        literal = ipaddress.ip_address(host.replace("%25", "%"))
-    except ValueError:
-        literal = None
-    if literal is not None:
-        addresses: tuple[IPAddress, ...] = (literal,)
-    elif host == "localhost" or host.endswith(".localhost"):
-        # RFC 6761: always loopback, whatever a resolver says.
-        if not local_mode:
-            raise UnsafeUrl(f"{shown}: {host!r} is a loopback name; webhooks must go to public addresses")
-        addresses = _resolve(host, port) if resolve else (ipaddress.IPv4Address("127.0.0.1"),)
-    elif scheme == "http" and not local_mode:
-        raise UnsafeUrl(f"{shown}: {_PLAIN_HTTP}")
-    elif resolve:
-        addresses = _resolve(host, port)
-    else:
-        addresses = ()
-
-    for addr in addresses:
-        why = address_problem(addr, local_mode=local_mode)
-        if why:
-            named = f"{host!r} resolves to {addr}, " if literal is None else f"{addr} is "
-            raise UnsafeUrl(f"{shown}: {named}{why}; webhooks must go to public addresses")
-
-    # Without resolution (intake checks) a name's addresses are unknown: send time decides.
-    if scheme == "http" and (not local_mode or not all(a.is_loopback for a in addresses)):
-        raise UnsafeUrl(f"{shown}: {_PLAIN_HTTP}")
-    return ResolvedTarget(url=url, scheme=scheme, host=host, port=port, addresses=addresses, target=shown)
+def pinned_url(target: ResolvedTarget, address: IPAddress) -> httpx.URL:
+    """``target``'s URL with its host replaced by a checked address: httpx connects there, no DNS."""
+    if address not in target.addresses:
+        raise ValueError("address was not checked")
+    return httpx.URL(target.url).copy_with(host=str(address))
 
 
 # --- signing ---------------------------------------------------------------------------------
@@ -662,7 +385,7 @@ class WebhookSender:
         for i, address in enumerate(order):
             request = client.build_request(
                 "POST",
-                target.pinned_url(address),
+                pinned_url(target, address),
                 content=body,
                 headers=headers,
                 extensions=extensions,

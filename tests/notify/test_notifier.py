@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import SecretStr
 
-from shared.adapters.notify import EVENT_TYPE, CompositeNotifier, check_notify_targets, event_body
+from shared.adapters.notify import EVENT_TYPE, CompositeNotifier, event_body
 from shared.adapters.webhooks import MemoryEndpointRegistry
 from shared.models import CompletionMessage, TrainingRequest
 from shared.ports import Notifier
@@ -180,17 +180,3 @@ def test_event_body_is_the_standard_webhooks_envelope() -> None:
     assert set(event) == {"type", "timestamp", "data"}
     assert event["timestamp"].endswith("Z")
     assert CompletionMessage.model_validate(event["data"]).request_id == "cp-7"
-
-
-def test_intake_check_names_the_bad_field(tmp_path) -> None:
-    s = settings(tmp_path, local_mode=False, webhook_allow_hosts=["*.example.com"])
-    problems = check_notify_targets(
-        request(
-            webhooks=["https://hooks.example.com/ok", "https://other.org/x", "http://a.example.com/"],
-            teams=["https://outlook.office.com/webhook/a/IncomingWebhook/b"],
-        ),
-        settings=s,
-    )
-    assert [p["field"] for p in problems] == ["notify.webhooks.1", "notify.webhooks.2", "notify.teams.0"]
-    assert "allow-list" in problems[0]["message"] and "plain http" in problems[1]["message"]
-    assert "Workflows" in problems[2]["message"]

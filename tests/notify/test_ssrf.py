@@ -6,7 +6,16 @@ import ipaddress
 
 import pytest
 
-from shared.adapters.webhooks import ResolveError, UnsafeUrl, address_problem, check_url, redact
+from shared.adapters.webhooks import pinned_url
+from shared.models import TrainingRequest
+from shared.urlguard import (
+    ResolveError,
+    UnsafeUrl,
+    address_problem,
+    check_request_urls,
+    check_url,
+    redact,
+)
 
 from .conftest import FakeDNS
 
@@ -78,10 +87,10 @@ def test_https_to_a_public_name_is_allowed_with_the_checked_addresses(dns: FakeD
     assert target.port == 443 and target.host_header == "hooks.example.com"
     assert [str(a) for a in target.addresses] == ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]
     assert target.target == "https://hooks.example.com./hook"  # as written, less the query
-    pinned = target.pinned_url(target.addresses[1])
+    pinned = pinned_url(target, target.addresses[1])
     assert pinned.host == "2606:2800:220:1:248:1893:25c8:1946" and pinned.query == b"sig=s3cret"
     with pytest.raises(ValueError):
-        target.pinned_url(ipaddress.ip_address("10.0.0.1"))
+        pinned_url(target, ipaddress.ip_address("10.0.0.1"))
     assert dns.asked == ["hooks.example.com"]
 
 
@@ -156,3 +165,45 @@ def test_request_model_normalised_spellings_are_still_refused() -> None:
 def test_redact_drops_query_fragment_and_user_info() -> None:
     assert redact("https://u:p@h.example.com:8443/a/b?sig=SECRET#frag") == "https://h.example.com:8443/a/b"
     assert redact("https://[::1]:99999/x?sig=SECRET") == "https://[::1]:(invalid port)/x"
+
+
+def _request(**notify) -> TrainingRequest:
+    return TrainingRequest(request_id="u-1", env="CartPole-v1", stop={"training_iteration": 1}, notify=notify)
+
+
+def test_the_intake_check_names_each_bad_field_and_never_resolves(dns: FakeDNS) -> None:
+    problems = check_request_urls(
+        _request(
+            webhooks=["https://hooks.example.com/ok", "https://other.org/x", "http://a.example.com/"],
+            teams=[
+                "https://outlook.office.com/webhook/a/IncomingWebhook/b",
+                "https://contoso.webhook.office.com/webhookb2/a@b/IncomingWebhook/c/d?sig=s3cret",
+            ],
+        ),
+        local_mode=False,
+        allow_hosts=["*.example.com", "outlook.office.com", "*.webhook.office.com"],
+    )
+    assert [p["field"] for p in problems] == [
+        "notify.webhooks.1",
+        "notify.webhooks.2",
+        "notify.teams.0",
+        "notify.teams.1",
+    ]
+    assert "allow-list" in problems[0]["message"] and "plain http" in problems[1]["message"]
+    for p in problems[2:]:
+        assert "retired" in p["message"] and "Teams Workflows webhook" in p["message"]
+    assert all("s3cret" not in p["message"] for p in problems)
+    assert dns.asked == []  # static rules only: intake never waits on a resolver
+
+
+def test_a_retired_connector_url_is_refused_in_either_field() -> None:
+    url = "https://contoso.webhook.office.com/webhookb2/x/IncomingWebhook/y/z"
+    for field in ("webhooks", "teams"):
+        [problem] = check_request_urls(_request(**{field: [url]}), local_mode=False)
+        assert problem["field"] == f"notify.{field}.0"
+        assert "Office 365 connector webhooks are retired" in problem["message"]
+
+
+def test_a_workflows_url_passes_the_intake_check() -> None:
+    url = "https://prod-01.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=x"
+    assert check_request_urls(_request(teams=[url]), local_mode=False) == []

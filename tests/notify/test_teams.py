@@ -12,15 +12,9 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from shared.adapters.teams import (
-    TEAMS_MAX_PAYLOAD_BYTES,
-    RetiredConnectorUrl,
-    build_card,
-    build_payload,
-    check_teams_url,
-)
-from shared.adapters.webhooks import redact
+from shared.adapters.teams import TEAMS_MAX_PAYLOAD_BYTES, build_card, build_payload
 from shared.models import CompletionMessage
+from shared.urlguard import RetiredConnectorUrl, check_teams_url, redact
 
 from .test_plots import cartpole_points
 

@@ -49,8 +49,8 @@ ENVS = [
     "BreakoutNoFrameskip-v4",
     "SpaceInvadersDeterministic-v4",
 ]
-GPU_SIZES = sorted(k for k, (_, g) in VM_SIZES.items() if 1 <= g <= 2)
-CPU_SIZES = sorted(k for k, (_, g) in VM_SIZES.items() if g == 0)
+GPU_SIZES = sorted(k for k, size in VM_SIZES.items() if 1 <= size.gpus <= 2)
+CPU_SIZES = sorted(k for k, size in VM_SIZES.items() if size.gpus == 0)
 TOKEN = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,20}", fullmatch=True)
 CAP_S = 4 * 3600  # Settings.max_run_duration_s default
 

@@ -26,15 +26,15 @@ from shared.adapters.ray_jobs import (
     RayHttpError,
     RayJobsBackend,
     last_marked,
+    ray_job_argv,
     readable_error,
-    run_bound_s,
     submission_id_for,
-    trainer_argv,
 )
 from shared.errors import PermanentError, TransientError
 from shared.models import ID_RE, Stop, TrainingRequest
 from shared.ports import ComputeBackend
 from shared.settings import Settings
+from shared.trainer_args import trainer_time_budget_s
 from tests.ray.conftest import (
     STANDIN_FAIL,
     STANDIN_HANG,
@@ -140,11 +140,12 @@ def test_every_run_is_bounded(stop_s: int | None, compute_s: int | None, expecte
             "compute": {"max_run_duration_s": compute_s} if compute_s else {},
         }
     )
-    argv = trainer_argv(
+    argv = ray_job_argv(
         request, output_dir="/out/r1", default_run_duration_s=3600, max_run_duration_s=4 * 3600
     )
     assert json.loads(argv[argv.index("--stop") + 1]) == {"training_iteration": 5, "time_total_s": expected}
-    assert run_bound_s(request, default_run_duration_s=3600, max_run_duration_s=4 * 3600) == expected
+    budget = trainer_time_budget_s(request, default_run_duration_s=3600, max_run_duration_s=4 * 3600)
+    assert budget == expected
 
 
 def test_argv_carries_restore_evaluate_and_output_dir() -> None:
@@ -158,7 +159,7 @@ def test_argv_carries_restore_evaluate_and_output_dir() -> None:
             "evaluate": {"episodes": 3, "gif": True},
         }
     )
-    argv = trainer_argv(request, output_dir="/runs/r2", checkpoint_freq=5)
+    argv = ray_job_argv(request, output_dir="/runs/r2", checkpoint_freq=5)
     assert argv[argv.index("--run") + 1] == "PPO"
     assert argv[argv.index("--env") + 1] == "CartPole-v1"
     assert argv[argv.index("--output-dir") + 1] == "/runs/r2"
@@ -178,7 +179,7 @@ def test_restore_from_other_schemes_is_refused_naming_the_field() -> None:
         }
     )
     with pytest.raises(PermanentError, match="restore_from"):
-        trainer_argv(request, output_dir="/o")
+        ray_job_argv(request, output_dir="/o")
 
 
 def test_last_marked_takes_the_last_valid_line() -> None:

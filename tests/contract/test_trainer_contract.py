@@ -1,0 +1,59 @@
+"""Both sides of the trainer contract agree: rlq's (shared/trainer_args.py) and the trainer's own.
+
+``trainer/`` is shipped alone (an Azure ML snapshot, a Ray working dir) and imports nothing from
+``shared/``, so it keeps its own copy of the markers, the algorithm names and the argv flags.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared import trainer_args
+from shared.models import ALGORITHMS, parse_request
+from trainer import config_map
+from trainer import train as trainer
+
+
+def test_log_markers_are_the_same_on_both_sides() -> None:
+    assert trainer.METRICS_MARK == trainer_args.METRICS_MARK
+    assert trainer.SUMMARY_MARK == trainer_args.SUMMARY_MARK
+
+
+def test_algorithms_are_listed_alike() -> None:
+    assert tuple(config_map.ALGORITHMS) == tuple(ALGORITHMS)
+
+
+def test_checkpoint_frequency_default_agrees() -> None:
+    assert trainer.build_parser().parse_args([]).checkpoint_freq == str(trainer_args.CHECKPOINT_FREQ)
+
+
+@pytest.mark.parametrize("ray_address", [None, "localhost:6379"])
+def test_the_trainer_reads_back_every_flag_build_argv_writes(monkeypatch, ray_address) -> None:
+    request = parse_request(
+        {
+            "env": "CartPole-v1",
+            "algorithm": "PPO",
+            "config": {"lr": 0.001, "model": {"fcnet_hiddens": [64, 64]}},
+            "stop": {"episode_reward_mean": 400, "time_total_s": 900},
+            "evaluate": {"episodes": 3, "gif": True},
+        },
+        default_id="contract-1",
+    )
+    argv = trainer_args.build_argv(
+        request, output_dir="/out/c1", time_budget_s=600, restore="/ckpt/c0", ray_address=ray_address
+    )
+    monkeypatch.setenv(trainer_args.ARGV_ENV, json.dumps(argv))
+    args = trainer.parse_args(["--argv-from-env", trainer_args.ARGV_ENV])
+    assert args.run == "PPO" and args.env == "CartPole-v1"
+    assert json.loads(args.config) == {"lr": 0.001, "model": {"fcnet_hiddens": [64, 64]}}
+    assert json.loads(args.stop) == {"episode_reward_mean": 400, "time_total_s": 600}
+    assert args.output_dir == "/out/c1" and args.restore == "/ckpt/c0"
+    assert args.ray_address == ray_address
+    assert args.checkpoint_freq == str(trainer_args.CHECKPOINT_FREQ)
+    assert args.evaluate_episodes == "3" and args.evaluate_gif is True
+
+
+def test_the_entrypoint_names_the_argv_variable_and_nothing_from_a_request() -> None:
+    assert trainer_args.ENTRYPOINT == f"python -m trainer.train --argv-from-env {trainer_args.ARGV_ENV}"
