@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.adapters.ray_local import TestHead, start_test_ray_head, stop_local_head
+from shared.adapters.ray_local import stop_local_head
+from tests.support.ray_heads import TestHead, start_test_ray_head
 
 os.environ.setdefault("RLQ_POLL_SCHEDULE", "*/10 * * * * *")
 

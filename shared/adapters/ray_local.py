@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -37,6 +38,8 @@ from pydantic import SecretStr
 
 from shared.errors import TransientError
 
+log = logging.getLogger("rlq.ray")
+
 DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_GCS_PORT = 6379
 LOOPBACK = "127.0.0.1"
@@ -47,9 +50,17 @@ TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 # Variables that would point `ray start` (and the Jobs client) at some other cluster or token.
 _SCRUBBED_ENV = (TOKEN_ENV, "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+# Set in the environment of `ray start`; every process of the head inherits it.
+HEAD_MARK_ENV = "RLQ_RAY_HEAD"
+# Ray (ray/_private/services.py get_node_ip_address, Ray 2.60) replaces --node-ip-address=127.0.0.1
+# by the machine's address unless this is 0; with it, GCS, raylet, agents, workers and the client
+# server take 127.0.0.1 as the node address and bind to loopback (see docs/ray.md).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 # Heads this process started, so stop_local_head() without arguments stops what it started.
 _STARTED: dict[Path, HeadInfo] = {}
+# Heads this process uses: data_dir -> the descriptor holding its user lock (see head_users).
+_USERS: dict[Path, int] = {}
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class HeadInfo:
     dashboard_port: int
     gcs_port: int
     temp_dir: str
+    started_by: int | None = None  # pid of the process that started it
 
 
 # --- tokens ----------------------------------------------------------------------------------
@@ -151,7 +163,10 @@ def probe_dashboard(address: str, token: SecretStr | None, *, timeout_s: float =
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could bind ``port`` on loopback now (as Ray's servers do: SO_REUSEADDR, so
+    connections of an earlier server still in TIME_WAIT do not count as taking the port)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((LOOPBACK, port))
         except OSError:
@@ -185,7 +200,7 @@ def _ray_executable() -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path, *, timeout_s: float) -> Iterator[None]:
-    """An exclusive file lock, so two processes never start two heads for one data_dir."""
+    """An exclusive file lock, so two processes never start (or stop) one data_dir's head at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         deadline = time.monotonic() + timeout_s
@@ -203,6 +218,79 @@ def _locked(path: Path, *, timeout_s: float) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+# --- who uses a head -------------------------------------------------------------------------
+#
+# Every process that asks for the local head of a data_dir holds an exclusive lock on its own
+# file ``<data_dir>/ray/users/<pid>.lock`` for as long as it lives (the kernel drops the lock when
+# the process ends, however it ends, SIGKILL included). A process stopping the head first looks
+# for other live users: while there is one, the head stays up for it (shared ownership, last one
+# out stops it). A file whose lock can be taken belongs to a process that is gone.
+
+
+def _users_dir(data_dir: Path) -> Path:
+    return Path(data_dir).resolve() / "ray" / "users"
+
+
+def _register_user(data_dir: Path) -> None:
+    data_dir = Path(data_dir).resolve()
+    if data_dir in _USERS:
+        return
+    users = _users_dir(data_dir)
+    users.mkdir(parents=True, exist_ok=True)
+    path = users / f"{os.getpid()}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a forked child of this process still holds it: the parent is the user
+        os.close(fd)
+        return
+    what = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:200] or sys.executable
+    os.ftruncate(fd, 0)
+    os.write(fd, what.encode("utf-8", "replace"))
+    _USERS[data_dir] = fd
+
+
+def _unregister_user(data_dir: Path) -> None:
+    data_dir = Path(data_dir).resolve()
+    fd = _USERS.pop(data_dir, None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        (_users_dir(data_dir) / f"{os.getpid()}.lock").unlink()
+    os.close(fd)
+
+
+def head_users(data_dir: Path) -> dict[int, str]:
+    """Other live processes using the local head of ``data_dir``: pid → their command line."""
+    users = _users_dir(data_dir)
+    found: dict[int, str] = {}
+    for path in sorted(users.glob("*.lock")) if users.is_dir() else []:
+        try:
+            pid = int(path.stem)
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: that process is alive
+            found[pid] = os.pread(fd, 400, 0).decode("utf-8", "replace").strip()
+        else:  # nobody holds it: the process is gone
+            with contextlib.suppress(OSError):
+                path.unlink()
+        finally:
+            os.close(fd)
+    return found
+
+
+def _describe_users(users: dict[int, str]) -> str:
+    return ", ".join(f"pid {pid} ({what or '?'})" for pid, what in sorted(users.items()))
+
+
 # --- start / stop ----------------------------------------------------------------------------
 
 
@@ -218,11 +306,18 @@ def ensure_local_head(
     """Return the Jobs API address of a local Ray head, starting one when none answers.
 
     Idempotent, and safe when several processes call it at once (a file lock under data_dir).
-    A Ray that already answers on ``dashboard_port`` and accepts the token is used as it is.
+    A Ray that already answers on ``dashboard_port`` and accepts the token is used as it is (a
+    head left by an earlier process — an ``rlq serve`` that was SIGKILLed — is taken over). The
+    calling process counts as a user of the head until it ends or calls :func:`stop_local_head`.
+
+    What is left of a head that lost its dashboard (a crash, a killed process, a stop that did
+    not finish: ``monitor.py``, the Ray client server…) is stopped and a new head started; a
+    dashboard that is there but too busy to answer is left alone (it may still run jobs).
     """
     data_dir = Path(data_dir).resolve()
     ray_dir = data_dir / "ray"
     address = f"http://{LOOPBACK}:{dashboard_port}"
+    _register_user(data_dir)
     with _locked(ray_dir / "head.lock", timeout_s=timeout_s):
         status = probe_dashboard(address, local_head_token(data_dir, token))
         if status == 200:
@@ -232,16 +327,36 @@ def ensure_local_head(
                 f"a Ray dashboard on {address} refuses rlq's token (HTTP {status}); stop it, or point "
                 "RLQ_RAY_DASHBOARD_PORT at a free port, or set RLQ_RAY_AUTH_TOKEN to its token"
             )
-        if status is not None or not _port_free(dashboard_port):
+        temp_dir = _temp_dir_for(data_dir)
+        leftovers = _head_processes(temp_dir)
+        listeners = _listeners(dashboard_port)
+        ours = {p.pid for p in leftovers}
+        if listeners and not set(listeners) & ours:
             raise TransientError(
-                f"port {dashboard_port} on {LOOPBACK} is taken by something that is not "
-                "a Ray dashboard; set RLQ_RAY_DASHBOARD_PORT to a free port"
+                f"port {dashboard_port} on {LOOPBACK} is taken by {_describe_pids(listeners)}, "
+                "which is not this data dir's Ray head; set RLQ_RAY_DASHBOARD_PORT to a free port"
             )
-        if _head_processes(_temp_dir_for(data_dir)):
-            # Never kill a head automatically: a dashboard too busy to answer may still run jobs.
+        if listeners or status is not None:
+            # Our dashboard holds the port but does not answer in time: busy, not dead. Never kill
+            # it automatically; say exactly what to end.
             raise TransientError(
-                f"the local Ray head for {data_dir} is running but its dashboard does not "
-                f"answer on {address}; stop it (stop_local_head) to start afresh"
+                f"the local Ray head for {data_dir} is running but its dashboard does not answer on "
+                f"{address}; if it stays so, end it with `kill {' '.join(str(p) for p in sorted(ours))}` "
+                "and rlq starts a new one"
+            )
+        if leftovers:
+            log.warning(
+                "the local Ray head for %s has lost its dashboard; stopping what is left of it "
+                "(%d processes: %s) and starting a new one",
+                data_dir,
+                len(leftovers),
+                _describe_pids([p.pid for p in leftovers]),
+            )
+            _kill_head_processes(temp_dir, grace_s=2)
+        if not _wait_port_free(dashboard_port, timeout_s=10):
+            raise TransientError(
+                f"port {dashboard_port} on {LOOPBACK} is still in use by {_describe_pids(_listeners(dashboard_port))}; "
+                "set RLQ_RAY_DASHBOARD_PORT to a free port"
             )
         head = _start_head(
             data_dir=data_dir,
@@ -253,6 +368,15 @@ def ensure_local_head(
         )
         _STARTED[data_dir] = head
         return head.address
+
+
+def _wait_port_free(port: int, *, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not _port_free(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
 
 
 def _start_head(
@@ -299,13 +423,17 @@ def _start_head(
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     env[AUTH_MODE_ENV] = "token"
     env[TOKEN_PATH_ENV] = str(token_file)
+    env.update(LOOPBACK_ENV)
+    # Every process of this head (and every job it runs) inherits the mark: stop_local_head finds
+    # them all by it, the ones whose command line does not name the temp dir included.
+    env[HEAD_MARK_ENV] = temp_dir
     # Job entrypoints run `python …` through a shell: make it this environment's python.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     # Give a canceled trainer time to save its final checkpoint and summary (Ray's default: 3 s).
     env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "30")
 
     log_path = ray_dir / "ray-start.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "wb") as out:
         # Output goes to a file, not a pipe: the daemons `ray start` leaves behind would hold a
         # pipe open and block the wait.
         proc = subprocess.run(
@@ -313,7 +441,7 @@ def _start_head(
             env=env,
             cwd=str(data_dir),
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=out,
             stderr=subprocess.STDOUT,
             timeout=timeout_s,
             check=False,
@@ -323,6 +451,7 @@ def _start_head(
         dashboard_port=dashboard_port,
         gcs_port=gcs_port,
         temp_dir=temp_dir,
+        started_by=os.getpid(),
     )
     (ray_dir / "head.json").write_text(json.dumps(head.__dict__, indent=1))
     if proc.returncode != 0:
@@ -334,6 +463,7 @@ def _start_head(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if probe_dashboard(head.address, resolved) == 200:
+            log.info("started a local Ray head for %s on %s", data_dir, head.address)
             return head
         time.sleep(0.25)
     _kill_head_processes(temp_dir, grace_s=2)
@@ -351,28 +481,43 @@ def _last_line(path: Path, token: SecretStr) -> str:
     return text.replace(token.get_secret_value(), "***")[:300]
 
 
-def stop_local_head(*, data_dir: Path | None = None, grace_s: float = 5.0, keep_logs: bool = False) -> bool:
-    """Stop the local head rlq started for ``data_dir`` (None: every head this process started).
+def stop_local_head(
+    *, data_dir: Path | None = None, grace_s: float = 5.0, keep_logs: bool = False, force: bool = False
+) -> bool:
+    """Stop the local head of ``data_dir`` (None: every head this process started or used).
 
-    Only the processes of that head (found by its private temp dir) and their children are
+    The calling process stops being a user of the head. While another live process still uses it
+    (another ``rlq serve`` on the same data dir), the head stays up for that process and this
+    says so in the log — never a silent kill; ``force`` stops it regardless.
+
+    Only the processes of that head (every process carrying its mark, and their children) are
     signalled: other Ray clusters on the machine are left alone. SIGTERM first, SIGKILL for what
     is still alive after ``grace_s`` (gcs_server and raylet routinely outlive a SIGTERM by many
-    seconds, and a local head has no state worth waiting for). Ray's temp dir (sockets, session
-    and job logs) goes with it unless ``keep_logs``. True when something was stopped.
+    seconds, ``monitor.py`` ignores it, and a local head has no state worth waiting for). Ray's
+    temp dir (sockets, session and job logs) goes with it unless ``keep_logs``. True when
+    something was stopped.
     """
-    dirs = list(_STARTED) if data_dir is None else [Path(data_dir).resolve()]
+    dirs = list(dict.fromkeys([*_STARTED, *_USERS])) if data_dir is None else [Path(data_dir).resolve()]
     stopped = False
     for d in dirs:
-        _STARTED.pop(d, None)
-        state = d / "ray" / "head.json"
-        try:
-            temp_dir = json.loads(state.read_text())["temp_dir"]
-        except (OSError, ValueError, KeyError):
-            temp_dir = _temp_dir_for(d)
-        stopped |= _kill_head_processes(temp_dir, grace_s=grace_s)
-        state.unlink(missing_ok=True)
-        if keep_logs is False and temp_dir.startswith("/tmp/rlq-ray-"):
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        with _locked(d / "ray" / "head.lock", timeout_s=60):
+            _unregister_user(d)
+            _STARTED.pop(d, None)
+            others = head_users(d)
+            if others and not force:
+                log.warning(
+                    "left the local Ray head for %s running: %s still use it", d, _describe_users(others)
+                )
+                continue
+            state = d / "ray" / "head.json"
+            try:
+                temp_dir = json.loads(state.read_text())["temp_dir"]
+            except (OSError, ValueError, KeyError):
+                temp_dir = _temp_dir_for(d)
+            stopped |= _kill_head_processes(temp_dir, grace_s=grace_s)
+            state.unlink(missing_ok=True)
+            if keep_logs is False and temp_dir.startswith("/tmp/rlq-ray-"):
+                shutil.rmtree(temp_dir, ignore_errors=True)
     return stopped
 
 
@@ -385,72 +530,86 @@ def _psutil() -> Any:
 
 
 def _head_processes(temp_dir: str) -> list[Any]:
-    """Processes whose command line names the head's private temp dir (gcs_server, raylet, dashboard…)."""
+    """The processes of the head with this private temp dir: those carrying its mark in their
+    environment (every daemon and worker it started), and any whose command line names the dir."""
     psutil = _psutil()
     found = []
     for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid == os.getpid():
+            continue
         try:
             cmd = proc.info["cmdline"] or []
+            if any(arg.endswith(temp_dir) or f"{temp_dir}/" in arg for arg in cmd):
+                found.append(proc)
+                continue
+            if proc.environ().get(HEAD_MARK_ENV) == temp_dir:
+                found.append(proc)
         except psutil.Error:
             continue
-        if proc.pid != os.getpid() and any(arg.endswith(temp_dir) or f"{temp_dir}/" in arg for arg in cmd):
-            found.append(proc)
     return found
+
+
+def head_pids(data_dir: Path) -> list[int]:
+    """Pids of every process of the local head of ``data_dir`` and their children (the agents the
+    raylet starts, workers, jobs); empty when it is not running."""
+    return sorted(_with_children(_head_processes(_temp_dir_for(Path(data_dir).resolve()))))
+
+
+def _with_children(procs: list[Any]) -> dict[int, Any]:
+    psutil = _psutil()
+    out: dict[int, Any] = {}
+    for proc in procs:
+        out[proc.pid] = proc
+        with contextlib.suppress(psutil.Error):
+            for child in proc.children(recursive=True):
+                out[child.pid] = child
+    out.pop(os.getpid(), None)
+    return out
+
+
+def _listeners(port: int) -> list[int]:
+    """Pids listening on TCP ``port`` (any address) that this user may see; [] when none."""
+    psutil = _psutil()
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return []
+    return sorted(
+        {
+            c.pid
+            for c in conns
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
+        }
+    )
+
+
+def _describe_pids(pids: list[int]) -> str:
+    psutil = _psutil()
+    parts = []
+    for pid in pids[:8]:
+        try:
+            parts.append(f"pid {pid} ({psutil.Process(pid).name()})")
+        except psutil.Error:
+            parts.append(f"pid {pid}")
+    return ", ".join(parts) or "a process of another user"
 
 
 def _kill_head_processes(temp_dir: str, *, grace_s: float) -> bool:
     psutil = _psutil()
-    roots = _head_processes(temp_dir)
-    victims: dict[int, Any] = {}
-    for proc in roots:
-        victims[proc.pid] = proc
-        with contextlib.suppress(psutil.Error):
-            for child in proc.children(recursive=True):
-                victims[child.pid] = child
-    victims.pop(os.getpid(), None)
-    if not victims:
-        return False
-    procs = list(victims.values())
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(signal.SIGTERM)
-    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
-    return True
-
-
-# --- tests -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TestHead:
-    """A local head for a test session; ``token`` is what the head accepts."""
-
-    __test__ = False  # not a pytest class
-
-    address: str
-    data_dir: Path
-    dashboard_port: int
-    token: SecretStr
-
-
-def start_test_ray_head(tmp_dir: Path, *, num_cpus: int = 2, timeout_s: float = 90.0) -> TestHead:
-    """Start a private head for tests: a free dashboard port, a fresh token, a small object store.
-
-    Stop it with ``stop_local_head(data_dir=head.data_dir)``.
-    """
-    data_dir = Path(tmp_dir).resolve()
-    port = free_port()
-    token = SecretStr(secrets.token_hex(32))
-    address = ensure_local_head(
-        data_dir=data_dir,
-        dashboard_port=port,
-        num_cpus=num_cpus,
-        timeout_s=timeout_s,
-        token=token,
-        object_store_memory_bytes=300 * 1024 * 1024,
-    )
-    return TestHead(address=address, data_dir=data_dir, dashboard_port=port, token=token)
+    killed = False
+    for _round in range(3):  # a raylet may start a worker while the first round runs
+        victims = _with_children(_head_processes(temp_dir))
+        if not victims:
+            break
+        killed = True
+        procs = list(victims.values())
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGTERM)
+        _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        grace_s = min(grace_s, 1.0)
+    return killed

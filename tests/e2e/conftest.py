@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.ray_local import TestHead
 from shared.settings import Settings
+from tests.support.ray_heads import TestHead
 
 
 @pytest.fixture(scope="session")

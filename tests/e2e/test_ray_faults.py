@@ -14,16 +14,11 @@ import time
 
 import pytest
 
-from shared.adapters.ray_local import (
-    _port_free,
-    _psutil,
-    ensure_local_head,
-    start_test_ray_head,
-    stop_local_head,
-)
+from shared.adapters.ray_local import _port_free, _psutil, ensure_local_head, stop_local_head
 from shared.composition import build
 from shared.models import CompletionMessage, RunState
 from shared.settings import Settings
+from tests.support.ray_heads import start_test_ray_head
 
 pytestmark = pytest.mark.ray
 

