@@ -134,3 +134,288 @@ def test_azurite_helper_says_what_to_run_when_missing(tmp_path: Path) -> None:
         ensure_installed(repo_root=tmp_path, install=False)
     with pytest.raises(AzuriteUnavailable, match=r"no package\.json"):
         ensure_installed(repo_root=tmp_path, install=True)
+
+
+# --- the Bicep templates: parameters, outputs, app settings, roles, network rules -----------------
+# Bicep cannot be compiled here; these read the .bicep text. What they check is what the code and
+# the docs rely on: a module parameter passed but not declared (or required and not passed), an
+# output used but not declared, an app setting the app needs in Azure but nobody sets, a role the
+# docs promise but the template does not assign (or assigns with another role definition id).
+
+INFRA = REPO / "infra"
+
+# Built-in role definition ids, from https://learn.microsoft.com/azure/role-based-access-control/built-in-roles
+BUILT_IN_ROLES = {
+    "Azure Service Bus Data Sender": "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39",
+    "Azure Service Bus Data Receiver": "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0",
+    "Azure Service Bus Data Owner": "090c5cfd-751d-490a-894a-3ce6f1109419",
+    "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "AzureML Data Scientist": "f6c7c914-8db3-469d-8ca1-694a8f32e121",
+    "AzureML Compute Operator": "e503ece1-11d0-4e8e-8e2c-7a6c3bf38815",
+    "Network Contributor": "4d97b98b-1d4f-4787-a291-c67834d212e7",
+    "Reader": "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+    "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
+    "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "AcrPull": "7f951dda-4ed3-4680-a7ca-43fe172d538d",
+    "AcrPush": "8311e382-0749-4cb8-b61a-304f252e45ec",
+}
+# docs/azure.md section 9 wording -> the symbols roles.bicep uses
+DOC_IDENTITIES = {
+    "function app": "principalId",
+    "Azure ML workspace": "workspacePrincipalId",
+    "each cluster": "clusterPrincipalId",
+}
+DOC_SCOPES = {
+    "Service Bus namespace": "serviceBus",
+    "queue `training-requests`": "requestsQueue",
+    "subscription `training-completed/notifier`": "notifierSubscription",
+    "app storage account": "storage",
+    "Azure ML workspace": "workspace",
+    "subnet `aml`": "amlSubnet",
+    "NSG of `aml`": "amlNsg",
+    "VNet": "vnet",
+    "workspace Key Vault": "vault",
+    "Application Insights": "appInsights",
+    "container registry": "registry",
+}
+# Settings with no default that works in Azure are set by the templates, or listed here with why not.
+NOT_SET_IN_AZURE = {
+    "ray_address": "the Ray backend only",
+    "ray_auth_token": "the Ray backend only",
+    "ray_num_cpus": "the local Ray head only",
+    "servicebus_connection": "local tools; in Azure the managed identity and RLQ_SERVICEBUS_NAMESPACE",
+    "table_connection": "Azurite and local tools; in Azure the managed identity and RLQ_TABLE_ACCOUNT_URL",
+}
+# Settings whose default is for one machine and wrong in Azure: the templates must set them.
+AZURE_OVERRIDES = {
+    "data_dir",
+    "local_mode",
+    "backend",
+    "store",
+    "broker",
+    "public_base_url",
+    "azureml_subnet",
+}
+
+
+def _bicep(path: Path) -> str:
+    """The text without // comments (a comment may mention a name that is not really there)."""
+    return re.sub(r"(?m)//.*$", "", path.read_text())
+
+
+def _block(text: str, start: int) -> str:
+    """The balanced ``{ ... }`` that opens at or after ``start``."""
+    i = text.index("{", start)
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i : j + 1]
+    raise AssertionError(f"unbalanced braces after offset {start}")
+
+
+def _params(text: str) -> dict[str, bool]:
+    """``param name type [= default]`` -> has a default."""
+    return {m[1]: bool(m[2]) for m in re.finditer(r"(?m)^param\s+(\w+)\s+[\w.]+(\s*=)?", text)}
+
+
+def _outputs(text: str) -> set[str]:
+    return set(re.findall(r"(?m)^output\s+(\w+)\s", text))
+
+
+def _modules(text: str) -> dict[str, tuple[Path, dict[str, str]]]:
+    """main.bicep's ``module sym 'path' = {... params: {k: v}}`` -> (file, params)."""
+    mods = {}
+    for m in re.finditer(r"(?m)^module\s+(\w+)\s+'([^']+)'\s*=", text):
+        body = _block(text, m.end())
+        params_at = body.index("params:")
+        params = _block(body, params_at)[1:-1]
+        keys = re.findall(r"(?m)^\s{4}(\w+):\s*(.+)$", params)
+        mods[m[1]] = (INFRA / m[2], dict(keys))
+    return mods
+
+
+def _app_settings() -> dict[str, str]:
+    """Every app setting the templates give the function app, with its Bicep value expression."""
+    main = _bicep(INFRA / "main.bicep")
+    app = _bicep(INFRA / "modules" / "functionapp.bicep")
+    found: dict[str, str] = {}
+    for text, var in ((main, "rlqSettings"), (main, "secretSettings"), (app, "settings")):
+        m = re.search(rf"(?m)^var\s+{var}\s*=", text)
+        assert m, f"var {var} is gone"
+        for key, value in re.findall(r"(?m)^\s+([A-Za-z_][\w]*)\s*:\s*(.+?)\s*$", _block(text, m.end())):
+            found[key] = value
+    return found
+
+
+def _role_assignments() -> tuple[dict[str, str], list[dict[str, str]]]:
+    text = _bicep(INFRA / "modules" / "roles.bicep")
+    role_ids = dict(re.findall(r"(?m)^\s+(\w+):\s*'([0-9a-f-]{36})'", _block(text, text.index("var role"))))
+    assignments = []
+    for m in re.finditer(
+        r"(?m)^resource\s+(\w+)\s+'Microsoft\.Authorization/roleAssignments@[\w-]+'\s*=", text
+    ):
+        body = _block(text, m.end())
+        role = re.search(r"roleDefinitionId:.*\brole\.(\w+)\)", body)
+        scope = re.search(r"(?m)^\s+scope:\s*(\w+)\s*$", body)
+        principal = re.search(r"(?m)^\s+principalId:\s*(\w+)\s*$", body)
+        assert role and scope and principal, f"role assignment {m[1]} has no role/scope/principal"
+        assignments.append(
+            {
+                "name": m[1],
+                "role": role[1],
+                "scope": scope[1],
+                "principal": principal[1],
+                "id": role_ids[role[1]],
+            }
+        )
+    return role_ids, assignments
+
+
+def _doc_section(title: str) -> str:
+    text = (REPO / "docs" / "azure.md").read_text()
+    start = text.index(title)
+    nxt = re.search(r"(?m)^#{2,3} ", text[start + len(title) :])
+    return text[start : start + len(title) + nxt.start()] if nxt else text[start:]
+
+
+def _doc_table(title: str) -> list[list[str]]:
+    rows = []
+    for line in _doc_section(title).splitlines():
+        if line.startswith("|") and not re.match(r"^\|[-| ]+\|$", line):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows[1:]  # without the header
+
+
+def test_module_parameters_and_outputs_line_up() -> None:
+    main = _bicep(INFRA / "main.bicep")
+    mods = _modules(main)
+    assert {"serviceBus", "storage", "functionApp", "aml", "roles", "registry", "network"} <= set(mods)
+    for sym, (path, passed) in mods.items():
+        text = _bicep(path)
+        declared = _params(text)
+        assert set(passed) - set(declared) == set(), f"{sym}: passes parameters {path.name} does not declare"
+        required = {p for p, has_default in declared.items() if not has_default}
+        assert required - set(passed) == set(), f"{sym}: {path.name} requires parameters main.bicep omits"
+    for sym, out in re.findall(r"\b(\w+)\.outputs\.(\w+)", main):
+        assert sym in mods, f"main.bicep reads outputs of {sym}, which is not a module"
+        assert out in _outputs(_bicep(mods[sym][0])), f"{mods[sym][0].name} has no output {out!r}"
+    # the outputs docs/azure.md tells people to read
+    assert {"functionAppName", "serviceBusNamespace", "tableAccountUrl", "workspaceName"} <= _outputs(main)
+
+
+def test_every_setting_the_app_needs_in_azure_is_set_by_the_templates() -> None:
+    settings = _app_settings()
+    rlq = {k.removeprefix("RLQ_").lower(): v for k, v in settings.items() if k.startswith("RLQ_")}
+    assert set(rlq) <= set(Settings.model_fields), sorted(set(rlq) - set(Settings.model_fields))
+    unset_by_default = {
+        n for n, f in Settings.model_fields.items() if f.default is None and not f.is_required()
+    }
+    needed = (unset_by_default - set(NOT_SET_IN_AZURE)) | AZURE_OVERRIDES
+    assert sorted(needed - set(rlq)) == []
+    assert set(NOT_SET_IN_AZURE) <= set(Settings.model_fields)  # no stale entry
+    # the literal values parse as settings (a typo in an enum value fails here, not at start-up)
+    literals = {k: v[1:-1] for k, v in rlq.items() if re.fullmatch(r"'[^'$]*'", v)}
+    s = Settings(_env_file=None, **literals)
+    assert (s.backend, s.store, s.broker, s.local_mode, s.azureml_subnet) == (
+        "azureml",
+        "table",
+        "servicebus",
+        False,
+        "aml",
+    )
+    # the triggers' identity-based connection and the host storage by identity
+    assert "ServiceBusConnection__fullyQualifiedNamespace" in settings
+    assert settings["AzureWebJobsStorage__credential"] == "'managedidentity'"
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "'Authorization=AAD'"
+
+
+def test_service_bus_entities_match_the_settings() -> None:
+    text = _bicep(INFRA / "modules" / "servicebus.bicep")
+    defaults = Settings(_env_file=None)
+    entity = {}
+    for m in re.finditer(
+        r"(?m)^resource\s+(\w+)\s+'Microsoft\.ServiceBus/namespaces/[\w/]+@[\w-]+'\s*=", text
+    ):
+        entity[m[1]] = re.search(r"(?m)^\s{2}name:\s*'([^']+)'", _block(text, m.end()))[1]
+    assert set(entity) == {"requests", "rejected", "completed", "notifier"}
+    assert entity["requests"] == defaults.queue_name
+    assert entity["rejected"] == defaults.rejected_queue_name
+    assert entity["completed"] == defaults.topic_name
+    assert entity["notifier"] == defaults.subscription_name
+    requests = _block(text, text.index("resource requests"))
+    assert f"maxDeliveryCount: {defaults.max_delivery_count}" in requests
+    assert "requiresDuplicateDetection: true" in requests
+    # roles.bicep's defaults name the same entities (its scopes for the triggers' Data Owner)
+    roles = _params(_bicep(INFRA / "modules" / "roles.bicep"))
+    assert {"requestsQueueName", "completedTopicName", "notifierSubscriptionName"} <= set(roles)
+
+
+def test_templates_use_ga_api_versions_only() -> None:
+    previews = [
+        f"{p.relative_to(REPO)}: {m}"
+        for p in INFRA.rglob("*.bicep")
+        for m in re.findall(r"'[\w./]+@\d{4}-\d{2}-\d{2}-preview'", p.read_text())
+    ]
+    assert previews == []
+
+
+def test_every_role_the_docs_list_is_assigned_with_its_built_in_id() -> None:
+    role_ids, assignments = _role_assignments()
+    # every id roles.bicep names is the built-in role's
+    known = {v: k for k, v in BUILT_IN_ROLES.items()}
+    assert sorted(set(role_ids.values()) - set(known)) == []
+    rows = _doc_table("### Role assignments")
+    assert len(rows) >= 10
+    documented = set()
+    for identity, role, scope, why, source in rows:
+        m = re.fullmatch(r"(.+?) \(`([0-9a-f-]{36})`\)", role)
+        assert m, f"docs row {role!r}: 'Role name (`id`)' expected"
+        name, rid = m[1], m[2]
+        assert BUILT_IN_ROLES.get(name) == rid, f"docs: {name} is not built-in role {rid}"
+        assert "https://" in source, f"docs row {name} / {scope}: no source link"
+        assert why, f"docs row {name} / {scope}: no reason"
+        key = (DOC_IDENTITIES[identity], rid, DOC_SCOPES[scope])
+        match = [a for a in assignments if (a["principal"], a["id"], a["scope"]) == key]
+        assert match, f"docs promise {name} for {identity} on {scope}; roles.bicep does not assign it"
+        documented.add(key)
+    undocumented = [a["name"] for a in assignments if (a["principal"], a["id"], a["scope"]) not in documented]
+    assert undocumented == []
+    # the triggers' scaling needs the Manage claim: Data Owner on both trigger entities, not Receiver
+    owner = BUILT_IN_ROLES["Azure Service Bus Data Owner"]
+    assert {a["scope"] for a in assignments if a["id"] == owner} == {"requestsQueue", "notifierSubscription"}
+    assert BUILT_IN_ROLES["Azure Service Bus Data Receiver"] not in {a["id"] for a in assignments}
+
+
+def test_the_workspace_uses_the_declared_registry_with_the_admin_user_off() -> None:
+    registry = _bicep(INFRA / "modules" / "registry.bicep")
+    assert "adminUserEnabled: false" in registry and "anonymousPullEnabled: false" in registry
+    aml = _bicep(INFRA / "modules" / "aml.bicep")
+    workspace = _block(aml, aml.index("resource workspace"))
+    assert re.search(r"(?m)^\s+containerRegistry:\s*containerRegistryId\s*$", workspace)
+    main = _bicep(INFRA / "main.bicep")
+    aml_params = _modules(main)["aml"][1]
+    assert aml_params["containerRegistryId"] == "registry.outputs.id"
+    for cluster in ("headCluster", "workerCluster"):  # they pull with their own identity
+        assert "type: 'SystemAssigned'" in _block(aml, aml.index(f"resource {cluster}"))
+
+
+def test_every_nsg_rule_is_in_the_docs() -> None:
+    text = _bicep(INFRA / "modules" / "network.bicep")
+    rows = _doc_table("### Network rules")
+    assert rows and all("https://" in r[-1] for r in rows), "every network rule names its source"
+    aml_rows = [" ".join(r) for r in rows if "NSG of `aml`" in r[0]]
+    nsg = _block(text, text.index("resource amlNsg"))
+    rules = re.findall(r"(?s)name:\s*'(\w+)'\s*properties:\s*(\{.*?\n\s{8}\})", nsg)
+    assert len(rules) >= 3
+    for name, body in rules:
+        fields = dict(re.findall(r"(?m)^\s+(\w+):\s*'?([^'\n]+?)'?\s*$", body))
+        if fields["access"] == "Deny":
+            assert any(f"`{fields['sourceAddressPrefix']}`: deny" in r for r in aml_rows), name
+        elif fields["destinationPortRange"] == "*":
+            assert fields["sourceAddressPrefix"] == "amlSubnetPrefix", name
+            assert any("from the `aml` subnet" in r for r in aml_rows), name
+        else:
+            wanted = (f"`{fields['destinationPortRange']}`", f"`{fields['sourceAddressPrefix']}`")
+            assert any(all(w in r for w in wanted) for r in aml_rows), f"{name}: {wanted} not in docs"
