@@ -13,14 +13,15 @@ one retry layer, and SDK errors translated here, at the boundary, into :mod:`sha
 Why rejections are messages and not dead letters: the Python Functions worker settles the
 trigger's message itself (complete on return, abandon on exception). Settling it from the function
 needs the SDK-type binding (``azurefunctions-extensions-bindings-servicebus``:
-``ServiceBusReceivedMessage`` + ``ServiceBusMessageActions.deadletter``), which requires
-``autoCompleteMessages: false`` for the trigger, makes every handler settle every message by hand,
-and brings ``uamqp`` (retired) and ``grpcio`` into the deployment. Until that binding is the
-default, the intake records the run as ``rejected``, calls :meth:`ServiceBusRejecter.reject` and
-returns normally, so the original is completed once, never retried ten times. The original body,
-the reason and the description land on the ``training-rejected`` queue (and, when the body names
-one, a short notice on the request's ``reply_to`` queue). ``docs/azure.md`` shows the wiring for
-the dead-letter variant.
+``ServiceBusReceivedMessage`` + ``ServiceBusMessageActions.deadletter``, the trigger declared with
+``auto_complete_messages=False``). It was evaluated and not adopted: only pre-releases exist
+(1.0.0b2), it pins ``protobuf<7`` (a major downgrade of the environment's protobuf) and decodes every
+message with the deprecated ``uamqp`` library; ``docs/azure.md`` section 6 has each check and its
+result, and what switching involves. So the intake records the run as ``rejected``, calls
+:meth:`ServiceBusRejecter.reject` and returns normally, and the original is completed once, never
+retried ten times. The original body, the reason and the description land on the
+``training-rejected`` queue (and, when the body names one, a short notice on the request's
+``reply_to`` queue).
 
 Retries: one layer only. The SDK client is built with ``retry_total=0`` (its own default is 3
 retries with back-off up to 120 s, which stacked under ours multiplied the attempts and the time);
