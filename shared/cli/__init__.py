@@ -96,10 +96,10 @@ def submit(
         str | None, typer.Option("--backend", help="ray, azureml or twin (default: the deployment's).")
     ] = None,
     head_vm_size: Annotated[
-        str | None, typer.Option("--head-vm-size", help="Head cluster VM size, e.g. STANDARD_NC6.")
+        str | None, typer.Option("--head-vm-size", help="Head cluster VM size, e.g. STANDARD_NC4AS_T4_V3.")
     ] = None,
     worker_vm_size: Annotated[
-        str | None, typer.Option("--worker-vm-size", help="Worker VM size, e.g. STANDARD_D2_V2.")
+        str | None, typer.Option("--worker-vm-size", help="Worker VM size, e.g. STANDARD_D2AS_V5.")
     ] = None,
     worker_nodes: Annotated[int | None, typer.Option("--worker-nodes", help="Worker node count.")] = None,
     max_run_duration_s: Annotated[

@@ -115,9 +115,9 @@ def test_submit_puts_exactly_one_message_on_the_queue(run, data_dir):
         "--request-id",
         "req-42",
         "--head-vm-size",
-        "standard_nc6",
+        "standard_nc4as_t4_v3",
         "--worker-vm-size",
-        "STANDARD_D2_V2",
+        "STANDARD_D2AS_V5",
         "--worker-nodes",
         "6",
         "--max-run-duration-s",
@@ -145,7 +145,7 @@ def test_submit_puts_exactly_one_message_on_the_queue(run, data_dir):
     assert (body["algorithm"], body["env"], body["experiment"]) == ("APPO", "PongNoFrameskip-v4", "pong")
     assert body["config"] == {"num_workers": 13, "lr": 0.0005}
     assert body["stop"]["episode_reward_mean"] == 18 and body["stop"]["time_total_s"] == 3600
-    assert body["compute"]["head"]["vm_size"] == "STANDARD_NC6"
+    assert body["compute"]["head"]["vm_size"] == "STANDARD_NC4AS_T4_V3"
     assert body["compute"]["workers"]["node_count"] == 6 and body["compute"]["workers"]["max_nodes"] == 6
     assert body["compute"]["max_run_duration_s"] == 7200
     assert body["notify"]["webhooks"] == ["https://hooks.example.com/a", "https://hooks.example.com/b"]
