@@ -301,6 +301,11 @@ def test_module_parameters_and_outputs_line_up() -> None:
     for sym, out in re.findall(r"\b(\w+)\.outputs\.(\w+)", main):
         assert sym in mods, f"main.bicep reads outputs of {sym}, which is not a module"
         assert out in _outputs(_bicep(mods[sym][0])), f"{mods[sym][0].name} has no output {out!r}"
+    # the example parameters file names only parameters main.bicep declares, and every required one
+    example = json.loads((INFRA / "main.parameters.example.json").read_text())["parameters"]
+    main_params = _params(main)
+    assert set(example) - set(main_params) == set()
+    assert {p for p, has_default in main_params.items() if not has_default} <= set(example)
     # the outputs docs/azure.md tells people to read
     assert {"functionAppName", "serviceBusNamespace", "tableAccountUrl", "workspaceName"} <= _outputs(main)
 
