@@ -7,11 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
-from shared.cli import app
 from shared.cli.request import build_request
 from shared.models import CompletionMessage, Delivery, Progress, RunRecord, RunState, TrainingRequest
 from shared.settings import QUEUE_NAME
@@ -19,29 +17,7 @@ from shared.settings import QUEUE_NAME
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def local_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("RLQ_BACKEND", "twin")
-    monkeypatch.setenv("RLQ_BROKER", "sqlite")
-    monkeypatch.setenv("RLQ_STORE", "sqlite")
-    monkeypatch.delenv("RLQ_DATA_DIR", raising=False)
-    monkeypatch.delenv("RLQ_WEBHOOK_SECRETS", raising=False)
-    monkeypatch.chdir(tmp_path)  # no stray .env file is read
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "rlq"
-
-
-@pytest.fixture
-def run(data_dir):
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, ["--data-dir", str(data_dir), *args], catch_exceptions=False)
-
-    return invoke
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def queued(data_dir: Path) -> list:

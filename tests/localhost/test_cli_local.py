@@ -15,9 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import standardwebhooks
-from typer.testing import CliRunner
 
-from shared.cli import app
 from shared.cli.local import WebhookReceiver, choose_port, new_webhook_secret
 from shared.errors import PermanentError
 from shared.webhook_verify import WebhookVerificationError
@@ -25,29 +23,7 @@ from shared.webhook_verify import WebhookVerificationError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def local_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("RLQ_BACKEND", "twin")
-    monkeypatch.setenv("RLQ_BROKER", "sqlite")
-    monkeypatch.setenv("RLQ_STORE", "sqlite")
-    monkeypatch.delenv("RLQ_DATA_DIR", raising=False)
-    monkeypatch.delenv("RLQ_WEBHOOK_SECRETS", raising=False)
-    monkeypatch.chdir(tmp_path)  # no stray .env file is read
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "rlq"
-
-
-@pytest.fixture
-def run(data_dir):
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, ["--data-dir", str(data_dir), *args], catch_exceptions=False)
-
-    return invoke
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 # --- demo and serve, end to end on the compute twin --------------------------------------------
