@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install run serve test lint bench soak clean
+.PHONY: install browser screenshot run serve test lint bench soak clean
 
 $(STAMP): pyproject.toml package.json
 	$(PY) -m venv $(VENV)
@@ -18,13 +18,30 @@ $(STAMP): pyproject.toml package.json
 
 install: $(STAMP)
 
+# Chromium and its WebDriver (Debian: chromium, chromium-driver) for the dashboard's browser tests.
+# A file target: apt runs only while /usr/bin/chromedriver is missing; sudo only when not root.
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser: $(CHROMEDRIVER)
+
+$(CHROMEDRIVER):
+	@command -v apt-get >/dev/null || { echo "no apt-get: install chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver) with this system's package manager"; exit 1; }
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y chromium chromium-driver
+
+# The README's picture of a finished run (docs/images/dashboard-run.png), taken by the browser test
+screenshot: install browser
+	RLQ_DASHBOARD_SCREENSHOT=docs/images/dashboard-run.png $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/dashboard/test_browser.py -k curve_grows
+
 run: install
 	$(BIN)/rlq demo
 
 serve: install
 	$(BIN)/rlq serve
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
 
 # ruff (check + format) on Python, then checkov on infra/ (Bicep) in its own venv (.venv-lint/)

@@ -2,8 +2,8 @@
 
 import azure.functions as func
 
-from functions import http_api, intake, notifier, poller
+from functions import dashboard, http_api, intake, notifier, poller
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (intake.bp, poller.bp, notifier.bp, http_api.bp):
+for blueprint in (intake.bp, poller.bp, notifier.bp, http_api.bp, dashboard.bp):
     app.register_functions(blueprint)

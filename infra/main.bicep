@@ -38,7 +38,7 @@ param headMaxNodes int = 1
 
 @description('Ray worker cluster (CPU) and how many nodes a run uses.')
 param workerClusterName string = 'worker-cpu'
-param workerVmSize string = 'Standard_D2_v2'
+param workerVmSize string = 'Standard_D2as_v5'
 param workerMaxNodes int = 4
 param workerNodeCount int = 4
 

@@ -34,7 +34,7 @@ param headClusterName string = 'head-gpu'
 param headVmSize string = 'Standard_NC4as_T4_v3'
 param headMaxNodes int = 1
 param workerClusterName string = 'worker-cpu'
-param workerVmSize string = 'Standard_D2_v2'
+param workerVmSize string = 'Standard_D2as_v5'
 param workerMaxNodes int = 4
 
 @description('Webhook signing secret(s) (whsec_..., space separated); empty: none stored.')
@@ -164,7 +164,7 @@ resource headCluster 'Microsoft.MachineLearningServices/workspaces/computes@2024
   parent: workspace
   name: headClusterName
   location: location
-  // pulls the environment image from the registry (AcrPull: modules/roles.bicep)
+  // pulls the environment image from the registry: Azure ML grants this identity AcrPull
   identity: {
     type: 'SystemAssigned'
   }
@@ -192,7 +192,7 @@ resource workerCluster 'Microsoft.MachineLearningServices/workspaces/computes@20
   parent: workspace
   name: workerClusterName
   location: location
-  // pulls the environment image from the registry (AcrPull: modules/roles.bicep)
+  // pulls the environment image from the registry: Azure ML grants this identity AcrPull
   identity: {
     type: 'SystemAssigned'
   }
@@ -218,9 +218,5 @@ resource workerCluster 'Microsoft.MachineLearningServices/workspaces/computes@20
 
 output workspaceName string = workspace.name
 output workspacePrincipalId string = workspace.identity.principalId
-output clusterPrincipalIds array = createClusters ? [
-  headCluster.identity.principalId
-  workerCluster.identity.principalId
-] : []
 output keyVaultName string = vault.name
 output webhookSecretName string = empty(webhookSecrets) ? '' : webhookSecretName

@@ -102,7 +102,7 @@ def test_article_request_builds_the_real_estimator(backend: AzureMLRayBackend) -
         "--env",
         "PongNoFrameskip-v4",
         "--config",
-        '{"num_gpus":1,"num_workers":13}',
+        '{"num_gpus":1,"num_workers":11}',
         "--stop",
         '{"episode_reward_mean":18.0,"time_total_s":3600}',
         "--output-dir",
@@ -115,7 +115,7 @@ def test_article_request_builds_the_real_estimator(backend: AzureMLRayBackend) -
     workers = est.worker_configuration
     assert isinstance(workers, WorkerConfiguration)
     assert (workers.target, workers.node_count, workers._use_gpu) == ("worker-cpu", 4, False)
-    assert workers.shm_size == "3g"
+    assert workers.shm_size == "4g"  # 40% of the default worker D2as_v5 (8 GiB), rounded up
     rl = est.rl_config
     assert rl.max_run_duration_seconds == 3600
     assert rl.cluster_coordination_timeout_seconds == 3600
@@ -182,22 +182,22 @@ def test_request_clusters_and_config_override_the_defaults(backend: AzureMLRayBa
 
 def test_num_workers_derivation_follows_the_seed(backend: AzureMLRayBackend) -> None:
     cases = [
-        ({}, 13),  # NC6 (6) + 4 x D2_v2 (2) - 1
-        ({"workers": {"node_count": 2, "max_nodes": 4}}, 9),  # 6 + 2 x 2 - 1
+        ({}, 11),  # NC4as_T4_v3 (4) + 4 x D2as_v5 (2) - 1
+        ({"workers": {"node_count": 2, "max_nodes": 4}}, 7),  # 4 + 2 x 2 - 1
         (
             {
-                "head": {"vm_size": "STANDARD_D2_V2"},
-                "workers": {"vm_size": "STANDARD_D4_V2", "node_count": 3},
+                "head": {"vm_size": "STANDARD_D2AS_V5"},
+                "workers": {"vm_size": "STANDARD_D8AS_V5", "node_count": 3},
             },
             25,
         ),
     ]
     for compute, expected in cases:
         req = parse_request({**ARTICLE_REQUEST, "compute": compute})
-        argv = backend.trainer_argv(req)
+        argv = backend.job_argv(req)
         assert json.loads(argv[argv.index("--config") + 1])["num_workers"] == expected, compute
-    cpu_head = parse_request({**ARTICLE_REQUEST, "compute": {"head": {"vm_size": "STANDARD_D2_V2"}}})
-    argv = backend.trainer_argv(cpu_head)
+    cpu_head = parse_request({**ARTICLE_REQUEST, "compute": {"head": {"vm_size": "STANDARD_D2AS_V5"}}})
+    argv = backend.job_argv(cpu_head)
     assert json.loads(argv[argv.index("--config") + 1])["num_gpus"] == 0
     est = backend.build_estimator(cpu_head)
     assert est._use_gpu is False
@@ -207,7 +207,7 @@ def test_argv_is_a_list_with_unquoted_json_and_tags_stay_off_it(
     backend: AzureMLRayBackend, twin: AzureMLTwin
 ) -> None:
     req = parse_request({**ARTICLE_REQUEST, "tags": {"note": "two words here"}})
-    argv = backend.trainer_argv(req)
+    argv = backend.job_argv(req)
     assert all(isinstance(a, str) for a in argv)
     config = argv[argv.index("--config") + 1]
     assert config.startswith("{") and json.loads(config)  # no shell quoting added around JSON
@@ -247,7 +247,7 @@ def test_ensure_compute_creates_both_clusters_without_waiting(
     backend.ensure_compute(article())
     head, workers = twin.provisioning_configs["head-gpu"], twin.provisioning_configs["worker-cpu"]
     assert (head.vm_size, head.scale_settings.minimum_node_count, head.scale_settings.maximum_node_count) == (
-        "STANDARD_NC6",
+        "STANDARD_NC4AS_T4_V3",
         0,
         2,
     )
@@ -256,7 +256,7 @@ def test_ensure_compute_creates_both_clusters_without_waiting(
         workers.scale_settings.maximum_node_count,
         workers.vnet_name,
         workers.subnet_name,
-    ) == ("STANDARD_D2_V2", 4, "rlq-vnet", "aml")
+    ) == ("STANDARD_D2AS_V5", 4, "rlq-vnet", "aml")
     assert twin.computes["head-gpu"].provisioning_state == "Creating"  # nobody waited for it
     # a second request reuses them while they are still being created
     backend.ensure_compute(article())
@@ -281,7 +281,7 @@ def test_sdk_gateway_creates_without_wait_for_completion(monkeypatch) -> None:
 
     monkeypatch.setattr(ComputeTarget, "create", staticmethod(fake_create))
     ws = object()
-    config = AmlCompute.provisioning_configuration(vm_size="STANDARD_D2_V2", min_nodes=0, max_nodes=4)
+    config = AmlCompute.provisioning_configuration(vm_size="STANDARD_D2AS_V5", min_nodes=0, max_nodes=4)
     SdkGateway(lambda: ws).create_compute("worker-cpu", config)
     assert created == [(ws, "worker-cpu", config)]
 
@@ -317,7 +317,7 @@ def test_sdk_gateway_submits_the_estimator_with_tags(monkeypatch, backend: Azure
                 "head-gpu",
                 "AmlCompute",
                 "Failed",
-                "STANDARD_NC6",
+                "STANDARD_NC4AS_T4_V3",
                 "rlq-vnet",
                 "aml",
                 max_nodes=2,
@@ -327,22 +327,32 @@ def test_sdk_gateway_submits_the_estimator_with_tags(monkeypatch, backend: Azure
         ),
         (
             ComputeInfo(
-                "head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC6", "other-vnet", "aml", max_nodes=2
+                "head-gpu",
+                "AmlCompute",
+                "Succeeded",
+                "STANDARD_NC4AS_T4_V3",
+                "other-vnet",
+                "aml",
+                max_nodes=2,
             ),
             "it is in other-vnet/aml, not rlq-vnet/aml",
         ),
         (
-            ComputeInfo("head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC6", None, None, max_nodes=2),
+            ComputeInfo(
+                "head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC4AS_T4_V3", None, None, max_nodes=2
+            ),
             "it is in no virtual network",
         ),
         (
             ComputeInfo(
-                "head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC12", "rlq-vnet", "aml", max_nodes=2
+                "head-gpu", "AmlCompute", "Succeeded", "STANDARD_NC8AS_T4_V3", "rlq-vnet", "aml", max_nodes=2
             ),
-            "VM size is STANDARD_NC12, the request asks for STANDARD_NC6",
+            "VM size is STANDARD_NC8AS_T4_V3, the request asks for STANDARD_NC4AS_T4_V3",
         ),
         (
-            ComputeInfo("head-gpu", "ComputeInstance", "Succeeded", "STANDARD_NC6", "rlq-vnet", "aml"),
+            ComputeInfo(
+                "head-gpu", "ComputeInstance", "Succeeded", "STANDARD_NC4AS_T4_V3", "rlq-vnet", "aml"
+            ),
             "not an AmlCompute cluster",
         ),
     ],
@@ -364,7 +374,7 @@ def test_worker_cluster_too_small_for_the_node_count(backend: AzureMLRayBackend,
             "worker-cpu",
             "AmlCompute",
             "Succeeded",
-            "STANDARD_D2_V2",
+            "STANDARD_D2AS_V5",
             "rlq-vnet",
             "aml",
             vnet_resource_group="rlq-rg",
@@ -376,7 +386,7 @@ def test_worker_cluster_too_small_for_the_node_count(backend: AzureMLRayBackend,
 
 
 def test_existing_matching_clusters_are_reused(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:
-    for name, size, n in (("head-gpu", "STANDARD_NC6", 2), ("worker-cpu", "Standard_D2_v2", 4)):
+    for name, size, n in (("head-gpu", "STANDARD_NC4AS_T4_V3", 2), ("worker-cpu", "Standard_D2as_v5", 4)):
         twin.add_compute(
             ComputeInfo(
                 name,
@@ -394,7 +404,9 @@ def test_existing_matching_clusters_are_reused(backend: AzureMLRayBackend, twin:
 
 
 def test_cluster_being_deleted_is_transient(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:
-    twin.add_compute(ComputeInfo("head-gpu", "AmlCompute", "Deleting", "STANDARD_NC6", "rlq-vnet", "aml"))
+    twin.add_compute(
+        ComputeInfo("head-gpu", "AmlCompute", "Deleting", "STANDARD_NC4AS_T4_V3", "rlq-vnet", "aml")
+    )
     with pytest.raises(TransientError, match="being deleted"):
         backend.ensure_compute(article())
 

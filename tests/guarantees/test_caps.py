@@ -35,7 +35,7 @@ def body(request_id: str, **extra) -> bytes:
         (
             "max_gpus_per_request",
             1,
-            {"compute": {"head": {"vm_size": "STANDARD_NC12"}}},
+            {"compute": {"head": {"vm_size": "STANDARD_NC48ADS_A100_V4"}}},
             "compute: 2 GPUs requested; the cap is 1",
         ),
         (
@@ -69,7 +69,7 @@ def test_exactly_at_each_cap_is_accepted(wired, twin):
     s.max_nodes_per_request, s.max_gpus_per_request, s.max_run_duration_s = 7, 2, 600
     at_caps = {
         "compute": {
-            "head": {"vm_size": "STANDARD_NC12"},
+            "head": {"vm_size": "STANDARD_NC48ADS_A100_V4"},
             "workers": {"node_count": 6, "max_nodes": 6},
             "max_run_duration_s": 600,
         },

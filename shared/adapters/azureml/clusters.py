@@ -51,7 +51,7 @@ class Clusters:
 
     @property
     def head_gpus(self) -> int:
-        return VM_SIZES[self.head.vm_size][1]
+        return VM_SIZES[self.head.vm_size].gpus
 
     @property
     def total_cpus(self) -> int:

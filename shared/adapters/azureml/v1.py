@@ -54,7 +54,7 @@ from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_t
 from shared.adapters.azureml.errors import readable, sdk_errors
 from shared.adapters.azureml.gateway import AmlGateway, RunLike, SdkGateway, workspace_from_settings
 from shared.errors import ComputeError, TransientError
-from shared.models import Progress, TrainingRequest
+from shared.models import VM_SIZES, Progress, TrainingRequest
 from shared.ports import JobState, JobStatus
 from shared.settings import Settings
 
@@ -62,10 +62,9 @@ log = logging.getLogger(__name__)
 
 DEPRECATION_URL = "https://aka.ms/rldepre"
 RUN_TAG = "rlq_request_id"
-ARGV_ENV = "RLQ_TRAINER_ARGV"
+ARGV_ENV = trainer_args.ARGV_ENV
 ENTRY_SCRIPT = "trainer/train.py"
 RAY_ADDRESS = "localhost:6379"  # the RL service starts Ray's head on its default port
-CHECKPOINT_FREQ = 10
 HEAD_SHM_SIZE = "24g"
 CLUSTER_COORDINATION_TIMEOUT_S = 3600
 
@@ -87,31 +86,6 @@ STATUS_TO_STATE: dict[str, JobState] = {
     "Canceled": "stopped",
 }
 TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Canceled"})
-
-# GiB of memory per VM size: the workers' /dev/shm is sized from it (Ray's object store lives there).
-VM_MEMORY_GIB = {
-    "STANDARD_NC6": 56,
-    "STANDARD_NC12": 112,
-    "STANDARD_NC24": 224,
-    "STANDARD_NC6S_V3": 112,
-    "STANDARD_NC12S_V3": 224,
-    "STANDARD_NC24S_V3": 448,
-    "STANDARD_NC4AS_T4_V3": 28,
-    "STANDARD_NC8AS_T4_V3": 56,
-    "STANDARD_NC16AS_T4_V3": 110,
-    "STANDARD_NC24ADS_A100_V4": 220,
-    "STANDARD_D2_V2": 7,
-    "STANDARD_D3_V2": 14,
-    "STANDARD_D4_V2": 28,
-    "STANDARD_D5_V2": 56,
-    "STANDARD_D2S_V3": 8,
-    "STANDARD_D4S_V3": 16,
-    "STANDARD_D8S_V3": 32,
-    "STANDARD_D16S_V3": 64,
-    "STANDARD_F4S_V2": 8,
-    "STANDARD_F8S_V2": 16,
-    "STANDARD_F16S_V2": 32,
-}
 
 _warned = False
 _warn_lock = threading.Lock()
@@ -293,8 +267,8 @@ class AzureMLRayBackend:
                 tags={"managed-by": "rlq"},
             )
 
-    def trainer_argv(self, request: TrainingRequest, clusters: Clusters | None = None) -> list[str]:
-        """The trainer's seed-compatible argument vector for this request."""
+    def job_argv(self, request: TrainingRequest, clusters: Clusters | None = None) -> list[str]:
+        """:func:`shared.trainer_args.build_argv` with the seed's worker and GPU counts filled in."""
         c = clusters or self.clusters(request)
         config = dict(request.config)
         if "num_workers" not in config and "num_env_runners" not in config:
@@ -302,10 +276,9 @@ class AzureMLRayBackend:
             config["num_workers"] = max(c.total_cpus - 1, 0)
         if not {"num_gpus", "num_gpus_per_learner", "num_learners"} & config.keys():
             config["num_gpus"] = c.head_gpus
-        return trainer_args.trainer_argv(
+        return trainer_args.build_argv(
             request,
             output_dir="outputs",
-            checkpoint_freq=CHECKPOINT_FREQ,
             config=config,
             ray_address=RAY_ADDRESS,
         )
@@ -317,7 +290,7 @@ class AzureMLRayBackend:
 
         c = self.clusters(request)
         source = self.stage_source()
-        argv = self.trainer_argv(request, c)
+        argv = self.job_argv(request, c)
         max_run = request.compute.max_run_duration_s or self.settings.default_run_duration_s
         with sdk_errors("build the estimator"):
             env = Environment(name="rlq-trainer")
@@ -476,7 +449,8 @@ def check_restore(request: TrainingRequest) -> None:
 
 def worker_shm_size(vm_size: str) -> str:
     """About 40% of a worker's memory: Ray puts its object store (30% by default) in /dev/shm."""
-    return f"{max(2, math.ceil(VM_MEMORY_GIB.get(vm_size.upper(), 8) * 0.4))}g"
+    size = VM_SIZES.get(vm_size.upper())
+    return f"{max(2, math.ceil((size.memory_gib if size else 8) * 0.4))}g"
 
 
 def _maybe(fn: Callable[[], Any]) -> Any:

@@ -1,0 +1,83 @@
+"""The dashboard's handlers as the Functions host calls them, on a twin-backed wiring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+import function_app
+from shared.adapters.compute_twin import ComputeTwin
+from shared.adapters.sqlite_broker import SqliteBroker
+from shared.composition import Wiring, build, install
+from shared.models import Delivery
+from shared.settings import Settings
+
+# get_functions() may be called once per app object (it re-validates names against its own index).
+FUNCTIONS = {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
+
+
+def handler(name: str):
+    return FUNCTIONS[name].get_user_function()
+
+
+class FailingNotifier:
+    """Records a failed webhook delivery for every completion, as a receiver answering 500 would."""
+
+    def deliver(self, message, request):
+        return [
+            Delivery(
+                target="https://hooks.example.com/rlq",
+                ok=False,
+                attempts=3,
+                status_code=500,
+                error="HTTP 500 after 3 attempts <b>busy</b>",
+            )
+        ]
+
+
+@pytest.fixture
+def wired(tmp_path: Path, clock) -> Wiring:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "rlq", backend="twin", max_in_flight=100)  # type: ignore[call-arg]
+    settings.data_dir.mkdir(parents=True)
+    twin = ComputeTwin(tmp_path / "twin.sqlite3", polls_to_finish=4)
+    broker = SqliteBroker(settings.queue_db, clock=clock.epoch)
+    w = build(
+        settings, compute={"twin": twin}, broker=broker, notifier=FailingNotifier(), clock=clock, faults=None
+    )
+    install(w)
+    yield w
+    install(None)
+
+
+def call(
+    name: str,
+    path: str,
+    *,
+    method: str = "GET",
+    route_params: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> func.HttpResponse:
+    req = func.HttpRequest(
+        method=method,
+        url=f"http://127.0.0.1:7071{path}",
+        body=body,
+        route_params=route_params or {},
+        params=params or {},
+        headers=headers or {},
+    )
+    return handler(name)(req)
+
+
+def html(resp: func.HttpResponse) -> str:
+    return resp.get_body().decode("utf-8")
+
+
+def live(resp: func.HttpResponse) -> dict[str, Any]:
+    assert resp.mimetype == "application/json"
+    return json.loads(resp.get_body())
