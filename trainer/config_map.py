@@ -143,17 +143,22 @@ def conv_filters() -> Kind:
             return None
         out = []
         for f in v:
-            if not (isinstance(f, list) and len(f) == 3 and _is_int(f[0]) and _is_int(f[2])):
+            if not (isinstance(f, list) and len(f) in (3, 4) and _is_int(f[0]) and _is_int(f[2])):
                 return None
             k = f[1]
             if _is_int(k):
                 k = [k, k]
             if not (isinstance(k, list) and len(k) == 2 and all(_is_int(x) and x > 0 for x in k)):
                 return None
-            out.append([f[0], k, f[2]])
+            if len(f) == 4 and f[3] not in ("same", "valid"):
+                return None
+            out.append([f[0], k, f[2], *f[3:]])
         return out
 
-    return Kind("a list of [out_channels, [kernel_w, kernel_h], stride] filters", check)
+    return Kind(
+        'a list of [out_channels, [kernel_w, kernel_h], stride] filters, optionally with padding "same" or "valid"',
+        check,
+    )
 
 
 ACTIVATIONS = ("tanh", "relu", "swish", "silu", "elu", "linear")

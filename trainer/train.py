@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: python trainer/train.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import config_map, envs, presets
+from trainer import bootstrap, config_map, envs, presets
 from trainer.config_map import UsageError
 from trainer.sinks import Sinks, clean, dumps
 
@@ -306,6 +306,10 @@ def _ray_init(plan: Plan):
         pp = os.environ.get("PYTHONPATH", "")
         if REPO_ROOT not in pp.split(os.pathsep):
             os.environ["PYTHONPATH"] = REPO_ROOT + (os.pathsep + pp if pp else "")
+        # Ray starts worker processes at niceness 15; here the EnvRunner actors are the
+        # workload, not background work: on a busy machine they starved behind every other
+        # process while the Learner (in this process, niceness 0) waited for their samples.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(**kwargs)
     return ray
 
@@ -417,8 +421,13 @@ class Trainer:
             _check_cancel()
             res = ray.cluster_resources()
             cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+            # A cluster started by trainer/bootstrap.py: Learner on the head node, EnvRunners on workers.
+            place = bootstrap.placement(ray.nodes())
             settings = presets.preset(plan.algorithm, plan.env_id, plan.atari, gpus)
             settings.update(plan.mapped.settings)
+            if "num_env_runners" not in settings and place and place.get("worker_cpus"):
+                settings["num_env_runners"] = place["worker_cpus"]
+                log(f"config: num_env_runners={settings['num_env_runners']} (the worker nodes' CPUs)")
             if "num_env_runners" not in settings:
                 settings["num_env_runners"] = config_map.default_num_env_runners(cpus)
                 log(
@@ -437,6 +446,12 @@ class Trainer:
             }
             log(f"{plan.algorithm} on {plan.env_id}: " + json.dumps(clean(settings), sort_keys=True))
             cfg = _build_algo_config(plan, settings, env_name, env_config)
+            if place:
+                if "custom_resources_per_env_runner" in place:
+                    cfg.env_runners(custom_resources_per_env_runner=place["custom_resources_per_env_runner"])
+                if "custom_resources_per_learner" in place:
+                    cfg.learners(custom_resources_per_learner=place["custom_resources_per_learner"])
+                log("placement: Learner on the rlq_head node, EnvRunners on rlq_worker nodes")
             self.algo = cfg.build_algo()
             _install_signal_handlers()
             _check_cancel()

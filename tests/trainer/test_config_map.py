@@ -85,6 +85,8 @@ def test_seed_article_config_is_accepted():
         ({"model": {"dim": 42, "bogus": 1}}, "--config.model.bogus"),
         ({"model": [1]}, "--config.model"),
         ({"clip_param": 0.3}, "--config.clip_param"),  # not an IMPALA setting
+        ({"conv_filters": [[16, [4, 4], 2, "full"]]}, "--config.conv_filters"),
+        ({"conv_filters": [[16, [4, 4], 2, "valid", 1]]}, "--config.conv_filters"),
     ],
 )
 def test_bad_values_name_the_field(cfg, field):
@@ -92,6 +94,17 @@ def test_bad_values_name_the_field(cfg, field):
         map_config(cfg, "IMPALA")
     assert str(ei.value).startswith(field + ":")
     assert "expected" in str(ei.value)
+
+
+def test_conv_filters_take_an_optional_padding():
+    m = map_config(
+        {"conv_filters": [[16, 4, 2], [256, [11, 11], 1, "valid"], [8, [3, 3], 1, "same"]]}, "IMPALA"
+    )
+    assert m.settings["conv_filters"] == [
+        [16, [4, 4], 2],
+        [256, [11, 11], 1, "valid"],
+        [8, [3, 3], 1, "same"],
+    ]
 
 
 def test_unknown_key_error_names_it():
