@@ -56,6 +56,10 @@ bench: install
 	$(BIN)/python bench/trainer_throughput.py
 	$(BIN)/python bench/cartpole_time_to_450.py
 
+# Pong learning proof: the Pong preset for 2M agent steps (about 2 h on 2 cores); curve CSV + PNG
+bench-learn: install
+	$(BIN)/python bench/pong_learning.py
+
 # The full load and soak suites (CI runs reduced forms in tests/guarantees)
 soak: install
 	$(BIN)/python bench/load_soak.py
