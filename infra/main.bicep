@@ -242,7 +242,6 @@ module roles 'modules/roles.bicep' = {
     allowClusterCreation: allowClusterCreation
     registryName: registry.outputs.name
     workspacePrincipalId: aml.outputs.workspacePrincipalId
-    clusterPrincipalIds: aml.outputs.clusterPrincipalIds
   }
 }
 

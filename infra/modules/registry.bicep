@@ -3,7 +3,7 @@
 // Declared here rather than left to Azure ML to create on first use, because a registry Azure ML
 // creates itself has the admin user enabled; this one authenticates with Entra ID only. With the
 // admin user off, the workspace's identity builds and pushes the image and the clusters'
-// identities pull it (AcrPush / AcrPull: modules/roles.bicep), per
+// identities pull it (who grants what: modules/roles.bicep), per
 // https://learn.microsoft.com/azure/machine-learning/how-to-identity-based-service-authentication
 // ("Scenario: Azure Container Registry without admin user").
 

@@ -24,11 +24,8 @@ param allowClusterCreation bool = true
 @description('Container registry of the workspace (modules/registry.bicep).')
 param registryName string
 
-@description('Principal id of the Azure ML workspace\'s system-assigned identity (builds and pushes the image).')
+@description('Principal id of the Azure ML workspace\'s system-assigned identity (pushes the environment image).')
 param workspacePrincipalId string
-
-@description('Principal ids of the clusters\' system-assigned identities (pull the image).')
-param clusterPrincipalIds array = []
 
 var role = {
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
@@ -41,7 +38,6 @@ var role = {
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
   networkContributor: '4d97b98b-1d4f-4787-a291-c67834d212e7'
   reader: 'acdd72a7-3385-48ef-bd42-f606fba81ae7'
-  acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
   acrPush: '8311e382-0749-4cb8-b61a-304f252e45ec'
 }
 
@@ -234,10 +230,14 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-// Container registry (admin user off): the workspace identity builds the environment image and
-// pushes it (AcrPush, which includes pull); each cluster identity pulls it (AcrPull). Azure ML
-// grants a cluster AcrPull itself only when the registry exists before the cluster; in one
-// deployment the order is not guaranteed, so the grant is explicit.
+// Container registry (admin user off). The workspace's system-assigned identity gets its access to
+// the associated registry from Azure ML itself when the workspace is created ("role assignment
+// creation: managed by Microsoft"; a user-assigned identity would need Contributor on the
+// registry, which ACR Tasks builds require), and each cluster's system-assigned identity gets
+// AcrPull automatically because the registry exists before the clusters (the workspace names
+// it). Those are not declared again here: a second assignment of the same role to the same
+// principal on the same scope fails the deployment (RoleAssignmentExists). Declared: AcrPush
+// (push and pull) for the workspace identity, the data-plane right the image build uses.
 // https://learn.microsoft.com/azure/machine-learning/how-to-identity-based-service-authentication
 resource workspaceAcrPush 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(registry.id, workspacePrincipalId, role.acrPush)
@@ -248,23 +248,3 @@ resource workspaceAcrPush 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     principalType: 'ServicePrincipal'
   }
 }
-
-resource workspaceAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(registry.id, workspacePrincipalId, role.acrPull)
-  scope: registry
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.acrPull)
-    principalId: workspacePrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-resource clusterAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for clusterPrincipalId in clusterPrincipalIds: {
-  name: guid(registry.id, clusterPrincipalId, role.acrPull)
-  scope: registry
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.acrPull)
-    principalId: clusterPrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.azurite import AzuriteUnavailable, ensure_installed
 from shared.settings import Settings
+from tests.support.azurite import AzuriteUnavailable, ensure_installed
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINER_ONLY = {"ray", "torch", "gymnasium", "ale-py", "opencv-python-headless", "imageio"}
@@ -164,7 +164,6 @@ BUILT_IN_ROLES = {
 DOC_IDENTITIES = {
     "function app": "principalId",
     "Azure ML workspace": "workspacePrincipalId",
-    "each cluster": "clusterPrincipalId",
 }
 DOC_SCOPES = {
     "Service Bus namespace": "serviceBus",
@@ -355,6 +354,17 @@ def test_service_bus_entities_match_the_settings() -> None:
     # roles.bicep's defaults name the same entities (its scopes for the triggers' Data Owner)
     roles = _params(_bicep(INFRA / "modules" / "roles.bicep"))
     assert {"requestsQueueName", "completedTopicName", "notifierSubscriptionName"} <= set(roles)
+
+
+def test_no_template_declares_a_name_twice() -> None:
+    """Bicep refuses a file that declares a symbol (parameter, variable, resource, module) or an
+    output twice; outputs have their own namespace (``output name`` beside ``param name`` is fine)."""
+    for path in INFRA.rglob("*.bicep"):
+        text = _bicep(path)
+        for kinds in ("param|var|resource|module", "output"):
+            names = re.findall(rf"(?m)^(?:{kinds})\s+(\w+)\b", text)
+            twice = sorted({n for n in names if names.count(n) > 1})
+            assert twice == [], f"{path.relative_to(REPO)} declares {twice} more than once"
 
 
 def test_templates_use_ga_api_versions_only() -> None:
