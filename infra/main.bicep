@@ -177,6 +177,8 @@ var rlqSettings = {
   RLQ_BACKEND: 'azureml'
   RLQ_STORE: 'table'
   RLQ_BROKER: 'servicebus'
+  // the intake queue's lock: the claim lease derives from it (shared/settings.py claim_lease_s)
+  RLQ_LOCK_DURATION_S: string(serviceBus.outputs.requestLockSeconds)
   RLQ_POLL_SCHEDULE: pollSchedule
   RLQ_PUBLIC_BASE_URL: 'https://${names.functionApp}.azurewebsites.net'
   RLQ_SERVICEBUS_NAMESPACE: serviceBus.outputs.fullyQualifiedNamespace

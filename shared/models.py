@@ -663,6 +663,8 @@ class RunRecord(BaseModel):
     deliveries: list[Delivery] = Field(default_factory=list)
     cancel_requested: bool = False
     poll_failures: int = 0
+    # When the backend first failed to answer a status call in the current streak (None: it answers).
+    unreachable_since: datetime | None = None
     claimed_at: datetime | None = None
     deferrals: int = 0
     # The run whose final checkpoint this one restored (``restore_from: rlq://<parent_request_id>``).

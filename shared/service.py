@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -125,16 +126,23 @@ class TrainingService:
     ) -> RunRecord | None:
         """The queue trigger's one call: accept, or reject for good (never retried ten times).
 
-        Transient errors propagate so the trigger abandons the message and the queue redelivers it.
-        On the last delivery the queue allows, the run record says the request went to the
-        dead-letter queue (state ``rejected``, the last error, how to resubmit), so it is accounted
-        for; a resubmitted copy runs.
+        A transient failure schedules a re-send of the request (``<request_id>:retry:<n>``) after
+        ``intake_retry_base_s`` doubling up to ``intake_retry_max_delay_s``, and this message is
+        done: an outage waits minutes instead of spending the queue's deliveries in a second. Past
+        ``intake_retry_attempts`` re-sends the request goes to the dead-letter queue. When no
+        re-send is possible (no sender, or the queue itself failing) the error propagates, so the
+        trigger abandons the message and the queue redelivers it. Given up either way, the run
+        record says the request went to the dead-letter queue (state ``rejected``, the last error,
+        the command that resubmits it), so it is accounted for; a resubmitted copy runs.
         """
         try:
-            return self.accept(body, message_id=message_id)
+            return self.accept(body, message_id=message_id, delivery_count=delivery_count)
         except TransientError as err:
+            retried = self._retry_later(body, message_id, err)
+            if retried is not None:
+                return retried
             if delivery_count >= self.settings.max_delivery_count:
-                self._record_give_up(body, message_id, delivery_count, err)
+                self._record_give_up(body, message_id, f"after {delivery_count} deliveries", err)
             raise
         except PermanentError as err:
             log.warning("rejected message %s: %s: %s", message_id, err.reason, err.description)
@@ -149,7 +157,9 @@ class TrainingService:
                 )
             return record
 
-    def accept(self, body: bytes | str | dict[str, Any], *, message_id: str | None) -> RunRecord:
+    def accept(
+        self, body: bytes | str | dict[str, Any], *, message_id: str | None, delivery_count: int = 1
+    ) -> RunRecord:
         """Validate, record (idempotent on request_id), ensure compute, submit, record the run id."""
         request = parse_request(body, default_id=message_id, max_bytes=self.settings.max_body_bytes)
         self._check_caps(request)
@@ -179,7 +189,7 @@ class TrainingService:
             log.warning(
                 "request %s delivered again with a different body; the first one stands", request.request_id
             )
-        claimed = self._claim(record)
+        claimed = self._claim(record, message_id=message_id, redelivered=delivery_count > 1)
         if claimed is None:
             return self.store.get(request.request_id) or record
         if claimed.state is RunState.received:  # over the in-flight cap: deferred, not lost
@@ -235,9 +245,17 @@ class TrainingService:
             error=None,
         )
 
-    def _claim(self, record: RunRecord) -> RunRecord | None:
-        """Take the right to submit this record, or None when someone else has it / it is done."""
-        lease = timedelta(seconds=self.settings.lock_duration_s / 2)
+    def _claim(
+        self, record: RunRecord, *, message_id: str | None = None, redelivered: bool = False
+    ) -> RunRecord | None:
+        """Take the right to submit this record, or None when someone else has it / it is done.
+
+        A claim younger than ``claim_lease_s`` (the queue's message lock) holds off other copies of
+        the request. The claiming message's own redelivery takes the claim over at once: the queue
+        redelivers a message only once its lock is gone, so the delivery that claimed died or lost
+        its lock (and, if still alive, stops at its re-check before submitting).
+        """
+        lease = timedelta(seconds=self.settings.claim_lease_s)
         for _ in range(MAX_UPDATE_ATTEMPTS):
             now = self.clock()
             if record.state is RunState.received:
@@ -246,18 +264,22 @@ class TrainingService:
                 if self._in_flight() >= self.settings.max_in_flight:
                     return self._defer(record)
             elif record.state is RunState.provisioning:
-                if record.claimed_at is not None and now - record.claimed_at < lease:
+                own = redelivered and message_id is not None and message_id == record.message_id
+                if record.claimed_at is not None and now - record.claimed_at < lease and not own:
                     log.info("request %s is being submitted by another delivery", record.request_id)
                     return None
-                log.info("request %s: taking over a stale submission claim", record.request_id)
+                log.info(
+                    "request %s: taking over a %s submission claim",
+                    record.request_id,
+                    "redelivered" if own else "stale",
+                )
             else:
                 return None  # submitted, running, terminal, rejected: nothing to do for a duplicate
+            claim = {"state": RunState.provisioning, "claimed_at": now, "updated_at": now}
+            if message_id is not None:
+                claim["message_id"] = message_id  # the claiming message: its redelivery may take over
             try:
-                return self.store.update(
-                    record.model_copy(
-                        update={"state": RunState.provisioning, "claimed_at": now, "updated_at": now}
-                    )
-                )
+                return self.store.update(record.model_copy(update=claim))
             except Conflict:
                 record = self._reload(record.request_id)
         raise TransientError(f"request {record.request_id}: could not claim the run record")
@@ -287,6 +309,10 @@ class TrainingService:
         try:
             backend.ensure_compute(record.request)
             self._fault("ensured")
+            rechecked = self._recheck_claim(record)
+            if rechecked is None or rechecked.state is not RunState.provisioning:
+                return rechecked or self._reload(record.request_id)  # another delivery took it over
+            record = rechecked
             run_id = backend.find(record.request_id) or backend.submit(record.request)
         except PermanentError as err:
             # The request was valid; the compute refused it for good: the run fails and says why.
@@ -322,16 +348,86 @@ class TrainingService:
         except Exception as err:  # noqa: BLE001 - the stale-claim takeover covers this
             log.warning("could not release the claim on %s: %s", record.request_id, err)
 
-    def _record_give_up(
-        self, body: Any, message_id: str | None, delivery_count: int, err: TransientError
+    def _recheck_claim(self, record: RunRecord) -> RunRecord | None:
+        """Right before the submit call: is the claim still this delivery's? Renew it if so.
+
+        None when another delivery took it over meanwhile (its claim time differs); a write to
+        another field (a cancel, say) is not a takeover: the renewal is retried on the fresh record.
+        """
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            now = self.clock()
+            try:
+                return self.store.update(record.model_copy(update={"claimed_at": now, "updated_at": now}))
+            except Conflict:
+                fresh = self._reload(record.request_id)
+                if fresh.state is not RunState.provisioning or fresh.claimed_at != record.claimed_at:
+                    log.warning(
+                        "request %s: the submission claim was taken over during ensure_compute; "
+                        "the other delivery submits it",
+                        record.request_id,
+                    )
+                    return None
+                record = fresh
+        raise TransientError(f"request {record.request_id}: the run record kept changing under us")
+
+    def _retry_later(self, body: Any, message_id: str | None, err: TransientError) -> RunRecord | None:
+        """Schedule a re-send of a request that met a transient failure; None when it cannot be."""
+        if self.sender is None:
+            return None
+        try:
+            request = parse_request(body, default_id=message_id, max_bytes=self.settings.max_body_bytes)
+        except (PermanentError, ValueError):
+            return None
+        found = re.search(r":retry:(\d+)$", message_id or "")
+        attempt = int(found.group(1)) if found else 0
+        record = self.store.get(request.request_id)
+        if attempt >= self.settings.intake_retry_attempts:
+            self._give_up_retrying(body, message_id, request.request_id, attempt, err)
+            return self.store.get(request.request_id)
+        s = self.settings
+        delay_s = min(s.intake_retry_base_s * 2**attempt, s.intake_retry_max_delay_s)
+        at = self.clock() + timedelta(seconds=delay_s)
+        try:
+            self.sender.send(
+                request.model_dump_json().encode(),
+                message_id=f"{request.request_id}:retry:{attempt + 1}",
+                scheduled_at=at,
+            )
+        except Exception as send_err:  # noqa: BLE001 - the queue redelivers this message instead
+            log.warning("could not schedule a retry of %s: %s", request.request_id, send_err)
+            return None
+        log.warning(
+            "request %s: %s; retry %d of %d at %s",
+            request.request_id,
+            err,
+            attempt + 1,
+            s.intake_retry_attempts,
+            at.isoformat(timespec="seconds"),
+        )
+        return record or RunRecord(request_id=request.request_id, request=request)
+
+    def _give_up_retrying(
+        self, body: Any, message_id: str | None, request_id: str, attempt: int, err: TransientError
     ) -> None:
+        what = f"after {attempt + 1} tries"
+        self._record_give_up(body, message_id, what, err)
+        if self.rejecter is not None:
+            raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
+            self.rejecter.reject(
+                message_id=message_id or "",
+                body=raw,
+                reason="TransientFailure",
+                description=f"{request_id}: gave up {what}; last error: {err}"[:4096],
+            )
+
+    def _record_give_up(self, body: Any, message_id: str | None, what: str, err: TransientError) -> None:
         request_id = _guess_request_id(body) or message_id
         record = self.store.get(request_id) if request_id else None
         if record is None or record.state is not RunState.received:
             return  # nothing recorded (the dead letter is the whole story), or the run went on
         note = (
-            f"dead-lettered after {delivery_count} deliveries; last error: {err}. "
-            "Resubmit it once the fault is fixed (rlq dead-letters --resubmit SEQ)."
+            f"dead-lettered {what}; last error: {err}. "
+            "Resubmit it once the fault is fixed: rlq dead-letters, then rlq dead-letters --resubmit SEQ."
         )
         try:
             self._update(record, state=RunState.rejected, error=note)
@@ -466,20 +562,59 @@ class TrainingService:
             return "canceled"
         backend = self.compute[record.backend or self.settings.backend]
         assert record.run_id is not None
-        if record.cancel_requested:
-            backend.cancel(record.run_id)
         try:
+            if record.cancel_requested:
+                backend.cancel(record.run_id)
             status = backend.status(record.run_id)
         except TransientError as err:
-            self._update(record, poll_failures=record.poll_failures + 1)
-            raise TransientError(f"status of {record.run_id}: {err}") from err
+            return self._unanswered(record, backend, err)
         except PermanentError as err:
             status = JobStatus(state="failed", error=err.description)
         return self._apply(record, backend, status)
 
+    def _unanswered(self, record: RunRecord, backend: ComputeBackend, err: TransientError) -> str:
+        """The backend did not answer this tick. The run still ends — at its time limit, or once the
+        backend has not answered for ``unreachable_timeout_s`` — instead of staying active for good."""
+        now = self.clock()
+        since = record.unreachable_since or now
+        limit = self._watchdog_limit_s(record)
+        began = record.started_at or record.submitted_at or record.created_at
+        silent_s = (now - since).total_seconds()
+        if (now - began).total_seconds() > limit:
+            self._cancel_quietly(backend, record)
+            self._terminate(
+                record,
+                state=RunState.timed_out,
+                stop_reason="time_limit",
+                error=f"run exceeded its maximum duration of {limit:.0f} s (its backend did not answer: {err})",
+            )
+            return "timed_out"
+        if silent_s > self.settings.unreachable_timeout_s:
+            self._cancel_quietly(backend, record)
+            self._terminate(
+                record,
+                state=RunState.failed,
+                stop_reason="error",
+                error=(
+                    f"the compute backend did not answer for {self.settings.unreachable_timeout_s:.0f} s "
+                    f"(last: {err}); the run is given up, its outcome unknown"
+                ),
+            )
+            return "unreachable"
+        self._update(record, poll_failures=record.poll_failures + 1, unreachable_since=since)
+        raise TransientError(f"status of {record.run_id}: {err} (no answer for {silent_s:.0f} s)") from err
+
+    def _cancel_quietly(self, backend: ComputeBackend, record: RunRecord) -> None:
+        try:
+            backend.cancel(record.run_id or "")
+        except (TransientError, PermanentError) as err:
+            log.warning("could not cancel %s on giving it up: %s", record.run_id, err)
+
     def _apply(self, record: RunRecord, backend: ComputeBackend, st: JobStatus) -> str | None:
         now = self.clock()
         changes: dict[str, Any] = {"poll_failures": 0}
+        if record.unreachable_since is not None:
+            changes["unreachable_since"] = None  # it answers again
         if st.portal_url and st.portal_url != record.portal_url:
             changes["portal_url"] = st.portal_url
         if st.progress is not None and (

@@ -34,9 +34,24 @@ class Settings(BaseSettings):
     topic_name: str = TOPIC_NAME
     subscription_name: str = SUBSCRIPTION_NAME
     max_delivery_count: int = Field(10, ge=1, le=2000)
-    lock_duration_s: float = Field(60.0, gt=0)
+    lock_duration_s: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "The intake queue's message lock (Service Bus lockDuration, PT5M in infra/modules/servicebus.bicep; "
+            "infra writes RLQ_LOCK_DURATION_S from the same parameter). The submission claim lease is "
+            "derived from it (claim_lease_s)."
+        ),
+    )
     duplicate_detection_window_s: float = Field(600.0, ge=0)
     defer_delay_s: float = Field(60.0, gt=0, description="Redelivery delay when over max_in_flight.")
+    intake_retry_base_s: float = Field(
+        5.0, gt=0, description="First re-send delay after a transient intake failure; doubles per retry."
+    )
+    intake_retry_max_delay_s: float = Field(300.0, gt=0, description="Longest delay between two re-sends.")
+    intake_retry_attempts: int = Field(
+        10, ge=0, description="Re-sends after transient intake failures before the dead-letter queue."
+    )
 
     # --- backends ----------------------------------------------------------------------------
     backend: Literal["ray", "azureml", "twin"] = "ray"
@@ -56,6 +71,9 @@ class Settings(BaseSettings):
     poll_tick_budget_s: float = Field(50.0, gt=0)
     stall_timeout_s: float = Field(1800.0, gt=0, description="No new iteration for this long: stalled.")
     status_timeout_s: float = Field(20.0, gt=0)
+    unreachable_timeout_s: float = Field(
+        1800.0, gt=0, description="A run whose backend answers no status call for this long fails."
+    )
 
     # --- guardrails --------------------------------------------------------------------------
     max_in_flight: int = Field(4, ge=1, description="Global cap on runs submitted and not terminal.")
@@ -117,6 +135,16 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [s.strip() for s in v.replace(",", " ").split() if s.strip()]
         return v
+
+    @property
+    def claim_lease_s(self) -> float:
+        """How long a submission claim holds off other copies of the request: the message lock.
+
+        A live claimer renews its claim right before the submit call; a dead claimer's own message
+        comes back only after its lock ran out, and takes the claim over as a redelivery of the
+        claiming message (see TrainingService._claim), so the lease never has to be shorter.
+        """
+        return self.lock_duration_s
 
     @property
     def queue_db(self) -> Path:

@@ -13,6 +13,13 @@ param name string
 @description('Tags for every resource.')
 param tags object = {}
 
+// The intake queue's message lock, in seconds (Service Bus allows at most 5 minutes). The function
+// app reads the same value as RLQ_LOCK_DURATION_S (main.bicep) and derives its claim lease from it.
+@description('Message lock of the intake queue, in seconds.')
+@minValue(5)
+@maxValue(300)
+param requestLockSeconds int = 300
+
 resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   name: name
   location: location
@@ -35,7 +42,7 @@ resource requests 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   name: 'training-requests'
   properties: {
     maxDeliveryCount: 10
-    lockDuration: 'PT5M'
+    lockDuration: 'PT${requestLockSeconds}S'
     deadLetteringOnMessageExpiration: true
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -85,5 +92,7 @@ resource notifier 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2024-01-
 output name string = namespace.name
 output fullyQualifiedNamespace string = '${namespace.name}.servicebus.windows.net'
 output requestsQueueName string = requests.name
+output requestLockSeconds int = requestLockSeconds
+output requestLockSeconds int = requestLockSeconds
 output completedTopicName string = completed.name
 output notifierSubscriptionName string = notifier.name

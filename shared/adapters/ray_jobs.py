@@ -23,6 +23,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -46,6 +48,8 @@ from shared.ports import JobState, JobStatus
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+REVIVE_INTERVAL_S = 30.0  # local mode: the least time between two restarts of a silent head
 
 # The trainer contract (argv variable, constant entrypoint, log markers): shared.trainer_args.
 ARGV_ENV, ENTRYPOINT = trainer_args.ARGV_ENV, trainer_args.ENTRYPOINT
@@ -284,6 +288,9 @@ class RayJobsBackend:
         self._trainer_package = Path(trainer_package) if trainer_package else _trainer_package_dir()
         self._checkpoint_freq = checkpoint_freq
         self._retry_attempts = retry_attempts
+        # Local mode: one restart of a head that stopped answering at a time, and not every tick.
+        self._revive_lock = threading.Lock()
+        self._revived_at = float("-inf")
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -377,15 +384,37 @@ class RayJobsBackend:
     def ensure_compute(self, request: TrainingRequest) -> None:
         """Local mode: start the private head if it is down. Remote: check the cluster answers."""
         if self.local:
-            ray_local.ensure_local_head(
-                data_dir=self.settings.data_dir,
-                dashboard_port=self.settings.ray_dashboard_port,
-                num_cpus=self.settings.ray_num_cpus,
-                token=self.settings.ray_auth_token,
-            )
-            if self._resolve_token() != self._token:
-                self._client_obj = None  # the head was (re)started with another token
+            self._ensure_local_head()
         self._call(lambda c: c.get_version(), what="version check")
+
+    def _ensure_local_head(self) -> None:
+        ray_local.ensure_local_head(
+            data_dir=self.settings.data_dir,
+            dashboard_port=self.settings.ray_dashboard_port,
+            num_cpus=self.settings.ray_num_cpus,
+            token=self.settings.ray_auth_token,
+        )
+        if self._resolve_token() != self._token:
+            self._client_obj = None  # the head was (re)started with another token
+
+    def _revive_local_head(self, err: TransientError) -> bool:
+        """Local mode: the head stopped answering. Start it again — one thread at a time, at most
+        once per ``REVIVE_INTERVAL_S`` — and say True when it answers. The jobs it ran are gone
+        with it: their next status is a 404, so each of their runs fails with that reason."""
+        if not self.local or not self._revive_lock.acquire(blocking=False):
+            return False
+        try:
+            if time.monotonic() - self._revived_at < REVIVE_INTERVAL_S:
+                return False
+            self._revived_at = time.monotonic()
+            log.warning("the local Ray head does not answer (%s); starting it again", err)
+            self._ensure_local_head()
+            return True
+        except TransientError as again:
+            log.warning("could not start the local Ray head again: %s", again)
+            return False
+        finally:
+            self._revive_lock.release()
 
     def find(self, request_id: str) -> str | None:
         run_id = submission_id_for(request_id)
@@ -440,7 +469,12 @@ class RayJobsBackend:
 
     def status(self, run_id: str) -> JobStatus:
         try:
-            info = self._call(lambda c: c.get_job_info(run_id), what="status")
+            try:
+                info = self._call(lambda c: c.get_job_info(run_id), what="status")
+            except TransientError as err:
+                if not self._revive_local_head(err):
+                    raise
+                info = self._call(lambda c: c.get_job_info(run_id), what="status")
         except RayHttpError as err:
             if err.status == 404:
                 return JobStatus(

@@ -62,6 +62,7 @@ def ray_jobs(w, request_id: str) -> list:
     return [j for j in backend._client().list_jobs() if j.submission_id == submission_id_for(request_id)]
 
 
+@pytest.mark.timeout(900)
 def test_request_to_completion_once_even_when_enqueued_twice(local):
     w, host = local()
     body = {
@@ -90,12 +91,14 @@ def test_request_to_completion_once_even_when_enqueued_twice(local):
     assert (w.settings.runs_dir / "e2e-cartpole" / "metrics.jsonl").is_file()
 
 
+@pytest.mark.timeout(600)
 def test_killed_between_submit_and_record_starts_no_second_job(e2e_head, tmp_path):
     data_dir = tmp_path / "rlq"
     body = {**CARTPOLE, "request_id": "e2e-crash", "stop": {"training_iteration": 2}}
     env = subprocess_env(e2e_head, data_dir, RLQ_LOCK_DURATION_S=4)
     driver = [sys.executable, "-m", "tests.e2e.host_driver", "e2e-crash"]
     w = build(_settings_from(env))
+    w.broker.create_subscription(w.settings.topic_name, "audit")  # what the world saw, never consumed
     w.broker.send(w.settings.queue_name, json.dumps(body), message_id="only")
     crashed = subprocess.run(
         [*driver, "120"], check=False, env={**env, "RLQ_FAULT_AT": "submitted"}, timeout=180
@@ -112,9 +115,8 @@ def test_killed_between_submit_and_record_starts_no_second_job(e2e_head, tmp_pat
     assert rec.completion.status == "Completed" and rec.run_id == submission_id_for("e2e-crash")
     assert len(ray_jobs(w, "e2e-crash")) == 1
     msgs = w.broker.peek(w.settings.topic_name, subscription=w.settings.subscription_name, limit=10)
-    assert (
-        len(w.broker.dead_letters(w.settings.queue_name)) == 0 and len(msgs) == 0
-    )  # notifier consumed it once
+    assert len(w.broker.dead_letters(w.settings.queue_name)) == 0 and len(msgs) == 0  # notifier consumed it
+    assert [m.message_id for m in topic(w)] == ["e2e-crash:completed"]  # published exactly once
     assert rec.notified_at is not None
 
 
@@ -125,6 +127,7 @@ def _settings_from(env: dict[str, str]):
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+@pytest.mark.timeout(600)
 def test_cancel_of_a_running_request_stops_the_ray_job(local):
     w, host = local()
     body = {**CARTPOLE, "request_id": "e2e-cancel", "stop": {"time_total_s": 600}}

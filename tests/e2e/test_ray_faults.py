@@ -1,5 +1,5 @@
-"""Real faults on Ray, seen through the service: a trainer killed mid-training, a head restarted
-while runs are active. The poller must report each run correctly and keep going.
+"""Real faults on Ray, seen through the service: a trainer killed mid-training, a head that dies
+while runs are active. The poller must restart the head, report each run correctly and keep going.
 
 These run on a private head of their own: a SIGKILLed driver leaves its actors to Ray's cleanup,
 and neither the session's shared head nor a later test should have to wait for that (the
@@ -7,6 +7,7 @@ restart test runs first; the kill test last)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from shared.adapters.ray_local import _port_free, _psutil, ensure_local_head, stop_local_head
+from shared.adapters.ray_local import _psutil, head_pids, probe_dashboard, stop_local_head
 from shared.composition import build
 from shared.models import CompletionMessage, RunState
 from shared.settings import Settings
@@ -80,31 +81,31 @@ def private_head(tmp_path_factory):
     stop_local_head(data_dir=head.data_dir)
 
 
-def test_a_head_restarted_under_active_runs_is_reported_not_crashed(private_head, tmp_path):
+@pytest.mark.timeout(600)
+def test_a_head_that_dies_under_active_runs_is_restarted_and_its_runs_reported(private_head, tmp_path):
+    """Every process of the local head SIGKILLed mid-run: the next poll starts a new head (the
+    poller, not a person) and the run it held ends Failed, saying the cluster was restarted."""
     head = private_head
     w = build(settings_for(head, tmp_path))
     w.service.accept(json.dumps({**LONG, "request_id": "orphan"}).encode(), message_id="o")
     wait_until(w, "orphan", running_with_progress, timeout_s=240)
-    stop_local_head(data_dir=head.data_dir)
-    deadline = time.monotonic() + 60  # the old dashboard lets go of its port as it exits
-    while not _port_free(head.dashboard_port) and time.monotonic() < deadline:
+    old = set(head_pids(head.data_dir))
+    for pid in old:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while set(head_pids(head.data_dir)) & old and time.monotonic() < deadline:
         time.sleep(0.5)
-    # While the head is down, a tick reports a transient failure for the run and goes on.
-    report = w.service.poll_once()
-    assert report.errors and w.store.get("orphan").state is RunState.running
-    ensure_local_head(
-        data_dir=head.data_dir,
-        dashboard_port=head.dashboard_port,
-        num_cpus=2,
-        token=head.token,
-        timeout_s=120,
-    )
-    rec = wait_until(w, "orphan", lambda r: r.state is RunState.notified, timeout_s=120)
+    assert probe_dashboard(head.address, head.token) is None
+    rec = wait_until(w, "orphan", lambda r: r.state is RunState.notified, timeout_s=180)
     assert rec.completion.status == "Failed"
     assert "restarted" in rec.completion.error
     assert [m.message_id for m in published(w)] == ["orphan:completed"]
+    assert probe_dashboard(head.address, head.token) == 200  # the new head
+    assert not set(head_pids(head.data_dir)) & old
 
 
+@pytest.mark.timeout(600)
 def test_a_trainer_killed_mid_training_fails_with_a_readable_reason(private_head, tmp_path):
     w = build(settings_for(private_head, tmp_path))
     w.service.accept(json.dumps({**LONG, "request_id": "killed"}).encode(), message_id="k")

@@ -249,7 +249,7 @@ def run_load(
                 break
             if time.perf_counter() > deadline:
                 proc.kill()
-                raise AssertionError("the load did not finish in time")
+                raise AssertionError(f"(seed {seed}) the load did not finish in time")
             time.sleep(0.01)
         _, err = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
         if proc.returncode == -signal.SIGKILL:
@@ -260,14 +260,17 @@ def run_load(
             log(f"  killed the processing process at {report.kill_points[-1]} progress; restarting")
             continue
         if proc.returncode != 0:
-            raise AssertionError(f"the driver exited {proc.returncode}: {err[-3000:]}")
+            raise AssertionError(f"(seed {seed}) the driver exited {proc.returncode}: {err[-3000:]}")
         if report.restarts < restarts:  # it finished before the next kill point: fewer kills than asked
             log(f"  finished before kill {report.restarts + 1} of {restarts}")
         break
     report.processing_wall_s = time.perf_counter() - started
     store.close()
     broker.close()
-    verify_load(data, plan, report)
+    try:
+        verify_load(data, plan, report)
+    except AssertionError as err:  # the seed first: a failing run can be replayed exactly
+        raise AssertionError(f"(seed {seed}: rerun with RLQ_LOAD_SEED={seed}) {err}") from err
     return report
 
 

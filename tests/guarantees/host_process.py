@@ -1,0 +1,119 @@
+"""One of several host processes draining one queue at once (``test_concurrency.py``).
+
+Run as ``python -m tests.guarantees.host_process`` with the settings in the environment. It builds
+the production wiring on the shared data dir (SQLite queue and store; the compute twin, or the Ray
+Jobs backend on a running head with ``RLQ_BACKEND=ray``), hosts ``function_app.py`` on
+:class:`shared.localhost.LocalHost` with its background receivers — ``maxConcurrentCalls`` from
+host.json per queue trigger — and its timer loop, and waits for a line on stdin before starting, so
+that every process starts at the same moment. It exits 0 once everything is settled (see
+``crash_driver.settled``), 3 when not within ``--max-seconds``.
+
+``RLQ_TEST_TRAINER_PACKAGE`` (Ray only): the trainer package the jobs run (a stand-in that
+finishes in a second), instead of the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from shared.composition import build
+from shared.localhost import LocalHost
+from shared.models import ACTIVE, TERMINAL
+from shared.settings import Settings
+from tests.guarantees.crash_driver import (
+    NOTIFIED,
+    TOPIC_SENDS,
+    AuditedBroker,
+    FileNotifier,
+    _append,
+    settled,
+)
+
+INTAKES = "intakes.jsonl"  # one line per intake call: pid, thread, message id, request id, start, end
+
+
+def _journal_intakes(w, path: Path, *, delay_s: float) -> None:
+    """Note each intake call with its start and end, so the parent can see the copies overlap;
+    ``delay_s`` makes ensure_compute take that long, widening the window two copies race in."""
+    service = w.service
+    intake = service.intake
+
+    def journaled(body, *, message_id, delivery_count=1):
+        started = time.time()
+        try:
+            return intake(body, message_id=message_id, delivery_count=delivery_count)
+        finally:
+            _append(
+                path,
+                {
+                    "pid": os.getpid(),
+                    "thread": threading.get_ident(),
+                    "message_id": message_id,
+                    "start": started,
+                    "end": time.time(),
+                },
+            )
+
+    service.intake = journaled
+    if delay_s:
+        for backend in service.compute.values():
+            ensure = backend.ensure_compute
+
+            def slow(request, _ensure=ensure):
+                time.sleep(delay_s)
+                return _ensure(request)
+
+            backend.ensure_compute = slow
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--max-seconds", type=float, default=240.0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    s = Settings()
+    broker = AuditedBroker(
+        s.queue_db,
+        lock_duration_s=s.lock_duration_s,
+        max_delivery_count=s.max_delivery_count,
+        duplicate_detection_window_s=s.duplicate_detection_window_s,
+        topic=s.topic_name,
+        log_path=s.data_dir / TOPIC_SENDS,
+    )
+    compute = None
+    if s.backend == "ray":
+        from shared.adapters.ray_jobs import RayJobsBackend
+
+        package = os.environ.get("RLQ_TEST_TRAINER_PACKAGE")
+        compute = {
+            "ray": RayJobsBackend(
+                address=None, settings=s, trainer_package=Path(package) if package else None
+            )
+        }
+    w = build(s, broker=broker, compute=compute, notifier=FileNotifier(s.data_dir / NOTIFIED))
+    _journal_intakes(w, s.data_dir / INTAKES, delay_s=float(os.environ.get("RLQ_TEST_ENSURE_DELAY_S", "0")))
+    host = LocalHost.for_wiring(w)
+    print(f"ready {os.getpid()} maxConcurrentCalls={host.config.max_concurrent_calls}", flush=True)
+    sys.stdin.readline()  # the parent starts every process at once
+    host.start(http=False)
+    deadline = time.monotonic() + args.max_seconds
+    try:
+        while not settled(w):
+            if time.monotonic() > deadline:
+                open_ = [r.request_id for r in w.store.list(states=[*ACTIVE, *TERMINAL], limit=20)]
+                print(f"not settled after {args.max_seconds:.0f} s; still open: {open_}", file=sys.stderr)
+                return 3
+            time.sleep(0.2)
+    finally:
+        host.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

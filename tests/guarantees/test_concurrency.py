@@ -1,0 +1,173 @@
+"""Several host processes drain one queue at once, each with ``maxConcurrentCalls`` > 1 receivers,
+while every request arrives twice at the same moment: one job per request and one completion
+message per request, counted exactly — on the real SQLite queue and run store, with the compute
+twin (whose submit is not idempotent: a second job would be the claim's failure, not hidden by
+the backend) and on a real Ray head.
+
+The copies of a request are sent back to back and every process starts on one signal, so the
+copies are taken by different receivers within milliseconds; ``RLQ_TEST_ENSURE_DELAY_S`` holds
+each intake in ensure_compute a moment, so the copies' intakes overlap. The test checks that they
+did (the intake journal), so a run where nothing raced cannot pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared.adapters.compute_twin import ComputeTwin
+from shared.adapters.ray_jobs import submission_id_for
+from shared.adapters.ray_local import auth_headers
+from shared.adapters.sqlite_broker import SqliteBroker
+from shared.adapters.sqlite_store import SqliteRunStore
+from shared.models import RunState
+from shared.settings import Settings
+from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, NOTIFIED, TOPIC_SENDS, prepare
+from tests.guarantees.host_process import INTAKES
+from tests.ray.conftest import STANDIN_TRAIN
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def enqueue_twice(data: Path, request_ids: list[str], stop: dict) -> None:
+    broker = prepare(Settings(data_dir=data))
+    for rid in request_ids:  # the two copies of a request side by side: taken at the same moment
+        body = json.dumps({"request_id": rid, "env": "CartPole-v1", "algorithm": "PPO", "stop": stop})
+        assert broker.send("training-requests", body.encode(), message_id=f"{rid}-a")
+        assert broker.send("training-requests", body.encode(), message_id=f"{rid}-b")
+    broker.close()
+
+
+def run_hosts(data: Path, n: int, env_extra: dict[str, str], *, max_seconds: float) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RLQ_", "RAY_"))}
+    env.update(
+        RLQ_DATA_DIR=str(data),
+        RLQ_BROKER="sqlite",
+        RLQ_STORE="sqlite",
+        RLQ_POLL_SCHEDULE="*/1 * * * * *",
+        RLQ_MAX_IN_FLIGHT="1000",
+        RLQ_TEST_ENSURE_DELAY_S="0.3",
+        PYTHONPATH=str(REPO),
+        **env_extra,
+    )
+    cmd = [sys.executable, "-m", "tests.guarantees.host_process", "--max-seconds", str(max_seconds)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    try:
+        for p in procs:
+            ready = p.stdout.readline()
+            assert ready.startswith("ready"), (ready, p.stderr.read()[-3000:] if p.poll() is not None else "")
+            calls = int(ready.rsplit("maxConcurrentCalls=", 1)[1])
+            assert calls > 1, ready
+        for p in procs:  # go
+            p.stdin.write("\n")
+            p.stdin.flush()
+        errs = [p.communicate(timeout=max_seconds + 60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * n, [e[-3000:] for e in errs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def assert_once_each(data: Path, request_ids: list[str], jobs: dict[str, int]) -> dict[str, int]:
+    s = Settings(data_dir=data)
+    store, broker = SqliteRunStore(s.store_db), SqliteBroker(s.queue_db)
+    try:
+        records = {rid: store.get(rid) for rid in request_ids}
+        assert all(r is not None and r.state is RunState.notified for r in records.values()), {
+            rid: r and r.state for rid, r in records.items()
+        }
+        assert jobs == {rid: 1 for rid in request_ids}, f"jobs per request: {jobs}"
+        seen = Counter(
+            m.message_id for m in broker.peek(s.topic_name, subscription=AUDIT_SUBSCRIPTION, limit=10**5)
+        )
+        assert seen == Counter({f"{rid}:completed": 1 for rid in request_ids}), seen
+        landed = Counter(x["message_id"] for x in jsonl(data / TOPIC_SENDS) if x["landed"])
+        assert landed == seen, f"sends that landed: {landed}"
+        notified = Counter(x["message_id"] for x in jsonl(data / NOTIFIED))
+        assert set(notified) == set(seen)
+        assert broker.counts(s.queue_name) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
+        # every copy was handled, and copies of one request overlapped in time in different receivers
+        intakes = jsonl(data / INTAKES)
+        assert Counter(x["message_id"] for x in intakes) == Counter(
+            {f"{rid}-{c}": 1 for rid in request_ids for c in "ab"}
+        )
+        by_id = {x["message_id"]: x for x in intakes}
+        overlapped = {
+            rid
+            for rid in request_ids
+            if (a := by_id[f"{rid}-a"])["start"] < (b := by_id[f"{rid}-b"])["end"] and b["start"] < a["end"]
+        }
+        processes = {x["pid"] for x in intakes}
+        return {"overlapping_copies": len(overlapped), "processes": len(processes)}
+    finally:
+        store.close()
+        broker.close()
+
+
+def test_three_hosts_four_receivers_each_every_request_twice_on_the_twin(tmp_path):
+    data = tmp_path / "rlq"
+    ids = [f"race-{i:03d}" for i in range(40)]
+    enqueue_twice(data, ids, {"timesteps_total": 10_000})
+    run_hosts(data, 3, {"RLQ_BACKEND": "twin"}, max_seconds=180)
+    twin = ComputeTwin(data / "twin.sqlite3")
+    try:
+        jobs = twin.jobs_per_request()
+    finally:
+        twin.close()
+    seen = assert_once_each(data, ids, jobs)
+    print(seen)
+    assert seen["processes"] == 3  # every process took part
+    assert seen["overlapping_copies"] > 0, "no two copies were ever processed at once: nothing was raced"
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_two_hosts_every_request_twice_on_a_real_ray_head(tmp_path, ray_head):
+    from ray.job_submission import JobSubmissionClient
+
+    package = tmp_path / "standin" / "trainer"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "train.py").write_text(STANDIN_TRAIN)
+    data = tmp_path / "rlq"
+    ids = [f"ray-race-{i}" for i in range(4)]
+    enqueue_twice(data, ids, {"training_iteration": 2})
+    run_hosts(
+        data,
+        2,
+        {
+            "RLQ_BACKEND": "ray",
+            "RLQ_RAY_DASHBOARD_PORT": str(ray_head.dashboard_port),
+            "RLQ_RAY_AUTH_TOKEN": ray_head.token.get_secret_value(),
+            "RLQ_TEST_TRAINER_PACKAGE": str(package),
+        },
+        max_seconds=600,
+    )
+    client = JobSubmissionClient(ray_head.address, headers=auth_headers(ray_head.token))
+    wanted = {submission_id_for(rid): rid for rid in ids}
+    jobs = Counter(wanted[j.submission_id] for j in client.list_jobs() if j.submission_id in wanted)
+    seen = assert_once_each(data, ids, dict(jobs))
+    print(seen)
+    assert seen["overlapping_copies"] > 0, "no two copies were ever processed at once: nothing was raced"
