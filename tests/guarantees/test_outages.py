@@ -13,8 +13,7 @@ import pytest
 
 from shared.errors import TransientError
 from shared.localhost import LocalHost
-from shared.models import RunState
-from tests.support.topics import peek_topic
+from shared.models import CompletionMessage, RunState
 
 CARTPOLE = {
     "env": "CartPole-v1",
@@ -30,6 +29,13 @@ def host(wired, clock):
     host = LocalHost.for_wiring(wired, clock=clock.epoch)
     yield host
     host.close()
+
+
+def peek_topic(w, subscription: str) -> list[CompletionMessage]:
+    return [
+        CompletionMessage.model_validate_json(m.body)
+        for m in w.broker.peek(w.settings.topic_name, subscription=subscription, limit=1000)
+    ]
 
 
 def run_poller(host, times: int = 3) -> None:
