@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared.adapters.ray_local import stop_local_head
+from tests.support.azurite import azurite  # noqa: F401 - the session fixture, for every suite
+from tests.support.clock import FakeClock
 from tests.support.ray_heads import TestHead, start_test_ray_head
 
 os.environ.setdefault("RLQ_POLL_SCHEDULE", "*/10 * * * * *")
-
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-    def epoch(self) -> float:
-        return self.now.timestamp()
 
 
 @pytest.fixture

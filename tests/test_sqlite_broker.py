@@ -27,24 +27,9 @@ from shared.adapters.sqlite_broker import (
 from shared.errors import TransientError
 from shared.models import CompletionMessage
 from shared.ports import Publisher, RequestSender
+from tests.support.clock import FakeClock
 
 Q = "training-requests"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
@@ -54,7 +39,7 @@ def broker(tmp_path: Path, clock: FakeClock):
         lock_duration_s=30,
         max_delivery_count=10,
         duplicate_detection_window_s=600,
-        clock=clock,
+        clock=clock.epoch,
     )
     yield b
     b.close()
@@ -80,8 +65,8 @@ def test_send_receive_complete_round_trip(broker: SqliteBroker, clock: FakeClock
     assert (m.message_id, m.body, m.delivery_count, m.correlation_id) == ("m1", b'{"a": 1}', 1, "c1")
     assert m.content_type == "application/json"
     assert m.application_properties == {"kind": "train"}
-    assert m.enqueued_at == datetime.fromtimestamp(clock.now, UTC)
-    assert m.locked_until == clock.now + 30
+    assert m.enqueued_at == clock.now
+    assert m.locked_until == clock.epoch() + 30
     assert broker.counts(Q) == {"active": 0, "scheduled": 0, "locked": 1, "dead_letter": 0}
     assert broker.complete(m) is True
     assert broker.counts(Q) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
@@ -100,7 +85,7 @@ def test_locked_message_is_hidden_from_a_second_receiver(
 ) -> None:
     broker.send(Q, b"only")
     first = one(broker)
-    other = SqliteBroker(tmp_path / "bus.db", lock_duration_s=30, clock=clock)
+    other = SqliteBroker(tmp_path / "bus.db", lock_duration_s=30, clock=clock.epoch)
     try:
         assert other.receive(Q) == []
         assert broker.receive(Q) == []
@@ -136,7 +121,7 @@ def test_renew_lock_extends_it(broker: SqliteBroker, clock: FakeClock) -> None:
     m = one(broker)
     clock.advance(20)
     new_until = broker.renew_lock(m)
-    assert new_until == clock.now + 30
+    assert new_until == clock.epoch() + 30
     assert m.locked_until == new_until
     clock.advance(20)  # 40 s after receive: past the first lock, inside the renewed one
     assert broker.receive(Q) == []
@@ -213,7 +198,7 @@ def test_dead_letter_keeps_reason_and_description(broker: SqliteBroker, clock: F
         1,
     )
     assert dl.description == "algorithm: 'DQN' is not allowed"
-    assert dl.dead_lettered_at == datetime.fromtimestamp(clock.now, UTC)
+    assert dl.dead_lettered_at == clock.now
 
 
 def test_tenth_abandon_dead_letters_with_max_delivery_count(broker: SqliteBroker) -> None:
@@ -229,7 +214,7 @@ def test_tenth_abandon_dead_letters_with_max_delivery_count(broker: SqliteBroker
 
 
 def test_lock_expiries_count_towards_max_delivery(tmp_path: Path, clock: FakeClock) -> None:
-    with SqliteBroker(tmp_path / "b.db", lock_duration_s=5, max_delivery_count=3, clock=clock) as b:
+    with SqliteBroker(tmp_path / "b.db", lock_duration_s=5, max_delivery_count=3, clock=clock.epoch) as b:
         b.send(Q, b"x", message_id="slow")
         for attempt in range(1, 4):
             assert one(b).delivery_count == attempt
@@ -314,15 +299,15 @@ def test_duplicate_detection_is_per_entity(broker: SqliteBroker) -> None:
 
 
 def test_no_duplicate_detection_with_zero_window(tmp_path: Path, clock: FakeClock) -> None:
-    with SqliteBroker(tmp_path / "b.db", duplicate_detection_window_s=0, clock=clock) as b:
+    with SqliteBroker(tmp_path / "b.db", duplicate_detection_window_s=0, clock=clock.epoch) as b:
         assert b.send(Q, b"x", message_id="id") and b.send(Q, b"x", message_id="id")
         assert b.counts(Q)["active"] == 2
 
 
 def test_scheduled_message_invisible_until_due(broker: SqliteBroker, clock: FakeClock) -> None:
-    due = datetime.fromtimestamp(clock.now + 60, UTC)
+    due = datetime.fromtimestamp(clock.epoch() + 60, UTC)
     broker.send(Q, b"later", scheduled_at=due)
-    broker.send(Q, b"epoch", scheduled_at=clock.now + 120)
+    broker.send(Q, b"epoch", scheduled_at=clock.epoch() + 120)
     assert broker.receive(Q) == []
     assert broker.counts(Q) == {"active": 0, "scheduled": 2, "locked": 0, "dead_letter": 0}
     clock.advance(60)
@@ -409,7 +394,7 @@ def test_request_sender_port(broker: SqliteBroker, clock: FakeClock) -> None:
     sender = SqliteRequestSender(broker, Q)
     assert isinstance(sender, RequestSender)
     sender.send(
-        b'{"request_id": "r"}', message_id="r", scheduled_at=datetime.fromtimestamp(clock.now + 5, UTC)
+        b'{"request_id": "r"}', message_id="r", scheduled_at=datetime.fromtimestamp(clock.epoch() + 5, UTC)
     )
     assert broker.receive(Q) == []
     clock.advance(5)
@@ -517,7 +502,7 @@ def test_threads_sharing_one_broker_take_each_message_once(tmp_path: Path) -> No
 
 
 def test_in_memory_broker_for_unit_tests(clock: FakeClock) -> None:
-    with SqliteBroker(":memory:", clock=clock) as b:
+    with SqliteBroker(":memory:", clock=clock.epoch) as b:
         b.send(Q, b"x")
         assert b.complete(one(b))
         assert b.counts(Q) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}

@@ -18,7 +18,7 @@ from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build
 from shared.models import Delivery, RunState
 from shared.settings import Settings
-from tests.service.conftest import topic_messages
+from tests.support.topics import drain_topic
 
 PONG = {
     "experiment": "pong",
@@ -62,7 +62,7 @@ def wired(tmp_path: Path, twin: AzureMLTwin, clock) -> Wiring:
     backend.close()
 
 
-completions = topic_messages  # the completion messages the topic received, drained
+completions = drain_topic  # the completion messages the topic received, drained
 
 
 def test_request_to_completion_through_azure_ml(wired: Wiring, twin: AzureMLTwin, clock) -> None:

@@ -1,7 +1,7 @@
 """The RunStore contract against Azure Table storage (Azurite), plus what only this store has.
 
-Azurite is started once for the module (installed into node_modules/ by the fixture when it is
-missing). If it cannot start, these tests fail with the reason: they never skip silently.
+Azurite is started once for the session (``tests/support/azurite.py``; installed into
+node_modules/ when it is missing). If it cannot start, these tests fail with the reason: they never skip silently.
 """
 
 from __future__ import annotations
@@ -12,27 +12,15 @@ from collections.abc import Iterator
 import pytest
 from azure.data.tables import TableClient
 
-from shared.adapters.azurite import Azurite, AzuriteUnavailable, start_azurite
 from shared.adapters.table_store import PARTITION, TableRunStore, row_key
 from shared.errors import Conflict, PermanentError, TransientError
 from shared.models import Delivery, RunRecord, RunState
 from shared.settings import Settings
+from tests.support.azurite import Azurite
 
 from .run_store_contract import RunStoreContract, record
 
 pytestmark = pytest.mark.azurite
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    try:
-        emulator = start_azurite()
-    except AzuriteUnavailable as err:
-        pytest.fail(
-            f"Azurite is required for the Table store tests and could not start: {err}", pytrace=False
-        )
-    yield emulator
-    emulator.stop()
 
 
 def fresh_table() -> str:
@@ -122,7 +110,7 @@ def test_etag_guards_a_write_that_slips_in_after_the_version_check(azurite: Azur
 
 
 def test_unreachable_table_service_is_transient() -> None:
-    from shared.adapters.azurite import ACCOUNT, ACCOUNT_KEY, free_port
+    from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, free_port
 
     port = free_port()
     conn = (

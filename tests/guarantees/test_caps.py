@@ -10,7 +10,7 @@ import pytest
 from shared.errors import Forbidden
 from shared.models import RunState
 from tests.poison.conftest import feed
-from tests.service.conftest import topic_messages
+from tests.support.topics import drain_topic
 
 CARTPOLE = {
     "env": "CartPole-v1",
@@ -117,7 +117,7 @@ def test_the_in_flight_cap_defers_and_every_request_runs_exactly_once(wired, twi
     records = {rid: wired.store.get(rid) for rid in ids}
     assert all(r.state is RunState.notified for r in records.values())
     assert sum(r.deferrals for r in records.values()) >= 7
-    messages = topic_messages(wired)
+    messages = drain_topic(wired)
     assert sorted(m.message_id for m in messages) == sorted(f"{rid}:completed" for rid in ids)
     assert all(m.status == "Completed" for m in messages)
     counts = wired.broker.counts(s.queue_name)
@@ -138,4 +138,4 @@ def test_a_duplicate_of_a_deferred_request_does_not_start_a_second_job(wired, tw
         clock.advance(s.defer_delay_s)
         intake_all(wired)
     assert twin.jobs_per_request() == {"busy": 1, "waiting": 1}
-    assert sorted(m.message_id for m in topic_messages(wired)) == ["busy:completed", "waiting:completed"]
+    assert sorted(m.message_id for m in drain_topic(wired)) == ["busy:completed", "waiting:completed"]

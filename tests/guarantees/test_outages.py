@@ -13,7 +13,8 @@ import pytest
 
 from shared.errors import TransientError
 from shared.localhost import LocalHost
-from shared.models import CompletionMessage, RunState
+from shared.models import RunState
+from tests.support.topics import peek_topic
 
 CARTPOLE = {
     "env": "CartPole-v1",
@@ -29,13 +30,6 @@ def host(wired, clock):
     host = LocalHost.for_wiring(wired, clock=clock.epoch)
     yield host
     host.close()
-
-
-def peek_topic(w, subscription: str) -> list[CompletionMessage]:
-    return [
-        CompletionMessage.model_validate_json(m.body)
-        for m in w.broker.peek(w.settings.topic_name, subscription=subscription, limit=1000)
-    ]
 
 
 def run_poller(host, times: int = 3) -> None:

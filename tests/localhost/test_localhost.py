@@ -26,22 +26,12 @@ from shared.localhost import (
     LocalHostError,
 )
 from shared.settings import Settings
+from tests.support.clock import FakeClock
 
 Q = "work"
 TOPIC = "events"
 SUB = "audit"
 T0 = 1_700_000_003.0  # 3 s past a 10-second boundary
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Recorder:
@@ -117,7 +107,7 @@ def make_app(rec: Recorder, *, schedule: str = "*/10 * * * * *", queue: str = Q)
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture
@@ -127,7 +117,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def broker(tmp_path: Path, clock: FakeClock):
-    b = SqliteBroker(tmp_path / "queue.sqlite3", lock_duration_s=60, max_delivery_count=3, clock=clock)
+    b = SqliteBroker(tmp_path / "queue.sqlite3", lock_duration_s=60, max_delivery_count=3, clock=clock.epoch)
     b.create_queue(Q)
     b.create_topic(TOPIC)
     b.create_subscription(TOPIC, SUB)
@@ -149,7 +139,12 @@ def no_host_json(tmp_path: Path) -> Path:
 @pytest.fixture
 def host(rec, broker, settings, clock, no_host_json):
     h = LocalHost(
-        make_app(rec), broker=broker, settings=settings, host_json=no_host_json, http_port=0, clock=clock
+        make_app(rec),
+        broker=broker,
+        settings=settings,
+        host_json=no_host_json,
+        http_port=0,
+        clock=clock.epoch,
     )
     yield h
     h.stop()
@@ -278,7 +273,7 @@ def test_service_bus_output_binding_is_sent_after_success(broker, settings, cloc
     def forward(msg: func.ServiceBusMessage, out: func.Out[str]) -> None:
         out.set(msg.get_body().decode().upper())
 
-    host = LocalHost(app, broker=broker, settings=settings, host_json=no_host_json, clock=clock)
+    host = LocalHost(app, broker=broker, settings=settings, host_json=no_host_json, clock=clock.epoch)
     broker.send(Q, b"hello", message_id="fw-1")
     host.drain()
 
@@ -311,7 +306,7 @@ def test_without_renewal_past_max_auto_lock_renewal_the_lock_is_lost_and_redeliv
     rec, broker, settings, clock, tmp_path
 ):
     host_json = write_host_json(tmp_path / "host.json", {"maxAutoLockRenewalDuration": "00:00:30"})
-    host = LocalHost(make_app(rec), broker=broker, settings=settings, host_json=host_json, clock=clock)
+    host = LocalHost(make_app(rec), broker=broker, settings=settings, host_json=host_json, clock=clock.epoch)
     renewals = []
 
     def long_running(msg):
@@ -501,7 +496,7 @@ def test_app_setting_expressions_resolve_from_environment_then_settings(
     settings = Settings(data_dir=tmp_path, poll_schedule="0 */5 * * * *", queue_name="from-settings")
     app = make_app(rec, schedule="%RLQ_POLL_SCHEDULE%", queue="%RLQ_QUEUE_NAME%")
 
-    host = LocalHost(app, broker=broker, settings=settings, host_json=no_host_json, clock=clock)
+    host = LocalHost(app, broker=broker, settings=settings, host_json=no_host_json, clock=clock.epoch)
     assert host.next_due("tick") == datetime.fromtimestamp(1_700_000_100, UTC)  # next 5-minute mark
     assert {f.name: f.detail for f in host.functions}["work"] == "queue from-settings"
 
@@ -511,7 +506,7 @@ def test_app_setting_expressions_resolve_from_environment_then_settings(
         broker=broker,
         settings=settings,
         host_json=no_host_json,
-        clock=clock,
+        clock=clock.epoch,
     )
     assert host.next_due("tick") == datetime.fromtimestamp(1_700_000_010, UTC)  # :30 of that minute
 
@@ -521,7 +516,7 @@ def test_app_setting_expressions_resolve_from_environment_then_settings(
             broker=broker,
             settings=settings,
             host_json=no_host_json,
-            clock=clock,
+            clock=clock.epoch,
         )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from shared.models import RunState
 from tests.poison.conftest import Poison, corpus, feed, files_outside_stores, names_field
-from tests.service.conftest import topic_messages
+from tests.support.topics import drain_topic
 
 CASES = corpus()
 VALID = {
@@ -75,7 +75,7 @@ def test_poison_is_dead_lettered_at_once_and_nothing_runs(case: Poison, wired, t
 
     # no job, no message, nothing written outside the SQLite stores
     assert twin.jobs_per_request() == {}
-    assert topic_messages(wired) == []
+    assert drain_topic(wired) == []
     assert files_outside_stores(tmp_path) == before
     assert not wired.settings.runs_dir.exists() or not any(wired.settings.runs_dir.iterdir())
 
@@ -103,7 +103,7 @@ def test_a_valid_request_reusing_a_rejected_id_still_runs(wired, twin):
     assert twin.jobs_per_request() == {"fixed": 1}
     for _ in range(3):
         wired.service.poll_once()
-    assert [m.message_id for m in topic_messages(wired)] == ["fixed:completed"]
+    assert [m.message_id for m in drain_topic(wired)] == ["fixed:completed"]
 
 
 def test_loopback_webhooks_pass_in_local_mode_only(wired, twin):

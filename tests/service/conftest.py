@@ -7,25 +7,8 @@ import pytest
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build
-from shared.models import CompletionMessage, Delivery
 from shared.settings import Settings
-
-
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.messages: list[CompletionMessage] = []
-
-    def deliver(self, message, request):
-        self.messages.append(message)
-        return [
-            Delivery(
-                target="https://hooks.example.com/x",
-                ok=False,
-                attempts=3,
-                status_code=500,
-                error="HTTP 500 after 3 attempts",
-            )
-        ]
+from tests.support.notifiers import RecordingNotifier
 
 
 @pytest.fixture
@@ -59,13 +42,3 @@ def wired(settings: Settings, twin: ComputeTwin, clock) -> Wiring:
         clock=clock,
         faults=None,
     )
-
-
-def topic_messages(w: Wiring) -> list[CompletionMessage]:
-    s = w.settings
-    out = []
-    while batch := w.broker.receive(s.topic_name, subscription=s.subscription_name, max_messages=50):
-        for m in batch:
-            out.append(CompletionMessage.model_validate_json(m.body))
-            w.broker.complete(m)
-    return out

@@ -11,7 +11,7 @@ from azure.functions.servicebus import ServiceBusMessage
 import function_app
 from shared.composition import install
 from shared.models import RunState
-from tests.service.conftest import topic_messages
+from tests.support.topics import drain_topic
 
 # get_functions() may be called once per app object (it re-validates names against its own index).
 FUNCTIONS = {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
@@ -81,7 +81,7 @@ def test_queue_to_completion_through_the_handlers(wired, twin):
     handler("intake")(sb_message(body, "m-1"))
     for _ in range(3):
         handler("poller")(None)  # the poller ignores its TimerRequest
-    (msg,) = topic_messages(wired)
+    (msg,) = drain_topic(wired)
     assert msg.request_id == "h1" and msg.status == "Completed"
     handler("notifier")(sb_message(msg.model_dump_json().encode(), msg.message_id))
     assert wired.store.get("h1").notified_at is not None

@@ -14,7 +14,7 @@ from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import build
 from shared.errors import InvalidRequest
 from shared.models import CompletionMessage, RunRecord, RunState, TrainingRequest
-from tests.service.conftest import topic_messages
+from tests.support.topics import drain_topic
 
 CARTPOLE = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"training_iteration": 2}}
 
@@ -49,7 +49,7 @@ def rejected_at_intake(w, child: bytes) -> str:
 
 def test_a_child_restores_the_parents_final_checkpoint_and_carries_its_id(wired, twin):
     parent = completed_parent(wired)
-    topic_messages(wired)  # the parent's own completion
+    drain_topic(wired)  # the parent's own completion
 
     rec = wired.service.accept(body(request_id="child", restore_from="rlq://parent"), message_id="c")
 
@@ -58,7 +58,7 @@ def test_a_child_restores_the_parents_final_checkpoint_and_carries_its_id(wired,
     assert rec.request.restore_from.startswith("file:///twin/")
     assert twin.jobs_per_request() == {"parent": 1, "child": 1}
     run_to_end(wired)
-    (msg,) = topic_messages(wired)
+    (msg,) = drain_topic(wired)
     assert msg.request_id == "child" and msg.parent_request_id == "parent"
     assert wired.service.get("child").completion.parent_request_id == "parent"
     assert wired.service.get("parent").parent_request_id is None

@@ -9,7 +9,7 @@ import pytest
 from shared.errors import InvalidRequest, NotFound, PermanentError, TransientError
 from shared.models import RunState
 from shared.ports import JobStatus
-from tests.service.conftest import topic_messages
+from tests.support.topics import drain_topic
 
 CARTPOLE = {
     "env": "CartPole-v1",
@@ -46,7 +46,7 @@ def test_same_request_twice_starts_one_job_and_publishes_one_message(wired, twin
     wired.service.intake(body(request_id="dup"), message_id="c")  # after completion, too
     run_to_end(wired)
     assert twin.jobs_per_request() == {"dup": 1}
-    msgs = topic_messages(wired)
+    msgs = drain_topic(wired)
     assert [m.message_id for m in msgs] == ["dup:completed"]
 
 
@@ -55,7 +55,7 @@ def test_completion_message_carries_the_trainer_summary(wired):
     run_to_end(wired)
     rec = wired.service.get("ok")
     assert rec.state is RunState.notified and rec.published_at is not None
-    (msg,) = topic_messages(wired)
+    (msg,) = drain_topic(wired)
     assert msg.status == "Completed" and msg.stop_reason == "reward_reached"
     assert msg.final_reward == 150 and msg.checkpoint_path.startswith("file://")
     assert msg.run_id == rec.run_id and msg.tags == {"team": "rl"} and msg.env == "CartPole-v1"
@@ -152,7 +152,7 @@ def test_outbox_republishes_until_the_publish_lands(wired, clock):
     assert rec.state is RunState.notified and rec.completion.status == "Completed"
     assert calls == ["o1:completed"] * 3
     assert sum(r.published for r in reports) == 1
-    assert [m.message_id for m in topic_messages(wired)] == ["o1:completed"]
+    assert [m.message_id for m in drain_topic(wired)] == ["o1:completed"]
 
 
 def test_cancel_stops_the_job_and_says_canceled(wired, twin):
@@ -160,7 +160,7 @@ def test_cancel_stops_the_job_and_says_canceled(wired, twin):
     wired.service.cancel("x")
     assert twin.job(rec.run_id)["canceled"] == 1
     run_to_end(wired)
-    (msg,) = topic_messages(wired)
+    (msg,) = drain_topic(wired)
     assert msg.status == "Canceled" and msg.stop_reason == "canceled"
 
 
@@ -171,7 +171,7 @@ def test_cancel_before_submit_never_starts_a_job(wired, twin):
     (m,) = wired.broker.receive(wired.settings.queue_name)
     wired.service.intake(m.body, message_id=m.message_id)
     assert twin.jobs_per_request() == {}
-    assert [x.status for x in topic_messages(wired)] == ["Canceled"]
+    assert [x.status for x in drain_topic(wired)] == ["Canceled"]
 
 
 def test_cancel_unknown_is_not_found(wired):
@@ -186,7 +186,7 @@ def test_time_limit_cancels_the_job_and_times_out(wired, twin, clock):
     clock.advance(121)
     wired.service.poll_once()
     assert twin.job(rec.run_id)["canceled"] == 1
-    (msg,) = topic_messages(wired)
+    (msg,) = drain_topic(wired)
     assert msg.status == "TimedOut" and msg.stop_reason == "time_limit" and "120" in msg.error
 
 
@@ -198,7 +198,7 @@ def test_a_run_without_progress_is_stalled(wired, twin, clock):
     twin.status = lambda run_id: JobStatus(state="running", progress=frozen)  # alive, never moving
     clock.advance(wired.settings.stall_timeout_s + 1)
     wired.service.poll_once()
-    (msg,) = topic_messages(wired)
+    (msg,) = drain_topic(wired)
     assert msg.status == "Failed" and msg.stop_reason == "stalled"
     assert twin.job(rec.run_id)["canceled"] == 1
 
@@ -240,7 +240,7 @@ def test_permanent_compute_error_fails_the_run_with_a_message(wired, twin):
     twin.ensure_compute = refuse
     rec = wired.service.accept(body(request_id="f"), message_id="m")
     assert rec.state is RunState.notified
-    (msg,) = topic_messages(wired)
+    (msg,) = drain_topic(wired)
     assert msg.status == "Failed" and "head-gpu" in msg.error and twin.jobs_per_request() == {}
 
 
@@ -248,14 +248,14 @@ def test_failed_job_reports_its_error(wired, twin):
     twin.outcome = "failed"
     wired.service.accept(body(request_id="boom"), message_id="m")
     run_to_end(wired)
-    (msg,) = topic_messages(wired)
+    (msg,) = drain_topic(wired)
     assert msg.status == "Failed" and msg.stop_reason == "error" and "injected" in msg.error
 
 
 def test_notify_records_deliveries_on_the_run(wired):
     wired.service.accept(body(request_id="n"), message_id="m")
     run_to_end(wired)
-    (msg,) = topic_messages(wired)
+    (msg,) = drain_topic(wired)
     deliveries = wired.service.notify(msg)
     rec = wired.store.get("n")
     assert rec.notified_at is not None and rec.deliveries == deliveries and not rec.deliveries[0].ok

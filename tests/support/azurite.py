@@ -1,4 +1,4 @@
-"""Start and stop Azurite (the Azure Storage emulator) for tests and CI.
+"""Start and stop Azurite (the Azure Storage emulator) for tests and CI; the ``azurite`` fixture.
 
 Azurite is an npm package pinned in the repository's ``package.json`` (3.35.0: the last release
 that runs on Node 20). :func:`start_azurite` installs it into ``node_modules/`` when it is
@@ -17,9 +17,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "devstoreaccount1"
@@ -166,3 +169,14 @@ def start_azurite(
             time.sleep(0.1)
     azurite.stop()
     raise AzuriteUnavailable(f"Azurite did not open {host}:{table_port} within {timeout_s:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One Azurite Table service for the test session; fails (never skips) when it cannot start."""
+    try:
+        emulator = start_azurite()
+    except AzuriteUnavailable as err:
+        pytest.fail(f"Azurite is required for these tests and could not start: {err}", pytrace=False)
+    yield emulator
+    emulator.stop()
