@@ -277,7 +277,7 @@ def test_retries_are_bounded_by_total_time(fake_time: FakeTime) -> None:
         pub.publish(completion())
     assert 3 <= len(client.attempts) < 100
     # the waits are cut to the budget: the last attempt starts with at least a second left
-    assert 5 <= sum(fake_time.sleeps) <= 10 - 1
+    assert 5 <= sum(fake_time.sleeps) <= 10 - 1 + 1e-9  # (float sums of jittered waits)
 
 
 def test_retries_and_their_timeouts_fit_one_total_budget(fake_time: FakeTime) -> None:
@@ -292,7 +292,7 @@ def test_retries_and_their_timeouts_fit_one_total_budget(fake_time: FakeTime) ->
     start = fake_time.now
     with pytest.raises(TransientError):
         pub.publish(completion())
-    assert fake_time.now - start <= 45
+    assert fake_time.now - start <= 45 + 1e-9
     assert len(client.attempts) >= 2
     assert client.timeouts[0] == 30
     assert all(t is not None and 0 < t <= 30 for t in client.timeouts)
