@@ -10,7 +10,7 @@ from shared.models import CompletionMessage
 from shared.settings import SUBSCRIPTION_NAME, TOPIC_NAME
 
 bp = func.Blueprint()
-log = logging.getLogger("rlq.notifier")
+log = logging.getLogger(__name__)
 
 
 @bp.function_name("notifier")

@@ -7,7 +7,7 @@ import azure.functions as func
 from shared.composition import wiring
 
 bp = func.Blueprint()
-log = logging.getLogger("rlq.poller")
+log = logging.getLogger(__name__)
 
 
 @bp.function_name("poller")

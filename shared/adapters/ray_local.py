@@ -38,7 +38,7 @@ from pydantic import SecretStr
 
 from shared.errors import TransientError
 
-log = logging.getLogger("rlq.ray")
+log = logging.getLogger(__name__)
 
 DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_GCS_PORT = 6379

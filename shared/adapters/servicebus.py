@@ -62,7 +62,7 @@ from shared.settings import Settings
 if TYPE_CHECKING:  # the SDK is imported lazily: the local mode never loads it
     from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
-log = logging.getLogger("rlq.servicebus")
+log = logging.getLogger(__name__)
 
 REJECTED_QUEUE_NAME = "training-rejected"
 MAX_ID_LENGTH = 128  # Service Bus MessageId / CorrelationId limit

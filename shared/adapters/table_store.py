@@ -41,7 +41,7 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
-log = logging.getLogger("rlq.table_store")
+log = logging.getLogger(__name__)
 
 PARTITION = "run"
 MAX_INLINE_UNITS = 30_000  # UTF-16 code units kept as a plain string property

@@ -94,7 +94,7 @@ def test_a_head_used_by_two_processes_outlives_the_first_stop_and_goes_with_the_
     other = _second_user(head)
     try:
         assert ray_local.head_users(head.data_dir).keys() == {other.pid}
-        with caplog.at_level(logging.WARNING, logger="rlq.ray"):
+        with caplog.at_level(logging.WARNING, logger="shared.adapters.ray_local"):
             assert ray_local.stop_local_head(data_dir=head.data_dir) is False
         assert f"pid {other.pid}" in caplog.text and "still use it" in caplog.text
         assert ray_local.probe_dashboard(head.address, head.token) == 200  # never a silent kill
