@@ -211,6 +211,7 @@ SETTINGS: dict[str, tuple[str, Kind, tuple[str, ...] | None]] = {
     "vtrace_clip_pg_rho_threshold": ("training", num_range(0.0, 1000.0), _ASYNC),
     "learner_queue_size": ("training", int_range(1, 1024), _ASYNC),
     "broadcast_interval": ("training", int_range(1, 1000), _ASYNC),
+    "timeout_s_sampler_manager": ("training", num_range(0.0, 3600.0), _ASYNC),
     "num_gpu_loader_threads": ("training", int_range(1, 64), _ASYNC),
     "target_network_update_freq": ("training", int_range(0, 10_000_000), ("APPO",)),
     "circular_buffer_num_batches": ("training", int_range(1, 1024), ("APPO",)),

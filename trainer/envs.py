@@ -3,10 +3,11 @@
 Every creator imports ``ale_py`` and registers its environments itself, because it runs in
 Ray worker processes that never executed the driver's imports.
 
-Atari games get the standard DeepMind-style preprocessing from RLlib's
-``wrap_atari_for_new_api_stack``: grayscale, resize to ``dim`` x ``dim`` (84 by default,
-``model.dim`` in the article), normalise to [-1, 1], max-and-skip 4 frames, up to 30 no-op
-starts, episodic life, FIRE on reset, and a stack of the last 4 frames *inside the env*
+Atari games get the standard DeepMind-style preprocessing, built from RLlib's Atari wrappers
+(``_wrap_atari``): grayscale frames from the emulator, max over the last two of every 4 frames
+(action repeat 4), resize to ``dim`` x ``dim`` (84 by default, ``model.dim`` in the article;
+the presets use 42), normalise to [-1, 1], up to 30 no-op starts, episodic life, FIRE on
+reset, and a stack of the last 4 frames *inside the env*
 (observation shape ``(dim, dim, 4)``). Frame stacking happens in the env rather than in an
 env-to-module connector, so evaluation only has to use the same creator to see exactly the
 observations the policy was trained on.
@@ -15,6 +16,9 @@ observations the policy was trained on.
 from __future__ import annotations
 
 from typing import Any
+
+import gymnasium as gym
+import numpy as np
 
 ENV_PREFIX = "rlq/"
 ATARI_DEFAULTS = {"dim": 84, "framestack": 4, "frameskip": 4, "noop_max": 30}
@@ -64,23 +68,15 @@ def make_env(env_config: dict[str, Any]):
     if render_mode:
         kwargs["render_mode"] = render_mode
     if is_atari(env_id):
-        from ray.rllib.env.wrappers.atari_wrappers import wrap_atari_for_new_api_stack
-
         opts = {**ATARI_DEFAULTS, **{k: cfg[k] for k in ATARI_DEFAULTS if k in cfg}}
-        # The wrapper does the frame skipping (max over the last 2 frames), so the
-        # emulator itself must not skip ("ALE/*-v5" ids skip 4 by default).
+        # The wrappers do the frame skipping (max over the last 2 frames), so the
+        # emulator itself must not skip ("ALE/*-v5" ids skip 4 by default). The emulator
+        # renders grayscale itself (rendering still gives RGB frames).
         kwargs["frameskip"] = 1
+        kwargs["obs_type"] = "grayscale"
         if "repeat_action_probability" in cfg:
             kwargs["repeat_action_probability"] = cfg["repeat_action_probability"]
-        env = gym.make(env_id, **kwargs)
-        env = wrap_atari_for_new_api_stack(
-            env,
-            dim=opts["dim"],
-            frameskip=opts["frameskip"],
-            framestack=opts["framestack"] if opts["framestack"] > 1 else None,
-        )
-        if opts["noop_max"] != 30:
-            _set_noop_max(env, opts["noop_max"])
+        env = _wrap_atari(gym.make(env_id, **kwargs), opts)
         if "max_episode_steps" in cfg:
             env = gym.wrappers.TimeLimit(env, max_episode_steps=cfg["max_episode_steps"])
         return env
@@ -89,13 +85,46 @@ def make_env(env_config: dict[str, Any]):
     return gym.make(env_id, **kwargs)
 
 
-def _set_noop_max(env, noop_max: int) -> None:
-    e = env
-    while e is not None:
-        if type(e).__name__ == "NoopResetEnv":
-            e.noop_max = noop_max
-            return
-        e = getattr(e, "env", None)
+def _wrap_atari(env, opts: dict[str, Any]):
+    """DeepMind-style preprocessing with RLlib's wrappers, in the DeepMind order: the frame
+    max over the last two of every ``frameskip`` frames is taken on the full-size grayscale
+    frame and only that one frame is resized and normalised (RLlib's
+    ``wrap_atari_for_new_api_stack`` resizes and normalises every emulator frame, 4x the work,
+    then takes the max of the small frames)."""
+    from ray.rllib.env.wrappers.atari_wrappers import (
+        EpisodicLifeEnv,
+        FireResetEnv,
+        FrameStack,
+        MaxAndSkipEnv,
+        NoopResetEnv,
+    )
+
+    env = gym.wrappers.TimeLimit(env, max_episode_steps=108000)
+    if opts["frameskip"] > 1:
+        env = MaxAndSkipEnv(env, skip=opts["frameskip"])
+    env = ResizeAndNormalize(env, opts["dim"])
+    env = NoopResetEnv(env, noop_max=opts["noop_max"])
+    env = EpisodicLifeEnv(env)
+    if "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireResetEnv(env)
+    if opts["framestack"] > 1:
+        env = FrameStack(env, k=opts["framestack"])
+    return env
+
+
+class ResizeAndNormalize(gym.ObservationWrapper):
+    """A (H, W) uint8 grayscale frame -> (dim, dim, 1) float32 in [-1, 1] (RLlib's scale)."""
+
+    def __init__(self, env, dim: int):
+        super().__init__(env)
+        self.dim = dim
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(dim, dim, 1), dtype=np.float32)
+
+    def observation(self, observation):
+        import cv2
+
+        small = cv2.resize(observation, (self.dim, self.dim), interpolation=cv2.INTER_AREA)
+        return (small.astype(np.float32) * (1.0 / 128.0) - 1.0)[:, :, None]
 
 
 def registered_name(env_id: str) -> str:
