@@ -1,5 +1,5 @@
 // What the function app's managed identity may do, each grant on the narrowest scope, and what
-// the Azure ML workspace and its clusters need on the container registry. docs/azure.md lists
+// the Azure ML workspace's identity needs on the container registry. docs/azure.md lists
 // every assignment with the documentation it follows; tests/azure/test_deployment_files.py
 // checks that list against this file.
 
