@@ -93,6 +93,5 @@ output name string = namespace.name
 output fullyQualifiedNamespace string = '${namespace.name}.servicebus.windows.net'
 output requestsQueueName string = requests.name
 output requestLockSeconds int = requestLockSeconds
-output requestLockSeconds int = requestLockSeconds
 output completedTopicName string = completed.name
 output notifierSubscriptionName string = notifier.name
