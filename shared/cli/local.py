@@ -100,7 +100,8 @@ def hosted(
         if started_ray and not keep_ray:
             from shared.adapters import ray_local
 
-            ray_local.stop_local_head()  # only heads this process started
+            # this head only, and not while another process (a second serve) still uses it
+            ray_local.stop_local_head()
 
 
 def _port_free(port: int) -> bool:
@@ -166,6 +167,7 @@ def serve(
                 w, port=port, keep_ray=keep_ray, on_ray=lambda a: console.print(f"Ray head: {a}")
             ) as host:
                 console.print(functions_table(host))
+                console.print(f"dashboard: {host.base_url}/api/ui")
                 console.print(f"serving {w.settings.data_dir} · API {host.base_url}/api · Ctrl-C stops")
                 stop.wait()
                 console.print("stopping: finishing in-flight work")
@@ -277,6 +279,7 @@ def demo(
                 }
                 rid = w.service.enqueue(body)
                 console.print(f"submitted {rid}: IMPALA on CartPole-v1, stop at mean reward 150 or 300 s")
+                console.print(f"dashboard: {host.base_url}/api/ui/runs/{rid}")
                 record = follow(
                     lambda: w.service.get(rid),
                     settings,

@@ -72,11 +72,11 @@ def safe_link(url: str | None) -> str | None:
 
 
 def request_json(record: RunRecord) -> str | None:
-    """The request as the page shows it: indented JSON, webhook and Teams URLs redacted (a Teams
-    Workflows URL carries its signature in the query string)."""
+    """The request as the page shows it: indented JSON without unset fields, webhook and Teams
+    URLs redacted (a Teams Workflows URL carries its signature in the query string)."""
     if record.request is None:
         return None
-    data: dict[str, Any] = record.request.model_dump(mode="json", exclude_defaults=False)
+    data: dict[str, Any] = record.request.model_dump(mode="json", exclude_none=True)
     notify = data.get("notify") or {}
     for kind in ("webhooks", "teams"):
         notify[kind] = [redact(u) for u in notify.get(kind) or []]

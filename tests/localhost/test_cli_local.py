@@ -37,6 +37,7 @@ def test_demo_on_the_twin_backend_completes_publishes_and_verifies_the_webhook(r
     assert result.exit_code == 0, result.output
     assert "webhook delivered and verified" in result.output
     assert '"status": "Completed"' in result.output
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/api/ui/runs/demo-[0-9a-f]{10}\n", result.output)
     png = re.search(r"reward curve: (\S+)", result.output)
     assert png and Path(png.group(1)).read_bytes()[:4] == b"\x89PNG"
 
@@ -62,6 +63,8 @@ def test_serve_answers_http_and_stops_gracefully_on_sigterm(data_dir, tmp_path):
                 break
         assert base, "".join(seen)
         assert httpx.get(f"{base}/health", timeout=10).json() == {"status": "ok"}
+        assert f"dashboard: {base}/ui\n" in seen  # printed before the serving line
+        assert "Training runs" in httpx.get(f"{base}/ui", timeout=10).text
         posted = httpx.post(
             f"{base}/trainings", json={"env": "CartPole-v1", "stop": {"time_total_s": 60}}, timeout=10
         )
