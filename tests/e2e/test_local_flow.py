@@ -62,17 +62,19 @@ def ray_jobs(w, request_id: str) -> list:
     return [j for j in backend._client().list_jobs() if j.submission_id == submission_id_for(request_id)]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_request_to_completion_once_even_when_enqueued_twice(local):
     w, host = local()
     body = {
         **CARTPOLE,
         "request_id": "e2e-cartpole",
-        "stop": {"episode_reward_mean": 150, "time_total_s": 300},
+        # the learning budget is in environment steps, not seconds: a busy machine takes longer,
+        # it does not learn less (IMPALA passes 150 well inside it; time_total_s only bounds a hang)
+        "stop": {"episode_reward_mean": 150, "timesteps_total": 500_000, "time_total_s": 900},
     }
     w.broker.send(w.settings.queue_name, json.dumps(body), message_id="first")
     w.broker.send(w.settings.queue_name, json.dumps(body), message_id="second")  # same request, new message
-    drive(host, w, "e2e-cartpole", timeout_s=420)
+    drive(host, w, "e2e-cartpole", timeout_s=1000)
     assert len(ray_jobs(w, "e2e-cartpole")) == 1
     (msg,) = topic(w)
     assert msg.status == "Completed" and msg.stop_reason == "reward_reached"

@@ -150,3 +150,59 @@ def test_a_port_taken_by_something_else_is_named(tmp_path: Path) -> None:
             ray_local.ensure_local_head(
                 data_dir=tmp_path, dashboard_port=port, token=SecretStr("x" * 64), timeout_s=5
             )
+
+
+def _serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RLQ_", "RAY_"))}
+    env.update(
+        RLQ_DATA_DIR=str(data_dir), RLQ_BACKEND="ray", RLQ_RAY_DASHBOARD_PORT=str(port), RLQ_RAY_NUM_CPUS="1"
+    )
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "rlq"), "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),  # a file: a pipe nobody reads would fill and block the serve
+        text=True,
+    )
+
+
+def _gcs(data_dir: Path) -> list[int]:
+    return [pid for pid, n in process_names(ray_local.head_pids(data_dir)).items() if "gcs_server" in n]
+
+
+@pytest.mark.timeout(600)
+def test_serve_takes_over_the_head_of_a_sigkilled_serve_and_leaves_nothing_after_sigterm(
+    tmp_path: Path,
+) -> None:
+    data_dir = (tmp_path / "rlq").resolve()
+    port = ray_local.free_port()
+    address = f"http://127.0.0.1:{port}"
+
+    def head_up() -> bool:
+        return ray_local.probe_dashboard(address, ray_local.local_head_token(data_dir)) == 200
+
+    first = _serve(data_dir, port, tmp_path / "first.log")
+    try:
+        _wait_for("the first serve's head", head_up, timeout_s=180)
+        first.send_signal(signal.SIGKILL)  # no clean-up at all: the head is orphaned
+        first.wait(timeout=30)
+        gcs = _gcs(data_dir)
+        assert len(gcs) == 1 and head_up()
+
+        second = _serve(data_dir, port, tmp_path / "second.log")
+        try:
+            _wait_for("the second serve", lambda: ray_local.head_users(data_dir), timeout_s=120)
+            assert head_up() and _gcs(data_dir) == gcs  # taken over, not restarted
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=120)
+            assert second.returncode == 0, (tmp_path / "second.log").read_text()[-2000:]
+        finally:
+            if second.poll() is None:
+                second.kill()
+        left = ray_local.head_pids(data_dir)
+        assert left == [], f"left behind: {process_names(left)}"  # monitor.py and the client server too
+        assert not head_up() and ray_local._port_free(port)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        ray_local.stop_local_head(data_dir=data_dir, force=True)
