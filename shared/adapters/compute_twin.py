@@ -1,9 +1,11 @@
 """The compute twin: an instant compute backend with the semantics the service relies on.
 
-It behaves like the weakest real backend (Azure ML): ``submit`` always creates a *new* job and the
-only way to find one is ``find`` by the request's tag, so a service bug that submits twice shows up
-as two jobs for one request. State lives in SQLite (a file, or ``:memory:``) so it survives a
-SIGKILL of the process under test, which the crash-matrix tests rely on.
+It keeps the promises of the real backends (``tests/contract/compute_backend_contract.py``): a
+job is found by its request, ``submit`` of a request already submitted returns that job (as Ray's
+submission ids and Azure ML's job names do), cancel can be repeated. ``submits`` counts every
+``submit`` call, so a test can still see a service that submits where it should have found. State
+lives in SQLite (a file, or ``:memory:``) so it survives a SIGKILL of the process under test, which
+the crash-matrix tests rely on.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   state TEXT NOT NULL, target REAL, created_at REAL NOT NULL, canceled INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS jobs_request ON jobs(request_id);
 CREATE TABLE IF NOT EXISTS ensure_calls (request_id TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS submit_calls (request_id TEXT NOT NULL, at REAL NOT NULL);
 """
 
 
@@ -74,11 +77,24 @@ class ComputeTwin:
     def submit(self, request: TrainingRequest) -> str:
         run_id = f"twin-{uuid.uuid4().hex[:12]}"
         with self._lock:
+            self._db.execute("INSERT INTO submit_calls VALUES (?, ?)", (request.request_id, time.time()))
             self._db.execute(
-                "INSERT INTO jobs (run_id, request_id, state, target, created_at) VALUES (?,?,?,?,?)",
-                (run_id, request.request_id, "pending", request.stop.episode_reward_mean, time.time()),
+                "INSERT INTO jobs (run_id, request_id, state, target, created_at) SELECT ?,?,?,?,? "
+                "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE request_id=?)",
+                (
+                    run_id,
+                    request.request_id,
+                    "pending",
+                    request.stop.episode_reward_mean,
+                    time.time(),
+                    request.request_id,
+                ),
             )
-        return run_id
+            row = self._db.execute(
+                "SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1",
+                (request.request_id,),
+            ).fetchone()
+        return str(row[0])
 
     def status(self, run_id: str) -> JobStatus:
         if self.status_latency_s:
@@ -134,6 +150,14 @@ class ComputeTwin:
     def jobs_per_request(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT request_id, COUNT(*) FROM jobs GROUP BY request_id").fetchall()
+        return dict(rows)
+
+    def submits(self) -> dict[str, int]:
+        """``submit`` calls per request (a job is created by the first only)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, COUNT(*) FROM submit_calls GROUP BY request_id"
+            ).fetchall()
         return dict(rows)
 
     def job(self, run_id: str) -> dict[str, object] | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Group
@@ -40,6 +40,7 @@ from shared.cli.render import (
 from shared.cli.request import build_request
 from shared.errors import InvalidRequest, NotFound, PermanentError
 from shared.models import FINAL, RunState
+from shared.ports import DeadLetterInbox
 
 if TYPE_CHECKING:
     from shared.composition import Wiring
@@ -323,15 +324,14 @@ def cancel(
             console.print(f"cancel requested for {request_id} (state {record.state.value})")
 
 
-def _dead_letter_source(w: Wiring) -> Any:
-    source = w.broker if w.broker is not None else w.sender
-    if not hasattr(source, "dead_letters"):
+def _dead_letter_source(w: Wiring) -> DeadLetterInbox:
+    if w.dead_letters is None:
         raise PermanentError(
             "dead-letter inspection needs the local SQLite broker (RLQ_BROKER=sqlite); for Service Bus "
             "use the Azure portal's Service Bus Explorer",
             reason="Unsupported",
         )
-    return source
+    return w.dead_letters
 
 
 def _body_text(body: bytes) -> str:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidRequest
+from shared.models import load_json
 
 
 def json_option(text: str | None, field_name: str) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        value = load_json(text)  # refuses a repeated key, naming it
     except ValueError as err:
         raise InvalidRequest([{"field": field_name, "message": f"not valid JSON: {err}"}]) from None
     if not isinstance(value, dict):
@@ -49,7 +49,7 @@ def build_request(
     body: dict[str, Any] = {}
     if file is not None:
         try:
-            loaded = json.loads(Path(file).read_text(encoding="utf-8"))
+            loaded = load_json(Path(file).read_text(encoding="utf-8"))
         except OSError as err:
             raise InvalidRequest(
                 [{"field": "--file", "message": f"cannot read {file}: {err.strerror}"}]

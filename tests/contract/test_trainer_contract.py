@@ -56,4 +56,4 @@ def test_the_trainer_reads_back_every_flag_build_argv_writes(monkeypatch, ray_ad
 
 
 def test_the_entrypoint_names_the_argv_variable_and_nothing_from_a_request() -> None:
-    assert trainer_args.ENTRYPOINT == f"python -m trainer.train --argv-from-env {trainer_args.ARGV_ENV}"
+    assert f"python -m trainer.train --argv-from-env {trainer_args.ARGV_ENV}" == trainer_args.ENTRYPOINT

@@ -122,3 +122,17 @@ def test_defaults_are_current_sizes():
     assert WorkerCluster().vm_size == DEFAULT_WORKER_VM_SIZE and VM_SIZES[DEFAULT_WORKER_VM_SIZE].gpus == 0
     s = Settings(_env_file=None)
     assert s.head_vm_size in VM_SIZES and s.worker_vm_size in VM_SIZES
+
+
+def test_a_request_file_with_a_repeated_key_is_refused_before_anything_is_sent(tmp_path):
+    from shared.cli.request import build_request
+
+    path = tmp_path / "req.json"
+    path.write_text('{"env": "CartPole-v1", "stop": {"training_iteration": 2}, "config": {"lr": 1, "lr": 2}}')
+    with pytest.raises(InvalidRequest) as err:
+        build_request(file=path)
+    assert (
+        "config.lr" in err.value.errors[0]["message"] and "more than once" in err.value.errors[0]["message"]
+    )
+    with pytest.raises(InvalidRequest, match="lr"):
+        build_request(config='{"lr": 1, "lr": 2}')

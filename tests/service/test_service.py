@@ -46,6 +46,7 @@ def test_same_request_twice_starts_one_job_and_publishes_one_message(wired, twin
     wired.service.intake(body(request_id="dup"), message_id="c")  # after completion, too
     run_to_end(wired)
     assert twin.jobs_per_request() == {"dup": 1}
+    assert twin.submits() == {"dup": 1}  # the duplicates never asked for a job at all
     msgs = drain_topic(wired)
     assert [m.message_id for m in msgs] == ["dup:completed"]
 
@@ -132,6 +133,7 @@ def test_crash_between_submit_and_record_does_not_start_a_second_job(wired, twin
     clock.advance(wired.settings.lock_duration_s)
     rec = wired.service.accept(body(request_id="c1"), message_id="m")
     assert rec.state is RunState.submitted and twin.jobs_per_request() == {"c1": 1}
+    assert twin.submits() == {"c1": 1}  # the takeover found the job instead of submitting again
 
 
 def test_outbox_republishes_until_the_publish_lands(wired, clock):

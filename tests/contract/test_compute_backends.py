@@ -1,0 +1,167 @@
+"""The ComputeBackend contract against each backend (see ``compute_backend_contract.py``).
+
+* ``twin``: :class:`shared.adapters.compute_twin.ComputeTwin` (SQLite);
+* ``ray``: :class:`shared.adapters.ray_jobs.RayJobsBackend` on the session's real local head (token
+  auth on), running the stand-in trainer of ``tests/ray/conftest.py`` (same contract as the real
+  one, a second per run);
+* ``azureml``: :class:`shared.adapters.azureml.v2.AzureMLV2Backend` over its workspace twin
+  (:class:`shared.adapters.azureml.v2_twin.MLClientTwin`), the twin's clock stepped by the case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.models import TrainingRequest, parse_request
+from shared.settings import Settings
+from tests.contract.compute_backend_contract import Case, ComputeBackendContract
+from tests.ray.conftest import STANDIN_HANG, STANDIN_OK, STANDIN_TRAIN, head_settings
+
+CARTPOLE: dict[str, Any] = {"algorithm": "IMPALA", "env": "CartPole-v1", "stop": {"training_iteration": 2}}
+
+
+def _request(request_id: str, **extra: Any) -> TrainingRequest:
+    return parse_request({**CARTPOLE, "request_id": request_id, **extra})
+
+
+# --- the compute twin ------------------------------------------------------------------------
+
+
+def twin_case(tmp_path: Path) -> Case:
+    from shared.adapters.compute_twin import ComputeTwin
+
+    twin = ComputeTwin(tmp_path / "twin.sqlite3", polls_to_finish=3)
+    long_runs: set[str] = set()
+
+    def make(request_id: str, long_running: bool) -> TrainingRequest:
+        if long_running:
+            long_runs.add(request_id)
+        return _request(request_id)
+
+    case = Case(
+        backend=twin,
+        make_request=make,
+        jobs_for=lambda rid: twin.jobs_per_request().get(rid, 0),
+    )
+    case.cleanup.append(twin.close)
+    return case
+
+
+# --- the Ray backend on a real local head ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def standin_trainer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pkg = tmp_path_factory.mktemp("contract-standin") / "trainer"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "train.py").write_text(STANDIN_TRAIN)
+    return pkg
+
+
+def ray_case(head: Any, standin: Path) -> Case:
+    from shared.adapters.ray_jobs import RayJobsBackend, submission_id_for
+
+    # the first submit uploads the working dir: give a busy machine more than the default 10 s
+    settings = head_settings(head, status_timeout_s=60.0)
+    backend = RayJobsBackend(address=None, settings=settings, trainer_package=standin)
+
+    def make(request_id: str, long_running: bool) -> TrainingRequest:
+        return _request(request_id, config={"seed": STANDIN_HANG if long_running else STANDIN_OK})
+
+    def jobs_for(request_id: str) -> int:
+        wanted = submission_id_for(request_id)
+        jobs = backend._call(lambda c: c.list_jobs(), what="list jobs")
+        return sum(1 for j in jobs if getattr(j, "submission_id", None) == wanted)
+
+    return Case(backend=backend, make_request=make, jobs_for=jobs_for, timeout_s=90.0, poll_s=0.3)
+
+
+# --- the Azure ML backend over its workspace twin --------------------------------------------
+
+
+def azureml_case() -> Case:
+    from shared.adapters.azureml.v2 import AzureMLV2Backend
+    from shared.adapters.azureml.v2_twin import MLClientTwin
+
+    sub = "11111111-2222-3333-4444-555555555555"
+    settings = Settings(
+        backend="azureml",
+        azureml_subscription_id=sub,
+        azureml_resource_group="rlq-rg",
+        azureml_workspace="rlq-ws",
+        azureml_nsg_check="off",
+        azureml_key_vault_uri="https://rlq-kv.vault.azure.net/",
+        ray_auth_token="contract-ray-token",
+        _env_file=None,
+    )
+    twin = MLClientTwin(subscription_id=sub, resource_group="rlq-rg", workspace="rlq-ws")
+    backend = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs, detail_every=1)
+    long_runs: set[str] = set()
+    head_of: dict[str, str] = {}
+
+    def make(request_id: str, long_running: bool) -> TrainingRequest:
+        request = _request(request_id, compute={"workers": {"node_count": 0, "max_nodes": 0}})
+        if long_running:
+            long_runs.add(request_id)
+        return request
+
+    def ready(request: TrainingRequest) -> None:
+        for _ in range(3):
+            pending = backend.ensure_compute(request)
+            if pending is None:
+                return
+            for name in ("head-gpu", "worker-cpu"):
+                try:
+                    twin.provision(name)
+                except KeyError:
+                    pass  # not asked for
+        raise AssertionError(f"compute never became ready for {request.request_id}")
+
+    def advance(run_id: str) -> None:
+        """One tick of the workspace: the job moves on, the trainer logs what it did."""
+        job = twin.job(run_id)
+        request_id = job.tags.get("rlq_request_id") or head_of.get(run_id, "")
+        if job.status == "Running" and request_id in long_runs:
+            return  # runs until it is canceled (CancelRequested moves on below)
+        status = twin.step(run_id)
+        if status == "Running":
+            twin.log_metrics(run_id, 2, episode_reward_mean=21.5, timesteps=2000, time_total_s=2.0)
+        if status == "Finalizing":
+            twin.write_summary(
+                run_id,
+                {"final_reward": 21.5, "best_reward": 21.5, "iterations": 2, "stop_reason": "iterations_limit"},
+            )
+
+    def jobs_for(request_id: str) -> int:
+        return sum(n for key, n in twin.jobs_per_request().items() if key.startswith(f"{request_id}/"))
+
+    case = Case(backend=backend, make_request=make, jobs_for=jobs_for, ready=ready, advance=advance)
+    case.cleanup.append(backend.close)
+    return case
+
+
+# --- the suite, once per backend -------------------------------------------------------------
+
+
+class TestComputeBackends(ComputeBackendContract):
+    @pytest.fixture(
+        params=[
+            "twin",
+            pytest.param("ray", marks=pytest.mark.ray),
+            "azureml",
+        ]
+    )
+    def case(self, request: pytest.FixtureRequest, tmp_path: Path):
+        if request.param == "twin":
+            c = twin_case(tmp_path)
+        elif request.param == "ray":
+            c = ray_case(request.getfixturevalue("ray_head"), request.getfixturevalue("standin_trainer"))
+        else:
+            c = azureml_case()
+        yield c
+        for undo in reversed(c.cleanup):
+            undo()
