@@ -1,6 +1,7 @@
 """Wall seconds of training to mean return 450 on CartPole-v1: rlq preset vs Stable-Baselines3 PPO.
 
-    .venv/bin/python bench/cartpole_time_to_450.py [--run PPO] [--limit 300] [--skip-sb3]
+    .venv/bin/python bench/cartpole_time_to_450.py [--algorithms IMPALA,PPO] [--seeds 5] [--limit 300]
+        [--skip-sb3]
 
 Both sides use the same criterion: the mean return of the last 100 completed episodes >= 450.
 rlq runs the real trainer CLI (``python -m trainer.train --run X --env CartPole-v1`` with the
@@ -10,6 +11,10 @@ Ray start-up. SB3 PPO uses the rl-zoo hyper-parameters (n_envs 8, n_steps 32, ba
 gae_lambda 0.8, gamma 0.98, n_epochs 20, ent_coef 0, lr linear 1e-3, clip linear 0.2, 1e5 steps)
 in a subprocess too; "train s" is from the start of ``model.learn`` to the target, "wall s"
 includes imports and model creation. Needs ``pip install stable-baselines3``.
+
+Each seed runs every algorithm and SB3 one after the other, so each comparison is side by side.
+Prints per seed, then per algorithm how many seeds reached 450 and the median seconds, and the
+median-PPO / median-SB3 ratio (target <= 1.5x).
 """
 
 from __future__ import annotations
@@ -116,11 +121,23 @@ def run_rlq(algorithm: str, limit: float, seed: int) -> dict:
     }
 
 
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default="PPO", help="rlq algorithm (its CartPole preset is used)")
+    ap.add_argument(
+        "--algorithms", default="PPO", help="comma-separated rlq algorithms (their CartPole presets)"
+    )
+    ap.add_argument("--run", default=None, help="one algorithm (same as --algorithms X)")
     ap.add_argument("--limit", type=float, default=300, help="give up after this many training seconds")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (or --seed for one)")
+    ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--skip-sb3", action="store_true")
     ap.add_argument(
         "--sb3-threads",
@@ -130,27 +147,49 @@ def main() -> int:
         "on a busy 2-core machine torch's default 2 threads made SB3 ~40x slower",
     )
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} CPU cores; target: mean return of last 100 episodes >= {TARGET:g}")
-    rlq = run_rlq(args.run, args.limit, args.seed)
-    print(
-        f"rlq {args.run:6s} preset : reached={rlq['reached']} train {rlq['train_s']:.1f} s, wall {rlq['wall_s']:.1f} s, "
-        f"{rlq['timesteps']} steps, final mean {rlq['final_mean']}"
+    algorithms = (
+        [args.run] if args.run else [a.strip().upper() for a in args.algorithms.split(",") if a.strip()]
     )
-    if args.skip_sb3:
-        return 0
-    sb3 = run_sb3(args.limit, args.seed, args.sb3_threads)
+    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
     print(
-        f"SB3 PPO (rl-zoo, {args.sb3_threads or 'default'} torch threads): reached={sb3['reached']} train {sb3['train_s']:.1f} s, wall {sb3['wall_s']:.1f} s, "
-        f"{sb3['timesteps']} steps, final mean {sb3['final_mean']:.1f}"
+        f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "
+        f"target: mean return of last 100 episodes >= {TARGET:g}; seeds {seeds}"
     )
-    if rlq["reached"] and sb3["reached"]:
+    runs: dict[str, list[dict]] = {a: [] for a in [*algorithms, *([] if args.skip_sb3 else ["SB3"])]}
+    for seed in seeds:
+        for algorithm in algorithms:
+            r = run_rlq(algorithm, args.limit, seed)
+            runs[algorithm].append(r)
+            print(
+                f"seed {seed} rlq {algorithm:6s} preset: reached={r['reached']} train {r['train_s'] or 0:.1f} s, "
+                f"wall {r['wall_s']:.1f} s, {r['timesteps']} steps, final mean {r['final_mean']}",
+                flush=True,
+            )
+        if not args.skip_sb3:
+            r = run_sb3(args.limit, seed, args.sb3_threads)
+            runs["SB3"].append(r)
+            print(
+                f"seed {seed} SB3 PPO (rl-zoo, {args.sb3_threads or 'default'} torch threads): reached={r['reached']} "
+                f"train {r['train_s']:.1f} s, wall {r['wall_s']:.1f} s, {r['timesteps']} steps, "
+                f"final mean {r['final_mean']:.1f}",
+                flush=True,
+            )
+    medians = {}
+    for name, rs in runs.items():
+        hit = [r for r in rs if r["reached"]]
+        medians[name] = (_median([r["train_s"] for r in hit]), _median([r["wall_s"] for r in hit]))
+        m_train, m_wall = medians[name]
         print(
-            f"ratio rlq/SB3: train {rlq['train_s'] / sb3['train_s']:.2f}x, wall {rlq['wall_s'] / sb3['wall_s']:.2f}x "
-            f"(target <= 3x)"
+            f"{name:6s}: reached 450 in {len(hit)}/{len(rs)} seeds"
+            + (f"; median train {m_train:.1f} s, wall {m_wall:.1f} s" if hit else "")
         )
-    else:
-        print("ratio: n/a (a side did not reach the target within the limit)")
-    print("BENCH_RESULT " + json.dumps({"rlq": rlq, "sb3": sb3, "algorithm": args.run}))
+    if "PPO" in medians and "SB3" in medians and medians["PPO"][0] and medians["SB3"][0]:
+        print(
+            f"ratio rlq PPO / SB3 (medians): train {medians['PPO'][0] / medians['SB3'][0]:.2f}x, "
+            f"wall {medians['PPO'][1] / medians['SB3'][1]:.2f}x (target <= 1.5x)"
+        )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    print("BENCH_RESULT " + json.dumps({"runs": runs, "algorithms": algorithms, "seeds": seeds}))
     return 0
 
 
