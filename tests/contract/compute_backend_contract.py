@@ -6,8 +6,8 @@ submitted before it would submit, submit and cancel can be repeated without a se
 error, an unknown run id gets a status that says so (or a permanent error naming it, which the
 poller records as a failure), and the terminal status carries the trainer's summary.
 
-A backend joins by adding a :class:`Case` factory to ``CASES`` (and a param to ``case`` in
-``test_compute_backends.py``). A case says how to make a request that finishes quickly and one that
+A backend joins by adding a :class:`Case` factory and a param of the ``case`` fixture in
+``test_compute_backends.py``. A case says how to make a request that finishes quickly and one that
 runs until it is stopped, how to get the compute ready and how to let a job move on: nothing in
 the tests themselves may depend on which backend it is.
 """
@@ -18,9 +18,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import pytest
 
 from shared.errors import PermanentError
 from shared.models import TrainingRequest
@@ -129,16 +126,3 @@ class ComputeBackendContract:
         assert wait_terminal(case, run_id).state == "succeeded"
         case.backend.cancel(run_id)
         assert case.backend.status(run_id).state == "succeeded"
-
-
-def case_fixture(build: Callable[..., Case]) -> Any:
-    """A ``case`` fixture from a factory taking pytest's ``request``; runs the case's clean-ups."""
-
-    @pytest.fixture
-    def case(request: pytest.FixtureRequest):
-        c = build(request)
-        yield c
-        for undo in reversed(c.cleanup):
-            undo()
-
-    return case

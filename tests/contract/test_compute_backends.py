@@ -33,17 +33,10 @@ def _request(request_id: str, **extra: Any) -> TrainingRequest:
 def twin_case(tmp_path: Path) -> Case:
     from shared.adapters.compute_twin import ComputeTwin
 
-    twin = ComputeTwin(tmp_path / "twin.sqlite3", polls_to_finish=3)
-    long_runs: set[str] = set()
-
-    def make(request_id: str, long_running: bool) -> TrainingRequest:
-        if long_running:
-            long_runs.add(request_id)
-        return _request(request_id)
-
+    twin = ComputeTwin(tmp_path / "twin.sqlite3", polls_to_finish=3)  # a job ends on its third status call
     case = Case(
         backend=twin,
-        make_request=make,
+        make_request=lambda request_id, long_running: _request(request_id),
         jobs_for=lambda rid: twin.jobs_per_request().get(rid, 0),
     )
     case.cleanup.append(twin.close)
@@ -84,7 +77,7 @@ def ray_case(head: Any, standin: Path) -> Case:
 
 
 def azureml_case() -> Case:
-    from shared.adapters.azureml.v2 import AzureMLV2Backend
+    from shared.adapters.azureml.v2 import RUN_TAG, AzureMLV2Backend
     from shared.adapters.azureml.v2_twin import MLClientTwin
 
     sub = "11111111-2222-3333-4444-555555555555"
@@ -101,7 +94,6 @@ def azureml_case() -> Case:
     twin = MLClientTwin(subscription_id=sub, resource_group="rlq-rg", workspace="rlq-ws")
     backend = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs, detail_every=1)
     long_runs: set[str] = set()
-    head_of: dict[str, str] = {}
 
     def make(request_id: str, long_running: bool) -> TrainingRequest:
         request = _request(request_id, compute={"workers": {"node_count": 0, "max_nodes": 0}})
@@ -124,7 +116,7 @@ def azureml_case() -> Case:
     def advance(run_id: str) -> None:
         """One tick of the workspace: the job moves on, the trainer logs what it did."""
         job = twin.job(run_id)
-        request_id = job.tags.get("rlq_request_id") or head_of.get(run_id, "")
+        request_id = job.tags.get(RUN_TAG, "")
         if job.status == "Running" and request_id in long_runs:
             return  # runs until it is canceled (CancelRequested moves on below)
         status = twin.step(run_id)
@@ -133,7 +125,12 @@ def azureml_case() -> Case:
         if status == "Finalizing":
             twin.write_summary(
                 run_id,
-                {"final_reward": 21.5, "best_reward": 21.5, "iterations": 2, "stop_reason": "iterations_limit"},
+                {
+                    "final_reward": 21.5,
+                    "best_reward": 21.5,
+                    "iterations": 2,
+                    "stop_reason": "iterations_limit",
+                },
             )
 
     def jobs_for(request_id: str) -> int:
