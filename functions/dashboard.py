@@ -27,7 +27,7 @@ from shared.composition import wiring
 from shared.dashboard import csrf
 from shared.dashboard.charts import reward_svg, sparkline_svg
 from shared.dashboard.render import render, render_block, static_files
-from shared.dashboard.views import RunView, request_json, run_view
+from shared.dashboard.views import RunView, redact_notify, request_json, run_view
 from shared.errors import InvalidRequest, NotFound, PermanentError, TransientError
 from shared.models import RunState
 
@@ -45,6 +45,7 @@ SECURITY_HEADERS = {
 }
 PORTAL_NAMES = {"ray": "Ray", "azureml": "Azure ML", "twin": "Twin"}
 LIST_LIMIT = 100
+LIST_POLL_MS = 5_000  # the runs list: a hundred records a poll, so less often than one run's page
 
 
 class _Page:
@@ -148,7 +149,7 @@ def _runs(req: func.HttpRequest) -> tuple[RunState | None, list[RunView]]:
     w = wiring()
     state = _state_param(req)
     records = w.service.list(states=[state] if state else None, limit=LIST_LIMIT)
-    return state, [run_view(r, w.settings) for r in records]
+    return state, [run_view(r, w.settings, compact=True) for r in records]
 
 
 def _runs_context(page: _Page, req: func.HttpRequest) -> dict[str, Any]:
@@ -176,7 +177,13 @@ def dashboard_runs(req: func.HttpRequest, page: _Page) -> func.HttpResponse:
 @_page
 def dashboard_runs_live(req: func.HttpRequest, page: _Page) -> func.HttpResponse:
     ctx = _runs_context(page, req)
-    return page.json({"regions": {"rows": render_block("runs.html", "rows", **ctx)}, "settled": False})
+    return page.json(
+        {
+            "regions": {"rows": render_block("runs.html", "rows", **ctx)},
+            "settled": False,
+            "next_poll_ms": LIST_POLL_MS,
+        }
+    )
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -189,7 +196,7 @@ def _children(request_id: str) -> list[str]:
     return [r.request_id for r in wiring().service.list(limit=1000) if r.parent_request_id == request_id]
 
 
-def _run_context(page: _Page, request_id: str) -> dict[str, Any]:
+def _run_context(page: _Page, request_id: str, *, lineage: bool = True) -> dict[str, Any]:
     w = wiring()
     record = w.service.get(request_id)
     run = run_view(record, w.settings)
@@ -202,7 +209,7 @@ def _run_context(page: _Page, request_id: str) -> dict[str, Any]:
         completion_json=completion,
         request_json=request_json(record),
         portal_name=PORTAL_NAMES.get(record.backend or "", record.backend or ""),
-        children=_children(record.request_id),
+        children=_children(record.request_id) if lineage else [],  # not a live region
         live_url=None if run.settled else page.link(f"ui/runs/{quote(record.request_id, safe='')}/live"),
     )
 
@@ -218,7 +225,7 @@ def dashboard_run(req: func.HttpRequest, page: _Page) -> func.HttpResponse:
 @bp.route(route="ui/runs/{request_id}/live", methods=["GET"])
 @_page
 def dashboard_run_live(req: func.HttpRequest, page: _Page) -> func.HttpResponse:
-    ctx = _run_context(page, req.route_params["request_id"])
+    ctx = _run_context(page, req.route_params["request_id"], lineage=False)
     run: RunView = ctx["run"]
     return page.json(
         {
@@ -256,9 +263,10 @@ def _sources() -> dict[str, tuple[str, str | None, str]]:
 
 def _body_text(body: bytes) -> str:
     try:
-        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+        data = json.loads(body)
     except (ValueError, RecursionError):
         return body.decode("utf-8", "replace")
+    return json.dumps(redact_notify(data), indent=2, ensure_ascii=False)
 
 
 def _letter_run(body: bytes) -> str | None:

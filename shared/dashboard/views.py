@@ -76,11 +76,19 @@ def request_json(record: RunRecord) -> str | None:
     URLs redacted (a Teams Workflows URL carries its signature in the query string)."""
     if record.request is None:
         return None
-    data: dict[str, Any] = record.request.model_dump(mode="json", exclude_none=True)
-    notify = data.get("notify") or {}
-    for kind in ("webhooks", "teams"):
-        notify[kind] = [redact(u) for u in notify.get(kind) or []]
+    data = redact_notify(record.request.model_dump(mode="json", exclude_none=True))
     return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def redact_notify(data: Any) -> Any:
+    """A request body (parsed JSON, valid or not) with its webhook and Teams URLs redacted."""
+    notify = data.get("notify") if isinstance(data, dict) else None
+    if isinstance(notify, dict):
+        for kind in ("webhooks", "teams"):
+            urls = notify.get(kind)
+            if isinstance(urls, list):
+                notify[kind] = [redact(u) if isinstance(u, str) else u for u in urls]
+    return data
 
 
 def _reward(point: dict[str, Any]) -> float | None:
@@ -165,8 +173,14 @@ class RunView:
         return f"{r.experiment} · {r.algorithm} on {r.env}"
 
 
-def run_view(record: RunRecord, settings: Settings, *, now: datetime | None = None) -> RunView:
-    points = metrics_points(record, settings)
+def run_view(
+    record: RunRecord, settings: Settings, *, now: datetime | None = None, compact: bool = False
+) -> RunView:
+    """``compact``: the record's own thinned curve (a list of runs), not every logged iteration."""
+    if compact:
+        points = [{"iteration": i, "timesteps": t, "episode_reward_mean": r} for i, t, r in record.curve]
+    else:
+        points = metrics_points(record, settings)
     rewards = [r for r in (_reward(p) for p in points) if r is not None]
     current = record.progress.episode_reward_mean if record.progress else None
     if record.completion is not None and record.completion.final_reward is not None:

@@ -13,8 +13,8 @@ import function_app
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build, install
-from shared.models import Delivery
 from shared.settings import Settings
+from tests.support.notifiers import RecordingNotifier
 
 # get_functions() may be called once per app object (it re-validates names against its own index).
 FUNCTIONS = {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
@@ -24,19 +24,8 @@ def handler(name: str):
     return FUNCTIONS[name].get_user_function()
 
 
-class FailingNotifier:
-    """Records a failed webhook delivery for every completion, as a receiver answering 500 would."""
-
-    def deliver(self, message, request):
-        return [
-            Delivery(
-                target="https://hooks.example.com/rlq",
-                ok=False,
-                attempts=3,
-                status_code=500,
-                error="HTTP 500 after 3 attempts <b>busy</b>",
-            )
-        ]
+# Every completion gets a failed webhook delivery whose error text holds markup (escaped on the page).
+FAILING = {"target": "https://hooks.example.com/rlq", "error": "HTTP 500 after 3 attempts <b>busy</b>"}
 
 
 @pytest.fixture
@@ -46,7 +35,12 @@ def wired(tmp_path: Path, clock) -> Wiring:
     twin = ComputeTwin(tmp_path / "twin.sqlite3", polls_to_finish=4)
     broker = SqliteBroker(settings.queue_db, clock=clock.epoch)
     w = build(
-        settings, compute={"twin": twin}, broker=broker, notifier=FailingNotifier(), clock=clock, faults=None
+        settings,
+        compute={"twin": twin},
+        broker=broker,
+        notifier=RecordingNotifier(**FAILING),
+        clock=clock,
+        faults=None,
     )
     install(w)
     yield w

@@ -62,6 +62,7 @@ def browser() -> Iterator[WebDriver]:
         "--window-size=1200,1400",
         "--force-device-scale-factor=1",
         "--no-first-run",
+        "--hide-scrollbars",
         "--disable-extensions",
     ):
         options.add_argument(arg)

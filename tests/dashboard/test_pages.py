@@ -79,6 +79,7 @@ def test_runs_page_lists_each_run_with_state_progress_rewards_and_a_sparkline(wi
     assert 'data-live="/api/ui/live"' in page
     rows_only = live(call("dashboard_runs_live", "/api/ui/live"))
     assert rows_only["settled"] is False and 'data-run="r-1"' in rows_only["regions"]["rows"]
+    assert rows_only["next_poll_ms"] == 5_000
 
 
 def test_runs_page_filters_by_state_and_names_the_field_of_a_bad_one(wired, host):
@@ -164,6 +165,22 @@ def test_tag_values_with_quotes_cannot_leave_their_text(wired, host):
     page = html(call("dashboard_run", "/api/ui/runs/q-1", route_params={"request_id": "q-1"}))
     assert "<dd>a&#34; onmouseover=&#34;alert(1)</dd>" in page and "<dd>it&#39;s</dd>" in page
     assert 'onmouseover="alert' not in page
+
+
+def test_dead_letter_bodies_show_webhook_and_teams_urls_redacted(wired, host):
+    body = {
+        **CARTPOLE,
+        "request_id": "dl-teams",
+        "algorithm": "DQN",  # refused: the body is dead-lettered as sent
+        "notify": {"teams": ["https://example.webhook.office.com/workflows/a?sig=SECRET1"], "webhooks": 3},
+    }
+    wired.broker.send(wired.settings.queue_name, json.dumps(body), message_id="dl-teams")
+    host.drain()
+    (dead,) = wired.broker.dead_letters(wired.settings.queue_name)
+    assert b"SECRET1" in dead.body  # the dead letter keeps the request as it came
+    page = html(call("dashboard_dead_letters", "/api/ui/dead-letters"))
+    assert "SECRET1" not in page and "https://example.webhook.office.com/workflows/a" in page
+    assert "&#34;webhooks&#34;: 3" in page  # what is not a list of URLs is shown as it is
 
 
 def test_unknown_run_is_a_404_page_naming_it_escaped(wired):
@@ -334,11 +351,14 @@ def test_parent_and_child_runs_link_each_other(wired, host):
     poll(wired, host, 4)
     assert wired.store.get("parent").state is RunState.notified
     submit(wired, host, "child", restore_from="rlq://parent")
+    submit(wired, host, "other")
     assert wired.store.get("child").parent_request_id == "parent"
     child = html(call("dashboard_run", "/api/ui/runs/child", route_params={"request_id": "child"}))
-    assert '<a class="button" id="parent" href="/api/ui/runs/parent">Parent run parent</a>' in child
+    assert 'Warm-started from <a id="parent" href="/api/ui/runs/parent">parent</a>' in child
     parent = html(call("dashboard_run", "/api/ui/runs/parent", route_params={"request_id": "parent"}))
-    assert '<a class="button child" href="/api/ui/runs/child">Child run child</a>' in parent
+    assert 'Retrained as <a class="child" href="/api/ui/runs/child">child</a>' in parent
+    alone = html(call("dashboard_run", "/api/ui/runs/other", route_params={"request_id": "other"}))
+    assert "Lineage" not in alone
 
 
 def test_a_rejected_run_is_polled_seldom_since_a_resubmit_can_revive_it(wired, host):
