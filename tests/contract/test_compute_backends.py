@@ -18,7 +18,12 @@ import pytest
 from shared.models import TrainingRequest, parse_request
 from shared.settings import Settings
 from tests.contract.compute_backend_contract import Case, ComputeBackendContract
-from tests.ray.conftest import STANDIN_HANG, STANDIN_OK, STANDIN_TRAIN, head_settings
+from tests.ray.conftest import (
+    STANDIN_HANG,
+    STANDIN_OK,
+    head_settings,
+    standin_package,  # noqa: F401 - the stand-in trainer fixture, shared
+)
 
 CARTPOLE: dict[str, Any] = {"algorithm": "IMPALA", "env": "CartPole-v1", "stop": {"training_iteration": 2}}
 
@@ -44,15 +49,6 @@ def twin_case(tmp_path: Path) -> Case:
 
 
 # --- the Ray backend on a real local head ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def standin_trainer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pkg = tmp_path_factory.mktemp("contract-standin") / "trainer"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "train.py").write_text(STANDIN_TRAIN)
-    return pkg
 
 
 def ray_case(head: Any, standin: Path) -> Case:
@@ -156,7 +152,7 @@ class TestComputeBackends(ComputeBackendContract):
         if request.param == "twin":
             c = twin_case(tmp_path)
         elif request.param == "ray":
-            c = ray_case(request.getfixturevalue("ray_head"), request.getfixturevalue("standin_trainer"))
+            c = ray_case(request.getfixturevalue("ray_head"), request.getfixturevalue("standin_package"))
         else:
             c = azureml_case()
         yield c

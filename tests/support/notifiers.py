@@ -6,19 +6,15 @@ from shared.models import CompletionMessage, Delivery, TrainingRequest
 
 
 class RecordingNotifier:
-    """:class:`shared.ports.Notifier` for service tests: every message kept, every delivery a 500."""
+    """:class:`shared.ports.Notifier` for service tests: every message kept, every delivery a 500
+    from ``target`` with ``error`` (as a receiver answering 500 three times would)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, target: str = "https://hooks.example.com/x", error: str = "HTTP 500 after 3 attempts"
+    ) -> None:
         self.messages: list[CompletionMessage] = []
+        self.target, self.error = target, error
 
     def deliver(self, message: CompletionMessage, request: TrainingRequest | None) -> list[Delivery]:
         self.messages.append(message)
-        return [
-            Delivery(
-                target="https://hooks.example.com/x",
-                ok=False,
-                attempts=3,
-                status_code=500,
-                error="HTTP 500 after 3 attempts",
-            )
-        ]
+        return [Delivery(target=self.target, ok=False, attempts=3, status_code=500, error=self.error)]
