@@ -110,10 +110,12 @@ def reward_svg(
         lower = " ".join(f"{_fmt(px(x))},{_fmt(py(lo))}" for x, lo, _ in reversed(band))
         parts.append(f'<polygon class="band" points="{upper} {lower}"/>')
     if target is not None:
+        ty = py(target)
+        label_y = ty - 6 if ty - top > 24 else ty + 20  # below the line when it runs along the top
         parts.append(
-            f'<line class="target" x1="{left}" x2="{left + pw}" y1="{_fmt(py(target))}" '
-            f'y2="{_fmt(py(target))}"/><text class="target-label" x="{left + pw - 4}" '
-            f'y="{_fmt(py(target) - 5)}" text-anchor="end">target {_label(target)}</text>'
+            f'<line class="target" x1="{left}" x2="{left + pw}" y1="{_fmt(ty)}" y2="{_fmt(ty)}"/>'
+            f'<text class="target-label" x="{left + pw - 4}" y="{_fmt(label_y)}" text-anchor="end">'
+            f"target {_label(target)}</text>"
         )
     line = " ".join(f"{_fmt(px(x))},{_fmt(py(y))}" for x, y in zip(xs, means, strict=True))
     parts.append(f'<polyline class="mean" points="{line}"/>')
