@@ -88,12 +88,17 @@ def main(argv: list[str] | None = None) -> int:
                     defer_delay_s=args.defer_delay_s,
                     out=sys.stdout,
                 )
-            except AssertionError as err:
+            except AssertionError as err:  # the message starts with the seed (run_load)
                 print(f"LOAD FAILED: {err}")
                 failed = True
             else:
                 for line in report.lines():
                     print(f"  {line}")
+                if report.restarts != args.restarts:  # the run must have been as rough as it says
+                    print(
+                        f"LOAD FAILED: {report.restarts} of {args.restarts} SIGKILLs happened (seed {seed})"
+                    )
+                    failed = True
                 print(
                     f"  enqueue {report.enqueue_s:.1f} s, whole run {time.perf_counter() - t0:.1f} s: "
                     "0 lost, 0 duplicate jobs, every message accounted for"
