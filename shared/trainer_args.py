@@ -7,7 +7,8 @@ so a request means the same run on a local Ray head, a remote Ray cluster and Az
 * :data:`ARGV_ENV`: the argument vector travels as a JSON list in this environment variable and
   the trainer reads it back with ``--argv-from-env`` (nothing is ever joined into a shell string:
   Ray runs its entrypoint through a shell, so the entrypoint is a constant, :data:`ENTRYPOINT`);
-* :func:`build_argv`: the one argv builder (each value is one argv element);
+* :func:`build_argv`: the one argv builder (each value is one argv element), and
+  :func:`seed_cluster_config`: the seed's worker and GPU counts for a cluster;
 * :func:`trainer_time_budget_s`: the training time every run is given (``--stop time_total_s``);
 * :data:`CHECKPOINT_FREQ`: iterations between checkpoints;
 * :data:`METRICS_MARK` / :data:`SUMMARY_MARK`: the stdout line prefixes of one iteration's metrics
@@ -40,6 +41,7 @@ __all__ = [
     "METRICS_MARK",
     "SUMMARY_MARK",
     "build_argv",
+    "seed_cluster_config",
     "trainer_time_budget_s",
 ]
 
@@ -58,6 +60,20 @@ def trainer_time_budget_s(
     if request.stop.time_total_s is not None:
         bound = min(bound, request.stop.time_total_s)
     return int(bound)
+
+
+def seed_cluster_config(config: dict[str, Any], *, total_cpus: int, head_gpus: int) -> dict[str, Any]:
+    """``config`` with the seed's cluster defaults where the request sets none (Azure ML backends).
+
+    ``num_workers``: every CPU of the head and the workers minus one for the head process;
+    ``num_gpus``: the head's GPUs. A request that names either (or today's equivalents) keeps its own.
+    """
+    out = dict(config)
+    if "num_workers" not in out and "num_env_runners" not in out:
+        out["num_workers"] = max(total_cpus - 1, 0)
+    if not {"num_gpus", "num_gpus_per_learner", "num_learners"} & out.keys():
+        out["num_gpus"] = head_gpus
+    return out
 
 
 def build_argv(

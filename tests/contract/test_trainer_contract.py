@@ -57,3 +57,16 @@ def test_the_trainer_reads_back_every_flag_build_argv_writes(monkeypatch, ray_ad
 
 def test_the_entrypoint_names_the_argv_variable_and_nothing_from_a_request() -> None:
     assert f"python -m trainer.train --argv-from-env {trainer_args.ARGV_ENV}" == trainer_args.ENTRYPOINT
+
+
+def test_seed_cluster_config_fills_only_what_the_request_leaves_out() -> None:
+    assert trainer_args.seed_cluster_config({}, total_cpus=12, head_gpus=1) == {
+        "num_workers": 11,
+        "num_gpus": 1,
+    }
+    own = {"num_env_runners": 3, "num_gpus_per_learner": 0, "lr": 0.1}
+    assert trainer_args.seed_cluster_config(own, total_cpus=12, head_gpus=1) == own
+    assert trainer_args.seed_cluster_config({}, total_cpus=0, head_gpus=0) == {
+        "num_workers": 0,
+        "num_gpus": 0,
+    }
