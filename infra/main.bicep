@@ -188,6 +188,8 @@ var rlqSettings = {
   RLQ_AZUREML_SUBSCRIPTION_ID: subscription().subscriptionId
   RLQ_AZUREML_RESOURCE_GROUP: resourceGroup().name
   RLQ_AZUREML_WORKSPACE: aml.outputs.workspaceName
+  RLQ_AZUREML_KEY_VAULT_URI: aml.outputs.keyVaultUri
+  RLQ_AZUREML_RAY_TOKEN_SECRET: aml.outputs.rayTokenSecretName
   RLQ_AZUREML_VNET: network.outputs.vnetName
   RLQ_AZUREML_SUBNET: 'aml'
   RLQ_AZUREML_VNET_RESOURCE_GROUP: resourceGroup().name

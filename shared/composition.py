@@ -55,10 +55,14 @@ def _compute(settings: Settings, name: str) -> ComputeBackend:
 
         return RayJobsBackend(address=settings.ray_address, settings=settings)
     if name == "azureml":
+        from shared.adapters.azureml.v2 import AzureMLV2Backend
+
+        return AzureMLV2Backend(settings=settings)
+    if name == "azureml_v1":
         from shared.adapters.azureml.v1 import AzureMLRayBackend
 
         return AzureMLRayBackend(settings=settings)
-    raise ValueError(f"RLQ_BACKEND: {name!r} is not a backend; allowed: ray, azureml, twin")
+    raise ValueError(f"RLQ_BACKEND: {name!r} is not a backend; allowed: ray, azureml, azureml_v1, twin")
 
 
 def build(

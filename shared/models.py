@@ -666,6 +666,8 @@ class RunRecord(BaseModel):
     # When the backend first failed to answer a status call in the current streak (None: it answers).
     unreachable_since: datetime | None = None
     claimed_at: datetime | None = None
+    # What a ``provisioning`` run waits for (a cluster being created); the poller submits it when ready.
+    compute_pending: str | None = None
     deferrals: int = 0
     # The run whose final checkpoint this one restored (``restore_from: rlq://<parent_request_id>``).
     parent_request_id: str | None = None

@@ -28,14 +28,28 @@ class JobStatus:
     portal_url: str | None = None
 
 
+@dataclass(frozen=True)
+class ComputePending:
+    """``ensure_compute``'s answer while the compute is still being created (a cluster provisioning).
+
+    The run stays ``provisioning`` and the poller asks again; it submits once ``ensure_compute``
+    answers None (ready).
+    """
+
+    detail: str
+
+
 @runtime_checkable
 class ComputeBackend(Protocol):
     """Runs trainer jobs. Every method is idempotent on ``request_id``."""
 
     name: str
 
-    def ensure_compute(self, request: TrainingRequest) -> None:
-        """Make sure the compute exists or is being created; never waits for provisioning."""
+    def ensure_compute(self, request: TrainingRequest) -> ComputePending | None:
+        """Make sure the compute exists or is being created; never waits for provisioning.
+
+        None: submit now. :class:`ComputePending`: not yet (the poller calls again).
+        """
 
     def find(self, request_id: str) -> str | None:
         """The run id of a job already submitted for ``request_id``, if any."""

@@ -307,7 +307,9 @@ class TrainingService:
         assert record.request is not None
         backend = self.compute[record.backend or self.settings.backend]
         try:
-            backend.ensure_compute(record.request)
+            pending = backend.ensure_compute(record.request)
+            if pending is not None:  # a cluster is being created: the poller submits once it is up
+                return self._wait_for_compute(record, pending.detail)
             self._fault("ensured")
             rechecked = self._recheck_claim(record)
             if rechecked is None or rechecked.state is not RunState.provisioning:
@@ -326,7 +328,12 @@ class TrainingService:
         now = self.clock()
         try:
             record = self._update(
-                record, state=RunState.submitted, run_id=run_id, submitted_at=now, progress_at=now
+                record,
+                state=RunState.submitted,
+                run_id=run_id,
+                submitted_at=now,
+                progress_at=now,
+                compute_pending=None,
             )
         except Exception:
             # The job exists but its run id is not recorded: release the claim too, or the redelivery
@@ -338,12 +345,31 @@ class TrainingService:
         log.info("request %s submitted to %s as %s", record.request_id, backend.name, run_id)
         return record
 
+    def _wait_for_compute(self, record: RunRecord, detail: str) -> RunRecord:
+        """The run stays ``provisioning``, unclaimed, until the poller finds the compute ready."""
+        if record.compute_pending != detail:
+            log.info("request %s waits for its compute: %s", record.request_id, detail)
+        return self._update(record, state=RunState.provisioning, compute_pending=detail, claimed_at=None)
+
+    def _submit_when_ready(self, record: RunRecord) -> str | None:
+        """Poller: claim a run that waits for its compute and try the submit again."""
+        now = self.clock()
+        lease = timedelta(seconds=self.settings.claim_lease_s)
+        if record.claimed_at is not None and now - record.claimed_at < lease:
+            return None  # another poller or a redelivery is submitting it right now
+        try:
+            claimed = self.store.update(record.model_copy(update={"claimed_at": now, "updated_at": now}))
+        except Conflict:
+            return None  # someone else moved it first; the next tick sees what they did
+        after = self._submit(claimed)
+        return after.state.value if after.state is not RunState.provisioning else None
+
     def _release(self, record: RunRecord) -> None:
+        # A run waiting for its compute stays with the poller (its message is settled already).
+        state = RunState.provisioning if record.compute_pending else RunState.received
         try:
             self.store.update(
-                record.model_copy(
-                    update={"state": RunState.received, "claimed_at": None, "updated_at": self.clock()}
-                )
+                record.model_copy(update={"state": state, "claimed_at": None, "updated_at": self.clock()})
             )
         except Exception as err:  # noqa: BLE001 - the stale-claim takeover covers this
             log.warning("could not release the claim on %s: %s", record.request_id, err)
@@ -550,6 +576,8 @@ class TrainingService:
     def _needs_poll(self, r: RunRecord) -> bool:
         if r.state in TERMINAL:
             return r.published_at is None
+        if r.state is RunState.provisioning and r.compute_pending:
+            return True  # waiting for a cluster: the poller submits it once the cluster is up
         if r.state in (RunState.received, RunState.provisioning):
             return r.cancel_requested  # otherwise the queue owns it until it is submitted
         return True
@@ -557,6 +585,8 @@ class TrainingService:
     def _poll_one(self, record: RunRecord) -> str | None:
         if record.state in TERMINAL:
             return "published" if self._publish(record) else None
+        if record.state is RunState.provisioning and record.compute_pending and not record.cancel_requested:
+            return self._submit_when_ready(record)
         if record.state in (RunState.received, RunState.provisioning):
             self._terminate(record, state=RunState.canceled, stop_reason="canceled")
             return "canceled"
@@ -617,6 +647,8 @@ class TrainingService:
             changes["unreachable_since"] = None  # it answers again
         if st.portal_url and st.portal_url != record.portal_url:
             changes["portal_url"] = st.portal_url
+        if st.error and st.state in ("pending", "running") and st.error != record.error:
+            changes["error"] = st.error  # reported while the run goes on (e.g. its worker nodes died)
         if st.progress is not None and (
             record.progress is None
             or st.progress.iteration > record.progress.iteration

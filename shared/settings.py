@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     )
 
     # --- backends ----------------------------------------------------------------------------
-    backend: Literal["ray", "azureml", "twin"] = "ray"
+    backend: Literal["ray", "azureml", "azureml_v1", "twin"] = "ray"
     store: Literal["sqlite", "table"] = "sqlite"
     broker: Literal["sqlite", "servicebus"] = "sqlite"
 
@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04",
         description="Docker base image of the Azure ML head and workers (one image: Ray needs equal versions).",
     )
+    # SDK v2: the clusters' user-assigned identity (resource id; empty: system-assigned) and its client
+    # id, and where the nodes read the Ray token (the workspace Key Vault; names only, never the token).
+    azureml_cluster_identity: str | None = None
+    azureml_cluster_identity_client_id: str | None = None
+    azureml_key_vault_uri: str | None = None
+    azureml_ray_token_secret: str = "rlq-ray-token"
     azureml_nsg_check: Literal["enforce", "warn", "off"] = Field(
         "enforce",
         description="Check the aml subnet's NSG before submitting; enforce: a missing rule fails the run.",

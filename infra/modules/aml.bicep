@@ -47,6 +47,10 @@ param secretExpiry int = dateTimeToEpoch(dateTimeAdd(utcNow(), 'P1Y'))
 @description('Container registry resource id (modules/registry.bicep): the environment image is built and kept there.')
 param containerRegistryId string
 
+@description('Ray token the cluster nodes share (SDK v2 backend): stored in the vault, read there by the nodes with their managed identity. Default: a fresh random value per deployment.')
+@secure()
+param rayAuthToken string = '${newGuid()}${newGuid()}'
+
 @description('Tags for every resource.')
 param tags object = {}
 
@@ -216,7 +220,49 @@ resource workerCluster 'Microsoft.MachineLearningServices/workspaces/computes@20
   }
 }
 
+// The Ray token of the SDK v2 backend's clusters (trainer/bootstrap.py reads it on each node with
+// the node's managed identity; the jobs carry only the vault URI and this secret's name).
+var rayTokenSecretName = 'rlq-ray-token'
+
+resource rayTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: rayTokenSecretName
+  properties: {
+    value: rayAuthToken
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+// Key Vault Secrets User (read secret values) for each cluster's identity, on this vault only.
+var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
+
+resource headReadsToken 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (createClusters) {
+  scope: vault
+  name: guid(vault.id, headClusterName, keyVaultSecretsUser)
+  properties: {
+    principalId: createClusters ? headCluster.identity.principalId : ''
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
+  }
+}
+
+resource workersReadToken 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (createClusters) {
+  scope: vault
+  name: guid(vault.id, workerClusterName, keyVaultSecretsUser)
+  properties: {
+    principalId: createClusters ? workerCluster.identity.principalId : ''
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
+  }
+}
+
 output workspaceName string = workspace.name
 output workspacePrincipalId string = workspace.identity.principalId
 output keyVaultName string = vault.name
+output keyVaultUri string = vault.properties.vaultUri
+output rayTokenSecretName string = rayTokenSecretName
 output webhookSecretName string = empty(webhookSecrets) ? '' : webhookSecretName

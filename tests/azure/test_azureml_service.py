@@ -1,8 +1,10 @@
-"""The service end to end on the Azure ML backend, with the workspace twinned.
+"""The service end to end on the Azure ML backends, with the workspace twinned.
 
-Real: the orchestration core, SQLite store and broker, the Azure ML backend (its estimator, its
-provisioning configuration, its status mapping). Twinned: the Azure ML workspace's endpoints
-(``AzureMLTwin``), driven step by step.
+Real: the orchestration core, SQLite store and broker, the SDK v2 backend (its ``command()`` jobs and
+``AmlCompute`` entities, its status mapping). Twinned: the Azure ML workspace's endpoints
+(``MLClientTwin``), driven step by step. The seed request goes intake → clusters provisioning →
+head job → worker job with the head's address → running → completion message with an
+``azureml://`` checkpoint path.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from shared.adapters.azureml.twin import AzureMLTwin
-from shared.adapters.azureml.v1 import RUN_TAG, AzureMLRayBackend
+from shared.adapters.azureml.v1 import AzureMLRayBackend
+from shared.adapters.azureml.v2 import HEAD_ADDRESS_TAG, AzureMLV2Backend, job_names
+from shared.adapters.azureml.v2_twin import MLClientTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build
 from shared.models import Delivery, RunState
@@ -21,10 +25,14 @@ from shared.settings import Settings
 from tests.support.topics import drain_topic
 
 PONG = {
-    "experiment": "pong",
+    "experiment": "rllib-pong-multi-node",
     "algorithm": "IMPALA",
     "env": "PongNoFrameskip-v4",
     "stop": {"episode_reward_mean": 18, "time_total_s": 3600},
+    "compute": {
+        "head": {"name": "head-gpu", "vm_size": "STANDARD_NC4AS_T4_V3", "max_nodes": 1},
+        "workers": {"name": "worker-cpu", "vm_size": "STANDARD_D4AS_V5", "node_count": 4, "max_nodes": 4},
+    },
 }
 
 
@@ -33,16 +41,10 @@ class Notifier:
         return [Delivery(target="https://hooks.example.com/x", ok=True, attempts=1, status_code=200)]
 
 
-@pytest.fixture
-def twin() -> AzureMLTwin:
-    return AzureMLTwin(subscription_id="sub-1", resource_group="rg-1", workspace="ws-1")
-
-
-@pytest.fixture
-def wired(tmp_path: Path, twin: AzureMLTwin, clock) -> Wiring:
-    settings = Settings(
+def _settings(tmp_path: Path, backend: str) -> Settings:
+    s = Settings(
         data_dir=tmp_path / "rlq",
-        backend="azureml",
+        backend=backend,
         azureml_subscription_id="sub-1",
         azureml_resource_group="rg-1",
         azureml_workspace="ws-1",
@@ -52,8 +54,28 @@ def wired(tmp_path: Path, twin: AzureMLTwin, clock) -> Wiring:
         stall_timeout_s=3600,
         _env_file=None,
     )
-    settings.data_dir.mkdir(parents=True)
-    backend = AzureMLRayBackend(settings=settings, gateway=twin, network_factory=twin.network)
+    s.data_dir.mkdir(parents=True)
+    return s
+
+
+@pytest.fixture
+def twin() -> MLClientTwin:
+    return MLClientTwin(subscription_id="sub-1", resource_group="rg-1", workspace="ws-1")
+
+
+@pytest.fixture
+def network() -> AzureMLTwin:
+    return AzureMLTwin(
+        subscription_id="sub-1", resource_group="rg-1", workspace="ws-1"
+    )  # its ARM network reads
+
+
+@pytest.fixture
+def wired(tmp_path: Path, twin: MLClientTwin, network: AzureMLTwin, clock) -> Wiring:
+    settings = _settings(tmp_path, "azureml")
+    backend = AzureMLV2Backend(
+        settings=settings, ml_client=twin, runs=twin.runs, network_factory=network.network
+    )
     broker = SqliteBroker(settings.data_dir / "queue.sqlite3", clock=clock.epoch)
     w = build(
         settings, compute={"azureml": backend}, notifier=Notifier(), broker=broker, clock=clock, faults=None
@@ -65,35 +87,52 @@ def wired(tmp_path: Path, twin: AzureMLTwin, clock) -> Wiring:
 completions = drain_topic  # the completion messages the topic received, drained
 
 
-def test_request_to_completion_through_azure_ml(wired: Wiring, twin: AzureMLTwin, clock) -> None:
-    body = json.dumps({**PONG, "request_id": "pong-1", "reply_to": "replies"}).encode()
-    rec = wired.service.intake(body, message_id="m-1")
-    assert rec.state is RunState.submitted
-    [run] = twin.runs_for("pong-1")
-    assert rec.run_id == run.id and run.tags[RUN_TAG] == "pong-1"
-    assert set(twin.provisioning_configs) == {"head-gpu", "worker-cpu"}
-
-    # Azure ML provisions and starts the run; the poller follows
+def _up(w: Wiring, twin: MLClientTwin, request_id: str) -> str:
+    """Intake, clusters up, the poller submits the head job; its name."""
+    w.service.intake(json.dumps({**PONG, "request_id": request_id}).encode(), message_id=f"m-{request_id}")
     twin.provision("head-gpu")
     twin.provision("worker-cpu")
-    twin.run_to(run.id, "Running")
+    w.service.poll_once()
+    return job_names(request_id)[0]
+
+
+def test_seed_request_to_completion_through_azure_ml_v2(wired: Wiring, twin: MLClientTwin, clock) -> None:
+    body = json.dumps({**PONG, "request_id": "pong-1", "reply_to": "replies"}).encode()
+    rec = wired.service.intake(body, message_id="m-1")
+    # both clusters are being created: the Function does not wait, the run stays provisioning
+    assert rec.state is RunState.provisioning and "being created" in rec.compute_pending
+    assert twin.job_names() == []
+    wired.service.poll_once()
+    assert wired.service.get("pong-1").state is RunState.provisioning
+    twin.provision("head-gpu")
+    twin.provision("worker-cpu")
+    wired.service.poll_once()  # clusters Succeeded: the poller submits the head job
+    head, workers = job_names("pong-1")
+    rec = wired.service.get("pong-1")
+    assert rec.state is RunState.submitted and rec.run_id == head and rec.compute_pending is None
+    assert twin.job_names() == [head]
+
+    twin.run_to(head, "Running")
     wired.service.poll_once()
     assert wired.service.get("pong-1").state is RunState.running
+    assert twin.job_names() == [head]  # no address yet: no worker job
+    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
+    wired.service.poll_once()
+    assert twin.job_names() == [head, workers]
+    assert twin.job(workers).environment_variables["RLQ_RAY_HEAD_ADDRESS"] == "10.0.0.4:6379"
+    twin.run_to(workers, "Running")
+
     for i, reward in enumerate([-20.5, -3.0, 12.0, 18.3]):
-        twin.log_iteration(run.id, reward=reward, episodes=50 * (i + 1))
-        clock.advance(60)
-        wired.service.poll_once()
+        twin.log_metrics(head, step=i + 1, episode_reward_mean=reward, timesteps=400_000 * (i + 1))
+        for _ in range(6):  # metrics are read every few ticks, alternating with the worker job's status
+            clock.advance(10)
+            wired.service.poll_once()
     rec = wired.service.get("pong-1")
     assert rec.progress.iteration == 4 and rec.progress.episode_reward_mean == 18.3
+    assert rec.portal_url.startswith(f"https://ml.azure.com/runs/{head}")
 
-    twin.write_outputs(
-        run.id,
-        {
-            "outputs/summary.json": {"stop_reason": "reward_reached", "timesteps": 1_500_000},
-            "outputs/checkpoints/final/rllib_checkpoint.json": "{}",
-        },
-    )
-    twin.run_to(run.id, "Completed")
+    twin.write_summary(head, {"stop_reason": "reward_reached", "timesteps": 1_600_000, "best_reward": 18.3})
+    twin.run_to(head, "Completed")
     wired.service.poll_once()
 
     rec = wired.service.get("pong-1")
@@ -104,54 +143,110 @@ def test_request_to_completion_through_azure_ml(wired: Wiring, twin: AzureMLTwin
         "Completed",
         "reward_reached",
     )
-    assert (msg.final_reward, msg.best_reward, msg.iterations, msg.timesteps) == (18.3, 18.3, 4, 1_500_000)
-    assert msg.checkpoint_path == (
-        "azureml://subscriptions/sub-1/resourcegroups/rg-1/workspaces/ws-1/datastores/"
-        f"workspaceartifactstore/paths/ExperimentRun/dcid.{run.id}_head/outputs/"
-        "checkpoints/final"
-    )
-    assert msg.portal_url.startswith(f"https://ml.azure.com/runs/{run.id}")
+    assert (msg.final_reward, msg.best_reward, msg.iterations, msg.timesteps) == (18.3, 18.3, 4, 1_600_000)
+    assert msg.checkpoint_path == f"azureml://jobs/{head}/outputs/checkpoints/paths/final"
+    assert msg.portal_url.startswith(f"https://ml.azure.com/runs/{head}")
+    assert twin.job(workers).status == "CancelRequested"  # the head ended: its workers are canceled
     [reply] = wired.broker.receive("replies")
     assert json.loads(reply.body)["message_id"] == "pong-1:completed"
+    assert twin.jobs_per_request() == {"pong-1/head": 1, "pong-1/workers": 1}
 
 
-def test_redelivered_request_submits_once(wired: Wiring, twin: AzureMLTwin) -> None:
+def test_redelivered_request_submits_once(wired: Wiring, twin: MLClientTwin) -> None:
+    head = _up(wired, twin, "pong-2")
     body = json.dumps({**PONG, "request_id": "pong-2"}).encode()
-    wired.service.intake(body, message_id="m-2")
-    wired.service.intake(body, message_id="m-2")
-    assert len(twin.runs_for("pong-2")) == 1
-    assert [c[0] for c in twin.calls].count("submit") == 1
-
-
-def test_failed_azure_ml_run_completes_as_failed_with_the_reason(wired: Wiring, twin: AzureMLTwin) -> None:
-    wired.service.intake(json.dumps({**PONG, "request_id": "pong-3"}).encode(), message_id="m-3")
-    [run] = twin.runs_for("pong-3")
-    twin.run_to(run.id, "Running")
+    wired.service.intake(body, message_id="m-pong-2")
     wired.service.poll_once()
-    twin.fail(run.id, code="ServiceError", message="Ray head exited with code 1")
+    assert twin.jobs_per_request() == {"pong-2/head": 1}
+    assert twin.calls().count(("jobs.create_or_update", head)) == 1
+
+
+def test_cluster_that_fails_to_provision_fails_the_run_with_azures_reason(
+    wired: Wiring, twin: MLClientTwin
+) -> None:
+    wired.service.intake(json.dumps({**PONG, "request_id": "pong-3"}).encode(), message_id="m-3")
+    twin.provision("head-gpu", "Failed", error="QuotaExceeded: 0 of 4 NCASv3_T4 cores available")
+    wired.service.poll_once()
+    [msg] = completions(wired)
+    assert msg.status == "Failed" and "QuotaExceeded" in msg.error and twin.job_names() == []
+
+
+def test_failed_head_job_completes_as_failed_with_the_reason(wired: Wiring, twin: MLClientTwin) -> None:
+    head = _up(wired, twin, "pong-4")
+    twin.run_to(head, "Running")
+    wired.service.poll_once()
+    twin.fail(head, message="Ray head exited with code 1")
     wired.service.poll_once()
     [msg] = completions(wired)
     assert msg.status == "Failed" and "Ray head exited with code 1" in msg.error
 
 
-def test_cancel_goes_through_cancel_requested(wired: Wiring, twin: AzureMLTwin) -> None:
-    wired.service.intake(json.dumps({**PONG, "request_id": "pong-4"}).encode(), message_id="m-4")
-    [run] = twin.runs_for("pong-4")
-    twin.run_to(run.id, "Running")
+def test_cancel_goes_to_both_jobs_and_the_completion_says_canceled(wired: Wiring, twin: MLClientTwin) -> None:
+    head = _up(wired, twin, "pong-5")
+    _, workers = job_names("pong-5")
+    twin.run_to(head, "Running")
+    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
     wired.service.poll_once()
-    wired.service.cancel("pong-4")
+    wired.service.cancel("pong-5")
     wired.service.poll_once()
-    assert run.status == "CancelRequested" and run.cancel_calls == 1
-    twin.step(run.id)
+    assert twin.job(head).status == "CancelRequested" and twin.job(workers).status == "CancelRequested"
+    twin.step(head)
+    twin.step(workers)
     wired.service.poll_once()
     [msg] = completions(wired)
     assert msg.status == "Canceled"
 
 
-def test_missing_nsg_rule_fails_the_run_with_what_to_fix(wired: Wiring, twin: AzureMLTwin) -> None:
-    twin.nsg_rules = [r for r in twin.nsg_rules if r["name"] != "AllowBatchNodeManagement"]
-    rec = wired.service.intake(json.dumps({**PONG, "request_id": "pong-5"}).encode(), message_id="m-5")
-    assert twin.runs_for("pong-5") == []
-    rec = wired.service.get("pong-5")
+def test_cancel_while_the_clusters_are_provisioning_submits_nothing(
+    wired: Wiring, twin: MLClientTwin
+) -> None:
+    wired.service.intake(json.dumps({**PONG, "request_id": "pong-6"}).encode(), message_id="m-6")
+    wired.service.cancel("pong-6")
+    twin.provision("head-gpu")
+    twin.provision("worker-cpu")
+    wired.service.poll_once()
+    [msg] = completions(wired)
+    assert msg.status == "Canceled" and twin.job_names() == []
+
+
+def test_dead_worker_job_is_reported_on_the_run(wired: Wiring, twin: MLClientTwin, clock) -> None:
+    head = _up(wired, twin, "pong-7")
+    _, workers = job_names("pong-7")
+    twin.run_to(head, "Running")
+    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
+    wired.service.poll_once()
+    twin.run_to(workers, "Failed")
+    for _ in range(6):
+        clock.advance(20)
+        wired.service.poll_once()
+    rec = wired.service.get("pong-7")
+    assert rec.state is RunState.running and workers in rec.error and "Failed" in rec.error
+
+
+def test_missing_nsg_rule_fails_the_run_with_what_to_fix(wired: Wiring, twin: MLClientTwin, network) -> None:
+    network.nsg_rules = [r for r in network.nsg_rules if r["name"] != "AllowAzureMachineLearning"]
+    wired.service.intake(json.dumps({**PONG, "request_id": "pong-8"}).encode(), message_id="m-8")
+    rec = wired.service.get("pong-8")
     assert rec.state in (RunState.failed, RunState.notified)
-    assert "29876-29877" in rec.error and "BatchNodeManagement" in rec.error
+    assert "AzureMachineLearning" in rec.error and twin.job_names() == []
+
+
+def test_legacy_v1_backend_fails_the_request_at_once_naming_the_retirement(tmp_path: Path, clock) -> None:
+    settings = _settings(tmp_path, "azureml_v1")
+    aml = AzureMLTwin(subscription_id="sub-1", resource_group="rg-1", workspace="ws-1")
+    backend = AzureMLRayBackend(settings=settings, gateway=aml, network_factory=aml.network)
+    broker = SqliteBroker(settings.data_dir / "queue.sqlite3", clock=clock.epoch)
+    w = build(
+        settings,
+        compute={"azureml_v1": backend},
+        notifier=Notifier(),
+        broker=broker,
+        clock=clock,
+        faults=None,
+    )
+    rec = w.service.intake(json.dumps({**PONG, "request_id": "legacy-1"}).encode(), message_id="m-l1")
+    assert rec.state in (RunState.failed, RunState.notified)  # settled: not redelivered ten times
+    [msg] = completions(w)
+    assert msg.status == "Failed" and "https://aka.ms/rldeprecation" in msg.error
+    assert "RLQ_BACKEND=azureml " in msg.error and aml.runs_for("legacy-1") == []
+    backend.close()

@@ -81,6 +81,12 @@ def article() -> TrainingRequest:
     return parse_request(json.dumps(ARTICLE_REQUEST))
 
 
+def legacy_run(backend: AzureMLRayBackend, req: TrainingRequest) -> str:
+    """A run submitted before the retirement (the backend itself no longer submits): still polled."""
+    tags = {**req.tags, RUN_TAG: req.request_id}
+    return str(backend.gateway.submit(req.experiment, backend.build_estimator(req), tags).id)
+
+
 # --- the estimator: real SDK objects ---------------------------------------------------------
 
 
@@ -213,7 +219,7 @@ def test_argv_is_a_list_with_unquoted_json_and_tags_stay_off_it(
     assert config.startswith("{") and json.loads(config)  # no shell quoting added around JSON
     assert not any("two words" in a for a in argv)
     backend.ensure_compute(req)
-    run = twin.runs[backend.submit(req)]
+    run = twin.runs[legacy_run(backend, req)]
     assert run.tags["note"] == "two words here"  # tags go to the Azure ML run, not the command line
     assert run.estimator.head_configuration.arguments == ["--argv-from-env", ARGV_ENV]
 
@@ -650,7 +656,7 @@ def test_unreadable_nsg_does_not_block(settings: Settings, twin: AzureMLTwin, ca
 
 def test_backend_satisfies_the_port(backend: AzureMLRayBackend) -> None:
     assert isinstance(backend, ComputeBackend)
-    assert backend.name == "azureml"
+    assert backend.name == "azureml_v1"
 
 
 def test_submit_tags_the_run_and_a_redelivery_finds_it(
@@ -658,7 +664,7 @@ def test_submit_tags_the_run_and_a_redelivery_finds_it(
 ) -> None:
     req = article()
     backend.ensure_compute(req)
-    run_id = backend.submit(req)
+    run_id = legacy_run(backend, req)
     [run] = twin.runs_for("pong-2024-01")
     assert run.id == run_id and run.experiment == "rllib-pong-multi-node"
     assert run.tags[RUN_TAG] == "pong-2024-01"
@@ -670,9 +676,15 @@ def test_submit_tags_the_run_and_a_redelivery_finds_it(
     assert len(twin.runs_for("pong-2024-01")) == 1
 
 
-def test_submit_to_a_missing_cluster_is_permanent(backend: AzureMLRayBackend) -> None:
-    with pytest.raises(PermanentError, match="does not exist"):
-        backend.submit(article())  # ensure_compute was never called
+def test_submit_is_refused_naming_the_retirement_and_the_v2_backend(
+    backend: AzureMLRayBackend, twin: AzureMLTwin
+) -> None:
+    backend.ensure_compute(article())
+    with pytest.raises(PermanentError) as err:
+        backend.submit(article())
+    assert err.value.reason == "AzureMLV1Retired"
+    assert DEPRECATION_URL in err.value.description and "RLQ_BACKEND=azureml " in err.value.description
+    assert twin.runs_for("pong-2024-01") == []
 
 
 def test_status_mapping_table_is_complete() -> None:
@@ -697,7 +709,7 @@ def test_status_mapping_table_is_complete() -> None:
 def test_run_lifecycle_progress_and_summary(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:
     req = article()
     backend.ensure_compute(req)
-    run_id = backend.submit(req)
+    run_id = legacy_run(backend, req)
     seen = []
     while twin.runs[run_id].status != "Running":
         seen.append(backend.status(run_id).state)
@@ -749,7 +761,7 @@ def test_run_lifecycle_progress_and_summary(backend: AzureMLRayBackend, twin: Az
 def test_failed_run_reports_a_readable_error(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:
     req = article()
     backend.ensure_compute(req)
-    run_id = backend.submit(req)
+    run_id = legacy_run(backend, req)
     twin.run_to(run_id, "Running")
     twin.fail(
         run_id,
@@ -766,7 +778,7 @@ def test_failed_run_reports_a_readable_error(backend: AzureMLRayBackend, twin: A
 def test_cancel_requests_then_the_run_stops(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:
     req = article()
     backend.ensure_compute(req)
-    run_id = backend.submit(req)
+    run_id = legacy_run(backend, req)
     twin.run_to(run_id, "Running")
     backend.cancel(run_id)
     assert backend.status(run_id).state == "running"  # CancelRequested
@@ -853,7 +865,7 @@ def test_module_imports_no_sdk_and_the_backend_imports_no_ray(tmp_path: Path) ->
         "b = m.AzureMLRayBackend(settings=Settings(azureml_vnet='v', _env_file=None), gateway=t, "
         "network_factory=t.network)\n"
         "r = parse_request({'request_id': 'x', 'env': 'CartPole-v1'})\n"
-        "b.ensure_compute(r); b.submit(r)\n"
+        "b.ensure_compute(r); b.find('x')\n"
         "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('ray', 'torch'))\n"
         "assert not bad, bad\n"
         "print('ok')\n"

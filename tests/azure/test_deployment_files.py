@@ -183,6 +183,8 @@ NOT_SET_IN_AZURE = {
     "ray_address": "the Ray backend only",
     "ray_auth_token": "the Ray backend only",
     "ray_num_cpus": "the local Ray head only",
+    "azureml_cluster_identity": "clusters rlq creates: a user-assigned identity; default system-assigned",
+    "azureml_cluster_identity_client_id": "the client id of that user-assigned identity, when one is named",
     "servicebus_connection": "local tools; in Azure the managed identity and RLQ_SERVICEBUS_NAMESPACE",
     "table_connection": "Azurite and local tools; in Azure the managed identity and RLQ_TABLE_ACCOUNT_URL",
 }

@@ -49,6 +49,10 @@ def translate(err: BaseException, *, action: str) -> Exception:
             f"Scientist' (and 'AzureML Compute Operator' to create clusters) on the workspace: {text}",
             reason="AzureMLAuthorization",
         )
+    if kind == "ResourceNotFoundError" or status == 404:
+        return PermanentError(f"Azure ML {action}: not found: {text}", reason="AzureMLNotFound")
+    if kind == "ValidationException":
+        return PermanentError(f"Azure ML {action} refused: {kind}: {text}", reason="AzureMLRequest")
     if status is not None and (status in (408, 409, 429) or status >= 500):
         return TransientError(f"Azure ML {action} failed with HTTP {status}; try again: {text}")
     transient_types = (

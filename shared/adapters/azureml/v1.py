@@ -4,9 +4,13 @@ This is the article's setup, driven by the service instead of a notebook: two ``
 clusters inside the VNet, and one ``ReinforcementLearningEstimator`` run per request.
 
 Deprecated upstream: SDK v1 is past end of support and the RL estimator is being decommissioned
-(https://aka.ms/rldepre). Every v1 import happens inside this module, lazily, so an SDK v2 backend
-(``azure-ai-ml``: a command job that starts Ray itself) can sit beside it as another module with
-no change to the core. The constructor logs the deprecation once per process.
+(https://aka.ms/rldeprecation; no support after June 2022; SDK v1 support ended on 30 June 2026), and
+the estimator's images start Ray 0.8 while the trainer needs Ray 2.60. So this backend
+(``RLQ_BACKEND=azureml_v1``) no longer submits: :meth:`AzureMLRayBackend.submit` raises a permanent
+error naming the retirement and the SDK v2 backend (``RLQ_BACKEND=azureml``,
+:mod:`shared.adapters.azureml.v2`), so a request fails at once instead of being redelivered. Runs
+submitted earlier are still found, polled and canceled. The constructor logs the retirement once per
+process.
 
 What the service relies on, and how it is kept:
 
@@ -53,14 +57,14 @@ from shared.adapters.azureml.clusters import (
 from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
 from shared.adapters.azureml.errors import readable, sdk_errors
 from shared.adapters.azureml.gateway import AmlGateway, RunLike, SdkGateway, workspace_from_settings
-from shared.errors import ComputeError, TransientError
+from shared.errors import ComputeError, PermanentError, TransientError
 from shared.models import VM_SIZES, Progress, TrainingRequest
 from shared.ports import JobState, JobStatus
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEPRECATION_URL = "https://aka.ms/rldepre"
+DEPRECATION_URL = "https://aka.ms/rldeprecation"
 RUN_TAG = "rlq_request_id"
 ARGV_ENV = trainer_args.ARGV_ENV
 ENTRY_SCRIPT = "trainer/train.py"
@@ -87,6 +91,13 @@ STATUS_TO_STATE: dict[str, JobState] = {
 }
 TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Canceled"})
 
+RETIRED = (
+    "RLQ_BACKEND=azureml_v1: the Azure ML SDK v1 ReinforcementLearningEstimator is retired "
+    f"({DEPRECATION_URL}; SDK v1 support ended on 30 June 2026) and its images start Ray 0.8, not the "
+    "trainer's Ray 2.60, so nothing is submitted. Use the SDK v2 backend: RLQ_BACKEND=azureml "
+    "(azure-ai-ml command jobs on the same head and worker clusters; docs/azure.md)."
+)
+
 _warned = False
 _warn_lock = threading.Lock()
 
@@ -97,12 +108,7 @@ def _warn_deprecated_once() -> None:
         if _warned:
             return
         _warned = True
-    log.warning(
-        "RLQ_BACKEND=azureml uses Azure ML SDK v1 and its ReinforcementLearningEstimator, which are "
-        "deprecated and being retired (%s). It works while the service accepts it; plan the move to "
-        "SDK v2 (azure-ai-ml command jobs that start Ray themselves) or RLQ_BACKEND=ray.",
-        DEPRECATION_URL,
-    )
+    log.warning("%s", RETIRED)
 
 
 # --- the backend --------------------------------------------------------------------------------
@@ -111,7 +117,7 @@ def _warn_deprecated_once() -> None:
 class AzureMLRayBackend:
     """:class:`shared.ports.ComputeBackend` on Azure ML SDK v1's ReinforcementLearningEstimator."""
 
-    name = "azureml"
+    name = "azureml_v1"
 
     def __init__(
         self,
@@ -176,24 +182,12 @@ class AzureMLRayBackend:
         return self._find(experiment, request_id)
 
     def submit(self, request: TrainingRequest) -> str:
+        """Refused for good: the RL estimator is retired (a run already submitted is found first)."""
         self._remember(request)
         existing = self._find(request.experiment, request.request_id)
         if existing is not None:
-            log.info(
-                "request %s already has Azure ML run %s; not submitting again", request.request_id, existing
-            )
             return existing
-        estimator = self.build_estimator(request)
-        tags = {
-            **request.tags,
-            "rlq_algorithm": request.algorithm,
-            "rlq_env": request.env,
-            RUN_TAG: request.request_id,
-        }
-        with sdk_errors(f"submit {request.request_id} to experiment {request.experiment}"):
-            run = self.gateway.submit(request.experiment, estimator, tags)
-        log.info("request %s submitted as Azure ML run %s", request.request_id, run.id)
-        return str(run.id)
+        raise PermanentError(RETIRED, reason="AzureMLV1Retired")
 
     def status(self, run_id: str) -> JobStatus:
         with sdk_errors(f"status of run {run_id}"):
@@ -270,9 +264,12 @@ class AzureMLRayBackend:
     def job_argv(self, request: TrainingRequest, clusters: Clusters | None = None) -> list[str]:
         """:func:`shared.trainer_args.build_argv` with the seed's worker and GPU counts filled in."""
         c = clusters or self.clusters(request)
-        config = trainer_args.seed_cluster_config(
-            request.config, total_cpus=c.total_cpus, head_gpus=c.head_gpus
-        )
+        config = dict(request.config)
+        if "num_workers" not in config and "num_env_runners" not in config:
+            # as the seed: every CPU of the head and the workers, minus one for the head process
+            config["num_workers"] = max(c.total_cpus - 1, 0)
+        if not {"num_gpus", "num_gpus_per_learner", "num_learners"} & config.keys():
+            config["num_gpus"] = c.head_gpus
         return trainer_args.build_argv(
             request,
             output_dir="outputs",

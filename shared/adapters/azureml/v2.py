@@ -1,0 +1,769 @@
+"""Azure Machine Learning (SDK v2, ``azure-ai-ml``) backend: the seed's GPU head + CPU workers as one Ray cluster.
+
+``RLQ_BACKEND=azureml``. Two ``AmlCompute`` clusters in the VNet and, per request, up to two
+``command()`` jobs that start Ray themselves through ``trainer/bootstrap.py``:
+
+* the **head job** on the head cluster (``instance_count=1``): ``ray start --head`` (token auth on),
+  publishes the head's address as an MLflow tag on its own run (an address, never a secret), then
+  runs the trainer, whose learner is placed on the head;
+* the **worker job** on the worker cluster (``instance_count`` = worker nodes), submitted by the
+  poller once the head's address is there: each node joins the head and hosts env runners.
+
+What the service relies on, and how it is kept:
+
+* **Never blocking a Function.** ``ensure_compute`` creates a missing cluster with
+  ``compute.begin_create_or_update`` and does not wait on the poller; until both clusters report
+  ``Succeeded`` it answers :class:`~shared.ports.ComputePending` and the run stays ``provisioning``
+  (the poller asks again). A cluster that fails to provision fails the run with Azure's reason; one
+  with another VM size, a smaller max or another VNet is reported, never resized.
+* **One job per request.** Job names are unique in a workspace and derived from ``request_id``
+  (:func:`job_names`): ``find`` is a ``jobs.get``; ``submit`` creates and, when Azure answers that
+  the name exists, adopts the existing job. A redelivered request or a poller that died between
+  creating a job and recording it never starts a second one.
+* **Cheap polling.** One ``jobs.get`` of the head per tick; at most one more call (MLflow metrics,
+  or the worker job's status) every ``detail_every`` ticks, so metrics are read less often than
+  status.
+* **The secret stays out of the job.** The Ray token is read on the nodes from the workspace Key
+  Vault with the clusters' managed identity: the jobs carry the vault and secret *names* only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared import trainer_args
+from shared.adapters.azureml.clusters import (
+    Clusters,
+    ComputeInfo,
+    NsgGuard,
+    cluster_problems,
+    network_client_from_settings,
+    resolve_clusters,
+)
+from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
+from shared.adapters.azureml.errors import readable, sdk_errors
+from shared.errors import ComputeError, PermanentError, TransientError
+from shared.models import VM_SIZES, Progress, TrainingRequest
+from shared.ports import ComputePending, JobState, JobStatus
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_TAG = "rlq_request_id"
+ROLE_TAG = "rlq_role"
+HEAD_ADDRESS_TAG = "rlq.ray_head_address"  # set by trainer/bootstrap.py on the head job's MLflow run
+ARGV_ENV = trainer_args.ARGV_ENV
+RAY_PORT = 6379
+HEAD_SHM_SIZE = "24g"
+CHECKPOINTS_OUTPUT = "checkpoints"
+RESTORE_INPUT = "restore"
+IDLE_BEFORE_SCALE_DOWN_S = 1800
+ENVIRONMENT_NAME = "rlq-trainer"
+
+# Every v2 job status (azure.ai.ml._restclient ... JobStatus) -> JobState. CancelRequested,
+# NotResponding and Paused are not terminal: the poller keeps asking, and its stall detector covers a
+# run that stays silent. NotResponding may go back to any earlier state (the enum's own note).
+STATUS_TO_STATE: dict[str, JobState] = {
+    "NotStarted": "pending",
+    "Starting": "pending",
+    "Provisioning": "pending",
+    "Preparing": "pending",
+    "Queued": "pending",
+    "Running": "running",
+    "Finalizing": "running",
+    "CancelRequested": "running",
+    "NotResponding": "running",
+    "Paused": "running",
+    "Completed": "succeeded",
+    "Failed": "failed",
+    "Canceled": "stopped",
+    "Unknown": "pending",
+}
+TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Canceled"})
+
+
+def job_names(request_id: str) -> tuple[str, str]:
+    """(head job, worker job) names: deterministic, valid Azure ML job names, distinct per request id.
+
+    A readable slug of the id (lower case, ``[a-z0-9_-]``) plus a digest of the exact id, so ids
+    that differ only in case or punctuation never share a job.
+    """
+    slug = re.sub(r"[^a-z0-9_-]+", "-", request_id.lower()).strip("-_")[:48] or "run"
+    digest = hashlib.sha256(request_id.encode()).hexdigest()[:10]
+    base = f"rlq-{slug}-{digest}"
+    return f"{base}-head", f"{base}-workers"
+
+
+# --- what the backend needs from Azure ML and MLflow (the SDK, or the twin) ---------------------
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One MLflow run as the poller reads it: latest metric values, the latest step, the tags."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    step: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class RunReader(Protocol):
+    """Reads a job's MLflow run (an Azure ML job's name is its MLflow run id)."""
+
+    def get_run(self, run_id: str) -> RunView | None: ...
+
+    def summary(self, run_id: str) -> dict[str, Any] | None:
+        """The trainer's ``outputs/summary.json`` artifact, when there."""
+
+
+class MlflowRunReader:
+    """:class:`RunReader` on ``mlflow`` + ``azureml-mlflow`` against the workspace's tracking URI."""
+
+    def __init__(self, ml_client: Any) -> None:
+        self._ml_client = ml_client
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _mlflow(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
+
+                ws = self._ml_client.workspaces.get(self._ml_client.workspace_name)
+                self._client = MlflowClient(tracking_uri=ws.mlflow_tracking_uri)
+            return self._client
+
+    def get_run(self, run_id: str) -> RunView | None:
+        try:
+            run = self._mlflow().get_run(run_id)
+        except Exception as err:
+            if "RESOURCE_DOES_NOT_EXIST" in str(err) or "not found" in str(err).lower():
+                return None
+            raise
+        metric_objs = getattr(run.data, "_metric_objs", None) or []
+        step = max((int(getattr(m, "step", 0) or 0) for m in metric_objs), default=0)
+        return RunView(metrics=dict(run.data.metrics), step=step, tags=dict(run.data.tags))
+
+    def summary(self, run_id: str) -> dict[str, Any] | None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="rlq-aml-") as tmp:
+            try:
+                path = self._mlflow().download_artifacts(run_id, "outputs/summary.json", tmp)
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+            except Exception as err:  # noqa: BLE001 - the metrics still give the essentials
+                log.info("job %s: no readable summary.json (%s)", run_id, type(err).__name__)
+                return None
+        return data if isinstance(data, dict) else None
+
+
+def ml_client_from_settings(settings: Settings) -> Any:
+    """``MLClient`` with the Function's managed identity (``DefaultAzureCredential``)."""
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    sub, rg, ws = (
+        settings.azureml_subscription_id,
+        settings.azureml_resource_group,
+        settings.azureml_workspace,
+    )
+    if not (sub and rg and ws):
+        raise PermanentError(
+            "RLQ_BACKEND=azureml needs RLQ_AZUREML_SUBSCRIPTION_ID, RLQ_AZUREML_RESOURCE_GROUP "
+            "and RLQ_AZUREML_WORKSPACE",
+            reason="AzureMLConfiguration",
+        )
+    return MLClient(DefaultAzureCredential(), subscription_id=sub, resource_group_name=rg, workspace_name=ws)
+
+
+def _is_not_found(err: BaseException) -> bool:
+    return type(err).__name__ == "ResourceNotFoundError" or getattr(err, "status_code", None) == 404
+
+
+def _is_name_taken(err: BaseException) -> bool:
+    """Azure's answer to a job created under a name that exists (UserError, or a 409)."""
+    text = str(err).lower()
+    return getattr(err, "status_code", None) == 409 or "already exists" in text
+
+
+@dataclass
+class _Tracked:
+    """What this process remembers about one head job between ticks (bounded, rebuilt on demand)."""
+
+    ticks: int = 0
+    progress: Progress | None = None
+    worker_submitted: bool = False
+    worker_error: str | None = None
+
+
+class AzureMLV2Backend:
+    """:class:`shared.ports.ComputeBackend` on ``azure-ai-ml`` command jobs (the run id is the head job's name)."""
+
+    name = "azureml"
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        ml_client: Any = None,
+        runs: RunReader | None = None,
+        network_factory: Callable[[], Any] | None = None,
+        trainer_dir: Path | str | None = None,
+        detail_every: int = 3,
+    ) -> None:
+        self.settings = settings
+        self._ml_client = ml_client
+        self._runs = runs
+        self.nsg = NsgGuard(settings, network_factory or (lambda: network_client_from_settings(settings)))
+        self.trainer_dir = Path(trainer_dir) if trainer_dir is not None else TRAINER_DIR
+        self.detail_every = max(1, detail_every)
+        self._lock = threading.Lock()
+        self._stage: Path | None = None
+        self._tracked: OrderedDict[str, _Tracked] = OrderedDict()
+        self._requests: OrderedDict[str, TrainingRequest] = OrderedDict()
+
+    @property
+    def ml(self) -> Any:
+        with self._lock:
+            if self._ml_client is None:
+                self._ml_client = ml_client_from_settings(self.settings)
+            return self._ml_client
+
+    @property
+    def runs(self) -> RunReader:
+        with self._lock:
+            if self._runs is None:
+                self._runs = MlflowRunReader(self._ml_client or ml_client_from_settings(self.settings))
+            return self._runs
+
+    # --- ComputeBackend ---------------------------------------------------------------------
+
+    def ensure_compute(self, request: TrainingRequest) -> ComputePending | None:
+        """Reuse or start creating both clusters (never waiting); pending until both are Succeeded."""
+        c = self.clusters(request)
+        if c.workers.node_count > 0 and not c.vnet:
+            raise ComputeError(
+                "a Ray head with worker nodes needs a virtual network that lets them talk: set "
+                "RLQ_AZUREML_VNET (and RLQ_AZUREML_SUBNET) or compute.vnet in the request"
+            )
+        if c.vnet:
+            self.nsg.check(c)
+        waiting = [
+            self._ensure_cluster(c.head.name, c.head.vm_size, c.head.min_nodes, c.head.max_nodes, 1, c)
+        ]
+        if c.workers.node_count > 0:
+            waiting.append(
+                self._ensure_cluster(
+                    c.workers.name,
+                    c.workers.vm_size,
+                    c.workers.min_nodes,
+                    c.workers.max_nodes,
+                    c.workers.node_count,
+                    c,
+                )
+            )
+        pending = [w for w in waiting if w]
+        return ComputePending("; ".join(pending)) if pending else None
+
+    def find(self, request_id: str) -> str | None:
+        head, _ = job_names(request_id)
+        job = self._get_job(head)
+        return head if job is not None else None
+
+    def submit(self, request: TrainingRequest) -> str:
+        """Create the head job (adopting it when the name exists); the worker job follows from ``status``."""
+        head_name, _ = job_names(request.request_id)
+        self._remember(request)
+        self._create(self.build_head_job(request), what=f"head job of {request.request_id}")
+        return head_name
+
+    def status(self, run_id: str) -> JobStatus:
+        with sdk_errors(f"status of job {run_id}"):
+            head = self.ml.jobs.get(run_id)
+        aml_status = str(head.status or "Unknown")
+        state = STATUS_TO_STATE.get(aml_status)
+        if state is None:
+            log.warning("job %s has an Azure ML status rlq does not know (%r); pending", run_id, aml_status)
+            state = "pending"
+        portal = getattr(head, "studio_url", None)
+        t = self._track(run_id)
+        t.ticks += 1
+        worker_name = self._worker_name(head)
+        if aml_status in TERMINAL_STATUSES:
+            return self._final(run_id, head, aml_status, state, portal, worker_name, t)
+        if state == "running" and worker_name and not t.worker_submitted:
+            self._maybe_submit_workers(run_id, head, worker_name, t)  # the one extra call this tick
+        elif t.ticks % self.detail_every == 0:
+            if worker_name and t.worker_submitted and (t.ticks // self.detail_every) % 2 == 0:
+                self._check_workers(worker_name, t)
+            else:
+                view = self._read_run(run_id)
+                if view is not None:
+                    t.progress = _progress(view) or t.progress
+        return JobStatus(state=state, progress=t.progress, portal_url=portal, error=t.worker_error)
+
+    def cancel(self, run_id: str) -> None:
+        """``jobs.begin_cancel`` for the head job and its worker job (not waiting on the pollers)."""
+        head_name = run_id
+        worker_name = head_name[: -len("-head")] + "-workers" if head_name.endswith("-head") else None
+        for name in (head_name, worker_name):
+            if name:
+                self._cancel(name)
+
+    def close(self) -> None:
+        import shutil
+
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+
+    # --- building blocks (public: the tests serialise what they return) -----------------------
+
+    def clusters(self, request: TrainingRequest) -> Clusters:
+        return resolve_clusters(
+            self.settings,
+            request,
+            workspace_resource_group=lambda: str(getattr(self.ml, "resource_group_name", "") or ""),
+        )
+
+    def build_compute(
+        self, *, name: str, vm_size: str, min_nodes: int, max_nodes: int, clusters: Clusters
+    ) -> Any:
+        """The ``AmlCompute`` entity for a missing cluster (no public IPs, SSH off, in the VNet)."""
+        from azure.ai.ml.entities import (
+            AmlCompute,
+            IdentityConfiguration,
+            ManagedIdentityConfiguration,
+            NetworkSettings,
+        )
+
+        s = self.settings
+        network = None
+        if clusters.vnet:
+            ws_rg = s.azureml_resource_group
+            subnet = clusters.subnet
+            vnet_name: str | None = clusters.vnet
+            if (
+                clusters.vnet_resource_group
+                and ws_rg
+                and clusters.vnet_resource_group.lower() != ws_rg.lower()
+            ):
+                # another resource group: the subnet's full id, vnet_name left out (the SDK's rule)
+                subnet = (
+                    f"/subscriptions/{s.azureml_subscription_id}/resourceGroups/{clusters.vnet_resource_group}"
+                    f"/providers/Microsoft.Network/virtualNetworks/{clusters.vnet}/subnets/{clusters.subnet}"
+                )
+                vnet_name = None
+            network = NetworkSettings(vnet_name=vnet_name, subnet=subnet)
+        if s.azureml_cluster_identity:
+            identity = IdentityConfiguration(
+                type="user_assigned",
+                user_assigned_identities=[
+                    ManagedIdentityConfiguration(resource_id=s.azureml_cluster_identity)
+                ],
+            )
+        else:
+            identity = IdentityConfiguration(type="system_assigned")
+        with sdk_errors("build the cluster"):
+            return AmlCompute(
+                name=name,
+                size=vm_size,
+                min_instances=min_nodes,
+                max_instances=max_nodes,
+                idle_time_before_scale_down=IDLE_BEFORE_SCALE_DOWN_S,
+                network_settings=network,
+                identity=identity,
+                ssh_public_access_enabled=False,
+                enable_node_public_ip=not clusters.vnet,  # no public IPs inside the VNet
+                tags={"managed-by": "rlq"},
+            )
+
+    def job_argv(self, request: TrainingRequest, clusters: Clusters | None = None) -> list[str]:
+        """The trainer's argv: the seed's worker count (all CPUs minus one), the head's GPUs, placement."""
+        c = clusters or self.clusters(request)
+        config = trainer_args.seed_cluster_config(
+            request.config, total_cpus=c.total_cpus, head_gpus=c.head_gpus
+        )
+        return trainer_args.build_argv(
+            request,
+            output_dir="outputs",
+            config=config,
+            ray_address=f"localhost:{RAY_PORT}",
+        )
+
+    def environment(self) -> Any:
+        from azure.ai.ml.entities import Environment
+
+        source = self.stage_source()
+        return Environment(
+            name=ENVIRONMENT_NAME,
+            image=self.settings.azureml_base_image,
+            conda_file=str(source / CONDA_FILE),
+        )
+
+    def build_head_job(self, request: TrainingRequest) -> Any:
+        """The head ``command()`` job for ``request`` (nothing is sent)."""
+        from azure.ai.ml import Input, MpiDistribution, Output, command
+
+        c = self.clusters(request)
+        head_name, _ = job_names(request.request_id)
+        argv = self.job_argv(request, c)
+        inputs: dict[str, Any] = {}
+        cmd = f"python trainer/bootstrap.py --role head --checkpoints ${{{{outputs.{CHECKPOINTS_OUTPUT}}}}}"
+        if request.restore_from and request.restore_from.startswith("azureml://"):
+            inputs[RESTORE_INPUT] = Input(type="uri_folder", path=request.restore_from, mode="ro_mount")
+            cmd += f" --restore ${{{{inputs.{RESTORE_INPUT}}}}}"
+        elif request.restore_from:
+            raise ComputeError(
+                f"restore_from ({request.restore_from[:80]}): Azure ML jobs restore from an azureml:// "
+                "folder (a checkpoint_path of an earlier run, or rlq://<request_id>)"
+            )
+        env = {
+            ARGV_ENV: json.dumps(argv),
+            "RLQ_RAY_PORT": str(RAY_PORT),
+            "RLQ_RAY_NODE_RESOURCES": json.dumps({"rlq_head": 1}),
+            "RLQ_RAY_EXPECT_WORKERS": str(c.workers.node_count),
+            "PYTHONUNBUFFERED": "1",
+            **self._token_env(),
+        }
+        max_run = request.compute.max_run_duration_s or self.settings.default_run_duration_s
+        with sdk_errors("build the head job"):
+            return command(
+                name=head_name,
+                display_name=f"{request.request_id} head",
+                experiment_name=request.experiment,
+                description=f"rlq {request.algorithm} on {request.env}: Ray head and trainer",
+                tags=self._tags(request, "head"),
+                code=str(self.stage_source()),
+                command=cmd,
+                environment=self.environment(),
+                environment_variables=env,
+                compute=c.head.name,
+                instance_count=1,
+                distribution=MpiDistribution(process_count_per_instance=1),
+                shm_size=HEAD_SHM_SIZE,
+                timeout=int(max_run),
+                inputs=inputs or None,
+                outputs={CHECKPOINTS_OUTPUT: Output(type="uri_folder", mode="rw_mount")},
+            )
+
+    def build_worker_job(self, request: TrainingRequest, head_address: str) -> Any:
+        """The worker ``command()`` job: ``instance_count`` nodes that join ``head_address``."""
+        from azure.ai.ml import MpiDistribution, command
+
+        c = self.clusters(request)
+        _, worker_name = job_names(request.request_id)
+        env = {
+            "RLQ_RAY_HEAD_ADDRESS": head_address,
+            "RLQ_RAY_NODE_RESOURCES": json.dumps({"rlq_worker": 1}),
+            "PYTHONUNBUFFERED": "1",
+            **self._token_env(),
+        }
+        max_run = request.compute.max_run_duration_s or self.settings.default_run_duration_s
+        with sdk_errors("build the worker job"):
+            return command(
+                name=worker_name,
+                display_name=f"{request.request_id} workers",
+                experiment_name=request.experiment,
+                description=f"rlq Ray workers for {job_names(request.request_id)[0]}",
+                tags=self._tags(request, "workers"),
+                code=str(self.stage_source()),
+                command="python trainer/bootstrap.py --role worker",
+                environment=self.environment(),
+                environment_variables=env,
+                compute=c.workers.name,
+                instance_count=c.workers.node_count,
+                distribution=MpiDistribution(process_count_per_instance=1),
+                shm_size=worker_shm_size(c.workers.vm_size),
+                timeout=int(max_run),
+            )
+
+    def stage_source(self) -> Path:
+        with self._lock:
+            if self._stage is None or not self._stage.exists():
+                self._stage = stage_trainer(self.trainer_dir)
+            return self._stage
+
+    def checkpoint_uri(self, job_name: str) -> str:
+        return f"azureml://jobs/{job_name}/outputs/{CHECKPOINTS_OUTPUT}/paths/final"
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _tags(self, request: TrainingRequest, role: str) -> dict[str, str]:
+        return {
+            **request.tags,
+            "rlq_algorithm": request.algorithm,
+            "rlq_env": request.env,
+            "rlq_experiment": request.experiment,
+            ROLE_TAG: role,
+            RUN_TAG: request.request_id,
+        }
+
+    def _token_env(self) -> dict[str, str]:
+        """Where the nodes read the Ray token: vault and secret names, never the token."""
+        s = self.settings
+        env = {"RLQ_RAY_TOKEN_SECRET": s.azureml_ray_token_secret}
+        if s.azureml_key_vault_uri:
+            env["RLQ_RAY_TOKEN_VAULT"] = s.azureml_key_vault_uri
+        if s.azureml_cluster_identity_client_id:
+            env["RLQ_IDENTITY_CLIENT_ID"] = s.azureml_cluster_identity_client_id
+        return env
+
+    def _ensure_cluster(
+        self, name: str, vm_size: str, min_nodes: int, max_nodes: int, nodes_needed: int, c: Clusters
+    ) -> str | None:
+        """None when the cluster can take jobs now; what it waits for while it is being created."""
+        with sdk_errors(f"look up cluster {name}"):
+            try:
+                existing = self.ml.compute.get(name)
+            except Exception as err:
+                if not _is_not_found(err):
+                    raise
+                existing = None
+        if existing is None:
+            entity = self.build_compute(
+                name=name, vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes, clusters=c
+            )
+            with sdk_errors(f"create cluster {name}"):
+                self.ml.compute.begin_create_or_update(entity)  # the poller is not waited on
+            log.info("creating Azure ML cluster %s (%s, %d-%d nodes)", name, vm_size, min_nodes, max_nodes)
+            return f"cluster {name} is being created"
+        info = compute_info(existing)
+        if info.provisioning_state.lower() == "deleting":
+            raise TransientError(f"cluster {name} is being deleted; it will be recreated on a later try")
+        problems = cluster_problems(
+            info,
+            vm_size=vm_size,
+            nodes_needed=nodes_needed,
+            vnet=c.vnet,
+            subnet=c.subnet,
+            vnet_resource_group=c.vnet_resource_group,
+        )
+        if problems:
+            raise ComputeError(f"cluster {name} cannot take this job: " + "; ".join(problems))
+        if info.provisioning_state.lower() != "succeeded":
+            return f"cluster {name} is {info.provisioning_state or 'being created'}"
+        return None
+
+    def _get_job(self, name: str) -> Any | None:
+        with sdk_errors(f"look up job {name}"):
+            try:
+                return self.ml.jobs.get(name)
+            except Exception as err:
+                if _is_not_found(err):
+                    return None
+                raise
+
+    def _create(self, job: Any, *, what: str) -> Any:
+        """Create ``job``; when its name is taken, adopt the job that has it (never a second one)."""
+        with sdk_errors(f"submit the {what}"):
+            try:
+                created = self.ml.jobs.create_or_update(job)
+            except Exception as err:
+                if not _is_name_taken(err):
+                    raise
+                log.info("job %s exists already; adopting it", job.name)
+                return self.ml.jobs.get(job.name)
+        log.info("submitted %s as Azure ML job %s", what, created.name)
+        return created
+
+    def _cancel(self, name: str) -> None:
+        with sdk_errors(f"cancel job {name}"):
+            try:
+                job = self.ml.jobs.get(name)
+            except Exception as err:
+                if _is_not_found(err):
+                    return
+                raise
+            if str(job.status) in TERMINAL_STATUSES | {"CancelRequested"}:
+                return
+            self.ml.jobs.begin_cancel(name)
+        log.info("Azure ML job %s: cancel requested", name)
+
+    def _worker_name(self, head: Any) -> str | None:
+        """The worker job's name when this request has workers (read from the head job itself)."""
+        request = self._request_for(head)
+        if request is None or self.clusters(request).workers.node_count <= 0:
+            return None
+        return job_names(request.request_id)[1]
+
+    def _request_for(self, head: Any) -> TrainingRequest | None:
+        tags = dict(getattr(head, "tags", None) or {})
+        request_id = tags.get(RUN_TAG)
+        if request_id is None:
+            return None
+        request = self._requests.get(request_id)
+        if request is not None:
+            return request
+        # A fresh process: rebuild what the worker job needs from the head job's own definition.
+        argv = json.loads((getattr(head, "environment_variables", None) or {}).get(ARGV_ENV, "[]") or "[]")
+        data: dict[str, Any] = {"request_id": request_id, "experiment": tags.get("rlq_experiment", "rlq")}
+        for flag, key in (("--run", "algorithm"), ("--env", "env")):
+            if flag in argv:
+                data[key] = argv[argv.index(flag) + 1]
+        from shared.models import parse_request
+
+        try:
+            request = parse_request(data)
+        except Exception:  # noqa: BLE001 - without the request the defaults name the clusters
+            return None
+        self._remember(request)
+        return request
+
+    def _maybe_submit_workers(self, run_id: str, head: Any, worker_name: str, t: _Tracked) -> None:
+        """Read the head's run (one call); once its address is there, create the worker job.
+
+        No look-up of the worker job first: a worker job that exists already (an earlier process
+        created it and died before remembering) is adopted by :meth:`_create` on the name conflict.
+        """
+        view = self._read_run(run_id)
+        if view is None:
+            return
+        t.progress = _progress(view) or t.progress
+        address = view.tags.get(HEAD_ADDRESS_TAG)
+        if not address:
+            return  # the head has not published its address yet
+        request = self._request_for(head)
+        assert request is not None
+        self._create(self.build_worker_job(request, address), what=f"worker job of {request.request_id}")
+        t.worker_submitted = True
+
+    def _check_workers(self, worker_name: str, t: _Tracked) -> None:
+        job = self._get_job(worker_name)
+        status = str(getattr(job, "status", "") or "") if job is not None else "missing"
+        if status in ("Failed", "Canceled", "missing"):
+            t.worker_error = (
+                f"the worker job {worker_name} is {status}; training goes on with the head's CPUs"
+            )
+            log.warning("%s", t.worker_error)
+
+    def _read_run(self, run_id: str) -> RunView | None:
+        with sdk_errors(f"metrics of job {run_id}"):
+            return self.runs.get_run(run_id)
+
+    def _final(
+        self,
+        run_id: str,
+        head: Any,
+        aml_status: str,
+        state: JobState,
+        portal: str | None,
+        worker_name: str | None,
+        t: _Tracked,
+    ) -> JobStatus:
+        if worker_name:
+            self._cancel(worker_name)  # the head ended for whatever reason: its workers go too
+        view = self._read_run(run_id)
+        progress = (_progress(view) if view is not None else None) or t.progress
+        summary: dict[str, Any] = {}
+        if progress is not None:
+            summary.update(
+                final_reward=progress.episode_reward_mean,
+                iterations=progress.iteration,
+                timesteps=progress.timesteps,
+            )
+        with sdk_errors(f"summary of job {run_id}"):
+            trainer = self.runs.summary(run_id) or {}
+        for key in (
+            "stop_reason",
+            "timesteps",
+            "duration_s",
+            "eval_reward",
+            "error",
+            "final_reward",
+            "best_reward",
+            "iterations",
+            "algorithm",
+            "env",
+        ):
+            if trainer.get(key) is not None:
+                summary[key] = trainer[key]
+        if aml_status == "Completed" or trainer.get("checkpoint_path"):
+            summary["checkpoint_path"] = self.checkpoint_uri(run_id)
+        error = None
+        if aml_status == "Failed":
+            error = (
+                summary.get("error") or f"Azure ML job {run_id} failed; see {portal or 'its logs in studio'}"
+            )
+            summary.setdefault("error", error)
+        if aml_status == "Canceled":
+            summary.setdefault("stop_reason", "canceled")
+        with self._lock:
+            self._tracked.pop(run_id, None)
+        return JobStatus(state=state, progress=progress, summary=summary, error=error, portal_url=portal)
+
+    def _track(self, run_id: str) -> _Tracked:
+        with self._lock:
+            t = self._tracked.get(run_id)
+            if t is None:
+                t = self._tracked[run_id] = _Tracked()
+            self._tracked.move_to_end(run_id)
+            while len(self._tracked) > 4096:
+                self._tracked.popitem(last=False)
+            return t
+
+    def _remember(self, request: TrainingRequest) -> None:
+        with self._lock:
+            self._requests[request.request_id] = request
+            self._requests.move_to_end(request.request_id)
+            while len(self._requests) > 4096:
+                self._requests.popitem(last=False)
+
+
+# --- helpers (pure) ----------------------------------------------------------------------------
+
+
+def compute_info(compute: Any) -> ComputeInfo:
+    """The parts of an ``AmlCompute`` entity (from ``compute.get``) the checks look at."""
+    network = getattr(compute, "network_settings", None)
+    subnet = getattr(network, "subnet", None) if network is not None else None
+    vnet = getattr(network, "vnet_name", None) if network is not None else None
+    vnet_rg = None
+    if subnet and "/" in subnet:  # a full subnet id
+        m = re.search(
+            r"/resourceGroups/([^/]+)/.*/virtualNetworks/([^/]+)/subnets/([^/]+)", subnet, re.IGNORECASE
+        )
+        if m:
+            vnet_rg, vnet, subnet = m.group(1), m.group(2), m.group(3)
+    errors = getattr(compute, "provisioning_errors", None)
+    return ComputeInfo(
+        name=str(compute.name),
+        compute_type=str(getattr(compute, "type", "") or ""),
+        provisioning_state=str(getattr(compute, "provisioning_state", "") or ""),
+        vm_size=getattr(compute, "size", None),
+        vnet_name=vnet,
+        subnet_name=subnet,
+        vnet_resource_group=vnet_rg,
+        max_nodes=getattr(compute, "max_instances", None),
+        errors=readable(str(errors), 300) if errors else None,
+    )
+
+
+def worker_shm_size(vm_size: str) -> str:
+    """About 40% of a worker's memory: Ray puts its object store (30% by default) in /dev/shm."""
+    size = VM_SIZES.get(vm_size.upper())
+    memory = getattr(size, "memory_gib", None) or 8
+    return f"{max(2, math.ceil(memory * 0.4))}g"
+
+
+def _progress(view: RunView) -> Progress | None:
+    m: Mapping[str, float] = view.metrics
+    if "episode_reward_mean" not in m and "timesteps" not in m:
+        return None
+    reward = m.get("episode_reward_mean")
+    return Progress(
+        iteration=int(view.step),
+        timesteps=int(m.get("timesteps", 0) or 0),
+        time_total_s=float(m.get("time_total_s", 0.0) or 0.0),
+        episode_reward_mean=reward if reward is None or math.isfinite(reward) else None,
+        episodes_total=int(m["episodes_total"]) if "episodes_total" in m else None,
+    )

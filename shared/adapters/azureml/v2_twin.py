@@ -1,0 +1,313 @@
+"""An in-package Azure ML workspace for :class:`shared.adapters.azureml.v2.AzureMLV2Backend`.
+
+``MLClientTwin`` answers the slice of ``azure.ai.ml.MLClient`` the backend calls —
+``compute.get`` / ``compute.begin_create_or_update``, ``jobs.get`` / ``jobs.create_or_update`` /
+``jobs.begin_cancel`` — with Azure's semantics, and keeps the real SDK entities it was handed:
+
+* clusters are created asynchronously: ``begin_create_or_update`` returns a poller at once and the
+  cluster reports ``Creating`` until :meth:`MLClientTwin.provision` (``Succeeded`` or ``Failed``
+  with Azure's error);
+* job names are unique in the workspace: creating a job under a taken name raises the SDK's
+  ``HttpResponseError`` with Azure's message ("A job with this name already exists"); an unknown
+  name is ``ResourceNotFoundError``;
+* the job state machine: ``NotStarted → Starting → Preparing → Queued → Running → Finalizing →
+  Completed`` (:meth:`step`), ``Failed``, and cancel as ``CancelRequested`` → ``Canceled`` on the
+  next step; a terminal job ignores a cancel;
+* the MLflow side (:class:`~shared.adapters.azureml.v2.RunReader`): latest metrics with their step,
+  run tags (the head's address), the trainer's ``summary.json`` artifact.
+
+With ``path`` the workspace lives in a file (pickled, locked), so a process killed mid-call and its
+successor see one workspace — the crash tests count jobs across SIGKILLs with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pickle
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.adapters.azureml.v2 import RunView
+
+PROGRESSION = ("NotStarted", "Starting", "Preparing", "Queued", "Running", "Finalizing", "Completed")
+TERMINAL = frozenset({"Completed", "Failed", "Canceled"})
+
+
+def _copy(entity: Any) -> Any:
+    """An independent copy of an SDK entity (what a REST round trip gives the caller)."""
+    return pickle.loads(pickle.dumps(entity))
+
+
+def _http_error(message: str, status: int) -> Exception:
+    from azure.core.exceptions import HttpResponseError
+
+    err = HttpResponseError(message=message)
+    err.status_code = status
+    return err
+
+
+def _not_found(message: str) -> Exception:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    err = ResourceNotFoundError(message=message)
+    err.status_code = 404
+    return err
+
+
+class _DonePoller:
+    """What ``begin_*`` returns: an LRO poller the backend never waits on."""
+
+    def __init__(self, result: Any = None) -> None:
+        self._result = result
+
+    def done(self) -> bool:
+        return False
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._result
+
+
+@dataclass
+class _State:
+    computes: dict[str, Any] = field(default_factory=dict)
+    jobs: dict[str, Any] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cancels: dict[str, int] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    fail_next: dict[str, Exception] = field(default_factory=dict)
+
+
+class MLClientTwin:
+    """The workspace: ``.compute``, ``.jobs`` like ``MLClient``; driving methods for tests."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: str = "00000000-0000-0000-0000-000000000000",
+        resource_group: str = "rlq-rg",
+        workspace: str = "rlq-ws",
+        path: Path | str | None = None,
+    ) -> None:
+        self.subscription_id = subscription_id
+        self.resource_group_name = resource_group
+        self.workspace_name = workspace
+        self._path = Path(path) if path is not None else None
+        self._mem = _State()
+        self._lock = threading.RLock()
+        self.compute = _ComputeOps(self)
+        self.jobs = _JobOps(self)
+        self.runs = _Runs(self)
+        self.on_create: Any = None  # hook(job) called after a job is stored, before create returns
+
+    # --- state -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def state(self, *, write: bool = False) -> Iterator[_State]:
+        with self._lock:
+            if self._path is None:
+                yield self._mem
+                return
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            with open(str(self._path) + ".lock", "a+") as lockf:
+                fcntl.flock(lockf, fcntl.LOCK_EX)
+                try:
+                    st = pickle.loads(self._path.read_bytes()) if self._path.exists() else _State()
+                    yield st
+                    if write:
+                        tmp = self._path.with_suffix(".tmp")
+                        tmp.write_bytes(pickle.dumps(st))
+                        os.replace(tmp, self._path)
+                finally:
+                    fcntl.flock(lockf, fcntl.LOCK_UN)
+
+    def _call(self, st: _State, method: str, target: str) -> None:
+        st.calls.append((method, target))
+        err = st.fail_next.pop(method, None)
+        if err is not None:
+            raise err
+
+    # --- driving (tests) -----------------------------------------------------------------------
+
+    def provision(self, name: str, state: str = "Succeeded", error: str | None = None) -> None:
+        with self.state(write=True) as st:
+            c = st.computes[name]
+            c._provisioning_state = state
+            c._provisioning_errors = error
+
+    def add_compute(self, entity: Any, state: str = "Succeeded") -> None:
+        with self.state(write=True) as st:
+            entity = _copy(entity)
+            entity._provisioning_state = state
+            st.computes[entity.name] = entity
+
+    def step(self, name: str) -> str:
+        """Advance a job one state (CancelRequested → Canceled)."""
+        with self.state(write=True) as st:
+            job = st.jobs[name]
+            status = job._status
+            if status in TERMINAL:
+                return status
+            if status == "CancelRequested":
+                job._status = "Canceled"
+            else:
+                job._status = (
+                    PROGRESSION[PROGRESSION.index(status) + 1] if status in PROGRESSION else "Running"
+                )
+            return job._status
+
+    def run_to(self, name: str, status: str) -> None:
+        with self.state(write=True) as st:
+            st.jobs[name]._status = status
+
+    def fail(self, name: str, *, message: str) -> None:
+        with self.state(write=True) as st:
+            st.jobs[name]._status = "Failed"
+            st.summaries.setdefault(name, {})["error"] = message
+
+    def log_metrics(self, name: str, step: int, **metrics: float) -> None:
+        with self.state(write=True) as st:
+            st.metrics.setdefault(name, {}).update(metrics)
+            st.steps[name] = max(step, st.steps.get(name, 0))
+
+    def set_tag(self, name: str, key: str, value: str) -> None:
+        with self.state(write=True) as st:
+            st.tags.setdefault(name, {})[key] = value
+
+    def write_summary(self, name: str, summary: Mapping[str, Any]) -> None:
+        with self.state(write=True) as st:
+            st.summaries.setdefault(name, {}).update(summary)
+
+    def fail_next(self, method: str, error: Exception) -> None:
+        with self.state(write=True) as st:
+            st.fail_next[method] = error
+
+    def job(self, name: str) -> Any:
+        with self.state() as st:
+            return st.jobs[name]
+
+    def job_names(self) -> list[str]:
+        with self.state() as st:
+            return list(st.order)
+
+    def compute_entity(self, name: str) -> Any:
+        with self.state() as st:
+            return st.computes[name]
+
+    def calls(self) -> list[tuple[str, str]]:
+        with self.state() as st:
+            return list(st.calls)
+
+    def cancel_count(self, name: str) -> int:
+        with self.state() as st:
+            return st.cancels.get(name, 0)
+
+    def jobs_per_request(self) -> dict[str, int]:
+        from shared.adapters.azureml.v2 import ROLE_TAG, RUN_TAG
+
+        out: dict[str, int] = {}
+        with self.state() as st:
+            for job in st.jobs.values():
+                key = f"{job.tags.get(RUN_TAG)}/{job.tags.get(ROLE_TAG)}"
+                out[key] = out.get(key, 0) + 1
+        return out
+
+
+class _ComputeOps:
+    def __init__(self, twin: MLClientTwin) -> None:
+        self._t = twin
+
+    def get(self, name: str) -> Any:
+        with self._t.state(write=True) as st:
+            self._t._call(st, "compute.get", name)
+            if name not in st.computes:
+                raise _not_found(f"(ResourceNotFound) Compute {name} not found in workspace")
+            return _copy(st.computes[name])
+
+    def begin_create_or_update(self, compute: Any) -> _DonePoller:
+        with self._t.state(write=True) as st:
+            self._t._call(st, "compute.begin_create_or_update", compute.name)
+            entity = _copy(compute)
+            entity._provisioning_state = "Creating"
+            st.computes[compute.name] = entity
+            return _DonePoller(_copy(entity))
+
+
+class _JobOps:
+    def __init__(self, twin: MLClientTwin) -> None:
+        self._t = twin
+
+    def get(self, name: str) -> Any:
+        with self._t.state(write=True) as st:
+            self._t._call(st, "jobs.get", name)
+            if name not in st.jobs:
+                raise _not_found(f"(UserError) Job {name} not found")
+            return _copy(st.jobs[name])
+
+    def create_or_update(self, job: Any, **kwargs: Any) -> Any:
+        with self._t.state(write=True) as st:
+            self._t._call(st, "jobs.create_or_update", job.name)
+            if job.name in st.jobs:
+                raise _http_error(
+                    "(UserError) A job with this name already exists. If you are trying to create a new job, "
+                    "use a different name.",
+                    400,
+                )
+            # as the SDK does before sending: a command() builder node becomes its CommandJob
+            stored = _copy(job._to_job() if hasattr(job, "_to_job") else job)
+            stored._status = "NotStarted"
+            from azure.ai.ml.entities import JobService
+
+            t = self._t
+            studio = (
+                f"https://ml.azure.com/runs/{job.name}?wsid=/subscriptions/{t.subscription_id}/resourcegroups/"
+                f"{t.resource_group_name}/workspaces/{t.workspace_name}"
+            )
+            stored.services = {**(stored.services or {}), "Studio": JobService(endpoint=studio)}
+            st.jobs[job.name] = stored
+            st.order.append(job.name)
+            out = _copy(stored)
+        if self._t.on_create is not None:
+            self._t.on_create(out)
+        return out
+
+    def begin_cancel(self, name: str, **kwargs: Any) -> _DonePoller:
+        with self._t.state(write=True) as st:
+            self._t._call(st, "jobs.begin_cancel", name)
+            if name not in st.jobs:
+                raise _not_found(f"(UserError) Job {name} not found")
+            job = st.jobs[name]
+            st.cancels[name] = st.cancels.get(name, 0) + 1
+            if job._status not in TERMINAL:
+                job._status = "CancelRequested"
+            return _DonePoller()
+
+
+class _Runs:
+    """The MLflow side of the workspace (:class:`~shared.adapters.azureml.v2.RunReader`)."""
+
+    def __init__(self, twin: MLClientTwin) -> None:
+        self._t = twin
+
+    def get_run(self, run_id: str) -> RunView | None:
+        with self._t.state(write=True) as st:
+            self._t._call(st, "mlflow.get_run", run_id)
+            if run_id not in st.jobs:
+                return None
+            job = st.jobs[run_id]
+            tags = {**dict(job.tags or {}), **st.tags.get(run_id, {})}
+            return RunView(metrics=dict(st.metrics.get(run_id, {})), step=st.steps.get(run_id, 0), tags=tags)
+
+    def summary(self, run_id: str) -> dict[str, Any] | None:
+        with self._t.state(write=True) as st:
+            self._t._call(st, "mlflow.download_artifacts", run_id)
+            data = st.summaries.get(run_id)
+            return dict(data) if data else None
