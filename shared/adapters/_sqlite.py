@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,8 +13,31 @@ from pathlib import Path
 from shared.errors import TransientError
 
 
+class _Held:
+    """A thread's connection, kept in that thread's local storage: when the thread ends its local
+    storage is dropped with it, and the finalizer closes the connection (and its WAL files)."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error:
+        pass
+
+
 class Connections:
-    """One connection per thread (and per process, after a fork); one shared one for ``:memory:``.
+    """One connection per thread (and per process, after a fork), closed when its thread ends; one
+    shared one for ``:memory:``.
+
+    Threads come and go (an HTTP server's, a lock renewer started per burst of messages): a
+    connection outliving its thread would hold three descriptors (the database, its WAL and shared
+    memory) for good, and a process serving requests would run out of them.
 
     Transactions are explicit (``isolation_level=None``): ``tx()`` takes the write lock up front
     with ``BEGIN IMMEDIATE`` so a read-then-write never races another writer, and SQLite's
@@ -25,11 +49,11 @@ class Connections:
         self.memory = path == ":memory:" or path.startswith("file::memory:")
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._closers: dict[int, weakref.finalize] = {}  # id(connection) -> its closer, while open
         self._guard = threading.Lock()
         # ``:memory:`` is private to one connection, so every thread shares it, one at a time.
         self._serial = threading.RLock() if self.memory else None
-        self._shared: sqlite3.Connection | None = None
+        self._shared: _Held | None = None
         self._closed = False
 
     def _open(self) -> sqlite3.Connection:
@@ -42,23 +66,41 @@ class Connections:
         if not self.memory:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-        with self._guard:
-            self._all.append(conn)
         return conn
+
+    def _hold(self, conn: sqlite3.Connection) -> _Held:
+        held = _Held(conn)
+        key = id(conn)
+
+        def close() -> None:
+            with self._guard:
+                self._closers.pop(key, None)
+            _close_quietly(conn)
+
+        with self._guard:
+            if self._closed:
+                _close_quietly(conn)
+                raise RuntimeError(f"the SQLite database {self.path!r} was closed")
+            self._closers[key] = weakref.finalize(held, close)
+        return held
 
     def conn(self) -> sqlite3.Connection:
         if self._closed:
             raise RuntimeError(f"the SQLite database {self.path!r} was closed")
         if self.memory:
             if self._shared is None:
-                self._shared = self._open()
-            return self._shared
-        pid = os.getpid()
-        if getattr(self._local, "pid", None) != pid:
-            # A forked child must not share its parent's connection.
-            self._local.conn = self._open()
-            self._local.pid = pid
-        return self._local.conn
+                self._shared = self._hold(self._open())
+            return self._shared.conn
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():
+            # A forked child must not share its parent's connection (nor close it: the finalizer
+            # of the parent's is detached in the child, below).
+            if held is not None:
+                detach = self._closers.pop(id(held.conn), None)
+                if detach is not None:
+                    detach.detach()
+            held = self._local.held = self._hold(self._open())
+        return held.conn
 
     def init(self, script: str) -> None:
         with self._lock():
@@ -109,11 +151,9 @@ class Connections:
                     conn.rollback()
 
     def close(self) -> None:
+        """Close every connection still open, whichever thread holds it."""
         with self._guard:
             self._closed = True
-            conns, self._all = self._all, []
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+            closers = list(self._closers.values())
+        for closer in closers:
+            closer()

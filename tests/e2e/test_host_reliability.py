@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
 
+import httpx
 import pytest
 
 from shared.adapters.compute_twin import ComputeTwin
@@ -70,3 +82,118 @@ def test_transient_failures_are_redelivered_then_dead_lettered_with_the_last_err
     host.drain()
     assert twin.jobs_per_request() == {"t": 1}
     assert w.store.get("t").state is RunState.submitted
+
+
+# --- descriptors: every request's SQLite connections are closed or reused ------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def sqlite_fds() -> int:
+    """Descriptors on the data dir's databases (each connection: the file and its WAL)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            n += ".sqlite3" in os.readlink(f"/proc/self/fd/{fd}")
+    return n
+
+
+def one_request(client_base: str, i: int) -> int:
+    """A POST of a new request or a GET of the previous one, each on a new connection."""
+    with httpx.Client(timeout=30) as c:
+        if i % 2:
+            return c.post(
+                f"{client_base}/api/trainings", json={"env": "CartPole-v1", "request_id": f"fd-{i}"}
+            ).status_code
+        return c.get(
+            f"{client_base}/api/trainings/fd-{i - 1}" if i else f"{client_base}/api/health"
+        ).status_code
+
+
+def test_descriptors_stay_flat_over_a_thousand_http_requests(tmp_path):
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, data_dir=tmp_path / "rlq", backend="twin", poll_schedule="*/1 * * * * *"
+    )
+    host = LocalHost.for_wiring(build(settings))
+    host.start()
+    try:
+        for i in range(100):  # warm up: the server's and the function pool's threads exist now
+            one_request(host.base_url, i)
+        base, base_threads = open_fds(), threading.active_count()
+        statuses = Counter(one_request(host.base_url, 100 + i) for i in range(1000))
+        grown, threads, on_dbs = open_fds() - base, threading.active_count(), sqlite_fds()
+    finally:
+        host.close()
+    assert statuses == {202: 500, 200: 500}
+    # Threads are pooled, and a connection lives no longer than its thread: at most one per
+    # database (its file and WAL) per live thread, and no growth beyond new threads' own.
+    assert on_dbs <= 2 * 3 * threads, (on_dbs, threads)
+    assert grown <= 4 * max(0, threads - base_threads) + 8, (base, grown, base_threads, threads)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rlq_serve_under_ulimit_1024_accepts_and_submits_300_requests(tmp_path):
+    """The reproduction from the field: ``ulimit -n 1024``, then 300 POSTs of distinct requests."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLQ_")}
+    env.update(
+        RLQ_DATA_DIR=str(tmp_path / "rlq"),
+        RLQ_BACKEND="twin",
+        RLQ_POLL_SCHEDULE="*/1 * * * * *",
+        RLQ_MAX_IN_FLIGHT="1000",  # every request is submitted at once, none deferred
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+    )
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    log = (tmp_path / "serve.log").open("wb")  # a file, not a pipe: nobody drains a pipe while posting
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "serve", "--port", str(port)],
+        env=env,
+        preexec_fn=limit,  # only sets a resource limit in the child
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
+                    break
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.2)
+        statuses = Counter(
+            httpx.post(
+                f"{base}/api/trainings", json={"env": "CartPole-v1", "request_id": f"u-{i}"}, timeout=30
+            ).status_code
+            for i in range(300)
+        )
+        assert statuses == {202: 300}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            items = httpx.get(f"{base}/api/trainings", params={"limit": 1000}, timeout=30).json()["items"]
+            if len(items) == 300 and all(r["state"] not in ("received", "rejected") for r in items):
+                break
+            time.sleep(1)
+        assert len(items) == 300
+        assert Counter(r["state"] for r in items if r["state"] in ("received", "rejected")) == {}
+        assert httpx.get(f"{base}/api/health", timeout=5).status_code == 200
+        fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        assert fds < 300, fds
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

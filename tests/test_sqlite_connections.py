@@ -1,0 +1,103 @@
+"""SQLite connections are held per thread and closed when their thread ends, so short-lived threads
+(an HTTP server's, a lock renewer started per burst) never pile up open files."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from shared.adapters._sqlite import Connections
+from shared.adapters.sqlite_broker import SqliteBroker
+from shared.adapters.sqlite_store import SqliteRunStore
+from shared.models import RunRecord, RunState, TrainingRequest
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def in_threads(n: int, work) -> None:
+    """``work(i)`` on ``n`` threads, one after another, each ending before the next starts."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as err:  # noqa: BLE001 - re-raised on the test's thread below
+            errors.append(err)
+
+    for i in range(n):
+        t = threading.Thread(target=run, args=(i,))
+        t.start()
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_a_threads_connection_is_closed_when_the_thread_ends(tmp_path: Path) -> None:
+    db = Connections(str(tmp_path / "x.sqlite3"), busy_timeout_s=5)
+    db.init("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+    base = open_fds()
+
+    def write(i: int) -> None:
+        with db.tx() as conn:
+            conn.execute("INSERT INTO t VALUES (?)", (i,))
+
+    in_threads(200, write)
+    gc.collect()
+    assert open_fds() - base <= 3  # each thread held ~2-3 (db, WAL, shm): 200 threads would be ~500
+    with db.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 200
+    db.close()
+
+
+def test_close_still_closes_the_connections_of_live_threads(tmp_path: Path) -> None:
+    db = Connections(str(tmp_path / "x.sqlite3"), busy_timeout_s=5)
+    db.init("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+    base = open_fds()
+    ready, done = threading.Barrier(9), threading.Event()
+
+    def hold() -> None:
+        with db.read() as conn:
+            conn.execute("SELECT COUNT(*) FROM t").fetchone()
+        ready.wait()
+        done.wait(10)
+
+    threads = [threading.Thread(target=hold) for _ in range(8)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    assert open_fds() > base  # eight live threads, each with its connection
+    db.close()
+    assert open_fds() <= base - 1  # every connection closed, the main thread's (from init) too
+    done.set()
+    for t in threads:
+        t.join()
+    with pytest.raises(RuntimeError, match="closed"):
+        db.conn()
+
+
+def test_the_run_store_and_the_queue_open_no_file_per_thread(tmp_path: Path) -> None:
+    store = SqliteRunStore(tmp_path / "runs.sqlite3")
+    broker = SqliteBroker(tmp_path / "queue.sqlite3")
+    broker.create_queue("q")
+    base = open_fds()
+
+    def one_request(i: int) -> None:  # what an HTTP request thread does for POST /api/trainings
+        request = TrainingRequest.model_validate({"env": "CartPole-v1", "request_id": f"r{i}"})
+        broker.send("q", request.model_dump_json().encode(), message_id=request.request_id)
+        store.insert_if_absent(
+            RunRecord(request_id=request.request_id, request=request, state=RunState.received)
+        )
+        assert store.get(request.request_id) is not None
+
+    in_threads(300, one_request)
+    gc.collect()
+    assert open_fds() - base <= 6
+    assert len(broker.peek("q", limit=1000)) == 300
+    store.close()
+    broker.close()
