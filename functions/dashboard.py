@@ -30,6 +30,7 @@ from shared.dashboard.render import render, render_block, static_files
 from shared.dashboard.views import RunView, redact_notify, request_json, run_view
 from shared.errors import InvalidRequest, NotFound, PermanentError, TransientError
 from shared.models import RunState
+from shared.service import _guess_request_id as guess_request_id
 
 bp = func.Blueprint()
 
@@ -58,7 +59,6 @@ class _Page:
             i = path.find("/ui", i + 1)
         self.base = path[:i] if i >= 0 else "/api"
         self.code = req.params.get("code")
-        self.req = req
         self.token, self.set_cookie = csrf.page_token(req)
 
     def link(self, route: str, **params: Any) -> str:
@@ -271,16 +271,12 @@ def _body_text(body: bytes) -> str:
 
 def _letter_run(body: bytes) -> str | None:
     """The request id a dead letter names, when a run record of it exists."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    rid = data.get("request_id") if isinstance(data, dict) else None
-    if not isinstance(rid, str):
+    rid = guess_request_id(body)  # the intake's own reading of an id from a body that may be invalid
+    if rid is None:
         return None
     try:
         wiring().service.get(rid)
-    except (NotFound, ValueError):
+    except NotFound:
         return None
     return rid
 

@@ -155,6 +155,7 @@ def test_a_request_whose_tags_hold_script_renders_as_text(wired, host):
     run_page, _, letters_page = pages
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in run_page  # in the error text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in letters_page  # in the body and the description
+    assert '<a href="/api/ui/runs/xss-1">xss-1</a>' in letters_page  # the dead letter's run record
     for page in pages:
         assert "<script>alert" not in page
         assert re.findall(r"<script[^>]*>", page) == ['<script src="/api/ui/static/dashboard.js" defer>']
