@@ -60,9 +60,10 @@ bench: install
 bench-learn: install
 	$(BIN)/python bench/pong_learning.py
 
-# The full load and soak suites (CI runs reduced forms in tests/guarantees)
+# The full load and soak suites (CI runs reduced forms in tests/guarantees and tests/e2e)
 soak: install
 	$(BIN)/python bench/load_soak.py
+	$(BIN)/python bench/fd_soak.py
 
 clean:
 	rm -rf .rlq outputs .pytest_cache
