@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters._sqlite import Connections
+from shared.adapters._sqlite import Connections, DamagedDatabase
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
+from shared.errors import TransientError
 from shared.models import RunRecord, RunState, TrainingRequest
 
 
@@ -101,3 +102,56 @@ def test_the_run_store_and_the_queue_open_no_file_per_thread(tmp_path: Path) -> 
     assert len(broker.peek("q", limit=1000)) == 300
     store.close()
     broker.close()
+
+
+# --- a damaged file: one error naming it and how to recover ----------------------------------------
+
+
+def fill_store(path: Path, n: int = 200) -> None:
+    with SqliteRunStore(path) as store:
+        for i in range(n):
+            store.insert_if_absent(RunRecord(request_id=f"r{i:04d}", error="x" * 500))
+    # closing the last connection checkpoints the WAL into the file
+
+
+def test_a_file_that_is_not_a_database_is_named_with_the_way_out(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    fill_store(path)
+    with path.open("r+b") as f:
+        f.write(b"\x13" * 4096)  # the header and first page overwritten
+    with pytest.raises(DamagedDatabase) as caught:
+        SqliteRunStore(path)
+    text = str(caught.value)
+    assert "\n" not in text and str(path) in text
+    assert (
+        f"mv {path} {path}.damaged" in text and f"sqlite3 {path} .recover | sqlite3 {path}.recovered" in text
+    )
+
+
+def test_a_corrupted_page_is_a_damaged_database_not_a_transient_error(tmp_path: Path) -> None:
+    path = tmp_path / "queue.sqlite3"
+    broker = SqliteBroker(path)
+    broker.create_queue("q")
+    for i in range(300):
+        broker.send("q", b"y" * 1000, message_id=f"m{i}")
+    broker.close()
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[3 * page : len(data) - page] = b"\xa5" * (len(data) - 4 * page)  # pages 4.. garbled
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedDatabase, match=r"malformed|not a database") as caught:
+        reopened = SqliteBroker(path)
+        reopened.create_queue("q")
+        reopened.peek("q", limit=1000)
+    assert str(path) in str(caught.value)
+
+
+def test_a_full_or_locked_database_is_still_transient(tmp_path: Path) -> None:
+    """Only damage is DamagedDatabase: a lock held past the busy timeout stays TransientError."""
+    path = tmp_path / "runs.sqlite3"
+    store = SqliteRunStore(path, busy_timeout_s=0.2)
+    other = Connections(str(path), busy_timeout_s=0.2)
+    with other.tx(), pytest.raises(TransientError, match="busy"):
+        store.insert_if_absent(RunRecord(request_id="r1"))
+    other.close()
+    store.close()

@@ -10,7 +10,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.errors import TransientError
+from shared.errors import RlqError, TransientError
+
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT ("database disk image is malformed"), SQLITE_NOTADB
+
+
+class DamagedDatabase(RlqError):
+    """An SQLite file rlq keeps is not a database or is corrupted: retrying cannot help, a person
+    must move it aside or recover it. The message is one line naming the file and both ways out."""
+
+    def __init__(self, path: str, err: BaseException) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is damaged ({err}); with rlq stopped, move it aside to start empty "
+            f"(mv {path} {path}.damaged) or recover it (sqlite3 {path} .recover | sqlite3 {path}.recovered)"
+        )
 
 
 class _Held:
@@ -62,10 +76,14 @@ class Connections:
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-        if not self.memory:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            if not self.memory:
+                conn.execute("PRAGMA journal_mode=WAL")  # the first read of the file: fails if damaged
+                conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _hold(self, conn: sqlite3.Connection) -> _Held:
@@ -104,11 +122,19 @@ class Connections:
 
     def init(self, script: str) -> None:
         with self._lock():
-            conn = self.conn()
             try:
-                conn.executescript(script)
-            except sqlite3.OperationalError as err:
-                raise TransientError(f"SQLite database {self.path!r} is busy or unavailable: {err}") from err
+                self.conn().executescript(script)
+            except sqlite3.DatabaseError as err:
+                raise self._failure(err, "is busy or unavailable") from err
+
+    def _failure(self, err: sqlite3.DatabaseError, doing: str) -> Exception:
+        """What an SQLite error means to the caller: a damaged file (a person must act), a busy or
+        unavailable one (try again), or the error itself (a constraint, a programming error)."""
+        if (getattr(err, "sqlite_errorcode", 0) or 0) & 0xFF in _DAMAGED:
+            return DamagedDatabase(self.path, err)
+        if isinstance(err, sqlite3.OperationalError):
+            return TransientError(f"SQLite database {self.path!r} {doing}: {err}")
+        return err
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -121,17 +147,20 @@ class Connections:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock():
-            conn = self.conn()
             try:
+                conn = self.conn()
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as err:
-                raise TransientError(f"SQLite database {self.path!r} is busy: {err}") from err
+            except sqlite3.DatabaseError as err:
+                raise self._failure(err, "is busy") from err
             try:
                 yield conn
                 conn.commit()
-            except sqlite3.OperationalError as err:
+            except sqlite3.DatabaseError as err:
                 conn.rollback()
-                raise TransientError(f"SQLite database {self.path!r} failed a write: {err}") from err
+                failure = self._failure(err, "failed a write")
+                if failure is err:
+                    raise
+                raise failure from err
             except BaseException:
                 conn.rollback()
                 raise
@@ -140,12 +169,18 @@ class Connections:
     def read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for multi-statement reads (WAL readers never block writers)."""
         with self._lock():
-            conn = self.conn()
+            try:
+                conn = self.conn()
+            except sqlite3.DatabaseError as err:
+                raise self._failure(err, "failed a read") from err
             try:
                 conn.execute("BEGIN")
                 yield conn
-            except sqlite3.OperationalError as err:
-                raise TransientError(f"SQLite database {self.path!r} failed a read: {err}") from err
+            except sqlite3.DatabaseError as err:
+                failure = self._failure(err, "failed a read")
+                if failure is err:
+                    raise
+                raise failure from err
             finally:
                 if conn.in_transaction:
                     conn.rollback()
