@@ -264,12 +264,9 @@ class AzureMLRayBackend:
     def job_argv(self, request: TrainingRequest, clusters: Clusters | None = None) -> list[str]:
         """:func:`shared.trainer_args.build_argv` with the seed's worker and GPU counts filled in."""
         c = clusters or self.clusters(request)
-        config = dict(request.config)
-        if "num_workers" not in config and "num_env_runners" not in config:
-            # as the seed: every CPU of the head and the workers, minus one for the head process
-            config["num_workers"] = max(c.total_cpus - 1, 0)
-        if not {"num_gpus", "num_gpus_per_learner", "num_learners"} & config.keys():
-            config["num_gpus"] = c.head_gpus
+        config = trainer_args.seed_cluster_config(
+            request.config, total_cpus=c.total_cpus, head_gpus=c.head_gpus
+        )
         return trainer_args.build_argv(
             request,
             output_dir="outputs",
