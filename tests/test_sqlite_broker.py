@@ -22,11 +22,12 @@ from shared.adapters.sqlite_broker import (
     MessageLockLost,
     SqliteBroker,
     SqlitePublisher,
+    SqliteRejecter,
     SqliteRequestSender,
 )
 from shared.errors import TransientError
 from shared.models import CompletionMessage
-from shared.ports import Publisher, RequestSender
+from shared.ports import DeadLetterInbox, Publisher, Rejecter, RequestSender
 from tests.support.clock import FakeClock
 
 Q = "training-requests"
@@ -399,6 +400,26 @@ def test_request_sender_port(broker: SqliteBroker, clock: FakeClock) -> None:
     assert broker.receive(Q) == []
     clock.advance(5)
     assert one(broker).message_id == "r"
+
+
+def test_rejecter_port_dead_letters_the_locked_message_with_its_reason(broker: SqliteBroker) -> None:
+    rejecter = SqliteRejecter(broker, Q)
+    assert isinstance(rejecter, Rejecter) and isinstance(broker, DeadLetterInbox)
+    broker.send(Q, b"{bad", message_id="bad-1")
+    (msg,) = broker.receive(Q)
+    rejecter.reject(
+        message_id="bad-1", body=msg.body, reason="InvalidRequest", description="(body): malformed"
+    )
+    assert broker.complete(msg) is False  # settled by the rejection, as the handler's own message
+    (dead,) = broker.dead_letters(Q)
+    assert (dead.message_id, dead.reason, dead.description) == (
+        "bad-1",
+        "InvalidRequest",
+        "(body): malformed",
+    )
+    # a message not locked here (sent around the local host) is only recorded: no error, nothing moved
+    rejecter.reject(message_id="elsewhere", body=b"{}", reason="InvalidRequest", description="x")
+    assert [d.message_id for d in broker.dead_letters(Q)] == ["bad-1"]
 
 
 def test_publisher_port_is_idempotent_and_replies(broker: SqliteBroker) -> None:
