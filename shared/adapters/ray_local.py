@@ -332,9 +332,19 @@ def ensure_local_head(
         listeners = _listeners(dashboard_port)
         ours = {p.pid for p in leftovers}
         if listeners and not set(listeners) & ours:
+            if any(_mark_of(pid) for pid in listeners):  # another data dir's head, slow to answer
+                raise TransientError(
+                    f"the Ray head on {address} (started by rlq for another data dir) did not answer "
+                    "within 2 s; it is busy or starting"
+                )
             raise TransientError(
                 f"port {dashboard_port} on {LOOPBACK} is taken by {_describe_pids(listeners)}, "
                 "which is not this data dir's Ray head; set RLQ_RAY_DASHBOARD_PORT to a free port"
+            )
+        if status is not None and not ours:
+            raise TransientError(
+                f"port {dashboard_port} on {LOOPBACK} is taken by a server answering HTTP {status} that is "
+                "not this data dir's Ray head; set RLQ_RAY_DASHBOARD_PORT to a free port"
             )
         if listeners or status is not None:
             # Our dashboard holds the port but does not answer in time: busy, not dead. Never kill
@@ -581,6 +591,14 @@ def _listeners(port: int) -> list[int]:
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
         }
     )
+
+
+def _mark_of(pid: int) -> str | None:
+    psutil = _psutil()
+    try:
+        return psutil.Process(pid).environ().get(HEAD_MARK_ENV)
+    except psutil.Error:
+        return None
 
 
 def _describe_pids(pids: list[int]) -> str:
