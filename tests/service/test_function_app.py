@@ -108,6 +108,23 @@ def test_post_bad_body_is_400_naming_the_field(wired):
     assert malformed.status_code == 400 and json.loads(malformed.get_body())["errors"][0]["field"] == "(body)"
 
 
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (
+            b'{"env": "CartPole-v1", "stop": {"training_iteration": 1}, "config": {"lr": 1, "lr": 2}}',
+            "config.lr",
+        ),
+        (b'{"env": "CartPole-v1", "stop": {"training_iteration": true}}', "stop.training_iteration"),
+    ],
+)
+def test_post_refuses_repeated_keys_and_booleans_as_numbers_with_400(wired, body, field):
+    resp = http("POST", "/api/trainings", body)
+    assert resp.status_code == 400
+    assert field in {e["field"] for e in json.loads(resp.get_body())["errors"]}
+    assert wired.broker.counts(wired.settings.queue_name)["active"] == 0
+
+
 def test_unknown_ids_are_404(wired):
     for url in ("/api/trainings/zz", "/api/trainings/zz/cancel", "/api/trainings/zz/reward.png"):
         resp = http("POST" if url.endswith("cancel") else "GET", url, route_params={"request_id": "zz"})
