@@ -844,9 +844,10 @@ class TrainingService:
         request = parse_request(body, default_id=uuid.uuid4().hex, max_bytes=self.settings.max_body_bytes)
         self._check_caps(request)
         resolved, parent_id = self._resolve_restore(request)  # refused here too: the caller sees why
-        # The queue gets the request as written: intake resolves rlq:// itself, for every producer.
-        self.sender.send(request.model_dump_json().encode(), message_id=request.request_id)
-        self.store.insert_if_absent(
+        # Recorded first: a store that cannot record the request never gets it queued, so the
+        # caller's 503 is the whole story (a queued message the intake could not record would
+        # dead-letter with no run record, and each retry of the caller would add another).
+        record, inserted = self.store.insert_if_absent(
             RunRecord(
                 request_id=request.request_id,
                 request=resolved,
@@ -856,7 +857,25 @@ class TrainingService:
                 updated_at=self.clock(),
             )
         )
+        try:
+            # The queue gets the request as written: intake resolves rlq:// itself, for every producer.
+            self.sender.send(request.model_dump_json().encode(), message_id=request.request_id)
+        except Exception as err:
+            if inserted:  # not queued: the record says so (sending it again revives it)
+                self._not_queued(record, err)
+            raise
         return request.request_id
+
+    def _not_queued(self, record: RunRecord, err: Exception) -> None:
+        try:
+            self._update(
+                record,
+                state=RunState.rejected,
+                error=f"not queued ({err}); submit the request again",
+            )
+        except (TransientError, PermanentError, NotFound) as update_err:
+            # the caller's answer (an error) stands; the record stays received until resubmitted
+            log.warning("request %s: not queued; recording that failed: %s", record.request_id, update_err)
 
     # --- helpers -------------------------------------------------------------------------------
 

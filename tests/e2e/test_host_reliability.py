@@ -84,6 +84,71 @@ def test_transient_failures_are_redelivered_then_dead_lettered_with_the_last_err
     assert w.store.get("t").state is RunState.submitted
 
 
+# --- the answer to POST /api/trainings matches what happened ------------------------------------
+
+
+def make_read_only(store) -> None:
+    """From now on the store's connections refuse every write as a read-only file does
+    (SQLITE_READONLY, 'attempt to write a readonly database'); reads still work."""
+    db = store._db
+    open_writable = db._open
+
+    def open_read_only():
+        conn = open_writable()
+        conn.execute("PRAGMA query_only=1")
+        return conn
+
+    db._open = open_read_only
+    db._local = threading.local()  # the connections already open are dropped (and closed)
+
+
+def post(host, body: dict):
+    resp = host.handle_http("POST", "http://127.0.0.1/api/trainings", {}, json.dumps(body).encode())
+    return resp.status_code, json.loads(resp.get_body() or b"{}"), resp.headers
+
+
+def test_a_read_only_store_answers_503_and_queues_nothing_however_often_the_client_retries(hosted):
+    w, host, twin = hosted
+    make_read_only(w.store)
+    for _ in range(3):  # a client retrying without an id: a new request each time
+        status, body, headers = post(host, {"env": "CartPole-v1"})
+        assert status == 503 and headers["Retry-After"]
+        assert "readonly" in body["errors"][0]["message"]
+    assert w.broker.peek(w.settings.queue_name) == []
+    for _ in range(20):
+        host.drain()
+    assert w.broker.dead_letters(w.settings.queue_name) == []
+    assert twin.jobs_per_request() == {}
+
+
+def test_a_request_the_queue_refused_is_503_recorded_as_not_queued_and_runs_when_sent_again(hosted):
+    w, host, twin = hosted
+    send = w.service.sender.send
+
+    def unreachable(*args, **kwargs):
+        raise TransientError("the queue is unreachable")
+
+    w.service.sender.send = unreachable
+    status, body, _ = post(host, {"env": "CartPole-v1", "request_id": "q1"})
+    assert status == 503 and "unreachable" in body["errors"][0]["message"]
+    rec = w.store.get("q1")  # GET /api/trainings/q1 says it was not queued, not "received" for good
+    assert rec.state is RunState.rejected and "not queued" in rec.error
+    w.service.sender.send = send
+    status, body, _ = post(host, {"env": "CartPole-v1", "request_id": "q1"})
+    assert status == 202
+    host.drain()
+    assert twin.jobs_per_request() == {"q1": 1}
+    assert w.store.get("q1").state is RunState.submitted
+
+
+def test_a_queued_request_is_202_and_recorded(hosted):
+    w, host, _ = hosted
+    status, _, headers = post(host, {"env": "CartPole-v1", "request_id": "ok1"})
+    assert status == 202 and headers["Location"] == "/api/trainings/ok1"
+    assert [m.message_id for m in w.broker.peek(w.settings.queue_name)] == ["ok1"]
+    assert w.store.get("ok1").state is RunState.received
+
+
 # --- descriptors: every request's SQLite connections are closed or reused ------------------------
 
 
