@@ -64,9 +64,9 @@ def trainer_process(request_id: str):
 
 
 def settings_for(head, tmp_path, **extra) -> Settings:
+    extra.setdefault("data_dir", tmp_path / "rlq")
     return Settings(
         _env_file=None,
-        data_dir=tmp_path / "rlq",
         backend="ray",  # type: ignore[call-arg]
         ray_dashboard_port=head.dashboard_port,
         ray_auth_token=head.token,
@@ -86,7 +86,9 @@ def test_a_head_that_dies_under_active_runs_is_restarted_and_its_runs_reported(p
     """Every process of the local head SIGKILLed mid-run: the next poll starts a new head (the
     poller, not a person) and the run it held ends Failed, saying the cluster was restarted."""
     head = private_head
-    w = build(settings_for(head, tmp_path))
+    # the service runs on the head's own data dir, as `rlq serve` does: the head it restarts is that
+    # one (and the fixture stops it), not a second head for another data dir
+    w = build(settings_for(head, tmp_path, data_dir=head.data_dir))
     w.service.accept(json.dumps({**LONG, "request_id": "orphan"}).encode(), message_id="o")
     wait_until(w, "orphan", running_with_progress, timeout_s=240)
     old = set(head_pids(head.data_dir))
