@@ -257,7 +257,8 @@ def check_url(
             f"{legacy} ({why}); write addresses in dotted-decimal form"
         )
     # The URL as the delivery client parses it: where the two parsers disagree on the host, the
-    # URL is refused below. Imported here: intake's static check must not load an HTTP client.
+    # URL is refused below. Imported here, not with the module: importing the core loads no HTTP
+    # client; only a request that names a URL does.
     import httpx
 
     try:
@@ -343,9 +344,10 @@ def check_teams_url(url: str) -> None:
     if (host.endswith(".webhook.office.com") and path.startswith("/webhookb2/")) or (
         host in ("outlook.office.com", "outlook.office365.com") and path.startswith("/webhook/")
     ):
+        # A connector URL's path is its credential: name the host and the kind of URL only.
+        shown = f"{parts.scheme}://{host}/{path.split('/')[1]}/…"
         raise RetiredConnectorUrl(
-            f"{redact(url)}: Office 365 connector webhooks are retired and no longer deliver; "
-            + WORKFLOWS_HELP
+            f"{shown}: Office 365 connector webhooks are retired and no longer deliver; " + WORKFLOWS_HELP
         )
 
 

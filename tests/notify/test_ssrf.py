@@ -192,7 +192,9 @@ def test_the_intake_check_names_each_bad_field_and_never_resolves(dns: FakeDNS) 
     assert "allow-list" in problems[0]["message"] and "plain http" in problems[1]["message"]
     for p in problems[2:]:
         assert "retired" in p["message"] and "Teams Workflows webhook" in p["message"]
-    assert all("s3cret" not in p["message"] for p in problems)
+    assert problems[3]["message"].startswith("https://contoso.webhook.office.com/webhookb2/…: ")
+    # a connector URL's path is its credential, a Workflows URL's query is: neither is shown
+    assert all("s3cret" not in p["message"] and "IncomingWebhook" not in p["message"] for p in problems)
     assert dns.asked == []  # static rules only: intake never waits on a resolver
 
 
