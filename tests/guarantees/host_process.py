@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
     finally:
         host.stop()
+        if s.backend == "ray":  # a head this process had to start (the test's head died): not left behind
+            from shared.adapters.ray_local import stop_local_head
+
+            stop_local_head()
     return 0
 
 
