@@ -406,10 +406,9 @@ class TrainingService:
             return None
         found = re.search(r":retry:(\d+)$", message_id or "")
         attempt = int(found.group(1)) if found else 0
-        record = self.store.get(request.request_id)
         if attempt >= self.settings.intake_retry_attempts:
             self._give_up_retrying(body, message_id, request.request_id, attempt, err)
-            return self.store.get(request.request_id)
+            return self._record_or_request(request)
         s = self.settings
         delay_s = min(s.intake_retry_base_s * 2**attempt, s.intake_retry_max_delay_s)
         at = self.clock() + timedelta(seconds=delay_s)
@@ -430,6 +429,14 @@ class TrainingService:
             s.intake_retry_attempts,
             at.isoformat(timespec="seconds"),
         )
+        return self._record_or_request(request)
+
+    def _record_or_request(self, request: TrainingRequest) -> RunRecord:
+        try:
+            record = self.store.get(request.request_id)
+        except Exception as err:  # noqa: BLE001 - the store may be what is failing; the queue holds the request
+            log.warning("could not read the record of %s: %s", request.request_id, err)
+            record = None
         return record or RunRecord(request_id=request.request_id, request=request)
 
     def _give_up_retrying(

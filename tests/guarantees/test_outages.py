@@ -244,3 +244,29 @@ def test_a_store_failure_right_after_submit_does_not_strand_the_run(wired, twin,
     assert rec.state is RunState.notified, rec.state
     assert twin.jobs_per_request() == {"stranded": 1}
     assert [m.message_id for m in peek_topic(wired, "audit")] == ["stranded:completed"]
+
+
+def test_when_no_retry_can_be_scheduled_the_queue_redelivers_up_to_its_budget(wired, twin, clock, host):
+    """The queue itself failing to take the re-send: the message is abandoned instead, redelivered,
+    and after ``max_delivery_count`` dead-lettered by the queue with the record saying so."""
+    real_ensure = twin.ensure_compute
+
+    def down(request):
+        raise TransientError("compute control plane: HTTP 503")
+
+    class NoSend:
+        def send(self, body, *, message_id, scheduled_at=None):
+            raise TransientError("queue: ServiceBusyError")
+
+    twin.ensure_compute, wired.service.sender = down, NoSend()
+    q = wired.settings.queue_name
+    wired.broker.send(q, json.dumps({**CARTPOLE, "request_id": "stuck"}).encode(), message_id="m-stuck")
+    host.drain()
+    (dead,) = wired.broker.dead_letters(q)
+    assert (
+        dead.reason == "MaxDeliveryCountExceeded" and dead.delivery_count == wired.settings.max_delivery_count
+    )
+    rec = wired.store.get("stuck")
+    assert rec.state is RunState.rejected and "after 10 deliveries" in rec.error
+    twin.ensure_compute = real_ensure
+    assert twin.jobs_per_request() == {}
