@@ -106,6 +106,7 @@ class MLClientTwin:
         self.compute = _ComputeOps(self)
         self.jobs = _JobOps(self)
         self.runs = _Runs(self)
+        self.before_create: Any = None  # hook(job) called before a job is stored
         self.on_create: Any = None  # hook(job) called after a job is stored, before create returns
 
     # --- state -------------------------------------------------------------------------------
@@ -253,6 +254,8 @@ class _JobOps:
             return _copy(st.jobs[name])
 
     def create_or_update(self, job: Any, **kwargs: Any) -> Any:
+        if self._t.before_create is not None:
+            self._t.before_create(job)
         with self._t.state(write=True) as st:
             self._t._call(st, "jobs.create_or_update", job.name)
             if job.name in st.jobs:

@@ -1,0 +1,83 @@
+"""One processing process on the SDK v2 backend that a crash test can SIGKILL and restart.
+
+``python -m tests.azure.aml_crash_driver DATA_DIR ACTION`` builds the production wiring on
+``DATA_DIR`` (SQLite queue and run store) with the Azure ML SDK v2 backend over a workspace twin
+that lives in a file (``DATA_DIR/aml.pickle``), so the next process sees what the killed one left.
+
+ACTION: ``intake`` (deliver the seed request, as the queue would redeliver it) or ``poll`` (one
+poller tick). ``RLQ_TEST_KILL=<before|after>:<head|workers>`` SIGKILLs the process right before a
+job is stored in the workspace, or right after it is stored and before the call returns;
+``RLQ_FAULT_AT`` works as everywhere (the service's own fault points).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from shared.adapters.azureml.v2 import ROLE_TAG, AzureMLV2Backend
+from shared.adapters.azureml.v2_twin import MLClientTwin
+from shared.composition import build
+from shared.service import env_faults
+from shared.settings import Settings
+
+SEED = {
+    "request_id": "pong-crash-1",
+    "experiment": "rllib-pong-multi-node",
+    "algorithm": "IMPALA",
+    "env": "PongNoFrameskip-v4",
+    "stop": {"episode_reward_mean": 18, "time_total_s": 3600},
+    "compute": {
+        "head": {"name": "head-gpu", "vm_size": "STANDARD_NC4AS_T4_V3", "max_nodes": 1},
+        "workers": {"name": "worker-cpu", "vm_size": "STANDARD_D4AS_V5", "node_count": 4, "max_nodes": 4},
+    },
+}
+
+
+def workspace(data_dir: Path) -> MLClientTwin:
+    return MLClientTwin(
+        subscription_id="sub-1", resource_group="rg-1", workspace="ws-1", path=data_dir / "aml.pickle"
+    )
+
+
+def main(data_dir: Path, action: str) -> int:
+    settings = Settings(
+        data_dir=data_dir,
+        backend="azureml",
+        azureml_subscription_id="sub-1",
+        azureml_resource_group="rg-1",
+        azureml_workspace="ws-1",
+        azureml_vnet="rlq-vnet",
+        azureml_subnet="aml",
+        azureml_nsg_check="off",
+        lock_duration_s=1,
+        _env_file=None,
+    )
+    twin = workspace(data_dir)
+    kill = os.environ.get("RLQ_TEST_KILL", "")
+    if kill:
+        when, role = kill.split(":")
+
+        def hook(job) -> None:
+            if job.tags.get(ROLE_TAG) == role:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        if when == "before":
+            twin.before_create = hook
+        else:
+            twin.on_create = hook
+    backend = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs, detail_every=1)
+    w = build(settings, compute={"azureml": backend}, faults=env_faults())
+    if action == "intake":
+        rec = w.service.intake(json.dumps(SEED).encode(), message_id="m-crash-1")
+        print(rec.state.value if rec else "none")
+    else:
+        print(json.dumps(w.service.poll_once().transitions))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), sys.argv[2]))
