@@ -31,6 +31,12 @@ param createClusters bool = true
 @description('Let the app create clusters that requests name (grants AzureML Compute Operator + subnet join).')
 param allowClusterCreation bool = true
 
+@description('Give the clusters\' nodes public IPs (Azure ML then reaches them inbound on TCP 44224). Default: no public IP, the current Azure ML VNet guidance.')
+param amlNodePublicIp bool = false
+
+@description('Also open (and check) the seed\'s inbound TCP 29876-29877 from BatchNodeManagement (older Azure ML guidance).')
+param amlBatchNodeManagementInbound bool = false
+
 @description('Ray head cluster (GPU). STANDARD_NC6 (the article\'s) is retired; a T4 node is the small GPU today.')
 param headClusterName string = 'head-gpu'
 param headVmSize string = 'Standard_NC4as_T4_v3'
@@ -95,6 +101,8 @@ module network 'modules/network.bicep' = {
     addressPrefix: vnetAddressPrefix
     functionsSubnetPrefix: functionsSubnetPrefix
     amlSubnetPrefix: amlSubnetPrefix
+    nodePublicIp: amlNodePublicIp
+    batchNodeManagementInbound: amlBatchNodeManagementInbound
     tags: tags
   }
 }
@@ -150,6 +158,8 @@ module aml 'modules/aml.bicep' = {
     storageName: names.mlStorage
     appInsightsId: monitoring.outputs.appInsightsId
     amlSubnetId: network.outputs.amlSubnetId
+    vnetId: network.outputs.vnetId
+    nodePublicIp: amlNodePublicIp
     allowedSubnetIds: [
       network.outputs.functionsSubnetId
       network.outputs.amlSubnetId
@@ -194,6 +204,8 @@ var rlqSettings = {
   RLQ_AZUREML_SUBNET: 'aml'
   RLQ_AZUREML_VNET_RESOURCE_GROUP: resourceGroup().name
   RLQ_AZUREML_NSG_CHECK: 'enforce'
+  RLQ_AZUREML_NODE_PUBLIC_IP: string(amlNodePublicIp)
+  RLQ_AZUREML_NSG_BATCH_INBOUND: string(amlBatchNodeManagementInbound)
   RLQ_HEAD_CLUSTER: headClusterName
   RLQ_HEAD_VM_SIZE: toUpper(headVmSize)
   RLQ_HEAD_MIN_NODES: '0'

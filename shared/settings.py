@@ -134,6 +134,16 @@ class Settings(BaseSettings):
         "enforce",
         description="Check the aml subnet's NSG before submitting; enforce: a missing rule fails the run.",
     )
+    azureml_node_public_ip: bool = Field(
+        False,
+        description="The clusters' nodes have public IPs (the NSG check then wants inbound TCP 44224 from "
+        "AzureMachineLearning); default: none, as Azure ML's current VNet guidance.",
+    )
+    azureml_nsg_batch_inbound: bool = Field(
+        False,
+        description="The NSG check also wants the seed's inbound TCP 29876-29877 from BatchNodeManagement "
+        "(older Azure ML guidance).",
+    )
 
     @field_validator("webhook_secrets", "webhook_urls", "webhook_allow_hosts", mode="before")
     @classmethod

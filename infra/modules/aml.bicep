@@ -44,6 +44,12 @@ param webhookSecrets string = ''
 @description('Expiry of the stored secret (epoch seconds).')
 param secretExpiry int = dateTimeToEpoch(dateTimeAdd(utcNow(), 'P1Y'))
 
+@description('The clusters\' nodes get public IPs. Default: none; the nodes reach Azure ML through the workspace private endpoint (modules/workspace-endpoint.bicep) and leave through the subnet\'s NAT gateway.')
+param nodePublicIp bool = false
+
+@description('Virtual network of the aml subnet (the private endpoint\'s DNS zones are linked to it).')
+param vnetId string
+
 @description('Container registry resource id (modules/registry.bicep): the environment image is built and kept there.')
 param containerRegistryId string
 
@@ -164,8 +170,23 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-04-01' = {
   }
 }
 
+// No-public-IP clusters talk to Azure ML through a workspace private endpoint; created before them.
+module workspaceEndpoint 'workspace-endpoint.bicep' = if (!nodePublicIp) {
+  name: 'workspace-endpoint'
+  params: {
+    location: location
+    workspaceName: workspace.name
+    vnetId: vnetId
+    subnetId: amlSubnetId
+    tags: tags
+  }
+}
+
 resource headCluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-04-01' = if (createClusters) {
   parent: workspace
+  dependsOn: [
+    workspaceEndpoint
+  ]
   name: headClusterName
   location: location
   // pulls the environment image from the registry: Azure ML grants this identity AcrPull
@@ -187,13 +208,16 @@ resource headCluster 'Microsoft.MachineLearningServices/workspaces/computes@2024
         id: amlSubnetId
       }
       remoteLoginPortPublicAccess: 'Disabled'
-      enableNodePublicIp: true
+      enableNodePublicIp: nodePublicIp
     }
   }
 }
 
 resource workerCluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-04-01' = if (createClusters) {
   parent: workspace
+  dependsOn: [
+    workspaceEndpoint
+  ]
   name: workerClusterName
   location: location
   // pulls the environment image from the registry: Azure ML grants this identity AcrPull
@@ -215,7 +239,7 @@ resource workerCluster 'Microsoft.MachineLearningServices/workspaces/computes@20
         id: amlSubnetId
       }
       remoteLoginPortPublicAccess: 'Disabled'
-      enableNodePublicIp: true
+      enableNodePublicIp: nodePublicIp
     }
   }
 }

@@ -1,10 +1,19 @@
 // VNet for the function app (outbound integration) and the Azure ML clusters, with their NSGs.
-// The aml subnet's NSG opens ONLY what Azure ML and Ray need:
-//   inbound TCP 29876-29877 from BatchNodeManagement (Azure ML's node agent),
-//   inbound TCP 44224 from AzureMachineLearning (the service's run control),
+// The aml subnet's NSG follows Azure ML's current VNet guidance for compute clusters
+// (https://learn.microsoft.com/azure/machine-learning/how-to-secure-training-vnet,
+//  https://learn.microsoft.com/azure/machine-learning/how-to-access-azureml-behind-firewall):
+//   no public IP on the nodes (the default): no inbound rule from outside the VNet at all;
+//   with nodePublicIp: inbound TCP 44224 from AzureMachineLearning;
+//   with batchNodeManagementInbound: the seed's inbound TCP 29876-29877 from BatchNodeManagement
+//     (older guidance, off by default);
 //   everything between the cluster nodes inside the subnet (Ray: GCS 6379, dashboard 8265,
-//   client 10001, object manager and worker ports 10002-19999 and ephemeral ports),
-// and denies the rest of the Internet explicitly.
+//     client 10001, object manager and worker ports 10002-19999 and ephemeral ports);
+//   outbound TCP 443 to the service tags the nodes use (and UDP 5831 to AzureMachineLearning),
+//     the rest of the Internet denied both ways.
+// Outbound leaves through a NAT gateway: nodes without a public IP get no default outbound
+// access (https://learn.microsoft.com/azure/virtual-network/ip-services/default-outbound-access).
+// shared/adapters/azureml/nsg.py checks the same rules before each submit;
+// tests/azure/test_deployment_files.py evaluates these rules with it.
 
 @description('Azure region.')
 param location string
@@ -21,70 +30,173 @@ param functionsSubnetPrefix string = '10.20.0.0/24'
 @description('Subnet for the Azure ML head and worker clusters.')
 param amlSubnetPrefix string = '10.20.1.0/24'
 
+@description('The clusters\' nodes have public IPs (enableNodePublicIp): Azure ML then reaches them inbound on TCP 44224.')
+param nodePublicIp bool = false
+
+@description('Also open the seed\'s inbound TCP 29876-29877 from BatchNodeManagement (older Azure ML guidance).')
+param batchNodeManagementInbound bool = false
+
 @description('Tags for every resource.')
 param tags object = {}
+
+// Inbound rules for clusters with public IPs / the seed's rule; used only when asked for.
+var amlInboundPublicIp = [
+  {
+    name: 'AllowAzureMachineLearningInbound'
+    properties: {
+      description: 'Azure ML service to clusters with a public IP'
+      priority: 110
+      direction: 'Inbound'
+      access: 'Allow'
+      protocol: 'Tcp'
+      sourceAddressPrefix: 'AzureMachineLearning'
+      sourcePortRange: '*'
+      destinationAddressPrefix: amlSubnetPrefix
+      destinationPortRange: '44224'
+    }
+  }
+]
+
+var amlInboundBatch = [
+  {
+    name: 'AllowBatchNodeManagementInbound'
+    properties: {
+      description: 'The seed\'s Azure ML node agent rule (older guidance)'
+      priority: 100
+      direction: 'Inbound'
+      access: 'Allow'
+      protocol: 'Tcp'
+      sourceAddressPrefix: 'BatchNodeManagement'
+      sourcePortRange: '*'
+      destinationAddressPrefix: amlSubnetPrefix
+      destinationPortRange: '29876-29877'
+    }
+  }
+]
+
+// Outbound TCP 443 from the nodes, in priority order (200, 201, ...).
+var amlOutboundTags = [
+  'AzureMachineLearning'
+  'BatchNodeManagement.${location}'
+  'Storage.${location}'
+  'AzureActiveDirectory'
+  'AzureResourceManager'
+  'MicrosoftContainerRegistry.${location}'
+  'AzureFrontDoor.FirstParty'
+  'AzureContainerRegistry.${location}'
+  'AzureKeyVault.${location}'
+  'AzureMonitor'
+]
+
+var amlOutbound443 = [for (tag, i) in amlOutboundTags: {
+  name: 'Allow${tag == 'AzureFrontDoor.FirstParty' ? 'AzureFrontDoorFirstParty' : split(tag, '.')[0]}'
+  properties: {
+    description: 'Cluster nodes to ${tag} (Azure ML VNet guidance)'
+    priority: 200 + i
+    direction: 'Outbound'
+    access: 'Allow'
+    protocol: 'Tcp'
+    sourceAddressPrefix: amlSubnetPrefix
+    sourcePortRange: '*'
+    destinationAddressPrefix: tag
+    destinationPortRange: '443'
+  }
+}]
+
+var amlRules = [
+  {
+    name: 'AllowRayWithinSubnet'
+    properties: {
+      description: 'Ray head and workers talk on many ports (GCS, object manager, workers)'
+      priority: 120
+      direction: 'Inbound'
+      access: 'Allow'
+      protocol: '*'
+      sourceAddressPrefix: amlSubnetPrefix
+      sourcePortRange: '*'
+      destinationAddressPrefix: amlSubnetPrefix
+      destinationPortRange: '*'
+    }
+  }
+  {
+    name: 'DenyInternetInbound'
+    properties: {
+      description: 'Nothing else from the Internet'
+      priority: 4000
+      direction: 'Inbound'
+      access: 'Deny'
+      protocol: '*'
+      sourceAddressPrefix: 'Internet'
+      sourcePortRange: '*'
+      destinationAddressPrefix: '*'
+      destinationPortRange: '*'
+    }
+  }
+  {
+    name: 'AllowAzureMachineLearningUdp'
+    properties: {
+      description: 'Azure ML compute management (UDP 5831)'
+      priority: 199
+      direction: 'Outbound'
+      access: 'Allow'
+      protocol: 'Udp'
+      sourceAddressPrefix: amlSubnetPrefix
+      sourcePortRange: '*'
+      destinationAddressPrefix: 'AzureMachineLearning'
+      destinationPortRange: '5831'
+    }
+  }
+  {
+    name: 'DenyInternetOutbound'
+    properties: {
+      description: 'Nothing else to the Internet'
+      priority: 4000
+      direction: 'Outbound'
+      access: 'Deny'
+      protocol: '*'
+      sourceAddressPrefix: '*'
+      sourcePortRange: '*'
+      destinationAddressPrefix: 'Internet'
+      destinationPortRange: '*'
+    }
+  }
+]
 
 resource amlNsg 'Microsoft.Network/networkSecurityGroups@2023-11-01' = {
   name: '${vnetName}-aml-nsg'
   location: location
   tags: tags
   properties: {
-    securityRules: [
+    securityRules: concat(amlRules, amlOutbound443, nodePublicIp ? amlInboundPublicIp : [], batchNodeManagementInbound ? amlInboundBatch : [])
+  }
+}
+
+// Outbound for the clusters: without node public IPs the subnet needs an explicit egress.
+resource natIp 'Microsoft.Network/publicIPAddresses@2023-11-01' = {
+  name: '${vnetName}-aml-nat-ip'
+  location: location
+  tags: tags
+  sku: {
+    name: 'Standard'
+  }
+  properties: {
+    publicIPAllocationMethod: 'Static'
+    publicIPAddressVersion: 'IPv4'
+  }
+}
+
+resource natGateway 'Microsoft.Network/natGateways@2023-11-01' = {
+  name: '${vnetName}-aml-nat'
+  location: location
+  tags: tags
+  sku: {
+    name: 'Standard'
+  }
+  properties: {
+    idleTimeoutInMinutes: 4
+    publicIpAddresses: [
       {
-        name: 'AllowBatchNodeManagementInbound'
-        properties: {
-          description: 'Azure ML compute node agent (required for AmlCompute in a VNet)'
-          priority: 100
-          direction: 'Inbound'
-          access: 'Allow'
-          protocol: 'Tcp'
-          sourceAddressPrefix: 'BatchNodeManagement'
-          sourcePortRange: '*'
-          destinationAddressPrefix: amlSubnetPrefix
-          destinationPortRange: '29876-29877'
-        }
-      }
-      {
-        name: 'AllowAzureMachineLearningInbound'
-        properties: {
-          description: 'Azure ML service run control'
-          priority: 110
-          direction: 'Inbound'
-          access: 'Allow'
-          protocol: 'Tcp'
-          sourceAddressPrefix: 'AzureMachineLearning'
-          sourcePortRange: '*'
-          destinationAddressPrefix: amlSubnetPrefix
-          destinationPortRange: '44224'
-        }
-      }
-      {
-        name: 'AllowRayWithinSubnet'
-        properties: {
-          description: 'Ray head and workers talk on many ports (GCS, object manager, workers)'
-          priority: 120
-          direction: 'Inbound'
-          access: 'Allow'
-          protocol: '*'
-          sourceAddressPrefix: amlSubnetPrefix
-          sourcePortRange: '*'
-          destinationAddressPrefix: amlSubnetPrefix
-          destinationPortRange: '*'
-        }
-      }
-      {
-        name: 'DenyInternetInbound'
-        properties: {
-          description: 'Nothing else from the Internet'
-          priority: 4000
-          direction: 'Inbound'
-          access: 'Deny'
-          protocol: '*'
-          sourceAddressPrefix: 'Internet'
-          sourcePortRange: '*'
-          destinationAddressPrefix: '*'
-          destinationPortRange: '*'
-        }
+        id: natIp.id
       }
     ]
   }
@@ -154,8 +266,12 @@ resource vnet 'Microsoft.Network/virtualNetworks@2023-11-01' = {
         name: 'aml'
         properties: {
           addressPrefix: amlSubnetPrefix
+          defaultOutboundAccess: false
           networkSecurityGroup: {
             id: amlNsg.id
+          }
+          natGateway: {
+            id: natGateway.id
           }
           serviceEndpoints: [
             {
@@ -175,3 +291,4 @@ output vnetName string = vnet.name
 output functionsSubnetId string = resourceId('Microsoft.Network/virtualNetworks/subnets', vnet.name, 'functions')
 output amlSubnetId string = resourceId('Microsoft.Network/virtualNetworks/subnets', vnet.name, 'aml')
 output amlNsgName string = amlNsg.name
+output vnetId string = vnet.id

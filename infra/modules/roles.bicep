@@ -18,7 +18,7 @@ param vnetName string
 param amlSubnetName string = 'aml'
 param amlNsgName string
 
-@description('Let the app create clusters a request names (AzureML Compute Operator + join the aml subnet).')
+@description('Let the app create clusters a request names (AzureML Compute Operator + join the aml subnet; read on the VNet is always granted).')
 param allowClusterCreation bool = true
 
 @description('Container registry of the workspace (modules/registry.bicep).')
@@ -165,8 +165,9 @@ resource dataScientist 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// Creating a cluster is not part of AzureML Data Scientist; joining it to the subnet needs
-// subnets/join/action on that subnet.
+// Creating a cluster is not part of AzureML Data Scientist; creating it in the VNet needs
+// subnets/join/action on the subnet (below) and Microsoft.Network/*/read on the VNet (vnetReader)
+// (https://learn.microsoft.com/azure/machine-learning/how-to-secure-training-vnet, prerequisites).
 resource computeOperator 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (allowClusterCreation) {
   name: guid(workspace.id, principalId, role.azureMLComputeOperator)
   scope: workspace
@@ -187,7 +188,7 @@ resource subnetJoin 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (a
   }
 }
 
-// The NSG check before each submit reads the aml subnet (granted above, or:) and its NSG.
+// The NSG check before each submit reads the aml subnet (vnetReader) and its NSG.
 resource nsgReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(amlNsg.id, principalId, role.reader)
   scope: amlNsg
@@ -198,7 +199,8 @@ resource nsgReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-resource vnetReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!allowClusterCreation) {
+// Read on the VNet: the subnet for the NSG check, and the VNet when a cluster is created in it.
+resource vnetReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(vnet.id, principalId, role.reader)
   scope: vnet
   properties: {

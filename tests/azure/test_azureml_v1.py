@@ -23,7 +23,6 @@ from shared.adapters.azureml.clusters import ComputeInfo, cluster_problems
 from shared.adapters.azureml.environment import CONDA_FILE, parse_requirements
 from shared.adapters.azureml.errors import translate
 from shared.adapters.azureml.gateway import SdkGateway
-from shared.adapters.azureml.nsg import missing_nsg_rules
 from shared.adapters.azureml.twin import AzureMLTwin
 from shared.adapters.azureml.v1 import (
     ARGV_ENV,
@@ -469,150 +468,7 @@ def test_quota_and_auth_errors_from_create(backend: AzureMLRayBackend, twin: Azu
 
 # --- the NSG check -------------------------------------------------------------------------------
 
-INFRA = [
-    {
-        "name": "AllowBatchNodeManagement",
-        "priority": 100,
-        "direction": "Inbound",
-        "access": "Allow",
-        "protocol": "Tcp",
-        "sourceAddressPrefix": "BatchNodeManagement",
-        "destinationPortRange": "29876-29877",
-    },
-    {
-        "name": "AllowAzureMachineLearning",
-        "priority": 110,
-        "direction": "Inbound",
-        "access": "Allow",
-        "protocol": "Tcp",
-        "sourceAddressPrefix": "AzureMachineLearning",
-        "destinationPortRange": "44224",
-    },
-    {
-        "name": "DenyInternet",
-        "priority": 4000,
-        "direction": "Inbound",
-        "access": "Deny",
-        "protocol": "*",
-        "sourceAddressPrefix": "Internet",
-        "destinationPortRange": "*",
-    },
-]
-
-
-def test_infra_rules_are_complete() -> None:
-    assert missing_nsg_rules(INFRA) == []
-
-
-def test_no_custom_rules_means_default_deny_blocks_azure_ml() -> None:
-    problems = missing_nsg_rules([])
-    assert len(problems) == 2
-    assert problems[0].startswith("inbound TCP 29876-29877 from service tag BatchNodeManagement")
-    assert "'DenyAllInBound' (priority 65500)" in problems[0]
-    assert "source BatchNodeManagement, protocol TCP, destination ports 29876-29877" in problems[0]
-    assert problems[1].startswith("inbound TCP 44224 from service tag AzureMachineLearning")
-
-
-def test_a_deny_with_a_lower_priority_number_wins_over_the_allow() -> None:
-    rules = [
-        *INFRA,
-        {
-            "name": "DenyAllTcp",
-            "priority": 50,
-            "direction": "Inbound",
-            "access": "Deny",
-            "protocol": "Tcp",
-            "sourceAddressPrefix": "*",
-            "destinationPortRange": "*",
-        },
-    ]
-    problems = missing_nsg_rules(rules)
-    joined = " | ".join(problems)
-    assert (
-        "denied by rule 'DenyAllTcp' (priority 50) before the allow rule 'AllowBatchNodeManagement' "
-        "(priority 100); give the allow rule a priority number below 50" in joined
-    )
-    assert "AllowAzureMachineLearning' (priority 110)" in joined
-    assert "inside the VNet" in joined  # Ray is blocked too: AllowVnetInBound comes after
-    assert len(problems) == 3
-
-
-def test_only_one_port_of_the_range_allowed() -> None:
-    rules = [dict(INFRA[0], destinationPortRange="29876"), INFRA[1]]
-    [problem] = missing_nsg_rules(rules)
-    assert problem.startswith("inbound TCP 29877 from service tag BatchNodeManagement")
-
-
-def test_udp_only_or_outbound_rules_do_not_count() -> None:
-    rules = [dict(INFRA[0], protocol="Udp"), dict(INFRA[1], direction="Outbound")]
-    problems = missing_nsg_rules(rules)
-    assert [p.split(" from ")[1].split(" (")[0] for p in problems] == [
-        "service tag BatchNodeManagement",
-        "service tag AzureMachineLearning",
-    ]
-
-
-def test_regional_tags_port_lists_and_any_source_are_understood() -> None:
-    rules = [
-        {
-            "name": "batch",
-            "priority": 200,
-            "direction": "Inbound",
-            "access": "Allow",
-            "protocol": "Tcp",
-            "sourceAddressPrefixes": ["BatchNodeManagement.WestEurope"],
-            "destinationPortRanges": ["29876", "29877"],
-        },
-        {
-            "name": "any44224",
-            "priority": 210,
-            "direction": "Inbound",
-            "access": "Allow",
-            "protocol": "*",
-            "sourceAddressPrefix": "*",
-            "destinationPortRange": "44000-44500",
-        },
-    ]
-    assert missing_nsg_rules(rules) == []
-
-
-def test_deny_from_the_subnet_cidr_blocks_ray_and_says_which_ports() -> None:
-    rules = [
-        *INFRA,
-        {
-            "name": "DenyRayDashboard",
-            "priority": 300,
-            "direction": "Inbound",
-            "access": "Deny",
-            "protocol": "Tcp",
-            "sourceAddressPrefix": "10.20.0.0/16",
-            "destinationPortRange": "8265",
-        },
-    ]
-    [problem] = missing_nsg_rules(rules, subnet_prefixes=["10.20.1.0/24"])
-    assert problem.startswith("inbound TCP 8265 from inside the VNet")
-    assert "'DenyRayDashboard' (priority 300)" in problem
-    # the same deny from an unrelated range does not touch the subnet's traffic
-    assert missing_nsg_rules(rules, subnet_prefixes=["192.168.0.0/24"]) == []
-
-
-def test_sdk_rule_objects_are_accepted() -> None:
-    from azure.mgmt.network.models import SecurityRule
-
-    rules = [
-        SecurityRule(
-            name=r["name"],
-            priority=r["priority"],
-            direction=r["direction"],
-            access=r["access"],
-            protocol=r["protocol"],
-            source_address_prefix=r["sourceAddressPrefix"],
-            destination_port_range=r["destinationPortRange"],
-        )
-        for r in INFRA
-    ]
-    assert missing_nsg_rules(rules) == []
-    assert len(missing_nsg_rules(rules[2:])) == 2
+# The evaluator itself: tests/azure/test_nsg.py.
 
 
 def test_ensure_compute_fails_on_a_missing_rule_and_caches_good_answers(
@@ -630,8 +486,8 @@ def test_ensure_compute_fails_on_a_missing_rule_and_caches_good_answers(
     b.ensure_compute(article())
     assert [c[0] for c in twin.calls].count("network_security_groups.get") == 1  # cached
     now[0] = 601.0
-    twin.nsg_rules = [r for r in twin.nsg_rules if r["name"] != "AllowAzureMachineLearning"]
-    with pytest.raises(ComputeError, match="44224 from service tag AzureMachineLearning"):
+    twin.nsg_rules = [r for r in twin.nsg_rules if r["name"] != "AllowStorage"]
+    with pytest.raises(ComputeError, match=r"outbound TCP 443 to service tag Storage\.<region>"):
         b.ensure_compute(article())
     warn = AzureMLRayBackend(
         settings=settings.model_copy(update={"azureml_nsg_check": "warn"}),

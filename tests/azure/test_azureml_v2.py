@@ -224,6 +224,16 @@ def test_vnet_in_another_resource_group_is_named_by_its_subnet_id(
     )
 
 
+def test_node_public_ip_follows_the_setting_the_nsg_check_uses(
+    settings: Settings, twin: MLClientTwin
+) -> None:
+    s = settings.model_copy(update={"azureml_node_public_ip": True})
+    AzureMLV2Backend(settings=s, ml_client=twin, runs=twin.runs).ensure_compute(seed())
+    head = twin.compute_entity("head-gpu")
+    head._set_full_subnet_name(SUB, "rlq-rg")
+    assert head._to_rest_object().as_dict()["properties"]["properties"]["enableNodePublicIp"] is True
+
+
 def test_restore_from_azureml_becomes_a_uri_folder_input(backend: AzureMLV2Backend) -> None:
     uri = "azureml://jobs/rlq-old-0123456789-head/outputs/checkpoints/paths/final"
     req = parse_request({**SEED, "restore_from": uri})

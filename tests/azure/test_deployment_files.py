@@ -418,21 +418,203 @@ def test_the_workspace_uses_the_declared_registry_with_the_admin_user_off() -> N
         assert "type: 'SystemAssigned'" in _block(aml, aml.index(f"resource {cluster}"))
 
 
+def _bicep_value(expr: str, env: dict[str, object]) -> object:
+    """A Bicep rule field's value: a string (``${name}`` filled from ``env``), a number, a name
+    from ``env``, or ``<number> + <name>``."""
+    expr = expr.strip()
+    if len(expr) >= 2 and expr[0] == expr[-1] == "'":
+        return re.sub(r"\$\{(\w+)\}", lambda m: str(env[m[1]]), expr[1:-1])
+    if expr.isdigit():
+        return int(expr)
+    if m := re.fullmatch(r"(\d+)\s*\+\s*(\w+)", expr):
+        return int(m[1]) + int(env[m[2]])  # type: ignore[call-overload]
+    return env[expr]
+
+
+def _bicep_rules(text: str, var: str, env: dict[str, object]) -> list[dict[str, object]]:
+    """The security rules of ``var <var> = [ {name: ..., properties: {...}} ... ]`` as ARM dicts."""
+    start = re.search(rf"(?m)^var\s+{var}\s*=\s*\[", text)
+    assert start, f"network.bicep has no var {var}"
+    body = text[start.end() : text.index("\n]", start.end())]
+    rules = []
+    for m in re.finditer(r"(?m)^\s+name:\s*(.+)$\s+properties:\s*", body):
+        props = _block(body, m.end())
+        fields = dict(re.findall(r"(?m)^\s+(\w+):\s*(.+?)\s*$", props[1:-1]))
+        rules.append(
+            {"name": _bicep_value(m[1], env), **{k: _bicep_value(v, env) for k, v in fields.items()}}
+        )
+    return rules
+
+
+def _aml_nsg(location: str = "westeurope") -> dict[str, list[dict[str, object]]]:
+    """network.bicep's aml NSG rules by the var that holds them; the outbound loop expanded."""
+    text = _bicep(INFRA / "modules" / "network.bicep")
+    env: dict[str, object] = {"location": location, "amlSubnetPrefix": "10.20.1.0/24"}
+    tags_at = re.search(r"(?m)^var\s+amlOutboundTags\s*=\s*\[", text)
+    assert tags_at
+    tags = [
+        _bicep_value(t, env)
+        for t in re.findall(r"(?m)^\s+('[^']+')\s*$", text[tags_at.end() : text.index("\n]", tags_at.end())])
+    ]
+    loop = re.search(
+        r"(?m)^var\s+amlOutbound443\s*=\s*\[for\s+\((\w+),\s*(\w+)\)\s+in\s+amlOutboundTags:", text
+    )
+    assert loop, "network.bicep: var amlOutbound443 = [for (tag, i) in amlOutboundTags: ...]"
+    template = text[loop.end() : text.index("}]", loop.end()) + 1]
+    name_expr = re.search(r"(?m)^\s+name:\s*(.+)$", template)[1]  # type: ignore[index]
+    assert name_expr == (
+        "'Allow${tag == 'AzureFrontDoor.FirstParty' ? 'AzureFrontDoorFirstParty' : split(tag, '.')[0]}'"
+    )
+    props = _block(template, template.index("properties:"))
+    fields = dict(re.findall(r"(?m)^\s+(\w+):\s*(.+?)\s*$", props[1:-1]))
+    outbound = []
+    for i, tag in enumerate(tags):
+        name = (
+            "AllowAzureFrontDoorFirstParty"
+            if tag == "AzureFrontDoor.FirstParty"
+            else f"Allow{str(tag).split('.')[0]}"
+        )
+        loop_env = {**env, loop[1]: tag, loop[2]: i}
+        outbound.append({"name": name, **{k: _bicep_value(v, loop_env) for k, v in fields.items()}})
+    nsg = _block(text, text.index("resource amlNsg"))
+    assert re.search(
+        r"securityRules:\s*concat\(\s*amlRules,\s*amlOutbound443,\s*nodePublicIp \? amlInboundPublicIp : \[\],"
+        r"\s*batchNodeManagementInbound \? amlInboundBatch : \[\]\s*\)",
+        nsg,
+    ), "the aml NSG is amlRules + amlOutbound443 (+ the optional inbound rules)"
+    return {
+        "amlRules": _bicep_rules(text, "amlRules", env),
+        "amlOutbound443": outbound,
+        "amlInboundPublicIp": _bicep_rules(text, "amlInboundPublicIp", env),
+        "amlInboundBatch": _bicep_rules(text, "amlInboundBatch", env),
+    }
+
+
+def test_the_aml_nsg_opens_what_the_current_azure_ml_guidance_needs() -> None:
+    """Evaluated with the same checker the backends run before each submit (nsg.py)."""
+    from shared.adapters.azureml.nsg import OUTBOUND_TAGS, missing_nsg_rules
+    from shared.adapters.azureml.twin import INFRA_NSG_RULES
+
+    nsg = _aml_nsg()
+    default = nsg["amlRules"] + nsg["amlOutbound443"]
+    subnet = ["10.20.1.0/24"]
+    # no-public-IP clusters (the default): complete, and nothing inbound but from the subnet itself
+    assert missing_nsg_rules(default, subnet_prefixes=subnet) == []
+    inbound_allows = [r for r in default if r["direction"] == "Inbound" and r["access"] == "Allow"]
+    assert [r["sourceAddressPrefix"] for r in inbound_allows] == ["10.20.1.0/24"]
+    assert [r["name"] for r in default if r["direction"] == "Outbound" and r["access"] == "Deny"] == [
+        "DenyInternetOutbound"
+    ]
+    # every outbound tag of the guidance is opened, and only those
+    opened = {str(r["destinationAddressPrefix"]) for r in nsg["amlOutbound443"]}
+    assert {next(t for t in OUTBOUND_TAGS if o == t or o.startswith(t + ".")) for o in opened} == set(
+        OUTBOUND_TAGS
+    )
+    assert len(opened) == len(OUTBOUND_TAGS)
+    # the optional rules: clusters with public IPs, and the seed's BatchNodeManagement rule
+    assert missing_nsg_rules(default, subnet_prefixes=subnet, node_public_ip=True) != []
+    assert (
+        missing_nsg_rules(default + nsg["amlInboundPublicIp"], subnet_prefixes=subnet, node_public_ip=True)
+        == []
+    )
+    assert missing_nsg_rules(default, subnet_prefixes=subnet, batch_node_inbound=True) != []
+    assert (
+        missing_nsg_rules(default + nsg["amlInboundBatch"], subnet_prefixes=subnet, batch_node_inbound=True)
+        == []
+    )
+
+    # the Azure ML twin's NSG is the template's default one
+    def key(r: dict) -> tuple:
+        g = lambda f: r.get(f, r.get(re.sub(r"_(\w)", lambda m: m[1].upper(), f)))  # noqa: E731 - local reader
+        return tuple(
+            str(g(f))
+            for f in (
+                "name",
+                "priority",
+                "direction",
+                "access",
+                "protocol",
+                "source_address_prefix",
+                "destination_address_prefix",
+                "destination_port_range",
+            )
+        )
+
+    twin = sorted(key(r) for r in INFRA_NSG_RULES)
+    template = sorted(key(r) for r in default)
+    assert twin == template
+
+
+def test_the_default_clusters_have_no_public_ip_and_a_workspace_endpoint() -> None:
+    aml = _bicep(INFRA / "modules" / "aml.bicep")
+    assert _params(aml)["nodePublicIp"] is True  # has a default ...
+    assert re.search(r"(?m)^param\s+nodePublicIp\s+bool\s*=\s*false\s*$", aml)  # ... and it is false
+    for cluster in ("headCluster", "workerCluster"):
+        body = _block(aml, aml.index(f"resource {cluster}"))
+        assert re.search(r"(?m)^\s+enableNodePublicIp:\s*nodePublicIp\s*$", body), cluster
+        assert re.search(r"dependsOn:\s*\[\s*workspaceEndpoint\s*\]", body), cluster
+    assert re.search(
+        r"(?m)^module\s+workspaceEndpoint\s+'workspace-endpoint\.bicep'\s*=\s*if\s*\(!nodePublicIp\)", aml
+    )
+    endpoint = _bicep(INFRA / "modules" / "workspace-endpoint.bicep")
+    assert "'amlworkspace'" in endpoint
+    assert {"privatelink.api.azureml.ms", "privatelink.notebooks.azure.net"} <= set(
+        re.findall(r"'(privatelink\.[\w.]+)'", endpoint)
+    )
+    network = _bicep(INFRA / "modules" / "network.bicep")
+    subnet = _block(network, network.index("name: 'aml'"))
+    assert "defaultOutboundAccess: false" in subnet and "natGateway:" in subnet
+    main = _bicep(INFRA / "main.bicep")
+    assert re.search(r"(?m)^param\s+amlNodePublicIp\s+bool\s*=\s*false\s*$", main)
+    assert re.search(r"(?m)^param\s+amlBatchNodeManagementInbound\s+bool\s*=\s*false\s*$", main)
+    mods = _modules(main)
+    assert mods["network"][1]["nodePublicIp"] == mods["aml"][1]["nodePublicIp"] == "amlNodePublicIp"
+    assert mods["network"][1]["batchNodeManagementInbound"] == "amlBatchNodeManagementInbound"
+    # the NSG check is told the same
+    settings = _app_settings()
+    assert settings["RLQ_AZUREML_NODE_PUBLIC_IP"] == "string(amlNodePublicIp)"
+    assert settings["RLQ_AZUREML_NSG_BATCH_INBOUND"] == "string(amlBatchNodeManagementInbound)"
+
+
+def test_cluster_creation_gets_read_on_the_vnet_and_join_on_the_subnet() -> None:
+    """Creating a cluster in a VNet needs Microsoft.Network/*/read on the VNet and
+    subnets/join/action on the subnet (Azure ML, how-to-secure-training-vnet, prerequisites)."""
+    text = _bicep(INFRA / "modules" / "roles.bicep")
+    conditions = {
+        m[1]: (m[2] or "").strip()
+        for m in re.finditer(
+            r"(?m)^resource\s+(\w+)\s+'Microsoft\.Authorization/roleAssignments@[\w-]+'\s*=\s*(if\s*\([^)]*\))?",
+            text,
+        )
+    }
+    _, assignments = _role_assignments()
+    by = {(a["principal"], a["id"], a["scope"]): a["name"] for a in assignments}
+    vnet_read = by.get(("principalId", BUILT_IN_ROLES["Reader"], "vnet"))
+    subnet_join = by.get(("principalId", BUILT_IN_ROLES["Network Contributor"], "amlSubnet"))
+    operator = by.get(("principalId", BUILT_IN_ROLES["AzureML Compute Operator"], "workspace"))
+    assert vnet_read and subnet_join and operator
+    assert conditions[subnet_join] == conditions[operator] == "if (allowClusterCreation)"
+    # read on the VNet whenever clusters may be created (and for the NSG check anyway)
+    assert conditions[vnet_read] in ("", "if (allowClusterCreation)")
+
+
 def test_every_nsg_rule_is_in_the_docs() -> None:
     text = _bicep(INFRA / "modules" / "network.bicep")
     rows = _doc_table("### Network rules")
     assert rows and all("https://" in r[-1] for r in rows), "every network rule names its source"
     aml_rows = [" ".join(r) for r in rows if "NSG of `aml`" in r[0]]
-    nsg = _block(text, text.index("resource amlNsg"))
-    rules = re.findall(r"(?s)name:\s*'(\w+)'\s*properties:\s*(\{.*?\n\s{8}\})", nsg)
-    assert len(rules) >= 3
-    for name, body in rules:
-        fields = dict(re.findall(r"(?m)^\s+(\w+):\s*'?([^'\n]+?)'?\s*$", body))
-        if fields["access"] == "Deny":
-            assert any(f"`{fields['sourceAddressPrefix']}`: deny" in r for r in aml_rows), name
-        elif fields["destinationPortRange"] == "*":
-            assert fields["sourceAddressPrefix"] == "amlSubnetPrefix", name
-            assert any("from the `aml` subnet" in r for r in aml_rows), name
+    rules = [r for group in _aml_nsg(location="<region>").values() for r in group]
+    assert len(rules) >= 12
+    for rule in rules:
+        name, direction = rule["name"], str(rule["direction"]).lower()
+        peer = rule["sourceAddressPrefix"] if direction == "inbound" else rule["destinationAddressPrefix"]
+        ours = [r for r in aml_rows if direction in r]
+        if rule["access"] == "Deny":
+            assert any(f"`{peer}`: deny" in r for r in ours), name
+        elif rule["destinationPortRange"] == "*":
+            assert rule["sourceAddressPrefix"] == "10.20.1.0/24", name
+            assert any("from the `aml` subnet" in r for r in ours), name
         else:
-            wanted = (f"`{fields['destinationPortRange']}`", f"`{fields['sourceAddressPrefix']}`")
-            assert any(all(w in r for w in wanted) for r in aml_rows), f"{name}: {wanted} not in docs"
+            wanted = (f"`{rule['destinationPortRange']}`", f"`{peer}`", str(rule["protocol"]).upper())
+            assert any(all(w in r for w in wanted) for r in ours), f"{name}: {wanted} not in docs"
+    assert "functionsNsg" in text

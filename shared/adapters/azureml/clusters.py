@@ -147,6 +147,9 @@ class _NsgCache:
 class NsgGuard:
     """Checks the subnet's NSG for what Azure ML and Ray need (``RLQ_AZUREML_NSG_CHECK``), cached.
 
+    The flows follow ``RLQ_AZUREML_NODE_PUBLIC_IP`` and ``RLQ_AZUREML_NSG_BATCH_INBOUND``
+    (:func:`~shared.adapters.azureml.nsg.required_flows`).
+
     ``network_factory`` returns an ``azure-mgmt-network`` client (or the twin's); a read that fails
     for any reason but a missing subnet skips the advisory check.
     """
@@ -206,7 +209,12 @@ class NsgGuard:
                 getattr(sn, "address_prefix", None),
                 *list(getattr(sn, "address_prefixes", None) or []),
             ]
-            return missing_nsg_rules(rules, subnet_prefixes=[p for p in prefixes if p])
+            return missing_nsg_rules(
+                rules,
+                subnet_prefixes=[p for p in prefixes if p],
+                node_public_ip=self.settings.azureml_node_public_ip,
+                batch_node_inbound=self.settings.azureml_nsg_batch_inbound,
+            )
         except Exception as err:  # any failure but a missing subnet only skips an advisory check
             if type(err).__name__ == "ResourceNotFoundError":
                 raise ComputeError(

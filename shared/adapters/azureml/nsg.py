@@ -1,4 +1,4 @@
-"""Does a subnet's network security group let Azure ML and Ray reach the cluster nodes? (pure)
+"""Does a subnet's network security group let Azure ML and Ray work on the cluster nodes? (pure)
 
 Knows ARM's rule model (dicts in ARM JSON, camelCase or snake_case, or SDK ``SecurityRule``
 objects) and Azure's NSG semantics; nothing of any Azure ML SDK.
@@ -14,27 +14,80 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class InboundNeed:
+class Flow:
+    """One flow the cluster nodes need: inbound from ``peer`` or outbound to ``peer``."""
+
     what: str
-    source: str  # a service tag, or "VirtualNetwork" for traffic inside the VNet
+    direction: str  # "Inbound" or "Outbound"
+    peer: str  # a service tag, or "VirtualNetwork" for traffic inside the VNet
     ports: tuple[int, ...]
     port_text: str
+    protocol: str = "Tcp"
+    regional: bool = False  # the guidance names the regional tag (``Storage.<region>``)
 
 
-INBOUND_NEEDS = (
-    InboundNeed("Azure ML node management (Batch)", "BatchNodeManagement", (29876, 29877), "29876-29877"),
-    InboundNeed("Azure ML service", "AzureMachineLearning", (44224,), "44224"),
-    # GCS, dashboard, client server, first and last default worker ports
-    InboundNeed(
-        "Ray between head and workers",
-        "VirtualNetwork",
-        (6379, 8265, 10001, 10002, 19999),
-        "6379, 8265, 10001, 10002-19999",
+# GCS, dashboard, client server, first and last default worker ports
+_RAY_PORTS = (6379, 8265, 10001, 10002, 19999)
+_RAY_PORT_TEXT = "6379, 8265, 10001, 10002-19999"
+
+# Outbound service tags of Azure ML's current VNet guidance for compute clusters, all on TCP 443:
+# how-to-secure-training-vnet ("Compute instance/cluster or serverless with no public IP", the same
+# list for clusters with a public IP) and how-to-access-azureml-behind-firewall ("Outbound traffic",
+# "Recommended configuration for training and deploying models"). Tag -> (purpose, regional).
+OUTBOUND_TAGS: dict[str, tuple[str, bool]] = {
+    "AzureMachineLearning": ("Azure ML service", False),
+    "BatchNodeManagement": ("Azure Batch, which runs the cluster nodes", True),
+    "Storage": ("Azure Storage of the Batch pool and the workspace", True),
+    "AzureActiveDirectory": ("Microsoft Entra ID tokens", False),
+    "AzureResourceManager": ("Azure Resource Manager", False),
+    "MicrosoftContainerRegistry": ("the Microsoft base image", True),
+    "AzureFrontDoor.FirstParty": ("the Microsoft base image's layers", False),
+    "AzureContainerRegistry": ("the workspace registry's environment image (public endpoint)", True),
+    "AzureKeyVault": ("the workspace Key Vault (the Ray token)", True),
+    "AzureMonitor": ("Azure Monitor logs and metrics", False),
+}
+
+RAY_INBOUND = Flow("Ray between head and workers", "Inbound", "VirtualNetwork", _RAY_PORTS, _RAY_PORT_TEXT)
+RAY_OUTBOUND = Flow("Ray between head and workers", "Outbound", "VirtualNetwork", _RAY_PORTS, _RAY_PORT_TEXT)
+AML_INBOUND = Flow(
+    "Azure ML service, clusters with a public IP", "Inbound", "AzureMachineLearning", (44224,), "44224"
+)
+BATCH_INBOUND = Flow(
+    "the seed's Azure ML node management rule, RLQ_AZUREML_NSG_BATCH_INBOUND",
+    "Inbound",
+    "BatchNodeManagement",
+    (29876, 29877),
+    "29876-29877",
+)
+OUTBOUND = (
+    *(
+        Flow(what, "Outbound", tag, (443,), "443", regional=regional)
+        for tag, (what, regional) in OUTBOUND_TAGS.items()
     ),
+    Flow(
+        "Azure ML service (node management)",
+        "Outbound",
+        "AzureMachineLearning",
+        (5831,),
+        "5831",
+        protocol="Udp",
+    ),
+    RAY_OUTBOUND,
 )
 
+
+def required_flows(*, node_public_ip: bool = False, batch_node_inbound: bool = False) -> tuple[Flow, ...]:
+    """The flows the NSG must allow. Clusters without a public IP (``enableNodePublicIp: false``) need
+    no inbound rule but Ray's inside the VNet; with a public IP, Azure ML reaches the nodes on TCP
+    44224. ``batch_node_inbound`` adds the seed's rule (TCP 29876-29877 from ``BatchNodeManagement``,
+    the older guidance) for deployments that still rely on it."""
+    inbound = [*([AML_INBOUND] if node_public_ip else []), *([BATCH_INBOUND] if batch_node_inbound else [])]
+    return (*inbound, RAY_INBOUND, *OUTBOUND)
+
+
 # Azure adds these to every NSG; a rule list without them is completed with them.
-DEFAULT_INBOUND = (
+# https://learn.microsoft.com/azure/virtual-network/network-security-groups-overview#default-security-rules
+DEFAULT_RULES = (
     {
         "name": "AllowVnetInBound",
         "priority": 65000,
@@ -42,6 +95,7 @@ DEFAULT_INBOUND = (
         "access": "Allow",
         "protocol": "*",
         "source_address_prefix": "VirtualNetwork",
+        "destination_address_prefix": "VirtualNetwork",
         "destination_port_range": "*",
     },
     {
@@ -51,6 +105,7 @@ DEFAULT_INBOUND = (
         "access": "Allow",
         "protocol": "*",
         "source_address_prefix": "AzureLoadBalancer",
+        "destination_address_prefix": "*",
         "destination_port_range": "*",
     },
     {
@@ -60,9 +115,43 @@ DEFAULT_INBOUND = (
         "access": "Deny",
         "protocol": "*",
         "source_address_prefix": "*",
+        "destination_address_prefix": "*",
+        "destination_port_range": "*",
+    },
+    {
+        "name": "AllowVnetOutBound",
+        "priority": 65000,
+        "direction": "Outbound",
+        "access": "Allow",
+        "protocol": "*",
+        "source_address_prefix": "VirtualNetwork",
+        "destination_address_prefix": "VirtualNetwork",
+        "destination_port_range": "*",
+    },
+    {
+        "name": "AllowInternetOutBound",
+        "priority": 65001,
+        "direction": "Outbound",
+        "access": "Allow",
+        "protocol": "*",
+        "source_address_prefix": "*",
+        "destination_address_prefix": "Internet",
+        "destination_port_range": "*",
+    },
+    {
+        "name": "DenyAllOutBound",
+        "priority": 65500,
+        "direction": "Outbound",
+        "access": "Deny",
+        "protocol": "*",
+        "source_address_prefix": "*",
+        "destination_address_prefix": "*",
         "destination_port_range": "*",
     },
 )
+
+
+_DEFAULT_PRIORITY = 65000  # the default rules' priorities start here; custom rules end at 4096
 
 
 @dataclass(frozen=True)
@@ -73,7 +162,15 @@ class _Rule:
     access: str
     protocol: str
     sources: tuple[str, ...]
+    destinations: tuple[str, ...]
     ports: tuple[str, ...]
+
+    def peers(self, flow: Flow) -> tuple[str, ...]:
+        """The prefixes on the far side of ``flow`` (the source inbound, the destination outbound)."""
+        return self.sources if flow.direction == "Inbound" else self.destinations
+
+    def locals(self, flow: Flow) -> tuple[str, ...]:
+        return self.destinations if flow.direction == "Inbound" else self.sources
 
 
 def _field(rule: Any, snake: str) -> Any:
@@ -90,8 +187,12 @@ def _field(rule: Any, snake: str) -> Any:
     return getattr(rule, snake, None)
 
 
+def _prefixes(rule: Any, single: str) -> tuple[str, ...]:
+    values = [_field(rule, single), *list(_field(rule, single + "es") or [])]
+    return tuple(str(v) for v in values if v) or ("*",)  # no prefix given: any
+
+
 def _normalize(rule: Any) -> _Rule:
-    sources = [_field(rule, "source_address_prefix"), *list(_field(rule, "source_address_prefixes") or [])]
     ports = [_field(rule, "destination_port_range"), *list(_field(rule, "destination_port_ranges") or [])]
     return _Rule(
         name=str(_field(rule, "name") or "?"),
@@ -99,7 +200,8 @@ def _normalize(rule: Any) -> _Rule:
         direction=str(_field(rule, "direction") or ""),
         access=str(_field(rule, "access") or ""),
         protocol=str(_field(rule, "protocol") or "*"),
-        sources=tuple(str(s) for s in sources if s),
+        sources=_prefixes(rule, "source_address_prefix"),
+        destinations=_prefixes(rule, "destination_address_prefix"),
         ports=tuple(str(p) for p in ports if p),
     )
 
@@ -114,95 +216,118 @@ def _port_matches(spec: str, port: int) -> bool:
     return spec.isdigit() and int(spec) == port
 
 
-def _source_matches(prefix: str, source: str, subnet_prefixes: tuple[str, ...]) -> bool:
+def _overlaps_subnet(prefix: str, subnet_prefixes: tuple[str, ...]) -> bool | None:
+    """Whether a CIDR overlaps the subnet; None when ``prefix`` is not a CIDR."""
+    try:
+        net = ipaddress.ip_network(prefix, strict=False)
+    except ValueError:
+        return None
+    return any(net.overlaps(ipaddress.ip_network(s, strict=False)) for s in subnet_prefixes if s)
+
+
+def _peer_matches(prefix: str, peer: str, subnet_prefixes: tuple[str, ...]) -> bool:
     p = prefix.strip()
     if p in ("*", "Any", "0.0.0.0/0"):
         return True
-    if source == "VirtualNetwork":
-        if p == "VirtualNetwork":
-            return True
-        try:
-            net = ipaddress.ip_network(p, strict=False)
-        except ValueError:
-            return False
-        return any(net.overlaps(ipaddress.ip_network(s, strict=False)) for s in subnet_prefixes if s)
-    # an Azure service's public addresses: its tag (optionally regional) or the Internet tag
-    return p == source or p.startswith(source + ".") or p == "Internet"
+    if peer == "VirtualNetwork":
+        return p == "VirtualNetwork" or bool(_overlaps_subnet(p, subnet_prefixes))
+    # an Azure service's public addresses: its tag (optionally regional) or the Internet tag; rules
+    # naming specific public CIDRs are not assumed to cover a service tag
+    return p.lower() == peer.lower() or p.lower().startswith(peer.lower() + ".") or p == "Internet"
 
 
-def _first_match(
-    rules: list[_Rule], need: InboundNeed, port: int, subnet_prefixes: tuple[str, ...]
-) -> _Rule | None:
+def _local_matches(prefix: str, subnet_prefixes: tuple[str, ...]) -> bool:
+    """Does a rule's own side (destination inbound, source outbound) cover the cluster's subnet?"""
+    p = prefix.strip()
+    if p in ("*", "Any", "0.0.0.0/0", "VirtualNetwork"):
+        return True
+    overlaps = _overlaps_subnet(p, subnet_prefixes)
+    if overlaps is None:
+        return False  # a service tag or Internet: not the subnet's own addresses
+    return overlaps or not subnet_prefixes  # subnet unknown: a CIDR is taken to cover it
+
+
+def _first_match(rules: list[_Rule], flow: Flow, port: int, subnet_prefixes: tuple[str, ...]) -> _Rule | None:
     for rule in rules:
-        if rule.direction.lower() != "inbound" or rule.protocol.lower() not in ("*", "tcp"):
+        if rule.direction.lower() != flow.direction.lower():
             continue
-        if any(_port_matches(p, port) for p in rule.ports) and any(
-            _source_matches(s, need.source, subnet_prefixes) for s in rule.sources
+        if rule.protocol.lower() not in ("*", "any", flow.protocol.lower()):
+            continue
+        if (
+            any(_port_matches(p, port) for p in rule.ports)
+            and any(_peer_matches(s, flow.peer, subnet_prefixes) for s in rule.peers(flow))
+            and any(_local_matches(s, subnet_prefixes) for s in rule.locals(flow))
         ):
             return rule
     return None
 
 
-def missing_nsg_rules(nsg_rules: Iterable[Any], *, subnet_prefixes: Iterable[str] = ()) -> list[str]:
-    """What the NSG lacks for Azure ML and Ray to reach the cluster nodes; empty when nothing.
+def missing_nsg_rules(
+    nsg_rules: Iterable[Any],
+    *,
+    subnet_prefixes: Iterable[str] = (),
+    node_public_ip: bool = False,
+    batch_node_inbound: bool = False,
+) -> list[str]:
+    """What the NSG lacks for Azure ML and Ray to work on the cluster nodes; empty when nothing.
 
     ``nsg_rules`` are the NSG's security rules as dicts (ARM JSON, camelCase or snake_case) or SDK
     ``SecurityRule`` objects; Azure's default rules are added when absent. NSG semantics: for each
-    flow the rule with the lowest priority number that matches decides. Checked flows (inbound,
-    TCP): 29876-29877 from ``BatchNodeManagement``, 44224 from ``AzureMachineLearning``, and Ray's
-    ports from inside the VNet. Rules naming specific public CIDRs are not assumed to cover a
-    service tag.
+    flow the rule with the lowest priority number that matches decides. The checked flows are
+    :func:`required_flows` (current Azure ML guidance; no inbound rule for clusters without a public
+    IP; ``batch_node_inbound``: also the seed's BatchNodeManagement rule).
     """
     rules = [_normalize(r) for r in nsg_rules]
     names = {r.name for r in rules}
-    rules += [_normalize(d) for d in DEFAULT_INBOUND if d["name"] not in names]
+    rules += [_normalize(d) for d in DEFAULT_RULES if d["name"] not in names]
     rules.sort(key=lambda r: r.priority)
     prefixes = tuple(subnet_prefixes)
     problems: list[str] = []
-    for need in INBOUND_NEEDS:
+    for flow in required_flows(node_public_ip=node_public_ip, batch_node_inbound=batch_node_inbound):
         blockers: dict[str, tuple[_Rule | None, list[int]]] = {}
-        for port in need.ports:
-            decided = _first_match(rules, need, port, prefixes)
+        for port in flow.ports:
+            decided = _first_match(rules, flow, port, prefixes)
             if decided is None or decided.access.lower() != "allow":
                 key = decided.name if decided else "-"
                 blockers.setdefault(key, (decided, []))[1].append(port)
         for rule, ports in blockers.values():
-            problems.append(_explain(need, rule, ports, rules, prefixes))
+            problems.append(_explain(flow, rule, ports, rules, prefixes))
     return problems
 
 
 def _explain(
-    need: InboundNeed, rule: _Rule | None, ports: list[int], rules: list[_Rule], prefixes: tuple[str, ...]
+    flow: Flow, rule: _Rule | None, ports: list[int], rules: list[_Rule], prefixes: tuple[str, ...]
 ) -> str:
-    port_text = need.port_text if len(ports) == len(need.ports) else ", ".join(str(p) for p in ports)
-    src = (
-        "inside the VNet (VirtualNetwork)"
-        if need.source == "VirtualNetwork"
-        else f"service tag {need.source}"
-    )
-    flow = f"inbound TCP {port_text} from {src} ({need.what})"
+    port_text = flow.port_text if len(ports) == len(flow.ports) else ", ".join(str(p) for p in ports)
+    tag = f"{flow.peer}.<region>" if flow.regional else flow.peer
+    peer = "inside the VNet (VirtualNetwork)" if flow.peer == "VirtualNetwork" else f"service tag {tag}"
+    inbound = flow.direction == "Inbound"
+    way = "inbound" if inbound else "outbound"
+    proto = flow.protocol.upper()
+    text = f"{way} {proto} {port_text} {'from' if inbound else 'to'} {peer} ({flow.what})"
     if rule is None:
-        return f"{flow}: no rule decides it; add an inbound Allow rule"
+        return f"{text}: no rule decides it; add an {way} Allow rule"
     late_allow = next(
         (
             r
             for r in rules
             if r.priority > rule.priority
+            and r.priority < _DEFAULT_PRIORITY  # Azure's defaults cannot be moved
             and r.access.lower() == "allow"
-            and all(_first_match([r], need, p, prefixes) for p in ports)
+            and all(_first_match([r], flow, p, prefixes) for p in ports)
         ),
         None,
     )
     if late_allow is not None:
         return (
-            f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}) before the allow rule "
+            f"{text} is denied by rule {rule.name!r} (priority {rule.priority}) before the allow rule "
             f"{late_allow.name!r} (priority {late_allow.priority}); give the allow rule a priority "
             f"number below {rule.priority}"
         )
-    source = "VirtualNetwork" if need.source == "VirtualNetwork" else need.source
+    side = "source" if inbound else "destination"
     return (
-        f"{flow} is denied by rule {rule.name!r} (priority {rule.priority}); add an inbound Allow rule: "
-        f"source {source}, protocol TCP, destination ports {port_text}, priority below {rule.priority}"
+        f"{text} is denied by rule {rule.name!r} (priority {rule.priority}); add an {way} Allow rule: "
+        f"{side} {tag}, protocol {proto}, destination ports {port_text}, priority below {rule.priority}"
     )
 
 

@@ -120,44 +120,68 @@ class _Ref:
     id: str
 
 
-# What infra/main.bicep puts on the aml subnet.
+# What infra/modules/network.bicep puts on the aml subnet by default (clusters without public IPs,
+# region westeurope); tests/azure/test_deployment_files.py compares the two.
+_AML_SUBNET = "10.20.1.0/24"
+
+
+def _rule(
+    name: str, priority: int, direction: str, access: str, protocol: str, src: str, dst: str, port: str
+):
+    return {
+        "name": name,
+        "priority": priority,
+        "direction": direction,
+        "access": access,
+        "protocol": protocol,
+        "source_address_prefix": src,
+        "destination_address_prefix": dst,
+        "destination_port_range": port,
+    }
+
+
+_OUTBOUND_443 = [
+    "AzureMachineLearning",
+    "BatchNodeManagement.westeurope",
+    "Storage.westeurope",
+    "AzureActiveDirectory",
+    "AzureResourceManager",
+    "MicrosoftContainerRegistry.westeurope",
+    "AzureFrontDoor.FirstParty",
+    "AzureContainerRegistry.westeurope",
+    "AzureKeyVault.westeurope",
+    "AzureMonitor",
+]
+
 INFRA_NSG_RULES = [
-    {
-        "name": "AllowBatchNodeManagement",
-        "priority": 100,
-        "direction": "Inbound",
-        "access": "Allow",
-        "protocol": "Tcp",
-        "source_address_prefix": "BatchNodeManagement",
-        "destination_port_range": "29876-29877",
-    },
-    {
-        "name": "AllowAzureMachineLearning",
-        "priority": 110,
-        "direction": "Inbound",
-        "access": "Allow",
-        "protocol": "Tcp",
-        "source_address_prefix": "AzureMachineLearning",
-        "destination_port_range": "44224",
-    },
-    {
-        "name": "AllowRayInsideVnet",
-        "priority": 120,
-        "direction": "Inbound",
-        "access": "Allow",
-        "protocol": "*",
-        "source_address_prefix": "VirtualNetwork",
-        "destination_port_range": "*",
-    },
-    {
-        "name": "DenyInternetInbound",
-        "priority": 4000,
-        "direction": "Inbound",
-        "access": "Deny",
-        "protocol": "*",
-        "source_address_prefix": "Internet",
-        "destination_port_range": "*",
-    },
+    _rule("AllowRayWithinSubnet", 120, "Inbound", "Allow", "*", _AML_SUBNET, _AML_SUBNET, "*"),
+    _rule("DenyInternetInbound", 4000, "Inbound", "Deny", "*", "Internet", "*", "*"),
+    _rule(
+        "AllowAzureMachineLearningUdp",
+        199,
+        "Outbound",
+        "Allow",
+        "Udp",
+        _AML_SUBNET,
+        "AzureMachineLearning",
+        "5831",
+    ),
+    _rule("DenyInternetOutbound", 4000, "Outbound", "Deny", "*", "*", "Internet", "*"),
+    *(
+        _rule(
+            "AllowAzureFrontDoorFirstParty"
+            if tag == "AzureFrontDoor.FirstParty"
+            else f"Allow{tag.split('.')[0]}",
+            200 + i,
+            "Outbound",
+            "Allow",
+            "Tcp",
+            _AML_SUBNET,
+            tag,
+            "443",
+        )
+        for i, tag in enumerate(_OUTBOUND_443)
+    ),
 ]
 
 

@@ -338,7 +338,7 @@ class AzureMLV2Backend:
     def build_compute(
         self, *, name: str, vm_size: str, min_nodes: int, max_nodes: int, clusters: Clusters
     ) -> Any:
-        """The ``AmlCompute`` entity for a missing cluster (no public IPs, SSH off, in the VNet)."""
+        """The ``AmlCompute`` entity for a missing cluster (no public IPs by default, SSH off, in the VNet)."""
         from azure.ai.ml.entities import (
             AmlCompute,
             IdentityConfiguration,
@@ -383,7 +383,8 @@ class AzureMLV2Backend:
                 network_settings=network,
                 identity=identity,
                 ssh_public_access_enabled=False,
-                enable_node_public_ip=not clusters.vnet,  # no public IPs inside the VNet
+                # inside the VNet: none unless RLQ_AZUREML_NODE_PUBLIC_IP (what the NSG check assumes)
+                enable_node_public_ip=s.azureml_node_public_ip if clusters.vnet else True,
                 tags={"managed-by": "rlq"},
             )
 
