@@ -139,8 +139,8 @@ def test_seed_head_job_serialised_by_the_sdk(backend: AzureMLV2Backend) -> None:
     assert env["RLQ_IDENTITY_CLIENT_ID"] == "aaaaaaaa-0000-0000-0000-000000000001"
     argv = json.loads(env["RLQ_TRAINER_ARGV"])
     config = json.loads(argv[argv.index("--config") + 1])
-    # as the seed: every CPU (4 on the T4 head + 4 x 4 on the workers) minus one; the head's one GPU
-    assert config == {"num_gpus": 1, "num_workers": 19}
+    # EnvRunners on the workers' vCPUs (4 x 4; they are placed there), the head's one GPU
+    assert config == {"num_gpus": 1, "num_env_runners": 16}
     assert argv[argv.index("--ray-address") + 1] == "localhost:6379"
     assert argv[argv.index("--output-dir") + 1] == "outputs"
     # the code snapshot is trainer/ alone; the image is the GPU base + trainer/requirements.txt
@@ -162,7 +162,7 @@ def test_trainer_parses_the_argv_the_head_job_carries(backend: AzureMLV2Backend,
     monkeypatch.setenv("RLQ_TRAINER_ARGV", env["RLQ_TRAINER_ARGV"])
     args = train.parse_args(["--argv-from-env", "RLQ_TRAINER_ARGV"])
     assert (args.run, args.env) == ("IMPALA", "PongNoFrameskip-v4")
-    assert json.loads(args.config) == {"num_gpus": 1, "num_workers": 19}
+    assert json.loads(args.config) == {"num_gpus": 1, "num_env_runners": 16}
 
 
 def test_seed_worker_job_serialised_by_the_sdk(backend: AzureMLV2Backend) -> None:

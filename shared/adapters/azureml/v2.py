@@ -389,11 +389,17 @@ class AzureMLV2Backend:
             )
 
     def job_argv(self, request: TrainingRequest, clusters: Clusters | None = None) -> list[str]:
-        """The trainer's argv: the seed's worker count (all CPUs minus one), the head's GPUs, placement."""
+        """The trainer's argv: EnvRunners on the workers' vCPUs, the head's GPUs (the seed's defaults).
+
+        With worker nodes, the EnvRunners are placed on them only (``trainer/bootstrap.py`` and the
+        trainer's placement), so their default number is the workers' vCPUs: the seed's "all vCPUs
+        minus one" would ask for runners no worker can take. Without workers, the seed's rule.
+        """
         c = clusters or self.clusters(request)
-        config = trainer_args.seed_cluster_config(
-            request.config, total_cpus=c.total_cpus, head_gpus=c.head_gpus
-        )
+        config = dict(request.config)
+        if c.workers.node_count > 0 and not {"num_workers", "num_env_runners"} & config.keys():
+            config["num_env_runners"] = c.workers.node_count * VM_SIZES[c.workers.vm_size.upper()].cpus
+        config = trainer_args.seed_cluster_config(config, total_cpus=c.total_cpus, head_gpus=c.head_gpus)
         return trainer_args.build_argv(
             request,
             output_dir="outputs",
