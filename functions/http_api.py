@@ -105,4 +105,13 @@ def reward_png(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    return _json({"status": "ok"})
+    """Ready means ready: the run store writes, the queue takes messages, the compute answers;
+    503 naming what is not."""
+    readiness = wiring().service.readiness()
+    return _json(
+        {
+            "status": "ok" if readiness.ready else "unavailable",
+            "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in readiness.checks},
+        },
+        200 if readiness.ready else 503,
+    )

@@ -107,6 +107,15 @@ class Notifier(Protocol):
 
 
 @runtime_checkable
+class ReadinessProbe(Protocol):
+    """A dependency that can say whether it is ready for work (``/api/health``): ``check()``
+    returns what it checked, in a few words, and raises when the dependency is not ready (the
+    run store cannot write, the queue cannot be reached, the compute does not answer)."""
+
+    def check(self) -> str: ...
+
+
+@runtime_checkable
 class Rejecter(Protocol):
     """Keeps a request that can never run where a person finds it, with the reason.
 

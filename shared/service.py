@@ -41,7 +41,16 @@ from shared.models import (
     parse_request,
     utcnow,
 )
-from shared.ports import ComputeBackend, JobStatus, Notifier, Publisher, Rejecter, RequestSender, RunStore
+from shared.ports import (
+    ComputeBackend,
+    JobStatus,
+    Notifier,
+    Publisher,
+    ReadinessProbe,
+    Rejecter,
+    RequestSender,
+    RunStore,
+)
 from shared.settings import Settings
 from shared.urlguard import check_request_urls
 
@@ -63,6 +72,26 @@ class TickReport:
     errors: list[str] = field(default_factory=list)
     skipped: int = 0
     wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One dependency's readiness: ``ok`` None when the dependency has no check of its own."""
+
+    name: str
+    ok: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether this instance can take work now (``/api/health``): every check that ran passed."""
+
+    checks: list[Check]
+
+    @property
+    def ready(self) -> bool:
+        return all(c.ok is not False for c in self.checks)
 
 
 def env_faults() -> Callable[[str], None] | None:
@@ -832,6 +861,22 @@ class TrainingService:
             except TransientError as err:
                 log.warning("cancel of %s will be retried by the poller: %s", request_id, err)
         return record
+
+    def readiness(self) -> Readiness:
+        """The run store takes a write, the queue takes messages, each compute backend answers:
+        each checked now, once, without retries (a check that fails is reported, not raised)."""
+        deps: list[tuple[str, object]] = [("store", self.store), ("queue", self.sender)]
+        deps += [(f"compute:{name}", backend) for name, backend in self.compute.items()]
+        checks = []
+        for name, dep in deps:
+            if not isinstance(dep, ReadinessProbe):
+                checks.append(Check(name, None, "no readiness check"))
+                continue
+            try:
+                checks.append(Check(name, True, dep.check()))
+            except Exception as err:  # noqa: BLE001 - any failure means not ready: reported, not raised
+                checks.append(Check(name, False, f"{type(err).__name__}: {' '.join(str(err).split())}"[:500]))
+        return Readiness(checks)
 
     def get(self, request_id: str) -> RunRecord:
         record = self.store.get(request_id)

@@ -185,6 +185,14 @@ class Connections:
                 if conn.in_transaction:
                     conn.rollback()
 
+    def check_writable(self) -> None:
+        """Write to the file (its header's user_version, rewritten as it is) and commit: raises
+        TransientError when the file cannot be written (read-only, disk full, descriptors out),
+        DamagedDatabase when it is damaged."""
+        with self.tx() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute(f"PRAGMA user_version={version}")
+
     def close(self) -> None:
         """Close every connection still open, whichever thread holds it."""
         with self._guard:

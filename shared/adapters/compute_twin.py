@@ -62,6 +62,12 @@ class ComputeTwin:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
 
+    def check(self) -> str:
+        """:class:`shared.ports.ReadinessProbe`: the twin's own database answers."""
+        with self._lock:
+            self._db.execute("SELECT COUNT(*) FROM ensure_calls").fetchone()
+        return "the compute twin answers"
+
     # --- ComputeBackend ----------------------------------------------------------------------
     def ensure_compute(self, request: TrainingRequest) -> None:
         with self._lock:

@@ -387,6 +387,16 @@ class RayJobsBackend:
             self._ensure_local_head()
         self._call(lambda c: c.get_version(), what="version check")
 
+    def check(self) -> str:
+        """:class:`shared.ports.ReadinessProbe`: the Jobs API answers, in one call without retries
+        (a health check says how things are now; it never starts or restarts the head)."""
+        client = self._client()
+        try:
+            version = self._guard(client.get_version, what="a health check")
+        except RayHttpError as err:
+            raise self._http_error(err, what="a health check") from err
+        return f"Ray {version} at {self.address}"
+
     def _ensure_local_head(self) -> None:
         ray_local.ensure_local_head(
             data_dir=self.settings.data_dir,

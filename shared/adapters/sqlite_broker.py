@@ -187,6 +187,15 @@ class SqliteBroker:
 
     # --- entities -------------------------------------------------------------------------
 
+    def check(self, queue: str) -> str:
+        """Ready to take messages for ``queue``: it exists and the file takes a write."""
+        with self._db.read() as conn:
+            row = conn.execute("SELECT kind FROM entities WHERE name=?", (queue,)).fetchone()
+        if row is None:
+            raise TransientError(f"queue {queue!r} does not exist in {self.path}")
+        self._db.check_writable()
+        return f"queue {queue} in {self.path} writable"
+
     def create_queue(self, name: str) -> None:
         with self._db.tx() as conn:
             self._ensure_entity(conn, name, "queue")
@@ -628,6 +637,10 @@ class SqliteRequestSender:
 
     def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
         self.broker.send(self.queue, body, message_id=message_id, scheduled_at=scheduled_at)
+
+    def check(self) -> str:
+        """:class:`shared.ports.ReadinessProbe`: the queue exists and its file takes a write."""
+        return self.broker.check(self.queue)
 
 
 class SqliteRejecter:

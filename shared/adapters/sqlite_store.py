@@ -51,6 +51,11 @@ class SqliteRunStore:
         self._db = Connections(self.path, busy_timeout_s=busy_timeout_s)
         self._db.init(_SCHEMA)
 
+    def check(self) -> str:
+        """:class:`shared.ports.ReadinessProbe`: the store's file takes a write."""
+        self._db.check_writable()
+        return f"{self.path} writable"
+
     def close(self) -> None:
         self._db.close()
 

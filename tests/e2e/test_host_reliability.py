@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import resource
 import signal
@@ -54,7 +55,7 @@ def test_invalid_request_is_dead_lettered_at_once_naming_the_field(hosted):
     assert w.store.get("poison").state is RunState.rejected
 
 
-def test_transient_failures_are_redelivered_then_dead_lettered_with_the_last_error(hosted):
+def test_transient_failures_are_resent_with_backoff_then_dead_lettered_with_the_last_error(hosted, clock):
     w, host, twin = hosted
     attempts = []
 
@@ -66,16 +67,23 @@ def test_transient_failures_are_redelivered_then_dead_lettered_with_the_last_err
     w.broker.send(
         w.settings.queue_name, json.dumps({"env": "CartPole-v1", "request_id": "t"}), message_id="t"
     )
-    for _ in range(20):
+    tries = w.settings.intake_retry_attempts + 1
+    for _ in range(3 * tries):  # each re-send waits for its time: step the clock past the longest delay
         host.drain()
-    counts = [i.delivery_count for i in host.invocations if i.function == "intake"]
-    assert counts == list(range(1, w.settings.max_delivery_count + 1))
+        clock.advance(w.settings.intake_retry_max_delay_s + 1)
+    intakes = [i for i in host.invocations if i.function == "intake"]
+    # one delivery each: a transient fault spends a scheduled re-send, not the delivery budget
+    # the last one is dead-lettered by the intake itself (the rejecter), naming the last error
+    assert [(i.delivery_count, i.outcome) for i in intakes] == [(1, "completed")] * (tries - 1) + [
+        (1, "settled_by_handler")
+    ]
+    assert len(attempts) == tries
     (dead,) = w.broker.dead_letters(w.settings.queue_name)
-    assert dead.reason == "MaxDeliveryCountExceeded"
-    assert f"attempt {w.settings.max_delivery_count}" in dead.description
+    assert f"attempt {tries}" in dead.description
     assert twin.jobs_per_request() == {}
     rec = w.store.get("t")  # accounted for: the record says where the request went and why
-    assert rec.state is RunState.rejected and "dead-lettered after 10 deliveries" in rec.error
+    assert rec.state is RunState.rejected and f"after {tries} tries" in rec.error
+    assert "rlq dead-letters --resubmit" in rec.error
     # Nothing is lost: resubmitting the dead letter once the fault is gone runs it.
     del twin.ensure_compute
     w.broker.resubmit_dead_letter(w.settings.queue_name, dead.sequence_number)
@@ -147,6 +155,81 @@ def test_a_queued_request_is_202_and_recorded(hosted):
     assert status == 202 and headers["Location"] == "/api/trainings/ok1"
     assert [m.message_id for m in w.broker.peek(w.settings.queue_name)] == ["ok1"]
     assert w.store.get("ok1").state is RunState.received
+
+
+# --- health means ready ----------------------------------------------------------------------------
+
+
+def health(host):
+    resp = host.handle_http("GET", "http://127.0.0.1/api/health", {}, b"")
+    return resp.status_code, json.loads(resp.get_body())
+
+
+def test_health_is_200_when_the_store_writes_the_queue_takes_messages_and_the_compute_answers(hosted):
+    _, host, _ = hosted
+    status, body = health(host)
+    assert status == 200 and body["status"] == "ok"
+    assert {name: check["ok"] for name, check in body["checks"].items()} == {
+        "store": True,
+        "queue": True,
+        "compute:twin": True,
+    }
+    assert "writable" in body["checks"]["store"]["detail"]
+
+
+def test_health_is_503_naming_a_store_that_cannot_write(hosted):
+    w, host, _ = hosted
+    make_read_only(w.store)
+    status, body = health(host)
+    assert status == 503 and body["status"] == "unavailable"
+    assert body["checks"]["store"]["ok"] is False and "readonly" in body["checks"]["store"]["detail"]
+    assert body["checks"]["queue"]["ok"] is True
+
+
+def test_health_is_503_naming_a_queue_that_cannot_take_messages(hosted):
+    w, host, _ = hosted
+    make_read_only(w.broker)
+    status, body = health(host)
+    assert status == 503 and body["checks"]["queue"]["ok"] is False
+    assert "readonly" in body["checks"]["queue"]["detail"]
+
+
+def test_health_is_503_naming_a_compute_that_does_not_answer(tmp_path, clock):
+    from shared.adapters.ray_jobs import RayJobsBackend
+
+    settings = Settings(_env_file=None, data_dir=tmp_path / "rlq", backend="ray")  # type: ignore[call-arg]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = RayJobsBackend(address=f"http://127.0.0.1:{port}", settings=settings)
+    host = LocalHost.for_wiring(build(settings, compute={"ray": ray}, clock=clock), clock=clock.epoch)
+    try:
+        status, body = health(host)
+    finally:
+        host.close()
+    assert status == 503
+    check = body["checks"]["compute:ray"]
+    assert check["ok"] is False and "unreachable" in check["detail"] and str(port) in check["detail"]
+
+
+def test_a_poll_tick_with_failures_is_logged_and_recorded_as_a_failure(hosted, caplog):
+    w, host, twin = hosted
+    w.broker.send(
+        w.settings.queue_name, json.dumps({"env": "CartPole-v1", "request_id": "p1"}), message_id="p1"
+    )
+    host.drain()
+    assert w.store.get("p1").state is RunState.submitted
+
+    def down(run_id):
+        raise TransientError("the compute is down")
+
+    twin.status = down
+    caplog.set_level(logging.INFO)
+    host.tick_timers(now=host.next_due("poller"))
+    (tick,) = [i for i in host.invocations if i.function == "poller"]
+    assert tick.outcome == "error" and "the compute is down" in tick.error
+    failed = [r for r in caplog.records if "poll tick failed for 1 of 1 run" in r.getMessage()]
+    assert failed and failed[0].levelno == logging.WARNING
 
 
 # --- descriptors: every request's SQLite connections are closed or reused ------------------------
