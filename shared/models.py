@@ -247,7 +247,7 @@ class _Cluster(Strict):
     @field_validator("vm_size", check_fields=False)
     @classmethod
     def _vm(cls, v: str) -> str:
-        return _check_vm_size(v)
+        return check_vm_size(v)
 
     @model_validator(mode="after")
     def _range(self) -> _Cluster:
@@ -277,14 +277,17 @@ class WorkerCluster(_Cluster):
         return self
 
 
-def _check_vm_size(v: str) -> str:
+def check_vm_size(v: str, *, in_request: bool = True) -> str:
+    """``v`` upper-cased when it is in :data:`VM_SIZES`; else why not, naming the replacements."""
     up = v.upper()
     if up in SUPERSEDED_VM_SIZES:
         why, replacements = SUPERSEDED_VM_SIZES[up]
-        raise ValueError(
-            f"{v!r} {why}; use {' or '.join(replacements)} (or set compute.allow_size_substitution: "
-            f"true to run on {replacements[0]})"
+        hint = (
+            f" (or set compute.allow_size_substitution: true to run on {replacements[0]})"
+            if in_request
+            else ""
         )
+        raise ValueError(f"{v!r} {why}; use {' or '.join(replacements)}{hint}")
     if up not in VM_SIZES:
         raise ValueError(f"{v!r} is not an allowed VM size; allowed: {', '.join(sorted(VM_SIZES))}")
     return up
