@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.models import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE
+from shared.models import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE, check_vm_size
 
 QUEUE_NAME = "training-requests"
 TOPIC_NAME = "training-completed"
@@ -144,6 +144,11 @@ class Settings(BaseSettings):
         description="The NSG check also wants the seed's inbound TCP 29876-29877 from BatchNodeManagement "
         "(older Azure ML guidance).",
     )
+
+    @field_validator("head_vm_size", "worker_vm_size")
+    @classmethod
+    def _vm_size(cls, v: str) -> str:
+        return check_vm_size(v, in_request=False)  # a retired size fails at start-up, naming its replacements
 
     @field_validator("webhook_secrets", "webhook_urls", "webhook_allow_hosts", mode="before")
     @classmethod

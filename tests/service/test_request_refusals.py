@@ -136,3 +136,13 @@ def test_a_request_file_with_a_repeated_key_is_refused_before_anything_is_sent(t
     )
     with pytest.raises(InvalidRequest, match="lr"):
         build_request(config='{"lr": 1, "lr": 2}')
+
+
+def test_a_retired_default_size_in_the_settings_fails_at_start_up_naming_the_setting():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        Settings(_env_file=None, head_vm_size="STANDARD_NC6")
+    assert "head_vm_size" in str(err.value) and "STANDARD_NC4AS_T4_V3" in str(err.value)
+    assert "allow_size_substitution" not in str(err.value)  # a request option, not a setting
+    assert Settings(_env_file=None, worker_vm_size="standard_f8s_v2").worker_vm_size == "STANDARD_F8S_V2"
