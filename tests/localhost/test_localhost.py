@@ -583,7 +583,7 @@ def _status(response: bytes) -> int:
 def test_many_concurrent_clients_on_fresh_connections_are_all_served(host):
     """64 clients, each opening a new connection per request at the same moment: none is reset."""
     host.start(queues=False, timers=False)
-    clients, per_client = 64, 8
+    clients, per_client = 64, 16
     barrier = threading.Barrier(clients)
     failures: list[str] = []
     latencies: list[float] = []
