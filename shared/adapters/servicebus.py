@@ -26,7 +26,8 @@ retried ten times. The original body, the reason and the description land on the
 Retries: one layer only. The SDK client is built with ``retry_total=0`` (its own default is 3
 retries with back-off up to 120 s, which stacked under ours multiplied the attempts and the time);
 this module retries what the SDK marks retryable (``ServiceBusError._retryable`` in
-``azure/servicebus/exceptions.py``), bounded in attempts and in total time: each attempt's operation
+``azure/servicebus/exceptions.py``) with the adapters' one policy (:mod:`shared.adapters._retry`),
+bounded in attempts and in total time: each attempt's operation
 timeout and each wait are cut to what is left of ``max_retry_s``, so one call never outlasts it.
 ``ServiceBusAuthenticationError`` and ``ServiceBusAuthorizationError`` are among the retryable
 ones: a role assignment made by the deploy can take minutes to reach Service Bus
@@ -51,10 +52,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
-from tenacity.stop import stop_base
+from tenacity import RetryCallState
 
+from shared.adapters import _retry
 from shared.adapters._redact import scrub
+from shared.adapters._retry import MIN_ATTEMPT_S, ROLE_PROPAGATION_HINT, bounded_retrying
 from shared.errors import PermanentError, TransientError
 from shared.models import QUEUE_RE, CompletionMessage
 from shared.settings import Settings
@@ -70,7 +72,6 @@ MAX_DESCRIPTION_BYTES = 4096
 # Standard tier caps a message at 256 KB, headers included: keep room for the properties.
 MAX_REJECTED_BODY_BYTES = 192 * 1024
 CONTENT_TYPE = "application/json"
-MIN_ATTEMPT_S = 1.0  # an attempt is not started with less time than this left in the budget
 
 ClientFactory = Callable[[], "ServiceBusClient"]
 
@@ -238,12 +239,6 @@ def is_retryable(err: BaseException) -> bool:
     return isinstance(err, (TimeoutError, ConnectionError, ServiceRequestError, ServiceResponseError))
 
 
-ROLE_PROPAGATION_HINT = (
-    "; a role assigned by the deploy can take up to 10 minutes to propagate "
-    "(https://learn.microsoft.com/azure/role-based-access-control/troubleshooting)"
-)
-
-
 def translate(err: BaseException, *, action: str, secrets: tuple[str | None, ...] = ()) -> Exception:
     """The :mod:`shared.errors` exception for an SDK error (``raise translate(...) from err``)."""
     from azure.core.exceptions import AzureError
@@ -286,9 +281,9 @@ class _ServiceBusSide:
         *,
         settings: Settings | None = None,
         client_factory: ClientFactory | None = None,
-        max_attempts: int = 5,
-        max_retry_s: float = 30.0,
-        backoff_s: float = 0.5,
+        max_attempts: int = _retry.MAX_ATTEMPTS,
+        max_retry_s: float = _retry.MAX_RETRY_S,
+        backoff_s: float = _retry.BACKOFF_S,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         operation_timeout_s: float = 15.0,
@@ -354,15 +349,14 @@ class _ServiceBusSide:
             )
             self._forget(kind, name)
 
-        deadline = _Deadline(self._monotonic, self.max_retry_s)
-        backoff = wait_exponential_jitter(initial=self.backoff_s, max=8.0, jitter=self.backoff_s)
-        retrying = Retrying(
-            retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(self.max_attempts) | deadline,
-            wait=lambda state: min(backoff(state), max(0.0, deadline.remaining() - MIN_ATTEMPT_S)),
+        retrying, deadline = bounded_retrying(
+            retry=is_retryable,
             sleep=self._sleep,
+            monotonic=self._monotonic,
+            max_attempts=self.max_attempts,
+            max_retry_s=self.max_retry_s,
+            backoff_s=self.backoff_s,
             before_sleep=before_sleep,
-            reraise=True,
         )
         try:
             for attempt in retrying:
@@ -387,24 +381,6 @@ class _ServiceBusSide:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
-
-
-class _Deadline(stop_base):
-    """Stop when the next attempt would start with less than ``MIN_ATTEMPT_S`` of ``budget_s`` left.
-
-    The wait before it (``retry_state.upcoming_sleep``, set before tenacity asks to stop) counts.
-    """
-
-    def __init__(self, clock: Callable[[], float], budget_s: float) -> None:
-        self._clock, self._budget_s = clock, budget_s
-        self._start = clock()
-
-    def remaining(self) -> float:
-        return self._budget_s - (self._clock() - self._start)
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        left = self.remaining()
-        return left <= MIN_ATTEMPT_S or left - (retry_state.upcoming_sleep or 0.0) < MIN_ATTEMPT_S
 
 
 def fully_qualified(namespace: str) -> str:

@@ -18,8 +18,14 @@ Layout, and why:
 * Table queries do not sort: ``list`` reads the matching keys (``RowKey``, ``CreatedAt``,
   ``Seq``) with the state filter, sorts newest first here, and reads the top ``limit`` records.
 
-The SDK's own pipeline retries transient HTTP faults (bounded: ``retry_total``); what is left is
-translated here into :mod:`shared.errors`.
+The SDK's own pipeline retries transient HTTP faults (bounded: ``retry_total``); it does not retry
+a 401/403. Those are retried here with the adapters' one policy (:mod:`shared.adapters._retry`, as
+the Service Bus adapter does with its authentication and authorization errors): right after a deploy
+the run table answers 403 until the identity's role assignment has propagated, which takes minutes.
+One that outlasts the budget is a :class:`~shared.errors.TransientError` naming the role (the queue
+redelivers, the poller tries again on its next tick); no credential at all (azure-identity could not
+get a token: no response from the service) stays permanent. What is left is translated here into
+:mod:`shared.errors`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
 
+from shared.adapters import _retry
+from shared.adapters._retry import ROLE_PROPAGATION_HINT, bounded_retrying
 from shared.errors import Conflict, NotFound, PermanentError, TransientError
 from shared.models import RunRecord, RunState, utcnow
 from shared.settings import Settings
@@ -115,6 +123,11 @@ class TableRunStore:
         clock: Callable[[], datetime | float] = utcnow,
         retry_total: int = 3,
         timeout_s: float = 20.0,
+        max_auth_attempts: int = _retry.MAX_ATTEMPTS,
+        max_auth_retry_s: float = _retry.MAX_RETRY_S,
+        auth_backoff_s: float = _retry.BACKOFF_S,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         from azure.data.tables import TableClient
 
@@ -143,6 +156,11 @@ class TableRunStore:
             )
         self.table_name = table_name
         self._clock = clock
+        self.max_auth_attempts = max_auth_attempts
+        self.max_auth_retry_s = max_auth_retry_s
+        self.auth_backoff_s = auth_backoff_s
+        self._sleep = sleep
+        self._monotonic = monotonic
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -306,8 +324,9 @@ class TableRunStore:
         return self._translate(action, fn)
 
     def _translate(self, action: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``; SDK errors become TransientError / PermanentError. The caller-handled
-        ones (exists, not found, modified) pass through untouched."""
+        """Run ``fn``, retrying the service's 401/403 within the budget; SDK errors become
+        TransientError / PermanentError. The caller-handled ones (exists, not found, modified)
+        pass through untouched."""
         from azure.core.exceptions import (
             ClientAuthenticationError,
             HttpResponseError,
@@ -318,8 +337,29 @@ class TableRunStore:
             ServiceResponseError,
         )
 
+        def before_sleep(state: Any) -> None:
+            err = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "Table storage %s on %r: attempt %d refused (%s); retrying while the role propagates",
+                action,
+                self.table_name,
+                state.attempt_number,
+                getattr(err, "error_code", None) or type(err).__name__,
+            )
+
+        retrying, _ = bounded_retrying(
+            retry=refused_by_the_service,
+            sleep=self._sleep,
+            monotonic=self._monotonic,
+            max_attempts=self.max_auth_attempts,
+            max_retry_s=self.max_auth_retry_s,
+            backoff_s=self.auth_backoff_s,
+            before_sleep=before_sleep,
+        )
         try:
-            return fn()
+            for attempt in retrying:
+                with attempt:
+                    return fn()
         except (ResourceExistsError, ResourceModifiedError):
             raise
         except ResourceNotFoundError as err:
@@ -327,22 +367,22 @@ class TableRunStore:
                 self._ready = False  # someone deleted the table: recreate on the next call
                 raise TransientError(f"table {self.table_name!r} does not exist (yet); try again") from err
             raise
-        except ClientAuthenticationError as err:
-            raise PermanentError(
-                f"Table storage refused rlq's credential for {action} on {self.table_name!r} "
-                "(the identity needs 'Storage Table Data Contributor')",
-                reason="TableAuthorization",
-            ) from err
-        except (ServiceRequestError, ServiceResponseError) as err:
-            raise TransientError(f"Table storage {action} failed to connect: {type(err).__name__}") from err
         except HttpResponseError as err:
-            status = err.status_code or 0
-            code = getattr(err, "error_code", None) or type(err).__name__
-            if status in (403,):
-                raise PermanentError(
-                    f"Table storage {action} forbidden ({code}): check the identity's role",
-                    reason="TableAuthorization",
+            if refused_by_the_service(err):
+                code = _error_code(err)
+                raise TransientError(
+                    f"Table storage refused {action} on {self.table_name!r}, try again later: "
+                    f"HTTP {err.status_code} {code} (the identity needs 'Storage Table Data Contributor' "
+                    f"on the storage account{ROLE_PROPAGATION_HINT})"
                 ) from err
+            if isinstance(err, ClientAuthenticationError):  # no response: no token to send at all
+                raise PermanentError(
+                    f"Table storage {action} on {self.table_name!r}: no credential "
+                    f"({type(err).__name__}): managed identity, az login or RLQ_TABLE_CONNECTION",
+                    reason="TableAuthentication",
+                ) from err
+            status = err.status_code or 0
+            code = _error_code(err)
             if status == 408 or status == 429 or status >= 500:
                 raise TransientError(
                     f"Table storage {action} failed with HTTP {status} ({code}); try again"
@@ -350,9 +390,25 @@ class TableRunStore:
             raise PermanentError(
                 f"Table storage {action} failed with HTTP {status} ({code})", reason="TableRequest"
             ) from err
+        except (ServiceRequestError, ServiceResponseError) as err:
+            raise TransientError(f"Table storage {action} failed to connect: {type(err).__name__}") from err
+        raise AssertionError("unreachable: the retry loop returns or raises")  # pragma: no cover
 
     def _now(self) -> datetime:
         value = self._clock()
         if isinstance(value, datetime):
             return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         return datetime.fromtimestamp(float(value), UTC)
+
+
+def refused_by_the_service(err: BaseException) -> bool:
+    """A 401/403 from the Table service (a role not propagated yet, a wrong key): worth retrying
+    within the budget. A credential that produced no token has no response and is not."""
+    from azure.core.exceptions import HttpResponseError
+
+    return isinstance(err, HttpResponseError) and err.response is not None and err.status_code in (401, 403)
+
+
+def _error_code(err: BaseException) -> str:
+    code = getattr(err, "error_code", None)
+    return str(getattr(code, "value", code) or type(err).__name__)

@@ -124,16 +124,92 @@ def test_unreachable_table_service_is_transient() -> None:
         s.get("x")
 
 
-def test_wrong_key_is_permanent_and_names_the_role(azurite: Azurite) -> None:
+WRONG_KEY = "d3Jvbmcta2V5LWZvci10ZXN0cw=="
+
+
+class FakeTime:
+    """``sleep`` advances ``monotonic``; ``on_sleep`` runs after each wait."""
+
+    def __init__(self, on_sleep=None) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep:
+            self.on_sleep(len(self.sleeps))
+
+
+def test_a_403_is_retried_while_the_role_propagates(azurite: Azurite) -> None:
+    """Right after a deploy the role is not there yet: the service answers 403 for minutes
+    (https://learn.microsoft.com/azure/role-based-access-control/troubleshooting). Here Azurite
+    refuses a wrong key with a real 403 until the credential is fixed, after the second wait."""
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
+
+    cred = AzureNamedKeyCredential(ACCOUNT, WRONG_KEY)
+    clock = FakeTime(on_sleep=lambda n: n == 2 and cred.update(ACCOUNT, ACCOUNT_KEY))
+    with TableRunStore(
+        account_url=azurite.table_endpoint,
+        credential=cred,
+        table_name=fresh_table(),
+        retry_total=0,
+        sleep=clock.sleep,
+        monotonic=clock.monotonic,
+    ) as s:
+        _, inserted = s.insert_if_absent(record("late-role"))
+        assert inserted and s.get("late-role") is not None
+    assert len(clock.sleeps) == 2
+
+
+def test_a_403_that_outlasts_the_budget_is_transient_and_names_the_role(azurite: Azurite) -> None:
     wrong = azurite.connection_string.replace(
-        azurite.connection_string.split("AccountKey=")[1].split(";")[0], "d3Jvbmcta2V5LWZvci10ZXN0cw=="
+        azurite.connection_string.split("AccountKey=")[1].split(";")[0], WRONG_KEY
     )
+    clock = FakeTime()
     with (
-        TableRunStore(connection_string=wrong, table_name=fresh_table(), retry_total=0) as s,
-        pytest.raises(PermanentError) as info,
+        TableRunStore(
+            connection_string=wrong,
+            table_name=fresh_table(),
+            retry_total=0,
+            max_auth_retry_s=30,
+            sleep=clock.sleep,
+            monotonic=clock.monotonic,
+        ) as s,
+        pytest.raises(TransientError) as info,
     ):
         s.get("x")
-    assert "d3Jvbmcta2V5LWZvci10ZXN0cw==" not in str(info.value)
+    text = str(info.value)
+    assert WRONG_KEY not in text
+    assert "AuthorizationFailure" in text and "Storage Table Data Contributor" in text and "propagate" in text
+    assert len(clock.sleeps) >= 2 and sum(clock.sleeps) <= 30  # retried, within the budget
+
+
+def test_no_credential_at_all_is_permanent_without_waiting(azurite: Azurite) -> None:
+    from azure.core.exceptions import ClientAuthenticationError
+
+    clock = FakeTime()
+    with TableRunStore(
+        connection_string=azurite.connection_string,
+        table_name=fresh_table(),
+        sleep=clock.sleep,
+        monotonic=clock.monotonic,
+    ) as s:
+        s.insert_if_absent(record("no-cred"))
+
+        def no_token(*_a: object, **_k: object) -> None:  # what azure-identity raises: no response
+            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+
+        s._table.get_entity = no_token  # type: ignore[method-assign]
+        with pytest.raises(PermanentError, match="managed identity") as info:
+            s.get("no-cred")
+    assert info.value.reason == "TableAuthentication" and clock.sleeps == []
 
 
 def test_missing_configuration_is_a_clear_error() -> None:
