@@ -553,6 +553,9 @@ class LocalHost:
         server, self._server = self._server, None
         if server is None:
             return
+        # The request threads first: a thread finishing a request wakes the loop through the
+        # trigger's pipe, which must still be open (a closed descriptor may by then be another file).
+        server.task_dispatcher.shutdown(timeout=min(timeout_s, 5.0))
         sockets = server._map  # every channel, the listener and the trigger, on the server's loop
 
         def close_all() -> None:  # runs on the server's loop thread: closing empties the map, ending run()
@@ -564,7 +567,6 @@ class LocalHost:
         if self._http_thread is not None:
             self._http_thread.join(timeout=timeout_s)
             self._http_thread = None
-        server.task_dispatcher.shutdown(timeout=min(timeout_s, 5.0))
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         """The WSGI face of :meth:`handle_http` (what the HTTP server calls)."""
