@@ -370,6 +370,8 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.summary: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
+        # Start-up seconds (from the arguments validated): Ray up, algorithm built, first metrics row.
+        self.timing: dict[str, float] = {}
 
     # -- checkpoints ------------------------------------------------------------------
     def save(self, name: str) -> Path:
@@ -416,7 +418,10 @@ class Trainer:
                 and plan.restore.is_relative_to(out),
             )
             _check_cancel()
+            self.timing["before_ray_init_s"] = round(time.time() - self.t0, 2)
+            t = time.time()
             ray = _ray_init(plan)
+            self.timing["ray_init_s"] = round(time.time() - t, 2)
             _install_signal_handlers()  # Ray's core worker replaces SIGTERM with an abort
             _check_cancel()
             res = ray.cluster_resources()
@@ -452,7 +457,9 @@ class Trainer:
                 if "custom_resources_per_learner" in place:
                     cfg.learners(custom_resources_per_learner=place["custom_resources_per_learner"])
                 log("placement: Learner on the rlq_head node, EnvRunners on rlq_worker nodes")
+            t = time.time()
             self.algo = cfg.build_algo()
+            self.timing["algorithm_build_s"] = round(time.time() - t, 2)
             _install_signal_handlers()
             _check_cancel()
             offset_ts = offset_it = offset_eps = 0
@@ -574,6 +581,10 @@ class Trainer:
             if mean is not None:
                 self.best = mean if self.best is None else max(self.best, mean)
             sinks.log(row)
+            if not self.timing.get("first_metrics_s"):
+                self.timing["first_iteration_s"] = round(time.time() - t_train, 2)
+                self.timing["first_metrics_s"] = round(time.time() - self.t0, 2)
+                log("start-up: " + ", ".join(f"{k} {v}" for k, v in self.timing.items()))
             print(METRICS_MARK + dumps(row), flush=True)
             self.summary.update(final_reward=mean, best_reward=self.best, iterations=it, timesteps=ts)
             if plan.checkpoint_freq and it % plan.checkpoint_freq == 0:

@@ -300,6 +300,20 @@ def test_pong_with_atari_preprocessing(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "num_data_loader_buffers=2 ignored" in p.stderr
     assert "sample_batch_size=20 -> rollout_fragment_length=20" in p.stderr
+    # Where the start-up seconds went, logged once with the first metrics row.
+    startup = [ln for ln in p.stderr.splitlines() if ln.startswith("rlq-trainer: start-up: ")]
+    assert len(startup) == 1
+    phases = dict(kv.rsplit(" ", 1) for kv in startup[0][len("rlq-trainer: start-up: ") :].split(", "))
+    assert list(phases) == [
+        "before_ray_init_s",
+        "ray_init_s",
+        "algorithm_build_s",
+        "first_iteration_s",
+        "first_metrics_s",
+    ]
+    assert float(phases["first_metrics_s"]) >= float(phases["ray_init_s"]) + float(
+        phases["algorithm_build_s"]
+    )
     rows = read_metrics(out)
     assert len(rows) == 2 and rows[-1]["timesteps"] > 0
     summary = json.loads((out / "summary.json").read_text())
