@@ -422,6 +422,7 @@ class Trainer:
             t = time.time()
             ray = _ray_init(plan)
             self.timing["ray_init_s"] = round(time.time() - t, 2)
+            t = time.time()  # algorithm build: torch and RLlib imports, config, actors started
             _install_signal_handlers()  # Ray's core worker replaces SIGTERM with an abort
             _check_cancel()
             res = ray.cluster_resources()
@@ -457,7 +458,6 @@ class Trainer:
                 if "custom_resources_per_learner" in place:
                     cfg.learners(custom_resources_per_learner=place["custom_resources_per_learner"])
                 log("placement: Learner on the rlq_head node, EnvRunners on rlq_worker nodes")
-            t = time.time()
             self.algo = cfg.build_algo()
             self.timing["algorithm_build_s"] = round(time.time() - t, 2)
             _install_signal_handlers()
