@@ -65,6 +65,11 @@ param webhookUrls string = ''
 @secure()
 param webhookSecrets string = ''
 
+@description('Ray token of the SDK v2 backend\'s clusters (at least 32 characters; e.g. -p rayAuthToken="$(openssl rand -hex 32)"); stored in the workspace Key Vault, read by the nodes with their managed identity.')
+@secure()
+@minLength(32)
+param rayAuthToken string
+
 @description('Container registry SKU (Premium: content trust, retention, zone redundancy).')
 @allowed([
   'Basic'
@@ -173,6 +178,7 @@ module aml 'modules/aml.bicep' = {
     workerVmSize: workerVmSize
     workerMaxNodes: workerMaxNodes
     webhookSecrets: webhookSecrets
+    rayAuthToken: rayAuthToken
     containerRegistryId: registry.outputs.id
     tags: tags
   }

@@ -53,9 +53,10 @@ param vnetId string
 @description('Container registry resource id (modules/registry.bicep): the environment image is built and kept there.')
 param containerRegistryId string
 
-@description('Ray token the cluster nodes share (SDK v2 backend): stored in the vault, read there by the nodes with their managed identity. Default: a fresh random value per deployment.')
+@description('Ray token the cluster nodes share (SDK v2 backend): stored in the vault, read there by the nodes with their managed identity.')
 @secure()
-param rayAuthToken string = '${newGuid()}${newGuid()}'
+@minLength(32)
+param rayAuthToken string
 
 @description('Tags for every resource.')
 param tags object = {}
