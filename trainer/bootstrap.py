@@ -55,6 +55,7 @@ RANK_ENVS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "RANK", "NODE_RANK
 MASTER_ENVS = ("AZ_BATCHAI_MPI_MASTER_NODE", "AZ_BATCH_MASTER_NODE", "MASTER_ADDR")
 # A resource request this small never limits how many actors fit; it only says where they may run.
 PLACEMENT_SHARE = 0.001
+JOIN_ATTEMPTS = 5
 
 
 def log(msg: str) -> None:
@@ -183,7 +184,17 @@ def start_node(*, head: bool, address: str | None, port: int, env: dict[str, str
         cmd.append(f"--node-ip-address={os.environ['RLQ_RAY_NODE_IP']}")
     cmd += [str(a) for a in json.loads(os.environ.get("RLQ_RAY_START_ARGS") or "[]")]
     log("ray start " + ("--head" if head else f"--address={address}") + f" resources={resources}")
-    return subprocess.Popen(cmd, env=env, start_new_session=True)
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_stop_with_parent)
+
+
+def _stop_with_parent() -> None:
+    """In the ``ray start`` child: SIGTERM when this bootstrap dies, however it dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the node is stopped by stop_node() or by its container
 
 
 def reachable(address: str, timeout: float = 2.0) -> bool:
@@ -325,13 +336,18 @@ def run_head(args: argparse.Namespace, env: dict[str, str], port: int) -> int:
 
 
 def run_member(args: argparse.Namespace, env: dict[str, str], address: str) -> int:
-    """Join ``address``; block while the head is up; 0 when the head is gone, 1 if this node's Ray died."""
+    """Join ``address``; block while the head is up; 0 when the head is gone, 1 if this node cannot stay.
+
+    A node whose Ray exits while the head is still up (a raylet that timed out starting on a busy
+    machine, say) joins again, up to ``JOIN_ATTEMPTS`` times within the join timeout.
+    """
     deadline = time.monotonic() + args.join_timeout_s
     while not reachable(address):
         if time.monotonic() > deadline:
             log(f"head {address} never came up; exiting")
             return 1
         time.sleep(1)
+    attempts = 1
     proc = start_node(head=False, address=address, port=0, env=env)
     misses = 0
     try:
@@ -341,8 +357,13 @@ def run_member(args: argparse.Namespace, env: dict[str, str], address: str) -> i
                 if not reachable(address):
                     log("the head is gone: training ended")
                     return 0
-                log(f"this node's Ray exited with {proc.returncode} while the head is up")
-                return 1
+                if attempts >= JOIN_ATTEMPTS or time.monotonic() > deadline:
+                    log(f"this node's Ray exited with {proc.returncode} while the head is up; giving up")
+                    return 1
+                attempts += 1
+                log(f"this node's Ray exited with {proc.returncode} while the head is up; joining again")
+                proc = start_node(head=False, address=address, port=0, env=env)
+                continue
             misses = 0 if reachable(address) else misses + 1
             if misses >= 3:
                 log("the head is gone: training ended; leaving")
