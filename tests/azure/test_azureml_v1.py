@@ -71,7 +71,8 @@ def twin() -> AzureMLTwin:
 
 @pytest.fixture
 def backend(settings: Settings, twin: AzureMLTwin):
-    b = AzureMLRayBackend(settings=settings, gateway=twin, network_factory=twin.network)
+    # metrics on every status call here; test_metrics_are_read_less_often_than_status covers the default
+    b = AzureMLRayBackend(settings=settings, gateway=twin, network_factory=twin.network, metrics_every=1)
     yield b
     b.close()
 
@@ -612,6 +613,24 @@ def test_run_lifecycle_progress_and_summary(backend: AzureMLRayBackend, twin: Az
         f"datastores/workspaceartifactstore/paths/ExperimentRun/dcid.{run_id}_head/outputs/checkpoints/final"
     )
     assert s["duration_s"] == 3600.0
+
+
+def test_metrics_are_read_less_often_than_status(settings: Settings, twin: AzureMLTwin) -> None:
+    b = AzureMLRayBackend(settings=settings, gateway=twin, network_factory=twin.network)
+    req = article()
+    b.ensure_compute(req)
+    run_id = legacy_run(b, req)
+    twin.run_to(run_id, "Running")
+    before = len(twin.calls)
+    for i in range(9):
+        twin.log_iteration(run_id, reward=float(i), episodes=10 * (i + 1))
+        b.status(run_id)
+    calls = [c[0] for c in twin.calls[before:]]
+    assert calls.count("get_status") == 9
+    assert calls.count("get_metrics") == 3  # the recursive listing every third tick
+    twin.run_to(run_id, "Completed")
+    assert b.status(run_id).summary["iterations"] == 9  # the end always reads the full history
+    b.close()
 
 
 def test_failed_run_reports_a_readable_error(backend: AzureMLRayBackend, twin: AzureMLTwin) -> None:

@@ -129,6 +129,7 @@ class AzureMLRayBackend:
         trainer_dir: Path | str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         nsg_cache_s: float = 900.0,
+        metrics_every: int = 3,
     ) -> None:
         _warn_deprecated_once()
         self.settings = settings
@@ -142,6 +143,8 @@ class AzureMLRayBackend:
             cache_s=nsg_cache_s,
         )
         self.trainer_dir = Path(trainer_dir) if trainer_dir is not None else TRAINER_DIR
+        self.metrics_every = max(1, metrics_every)
+        self._ticks: OrderedDict[str, int] = OrderedDict()  # status calls per run (bounded)
         self._experiments: OrderedDict[str, str] = OrderedDict()  # request_id -> experiment (bounded)
         self._stage: Path | None = None
         self._lock = threading.Lock()
@@ -194,7 +197,14 @@ class AzureMLRayBackend:
             run = self.gateway.get_run(run_id)
             aml_status = str(run.get_status())
             portal = _maybe(run.get_portal_url)
-            metrics = run.get_metrics(recursive=True) or {}
+            ticks = self._ticks[run_id] = self._ticks.get(run_id, 0) + 1
+            self._ticks.move_to_end(run_id)
+            while len(self._ticks) > 4096:
+                self._ticks.popitem(last=False)
+            # The recursive metrics listing is the expensive call: every few ticks, and at the end.
+            terminal = aml_status in TERMINAL_STATUSES
+            fetch = terminal or ticks % self.metrics_every == 1 or self.metrics_every == 1
+            metrics = (run.get_metrics(recursive=True) or {}) if fetch else {}
         state = STATUS_TO_STATE.get(aml_status)
         if state is None:
             log.warning(
@@ -205,6 +215,8 @@ class AzureMLRayBackend:
             state = "pending"
         metrics_run_id, series = _reward_series(metrics, run_id)
         progress = _progress(series)
+        if terminal:
+            self._ticks.pop(run_id, None)
         if aml_status not in TERMINAL_STATUSES:
             return JobStatus(state=state, progress=progress, portal_url=portal)
         with sdk_errors(f"details of run {run_id}"):
