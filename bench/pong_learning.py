@@ -88,7 +88,7 @@ def plot(rows: list[dict[str, float]], png: Path, title: str) -> None:
         [r["env_steps"] / 1e6 for r in pts], [r["episode_reward_mean"] for r in pts], label="rlq (this run)"
     )
     for (label, ref), marker in zip(REFERENCE.items(), ("o", "s"), strict=True):
-        ax1.plot([s / 1e6 for s, _ in ref], [v for _, v in ref], marker, linestyle=":", label=label)
+        ax1.plot([s / 1e6 for s, _ in ref], [v for _, v in ref], marker, linestyle="none", label=label)
     ax1.axhline(0, color="grey", lw=0.5)
     ax1.set_xlabel("agent steps (millions; 4 frames each)")
     ax1.set_ylabel("mean episode reward (last 100 episodes)")
