@@ -46,11 +46,13 @@ from shared.ports import (
     JobStatus,
     Notifier,
     Publisher,
-    ReadinessProbe,
     Rejecter,
     RequestSender,
     RunStore,
 )
+from shared.readiness import TIMEOUT_S as READINESS_TIMEOUT_S
+from shared.readiness import TTL_S as READINESS_TTL_S
+from shared.readiness import Readiness, ReadinessGate
 from shared.settings import Settings
 from shared.urlguard import check_request_urls
 
@@ -72,26 +74,6 @@ class TickReport:
     errors: list[str] = field(default_factory=list)
     skipped: int = 0
     wall_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Check:
-    """One dependency's readiness: ``ok`` None when the dependency has no check of its own."""
-
-    name: str
-    ok: bool | None
-    detail: str
-
-
-@dataclass(frozen=True)
-class Readiness:
-    """Whether this instance can take work now (``/api/health``): every check that ran passed."""
-
-    checks: list[Check]
-
-    @property
-    def ready(self) -> bool:
-        return all(c.ok is not False for c in self.checks)
 
 
 def env_faults() -> Callable[[str], None] | None:
@@ -131,6 +113,8 @@ class TrainingService:
         artifacts: Callable[[RunRecord], object] | None = None,
         clock: Callable[[], datetime] = utcnow,
         faults: Callable[[str], None] | None = None,
+        readiness_ttl_s: float = READINESS_TTL_S,
+        readiness_timeout_s: float = READINESS_TIMEOUT_S,
     ) -> None:
         if not compute:
             raise ValueError("at least one compute backend is required")
@@ -147,6 +131,9 @@ class TrainingService:
         self._poll_pool: ThreadPoolExecutor | None = None
         self._poll_pool_size = 0
         self._poll_pool_lock = threading.Lock()
+        self._readiness = ReadinessGate(
+            self._readiness_deps, ttl_s=readiness_ttl_s, timeout_s=readiness_timeout_s
+        )
 
     # --- intake --------------------------------------------------------------------------------
 
@@ -863,20 +850,17 @@ class TrainingService:
         return record
 
     def readiness(self) -> Readiness:
-        """The run store takes a write, the queue takes messages, each compute backend answers:
-        each checked now, once, without retries (a check that fails is reported, not raised)."""
+        """The run store takes a write, the request queue and the completion topic take messages,
+        each compute backend answers: each checked once, without retries, side by side and bounded
+        in time; the answer is reused for a few seconds (:mod:`shared.readiness`). A check that
+        fails is reported, not raised."""
+        return self._readiness.readiness()
+
+    def _readiness_deps(self) -> list[tuple[str, object]]:
         deps: list[tuple[str, object]] = [("store", self.store), ("queue", self.sender)]
+        deps.append(("topic", self.publisher))
         deps += [(f"compute:{name}", backend) for name, backend in self.compute.items()]
-        checks = []
-        for name, dep in deps:
-            if not isinstance(dep, ReadinessProbe):
-                checks.append(Check(name, None, "no readiness check"))
-                continue
-            try:
-                checks.append(Check(name, True, dep.check()))
-            except Exception as err:  # noqa: BLE001 - any failure means not ready: reported, not raised
-                checks.append(Check(name, False, f"{type(err).__name__}: {' '.join(str(err).split())}"[:500]))
-        return Readiness(checks)
+        return deps
 
     def get(self, request_id: str) -> RunRecord:
         record = self.store.get(request_id)

@@ -72,6 +72,7 @@ MAX_DESCRIPTION_BYTES = 4096
 # Standard tier caps a message at 256 KB, headers included: keep room for the properties.
 MAX_REJECTED_BODY_BYTES = 192 * 1024
 CONTENT_TYPE = "application/json"
+PROBE_TIMEOUT_S = 5.0  # the readiness probe's link must be ready within this
 
 ClientFactory = Callable[[], "ServiceBusClient"]
 
@@ -287,6 +288,7 @@ class _ServiceBusSide:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         operation_timeout_s: float = 15.0,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         if settings is None and client_factory is None:
             raise ValueError("pass settings= or client_factory=")
@@ -299,6 +301,7 @@ class _ServiceBusSide:
         self.max_retry_s = max_retry_s
         self.backoff_s = backoff_s
         self.operation_timeout_s = operation_timeout_s
+        self.probe_timeout_s = probe_timeout_s
         self._sleep = sleep
         self._monotonic = monotonic
 
@@ -371,6 +374,41 @@ class _ServiceBusSide:
         except Exception as err:
             raise translate(err, action=action, secrets=self._secrets) from err
 
+    def _probe(self, kind: str, name: str) -> str:
+        """Readiness of one entity: open a fresh sender link on it and close it, no message sent.
+
+        Opening a sender link is a connection to the namespace, the credential's token put on
+        it, and a link attached to the entity: Service Bus refuses the attach when the entity does
+        not exist or the identity lacks the ``Send`` claim on it (Azure Service Bus Data Sender on
+        the namespace, docs/azure.md section 9), the two things a send needs beside a working
+        network. Nothing is written, nothing is received (a peek would need ``Listen``, which the
+        app has only on the requests queue, and says nothing about sending), no management call
+        (the administration client needs ``Manage``). A fresh link each time, not the cached
+        sender: an already open link would answer without asking the service. One attempt
+        (the client is built with ``retry_total=0``), the link given ``probe_timeout_s`` to be
+        ready. The SDK has no public way to open a sender with a timeout: this calls what its
+        ``__enter__`` calls, ``_do_retryable_operation(_open)`` (which also turns the AMQP errors
+        into the SDK's ``ServiceBusError`` classes), with ``timeout``."""
+        client = self._get_client()
+        namespace = str(getattr(client, "fully_qualified_namespace", "") or "the namespace")
+        where = f"{kind} {name} on {namespace}"
+        try:
+            sender = (
+                client.get_topic_sender(topic_name=name)
+                if kind == "topic"
+                else client.get_queue_sender(queue_name=name)
+            )
+            try:  # what ServiceBusSender.__enter__ does (_open_with_retry), with a timeout
+                sender._do_retryable_operation(
+                    sender._open, timeout=self.probe_timeout_s, operation_requires_timeout=True
+                )
+            finally:
+                with contextlib.suppress(Exception):  # the link is discarded either way
+                    sender.close()
+        except Exception as err:
+            raise translate(err, action=f"health check of {where}", secrets=self._secrets) from err
+        return f"{where}: a sender link opens"
+
     def close(self) -> None:
         with self._lock:
             senders, self._senders = list(self._senders.values()), {}
@@ -441,6 +479,10 @@ class ServiceBusPublisher(_ServiceBusSide):
         super().__init__(settings=settings, client_factory=client_factory, **options)
         self.topic_name = topic_name or (settings.topic_name if settings else "training-completed")
 
+    def check(self) -> str:
+        """:class:`shared.ports.ReadinessProbe`: a sender link on the topic opens (see ``_probe``)."""
+        return self._probe("topic", self.topic_name)
+
     def publish(self, message: CompletionMessage, *, reply_to: str | None = None) -> None:
         self._send(
             "topic",
@@ -477,6 +519,10 @@ class ServiceBusRequestSender(_ServiceBusSide):
     ) -> None:
         super().__init__(settings=settings, client_factory=client_factory, **options)
         self.queue_name = queue_name or (settings.queue_name if settings else "training-requests")
+
+    def check(self) -> str:
+        """:class:`shared.ports.ReadinessProbe`: a sender link on the queue opens (see ``_probe``)."""
+        return self._probe("queue", self.queue_name)
 
     def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
         when = f" for {scheduled_at.isoformat(timespec='seconds')}" if scheduled_at else ""

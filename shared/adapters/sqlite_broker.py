@@ -187,14 +187,15 @@ class SqliteBroker:
 
     # --- entities -------------------------------------------------------------------------
 
-    def check(self, queue: str) -> str:
-        """Ready to take messages for ``queue``: it exists and the file takes a write."""
+    def check(self, entity: str) -> str:
+        """Ready to take messages for ``entity`` (a queue or a topic): it exists and the file
+        takes a write."""
         with self._db.read() as conn:
-            row = conn.execute("SELECT kind FROM entities WHERE name=?", (queue,)).fetchone()
+            row = conn.execute("SELECT kind FROM entities WHERE name=?", (entity,)).fetchone()
         if row is None:
-            raise TransientError(f"queue {queue!r} does not exist in {self.path}")
+            raise TransientError(f"queue or topic {entity!r} does not exist in {self.path}")
         self._db.check_writable()
-        return f"queue {queue} in {self.path} writable"
+        return f"{row[0]} {entity} in {self.path} writable"
 
     def create_queue(self, name: str) -> None:
         with self._db.tx() as conn:
@@ -672,6 +673,10 @@ class SqlitePublisher:
     def __init__(self, broker: SqliteBroker, topic: str) -> None:
         self.broker = broker
         self.topic = topic
+
+    def check(self) -> str:
+        """:class:`shared.ports.ReadinessProbe`: the topic exists and its file takes a write."""
+        return self.broker.check(self.topic)
 
     def publish(self, message: CompletionMessage, *, reply_to: str | None = None) -> None:
         body = message.model_dump_json()

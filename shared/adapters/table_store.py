@@ -26,6 +26,11 @@ One that outlasts the budget is a :class:`~shared.errors.TransientError` naming 
 redelivers, the poller tries again on its next tick); no credential at all (azure-identity could not
 get a token: no response from the service) stays permanent. What is left is translated here into
 :mod:`shared.errors`.
+
+Readiness (:meth:`TableRunStore.check`, ``/api/health``): one upsert of a probe entity in its own
+partition (``health`` / ``probe``, never in ``run``), without either retry layer, each call bounded
+by ``probe_timeout_s``: the same question the SQLite store answers with its header write, whether
+the store takes a write now.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
 
 from shared.adapters import _retry
+from shared.adapters._redact import scrub
 from shared.adapters._retry import ROLE_PROPAGATION_HINT, bounded_retrying
 from shared.errors import Conflict, NotFound, PermanentError, TransientError
 from shared.models import RunRecord, RunState, utcnow
@@ -52,6 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARTITION = "run"
+PROBE_PARTITION = "health"  # the readiness probe's one entity: never in the run partition
+PROBE_ROW = "probe"
+PROBE_TIMEOUT_S = 3.0
 MAX_INLINE_UNITS = 30_000  # UTF-16 code units kept as a plain string property
 CHUNK_BYTES = 64_000  # binary property limit is 64 KiB
 MAX_CHUNKS = 14  # 14 x 64,000 B + the other properties stays under the 1 MiB entity limit
@@ -128,6 +137,7 @@ class TableRunStore:
         auth_backoff_s: float = _retry.BACKOFF_S,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         from azure.data.tables import TableClient
 
@@ -155,6 +165,9 @@ class TableRunStore:
                 reason="TableConfiguration",
             )
         self.table_name = table_name
+        self.probe_timeout_s = probe_timeout_s
+        key = re.search(r"AccountKey=([^;]+)", connection_string or "")
+        self._secrets = (connection_string, key.group(1) if key else None)
         self._clock = clock
         self.max_auth_attempts = max_auth_attempts
         self.max_auth_retry_s = max_auth_retry_s
@@ -270,6 +283,47 @@ class TableRunStore:
             return 0
         return len(self._query(self._filter(wanted), select=["RowKey"]))
 
+    # --- ReadinessProbe ---------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        """The run table and its endpoint, for messages (no query string, nothing secret)."""
+        endpoint = scrub(str(getattr(self._table, "url", "") or "").split("?", 1)[0], *self._secrets)
+        return (
+            f"run table {self.table_name!r} at {endpoint}" if endpoint else f"run table {self.table_name!r}"
+        )
+
+    def check(self) -> str:
+        """:class:`shared.ports.ReadinessProbe`: the run table takes a write.
+
+        One upsert (replace) of the probe entity ``(PROBE_PARTITION, PROBE_ROW)``, in its own
+        partition so that no run query ever sees it, with ``CheckedAt`` set to now; the table is
+        created first when this instance has not seen it yet, as the store does on its first call.
+        No retries (neither the SDK's nor the 401/403 budget: a health check says how things are
+        now) and each call bounded by ``probe_timeout_s``. Raises TransientError naming the table
+        and its endpoint."""
+        from azure.core.exceptions import ResourceExistsError
+        from azure.data.tables import UpdateMode
+
+        t = self.probe_timeout_s
+        options = {"retry_total": 0, "timeout": t, "connection_timeout": t, "read_timeout": t}
+        entity = {"PartitionKey": PROBE_PARTITION, "RowKey": PROBE_ROW, "CheckedAt": _epoch(self._now())}
+        try:
+            if not self._ready:
+                try:
+                    self._translate("create table", lambda: self._table.create_table(**options), attempts=1)
+                except ResourceExistsError:
+                    pass
+                self._ready = True
+            self._translate(
+                "health check write",
+                lambda: self._table.upsert_entity(entity, mode=UpdateMode.REPLACE, **options),
+                attempts=1,
+            )
+        except (TransientError, PermanentError) as err:
+            raise TransientError(scrub(f"{self.where} cannot take a write: {err}", *self._secrets)) from err
+        return f"{self.where} writable"
+
     # --- internals ------------------------------------------------------------------------
 
     def _entity(self, record: RunRecord, *, seq: str) -> dict[str, Any]:
@@ -323,10 +377,10 @@ class TableRunStore:
         self._ensure_table()
         return self._translate(action, fn)
 
-    def _translate(self, action: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``, retrying the service's 401/403 within the budget; SDK errors become
-        TransientError / PermanentError. The caller-handled ones (exists, not found, modified)
-        pass through untouched."""
+    def _translate(self, action: str, fn: Callable[[], Any], *, attempts: int | None = None) -> Any:
+        """Run ``fn``, retrying the service's 401/403 within the budget (``attempts`` caps the
+        attempts: 1 for none); SDK errors become TransientError / PermanentError. The
+        caller-handled ones (exists, not found, modified) pass through untouched."""
         from azure.core.exceptions import (
             ClientAuthenticationError,
             HttpResponseError,
@@ -351,7 +405,7 @@ class TableRunStore:
             retry=refused_by_the_service,
             sleep=self._sleep,
             monotonic=self._monotonic,
-            max_attempts=self.max_auth_attempts,
+            max_attempts=attempts or self.max_auth_attempts,
             max_retry_s=self.max_auth_retry_s,
             backoff_s=self.auth_backoff_s,
             before_sleep=before_sleep,

@@ -543,3 +543,52 @@ def test_composition_selects_v2_for_azureml_and_v1_for_azureml_v1(tmp_path: Path
     assert isinstance(_compute(s, "azureml"), AzureMLV2Backend)
     assert isinstance(_compute(s, "azureml_v1"), AzureMLRayBackend)
     assert v2.AzureMLV2Backend is AzureMLV2Backend
+
+
+# --- readiness: the workspace answers ------------------------------------------------------------
+
+
+def test_check_is_one_workspace_get_of_the_configured_workspace(backend: AzureMLV2Backend, twin) -> None:
+    from shared.ports import ReadinessProbe
+
+    assert isinstance(backend, ReadinessProbe)
+    assert backend.check() == "Azure ML workspace rlq-ws in rlq-rg answers"
+    assert twin.calls() == [("workspaces.get", "rlq-ws")]  # nothing created, started or listed
+
+
+def test_check_names_the_workspace_when_azure_refuses_or_is_busy(backend: AzureMLV2Backend, twin) -> None:
+    from azure.core.exceptions import HttpResponseError
+
+    refused = HttpResponseError(
+        message="(AuthorizationFailed) The client does not have authorization to perform action "
+        "'Microsoft.MachineLearningServices/workspaces/read' https://x.blob.core.windows.net/c?sig=s3cr3t"
+    )
+    refused.status_code = 403
+    twin.fail_next("workspaces.get", refused)
+    with pytest.raises(PermanentError) as info:
+        backend.check()
+    text = str(info.value)
+    assert "health check of workspace rlq-ws" in text and "AzureML Data Scientist" in text
+    assert "s3cr3t" not in text
+    busy = HttpResponseError(message="Service Unavailable")
+    busy.status_code = 503
+    twin.fail_next("workspaces.get", busy)
+    with pytest.raises(TransientError, match="health check of workspace rlq-ws failed with HTTP 503"):
+        backend.check()
+    assert backend.check().endswith("answers")  # nothing cached in the backend: the next check asks again
+    assert twin.calls() == [("workspaces.get", "rlq-ws")] * 3
+
+
+def test_check_of_a_workspace_that_is_gone_is_not_found(backend: AzureMLV2Backend, twin) -> None:
+    twin.delete_workspace()
+    with pytest.raises(PermanentError, match="health check of workspace rlq-ws: not found") as info:
+        backend.check()
+    assert info.value.reason == "AzureMLNotFound"
+
+
+def test_the_twin_workspaces_get_matches_the_sdk_signature() -> None:
+    import inspect
+
+    from azure.ai.ml.operations import WorkspaceOperations
+
+    assert list(inspect.signature(WorkspaceOperations.get).parameters)[:2] == ["self", "name"]

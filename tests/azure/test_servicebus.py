@@ -56,12 +56,23 @@ class RecordingSender:
             raise self.client.failures.pop(0)
         self.client.sent.append((self.kind, self.name, message))
 
+    def _do_retryable_operation(self, operation: Callable, timeout: float | None = None, **kwargs: object):
+        assert kwargs == {"operation_requires_timeout": True}  # else the SDK drops the timeout
+        return operation(timeout=timeout)  # retry_total=0: one attempt
+
+    def _open(self, timeout: float | None = None) -> None:  # the link only: what a readiness probe asks
+        self.client.opens.append((self.kind, self.name, timeout))
+        if self.client.open_failures:
+            raise self.client.open_failures.pop(0)
+
     def close(self) -> None:
         self.closed = True
 
 
 class RecordingClient:
     """Stands in for ``ServiceBusClient``: records senders opened and messages sent."""
+
+    fully_qualified_namespace = "rlq-test.servicebus.windows.net"
 
     def __init__(
         self,
@@ -74,6 +85,8 @@ class RecordingClient:
         self.sent: list[tuple[str, str, ServiceBusMessage]] = []
         self.attempts: list[tuple[str, str]] = []
         self.senders: list[RecordingSender] = []
+        self.opens: list[tuple[str, str, float | None]] = []
+        self.open_failures: list[BaseException] = []
 
     def get_topic_sender(self, *, topic_name: str) -> RecordingSender:
         self.senders.append(RecordingSender(self, "topic", topic_name))
@@ -490,3 +503,99 @@ def test_reject_transient_failure_propagates_for_redelivery(fake_time: FakeTime)
     with pytest.raises(TransientError):
         rejecter.reject(message_id="m-5", body=b"{}", reason="InvalidRequest", description="x")
     assert len(client.attempts) == 3
+
+
+# --- readiness: a sender link opens, nothing is sent ----------------------------------------------
+
+
+def test_check_opens_a_fresh_sender_link_on_the_entity_and_sends_nothing(fake_time: FakeTime) -> None:
+    from shared.ports import ReadinessProbe
+
+    client = RecordingClient()
+    sender = make(ServiceBusRequestSender, client, fake_time, probe_timeout_s=4)
+    publisher = make(ServiceBusPublisher, client, fake_time)
+    assert isinstance(sender, ReadinessProbe) and isinstance(publisher, ReadinessProbe)
+    assert sender.check() == "queue training-requests on rlq-test.servicebus.windows.net: a sender link opens"
+    sender.send(b"{}", message_id="r-1")  # the cached sender for sends is a different one
+    assert "topic training-completed" in publisher.check()
+    sender.check()
+    assert client.opens == [
+        ("queue", "training-requests", 4),
+        ("topic", "training-completed", 5.0),
+        ("queue", "training-requests", 4),
+    ]
+    assert [m.message_id for _, _, m in client.sent] == ["r-1"]  # the checks sent nothing
+    probes = [s for s in client.senders if any(o[:2] == (s.kind, s.name) for o in client.opens)]
+    assert [s.closed for s in client.senders] == [True, False, True, True]  # each probe link closed
+    assert len(probes) == 4 and fake_time.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "words"),
+    [
+        (
+            ServiceBusAuthorizationError(message=f"Unauthorized access. 'Send' claim(s) are required {CONN}"),
+            TransientError,
+            "Azure Service Bus Data Sender",
+        ),
+        (
+            MessagingEntityNotFoundError(message="The messaging entity could not be found"),
+            PermanentError,
+            "create",
+        ),
+        (
+            ServiceBusConnectionError(message=f"connection refused SharedAccessKey={SECRET_KEY}"),
+            TransientError,
+            "",
+        ),
+    ],
+)
+def test_check_fails_once_without_retries_naming_the_entity_and_no_secret(
+    fake_time: FakeTime, error: Exception, kind: type[Exception], words: str
+) -> None:
+    client = RecordingClient()
+    client.open_failures.append(error)
+    with pytest.raises(kind) as info:
+        make(ServiceBusRequestSender, client, fake_time).check()
+    text = str(info.value)
+    assert "health check of queue training-requests on rlq-test.servicebus.windows.net" in text
+    assert type(error).__name__ in text and words in text
+    assert SECRET_KEY not in text and CONN not in text
+    assert len(client.opens) == 1 and fake_time.sleeps == []  # one attempt
+    assert [s.closed for s in client.senders] == [True]
+
+
+def test_the_sdk_sender_opens_its_link_with_a_timeout() -> None:
+    """The probe relies on ``_do_retryable_operation(_open, timeout=…, operation_requires_timeout=True)``,
+    what ``__enter__`` runs (``_open_with_retry``) plus the timeout: no public equivalent."""
+    import inspect
+
+    from azure.servicebus import ServiceBusSender
+
+    assert "timeout" in inspect.signature(ServiceBusSender._open).parameters
+    assert "timeout" in inspect.signature(ServiceBusSender._do_retryable_operation).parameters
+    assert "self._do_retryable_operation(self._open, operation_requires_timeout=True" in inspect.getsource(
+        ServiceBusSender._open_with_retry
+    )
+
+
+def test_real_sdk_check_against_a_closed_port_is_transient_bounded_and_secret_free() -> None:
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conn = f"Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName=send;SharedAccessKey={SECRET_KEY}"
+    sender = ServiceBusRequestSender(
+        settings=Settings(servicebus_connection=conn, _env_file=None), probe_timeout_s=3
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientError) as info:
+            sender.check()
+    finally:
+        sender.close()
+    assert time.monotonic() - started < 10
+    text = str(info.value)
+    assert "health check of queue training-requests on 127.0.0.1" in text
+    assert "ServiceBusConnectionError" in text and SECRET_KEY not in text

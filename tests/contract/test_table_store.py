@@ -231,3 +231,91 @@ def test_list_is_bounded_by_limit_and_stays_newest_first(azurite: Azurite) -> No
         assert [r.request_id for r in got] == ["b-11", "b-10", "b-09", "b-08", "b-07"]
         assert s.count([RunState.running]) == 12
         assert isinstance(got[0], RunRecord)
+
+
+# --- readiness: the run table takes a write ---------------------------------------------------------
+
+
+def test_check_writes_the_probe_entity_outside_the_run_partition(azurite: Azurite) -> None:
+    from shared.adapters.table_store import PROBE_PARTITION, PROBE_ROW
+    from shared.ports import ReadinessProbe
+
+    name = fresh_table()
+    with TableRunStore(connection_string=azurite.connection_string, table_name=name) as s:
+        assert isinstance(s, ReadinessProbe)
+        detail = s.check()  # a table it has never seen: created, as the store's first call does
+        assert name in detail and azurite.table_endpoint in detail and "writable" in detail
+        s.insert_if_absent(record("a-run", state=RunState.running))
+        s.check()
+        assert [r.request_id for r in s.list()] == ["a-run"]  # the probe is never a run
+        assert s.count([RunState.running]) == 1
+    raw = TableClient.from_connection_string(azurite.connection_string, name)
+    probe = raw.get_entity(PROBE_PARTITION, PROBE_ROW)
+    assert probe["CheckedAt"] > 0
+    assert len(list(raw.query_entities(f"PartitionKey eq '{PROBE_PARTITION}'"))) == 1  # one entity, rewritten
+
+
+def test_check_with_a_wrong_key_fails_at_once_naming_the_table_and_no_key(azurite: Azurite) -> None:
+    from tests.support.azurite import ACCOUNT_KEY
+
+    wrong = azurite.connection_string.replace(ACCOUNT_KEY, WRONG_KEY)
+    clock = FakeTime()
+    name = fresh_table()
+    with (
+        TableRunStore(
+            connection_string=wrong, table_name=name, sleep=clock.sleep, monotonic=clock.monotonic
+        ) as s,
+        pytest.raises(TransientError) as info,
+    ):
+        s.check()
+    text = str(info.value)
+    assert f"run table {name!r} at {azurite.table_endpoint}" in text and "cannot take a write" in text
+    assert "AuthorizationFailure" in text and "Storage Table Data Contributor" in text
+    assert WRONG_KEY not in text and ACCOUNT_KEY not in text
+    assert clock.sleeps == []  # no retry budget spent on a health check
+
+
+def test_check_fails_naming_the_table_once_the_service_is_stopped() -> None:
+    import time
+
+    from tests.support.azurite import start_azurite
+
+    emulator = start_azurite()
+    name = fresh_table()
+    try:
+        with TableRunStore(connection_string=emulator.connection_string, table_name=name) as s:
+            assert "writable" in s.check()
+            emulator.stop()
+            started = time.monotonic()
+            with pytest.raises(TransientError) as info:
+                s.check()
+            took = time.monotonic() - started
+    finally:
+        emulator.stop()
+    text = str(info.value)
+    assert f"run table {name!r} at {emulator.table_endpoint} cannot take a write" in text
+    assert "failed to connect" in text
+    assert took < 5  # one attempt, no retries (the store's own calls retry 3 times)
+
+
+def test_check_against_a_service_that_never_answers_is_bounded_by_the_probe_timeout() -> None:
+    import re
+    import socket
+    import time
+
+    from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
+
+    with socket.socket() as server:  # accepts connections (the kernel's backlog), never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"TableEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+        )
+        with TableRunStore(connection_string=conn, table_name="silent", probe_timeout_s=1.0) as s:
+            started = time.monotonic()
+            with pytest.raises(TransientError, match=re.escape("run table 'silent' at http://127.0.0.1")):
+                s.check()
+            took = time.monotonic() - started
+    assert 0.9 <= took < 4  # the create-table call waited out its 1 s read timeout, once

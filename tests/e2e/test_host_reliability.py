@@ -173,6 +173,7 @@ def test_health_is_200_when_the_store_writes_the_queue_takes_messages_and_the_co
     assert {name: check["ok"] for name, check in body["checks"].items()} == {
         "store": True,
         "queue": True,
+        "topic": True,
         "compute:twin": True,
     }
     assert "writable" in body["checks"]["store"]["detail"]

@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CORE = ("shared.service", "shared.ports", "shared.urlguard", "shared.trainer_args", "shared.models")
+CORE = (
+    "shared.service",
+    "shared.ports",
+    "shared.readiness",
+    "shared.urlguard",
+    "shared.trainer_args",
+    "shared.models",
+)
 
 
 def test_the_core_modules_import_no_adapter_even_lazily() -> None:

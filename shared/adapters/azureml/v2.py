@@ -319,6 +319,19 @@ class AzureMLV2Backend:
             if name:
                 self._cancel(name)
 
+    def check(self) -> str:
+        """:class:`shared.ports.ReadinessProbe`: the workspace answers, in one ``workspaces.get``
+        of the configured workspace with the function's identity (the read the MLflow reader
+        makes anyway; AzureML Data Scientist on the workspace). Nothing is created or started.
+        The SDK takes no per-call timeout: the readiness gate (:mod:`shared.readiness`) bounds
+        how long the answer waits for it."""
+        ml = self.ml
+        name = str(getattr(ml, "workspace_name", "") or self.settings.azureml_workspace)
+        with sdk_errors(f"health check of workspace {name}"):
+            ws = ml.workspaces.get(name)
+        group = getattr(ws, "resource_group", None) or getattr(ml, "resource_group_name", "")
+        return f"Azure ML workspace {getattr(ws, 'name', None) or name} in {group} answers"
+
     def close(self) -> None:
         import shutil
 

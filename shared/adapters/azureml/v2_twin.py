@@ -1,8 +1,8 @@
 """An in-package Azure ML workspace for :class:`shared.adapters.azureml.v2.AzureMLV2Backend`.
 
 ``MLClientTwin`` answers the slice of ``azure.ai.ml.MLClient`` the backend calls —
-``compute.get`` / ``compute.begin_create_or_update``, ``jobs.get`` / ``jobs.create_or_update`` /
-``jobs.begin_cancel`` — with Azure's semantics, and keeps the real SDK entities it was handed:
+``workspaces.get`` (the readiness check), ``compute.get`` / ``compute.begin_create_or_update``,
+``jobs.get`` / ``jobs.create_or_update`` / ``jobs.begin_cancel`` — with Azure's semantics, and keeps the real SDK entities it was handed:
 
 * clusters are created asynchronously: ``begin_create_or_update`` returns a poller at once and the
   cluster reports ``Creating`` until :meth:`MLClientTwin.provision` (``Succeeded`` or ``Failed``
@@ -84,6 +84,7 @@ class _State:
     cancels: dict[str, int] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail_next: dict[str, Exception] = field(default_factory=dict)
+    workspace_deleted: bool = False
 
 
 class MLClientTwin:
@@ -105,6 +106,7 @@ class MLClientTwin:
         self._lock = threading.RLock()
         self.compute = _ComputeOps(self)
         self.jobs = _JobOps(self)
+        self.workspaces = _WorkspaceOps(self)
         self.runs = _Runs(self)
         self.before_create: Any = None  # hook(job) called before a job is stored
         self.on_create: Any = None  # hook(job) called after a job is stored, before create returns
@@ -187,6 +189,11 @@ class MLClientTwin:
         with self.state(write=True) as st:
             st.summaries.setdefault(name, {}).update(summary)
 
+    def delete_workspace(self) -> None:
+        """The workspace is gone (deleted, or the settings name another): ``workspaces.get`` is a 404."""
+        with self.state(write=True) as st:
+            st.workspace_deleted = True
+
     def fail_next(self, method: str, error: Exception) -> None:
         with self.state(write=True) as st:
             st.fail_next[method] = error
@@ -220,6 +227,26 @@ class MLClientTwin:
                 key = f"{job.tags.get(RUN_TAG)}/{job.tags.get(ROLE_TAG)}"
                 out[key] = out.get(key, 0) + 1
         return out
+
+
+class _WorkspaceOps:
+    """``workspaces.get``: this workspace, or Azure's 404 for another name or once deleted."""
+
+    def __init__(self, twin: MLClientTwin) -> None:
+        self._t = twin
+
+    def get(self, name: str | None = None, **kwargs: Any) -> Any:
+        from azure.ai.ml.entities import Workspace
+
+        wanted = name or self._t.workspace_name
+        with self._t.state(write=True) as st:
+            self._t._call(st, "workspaces.get", wanted)
+            if wanted != self._t.workspace_name or st.workspace_deleted:
+                raise _not_found(
+                    f"(ResourceNotFound) The Resource 'Microsoft.MachineLearningServices/workspaces/{wanted}' "
+                    f"under resource group '{self._t.resource_group_name}' was not found."
+                )
+        return Workspace(name=wanted, resource_group=self._t.resource_group_name)
 
 
 class _ComputeOps:
