@@ -20,8 +20,8 @@ of IMPALA" -- i.e. mean reward 18 at 2.5M agent steps (APPO) and at ~5M (IMPALA)
 plus the common start (-21 at 0 steps) are drawn as the reference; the published text gives the
 end points, not the shape in between, so the reference is drawn as markers, not as a line. For
 a full published curve of an on-policy actor-critic on the same env see CleanRL's PPO Atari
-benchmark (docs.cleanrl.dev, "ppo_atari.py" section, PongNoFrameskip-v4 learning-curve figure:
-episodic return rises from -21 to ~+20 over the first ~2.5M of its 10M steps).
+benchmark (docs.cleanrl.dev, "ppo_atari.py" section, the PongNoFrameskip-v4 learning-curve
+figure over 10M agent steps).
 """
 
 from __future__ import annotations
