@@ -5,6 +5,7 @@
 * :func:`cluster_problems` — what is wrong with an existing compute target: another VM size, too
   few nodes, failed provisioning, another VNet. Reported, never resized.
 * :class:`NsgGuard` — the subnet's NSG read through ARM (cached) and checked with :mod:`.nsg`.
+* :func:`workspace_coordinates` — the workspace the clusters live in, from the settings.
 """
 
 from __future__ import annotations
@@ -19,11 +20,27 @@ from pydantic import ValidationError
 
 from shared.adapters.azureml.errors import readable
 from shared.adapters.azureml.nsg import missing_nsg_rules, nsg_name_and_group
-from shared.errors import ComputeError
+from shared.errors import ComputeError, PermanentError
 from shared.models import VM_SIZES, Compute, HeadCluster, TrainingRequest, WorkerCluster
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def workspace_coordinates(settings: Settings) -> tuple[str, str, str]:
+    """(subscription, resource group, workspace) of the Azure ML workspace; all three are required."""
+    sub, rg, ws = (
+        settings.azureml_subscription_id,
+        settings.azureml_resource_group,
+        settings.azureml_workspace,
+    )
+    if not (sub and rg and ws):
+        raise PermanentError(
+            "RLQ_BACKEND=azureml needs RLQ_AZUREML_SUBSCRIPTION_ID, RLQ_AZUREML_RESOURCE_GROUP "
+            "and RLQ_AZUREML_WORKSPACE",
+            reason="AzureMLConfiguration",
+        )
+    return sub, rg, ws
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from shared.adapters.azureml.clusters import ComputeInfo
+from shared.adapters.azureml.clusters import ComputeInfo, workspace_coordinates
 from shared.adapters.azureml.errors import sdk_errors
-from shared.errors import PermanentError
 from shared.settings import Settings
 
 # --- what the backend needs from Azure ML (the SDK, or the twin) ------------------------------
@@ -60,17 +59,7 @@ def token_auth(credential: Any = None) -> Any:
 def workspace_from_settings(settings: Settings) -> Any:
     from azureml.core import Workspace
 
-    sub, rg, name = (
-        settings.azureml_subscription_id,
-        settings.azureml_resource_group,
-        settings.azureml_workspace,
-    )
-    if not (sub and rg and name):
-        raise PermanentError(
-            "RLQ_BACKEND=azureml needs RLQ_AZUREML_SUBSCRIPTION_ID, RLQ_AZUREML_RESOURCE_GROUP "
-            "and RLQ_AZUREML_WORKSPACE",
-            reason="AzureMLConfiguration",
-        )
+    sub, rg, name = workspace_coordinates(settings)
     with sdk_errors("open workspace"):
         return Workspace(sub, rg, name, auth=token_auth())
 

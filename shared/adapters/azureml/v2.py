@@ -49,10 +49,11 @@ from shared.adapters.azureml.clusters import (
     cluster_problems,
     network_client_from_settings,
     resolve_clusters,
+    workspace_coordinates,
 )
 from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
 from shared.adapters.azureml.errors import readable, sdk_errors
-from shared.errors import ComputeError, PermanentError, TransientError
+from shared.errors import ComputeError, TransientError
 from shared.models import VM_SIZES, Progress, TrainingRequest
 from shared.ports import ComputePending, JobState, JobStatus
 from shared.settings import Settings
@@ -171,17 +172,7 @@ def ml_client_from_settings(settings: Settings) -> Any:
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
-    sub, rg, ws = (
-        settings.azureml_subscription_id,
-        settings.azureml_resource_group,
-        settings.azureml_workspace,
-    )
-    if not (sub and rg and ws):
-        raise PermanentError(
-            "RLQ_BACKEND=azureml needs RLQ_AZUREML_SUBSCRIPTION_ID, RLQ_AZUREML_RESOURCE_GROUP "
-            "and RLQ_AZUREML_WORKSPACE",
-            reason="AzureMLConfiguration",
-        )
+    sub, rg, ws = workspace_coordinates(settings)
     return MLClient(DefaultAzureCredential(), subscription_id=sub, resource_group_name=rg, workspace_name=ws)
 
 
