@@ -3,7 +3,8 @@
 * :func:`resolve_clusters` — the head (GPU) and worker (CPU) clusters of a request, from the request
   or the deployment's defaults, and the VNet they live in.
 * :func:`cluster_problems` — what is wrong with an existing compute target: another VM size, too
-  few nodes, failed provisioning, another VNet. Reported, never resized.
+  few nodes, failed provisioning, another VNet. Reported, never resized; :func:`check_existing_cluster`
+  raises it (or a transient error while the cluster is being deleted).
 * :class:`NsgGuard` — the subnet's NSG read through ARM (cached) and checked with :mod:`.nsg`.
 * :func:`workspace_coordinates` — the workspace the clusters live in, from the settings.
 """
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 
 from shared.adapters.azureml.errors import readable
 from shared.adapters.azureml.nsg import missing_nsg_rules, nsg_name_and_group
-from shared.errors import ComputeError, PermanentError
+from shared.errors import ComputeError, PermanentError, TransientError
 from shared.models import VM_SIZES, Compute, HeadCluster, TrainingRequest, WorkerCluster
 from shared.settings import Settings
 
@@ -153,6 +154,24 @@ def cluster_problems(
                 f"its VNet is in resource group {info.vnet_resource_group}, not {vnet_resource_group}"
             )
     return problems
+
+
+def check_existing_cluster(
+    name: str, info: ComputeInfo, *, vm_size: str, nodes_needed: int, clusters: Clusters
+) -> None:
+    """Raise when the existing cluster ``name`` cannot take the job (see :func:`cluster_problems`)."""
+    if info.provisioning_state.lower() == "deleting":
+        raise TransientError(f"cluster {name} is being deleted; it will be recreated on a later try")
+    problems = cluster_problems(
+        info,
+        vm_size=vm_size,
+        nodes_needed=nodes_needed,
+        vnet=clusters.vnet,
+        subnet=clusters.subnet,
+        vnet_resource_group=clusters.vnet_resource_group,
+    )
+    if problems:
+        raise ComputeError(f"cluster {name} cannot take this job: " + "; ".join(problems))
 
 
 @dataclass

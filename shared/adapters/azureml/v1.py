@@ -50,14 +50,14 @@ from shared import trainer_args
 from shared.adapters.azureml.clusters import (
     Clusters,
     NsgGuard,
-    cluster_problems,
+    check_existing_cluster,
     network_client_from_settings,
     resolve_clusters,
 )
 from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
 from shared.adapters.azureml.errors import readable, sdk_errors
 from shared.adapters.azureml.gateway import AmlGateway, RunLike, SdkGateway, workspace_from_settings
-from shared.errors import ComputeError, PermanentError, TransientError
+from shared.errors import ComputeError, PermanentError
 from shared.models import VM_SIZES, Progress, TrainingRequest
 from shared.ports import JobState, JobStatus
 from shared.settings import Settings
@@ -374,18 +374,7 @@ class AzureMLRayBackend:
                 c.subnet,
             )
             return
-        problems = cluster_problems(
-            info,
-            vm_size=vm_size,
-            nodes_needed=nodes_needed,
-            vnet=c.vnet,
-            subnet=c.subnet,
-            vnet_resource_group=c.vnet_resource_group,
-        )
-        if info.provisioning_state.lower() == "deleting":
-            raise TransientError(f"cluster {name} is being deleted; it will be recreated on a later try")
-        if problems:
-            raise ComputeError(f"cluster {name} cannot take this job: " + "; ".join(problems))
+        check_existing_cluster(name, info, vm_size=vm_size, nodes_needed=nodes_needed, clusters=c)
 
     def _summary(
         self, head: RunLike | None, series: dict[str, list[float]], details: Mapping[str, Any]

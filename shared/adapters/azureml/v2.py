@@ -46,14 +46,14 @@ from shared.adapters.azureml.clusters import (
     Clusters,
     ComputeInfo,
     NsgGuard,
-    cluster_problems,
+    check_existing_cluster,
     network_client_from_settings,
     resolve_clusters,
     workspace_coordinates,
 )
 from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
 from shared.adapters.azureml.errors import readable, sdk_errors
-from shared.errors import ComputeError, TransientError
+from shared.errors import ComputeError
 from shared.models import VM_SIZES, Progress, TrainingRequest
 from shared.ports import ComputePending, JobState, JobStatus
 from shared.settings import Settings
@@ -549,18 +549,7 @@ class AzureMLV2Backend:
             log.info("creating Azure ML cluster %s (%s, %d-%d nodes)", name, vm_size, min_nodes, max_nodes)
             return f"cluster {name} is being created"
         info = compute_info(existing)
-        if info.provisioning_state.lower() == "deleting":
-            raise TransientError(f"cluster {name} is being deleted; it will be recreated on a later try")
-        problems = cluster_problems(
-            info,
-            vm_size=vm_size,
-            nodes_needed=nodes_needed,
-            vnet=c.vnet,
-            subnet=c.subnet,
-            vnet_resource_group=c.vnet_resource_group,
-        )
-        if problems:
-            raise ComputeError(f"cluster {name} cannot take this job: " + "; ".join(problems))
+        check_existing_cluster(name, info, vm_size=vm_size, nodes_needed=nodes_needed, clusters=c)
         if info.provisioning_state.lower() != "succeeded":
             return f"cluster {name} is {info.provisioning_state or 'being created'}"
         return None
