@@ -30,7 +30,7 @@ from shared.dashboard.render import render, render_block, static_files
 from shared.dashboard.views import RunView, redact_notify, request_json, run_view
 from shared.errors import InvalidRequest, NotFound, PermanentError, TransientError
 from shared.models import RunState
-from shared.service import _guess_request_id as guess_request_id
+from shared.service import guess_request_id
 
 bp = func.Blueprint()
 

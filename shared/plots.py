@@ -85,7 +85,7 @@ def reward_curve_png(
     ax = fig.add_subplot()
     x_label, xs, means, mins, maxs = reward_series(points)
     if len(xs) > 2 * width_px:
-        xs, means, mins, maxs = _decimate(xs, means, mins, maxs, buckets=2 * width_px)
+        xs, means, mins, maxs = decimate(xs, means, mins, maxs, buckets=2 * width_px)
 
     if xs:
         band = [
@@ -148,7 +148,7 @@ def reward_curve_png(
     return data
 
 
-def _decimate(
+def decimate(
     xs: list[float], means: list[float], mins: list[float | None], maxs: list[float | None], *, buckets: int
 ) -> tuple[list[float], list[float], list[float | None], list[float | None]]:
     """Fewer points than pixels: bucket means for the line, the bucket's extremes for the band."""

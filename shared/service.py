@@ -470,7 +470,7 @@ class TrainingService:
             )
 
     def _record_give_up(self, body: Any, message_id: str | None, what: str, err: TransientError) -> None:
-        request_id = _guess_request_id(body) or message_id
+        request_id = guess_request_id(body) or message_id
         record = self.store.get(request_id) if request_id else None
         if record is None or record.state is not RunState.received:
             return  # nothing recorded (the dead letter is the whole story), or the run went on
@@ -484,7 +484,7 @@ class TrainingService:
             log.warning("could not record the give-up on %s: %s", request_id, store_err)
 
     def _record_rejection(self, body: Any, message_id: str | None, err: PermanentError) -> RunRecord | None:
-        request_id = _guess_request_id(body) or message_id
+        request_id = guess_request_id(body) or message_id
         if not request_id:
             return None
         record, _inserted = self.store.insert_if_absent(
@@ -939,7 +939,8 @@ class TrainingService:
             self._faults(point)
 
 
-def _guess_request_id(body: Any) -> str | None:
+def guess_request_id(body: Any) -> str | None:
+    """The well-formed ``request_id`` of a message body that may be invalid JSON or an invalid request."""
     import json
     import re
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from shared.plots import _decimate, reward_series
+from shared.plots import decimate, reward_series
 
 MAX_SVG_POINTS = 600
 
@@ -56,7 +56,7 @@ def reward_svg(
     target as a dashed line and the best point; a placeholder when nothing is recorded yet."""
     x_label, xs, means, mins, maxs = reward_series(points)
     if len(xs) > MAX_SVG_POINTS:
-        xs, means, mins, maxs = _decimate(xs, means, mins, maxs, buckets=MAX_SVG_POINTS)
+        xs, means, mins, maxs = decimate(xs, means, mins, maxs, buckets=MAX_SVG_POINTS)
     left, right, top, bottom = 56, 14, 14, 40
     pw, ph = width - left - right, height - top - bottom
     head = (
