@@ -305,6 +305,10 @@ def test_rlq_serve_under_ulimit_1024_accepts_and_submits_300_requests(tmp_path):
         RLQ_BACKEND="twin",
         RLQ_POLL_SCHEDULE="*/1 * * * * *",
         RLQ_MAX_IN_FLIGHT="1000",  # every request is submitted at once, none deferred
+        # Each poll thread keeps one queue and one run-store connection (4 descriptors) for its life:
+        # at the default of 128 threads that steady state alone is ~512. A small pool keeps the bound
+        # below about what a leak of one connection per request (300 requests) would add.
+        RLQ_POLL_CONCURRENCY="16",
         PYTHONPATH=str(Path(__file__).resolve().parents[2]),
     )
 
