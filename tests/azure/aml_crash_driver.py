@@ -22,7 +22,7 @@ from shared.adapters.azureml.v2 import ROLE_TAG, AzureMLV2Backend
 from shared.adapters.azureml.v2_twin import MLClientTwin
 from shared.composition import build
 from shared.service import env_faults
-from shared.settings import Settings
+from tests.support.azureml import WORKSPACE, azureml_settings
 
 SEED = {
     "request_id": "pong-crash-1",
@@ -38,24 +38,11 @@ SEED = {
 
 
 def workspace(data_dir: Path) -> MLClientTwin:
-    return MLClientTwin(
-        subscription_id="sub-1", resource_group="rg-1", workspace="ws-1", path=data_dir / "aml.pickle"
-    )
+    return MLClientTwin(**WORKSPACE, path=data_dir / "aml.pickle")
 
 
 def main(data_dir: Path, action: str) -> int:
-    settings = Settings(
-        data_dir=data_dir,
-        backend="azureml",
-        azureml_subscription_id="sub-1",
-        azureml_resource_group="rg-1",
-        azureml_workspace="ws-1",
-        azureml_vnet="rlq-vnet",
-        azureml_subnet="aml",
-        azureml_nsg_check="off",
-        lock_duration_s=1,
-        _env_file=None,
-    )
+    settings = azureml_settings(data_dir=data_dir, azureml_nsg_check="off", lock_duration_s=1)
     twin = workspace(data_dir)
     kill = os.environ.get("RLQ_TEST_KILL", "")
     if kill:

@@ -22,6 +22,7 @@ from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build
 from shared.models import Delivery, RunState
 from shared.settings import Settings
+from tests.support.azureml import WORKSPACE, azureml_settings
 from tests.support.topics import drain_topic
 
 PONG = {
@@ -42,32 +43,19 @@ class Notifier:
 
 
 def _settings(tmp_path: Path, backend: str) -> Settings:
-    s = Settings(
-        data_dir=tmp_path / "rlq",
-        backend=backend,
-        azureml_subscription_id="sub-1",
-        azureml_resource_group="rg-1",
-        azureml_workspace="ws-1",
-        azureml_vnet="rlq-vnet",
-        azureml_subnet="aml",
-        max_in_flight=10,
-        stall_timeout_s=3600,
-        _env_file=None,
-    )
+    s = azureml_settings(data_dir=tmp_path / "rlq", backend=backend, max_in_flight=10, stall_timeout_s=3600)
     s.data_dir.mkdir(parents=True)
     return s
 
 
 @pytest.fixture
 def twin() -> MLClientTwin:
-    return MLClientTwin(subscription_id="sub-1", resource_group="rg-1", workspace="ws-1")
+    return MLClientTwin(**WORKSPACE)
 
 
 @pytest.fixture
 def network() -> AzureMLTwin:
-    return AzureMLTwin(
-        subscription_id="sub-1", resource_group="rg-1", workspace="ws-1"
-    )  # its ARM network reads
+    return AzureMLTwin(**WORKSPACE)  # its ARM network reads
 
 
 @pytest.fixture
@@ -233,7 +221,7 @@ def test_missing_nsg_rule_fails_the_run_with_what_to_fix(wired: Wiring, twin: ML
 
 def test_legacy_v1_backend_fails_the_request_at_once_naming_the_retirement(tmp_path: Path, clock) -> None:
     settings = _settings(tmp_path, "azureml_v1")
-    aml = AzureMLTwin(subscription_id="sub-1", resource_group="rg-1", workspace="ws-1")
+    aml = AzureMLTwin(**WORKSPACE)
     backend = AzureMLRayBackend(settings=settings, gateway=aml, network_factory=aml.network)
     broker = SqliteBroker(settings.data_dir / "queue.sqlite3", clock=clock.epoch)
     w = build(

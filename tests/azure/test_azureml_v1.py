@@ -37,6 +37,7 @@ from shared.errors import ComputeError, PermanentError, TransientError
 from shared.models import TrainingRequest, parse_request
 from shared.ports import ComputeBackend
 from shared.settings import Settings
+from tests.support.azureml import WORKSPACE, azureml_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,22 +52,12 @@ ARTICLE_REQUEST = {
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(
-        backend="azureml",
-        azureml_subscription_id="11111111-2222-3333-4444-555555555555",
-        azureml_resource_group="rlq-rg",
-        azureml_workspace="rlq-ws",
-        azureml_vnet="rlq-vnet",
-        azureml_subnet="aml",
-        _env_file=None,
-    )
+    return azureml_settings()
 
 
 @pytest.fixture
 def twin() -> AzureMLTwin:
-    return AzureMLTwin(
-        subscription_id="11111111-2222-3333-4444-555555555555", resource_group="rlq-rg", workspace="rlq-ws"
-    )
+    return AzureMLTwin(**WORKSPACE)
 
 
 @pytest.fixture

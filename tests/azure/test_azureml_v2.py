@@ -28,9 +28,9 @@ from shared.errors import ComputeError, PermanentError, TransientError
 from shared.models import TrainingRequest, parse_request
 from shared.ports import ComputeBackend, ComputePending
 from shared.settings import Settings
+from tests.support.azureml import SUBSCRIPTION_ID, WORKSPACE, azureml_settings
 
 REPO = Path(__file__).resolve().parents[2]
-SUB = "11111111-2222-3333-4444-555555555555"
 TOKEN = "s3cr3t-ray-token-never-in-a-job"
 
 # The seed: IMPALA on Pong, a GPU head and four CPU workers in a VNet.
@@ -56,28 +56,21 @@ SEED = {
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(
-        backend="azureml",
-        azureml_subscription_id=SUB,
-        azureml_resource_group="rlq-rg",
-        azureml_workspace="rlq-ws",
-        azureml_vnet="rlq-vnet",
-        azureml_subnet="aml",
+    return azureml_settings(
         azureml_nsg_check="off",
         azureml_key_vault_uri="https://rlq-kv.vault.azure.net/",
         azureml_cluster_identity=(
-            f"/subscriptions/{SUB}/resourceGroups/rlq-rg/providers/"
+            f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rlq-rg/providers/"
             "Microsoft.ManagedIdentity/userAssignedIdentities/rlq-clusters"
         ),
         azureml_cluster_identity_client_id="aaaaaaaa-0000-0000-0000-000000000001",
         ray_auth_token=TOKEN,
-        _env_file=None,
     )
 
 
 @pytest.fixture
 def twin() -> MLClientTwin:
-    return MLClientTwin(subscription_id=SUB, resource_group="rlq-rg", workspace="rlq-ws")
+    return MLClientTwin(**WORKSPACE)
 
 
 @pytest.fixture
@@ -186,7 +179,8 @@ def test_seed_worker_job_serialised_by_the_sdk(backend: AzureMLV2Backend) -> Non
 def test_seed_clusters_serialised_by_the_sdk(backend: AzureMLV2Backend, twin: MLClientTwin) -> None:
     backend.ensure_compute(seed())
     head = twin.compute_entity("head-gpu")
-    head._set_full_subnet_name(SUB, "rlq-rg")  # what compute.begin_create_or_update does before sending
+    # what compute.begin_create_or_update does before sending
+    head._set_full_subnet_name(SUBSCRIPTION_ID, "rlq-rg")
     body = head._to_rest_object().as_dict()
     props = body["properties"]["properties"]
     assert body["properties"]["computeType"] == "AmlCompute"
@@ -197,14 +191,14 @@ def test_seed_clusters_serialised_by_the_sdk(backend: AzureMLV2Backend, twin: ML
         "nodeIdleTimeBeforeScaleDown": "PT30M",
     }
     assert props["subnet"] == {
-        "id": f"/subscriptions/{SUB}/resourceGroups/rlq-rg/providers/Microsoft.Network/virtualNetworks/rlq-vnet/subnets/aml"
+        "id": f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rlq-rg/providers/Microsoft.Network/virtualNetworks/rlq-vnet/subnets/aml"
     }
     assert props["enableNodePublicIp"] is False  # no-public-IP cluster in the VNet
     assert props["remoteLoginPortPublicAccess"] == "Disabled"
     assert body["identity"]["type"] == "UserAssigned"
     assert list(body["identity"]["userAssignedIdentities"]) == [backend.settings.azureml_cluster_identity]
     workers = twin.compute_entity("worker-cpu")
-    workers._set_full_subnet_name(SUB, "rlq-rg")
+    workers._set_full_subnet_name(SUBSCRIPTION_ID, "rlq-rg")
     wprops = workers._to_rest_object().as_dict()["properties"]["properties"]
     assert wprops["vmSize"] == "STANDARD_D4AS_V5" and wprops["scaleSettings"]["maxNodeCount"] == 4
 
@@ -216,11 +210,11 @@ def test_vnet_in_another_resource_group_is_named_by_its_subnet_id(
     b = AzureMLV2Backend(settings=s, ml_client=twin, runs=twin.runs)
     b.ensure_compute(seed())
     head = twin.compute_entity("head-gpu")
-    head._set_full_subnet_name(SUB, "rlq-rg")
+    head._set_full_subnet_name(SUBSCRIPTION_ID, "rlq-rg")
     subnet = head._to_rest_object().as_dict()["properties"]["properties"]["subnet"]["id"]
     assert (
         subnet
-        == f"/subscriptions/{SUB}/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/rlq-vnet/subnets/aml"
+        == f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/rlq-vnet/subnets/aml"
     )
 
 
@@ -230,7 +224,7 @@ def test_node_public_ip_follows_the_setting_the_nsg_check_uses(
     s = settings.model_copy(update={"azureml_node_public_ip": True})
     AzureMLV2Backend(settings=s, ml_client=twin, runs=twin.runs).ensure_compute(seed())
     head = twin.compute_entity("head-gpu")
-    head._set_full_subnet_name(SUB, "rlq-rg")
+    head._set_full_subnet_name(SUBSCRIPTION_ID, "rlq-rg")
     assert head._to_rest_object().as_dict()["properties"]["properties"]["enableNodePublicIp"] is True
 
 

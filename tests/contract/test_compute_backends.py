@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from shared.models import TrainingRequest, parse_request
-from shared.settings import Settings
 from tests.contract.compute_backend_contract import Case, ComputeBackendContract
 from tests.ray.conftest import (
     STANDIN_HANG,
@@ -24,6 +23,7 @@ from tests.ray.conftest import (
     head_settings,
     standin_package,  # noqa: F401 - the stand-in trainer fixture, shared
 )
+from tests.support.azureml import WORKSPACE, azureml_settings
 
 CARTPOLE: dict[str, Any] = {"algorithm": "IMPALA", "env": "CartPole-v1", "stop": {"training_iteration": 2}}
 
@@ -76,18 +76,14 @@ def azureml_case() -> Case:
     from shared.adapters.azureml.v2 import RUN_TAG, AzureMLV2Backend
     from shared.adapters.azureml.v2_twin import MLClientTwin
 
-    sub = "11111111-2222-3333-4444-555555555555"
-    settings = Settings(
-        backend="azureml",
-        azureml_subscription_id=sub,
-        azureml_resource_group="rlq-rg",
-        azureml_workspace="rlq-ws",
+    settings = azureml_settings(
+        azureml_vnet=None,
+        azureml_subnet="default",
         azureml_nsg_check="off",
         azureml_key_vault_uri="https://rlq-kv.vault.azure.net/",
         ray_auth_token="contract-ray-token",
-        _env_file=None,
     )
-    twin = MLClientTwin(subscription_id=sub, resource_group="rlq-rg", workspace="rlq-ws")
+    twin = MLClientTwin(**WORKSPACE)
     backend = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs, detail_every=1)
     long_runs: set[str] = set()
 

@@ -1,0 +1,35 @@
+"""The Azure ML workspace the tests run against: its coordinates and the settings that point at it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.settings import Settings
+
+SUBSCRIPTION_ID = "11111111-2222-3333-4444-555555555555"
+RESOURCE_GROUP = "rlq-rg"
+WORKSPACE_NAME = "rlq-ws"
+
+# The keyword arguments both workspace twins (``AzureMLTwin``, ``MLClientTwin``) take for it.
+WORKSPACE = {
+    "subscription_id": SUBSCRIPTION_ID,
+    "resource_group": RESOURCE_GROUP,
+    "workspace": WORKSPACE_NAME,
+}
+
+
+def azureml_settings(**fields: Any) -> Settings:
+    """Settings for ``RLQ_BACKEND=azureml`` on the workspace, its clusters in VNet ``rlq-vnet`` subnet
+    ``aml``, no env file read; ``fields`` add settings or replace these."""
+    return Settings(
+        **{
+            "backend": "azureml",
+            "azureml_subscription_id": SUBSCRIPTION_ID,
+            "azureml_resource_group": RESOURCE_GROUP,
+            "azureml_workspace": WORKSPACE_NAME,
+            "azureml_vnet": "rlq-vnet",
+            "azureml_subnet": "aml",
+            "_env_file": None,
+            **fields,
+        }
+    )
