@@ -91,6 +91,16 @@ def ready(backend: AzureMLV2Backend, twin: MLClientTwin, req: TrainingRequest) -
     assert backend.ensure_compute(req) is None
 
 
+def workers_submitted(backend: AzureMLV2Backend, twin: MLClientTwin, req: TrainingRequest) -> str:
+    """The head job of ``req`` running with its address published and the worker job submitted."""
+    ready(backend, twin, req)
+    head = backend.submit(req)
+    twin.run_to(head, "Running")
+    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
+    backend.status(head)  # submits the worker job
+    return head
+
+
 def rest(job) -> dict:
     """What ``jobs.create_or_update`` sends: the job's REST body (code / environment still local)."""
     return job._to_job()._to_rest_object().as_dict()
@@ -404,11 +414,7 @@ def test_one_cheap_call_per_tick_and_metrics_less_often_than_status(
     backend: AzureMLV2Backend, twin: MLClientTwin
 ) -> None:
     req = seed()
-    ready(backend, twin, req)
-    head = backend.submit(req)
-    twin.run_to(head, "Running")
-    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
-    backend.status(head)  # submits the worker job
+    head = workers_submitted(backend, twin, req)
     before = len(twin.calls())
     ticks = 12
     for i in range(ticks):
@@ -429,11 +435,7 @@ def test_a_dead_worker_job_is_reported_while_the_head_runs(
     backend: AzureMLV2Backend, twin: MLClientTwin
 ) -> None:
     req = seed()
-    ready(backend, twin, req)
-    head = backend.submit(req)
-    twin.run_to(head, "Running")
-    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
-    backend.status(head)
+    head = workers_submitted(backend, twin, req)
     _, workers = job_names(req.request_id)
     twin.run_to(workers, "Failed")
     errors = [backend.status(head).error for _ in range(2 * backend.detail_every)]
@@ -444,11 +446,7 @@ def test_completion_cancels_the_workers_and_names_the_checkpoint(
     backend: AzureMLV2Backend, twin: MLClientTwin
 ) -> None:
     req = seed()
-    ready(backend, twin, req)
-    head = backend.submit(req)
-    twin.run_to(head, "Running")
-    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
-    backend.status(head)
+    head = workers_submitted(backend, twin, req)
     _, workers = job_names(req.request_id)
     twin.run_to(workers, "Running")
     twin.log_metrics(head, step=40, episode_reward_mean=18.4, timesteps=2_000_000)
@@ -477,11 +475,7 @@ def test_failed_head_reports_the_trainers_error(backend: AzureMLV2Backend, twin:
 
 def test_cancel_goes_to_both_jobs(backend: AzureMLV2Backend, twin: MLClientTwin) -> None:
     req = seed()
-    ready(backend, twin, req)
-    head = backend.submit(req)
-    twin.run_to(head, "Running")
-    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
-    backend.status(head)
+    head = workers_submitted(backend, twin, req)
     _, workers = job_names(req.request_id)
     backend.cancel(head)
     backend.cancel(head)  # idempotent: CancelRequested is not asked again
