@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from shared.adapters.azureml import v1 as azureml_v1
-from shared.adapters.azureml.clusters import ComputeInfo, cluster_problems
+from shared.adapters.azureml.clusters import ComputeInfo, cluster_problems, worker_shm_size
 from shared.adapters.azureml.environment import CONDA_FILE, parse_requirements
 from shared.adapters.azureml.errors import translate
 from shared.adapters.azureml.gateway import SdkGateway
@@ -31,7 +31,6 @@ from shared.adapters.azureml.v1 import (
     STATUS_TO_STATE,
     AzureMLRayBackend,
     checkpoint_relpath,
-    worker_shm_size,
 )
 from shared.errors import ComputeError, PermanentError, TransientError
 from shared.models import TrainingRequest, parse_request

@@ -5,6 +5,7 @@
 * :func:`cluster_problems` — what is wrong with an existing compute target: another VM size, too
   few nodes, failed provisioning, another VNet. Reported, never resized; :func:`check_existing_cluster`
   raises it (or a transient error while the cluster is being deleted).
+* :func:`worker_shm_size` — the shared memory a worker node's Ray object store is given.
 * :class:`NsgGuard` — the subnet's NSG read through ARM (cached) and checked with :mod:`.nsg`.
 * :func:`workspace_coordinates` — the workspace the clusters live in, from the settings.
 """
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,6 +156,12 @@ def cluster_problems(
                 f"its VNet is in resource group {info.vnet_resource_group}, not {vnet_resource_group}"
             )
     return problems
+
+
+def worker_shm_size(vm_size: str) -> str:
+    """About 40% of a worker's memory: Ray puts its object store (30% by default) in /dev/shm."""
+    size = VM_SIZES.get(vm_size.upper())
+    return f"{max(2, math.ceil((size.memory_gib if size else 8) * 0.4))}g"
 
 
 def check_existing_cluster(

@@ -53,12 +53,13 @@ from shared.adapters.azureml.clusters import (
     check_existing_cluster,
     network_client_from_settings,
     resolve_clusters,
+    worker_shm_size,
 )
 from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
 from shared.adapters.azureml.errors import readable, sdk_errors
 from shared.adapters.azureml.gateway import AmlGateway, RunLike, SdkGateway, workspace_from_settings
 from shared.errors import ComputeError, PermanentError
-from shared.models import VM_SIZES, Progress, TrainingRequest
+from shared.models import Progress, TrainingRequest
 from shared.ports import JobState, JobStatus
 from shared.settings import Settings
 
@@ -437,12 +438,6 @@ def check_restore(request: TrainingRequest) -> None:
             "trainer restores from a local directory and v1 cannot mount the checkpoint for it; retrain "
             "without restore_from, or use RLQ_BACKEND=ray with a checkpoint path the cluster can read"
         )
-
-
-def worker_shm_size(vm_size: str) -> str:
-    """About 40% of a worker's memory: Ray puts its object store (30% by default) in /dev/shm."""
-    size = VM_SIZES.get(vm_size.upper())
-    return f"{max(2, math.ceil((size.memory_gib if size else 8) * 0.4))}g"
 
 
 def _maybe(fn: Callable[[], Any]) -> Any:

@@ -49,6 +49,7 @@ from shared.adapters.azureml.clusters import (
     check_existing_cluster,
     network_client_from_settings,
     resolve_clusters,
+    worker_shm_size,
     workspace_coordinates,
 )
 from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
@@ -746,13 +747,6 @@ def compute_info(compute: Any) -> ComputeInfo:
         max_nodes=getattr(compute, "max_instances", None),
         errors=readable(str(errors), 300) if errors else None,
     )
-
-
-def worker_shm_size(vm_size: str) -> str:
-    """About 40% of a worker's memory: Ray puts its object store (30% by default) in /dev/shm."""
-    size = VM_SIZES.get(vm_size.upper())
-    memory = getattr(size, "memory_gib", None) or 8
-    return f"{max(2, math.ceil(memory * 0.4))}g"
 
 
 def _progress(view: RunView) -> Progress | None:
