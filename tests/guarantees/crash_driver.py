@@ -44,7 +44,7 @@ TOPIC_SENDS = "topic-sends.jsonl"
 NOTIFIED = "notified.jsonl"
 
 
-def _append(path: Path, record: dict[str, Any]) -> None:
+def append_record(path: Path, record: dict[str, Any]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(record) + "\n").encode())
@@ -62,7 +62,7 @@ class AuditedBroker(SqliteBroker):
     def send(self, entity: str, body: bytes | str, **kwargs: Any) -> bool:
         landed = super().send(entity, body, **kwargs)
         if entity == self._topic:
-            _append(
+            append_record(
                 self._log_path, {"message_id": kwargs.get("message_id"), "landed": landed, "pid": os.getpid()}
             )
         return landed
@@ -75,13 +75,13 @@ class FileNotifier:
         self.path = path
 
     def deliver(self, message: CompletionMessage, request: TrainingRequest | None) -> list[Delivery]:
-        _append(self.path, {"message_id": message.message_id, "pid": os.getpid()})
+        append_record(self.path, {"message_id": message.message_id, "pid": os.getpid()})
         return [Delivery(target="file", ok=True, attempts=1)]
 
 
-def wire(settings: Settings) -> Wiring:
-    s = settings
-    broker = AuditedBroker(
+def audited_broker(s: Settings) -> AuditedBroker:
+    """The data dir's SQLite queue, its sends to the completion topic noted in ``TOPIC_SENDS``."""
+    return AuditedBroker(
         s.queue_db,
         lock_duration_s=s.lock_duration_s,
         max_delivery_count=s.max_delivery_count,
@@ -89,7 +89,12 @@ def wire(settings: Settings) -> Wiring:
         topic=s.topic_name,
         log_path=s.data_dir / TOPIC_SENDS,
     )
-    return build(s, broker=broker, notifier=FileNotifier(s.data_dir / NOTIFIED))
+
+
+def wire(settings: Settings) -> Wiring:
+    return build(
+        settings, broker=audited_broker(settings), notifier=FileNotifier(settings.data_dir / NOTIFIED)
+    )
 
 
 def prepare(settings: Settings) -> SqliteBroker:

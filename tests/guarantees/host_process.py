@@ -28,10 +28,9 @@ from shared.models import ACTIVE, TERMINAL
 from shared.settings import Settings
 from tests.guarantees.crash_driver import (
     NOTIFIED,
-    TOPIC_SENDS,
-    AuditedBroker,
     FileNotifier,
-    _append,
+    append_record,
+    audited_broker,
     settled,
 )
 
@@ -49,7 +48,7 @@ def _journal_intakes(w, path: Path, *, delay_s: float) -> None:
         try:
             return intake(body, message_id=message_id, delivery_count=delivery_count)
         finally:
-            _append(
+            append_record(
                 path,
                 {
                     "pid": os.getpid(),
@@ -78,14 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     s = Settings()
-    broker = AuditedBroker(
-        s.queue_db,
-        lock_duration_s=s.lock_duration_s,
-        max_delivery_count=s.max_delivery_count,
-        duplicate_detection_window_s=s.duplicate_detection_window_s,
-        topic=s.topic_name,
-        log_path=s.data_dir / TOPIC_SENDS,
-    )
+    broker = audited_broker(s)
     compute = None
     if s.backend == "ray":
         from shared.adapters.ray_jobs import RayJobsBackend
