@@ -531,7 +531,8 @@ def stop_local_head(
     return stopped
 
 
-def _psutil() -> Any:
+def ray_psutil() -> Any:
+    """``psutil``: the copy Ray bundles, which ``import ray`` puts on ``sys.path``."""
     import importlib
 
     import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
@@ -542,7 +543,7 @@ def _psutil() -> Any:
 def _head_processes(temp_dir: str) -> list[Any]:
     """The processes of the head with this private temp dir: those carrying its mark in their
     environment (every daemon and worker it started), and any whose command line names the dir."""
-    psutil = _psutil()
+    psutil = ray_psutil()
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         if proc.pid == os.getpid():
@@ -566,7 +567,7 @@ def head_pids(data_dir: Path) -> list[int]:
 
 
 def _with_children(procs: list[Any]) -> dict[int, Any]:
-    psutil = _psutil()
+    psutil = ray_psutil()
     out: dict[int, Any] = {}
     for proc in procs:
         out[proc.pid] = proc
@@ -579,7 +580,7 @@ def _with_children(procs: list[Any]) -> dict[int, Any]:
 
 def _listeners(port: int) -> list[int]:
     """Pids listening on TCP ``port`` (any address) that this user may see; [] when none."""
-    psutil = _psutil()
+    psutil = ray_psutil()
     try:
         conns = psutil.net_connections(kind="tcp")
     except psutil.Error:
@@ -594,7 +595,7 @@ def _listeners(port: int) -> list[int]:
 
 
 def _mark_of(pid: int) -> str | None:
-    psutil = _psutil()
+    psutil = ray_psutil()
     try:
         return psutil.Process(pid).environ().get(HEAD_MARK_ENV)
     except psutil.Error:
@@ -602,7 +603,7 @@ def _mark_of(pid: int) -> str | None:
 
 
 def _describe_pids(pids: list[int]) -> str:
-    psutil = _psutil()
+    psutil = ray_psutil()
     parts = []
     for pid in pids[:8]:
         try:
@@ -613,7 +614,7 @@ def _describe_pids(pids: list[int]) -> str:
 
 
 def _kill_head_processes(temp_dir: str, *, grace_s: float) -> bool:
-    psutil = _psutil()
+    psutil = ray_psutil()
     killed = False
     for _round in range(3):  # a raylet may start a worker while the first round runs
         victims = _with_children(_head_processes(temp_dir))

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from shared.adapters.ray_local import _psutil, head_pids, probe_dashboard, stop_local_head
+from shared.adapters.ray_local import head_pids, probe_dashboard, ray_psutil, stop_local_head
 from shared.composition import build
 from shared.models import CompletionMessage, RunState
 from shared.settings import Settings
@@ -51,7 +51,7 @@ def published(w) -> list[CompletionMessage]:
 
 def trainer_process(request_id: str):
     """The trainer the Ray job started for this request (its argv travels in its environment)."""
-    psutil = _psutil()  # Ray's bundled copy
+    psutil = ray_psutil()  # Ray's bundled copy
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if "trainer.train" in " ".join(proc.info["cmdline"] or []) and request_id in proc.environ().get(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from shared.adapters.ray_local import _psutil, ensure_local_head, free_port, head_pids
+from shared.adapters.ray_local import ensure_local_head, free_port, head_pids, ray_psutil
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def start_test_ray_head(tmp_dir: Path, *, num_cpus: int = 2, timeout_s: float = 
 
 def listening_sockets(data_dir: Path) -> dict[int, list[tuple[str, int]]]:
     """Every TCP socket in LISTEN state held by a process of the head of ``data_dir``: pid → [(ip, port)]."""
-    psutil = _psutil()
+    psutil = ray_psutil()
     out: dict[int, list[tuple[str, int]]] = {}
     for pid in head_pids(data_dir):
         try:
@@ -63,7 +63,7 @@ def listening_sockets(data_dir: Path) -> dict[int, list[tuple[str, int]]]:
 
 
 def process_names(pids: list[int]) -> dict[int, str]:
-    psutil = _psutil()
+    psutil = ray_psutil()
     names = {}
     for pid in pids:
         try:
