@@ -5,6 +5,7 @@
 * :func:`cluster_problems` — what is wrong with an existing compute target: another VM size, too
   few nodes, failed provisioning, another VNet. Reported, never resized; :func:`check_existing_cluster`
   raises it (or a transient error while the cluster is being deleted).
+* :func:`job_timeout_s` — how long Azure ML lets a job run.
 * :func:`worker_shm_size` — the shared memory a worker node's Ray object store is given.
 * :class:`NsgGuard` — the subnet's NSG read through ARM (cached) and checked with :mod:`.nsg`.
 * :func:`workspace_coordinates` — the workspace the clusters live in, from the settings.
@@ -156,6 +157,12 @@ def cluster_problems(
                 f"its VNet is in resource group {info.vnet_resource_group}, not {vnet_resource_group}"
             )
     return problems
+
+
+def job_timeout_s(request: TrainingRequest, settings: Settings) -> int:
+    """How long Azure ML lets the request's jobs run: its ``compute.max_run_duration_s``, else the
+    deployment's default."""
+    return int(request.compute.max_run_duration_s or settings.default_run_duration_s)
 
 
 def worker_shm_size(vm_size: str) -> str:

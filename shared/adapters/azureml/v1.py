@@ -51,6 +51,7 @@ from shared.adapters.azureml.clusters import (
     Clusters,
     NsgGuard,
     check_existing_cluster,
+    job_timeout_s,
     network_client_from_settings,
     resolve_clusters,
     worker_shm_size,
@@ -295,7 +296,6 @@ class AzureMLRayBackend:
         c = self.clusters(request)
         source = self.stage_source()
         argv = self.job_argv(request, c)
-        max_run = request.compute.max_run_duration_s or self.settings.default_run_duration_s
         with sdk_errors("build the estimator"):
             env = Environment(name="rlq-trainer")
             env.docker.base_image = self.settings.azureml_base_image
@@ -319,7 +319,7 @@ class AzureMLRayBackend:
                 rl_framework=Ray(),
                 worker_configuration=workers,
                 cluster_coordination_timeout_seconds=CLUSTER_COORDINATION_TIMEOUT_S,
-                max_run_duration_seconds=int(max_run),
+                max_run_duration_seconds=job_timeout_s(request, self.settings),
                 shm_size=HEAD_SHM_SIZE,
                 environment_variables={ARGV_ENV: json.dumps(argv), "PYTHONUNBUFFERED": "1"},
             )

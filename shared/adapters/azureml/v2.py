@@ -47,6 +47,7 @@ from shared.adapters.azureml.clusters import (
     ComputeInfo,
     NsgGuard,
     check_existing_cluster,
+    job_timeout_s,
     network_client_from_settings,
     resolve_clusters,
     worker_shm_size,
@@ -447,7 +448,6 @@ class AzureMLV2Backend:
             "PYTHONUNBUFFERED": "1",
             **self._token_env(),
         }
-        max_run = request.compute.max_run_duration_s or self.settings.default_run_duration_s
         with sdk_errors("build the head job"):
             return command(
                 name=head_name,
@@ -463,7 +463,7 @@ class AzureMLV2Backend:
                 instance_count=1,
                 distribution=MpiDistribution(process_count_per_instance=1),
                 shm_size=HEAD_SHM_SIZE,
-                timeout=int(max_run),
+                timeout=job_timeout_s(request, self.settings),
                 inputs=inputs or None,
                 outputs={CHECKPOINTS_OUTPUT: Output(type="uri_folder", mode="rw_mount")},
             )
@@ -480,7 +480,6 @@ class AzureMLV2Backend:
             "PYTHONUNBUFFERED": "1",
             **self._token_env(),
         }
-        max_run = request.compute.max_run_duration_s or self.settings.default_run_duration_s
         with sdk_errors("build the worker job"):
             return command(
                 name=worker_name,
@@ -496,7 +495,7 @@ class AzureMLV2Backend:
                 instance_count=c.workers.node_count,
                 distribution=MpiDistribution(process_count_per_instance=1),
                 shm_size=worker_shm_size(c.workers.vm_size),
-                timeout=int(max_run),
+                timeout=job_timeout_s(request, self.settings),
             )
 
     def stage_source(self) -> Path:
