@@ -39,6 +39,7 @@ from shared.composition import Wiring, build
 from shared.models import ACTIVE, TERMINAL, CompletionMessage, Delivery, TrainingRequest
 from shared.settings import Settings
 
+REPO = Path(__file__).resolve().parents[2]
 AUDIT_SUBSCRIPTION = "audit"  # a second subscription on the topic: what the world saw, never consumed here
 TOPIC_SENDS = "topic-sends.jsonl"
 NOTIFIED = "notified.jsonl"
@@ -50,6 +51,27 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.write(fd, (json.dumps(record) + "\n").encode())
     finally:
         os.close(fd)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records :func:`append_record` wrote to ``path`` (none when it does not exist)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def driver_env(data_dir: Path, **extra: Any) -> dict[str, str]:
+    """The environment of a driver process on ``data_dir``: none of this process's ``RLQ_`` settings,
+    the compute twin, the SQLite queue and store, one-second locks; ``extra`` adds or replaces."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLQ_")}
+    env.update(
+        RLQ_DATA_DIR=str(data_dir),
+        RLQ_BACKEND="twin",
+        RLQ_BROKER="sqlite",
+        RLQ_STORE="sqlite",
+        RLQ_LOCK_DURATION_S="1",
+        PYTHONPATH=str(REPO),
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
 
 
 class AuditedBroker(SqliteBroker):

@@ -22,14 +22,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
 from shared.models import FINAL, RunState
 from shared.settings import Settings
-from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, TOPIC_SENDS, prepare
+from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, TOPIC_SENDS, driver_env, prepare
 from tests.poison.conftest import corpus, names_field
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,20 +100,6 @@ def make_plan(n: int, *, duplicate_rate: float = 0.05, poison_rate: float = 0.02
         )
     out = [m for _, m in sorted(keyed, key=lambda km: km[0])]
     return LoadPlan(out)
-
-
-def driver_env(data_dir: Path, **extra: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RLQ_")}
-    env.update(
-        RLQ_DATA_DIR=str(data_dir),
-        RLQ_BACKEND="twin",
-        RLQ_BROKER="sqlite",
-        RLQ_STORE="sqlite",
-        RLQ_LOCK_DURATION_S="1",
-        PYTHONPATH=str(REPO),
-    )
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 @dataclass

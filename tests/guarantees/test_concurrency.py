@@ -28,15 +28,11 @@ from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
 from shared.models import RunState
 from shared.settings import Settings
-from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, NOTIFIED, TOPIC_SENDS, prepare
+from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, NOTIFIED, TOPIC_SENDS, prepare, read_records
 from tests.guarantees.host_process import INTAKES
 from tests.ray.conftest import STANDIN_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def enqueue_twice(data: Path, request_ids: list[str], stop: dict) -> None:
@@ -103,13 +99,13 @@ def assert_once_each(data: Path, request_ids: list[str], jobs: dict[str, int]) -
             m.message_id for m in broker.peek(s.topic_name, subscription=AUDIT_SUBSCRIPTION, limit=10**5)
         )
         assert seen == Counter({f"{rid}:completed": 1 for rid in request_ids}), seen
-        landed = Counter(x["message_id"] for x in jsonl(data / TOPIC_SENDS) if x["landed"])
+        landed = Counter(x["message_id"] for x in read_records(data / TOPIC_SENDS) if x["landed"])
         assert landed == seen, f"sends that landed: {landed}"
-        notified = Counter(x["message_id"] for x in jsonl(data / NOTIFIED))
+        notified = Counter(x["message_id"] for x in read_records(data / NOTIFIED))
         assert set(notified) == set(seen)
         assert broker.counts(s.queue_name) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
         # every copy was handled, and copies of one request overlapped in time in different receivers
-        intakes = jsonl(data / INTAKES)
+        intakes = read_records(data / INTAKES)
         assert Counter(x["message_id"] for x in intakes) == Counter(
             {f"{rid}-{c}": 1 for rid in request_ids for c in "ab"}
         )

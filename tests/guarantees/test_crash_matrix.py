@@ -32,7 +32,14 @@ from shared.adapters.sqlite_store import SqliteRunStore
 from shared.models import RunRecord, RunState
 from shared.service import FAULT_POINTS
 from shared.settings import Settings
-from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, NOTIFIED, TOPIC_SENDS, prepare
+from tests.guarantees.crash_driver import (
+    AUDIT_SUBSCRIPTION,
+    NOTIFIED,
+    TOPIC_SENDS,
+    driver_env,
+    prepare,
+    read_records,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 BACKEND = os.environ.get("RLQ_CRASH_BACKEND", "twin")
@@ -44,25 +51,12 @@ CARTPOLE = {
 }
 
 
-def driver_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RLQ_")}
-    env.update(
-        RLQ_DATA_DIR=str(data_dir),
-        RLQ_BACKEND=BACKEND,
-        RLQ_BROKER="sqlite",
-        RLQ_STORE="sqlite",
-        RLQ_LOCK_DURATION_S="1",
-        RLQ_MAX_IN_FLIGHT="1000",
-        PYTHONPATH=str(REPO),
-        **extra,
-    )
-    return env
-
-
 def run_driver(
     data_dir: Path, *, fault: str | None = None, max_seconds: float = 60, args: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    env = driver_env(data_dir, **({"RLQ_FAULT_AT": fault} if fault else {}))
+    env = driver_env(
+        data_dir, RLQ_BACKEND=BACKEND, RLQ_MAX_IN_FLIGHT="1000", **({"RLQ_FAULT_AT": fault} if fault else {})
+    )
     return subprocess.run(
         [
             sys.executable,
@@ -107,10 +101,6 @@ def enqueue(data_dir: Path, request_ids: list[str], *, copies: int = 2) -> None:
     broker.close()
 
 
-def jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def assert_all_accounted_for(data_dir: Path, request_ids: list[str]) -> dict[str, int]:
     """The guarantees, checked on the files the processes left behind. Returns publish attempts per id."""
     s = Settings(data_dir=data_dir)
@@ -133,14 +123,14 @@ def assert_all_accounted_for(data_dir: Path, request_ids: list[str]) -> dict[str
         for m in seen:
             assert json.loads(m.body)["run_id"] == records[m.correlation_id].run_id
 
-        sends = jsonl(data_dir / TOPIC_SENDS)
+        sends = read_records(data_dir / TOPIC_SENDS)
         landed = Counter(x["message_id"] for x in sends if x["landed"])
         # The journal line follows the send, so a SIGKILL that lands between the two (another poll
         # thread publishing at that moment) can leave a landed send unjournaled; never two landed.
         assert set(landed) <= set(per_id) and all(n == 1 for n in landed.values()), (
             f"the outbox landed more than one send for an id: {landed}"
         )
-        notified = Counter(x["message_id"] for x in jsonl(data_dir / NOTIFIED))
+        notified = Counter(x["message_id"] for x in read_records(data_dir / NOTIFIED))
         assert set(notified) == set(per_id), "a completion message never reached the notifier"
 
         assert broker.counts(s.queue_name) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
