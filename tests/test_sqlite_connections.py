@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import threading
 from pathlib import Path
 
@@ -15,10 +14,7 @@ from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
 from shared.errors import TransientError
 from shared.models import RunRecord, RunState, TrainingRequest
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+from tests.support.descriptors import open_fds
 
 
 def in_threads(n: int, work) -> None:

@@ -27,6 +27,7 @@ from shared.errors import TransientError
 from shared.localhost import LocalHost
 from shared.models import RunState
 from shared.settings import Settings
+from tests.support.descriptors import open_fds
 
 
 @pytest.fixture
@@ -235,10 +236,6 @@ def test_a_poll_tick_with_failures_is_logged_and_recorded_as_a_failure(hosted, c
 
 
 # --- descriptors: every request's SQLite connections are closed or reused ------------------------
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def sqlite_fds(data_dir: Path) -> int:

@@ -30,6 +30,7 @@ from shared.models import FINAL, RunState
 from shared.settings import Settings
 from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, TOPIC_SENDS, driver_env, prepare
 from tests.poison.conftest import corpus, names_field
+from tests.support.descriptors import open_fds
 
 REPO = Path(__file__).resolve().parents[2]
 ENVS = ("CartPole-v1", "CartPole-v0", "Acrobot-v1", "PongNoFrameskip-v4", "ALE/Pong-v5")
@@ -398,7 +399,7 @@ def run_poll_soak(
             report.ticks += 1
             report.tick_wall_s.append(tick.wall_s)
             if os.path.isdir("/proc/self/fd"):
-                report.open_fds.append(len(os.listdir("/proc/self/fd")))
+                report.open_fds.append(open_fds())
             report.skipped += tick.skipped
             for e in tick.errors:
                 if "injected" in e:
