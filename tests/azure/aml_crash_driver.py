@@ -22,19 +22,9 @@ from shared.adapters.azureml.v2 import ROLE_TAG, AzureMLV2Backend
 from shared.adapters.azureml.v2_twin import MLClientTwin
 from shared.composition import build
 from shared.service import env_faults
-from tests.support.azureml import WORKSPACE, azureml_settings
+from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings
 
-SEED = {
-    "request_id": "pong-crash-1",
-    "experiment": "rllib-pong-multi-node",
-    "algorithm": "IMPALA",
-    "env": "PongNoFrameskip-v4",
-    "stop": {"episode_reward_mean": 18, "time_total_s": 3600},
-    "compute": {
-        "head": {"name": "head-gpu", "vm_size": "STANDARD_NC4AS_T4_V3", "max_nodes": 1},
-        "workers": {"name": "worker-cpu", "vm_size": "STANDARD_D4AS_V5", "node_count": 4, "max_nodes": 4},
-    },
-}
+SEED = {"request_id": "pong-crash-1", **PONG_REQUEST}
 
 
 def workspace(data_dir: Path) -> MLClientTwin:

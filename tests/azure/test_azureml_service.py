@@ -22,19 +22,8 @@ from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build
 from shared.models import Delivery, RunState
 from shared.settings import Settings
-from tests.support.azureml import WORKSPACE, azureml_settings
+from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings
 from tests.support.topics import drain_topic
-
-PONG = {
-    "experiment": "rllib-pong-multi-node",
-    "algorithm": "IMPALA",
-    "env": "PongNoFrameskip-v4",
-    "stop": {"episode_reward_mean": 18, "time_total_s": 3600},
-    "compute": {
-        "head": {"name": "head-gpu", "vm_size": "STANDARD_NC4AS_T4_V3", "max_nodes": 1},
-        "workers": {"name": "worker-cpu", "vm_size": "STANDARD_D4AS_V5", "node_count": 4, "max_nodes": 4},
-    },
-}
 
 
 class Notifier:
@@ -77,7 +66,9 @@ completions = drain_topic  # the completion messages the topic received, drained
 
 def _up(w: Wiring, twin: MLClientTwin, request_id: str) -> str:
     """Intake, clusters up, the poller submits the head job; its name."""
-    w.service.intake(json.dumps({**PONG, "request_id": request_id}).encode(), message_id=f"m-{request_id}")
+    w.service.intake(
+        json.dumps({**PONG_REQUEST, "request_id": request_id}).encode(), message_id=f"m-{request_id}"
+    )
     twin.provision("head-gpu")
     twin.provision("worker-cpu")
     w.service.poll_once()
@@ -85,7 +76,7 @@ def _up(w: Wiring, twin: MLClientTwin, request_id: str) -> str:
 
 
 def test_seed_request_to_completion_through_azure_ml_v2(wired: Wiring, twin: MLClientTwin, clock) -> None:
-    body = json.dumps({**PONG, "request_id": "pong-1", "reply_to": "replies"}).encode()
+    body = json.dumps({**PONG_REQUEST, "request_id": "pong-1", "reply_to": "replies"}).encode()
     rec = wired.service.intake(body, message_id="m-1")
     # both clusters are being created: the Function does not wait, the run stays provisioning
     assert rec.state is RunState.provisioning and "being created" in rec.compute_pending
@@ -142,7 +133,7 @@ def test_seed_request_to_completion_through_azure_ml_v2(wired: Wiring, twin: MLC
 
 def test_redelivered_request_submits_once(wired: Wiring, twin: MLClientTwin) -> None:
     head = _up(wired, twin, "pong-2")
-    body = json.dumps({**PONG, "request_id": "pong-2"}).encode()
+    body = json.dumps({**PONG_REQUEST, "request_id": "pong-2"}).encode()
     wired.service.intake(body, message_id="m-pong-2")
     wired.service.poll_once()
     assert twin.jobs_per_request() == {"pong-2/head": 1}
@@ -152,7 +143,7 @@ def test_redelivered_request_submits_once(wired: Wiring, twin: MLClientTwin) -> 
 def test_cluster_that_fails_to_provision_fails_the_run_with_azures_reason(
     wired: Wiring, twin: MLClientTwin
 ) -> None:
-    wired.service.intake(json.dumps({**PONG, "request_id": "pong-3"}).encode(), message_id="m-3")
+    wired.service.intake(json.dumps({**PONG_REQUEST, "request_id": "pong-3"}).encode(), message_id="m-3")
     twin.provision("head-gpu", "Failed", error="QuotaExceeded: 0 of 4 NCASv3_T4 cores available")
     wired.service.poll_once()
     [msg] = completions(wired)
@@ -188,7 +179,7 @@ def test_cancel_goes_to_both_jobs_and_the_completion_says_canceled(wired: Wiring
 def test_cancel_while_the_clusters_are_provisioning_submits_nothing(
     wired: Wiring, twin: MLClientTwin
 ) -> None:
-    wired.service.intake(json.dumps({**PONG, "request_id": "pong-6"}).encode(), message_id="m-6")
+    wired.service.intake(json.dumps({**PONG_REQUEST, "request_id": "pong-6"}).encode(), message_id="m-6")
     wired.service.cancel("pong-6")
     twin.provision("head-gpu")
     twin.provision("worker-cpu")
@@ -213,7 +204,7 @@ def test_dead_worker_job_is_reported_on_the_run(wired: Wiring, twin: MLClientTwi
 
 def test_missing_nsg_rule_fails_the_run_with_what_to_fix(wired: Wiring, twin: MLClientTwin, network) -> None:
     network.nsg_rules = [r for r in network.nsg_rules if r["name"] != "AllowAzureMachineLearning"]
-    wired.service.intake(json.dumps({**PONG, "request_id": "pong-8"}).encode(), message_id="m-8")
+    wired.service.intake(json.dumps({**PONG_REQUEST, "request_id": "pong-8"}).encode(), message_id="m-8")
     rec = wired.service.get("pong-8")
     assert rec.state in (RunState.failed, RunState.notified)
     assert "AzureMachineLearning" in rec.error and twin.job_names() == []
@@ -232,7 +223,7 @@ def test_legacy_v1_backend_fails_the_request_at_once_naming_the_retirement(tmp_p
         clock=clock,
         faults=None,
     )
-    rec = w.service.intake(json.dumps({**PONG, "request_id": "legacy-1"}).encode(), message_id="m-l1")
+    rec = w.service.intake(json.dumps({**PONG_REQUEST, "request_id": "legacy-1"}).encode(), message_id="m-l1")
     assert rec.state in (RunState.failed, RunState.notified)  # settled: not redelivered ten times
     [msg] = completions(w)
     assert msg.status == "Failed" and "https://aka.ms/rldeprecation" in msg.error

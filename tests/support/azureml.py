@@ -17,6 +17,18 @@ WORKSPACE = {
     "workspace": WORKSPACE_NAME,
 }
 
+# The seed's multi-node request: IMPALA on Pong, a GPU head and four CPU workers (no request_id).
+PONG_REQUEST = {
+    "experiment": "rllib-pong-multi-node",
+    "algorithm": "IMPALA",
+    "env": "PongNoFrameskip-v4",
+    "stop": {"episode_reward_mean": 18, "time_total_s": 3600},
+    "compute": {
+        "head": {"name": "head-gpu", "vm_size": "STANDARD_NC4AS_T4_V3", "max_nodes": 1},
+        "workers": {"name": "worker-cpu", "vm_size": "STANDARD_D4AS_V5", "node_count": 4, "max_nodes": 4},
+    },
+}
+
 
 def azureml_settings(**fields: Any) -> Settings:
     """Settings for ``RLQ_BACKEND=azureml`` on the workspace, its clusters in VNet ``rlq-vnet`` subnet
