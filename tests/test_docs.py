@@ -23,6 +23,7 @@ import typer.main
 from shared.cli import app as cli_app
 from shared.cli.request import build_request
 from shared.errors import InvalidRequest
+from shared.localhost.bindings import list_functions
 from shared.models import CompletionMessage, load_json, parse_request
 from shared.urlguard import check_request_urls
 
@@ -256,14 +257,11 @@ def _registered_routes() -> set[str]:
     host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
     prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api")
     routes = set()
-    try:
-        for fn in function_app.app.get_functions():
-            trigger = fn.get_trigger()
-            if trigger.get_binding_name() == "httpTrigger":
-                for method in trigger.methods:
-                    routes.add(f"{getattr(method, 'value', method)} /{prefix}/{trigger.route}")
-    finally:
-        function_app.app.functions_bindings = None  # let the app be listed again (as the local host does)
+    for fn in list_functions(function_app.app):
+        trigger = fn.get_trigger()
+        if trigger.get_binding_name() == "httpTrigger":
+            for method in trigger.methods:
+                routes.add(f"{getattr(method, 'value', method)} /{prefix}/{trigger.route}")
     return {_normal(r) for r in routes}
 
 

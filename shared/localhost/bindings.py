@@ -103,16 +103,22 @@ class Invocation:
     at: float = 0.0
 
 
+def list_functions(app: func.FunctionApp) -> list[Any]:
+    """The app's functions, listable any number of times. ``get_functions()`` records every name it
+    has seen and refuses a second listing of the same app as "duplicate names", so the record is
+    started and left empty around each listing."""
+    app.functions_bindings = None
+    try:
+        return list(app.get_functions())
+    finally:
+        app.functions_bindings = None
+
+
 def load_functions(app: func.FunctionApp, resolve: Callable[[str | None], str]) -> list[HostedFunction]:
     """The app's functions as the host binds them; ``resolve`` expands ``%SETTING%`` expressions.
     A trigger or binding the local host does not host fails here, naming the function."""
-    # get_functions() records every name it has seen and rejects a second listing of the same
-    # app as "duplicate names"; the app may already have been listed (by a test, by the lead's
-    # checks), so start its record afresh.
-    if getattr(app, "functions_bindings", None):
-        app.functions_bindings = None
     hosted = []
-    for fn in app.get_functions():
+    for fn in list_functions(app):
         trigger = fn.get_trigger()
         name = fn.get_function_name() or fn.get_user_function().__name__
         if trigger is None:

@@ -13,20 +13,14 @@ import function_app
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build, install
+from shared.localhost.bindings import list_functions
 from shared.settings import Settings
 from tests.support.notifiers import RecordingNotifier
 
 
 def _functions() -> dict:
-    """The app's functions by name. get_functions() refuses a second listing of the same app (it
-    records the names it has seen), and other test modules list it too: start and leave its record
-    empty, as the local host does."""
-    app = function_app.app
-    app.functions_bindings = None
-    try:
-        return {fn.get_function_name(): fn for fn in app.get_functions()}
-    finally:
-        app.functions_bindings = None
+    """The app's functions by name."""
+    return {fn.get_function_name(): fn for fn in list_functions(function_app.app)}
 
 
 FUNCTIONS = _functions()

@@ -10,11 +10,11 @@ from azure.functions.servicebus import ServiceBusMessage
 
 import function_app
 from shared.composition import install
+from shared.localhost.bindings import list_functions
 from shared.models import RunState
 from tests.support.topics import drain_topic
 
-# get_functions() may be called once per app object (it re-validates names against its own index).
-FUNCTIONS = {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
+FUNCTIONS = {fn.get_function_name(): fn for fn in list_functions(function_app.app)}
 
 
 def handler(name: str):
