@@ -156,10 +156,19 @@ class Client:
     def wait(self, request_id: str, timeout_s: float, *, interval_s: float = 2.0) -> dict[str, Any]:
         """The completion message, once the run has ended (whatever its ``status``: Completed,
         Failed, Canceled, TimedOut). Raises :class:`RequestRejected` when intake refused the
-        request, :class:`WaitTimeout` after ``timeout_s``."""
+        request, :class:`WaitTimeout` after ``timeout_s``, :class:`RunNotFound` when no run of that
+        id appeared within ``timeout_s`` (a request sent straight to the queue has no record until
+        intake takes it, so an unknown id is waited for, not refused at once)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            record = self.get(request_id)
+            try:
+                record = self.get(request_id)
+            except RunNotFound:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                self._sleep(min(interval_s, left))
+                continue
             if record.get("completion") is not None:
                 return dict(record["completion"])
             if record.get("state") == "rejected":

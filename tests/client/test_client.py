@@ -191,6 +191,28 @@ def test_the_servicebus_message_is_what_intake_runs(serve):
         assert c.wait("sb-1", timeout_s=30, interval_s=0.2)["status"] == "Completed"
 
 
+def test_wait_waits_for_a_request_that_intake_has_not_taken_yet(serve):
+    """A producer that writes to the queue and then waits: the id is unknown until intake runs."""
+    host, w = serve()
+    msg = servicebus_message({**CARTPOLE, "request_id": "late-1"})
+    sender = threading.Timer(
+        1.0, lambda: w.broker.send(w.settings.queue_name, b"".join(msg.body), message_id=msg.message_id)
+    )
+    sender.start()
+    try:
+        with Client(host.base_url) as c:
+            assert c.wait("late-1", timeout_s=30, interval_s=0.2)["status"] == "Completed"
+    finally:
+        sender.cancel()
+
+
+def test_wait_on_an_id_that_never_appears_raises_run_not_found_after_the_timeout(client):
+    started = time.monotonic()
+    with pytest.raises(RunNotFound):
+        client.wait("never-sent", timeout_s=1.0, interval_s=0.2)
+    assert time.monotonic() - started >= 1.0
+
+
 def test_the_servicebus_message_gets_a_request_id_when_the_request_has_none():
     msg = servicebus_message(CARTPOLE)
     assert msg.message_id and json.loads(b"".join(msg.body))["request_id"] == msg.message_id
