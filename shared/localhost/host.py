@@ -542,6 +542,9 @@ class LocalHost:
             channel_timeout=self._http_idle_timeout_s,
             cleanup_interval=max(1, min(30, self._http_idle_timeout_s // 2)),
             max_request_body_size=MAX_HTTP_BODY_BYTES,
+            # poll(), not select(): select() cannot watch a descriptor numbered FD_SETSIZE (1024) or
+            # more, and its loop dies on the first such socket; a busy host gets there.
+            asyncore_use_poll=True,
             ident="rlq-localhost",
             expose_tracebacks=False,
             clear_untrusted_proxy_headers=False,

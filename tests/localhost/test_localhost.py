@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 import socket
 import threading
 import time
@@ -693,3 +695,21 @@ def test_unsupported_triggers_are_refused_by_name(broker, settings, no_host_json
 
     with pytest.raises(LocalHostError, match=r"blobby.*blobTrigger"):
         LocalHost(app, broker=broker, settings=settings, host_json=no_host_json)
+
+
+def test_http_is_served_when_the_process_holds_over_1024_descriptors(host):
+    """select() cannot watch a descriptor numbered 1024 or more (FD_SETSIZE); a long-lived host
+    (or one beside many open files) must keep serving when its sockets get such numbers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.fail(f"this check needs a hard descriptor limit of at least 2048 (have {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        host.start(queues=False, timers=False)
+        got, _ = _raw(host.http_port, b"GET /api/items/high HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert _status(got) == 200 and b'"high"' in got
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
