@@ -135,3 +135,28 @@ def test_the_receiver_never_skips_the_signature_check(monkeypatch):
             receiver.verify(json.dumps(EVENT).encode(), {"content-type": "application/json"})
     finally:
         receiver.server.server_close()
+
+
+def test_cli_logging_writes_to_the_stderr_of_the_moment_not_a_closed_one(monkeypatch):
+    """An in-process CLI run swaps ``sys.stderr`` and closes its copy afterwards; a handler bound
+    to that copy printed "Logging error ... I/O operation on closed file" for every later record."""
+    import io
+    import logging
+
+    from shared.cli.local import configure_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    try:
+        configure_logging(logging.INFO)
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("shared.probe").warning("after the swap")
+        assert "after the swap" in second.getvalue()
+    finally:
+        for h in root.handlers[:]:
+            if h not in before:
+                root.removeHandler(h)
