@@ -17,7 +17,8 @@
     (same preprocessing and frame size) in a gymnasium vector env of the same number of envs,
     the same RLModule (built from the same config), batched inference every step, and after
     every train batch (the preset's rollout length x envs) the preset's number of V-trace
-    learning passes (Adam, grad clip) -- the work the preset does, without the framework.
+    learning passes (Adam, grad clip), each in the preset's minibatches (whole rollout
+    fragments, as RLlib slices them) -- the work the preset does, without the framework.
 Everything runs one after the other on the same cores. Prints (b)/(d) (target >= 80%),
 (b)/(c) and (a')/(a).
 """
@@ -240,25 +241,30 @@ def handwritten(settings: dict, seconds: float, threads: int) -> dict:
             torch.stack(d_buf),
         )
         T = acts.shape[0]
+        # RLlib's minibatches are whole rollout fragments: here, groups of envs' sequences.
+        group = max(1, min(n, settings.get("minibatch_size") or T * n) // T)
         for _ in range(epochs):
-            flat = {Columns.OBS: o.reshape(-1, *o.shape[2:])}
-            out = module.forward_train(flat)
-            values = module.compute_values(flat, embeddings=out[Columns.EMBEDDINGS]).reshape(T + 1, n)
-            dist = torch.distributions.Categorical(
-                logits=out[Columns.ACTION_DIST_INPUTS].reshape(T + 1, n, -1)[:T]
-            )
-            logp = dist.log_prob(acts)
-            with torch.no_grad():
-                vs, adv = _vtrace(blogp, logp, rews, disc, values[:T], values[T])
-            loss = (
-                -(logp * adv).mean()
-                + settings.get("vf_loss_coeff", 0.5) * 0.5 * ((values[:T] - vs) ** 2).mean()
-                - settings.get("entropy_coeff", 0.01) * dist.entropy().mean()
-            )
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), settings.get("grad_clip", 40.0))
-            opt.step()
+            for lo in range(0, n, group):
+                k = slice(lo, lo + group)
+                width = acts[:, k].shape[1]
+                flat = {Columns.OBS: o[:, k].reshape(-1, *o.shape[2:])}
+                out = module.forward_train(flat)
+                values = module.compute_values(flat, embeddings=out[Columns.EMBEDDINGS]).reshape(T + 1, width)
+                dist = torch.distributions.Categorical(
+                    logits=out[Columns.ACTION_DIST_INPUTS].reshape(T + 1, width, -1)[:T]
+                )
+                logp = dist.log_prob(acts[:, k])
+                with torch.no_grad():
+                    vs, adv = _vtrace(blogp[:, k], logp, rews[:, k], disc[:, k], values[:T], values[T])
+                loss = (
+                    -(logp * adv).mean()
+                    + settings.get("vf_loss_coeff", 0.5) * 0.5 * ((values[:T] - vs) ** 2).mean()
+                    - settings.get("entropy_coeff", 0.01) * dist.entropy().mean()
+                )
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(module.parameters(), settings.get("grad_clip", 40.0))
+                opt.step()
         batches += 1
         now = time.time()
         if t0 is None:  # first batch = warm-up, as for (b)
@@ -292,7 +298,7 @@ def main() -> int:
         f"machine: {cpus} CPU cores, load average {os.getloadavg()[0]:.1f} at start; Pong; preset samples with "
         f"{runners} EnvRunner(s) x {p['num_envs_per_env_runner']} envs = {n_envs} envs, "
         f"{p['dim']}x{p['dim']}x{p['framestack']} frames, batch {p['train_batch_size_per_learner']}, "
-        f"{p.get('num_epochs', 1)} pass(es) per batch",
+        f"{p.get('num_epochs', 1)} pass(es) per batch in minibatches of {p.get('minibatch_size') or 'the batch'}",
         flush=True,
     )
     result: dict = {"cpus": cpus, "settings": p}
