@@ -2,6 +2,10 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+import types
 
 from trainer import sinks
 from trainer.train import RewardWindow, _error_paragraph
@@ -40,6 +44,37 @@ def test_azureml_offline_run_is_not_used():
     assert sinks.is_offline_run(_OfflineRun())
     # Outside Azure ML, Run.get_context() is an offline run (or azureml-core is absent): no sink.
     assert sinks.AzureMLSink.create() is None
+
+
+def test_outside_azure_ml_the_sdk_is_not_imported(tmp_path):
+    # Every run opens its sinks before Ray starts; outside Azure ML (no AZUREML_RUN_ID) that must
+    # not pay for importing azureml.core, installed or not.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZUREML_")}
+    code = (
+        "import sys; from trainer import sinks; "
+        f"s = sinks.Sinks.open({str(tmp_path / 'm.jsonl')!r}); "
+        "print([type(x).__name__ for x in s.sinks], 'azureml.core' in sys.modules)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["['JsonlSink']", "False"]
+
+
+def test_inside_azure_ml_the_run_context_is_asked_for(monkeypatch):
+    asked = []
+
+    class Run:
+        @staticmethod
+        def get_context():
+            asked.append(True)
+            return type("R", (), {"id": "rlq_123", "log": lambda self, name, value: None})()
+
+    core = types.ModuleType("azureml.core")
+    core.Run = Run
+    monkeypatch.setitem(sys.modules, "azureml.core", core)
+    monkeypatch.setenv(sinks.RUN_ID_ENV, "rlq_123")
+    sink = sinks.AzureMLSink.create()
+    assert asked == [True] and sink is not None and sink.run.id == "rlq_123"
 
 
 def test_mlflow_only_when_tracking_uri_set(monkeypatch, tmp_path):
