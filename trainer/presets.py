@@ -10,17 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 # --- CartPole (classic control): aim = mean return 450 as fast as possible on 2 cores. ---
-# PPO: close to the rl-zoo CartPole hyper-parameters (8 envs, gamma 0.98, GAE lambda 0.8, 20
-# epochs, minibatch 256, lr 1e-3 decaying) but 64 steps per env per iteration (batch 512, two
-# minibatches) to halve RLlib's per-iteration overhead; sampling happens in the driver process
-# (no EnvRunner actors: the env is far cheaper than an actor round trip).
+# PPO: close to the rl-zoo CartPole hyper-parameters (gamma 0.98, GAE lambda 0.8, minibatch 256,
+# lr 1e-3 decaying, 32 steps per env per rollout) but 16 envs (512 steps per iteration) and 10
+# epochs: 20 gradient updates per 512 sampled steps, half rl-zoo's rate. In py-spy two thirds of
+# an iteration were the Learner's minibatch updates and a third the sampling loop, whose cost is
+# per vectorised step; this halves both per sampled step (docs/trainer.md, "CartPole"). Sampling
+# happens in the driver process (no EnvRunner actors: the env is far cheaper than a round trip).
 CARTPOLE_PPO: dict[str, Any] = {
     "num_env_runners": 0,
-    "num_envs_per_env_runner": 8,
-    "rollout_fragment_length": 64,
+    "num_envs_per_env_runner": 16,
+    "rollout_fragment_length": 32,
     "train_batch_size_per_learner": 512,
     "minibatch_size": 256,
-    "num_epochs": 20,
+    "num_epochs": 10,
     # rl-zoo decays lr linearly to 0 over 1e5 steps; keep a floor so a slow run still learns.
     "lr": [[0, 0.001], [150000, 0.0001]],
     "gamma": 0.98,
@@ -38,25 +40,40 @@ CARTPOLE_PPO: dict[str, Any] = {
     "min_sample_timesteps_per_iteration": 0,
 }
 
-# IMPALA / APPO: one EnvRunner with 8 vectorised envs feeding one remote Learner actor (RLlib's
-# default), small batches and 4 passes over each batch.
+# IMPALA: one EnvRunner with 8 vectorised envs feeding one remote Learner actor (RLlib's
+# default), small batches, two V-trace passes per batch. See docs/trainer.md ("CartPole") for
+# the per-seed curves behind each value.
 CARTPOLE_IMPALA: dict[str, Any] = {
     "num_env_runners": 1,
     "num_envs_per_env_runner": 8,
     "rollout_fragment_length": 32,
     "train_batch_size_per_learner": 256,
-    "num_epochs": 4,
+    # Two passes (V-trace corrects the second); four at lr 1e-3 collapsed a run to a
+    # deterministic policy (entropy 0, return 9) after it had reached 340.
+    "num_epochs": 2,
     "minibatch_size": 256,
-    "lr": 0.001,
-    "entropy_coeff": 0.0,
+    # IMPALA has no trust region: a constant 1e-3 reached ~400 and fell back again and again.
+    # Decay to a tenth by 300k steps; most seeds are past 400 by then.
+    "lr": [[0, 0.0005], [300000, 0.00005]],
+    # A little entropy keeps the policy from collapsing to one action between improvements.
+    "entropy_coeff": 0.005,
     "vf_loss_coeff": 0.5,
     "grad_clip": 40.0,
     "fcnet_hiddens": [64, 64],
-    "vf_share_layers": True,
+    # A separate value network: V-trace targets of up to ~100 (gamma 0.99) trained through a
+    # shared trunk swamped the policy's features; separate, 2-3x fewer steps to 200.
+    "vf_share_layers": False,
     "min_time_s_per_iteration": 1,
     "min_sample_timesteps_per_iteration": 0,
 }
-CARTPOLE_APPO: dict[str, Any] = dict(CARTPOLE_IMPALA)
+# APPO (not re-tuned): the earlier shared-network IMPALA settings.
+CARTPOLE_APPO: dict[str, Any] = {
+    **CARTPOLE_IMPALA,
+    "num_epochs": 4,
+    "lr": 0.001,
+    "entropy_coeff": 0.0,
+    "vf_share_layers": True,
+}
 
 # --- Atari (Pong and any other ALE game): aim = mean reward 18 as fast as the hardware
 # allows. EnvRunners = CPUs - 1 (seed rule, decided at run time), 16 vectorised envs each.
@@ -67,10 +84,13 @@ ATARI_IMPALA: dict[str, Any] = {
     # packs whole sample() results, so 8 x 50 = 400 against a batch of 500 trained 800.
     "rollout_fragment_length": 32,
     "train_batch_size_per_learner": 512,
-    # Two passes over each batch (V-trace corrects the second, slightly off-policy one): twice
-    # the gradient updates per sampled step; RLlib's tuned APPO Pong (2.5M steps to 18) also
-    # trains on each batch twice. 3,906 updates per 1M steps; the old preset made 1,250.
+    # Two passes over each batch (V-trace corrects the second, slightly off-policy one), each
+    # in four minibatches of 128 steps (4 whole 32-step fragments): 15,625 gradient updates per
+    # 1M steps, CleanRL's PPO rate, at the compute of two passes. The old preset made 1,250 and
+    # stayed at -20; 3,906 (2 full-batch passes) reached -13 at 2M steps; this one reached 0
+    # at 1.2M (docs/trainer.md, "The Pong preset").
     "num_epochs": 2,
+    "minibatch_size": 128,
     # The Learner in the driver process (its own thread), not a remote Learner actor: on a
     # small CPU machine that saves the batch's trip through the object store and a process;
     # the EnvRunner(s) keep sampling while it learns. With a GPU it moves to a Learner actor.
@@ -79,7 +99,8 @@ ATARI_IMPALA: dict[str, Any] = {
     # ray.wait() between samples (a third of the driver's CPU samples in py-spy); waiting up to
     # 1 s returns as soon as the sample is ready and leaves the core to the Learner thread.
     "timeout_s_sampler_manager": 1.0,
-    "lr": 0.0006,
+    # Four times the updates at a slightly lower step size (6e-4 with full-batch updates).
+    "lr": 0.0005,
     "gamma": 0.99,
     "entropy_coeff": 0.01,
     "vf_loss_coeff": 0.5,
