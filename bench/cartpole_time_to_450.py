@@ -1,11 +1,12 @@
 """Wall seconds of training to mean return 450 on CartPole-v1: rlq preset vs Stable-Baselines3 PPO.
 
-    .venv/bin/python bench/cartpole_time_to_450.py [--algorithms IMPALA,PPO] [--seeds 5] [--limit 300]
-        [--skip-sb3]
+    .venv/bin/python bench/cartpole_time_to_450.py [--algorithms IMPALA,PPO] [--seeds 5] [--limit 600]
+        [--skip-sb3] [--config ALGO=JSON ...]
 
 Both sides use the same criterion: the mean return of the last 100 completed episodes >= 450.
 rlq runs the real trainer CLI (``python -m trainer.train --run X --env CartPole-v1`` with the
-algorithm's CartPole preset) in a subprocess; "train s" is the trainer's own time_total_s (first
+algorithm's CartPole preset, plus ``--config ALGO=JSON`` overrides to compare a variant) in a
+subprocess; "train s" is the trainer's own time_total_s (first
 ``algo.train()`` to the iteration that met the target), "wall s" is the whole process including
 Ray start-up. SB3 PPO uses the rl-zoo hyper-parameters (n_envs 8, n_steps 32, batch 256,
 gae_lambda 0.8, gamma 0.98, n_epochs 20, ent_coef 0, lr linear 1e-3, clip linear 0.2, 1e5 steps)
@@ -13,8 +14,9 @@ in a subprocess too; "train s" is from the start of ``model.learn`` to the targe
 includes imports and model creation. Needs ``pip install stable-baselines3``.
 
 Each seed runs every algorithm and SB3 one after the other, so each comparison is side by side.
-Prints per seed, then per algorithm how many seeds reached 450 and the median seconds, and the
-median-PPO / median-SB3 ratio (target <= 1.5x).
+Prints per seed, then per algorithm how many seeds reached 450 (IMPALA target: all, within the
+trainer's default 600 s stop) with the median and worst seconds, the per-seed and median PPO / SB3
+ratios (target <= 1.5x), and the load average (1, 5, 15 min, as ``uptime``) with each line.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def run_sb3(limit: float, seed: int, threads: int) -> dict:
     raise RuntimeError("SB3 run failed:\n" + p.stderr[-2000:])
 
 
-def run_rlq(algorithm: str, limit: float, seed: int) -> dict:
+def run_rlq(algorithm: str, limit: float, seed: int, config: str | None = None) -> dict:
     out = Path(tempfile.mkdtemp(prefix="rlq-bench-cartpole-"))
     t0 = time.time()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
@@ -99,6 +101,7 @@ def run_rlq(algorithm: str, limit: float, seed: int) -> dict:
             "0",
             "--seed",
             str(seed),
+            *(["--config", config] if config else []),
             "--output-dir",
             str(out),
         ],
@@ -116,9 +119,16 @@ def run_rlq(algorithm: str, limit: float, seed: int) -> dict:
         "train_s": rows[-1]["time_total_s"] if rows else None,
         "timesteps": summary["timesteps"],
         "final_mean": summary["final_reward"],
+        "best_mean": summary["best_reward"],
+        "metrics": str(out / "metrics.jsonl"),
         "wall_s": wall,
         "exit_code": p.returncode,
     }
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` prints them."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _median(xs: list[float]) -> float | None:
@@ -135,10 +145,22 @@ def main() -> int:
         "--algorithms", default="PPO", help="comma-separated rlq algorithms (their CartPole presets)"
     )
     ap.add_argument("--run", default=None, help="one algorithm (same as --algorithms X)")
-    ap.add_argument("--limit", type=float, default=300, help="give up after this many training seconds")
+    ap.add_argument(
+        "--limit",
+        type=float,
+        default=600,
+        help="give up after this many training seconds (600: the trainer's default CartPole stop)",
+    )
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (or --seed for one)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--skip-sb3", action="store_true")
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="ALGO=JSON",
+        help="trainer --config overrides for one algorithm, e.g. PPO='{\"num_epochs\": 10}' (repeatable)",
+    )
     ap.add_argument(
         "--sb3-threads",
         type=int,
@@ -151,18 +173,27 @@ def main() -> int:
         [args.run] if args.run else [a.strip().upper() for a in args.algorithms.split(",") if a.strip()]
     )
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    configs = {}
+    for item in args.config:
+        name, sep, value = item.partition("=")
+        if not sep or name.strip().upper() not in algorithms:
+            ap.error(f"--config {item!r}: expected ALGO=JSON with ALGO one of {algorithms}")
+        json.loads(value)  # fail here, not in the first trainer run
+        configs[name.strip().upper()] = value
     print(
-        f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "
+        f"machine: {os.cpu_count()} CPU cores, load average {_load()}; "
         f"target: mean return of last 100 episodes >= {TARGET:g}; seeds {seeds}"
+        + "".join(f"; {a} --config {c}" for a, c in configs.items())
     )
     runs: dict[str, list[dict]] = {a: [] for a in [*algorithms, *([] if args.skip_sb3 else ["SB3"])]}
     for seed in seeds:
         for algorithm in algorithms:
-            r = run_rlq(algorithm, args.limit, seed)
+            r = run_rlq(algorithm, args.limit, seed, configs.get(algorithm))
             runs[algorithm].append(r)
             print(
-                f"seed {seed} rlq {algorithm:6s} preset: reached={r['reached']} train {r['train_s'] or 0:.1f} s, "
-                f"wall {r['wall_s']:.1f} s, {r['timesteps']} steps, final mean {r['final_mean']}",
+                f"seed {seed} rlq {algorithm:6s} {'preset+config' if algorithm in configs else 'preset'}: reached={r['reached']} train {r['train_s'] or 0:.1f} s, "
+                f"wall {r['wall_s']:.1f} s, {r['timesteps']} steps, final mean {r['final_mean'] or 0:.1f} (best {r['best_mean'] or 0:.1f}; curve {r['metrics']}); "
+                f"load {_load()}",
                 flush=True,
             )
         if not args.skip_sb3:
@@ -171,7 +202,7 @@ def main() -> int:
             print(
                 f"seed {seed} SB3 PPO (rl-zoo, {args.sb3_threads or 'default'} torch threads): reached={r['reached']} "
                 f"train {r['train_s']:.1f} s, wall {r['wall_s']:.1f} s, {r['timesteps']} steps, "
-                f"final mean {r['final_mean']:.1f}",
+                f"final mean {r['final_mean'] or 0:.1f}; load {_load()}",
                 flush=True,
             )
     medians = {}
@@ -179,16 +210,41 @@ def main() -> int:
         hit = [r for r in rs if r["reached"]]
         medians[name] = (_median([r["train_s"] for r in hit]), _median([r["wall_s"] for r in hit]))
         m_train, m_wall = medians[name]
+        worst = max(rs, key=lambda r: (not r["reached"], r["train_s"] or 0)) if rs else None
         print(
             f"{name:6s}: reached 450 in {len(hit)}/{len(rs)} seeds"
-            + (f"; median train {m_train:.1f} s, wall {m_wall:.1f} s" if hit else "")
+            + (
+                f"; median train {m_train:.1f} s, wall {m_wall:.1f} s, "
+                f"{_median([r['timesteps'] for r in hit]):.0f} steps"
+                if hit
+                else ""
+            )
+            + (
+                f"; worst: {'train' if worst['reached'] else 'not reached after'} "
+                f"{worst['train_s'] or 0:.1f} s, wall {worst['wall_s']:.1f} s"
+                if worst
+                else ""
+            )
         )
+    if "PPO" in runs and "SB3" in runs:
+        pairs = [
+            (a["train_s"] / b["train_s"], a["wall_s"] / b["wall_s"])
+            for a, b in zip(runs["PPO"], runs["SB3"], strict=True)
+            if a["reached"] and b["reached"]
+        ]
+        if pairs:
+            print(
+                "per seed rlq PPO / SB3: train "
+                + ", ".join(f"{t:.2f}x" for t, _ in pairs)
+                + "; wall "
+                + ", ".join(f"{w:.2f}x" for _, w in pairs)
+            )
     if "PPO" in medians and "SB3" in medians and medians["PPO"][0] and medians["SB3"][0]:
         print(
             f"ratio rlq PPO / SB3 (medians): train {medians['PPO'][0] / medians['SB3'][0]:.2f}x, "
             f"wall {medians['PPO'][1] / medians['SB3'][1]:.2f}x (target <= 1.5x)"
         )
-    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"load average {_load()} at the end")
     print("BENCH_RESULT " + json.dumps({"runs": runs, "algorithms": algorithms, "seeds": seeds}))
     return 0
 
