@@ -93,7 +93,7 @@ def plot(rows: list[dict[str, float]], png: Path, title: str) -> None:
     ax1.set_xlabel("agent steps (millions; 4 frames each)")
     ax1.set_ylabel("mean episode reward (last 100 episodes)")
     ax1.set_ylim(-22, 22)
-    ax1.legend(fontsize=8, loc="upper left")
+    ax1.legend(fontsize=8, loc="lower right")
     ax1.set_title(title, fontsize=9)
     ax2.plot([r["wall_s"] / 60 for r in pts], [r["episode_reward_mean"] for r in pts])
     ax2.axhline(0, color="grey", lw=0.5)
