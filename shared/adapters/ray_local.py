@@ -52,6 +52,8 @@ AUTH_MODE_ENV = "RAY_AUTH_MODE"
 _SCRUBBED_ENV = (TOKEN_ENV, "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 # Set in the environment of `ray start`; every process of the head inherits it.
 HEAD_MARK_ENV = "RLQ_RAY_HEAD"
+# Ray's worker_niceness (RayConfig, read from the raylet's environment): added to the raylet's own.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 # Ray (ray/_private/services.py get_node_ip_address, Ray 2.60) replaces --node-ip-address=127.0.0.1
 # by the machine's address unless this is 0; with it, GCS, raylet, agents, workers and the client
 # server take 127.0.0.1 as the node address and bind to loopback (see docs/ray.md).
@@ -441,6 +443,11 @@ def _start_head(
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     # Give a canceled trainer time to save its final checkpoint and summary (Ray's default: 3 s).
     env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "30")
+    # Ray starts worker processes 15 niceness steps below the raylet (RayConfig worker_niceness):
+    # on a local head the actors (EnvRunners, Learner) are the workload, not background work. At
+    # niceness 15 the run's EnvRunner took minutes to start on a busy machine while the job
+    # driver, at the raylet's niceness, waited for it.
+    env.setdefault(WORKER_NICENESS_ENV, "0")
 
     log_path = ray_dir / "ray-start.log"
     with open(log_path, "wb") as out:
