@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -79,15 +80,65 @@ def _driver_logs(data_dir: Path) -> list[str]:
     return glob.glob(f"/tmp/rlq-ray-{digest}/session_*/logs/job-driver-*.log")
 
 
-def one_run(data_dir: Path, env: dict[str, str], serve_log: Path, args) -> dict:
+def _title(proc) -> str:
+    """What a head process is: the actor class Ray names it by, the trainer driver, or a daemon."""
+    cmd = proc.cmdline()
+    if not cmd:
+        return "?"
+    if cmd[0].startswith("ray::"):
+        return cmd[0][len("ray::") :].split(".")[0]
+    if "trainer.train" in cmd:
+        return "trainer driver"
+    return "Ray daemons"
+
+
+def _cpu_seconds(pids: list[int]) -> dict[int, tuple[str, float]]:
+    """pid -> (what it is, user + system CPU seconds so far) for the processes still alive."""
+    from shared.adapters.ray_local import ray_psutil
+
+    psutil = ray_psutil()
+    out = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            t = proc.cpu_times()
+            out[pid] = (_title(proc), t.user + t.system)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _head_cpu(data_dir: Path, serve_pid: int) -> dict[int, tuple[str, float]]:
+    from shared.adapters.ray_local import head_pids
+
+    got = _cpu_seconds(head_pids(data_dir))
+    got.update({pid: ("rlq serve (intake)", cpu) for pid, (_t, cpu) in _cpu_seconds([serve_pid]).items()})
+    return got
+
+
+def _cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per kind of process between two snapshots (a new process counts from 0)."""
+    used: dict[str, float] = {}
+    for pid, (what, cpu) in after.items():
+        delta = cpu - (before[pid][1] if pid in before else 0.0)
+        if delta > 0.005:
+            used[what] = round(used.get(what, 0.0) + delta, 2)
+    return dict(sorted(used.items(), key=lambda kv: -kv[1]))
+
+
+def one_run(
+    data_dir: Path, env: dict[str, str], serve_log: Path, args, config: str = "{}", serve_pid: int = 0
+) -> dict:
     # Iterations, not seconds: IMPALA's warm-up iterations (no sample yet) are not reported, and
     # a short time limit can end a run during them with no metrics row at all.
     stop = json.dumps({"training_iteration": args.iterations, "time_total_s": 300})
     intake_seen = serve_log.read_text().count("fn=intake outcome=completed")
     ray_logs = _driver_logs(data_dir)
+    cpu_before = _head_cpu(data_dir, serve_pid)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     p = subprocess.run(
-        [RLQ, "submit", "--run", args.run, "--env", args.env, "--stop", stop],
+        [RLQ, "submit", "--run", args.run, "--env", args.env, "--stop", stop, "--config", config],
         capture_output=True,
         text=True,
         env=env,
@@ -96,6 +147,8 @@ def one_run(data_dir: Path, env: dict[str, str], serve_log: Path, args) -> dict:
     if p.returncode != 0:
         raise RuntimeError("rlq submit failed: " + p.stderr[-1000:])
     marks = {"submit": time.time() - t0}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    submit_cpu = children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime
     rid = p.stdout.strip().splitlines()[-1]
     # The run's output dir is named by the request id in its canonical (hex) form.
     metrics = data_dir / "runs" / rid.replace("-", "") / "metrics.jsonl"
@@ -116,6 +169,9 @@ def one_run(data_dir: Path, env: dict[str, str], serve_log: Path, args) -> dict:
         return False
 
     _wait_for(step, args.timeout, f"the first metrics row of {rid}")
+    # CPU seconds each process spent up to the first metrics row: what the start-up costs
+    # whatever the load (on a busy machine wall time is this work stretched by contention).
+    cpu = {"rlq submit": round(submit_cpu, 2), **_cpu_used(cpu_before, _head_cpu(data_dir, serve_pid))}
     phases = {}
     if driver_log:
 
@@ -127,7 +183,7 @@ def one_run(data_dir: Path, env: dict[str, str], serve_log: Path, args) -> dict:
         phases = {k: float(v) for k, v in (kv.rsplit(" ", 1) for kv in line.split(", "))}
     # Let the run finish (its summary.json written) before the next one or the teardown.
     _wait_for(lambda: (metrics.parent / "summary.json").exists(), args.timeout, f"run {rid} to finish")
-    return {"request_id": rid, "marks_s": marks, "trainer_phases_s": phases}
+    return {"request_id": rid, "config": config, "marks_s": marks, "trainer_phases_s": phases, "cpu_s": cpu}
 
 
 def main() -> int:
@@ -137,6 +193,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="runs one after the other on the same head")
     ap.add_argument("--iterations", type=int, default=2, help="each run's training_iteration stop")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument(
+        "--config",
+        action="append",
+        help="JSON of RLlib overrides for a variant (repeatable; '{}' is the preset); variants alternate",
+    )
     args = ap.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="rlq-bench-e2f-"))
@@ -152,23 +213,35 @@ def main() -> int:
         _wait_for(lambda: "dashboard:" in serve_log.read_text(), args.timeout, "rlq serve to be ready")
         print(f"rlq serve ready (local Ray head up) in {time.time() - t:.1f} s (not counted)", flush=True)
         results = []
+        configs = args.config or ["{}"]
         for i in range(args.repeat):
-            r = one_run(data_dir, env, serve_log, args)
-            results.append(r)
-            m, ph = r["marks_s"], r["trainer_phases_s"]
-            print(
-                f"run {i + 1}: submit {m['submit']:.1f} s | intake done {m.get('intake', float('nan')):.1f} s | "
-                f"job driver log {m.get('job driver', float('nan')):.1f} s | first metrics {m['first metrics']:.1f} s"
-                " (target <= 10 s)",
-                flush=True,
-            )
-            if ph:
-                inside = ph.get("first_metrics_s", 0.0)
+            for config in configs:  # variants alternate, so each sees the same load over time
+                load = os.getloadavg()[0]
+                r = one_run(data_dir, env, serve_log, args, config, serve.pid)
+                r["load_average"] = load
+                results.append(r)
+                m, ph = r["marks_s"], r["trainer_phases_s"]
+                label = "" if config == "{}" else f" --config {config}"
                 print(
-                    "       inside the trainer: "
-                    + ", ".join(f"{k} {v:.1f}" for k, v in ph.items())
-                    + f"; before the trainer's clock: {m['first metrics'] - inside:.1f} s "
-                    "(queue, job submit, runtime env, Python start and trainer imports)",
+                    f"run {i + 1}{label} (load average {load:.1f}): submit {m['submit']:.1f} s | "
+                    f"intake done {m.get('intake', float('nan')):.1f} s | job driver log "
+                    f"{m.get('job driver', float('nan')):.1f} s | first metrics {m['first metrics']:.1f} s"
+                    " (target <= 10 s)",
+                    flush=True,
+                )
+                if ph:
+                    inside = ph.get("first_metrics_s", 0.0)
+                    print(
+                        "       inside the trainer: "
+                        + ", ".join(f"{k} {v:.1f}" for k, v in ph.items())
+                        + f"; before the trainer's clock: {m['first metrics'] - inside:.1f} s "
+                        "(queue, job submit, runtime env, Python start and trainer imports)",
+                        flush=True,
+                    )
+                cpu = r["cpu_s"]
+                print(
+                    f"       CPU seconds to the first metrics row, {sum(cpu.values()):.1f} in all: "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()),
                     flush=True,
                 )
         print("BENCH_RESULT " + json.dumps(results))

@@ -314,6 +314,15 @@ def _ray_init(plan: Plan):
     return ray
 
 
+def _import_framework(algorithm: str) -> None:
+    """torch and the algorithm's RLlib modules: the driver's largest start-up cost of its own."""
+    import importlib
+
+    import torch  # noqa: F401
+
+    importlib.import_module(f"ray.rllib.algorithms.{algorithm.lower()}")
+
+
 def _check_resources(settings: dict[str, Any], cpus: float, gpus: float, algorithm: str) -> None:
     """Refuse a request the cluster can never place (Ray would wait forever for it)."""
     runners = settings.get("num_env_runners", 0)
@@ -422,9 +431,12 @@ class Trainer:
             t = time.time()
             ray = _ray_init(plan)
             self.timing["ray_init_s"] = round(time.time() - t, 2)
-            t = time.time()  # algorithm build: torch and RLlib imports, config, actors started
             _install_signal_handlers()  # Ray's core worker replaces SIGTERM with an abort
             _check_cancel()
+            t = time.time()
+            _import_framework(plan.algorithm)
+            self.timing["imports_s"] = round(time.time() - t, 2)
+            t = time.time()  # algorithm build: config, EnvRunner/Learner actors started and ready
             res = ray.cluster_resources()
             cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
             # A cluster started by trainer/bootstrap.py: Learner on the head node, EnvRunners on workers.
