@@ -286,7 +286,21 @@ def _build_algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_
         cfg.debugging(**dbg)
     if section("resources"):
         cfg.resources(**section("resources"))
+    if not _env_runner_state_server(plan, settings):
+        cfg.use_env_runner_state_server = False
     return cfg
+
+
+def _env_runner_state_server(plan: Plan, settings: dict[str, Any]) -> bool:
+    """Whether IMPALA/APPO keep RLlib's pull-based ``EnvRunnerStateServer`` (default on in 2.60).
+
+    Off for classic control with at most one EnvRunner: the server is one more actor process
+    (a full RLlib import, about 5 CPU seconds) started after the Learner, and the first sample
+    waits for it; for one EnvRunner RLlib's push sync (``set_state`` after each weight update,
+    asynchronous) hands over the same weights without it. Atari runs keep RLlib's default."""
+    if plan.algorithm not in ("IMPALA", "APPO") or plan.atari:
+        return True
+    return settings.get("num_env_runners", 0) > 1
 
 
 def _ray_init(plan: Plan):

@@ -1,0 +1,29 @@
+"""The trainer's start-up: what it asks RLlib to start before the first iteration."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer import presets, train
+
+
+def _cfg(*argv: str):
+    plan = train.Plan(train.parse_args(["--output-dir", "/tmp/rlq-startup-test", *argv]))
+    settings = presets.preset(plan.algorithm, plan.env_id, plan.atari)
+    settings.update(plan.mapped.settings)
+    settings.setdefault("num_env_runners", 1)
+    return train._build_algo_config(plan, settings, "rlq-test-env", {"env_id": plan.env_id})
+
+
+@pytest.mark.parametrize("algorithm", ["IMPALA", "APPO"])
+def test_cartpole_with_one_env_runner_starts_no_state_server_actor(algorithm):
+    cfg = _cfg("--run", algorithm, "--env", "CartPole-v1")
+    assert cfg.num_env_runners == 1
+    assert cfg.use_env_runner_state_server is False
+
+
+def test_several_env_runners_and_atari_keep_rllibs_state_server():
+    assert _cfg(
+        "--run", "IMPALA", "--env", "CartPole-v1", "--config", '{"num_env_runners": 2}'
+    ).use_env_runner_state_server
+    assert _cfg("--run", "IMPALA", "--env", "PongNoFrameskip-v4").use_env_runner_state_server
