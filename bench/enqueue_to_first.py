@@ -1,20 +1,26 @@
 """Enqueue to first iteration on the local Ray head: where the seconds go after ``rlq submit``.
 
-    .venv/bin/python bench/enqueue_to_first.py [--run IMPALA] [--env CartPole-v1] [--repeat 2]
+    .venv/bin/python bench/enqueue_to_first.py [--run IMPALA] [--env CartPole-v1] [--repeat 2] \
+        [--config '{}' --config '{"num_learners": 0}']
 
 Starts ``rlq serve --port 0`` on a fresh data dir (its private local Ray head; start-up not
-counted), then per repeat submits a short run with the real ``rlq submit`` and times, from the
-moment ``rlq submit`` is started:
+counted), then per repeat submits a short run with the real ``rlq submit`` (once per ``--config``
+variant, the variants alternating so each sees the same load) and times, from the moment
+``rlq submit`` is started:
 
 * ``submit``: the ``rlq submit`` process returned the request id (CLI start, validation, enqueue);
 * ``intake``: the function host logged the intake invocation as completed (the Ray job is
   submitted: trainer package staged, runtime env uploaded);
 * ``job driver``: the Ray job's driver log appeared (Ray started the entrypoint process);
 * the trainer's own start-up phases from its ``start-up:`` log line (``before_ray_init_s``:
-  Python start to arguments validated is *not* in it; ``ray_init_s``; ``algorithm_build_s``:
-  torch/RLlib imports, config, EnvRunner/Learner actors; ``first_iteration_s``);
+  Python start to arguments validated is *not* in it; ``ray_init_s``; ``imports_s``: torch and
+  RLlib in the driver; ``algorithm_build_s``: config, EnvRunner/Learner actors started and
+  ready; ``first_iteration_s``);
 * ``first metrics``: the first row of ``<data-dir>/runs/<id>/metrics.jsonl`` (the trainer writes
-  it just before printing the first ``RLQ_METRICS`` line).
+  it just before printing the first ``RLQ_METRICS`` line);
+* the CPU seconds each process (``rlq submit``, the host's intake, the job supervisor, the
+  driver, each actor by its class, Ray's daemons) spent until then: the work start-up costs
+  whatever the load, where wall time on a busy machine is that work stretched by contention.
 
 Target: first metrics <= 10 s after ``rlq submit``. Times are detected by polling every 0.05 s.
 """
