@@ -164,3 +164,37 @@ def default_stop(env_id: str, atari: bool) -> dict[str, Any]:
     if env_id.startswith("CartPole"):
         return dict(DEFAULT_STOP["CartPole"])
     return dict(DEFAULT_STOP["other"])
+
+
+def fit_minibatch(
+    algorithm: str, preset_settings: dict[str, Any], settings: dict[str, Any], overrides: dict[str, Any]
+) -> str | None:
+    """Keep a preset's ``minibatch_size`` valid when the request overrides the fragment or the
+    batch size but not the minibatch (the seed's ``sample_batch_size: 50`` and
+    ``train_batch_size: 500`` against the Pong preset's 128): the preset's number of minibatches
+    per batch is kept, in whole fragments for IMPALA/APPO (RLlib refuses anything else).
+    Changes ``settings`` in place; returns the line to log, or None when nothing changed."""
+    mb = settings.get("minibatch_size")
+    if mb is None or "minibatch_size" in overrides:
+        return None
+    if not {"rollout_fragment_length", "train_batch_size_per_learner"} & overrides.keys():
+        return None
+    batch = settings.get("train_batch_size_per_learner")
+    frag = settings.get("rollout_fragment_length") if algorithm in ("IMPALA", "APPO") else 1
+    if not isinstance(batch, int) or not isinstance(frag, int) or frag < 1:
+        return None  # "auto" fragments: RLlib's own check speaks
+    if mb % frag == 0 and mb <= batch:
+        return None
+    parts = max(
+        1,
+        preset_settings.get("train_batch_size_per_learner", batch)
+        // preset_settings.get("minibatch_size", mb),
+    )
+    fitted = max(frag, batch // parts // frag * frag)
+    if fitted >= batch:
+        del settings["minibatch_size"]
+        return f"minibatch_size={mb} (preset) dropped: one update per pass over the {batch}-step batch"
+    settings["minibatch_size"] = fitted
+    return f"minibatch_size={mb} (preset) -> {fitted}: {parts} minibatches per {batch}-step batch" + (
+        f" in whole {frag}-step fragments" if frag > 1 else ""
+    )

@@ -455,8 +455,11 @@ class Trainer:
             cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
             # A cluster started by trainer/bootstrap.py: Learner on the head node, EnvRunners on workers.
             place = bootstrap.placement(ray.nodes())
-            settings = presets.preset(plan.algorithm, plan.env_id, plan.atari, gpus)
-            settings.update(plan.mapped.settings)
+            preset_settings = presets.preset(plan.algorithm, plan.env_id, plan.atari, gpus)
+            settings = {**preset_settings, **plan.mapped.settings}
+            fitted = presets.fit_minibatch(plan.algorithm, preset_settings, settings, plan.mapped.settings)
+            if fitted:
+                log(f"config: {fitted}")
             if "num_env_runners" not in settings and place and place.get("worker_cpus"):
                 settings["num_env_runners"] = place["worker_cpus"]
                 log(f"config: num_env_runners={settings['num_env_runners']} (the worker nodes' CPUs)")

@@ -299,6 +299,8 @@ def test_pong_with_atari_preprocessing(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "num_data_loader_buffers=2 ignored" in p.stderr
+    # The preset's 128-step minibatches, refitted to the request's 20-step fragments.
+    assert "minibatch_size=128 (preset) -> 20: 4 minibatches per 40-step batch" in p.stderr
     assert "sample_batch_size=20 -> rollout_fragment_length=20" in p.stderr
     # Where the start-up seconds went, logged once with the first metrics row.
     startup = [ln for ln in p.stderr.splitlines() if ln.startswith("rlq-trainer: start-up: ")]
