@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import re
@@ -42,17 +41,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared.adapters.ray_local import free_port, head_temp_dir
+
 REPO = Path(__file__).resolve().parent.parent
 RLQ = str(Path(sys.executable).with_name("rlq"))
 STARTUP = re.compile(r"rlq-trainer: start-up: (.*)$", re.M)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -64,7 +57,7 @@ def _env(data_dir: Path) -> dict[str, str]:
     env.update(
         RLQ_DATA_DIR=str(data_dir),
         RLQ_BACKEND="ray",
-        RLQ_RAY_DASHBOARD_PORT=str(_free_port()),
+        RLQ_RAY_DASHBOARD_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -81,9 +74,7 @@ def _wait_for(pred, timeout: float, what: str):
 
 
 def _driver_logs(data_dir: Path) -> list[str]:
-    # The local head's temp dir is derived from the data dir (shared/adapters/ray_local.py).
-    digest = hashlib.sha256(str(data_dir).encode("utf-8")).hexdigest()[:12]
-    return glob.glob(f"/tmp/rlq-ray-{digest}/session_*/logs/job-driver-*.log")
+    return glob.glob(f"{head_temp_dir(data_dir)}/session_*/logs/job-driver-*.log")
 
 
 def _title(proc) -> str:

@@ -183,7 +183,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _temp_dir_for(data_dir: Path) -> str:
+def head_temp_dir(data_dir: Path) -> str:
+    """The private Ray temp dir (sessions, logs, sockets) of the local head for ``data_dir``."""
     # Ray puts unix sockets under its temp dir and a socket path must stay under 107 bytes,
     # so the temp dir is short and derived from data_dir (the same data_dir: the same head).
     digest = hashlib.sha256(str(data_dir).encode("utf-8")).hexdigest()[:12]
@@ -329,7 +330,7 @@ def ensure_local_head(
                 f"a Ray dashboard on {address} refuses rlq's token (HTTP {status}); stop it, or point "
                 "RLQ_RAY_DASHBOARD_PORT at a free port, or set RLQ_RAY_AUTH_TOKEN to its token"
             )
-        temp_dir = _temp_dir_for(data_dir)
+        temp_dir = head_temp_dir(data_dir)
         leftovers = _head_processes(temp_dir)
         listeners = _listeners(dashboard_port)
         ours = {p.pid for p in leftovers}
@@ -410,7 +411,7 @@ def _start_head(
     token_file = local_token_path(data_dir)
     _write_token(token_file, resolved)
 
-    temp_dir = _temp_dir_for(data_dir)
+    temp_dir = head_temp_dir(data_dir)
     gcs_port = DEFAULT_GCS_PORT if _port_free(DEFAULT_GCS_PORT) else free_port()
     argv = [
         _ray_executable(),
@@ -530,7 +531,7 @@ def stop_local_head(
             try:
                 temp_dir = json.loads(state.read_text())["temp_dir"]
             except (OSError, ValueError, KeyError):
-                temp_dir = _temp_dir_for(d)
+                temp_dir = head_temp_dir(d)
             stopped |= _kill_head_processes(temp_dir, grace_s=grace_s)
             state.unlink(missing_ok=True)
             if keep_logs is False and temp_dir.startswith("/tmp/rlq-ray-"):
@@ -570,7 +571,7 @@ def _head_processes(temp_dir: str) -> list[Any]:
 def head_pids(data_dir: Path) -> list[int]:
     """Pids of every process of the local head of ``data_dir`` and their children (the agents the
     raylet starts, workers, jobs); empty when it is not running."""
-    return sorted(_with_children(_head_processes(_temp_dir_for(Path(data_dir).resolve()))))
+    return sorted(_with_children(_head_processes(head_temp_dir(Path(data_dir).resolve()))))
 
 
 def _with_children(procs: list[Any]) -> dict[int, Any]:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from shared.adapters.compute_twin import ComputeTwin
+from shared.adapters.ray_local import free_port
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import build
 from shared.errors import TransientError
@@ -285,12 +286,6 @@ def test_descriptors_stay_flat_over_a_thousand_http_requests(tmp_path):
     # (before: about 3 more descriptors per request, 3,000 here).
     assert on_dbs <= 2 * 3 * threads, (on_dbs, threads)
     assert grown <= 4 * max(0, threads - base_threads) + 8, (base, grown, base_threads, threads)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_rlq_serve_under_ulimit_1024_accepts_and_submits_300_requests(tmp_path):

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from shared.adapters.ray_local import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -37,12 +38,6 @@ actors = [
 ]
 print(json.dumps(actors))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_env(tmp: Path, token: str, rank: int, **extra: str) -> dict[str, str]:
@@ -66,9 +61,9 @@ def _node_env(tmp: Path, token: str, rank: int, **extra: str) -> dict[str, str]:
 
 def _start_args(*, head: bool, dashboard_port: int, tmp: Path) -> str:
     args = [
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
         "--object-store-memory=100000000",
     ]
     if head:
@@ -77,7 +72,7 @@ def _start_args(*, head: bool, dashboard_port: int, tmp: Path) -> str:
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}",
-            f"--ray-client-server-port={_free_port()}",
+            f"--ray-client-server-port={free_port()}",
         ]
     return json.dumps(args)
 
@@ -115,7 +110,7 @@ def _kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 @pytest.mark.timeout(1500)
 def test_head_and_two_workers_place_learner_on_head_and_env_runners_on_workers(tmp_path: Path) -> None:
     token = secrets.token_hex(32)
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     ray_tmp = Path(tempfile.mkdtemp(prefix="rlqb-", dir="/tmp"))  # Ray's socket paths must stay short
     dashboard = f"http://127.0.0.1:{dash}"
     out_dir = tmp_path / "outputs"
