@@ -566,7 +566,13 @@ class LocalHost:
                 with contextlib.suppress(OSError):
                     dispatcher.close()
 
-        server.trigger.pull_trigger(close_all)
+        try:
+            server.trigger.pull_trigger(close_all)
+        except OSError as err:
+            # The loop cannot be woken (its wake-up pipe is gone): close from here; the loop's
+            # next poll (at most 1 s away) finds nothing left to watch and run() returns.
+            log.warning("HTTP server's wake-up pipe failed (%s); closing its sockets from this thread", err)
+            close_all()
         if self._http_thread is not None:
             self._http_thread.join(timeout=timeout_s)
             self._http_thread = None

@@ -629,6 +629,23 @@ def test_a_malformed_content_length_is_a_400_at_once(host, length):
     assert [i for i in host.invocations if i.function == "create_item"] == []  # never reached the app
 
 
+def test_stop_closes_the_http_server_even_when_its_wake_up_pipe_is_gone(host, caplog):
+    """The server's loop is woken through a pipe to close its sockets; if that pipe's descriptor
+    was closed under it, stop() closes them from its own thread instead of raising EBADF."""
+    host.start(queues=False, timers=False)
+    port, server, thread = host.http_port, host._server, host._http_thread
+    got, _ = _raw(port, b"GET /api/items/before HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert _status(got) == 200
+    os.close(server.trigger.trigger)  # the pipe's write end, as a stray close elsewhere would
+    with caplog.at_level(logging.WARNING, logger="shared.localhost"):
+        host.stop()
+    assert "wake-up pipe failed" in caplog.text and "Bad file descriptor" in caplog.text
+    thread.join(5)
+    assert not thread.is_alive()  # the loop ended
+    with pytest.raises(ConnectionRefusedError):  # and the listener is closed
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
 def test_a_chunked_body_reaches_the_function_whole(host):
     host.start(queues=False, timers=False)
     body = json.dumps({"name": "x" * 300}).encode()
