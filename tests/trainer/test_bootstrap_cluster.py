@@ -120,7 +120,8 @@ def test_head_and_two_workers_place_learner_on_head_and_env_runners_on_workers(t
         "--env",
         "CartPole-v1",
         "--config",
-        json.dumps({"num_env_runners": 2, "num_envs_per_env_runner": 2}),
+        # a remote Learner actor and two EnvRunners (the CartPole preset has neither): placement is the subject
+        json.dumps({"num_env_runners": 2, "num_envs_per_env_runner": 2, "num_learners": 1}),
         "--stop",
         json.dumps({"episode_reward_mean": 60, "time_total_s": 240}),
         "--output-dir",
