@@ -23,11 +23,11 @@ from shared.models import (
     ATARI_ENV_RE,
     CLASSIC_ENVS,
     MAX_RETURN,
-    VM_SIZES,
     RunState,
     TrainingRequest,
     parse_request,
 )
+from shared.vm_sizes import VM_SIZES
 from tests.poison.conftest import feed, names_field
 
 PROPS = hsettings(

@@ -8,17 +8,9 @@ import json
 import pytest
 
 from shared.errors import InvalidRequest, PermanentError
-from shared.models import (
-    DEFAULT_HEAD_VM_SIZE,
-    DEFAULT_WORKER_VM_SIZE,
-    SUPERSEDED_VM_SIZES,
-    VM_SIZES,
-    HeadCluster,
-    RunState,
-    WorkerCluster,
-    load_json,
-)
+from shared.models import HeadCluster, RunState, WorkerCluster, load_json
 from shared.settings import Settings
+from shared.vm_sizes import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE, SUPERSEDED_VM_SIZES, VM_SIZES
 
 BASE = {"env": "CartPole-v1", "stop": {"training_iteration": 2}}
 

@@ -25,8 +25,9 @@ from pydantic import ValidationError
 from shared.adapters.azureml.errors import readable
 from shared.adapters.azureml.nsg import missing_nsg_rules, nsg_name_and_group
 from shared.errors import ComputeError, PermanentError, TransientError
-from shared.models import VM_SIZES, Compute, HeadCluster, TrainingRequest, WorkerCluster
+from shared.models import Compute, HeadCluster, TrainingRequest, WorkerCluster
 from shared.settings import Settings
+from shared.vm_sizes import VM_SIZES
 
 log = logging.getLogger(__name__)
 

@@ -56,9 +56,10 @@ from shared.adapters.azureml.clusters import (
 from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
 from shared.adapters.azureml.errors import readable, sdk_errors
 from shared.errors import ComputeError
-from shared.models import VM_SIZES, Progress, TrainingRequest
+from shared.models import Progress, TrainingRequest
 from shared.ports import ComputePending, JobState, JobStatus
 from shared.settings import Settings
+from shared.vm_sizes import VM_SIZES
 
 log = logging.getLogger(__name__)
 
