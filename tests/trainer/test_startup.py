@@ -17,9 +17,17 @@ def _cfg(*argv: str):
 
 @pytest.mark.parametrize("algorithm", ["IMPALA", "APPO"])
 def test_cartpole_with_one_env_runner_starts_no_state_server_actor(algorithm):
-    cfg = _cfg("--run", algorithm, "--env", "CartPole-v1")
+    cfg = _cfg("--run", algorithm, "--env", "CartPole-v1", "--config", '{"num_env_runners": 1}')
     assert cfg.num_env_runners == 1
     assert cfg.use_env_runner_state_server is False
+
+
+def test_the_cartpole_impala_preset_starts_no_actor_and_appo_keeps_its_two():
+    impala = _cfg("--run", "IMPALA", "--env", "CartPole-v1")
+    assert (impala.num_env_runners, impala.num_learners) == (0, 0)  # sampling and learning in the driver
+    assert impala.use_env_runner_state_server is False
+    appo = _cfg("--run", "APPO", "--env", "CartPole-v1")
+    assert (appo.num_env_runners, appo.num_learners) == (1, 1)  # one EnvRunner, RLlib's remote Learner
 
 
 def test_several_env_runners_and_atari_keep_rllibs_state_server():
