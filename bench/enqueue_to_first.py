@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.adapters.ray_local import free_port, head_temp_dir
+from shared.adapters.ray_local import free_port, head_pids, head_temp_dir, ray_psutil
 
 REPO = Path(__file__).resolve().parent.parent
 RLQ = str(Path(sys.executable).with_name("rlq"))
@@ -91,8 +91,6 @@ def _title(proc) -> str:
 
 def _cpu_seconds(pids: list[int]) -> dict[int, tuple[str, float]]:
     """pid -> (what it is, user + system CPU seconds so far) for the processes still alive."""
-    from shared.adapters.ray_local import ray_psutil
-
     psutil = ray_psutil()
     out = {}
     for pid in pids:
@@ -106,8 +104,6 @@ def _cpu_seconds(pids: list[int]) -> dict[int, tuple[str, float]]:
 
 
 def _head_cpu(data_dir: Path, serve_pid: int) -> dict[int, tuple[str, float]]:
-    from shared.adapters.ray_local import head_pids
-
     got = _cpu_seconds(head_pids(data_dir))
     got.update({pid: ("rlq serve (intake)", cpu) for pid, (_t, cpu) in _cpu_seconds([serve_pid]).items()})
     return got
