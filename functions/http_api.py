@@ -9,6 +9,7 @@ import azure.functions as func
 
 from shared.artifacts import reward_curve_for
 from shared.composition import wiring
+from shared.dashboard.csrf import cross_site, not_json
 from shared.errors import InvalidRequest, NotFound, PermanentError, TransientError
 from shared.models import RunState
 
@@ -45,8 +46,26 @@ def _guarded(handler):  # translate the error tree into HTTP once, for every rou
     return wrapper
 
 
+def _state_changing(handler):
+    """Refuse what a page on another site could send: a cross-site request (403) or a body that is
+    not JSON (415, what a cross-site "simple" request is limited to). Every POST route wears it."""
+
+    def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+        refused = cross_site(req)
+        if refused is not None:
+            return _errors(403, [{"field": "Origin", "message": refused}])
+        refused = not_json(req)
+        if refused is not None:
+            return _errors(415, [{"field": "Content-Type", "message": refused}])
+        return handler(req)
+
+    wrapper.__name__ = handler.__name__
+    return wrapper
+
+
 @bp.function_name("submit_training")
 @bp.route(route="trainings", methods=["POST"])
+@_state_changing
 @_guarded
 def submit_training(req: func.HttpRequest) -> func.HttpResponse:
     request_id = wiring().service.enqueue(req.get_body())
@@ -86,6 +105,7 @@ def list_trainings(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("cancel_training")
 @bp.route(route="trainings/{request_id}/cancel", methods=["POST"])
+@_state_changing
 @_guarded
 def cancel_training(req: func.HttpRequest) -> func.HttpResponse:
     return _json(wiring().service.cancel(req.route_params["request_id"]).model_dump(mode="json"), 202)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.vm_sizes import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE, check_vm_size
@@ -55,6 +55,10 @@ class Settings(BaseSettings):
 
     # --- backends ----------------------------------------------------------------------------
     backend: Literal["ray", "azureml", "azureml_v1", "twin"] = "ray"
+    allow_twin: bool = Field(
+        False,
+        description="Allow RLQ_BACKEND=twin (simulated jobs, nothing trained) outside local mode.",
+    )
     store: Literal["sqlite", "table"] = "sqlite"
     broker: Literal["sqlite", "servicebus"] = "sqlite"
 
@@ -95,6 +99,9 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff_s: float = Field(1.0, ge=0)
     public_base_url: str = Field("http://127.0.0.1:7071", description="Links in messages and cards.")
+    csrf_secret: SecretStr | None = Field(
+        None, description="Signs the dashboard's form tokens; None: a key kept in data_dir/csrf.key."
+    )
 
     # --- Azure -------------------------------------------------------------------------------
     servicebus_connection: SecretStr | None = None
@@ -149,6 +156,16 @@ class Settings(BaseSettings):
     @classmethod
     def _vm_size(cls, v: str) -> str:
         return check_vm_size(v, in_request=False)  # a retired size fails at start-up, naming its replacements
+
+    @model_validator(mode="after")
+    def _twin_only_where_allowed(self) -> Settings:
+        if self.backend == "twin" and not self.local_mode and not self.allow_twin:
+            raise ValueError(
+                "RLQ_BACKEND=twin is the compute twin: it simulates jobs and trains nothing, so outside "
+                "local mode (RLQ_LOCAL_MODE=false) it is refused; set RLQ_ALLOW_TWIN=true to use it anyway, "
+                "or pick a real backend (RLQ_BACKEND: ray, azureml)"
+            )
+        return self
 
     @field_validator("webhook_secrets", "webhook_urls", "webhook_allow_hosts", mode="before")
     @classmethod

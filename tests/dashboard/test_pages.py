@@ -254,6 +254,20 @@ def test_cancel_needs_the_page_token_and_a_same_origin_request(wired, host):
     assert rec.state is RunState.notified and rec.completion.status == "Canceled"
 
 
+def test_a_token_the_server_did_not_issue_is_refused_even_when_cookie_and_form_agree(wired, host):
+    submit(wired, host, "r-1")
+    issued = csrf_cookie(call("dashboard_run", "/api/ui/runs/r-1", route_params={"request_id": "r-1"}))
+    nonce, _, _sig = issued.partition(".")
+    for forged in ("A" * 43, f"{nonce}.{'B' * 43}", f"{'C' * 32}.{_sig}"):
+        refused = _cancel(forged, forged)
+        assert refused.status_code == 403 and "not issued here" in html(refused)
+        # a page never adopts a planted cookie: it issues a signed one of its own
+        page = call("dashboard_run", "/api/ui/runs/r-1", route_params={"request_id": "r-1"})
+        assert csrf_cookie(page) != forged and form_token(html(page)) == csrf_cookie(page)
+    assert wired.store.get("r-1").cancel_requested is False
+    assert _cancel(issued, issued).status_code == 303
+
+
 def test_dead_letters_page_shows_reason_description_body_and_resubmits(wired, host):
     q = wired.settings.queue_name
     wired.broker.send(

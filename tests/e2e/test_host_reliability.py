@@ -114,7 +114,12 @@ def make_read_only(store) -> None:
 
 
 def post(host, body: dict):
-    resp = host.handle_http("POST", "http://127.0.0.1/api/trainings", {}, json.dumps(body).encode())
+    resp = host.handle_http(
+        "POST",
+        "http://127.0.0.1/api/trainings",
+        {"Content-Type": "application/json"},
+        json.dumps(body).encode(),
+    )
     return resp.status_code, json.loads(resp.get_body() or b"{}"), resp.headers
 
 

@@ -146,3 +146,48 @@ def test_cancel_route(wired, twin):
     wired.service.poll_once()
     assert wired.store.get("c").completion.status == "Canceled"
     assert wired.store.get("c").state is RunState.notified
+
+
+def _post(name: str, url: str, body: bytes, headers: dict[str, str], route_params=None) -> func.HttpResponse:
+    req = func.HttpRequest(
+        method="POST", url=url, body=body, route_params=route_params or {}, params={}, headers=headers
+    )
+    return handler(name)(req)
+
+
+CROSS_SITE = [
+    ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"}, 403),
+    ({"Sec-Fetch-Site": "same-site", "Content-Type": "application/json"}, 403),
+    ({"Origin": "null", "Content-Type": "application/json"}, 403),
+    ({"Content-Type": "text/plain"}, 415),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ({"Content-Type": "multipart/form-data; boundary=x"}, 415),
+    ({}, 415),
+]
+
+
+@pytest.mark.parametrize("headers, status", CROSS_SITE)
+def test_submit_refuses_cross_site_requests_and_bodies_that_are_not_json(wired, headers, status):
+    url = "http://127.0.0.1:7071/api/trainings"
+    body = json.dumps({"env": "CartPole-v1", "stop": {"time_total_s": 60}}).encode()
+    resp = _post("submit_training", url, body, headers)
+    assert resp.status_code == status
+    (error,) = json.loads(resp.get_body())["errors"]
+    assert error["field"] == ("Origin" if status == 403 else "Content-Type")
+    assert wired.broker.counts(wired.settings.queue_name)["active"] == 0
+    same_origin = {"Origin": "http://127.0.0.1:7071", "Sec-Fetch-Site": "same-origin"}
+    ok = _post(
+        "submit_training", url, body, {**same_origin, "Content-Type": "application/json; charset=utf-8"}
+    )
+    assert ok.status_code == 202 and wired.broker.counts(wired.settings.queue_name)["active"] == 1
+
+
+@pytest.mark.parametrize("headers, status", CROSS_SITE)
+def test_cancel_refuses_cross_site_requests_and_bodies_that_are_not_json(wired, twin, headers, status):
+    wired.service.accept(json.dumps({"request_id": "c", "env": "CartPole-v1"}).encode(), message_id="m")
+    url = "http://127.0.0.1:7071/api/trainings/c/cancel"
+    resp = _post("cancel_training", url, b"x", headers, {"request_id": "c"})
+    assert resp.status_code == status
+    assert wired.store.get("c").cancel_requested is False
+    ok = _post("cancel_training", url, b"", {"Origin": "http://127.0.0.1:7071"}, {"request_id": "c"})
+    assert ok.status_code == 202 and wired.store.get("c").cancel_requested is True
