@@ -536,6 +536,8 @@ class CompletionMessage(Strict):
     portal_url: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     finished_at: datetime = Field(default_factory=utcnow)
+    # True when the compute twin reported the run: nothing was trained, the figures are made up.
+    simulated: bool = False
 
 
 class Delivery(BaseModel):

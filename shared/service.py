@@ -807,6 +807,7 @@ class TrainingService:
             portal_url=record.portal_url,
             tags=req.tags if req else {},
             finished_at=record.finished_at or self.clock(),
+            simulated=summary.get("simulated") is True,
         )
 
     def _publish(self, record: RunRecord) -> bool:

@@ -2,10 +2,16 @@
 
 It keeps the promises of the real backends (``tests/contract/compute_backend_contract.py``): a
 job is found by its request, ``submit`` of a request already submitted returns that job (as Ray's
-submission ids and Azure ML's job names do), cancel can be repeated. ``submits`` counts every
-``submit`` call, so a test can still see a service that submits where it should have found. State
-lives in SQLite (a file, or ``:memory:``) so it survives a SIGKILL of the process under test, which
-the crash-matrix tests rely on.
+submission ids and Azure ML's job names do), cancel can be repeated. Because ``submit`` deduplicates
+by itself, the number of jobs cannot show a service that submits twice: ``submits`` counts every
+``submit`` call (recorded in the same transaction as the job it creates, so a SIGKILL leaves both
+or neither), and the guarantee suites assert one call per request. State lives in SQLite (a file,
+or ``:memory:``) so it survives a SIGKILL of the process under test, which the crash-matrix tests
+rely on.
+
+Nothing the twin reports was trained: a finished job's summary carries ``simulated: true``, which
+the service copies into the completion message, and the settings refuse ``RLQ_BACKEND=twin``
+outside local mode unless ``RLQ_ALLOW_TWIN`` is set.
 """
 
 from __future__ import annotations
@@ -83,23 +89,29 @@ class ComputeTwin:
     def submit(self, request: TrainingRequest) -> str:
         run_id = f"twin-{uuid.uuid4().hex[:12]}"
         with self._lock:
-            self._db.execute("INSERT INTO submit_calls VALUES (?, ?)", (request.request_id, time.time()))
-            self._db.execute(
-                "INSERT INTO jobs (run_id, request_id, state, target, created_at) SELECT ?,?,?,?,? "
-                "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE request_id=?)",
-                (
-                    run_id,
-                    request.request_id,
-                    "pending",
-                    request.stop.episode_reward_mean,
-                    time.time(),
-                    request.request_id,
-                ),
-            )
-            row = self._db.execute(
-                "SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1",
-                (request.request_id,),
-            ).fetchone()
+            self._db.execute("BEGIN IMMEDIATE")  # the call and its job: both or neither
+            try:
+                self._db.execute("INSERT INTO submit_calls VALUES (?, ?)", (request.request_id, time.time()))
+                self._db.execute(
+                    "INSERT INTO jobs (run_id, request_id, state, target, created_at) SELECT ?,?,?,?,? "
+                    "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE request_id=?)",
+                    (
+                        run_id,
+                        request.request_id,
+                        "pending",
+                        request.stop.episode_reward_mean,
+                        time.time(),
+                        request.request_id,
+                    ),
+                )
+                row = self._db.execute(
+                    "SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1",
+                    (request.request_id,),
+                ).fetchone()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
         return str(row[0])
 
     def status(self, run_id: str) -> JobStatus:
@@ -137,9 +149,12 @@ class ComputeTwin:
                 "duration_s": float(polls),
                 "stop_reason": "reward_reached",
                 "checkpoint_path": f"file:///twin/{run_id}/checkpoints/final",
+                "simulated": True,
             }
         elif state == "failed":
-            summary = {"error": "twin: the job failed (injected)", "stop_reason": "error"}
+            summary = {"error": "twin: the job failed (injected)", "stop_reason": "error", "simulated": True}
+        elif state == "stopped":
+            summary = {"stop_reason": "canceled", "simulated": True}
         return JobStatus(
             state=state, progress=progress, summary=summary, error=summary.get("error") if summary else None
         )
@@ -159,7 +174,8 @@ class ComputeTwin:
         return dict(rows)
 
     def submits(self) -> dict[str, int]:
-        """``submit`` calls per request (a job is created by the first only)."""
+        """``submit`` calls per request: what the service asked for, not what the twin kept (a job is
+        created by the first call only, so ``jobs_per_request`` stays 1 however often it is asked)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT request_id, COUNT(*) FROM submit_calls GROUP BY request_id"
