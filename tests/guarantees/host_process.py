@@ -9,7 +9,8 @@ that every process starts at the same moment. It exits 0 once everything is sett
 ``crash_driver.settled``), 3 when not within ``--max-seconds``.
 
 ``RLQ_TEST_TRAINER_PACKAGE`` (Ray only): the trainer package the jobs run (a stand-in that
-finishes in a second), instead of the real one.
+finishes in a second), instead of the real one. ``RLQ_TEST_SUBMIT_JOURNAL`` (Ray only): note every
+``submit_job`` call in that file (``tests/support/ray_submits.py``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     compute = None
     if s.backend == "ray":
         from shared.adapters.ray_jobs import RayJobsBackend
+        from tests.support.ray_submits import JOURNAL_ENV, record_submit_jobs
+
+        if os.environ.get(JOURNAL_ENV):  # the parent counts the submit calls, not the jobs Ray kept
+            record_submit_jobs(Path(os.environ[JOURNAL_ENV]))
 
         package = os.environ.get("RLQ_TEST_TRAINER_PACKAGE")
         compute = {

@@ -58,7 +58,7 @@ def test_each_per_request_cap_rejects_naming_the_cap(wired, twin, setting, value
     (dead,) = wired.broker.dead_letters(wired.settings.queue_name)
     assert completed is False and dead.reason == "Forbidden" and dead.description == named
     assert record.state is RunState.rejected and record.error == named
-    assert twin.jobs_per_request() == {}
+    assert twin.jobs_per_request() == {} == twin.submits()
     with pytest.raises(Forbidden, match="cap"):  # the HTTP / CLI path checks the same caps before sending
         wired.service.enqueue(json.loads(body("over-again", **extra)))
     assert wired.broker.counts(wired.settings.queue_name)["active"] == 0
@@ -76,7 +76,7 @@ def test_exactly_at_each_cap_is_accepted(wired, twin):
         "stop": {"time_total_s": 600},
     }
     record, _ = feed(wired, body("at-caps", **at_caps), "m-at")
-    assert record.state is RunState.submitted and twin.jobs_per_request() == {"at-caps": 1}
+    assert record.state is RunState.submitted and twin.jobs_per_request() == {"at-caps": 1} == twin.submits()
 
 
 def intake_all(w) -> Counter:
@@ -100,6 +100,7 @@ def test_the_in_flight_cap_defers_and_every_request_runs_exactly_once(wired, twi
     first = intake_all(wired)
     assert first == Counter(submitted=3, received=7)  # 3 jobs, 7 deferred: none rejected
     assert sum(twin.jobs_per_request().values()) == 3
+    assert sorted(twin.submits().values()) == [1, 1, 1]  # one submit call per running request
     assert wired.broker.counts(s.queue_name) == {"active": 0, "scheduled": 7, "locked": 0, "dead_letter": 0}
     assert {r.request_id for r in wired.store.list(states=[RunState.received])} == set(ids[3:])
 
@@ -113,7 +114,7 @@ def test_the_in_flight_cap_defers_and_every_request_runs_exactly_once(wired, twi
         clock.advance(s.defer_delay_s)  # the scheduled redeliveries come due
         intake_all(wired)
 
-    assert twin.jobs_per_request() == {rid: 1 for rid in ids}
+    assert twin.jobs_per_request() == {rid: 1 for rid in ids} == twin.submits()
     records = {rid: wired.store.get(rid) for rid in ids}
     assert all(r.state is RunState.notified for r in records.values())
     assert sum(r.deferrals for r in records.values()) >= 7
@@ -137,5 +138,5 @@ def test_a_duplicate_of_a_deferred_request_does_not_start_a_second_job(wired, tw
         wired.service.poll_once()
         clock.advance(s.defer_delay_s)
         intake_all(wired)
-    assert twin.jobs_per_request() == {"busy": 1, "waiting": 1}
+    assert twin.jobs_per_request() == {"busy": 1, "waiting": 1} == twin.submits()
     assert sorted(m.message_id for m in drain_topic(wired)) == ["busy:completed", "waiting:completed"]

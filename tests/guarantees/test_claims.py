@@ -70,7 +70,7 @@ def test_a_second_copy_does_not_take_over_a_claim_minutes_into_a_submit(wired, t
     twin.ensure_compute = slow_ensure
     rec = wired.service.accept(body("slow"), message_id="first")
     assert seen == [RunState.provisioning]  # the copy saw a live claim and left it
-    assert rec.state is RunState.submitted and twin.jobs_per_request() == {"slow": 1}
+    assert rec.state is RunState.submitted and twin.jobs_per_request() == {"slow": 1} == twin.submits()
 
 
 def test_the_claim_is_rechecked_right_before_the_submit_call(wired, twin, clock):
@@ -102,7 +102,7 @@ def test_the_claim_is_rechecked_right_before_the_submit_call(wired, twin, clock)
     # the copy's lookup and submit; the first delivery stopped at its re-check, before either
     assert finds == ["taken"] and submits == ["taken"]
     assert rec.state is RunState.submitted and rec.message_id == "copy"
-    assert twin.jobs_per_request() == {"taken": 1}
+    assert twin.jobs_per_request() == {"taken": 1} == twin.submits()
 
 
 def test_the_claim_lease_boundary(wired, twin, clock):
@@ -114,10 +114,10 @@ def test_the_claim_lease_boundary(wired, twin, clock):
     assert claimed.state is RunState.provisioning and claimed.message_id == "first"
     clock.advance(wired.settings.claim_lease_s - 1)
     assert wired.service.accept(body("edge"), message_id="copy").state is RunState.provisioning
-    assert twin.jobs_per_request() == {}
+    assert twin.jobs_per_request() == {} == twin.submits()
     clock.advance(1)
     assert wired.service.accept(body("edge"), message_id="copy").state is RunState.submitted
-    assert twin.jobs_per_request() == {"edge": 1}
+    assert twin.jobs_per_request() == {"edge": 1} == twin.submits()
 
 
 def test_the_claiming_messages_own_redelivery_takes_over_a_fresh_claim(wired, twin, clock):
@@ -128,4 +128,4 @@ def test_the_claiming_messages_own_redelivery_takes_over_a_fresh_claim(wired, tw
     die_after_claim(wired, body("own"), "m-own")
     clock.advance(10)  # well inside the lease (say the claim was renewed just before the crash)
     rec = wired.service.intake(body("own"), message_id="m-own", delivery_count=2)
-    assert rec.state is RunState.submitted and twin.jobs_per_request() == {"own": 1}
+    assert rec.state is RunState.submitted and twin.jobs_per_request() == {"own": 1} == twin.submits()

@@ -1,13 +1,18 @@
 """Several host processes drain one queue at once, each with ``maxConcurrentCalls`` > 1 receivers,
-while every request arrives twice at the same moment: one job per request and one completion
-message per request, counted exactly — on the real SQLite queue and run store, with the compute
-twin (whose submit is not idempotent: a second job would be the claim's failure, not hidden by
-the backend) and on a real Ray head.
+while every request arrives twice at the same moment: one submit call per request and one
+completion message per request, counted exactly — on the real SQLite queue and run store, with the
+compute twin and on a real Ray head.
+
+Both backends refuse a second job for a request by themselves (the twin's ``submit`` returns the
+job already there, Ray refuses a submission id it has seen), so the number of jobs cannot show a
+service that asks twice: the tests count the submit calls rlq makes (the twin's own ``submits``
+counter; on Ray, ``submit_job`` calls noted by ``tests/support/ray_submits.py`` in every host
+process) and assert exactly one per request, besides one job per request.
 
 The copies of a request are sent back to back and every process starts on one signal, so the
 copies are taken by different receivers within milliseconds; ``RLQ_TEST_ENSURE_DELAY_S`` holds
-each intake in ensure_compute a moment, so the copies' intakes overlap. The test checks that they
-did (the intake journal), so a run where nothing raced cannot pass.
+each intake in ensure_compute a moment, so the copies' intakes overlap. The test checks that all
+of them did (the intake journal), so a run where nothing raced cannot pass.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from shared.settings import Settings
 from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, NOTIFIED, TOPIC_SENDS, prepare, read_records
 from tests.guarantees.host_process import INTAKES
 from tests.ray.conftest import STANDIN_TRAIN
+from tests.support.ray_submits import JOURNAL_ENV, submit_job_calls
+from tests.support.readme import readme_number
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,7 +93,9 @@ def run_hosts(data: Path, n: int, env_extra: dict[str, str], *, max_seconds: flo
                 p.kill()
 
 
-def assert_once_each(data: Path, request_ids: list[str], jobs: dict[str, int]) -> dict[str, int]:
+def assert_once_each(
+    data: Path, request_ids: list[str], jobs: dict[str, int], submits: dict[str, int]
+) -> dict[str, int]:
     s = Settings(data_dir=data)
     store, broker = SqliteRunStore(s.store_db), SqliteBroker(s.queue_db)
     try:
@@ -94,6 +103,7 @@ def assert_once_each(data: Path, request_ids: list[str], jobs: dict[str, int]) -
         assert all(r is not None and r.state is RunState.notified for r in records.values()), {
             rid: r and r.state for rid, r in records.items()
         }
+        assert submits == {rid: 1 for rid in request_ids}, f"submit calls per request: {submits}"
         assert jobs == {rid: 1 for rid in request_ids}, f"jobs per request: {jobs}"
         seen = Counter(
             m.message_id for m in broker.peek(s.topic_name, subscription=AUDIT_SUBSCRIPTION, limit=10**5)
@@ -129,13 +139,14 @@ def test_three_hosts_four_receivers_each_every_request_twice_on_the_twin(tmp_pat
     run_hosts(data, 3, {"RLQ_BACKEND": "twin"}, max_seconds=180)
     twin = ComputeTwin(data / "twin.sqlite3")
     try:
-        jobs = twin.jobs_per_request()
+        jobs, submits = twin.jobs_per_request(), twin.submits()
     finally:
         twin.close()
-    seen = assert_once_each(data, ids, jobs)
+    seen = assert_once_each(data, ids, jobs, submits)
     print(seen)
     assert seen["processes"] == 3  # every process took part
-    assert seen["overlapping_copies"] > 0, "no two copies were ever processed at once: nothing was raced"
+    pairs = readme_number(r"all (\d+) pairs of copies processed at overlapping times")
+    assert seen["overlapping_copies"] == pairs == len(ids), "copies not processed at once: not raced"
 
 
 @pytest.mark.ray
@@ -150,6 +161,7 @@ def test_two_hosts_every_request_twice_on_a_real_ray_head(tmp_path, ray_head):
     data = tmp_path / "rlq"
     ids = [f"ray-race-{i}" for i in range(4)]
     enqueue_twice(data, ids, {"training_iteration": 2})
+    journal = tmp_path / "submit-job-calls.jsonl"
     run_hosts(
         data,
         2,
@@ -158,12 +170,15 @@ def test_two_hosts_every_request_twice_on_a_real_ray_head(tmp_path, ray_head):
             "RLQ_RAY_DASHBOARD_PORT": str(ray_head.dashboard_port),
             "RLQ_RAY_AUTH_TOKEN": ray_head.token.get_secret_value(),
             "RLQ_TEST_TRAINER_PACKAGE": str(package),
+            JOURNAL_ENV: str(journal),
         },
         max_seconds=600,
     )
     client = JobSubmissionClient(ray_head.address, headers=auth_headers(ray_head.token))
     wanted = {submission_id_for(rid): rid for rid in ids}
     jobs = Counter(wanted[j.submission_id] for j in client.list_jobs() if j.submission_id in wanted)
-    seen = assert_once_each(data, ids, dict(jobs))
+    submits = {wanted.get(sid, sid): n for sid, n in submit_job_calls(journal).items()}
+    seen = assert_once_each(data, ids, dict(jobs), submits)
     print(seen)
-    assert seen["overlapping_copies"] > 0, "no two copies were ever processed at once: nothing was raced"
+    pairs = readme_number(r"(\d+) overlapping pairs")
+    assert seen["overlapping_copies"] == pairs == len(ids), "copies not processed at once: not raced"

@@ -6,12 +6,14 @@ any request reaches that point; a second process, without the fault, then runs u
 settles (locks of the killed process expire in real time: ``RLQ_LOCK_DURATION_S=1``). Then:
 
 * no request lost: every record exists and reached ``notified``;
-* no duplicate job: the compute holds exactly one job per request;
+* no second submit: the service called the compute's ``submit`` exactly once per request (the
+  twin's own call counter: the twin, like Ray and Azure ML, keeps one job per request however
+  often it is asked, so the job count alone could not show a second call), and one job exists;
 * exactly one completion message per request on the topic (an audit subscription nobody consumes),
   and the outbox landed at most one send per message id (repeats were dropped by duplicate detection).
 
 Other backends (the real-Ray submit window): set ``RLQ_CRASH_BACKEND=ray`` and give
-:func:`count_jobs` a way to count that backend's jobs per request.
+:func:`count_jobs` a way to count that backend's jobs and submit calls per request.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tests.guarantees.crash_driver import (
     prepare,
     read_records,
 )
+from tests.support.readme import readme_number
 
 REPO = Path(__file__).resolve().parents[2]
 BACKEND = os.environ.get("RLQ_CRASH_BACKEND", "twin")
@@ -77,12 +80,12 @@ def run_driver(
     )
 
 
-def count_jobs(data_dir: Path) -> dict[str, int]:
-    """Jobs per request on the backend under test — the hook for backends other than the twin."""
+def count_jobs(data_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Jobs and submit calls per request on the backend under test — the hook for other backends."""
     if BACKEND == "twin":
         twin = ComputeTwin(data_dir / "twin.sqlite3")
         try:
-            return twin.jobs_per_request()
+            return twin.jobs_per_request(), twin.submits()
         finally:
             twin.close()
     pytest.skip(
@@ -114,7 +117,8 @@ def assert_all_accounted_for(data_dir: Path, request_ids: list[str]) -> dict[str
         )
         assert all(r.published_at is not None and r.run_id for r in records.values())
 
-        jobs = count_jobs(data_dir)
+        jobs, submits = count_jobs(data_dir)
+        assert submits == {rid: 1 for rid in request_ids}, f"submit calls per request: {submits}"
         assert jobs == {rid: 1 for rid in request_ids}, f"jobs per request: {jobs}"
 
         seen = broker.peek(s.topic_name, subscription=AUDIT_SUBSCRIPTION, limit=10**6)
@@ -169,7 +173,10 @@ def test_a_kill_at_every_point_in_turn(tmp_path):
         codes.append(run_driver(data, fault=point).returncode)
     final = run_driver(data)
     assert final.returncode == 0, final.stderr[-3000:]
-    assert codes.count(-signal.SIGKILL) >= 5, codes  # the points were really reached, not skipped
+    # README: "a real SIGKILL at each of the 7 step boundaries": every point was reached and killed
+    assert codes == [-signal.SIGKILL] * readme_number(
+        r"a real SIGKILL at each of the (\d+) step boundaries"
+    ), codes
     assert_all_accounted_for(data, ids)
 
 

@@ -30,7 +30,8 @@ def test_load_with_three_sigkills_loses_and_duplicates_nothing(tmp_path):
     summary = "\n".join(report.lines()) + f"\n(RLQ_LOAD_SEED={SEED})"
     assert report.restarts == 3, summary
     # run_load verified every message; the figures must say the same
-    assert (report.notified, report.jobs, report.duplicate_jobs, report.lost) == (372, 372, 0, 0), summary
+    figures = (report.notified, report.jobs, report.submit_calls, report.duplicate_jobs, report.lost)
+    assert figures == (372, 372, 372, 0, 0), summary
     assert report.dead_letters == 8, summary
     print(summary)
 
@@ -52,9 +53,9 @@ def test_load_over_the_in_flight_cap_with_sigkills_defers_and_still_runs_each_on
     summary = "\n".join(report.lines()) + f"\n(RLQ_LOAD_SEED={SEED})"
     assert report.restarts == 3, summary  # the three kills it claims
     assert report.deferrals > 0, summary  # the cap was really in the way
-    assert (report.notified, report.jobs, report.duplicate_jobs, report.lost) == (
+    assert (report.notified, report.jobs, report.submit_calls, report.duplicate_jobs, report.lost) == (
         len(plan.request_ids),
-    ) * 2 + (0, 0)
+    ) * 3 + (0, 0), summary
     print(summary)
 
 

@@ -82,7 +82,7 @@ def test_a_compute_outage_backs_off_then_dead_letters_a_request_that_still_runs_
     rec = wired.store.get("waits")
     assert rec.state is RunState.rejected and rec.claimed_at is None and rec.run_id is None
     assert "rlq dead-letters --resubmit" in rec.error and f"call {outage['calls']}" in rec.error
-    assert twin.jobs_per_request() == {}
+    assert twin.jobs_per_request() == {} == twin.submits()
 
     outage["down"] = False
     wired.broker.resubmit_dead_letter(q, dead.sequence_number)
@@ -92,7 +92,7 @@ def test_a_compute_outage_backs_off_then_dead_letters_a_request_that_still_runs_
     run_poller(host)
     host.drain()
     assert wired.store.get("waits").state is RunState.notified
-    assert twin.jobs_per_request() == {"waits": 1}
+    assert twin.jobs_per_request() == {"waits": 1} == twin.submits()
     assert [m.message_id for m in peek_topic(wired, "audit")] == ["waits:completed"]
 
 
@@ -119,7 +119,7 @@ def test_two_copies_failing_at_once_schedule_one_retry(wired, twin, clock, host)
     host.drain()
     run_poller(host)
     host.drain()
-    assert twin.jobs_per_request() == {"twice": 1}
+    assert twin.jobs_per_request() == {"twice": 1} == twin.submits()
     assert [m.message_id for m in peek_topic(wired, "audit")] == ["twice:completed"]
 
 
@@ -213,7 +213,7 @@ def test_a_topic_outage_of_many_ticks_publishes_once_when_it_ends(wired, twin, c
     rec = wired.store.get("outbox")
     assert rec.state is RunState.notified and len(attempts) == 26
     assert [m.message_id for m in peek_topic(wired, "audit")] == ["outbox:completed"]
-    assert twin.jobs_per_request() == {"outbox": 1}
+    assert twin.jobs_per_request() == {"outbox": 1} == twin.submits()
 
 
 def test_a_store_failure_right_after_submit_does_not_strand_the_run(wired, twin, clock, host):
@@ -242,7 +242,7 @@ def test_a_store_failure_right_after_submit_does_not_strand_the_run(wired, twin,
     assert failed == ["stranded"]
     rec = wired.store.get("stranded")
     assert rec.state is RunState.notified, rec.state
-    assert twin.jobs_per_request() == {"stranded": 1}
+    assert twin.jobs_per_request() == {"stranded": 1} == twin.submits()
     assert [m.message_id for m in peek_topic(wired, "audit")] == ["stranded:completed"]
 
 
@@ -269,4 +269,4 @@ def test_when_no_retry_can_be_scheduled_the_queue_redelivers_up_to_its_budget(wi
     rec = wired.store.get("stuck")
     assert rec.state is RunState.rejected and "after 10 deliveries" in rec.error
     twin.ensure_compute = real_ensure
-    assert twin.jobs_per_request() == {}
+    assert twin.jobs_per_request() == {} == twin.submits()

@@ -13,6 +13,7 @@ import pytest
 
 from shared.models import RunState
 from tests.poison.conftest import Poison, corpus, feed, files_outside_stores, names_field
+from tests.support.readme import GUARANTEES, readme_number
 from tests.support.topics import drain_topic
 
 CASES = corpus()
@@ -23,11 +24,19 @@ VALID = {
 }
 
 
-def test_the_corpus_is_big_and_covers_every_category():
+def test_the_corpus_is_the_size_the_docs_say_and_covers_every_category():
     names = [c.name for c in CASES]
-    assert len(names) >= 60 and len(set(names)) == len(names)
-    assert sum(n.endswith(".bin") for n in names) >= 5
-    assert sum(c.name.startswith("gen-") for c in CASES) >= 5
+    assert len(set(names)) == len(names)
+    # the README and docs/guarantees.md quote the corpus: adding a file means updating both numbers
+    files, generated = (
+        len([n for n in names if not n.startswith("gen-")]),
+        len([n for n in names if n.startswith("gen-")]),
+    )
+    assert len(names) == readme_number(r"poison corpus: ([\d,]+) bad inputs")
+    assert len(names) == readme_number(r"([\d,]+) poison inputs go through", GUARANTEES)
+    assert files == readme_number(r"([\d,]+) kept as files", GUARANTEES)
+    assert sum(n.endswith(".bin") for n in names) == readme_number(r"\((\d+) of them raw bytes\)", GUARANTEES)
+    assert generated == readme_number(r"and (\d+) built by `generated.py`", GUARANTEES)
     fields = {c.field for c in CASES}
     for must in (
         "(body)",
