@@ -12,13 +12,13 @@ import pytest
 
 from shared import trainer_args
 from shared.models import ALGORITHMS, parse_request
-from trainer import config_map
+from trainer import config_map, metrics
 from trainer import train as trainer
 
 
 def test_log_markers_are_the_same_on_both_sides() -> None:
-    assert trainer.METRICS_MARK == trainer_args.METRICS_MARK
-    assert trainer.SUMMARY_MARK == trainer_args.SUMMARY_MARK
+    assert metrics.METRICS_MARK == trainer_args.METRICS_MARK
+    assert metrics.SUMMARY_MARK == trainer_args.SUMMARY_MARK
 
 
 def test_algorithms_are_listed_alike() -> None:

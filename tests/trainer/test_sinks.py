@@ -8,7 +8,6 @@ import sys
 import types
 
 from trainer import sinks
-from trainer.train import RewardWindow, _error_paragraph
 
 
 def test_jsonl_sink_writes_nan_as_null(tmp_path):
@@ -83,26 +82,3 @@ def test_mlflow_only_when_tracking_uri_set(monkeypatch, tmp_path):
     opened = sinks.Sinks.open(str(tmp_path / "m.jsonl"))
     assert [type(s).__name__ for s in opened.sinks] == ["JsonlSink"]
     opened.close()
-
-
-def test_reward_window_is_last_100_episodes():
-    w = RewardWindow(100)
-    assert w.stats() == (None, None, None)
-    w.add(10.0, 50, 5.0, 20.0)
-    w.add(float("nan"), 0, None, None)  # an iteration without episodes changes nothing
-    assert w.stats() == (10.0, 5.0, 20.0)
-    w.add(30.0, 50, 25.0, 40.0)
-    assert w.stats() == (20.0, 5.0, 40.0)
-    w.add(50.0, 80, 45.0, 60.0)  # 80 newest + 20 of the previous iteration
-    mean, lo, hi = w.stats()
-    assert mean == (50.0 * 80 + 30.0 * 20) / 100 and lo == 25.0 and hi == 60.0
-
-
-def test_error_paragraph_drops_traceback():
-    text = (
-        'ray::SingleAgentEnvRunner.sample() (pid=1)\n  File "x.py", line 3, in f\n    boom()\n'
-        "ValueError: the env exploded"
-    )
-    msg = _error_paragraph(RuntimeError(text))
-    assert msg == "ValueError: the env exploded"
-    assert "File" not in msg and "\n" not in msg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer import presets, train
+from trainer import configure, presets, train
 
 
 def _cfg(*argv: str):
@@ -12,7 +12,7 @@ def _cfg(*argv: str):
     settings = presets.preset(plan.algorithm, plan.env_id, plan.atari)
     settings.update(plan.mapped.settings)
     settings.setdefault("num_env_runners", 1)
-    return train._build_algo_config(plan, settings, "rlq-test-env", {"env_id": plan.env_id})
+    return configure.algo_config(plan, settings, "rlq-test-env", {"env_id": plan.env_id})
 
 
 @pytest.mark.parametrize("algorithm", ["IMPALA", "APPO"])

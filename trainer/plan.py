@@ -1,0 +1,121 @@
+"""The plan: every argument checked and turned into what the run uses, before Ray starts.
+
+A mistake raises :class:`trainer.config_map.UsageError` naming the flag, the value and what is
+allowed (exit code 2, one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+from trainer import config_map, envs, presets
+from trainer.config_map import MappedConfig, UsageError
+
+RESTORE_SCHEME = "file://"
+
+
+class PlanArgs(Protocol):
+    """The raw command line (``trainer.train.Args``): strings, as typed."""
+
+    run: str
+    env: str
+    config: str
+    stop: str | None
+    output_dir: str
+    ray_address: str | None
+    restore: str | None
+    checkpoint_freq: str
+    seed: str | None
+    evaluate_episodes: str
+    evaluate_gif: bool
+
+
+class Plan:
+    """Everything validated before Ray starts."""
+
+    def __init__(self, args: PlanArgs):
+        self.algorithm = _algorithm(args.run)
+        self.env_id = _env_id(args.env)
+        self.atari = envs.is_atari(self.env_id)
+        self.mapped: MappedConfig = config_map.map_config(_json_arg("--config", args.config), self.algorithm)
+        self.stop = _stop(args.stop, self.env_id, self.atari)
+        self.output_dir = _output_dir(args.output_dir)
+        self.ray_address = args.ray_address
+        self.restore = _restore(args.restore) if args.restore else None
+        self.checkpoint_freq = _int_arg("--checkpoint-freq", args.checkpoint_freq, 0, 10**6)
+        self.seed = _int_arg("--seed", args.seed, 0, 2**31 - 1)
+        self.evaluate_episodes = _int_arg("--evaluate-episodes", args.evaluate_episodes, 0, 10_000)
+        self.evaluate_gif = bool(args.evaluate_gif)
+        if self.evaluate_gif and not self.evaluate_episodes:
+            self.evaluate_episodes = 1
+
+
+def _algorithm(text: str) -> str:
+    algorithm = str(text).upper()
+    if algorithm not in config_map.ALGORITHMS:
+        raise UsageError("--run", text, "one of " + ", ".join(config_map.ALGORITHMS))
+    return algorithm
+
+
+def _env_id(text: str) -> str:
+    if envs.env_spec(text) is None:
+        raise UsageError(
+            "--env",
+            text,
+            "a registered Gymnasium env id such as CartPole-v1, PongNoFrameskip-v4 or ALE/Pong-v5",
+        )
+    return text
+
+
+def _stop(text: str | None, env_id: str, atari: bool) -> dict[str, float]:
+    if text is None:
+        return config_map.map_stop(presets.default_stop(env_id, atari))
+    stop = config_map.map_stop(_json_arg("--stop", text))
+    if not stop:
+        raise UsageError(
+            "--stop", text, "at least one stop criterion", "accepted: " + ", ".join(config_map.STOP_KEYS)
+        )
+    return stop
+
+
+def _output_dir(text: str) -> Path:
+    path = Path(text).resolve()
+    if path.exists() and not path.is_dir():
+        raise UsageError("--output-dir", text, "a directory path")
+    return path
+
+
+def _restore(text: str) -> Path:
+    path = text.removeprefix(RESTORE_SCHEME)
+    if "://" in path or not Path(path).is_dir():
+        raise UsageError("--restore", text, "an existing local checkpoint directory or file:// URI")
+    if not (Path(path) / "learner_group").is_dir():
+        raise UsageError("--restore", text, "an RLlib checkpoint directory (with learner_group/)")
+    return Path(path).resolve()
+
+
+def _int_arg(name: str, text: str | None, lo: int, hi: int) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(name, text, f"an integer between {lo} and {hi}") from None
+    if not lo <= value <= hi:
+        raise UsageError(name, value, f"an integer between {lo} and {hi}")
+    return value
+
+
+def _json_arg(name: str, text: str) -> Any:
+    stripped = text.strip()
+    # The article wraps the JSON in an extra pair of single quotes for the shell.
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] == "'":
+        stripped = stripped[1:-1]
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            name, text, "a JSON object", f"malformed JSON: {exc.msg} at column {exc.colno}"
+        ) from None
