@@ -15,8 +15,8 @@ so a request means the same run on a local Ray head, a remote Ray cluster and Az
   and of the final summary, which backends that only see job logs parse.
 
 ``trainer/`` never imports ``shared/`` (it is uploaded alone as an Azure ML snapshot / Ray working
-dir), so it keeps its own copy of its side of this contract: the markers in ``trainer/train.py``
-and the algorithm names in ``trainer/config_map.py``. ``tests/trainer/test_contract.py`` checks
+dir), so it keeps its own copy of its side of this contract: the markers in ``trainer/metrics.py``
+and the algorithm names in ``trainer/config_map.py``. ``tests/contract/test_trainer_contract.py`` checks
 that both sides agree.
 """
 
