@@ -172,15 +172,15 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description="Greedy evaluation of an rlq checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir or file:// URI")
-    p.add_argument("--episodes", type=int, default=5)
-    p.add_argument("--gif", default=None, help="write a short GIF of the first episode here")
-    p.add_argument("--env", default=None, help="env id (only for checkpoints without rlq_meta.json)")
-    p.add_argument("--seed", type=int, default=None)
-    args = p.parse_args(argv)
-    ckpt = _local_path(args.checkpoint)
-    if not module_path(ckpt).is_dir():
+    parser = argparse.ArgumentParser(prog=PROG, description="Greedy evaluation of an rlq checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint dir or file:// URI")
+    parser.add_argument("--episodes", type=int, default=5)
+    parser.add_argument("--gif", default=None, help="write a short GIF of the first episode here")
+    parser.add_argument("--env", default=None, help="env id (only for checkpoints without rlq_meta.json)")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    checkpoint = _local_path(args.checkpoint)
+    if not module_path(checkpoint).is_dir():
         print(
             f"{PROG}: error: --checkpoint: {args.checkpoint!r} is not allowed; expected an RLlib "
             f"checkpoint directory containing learner_group/learner/rl_module/default_policy",
@@ -195,15 +195,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        res = evaluate(ckpt, args.episodes, gif=args.gif, env_id=args.env, seed=args.seed)
+        result = evaluate(checkpoint, args.episodes, gif=args.gif, env_id=args.env, seed=args.seed)
     except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as an exit code
         import traceback
 
         traceback.print_exc()
         print(f"{PROG}: error: evaluation failed: {exc}", file=sys.stderr)
         return 1
-    print(f"mean return over {res['episodes']} episodes: {res['mean_return']:.2f}")
-    print("RLQ_EVAL " + json.dumps(res), flush=True)
+    print(f"mean return over {result['episodes']} episodes: {result['mean_return']:.2f}")
+    print("RLQ_EVAL " + json.dumps(result), flush=True)
     return 0
 
 
