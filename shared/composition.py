@@ -59,9 +59,9 @@ def _compute(settings: Settings, name: str) -> ComputeBackend:
 
         return AzureMLV2Backend(settings=settings)
     if name == "azureml_v1":
-        from shared.adapters.azureml.v1 import AzureMLRayBackend
+        from shared.adapters.azureml.retired import RetiredV1Backend
 
-        return AzureMLRayBackend(settings=settings)
+        return RetiredV1Backend(settings=settings)
     raise ValueError(f"RLQ_BACKEND: {name!r} is not a backend; allowed: ray, azureml, azureml_v1, twin")
 
 

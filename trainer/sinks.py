@@ -1,7 +1,9 @@
-"""Where per-iteration metrics go: metrics.jsonl (always), Azure ML run, MLflow.
+"""Where per-iteration metrics go: metrics.jsonl (always), MLflow (when ``MLFLOW_TRACKING_URI`` is set).
 
-The Azure ML and MLflow integrations are optional and imported lazily; a missing package
-or a failing remote never stops training (a single warning goes to stderr).
+MLflow is what Azure ML (SDK v2) jobs track with: Azure ML sets ``MLFLOW_TRACKING_URI`` and
+``MLFLOW_RUN_ID`` in every job, and the backend reads the metric names of
+:data:`trainer.contract.PROGRESS_METRICS` back from the job's run. MLflow is imported lazily; a
+missing package or a failing remote never stops training (a single warning goes to stderr).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 import os
 import sys
 from typing import Any
+
+from trainer.contract import STEP_KEY, mlflow_metric_name
 
 
 def clean(value: Any) -> Any:
@@ -50,62 +54,6 @@ class JsonlSink:
         self._fh.close()
 
 
-RUN_ID_ENV = "AZUREML_RUN_ID"  # set by Azure ML in every run's environment (azureml.core.Run._load_scope)
-
-
-class AzureMLSink:
-    """Logs like the article's ``on_train_result`` callback: ``episode_reward_mean`` and
-    ``episodes_total`` per iteration, to ``Run.get_context()`` when it is a real run."""
-
-    def __init__(self, run: Any):
-        self.run = run
-        self._failed = False
-
-    @classmethod
-    def create(cls) -> AzureMLSink | None:
-        # Azure ML gives every run its context in AZUREML_RUN_ID (and the workspace's AZUREML_ARM_*
-        # variables); without it Run.get_context() can only be an offline run. Checked first:
-        # importing azureml.core costs about 1.5 CPU seconds of every run's start-up.
-        if not os.environ.get(RUN_ID_ENV):
-            return None
-        try:
-            from azureml.core import Run  # type: ignore
-        except Exception:  # noqa: BLE001 - an optional integration: any import failure means absent
-            return None
-        try:
-            run = Run.get_context()
-        except Exception as exc:  # noqa: BLE001 - depends on the Azure ML environment
-            _warn(f"Azure ML run context unavailable: {exc}")
-            return None
-        if is_offline_run(run):
-            return None
-        return cls(run)
-
-    def log(self, row: dict[str, Any]) -> None:
-        if self._failed:
-            return
-        try:
-            for key in ("episode_reward_mean", "episodes_total"):
-                if row.get(key) is not None:
-                    self.run.log(key, row[key])
-        except Exception as exc:  # noqa: BLE001 - never stop training for a metrics outage
-            self._failed = True
-            _warn(f"Azure ML logging disabled after an error: {exc}")
-
-    def close(self) -> None:
-        try:
-            self.run.flush()
-        except Exception:  # noqa: BLE001 - closing a metrics sink never fails the run
-            pass
-
-
-def is_offline_run(run: Any) -> bool:
-    if type(run).__name__ == "_OfflineRun":
-        return True
-    rid = str(getattr(run, "id", "") or "")
-    return rid.startswith("OfflineRun")
-
-
 class MLflowSink:
     def __init__(self, mlflow: Any, started: bool):
         self.mlflow = mlflow
@@ -138,15 +86,12 @@ class MLflowSink:
         if self._failed:
             return
         metrics = {
-            k.replace("/", "."): float(v)
+            mlflow_metric_name(k): float(v)
             for k, v in row.items()
-            if k != "iteration"
-            and isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and math.isfinite(v)
+            if k != STEP_KEY and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         }
         try:
-            self.mlflow.log_metrics(metrics, step=int(row.get("iteration", 0)))
+            self.mlflow.log_metrics(metrics, step=int(row.get(STEP_KEY, 0)))
         except Exception as exc:  # noqa: BLE001 - never stop training for a metrics outage
             self._failed = True
             _warn(f"MLflow logging disabled after an error: {exc}")
@@ -166,10 +111,9 @@ class Sinks:
     @classmethod
     def open(cls, metrics_path: str, append: bool = False) -> Sinks:
         sinks: list[Any] = [JsonlSink(metrics_path, append=append)]
-        for factory in (AzureMLSink.create, MLflowSink.create):
-            s = factory()
-            if s is not None:
-                sinks.append(s)
+        mlflow_sink = MLflowSink.create()
+        if mlflow_sink is not None:
+            sinks.append(mlflow_sink)
         return cls(sinks)
 
     def log(self, row: dict[str, Any]) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.azureml.twin import AzureMLTwin
-from shared.adapters.azureml.v1 import AzureMLRayBackend
+from shared.adapters.azureml.network_twin import NetworkTwin
+from shared.adapters.azureml.retired import RetiredV1Backend
 from shared.adapters.azureml.v2 import HEAD_ADDRESS_TAG, AzureMLV2Backend, job_names
 from shared.adapters.azureml.v2_twin import MLClientTwin
 from shared.adapters.sqlite_broker import SqliteBroker
@@ -43,15 +43,15 @@ def twin() -> MLClientTwin:
 
 
 @pytest.fixture
-def network() -> AzureMLTwin:
-    return AzureMLTwin(**WORKSPACE)  # its ARM network reads
+def network() -> NetworkTwin:
+    return NetworkTwin(subscription_id=WORKSPACE["subscription_id"])  # the NSG check's ARM reads
 
 
 @pytest.fixture
-def wired(tmp_path: Path, twin: MLClientTwin, network: AzureMLTwin, clock) -> Wiring:
+def wired(tmp_path: Path, twin: MLClientTwin, network: NetworkTwin, clock) -> Wiring:
     settings = _settings(tmp_path, "azureml")
     backend = AzureMLV2Backend(
-        settings=settings, ml_client=twin, runs=twin.runs, network_factory=network.network
+        settings=settings, ml_client=twin, runs=twin.runs, network_factory=network.client
     )
     broker = SqliteBroker(settings.data_dir / "queue.sqlite3", clock=clock.epoch)
     w = build(
@@ -212,8 +212,7 @@ def test_missing_nsg_rule_fails_the_run_with_what_to_fix(wired: Wiring, twin: ML
 
 def test_legacy_v1_backend_fails_the_request_at_once_naming_the_retirement(tmp_path: Path, clock) -> None:
     settings = _settings(tmp_path, "azureml_v1")
-    aml = AzureMLTwin(**WORKSPACE)
-    backend = AzureMLRayBackend(settings=settings, gateway=aml, network_factory=aml.network)
+    backend = RetiredV1Backend(settings=settings)
     broker = SqliteBroker(settings.data_dir / "queue.sqlite3", clock=clock.epoch)
     w = build(
         settings,
@@ -227,5 +226,5 @@ def test_legacy_v1_backend_fails_the_request_at_once_naming_the_retirement(tmp_p
     assert rec.state in (RunState.failed, RunState.notified)  # settled: not redelivered ten times
     [msg] = completions(w)
     assert msg.status == "Failed" and "https://aka.ms/rldeprecation" in msg.error
-    assert "RLQ_BACKEND=azureml " in msg.error and aml.runs_for("legacy-1") == []
+    assert "RLQ_BACKEND=azureml " in msg.error
     backend.close()

@@ -340,12 +340,29 @@ def test_find_before_submit_and_a_redelivery_adopts_the_job(
     assert backend.find(req.request_id) is None
     run_id = backend.submit(req)
     assert run_id == job_names(req.request_id)[0] and backend.find(req.request_id) == run_id
-    # a fresh process that submits again (it died before recording the run id): Azure refuses the
-    # name, the backend adopts the job that has it
+    # a fresh process that submits again (it died before recording the run id): it looks the job
+    # up and adopts it; rlq asks Azure to create it once in all (the twin, like Azure, would refuse
+    # a second create of the name, so the jobs that exist cannot tell: the create calls can)
     fresh = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs)
+    before = len(twin.calls())
     assert fresh.submit(req) == run_id
     assert twin.jobs_per_request() == {"pong-2024-01/head": 1}
-    assert twin.calls().count(("jobs.create_or_update", run_id)) == 2
+    assert twin.calls().count(("jobs.create_or_update", run_id)) == 1
+    assert twin.calls()[before:] == [("jobs.get", run_id)]
+
+
+def test_a_job_created_between_the_look_up_and_the_create_is_adopted(
+    backend: AzureMLV2Backend, twin: MLClientTwin, settings: Settings
+) -> None:
+    """Two processes race for one request: the loser's create meets the taken name and adopts."""
+    req = seed()
+    ready(backend, twin, req)
+    head = job_names(req.request_id)[0]
+    rival = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs)
+    twin.before_create = lambda job: (setattr(twin, "before_create", None), rival.submit(req))
+    assert backend.submit(req) == head
+    assert twin.jobs_per_request() == {"pong-2024-01/head": 1}
+    assert twin.calls().count(("jobs.create_or_update", head)) == 2  # the rival's, then the refused one
 
 
 def test_twin_refuses_a_taken_job_name_as_azure_does(backend: AzureMLV2Backend, twin: MLClientTwin) -> None:
@@ -506,30 +523,28 @@ def test_module_imports_no_sdk_until_used(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_v1_is_legacy_and_names_the_retirement_and_the_v2_backend(tmp_path: Path) -> None:
-    from shared.adapters.azureml.twin import AzureMLTwin
-    from shared.adapters.azureml.v1 import DEPRECATION_URL, AzureMLRayBackend
+def test_v1_is_refused_naming_the_retirement_and_the_v2_backend() -> None:
+    from shared.adapters.azureml.retired import DEPRECATION_URL, RetiredV1Backend
 
     assert DEPRECATION_URL == "https://aka.ms/rldeprecation"
-    twin = AzureMLTwin()
-    b = AzureMLRayBackend(
-        settings=Settings(azureml_vnet="v", _env_file=None), gateway=twin, network_factory=twin.network
-    )
+    b = RetiredV1Backend(settings=Settings(azureml_vnet="v", _env_file=None))
     assert b.name == "azureml_v1"
-    with pytest.raises(PermanentError) as err:
-        b.submit(parse_request({"request_id": "x", "env": "CartPole-v1"}))
-    assert "https://aka.ms/rldeprecation" in err.value.description
-    assert "RLQ_BACKEND=azureml" in err.value.description
-    assert twin.runs_for("x") == []
+    request = parse_request({"request_id": "x", "env": "CartPole-v1"})
+    for call in (b.ensure_compute, b.submit):
+        with pytest.raises(PermanentError) as err:
+            call(request)
+        assert "https://aka.ms/rldeprecation" in err.value.description
+        assert "RLQ_BACKEND=azureml " in err.value.description
+    assert b.find("x") is None
 
 
-def test_composition_selects_v2_for_azureml_and_v1_for_azureml_v1(tmp_path: Path, monkeypatch) -> None:
-    from shared.adapters.azureml.v1 import AzureMLRayBackend
+def test_composition_selects_v2_for_azureml_and_the_refusal_for_azureml_v1(tmp_path: Path) -> None:
+    from shared.adapters.azureml.retired import RetiredV1Backend
     from shared.composition import _compute
 
     s = Settings(data_dir=tmp_path, azureml_vnet="v", _env_file=None)
     assert isinstance(_compute(s, "azureml"), AzureMLV2Backend)
-    assert isinstance(_compute(s, "azureml_v1"), AzureMLRayBackend)
+    assert isinstance(_compute(s, "azureml_v1"), RetiredV1Backend)
     assert v2.AzureMLV2Backend is AzureMLV2Backend
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
+from shared.adapters.azureml.network_twin import INFRA_NSG_RULES
 from shared.adapters.azureml.nsg import OUTBOUND_TAGS, missing_nsg_rules, required_flows
-from shared.adapters.azureml.twin import INFRA_NSG_RULES
 
 SUBNET = ["10.20.1.0/24"]
 
@@ -352,21 +352,21 @@ def test_the_guard_checks_the_flows_the_settings_name() -> None:
     from types import SimpleNamespace
 
     from shared.adapters.azureml.clusters import NsgGuard
-    from shared.adapters.azureml.twin import AzureMLTwin
+    from shared.adapters.azureml.network_twin import NetworkTwin
     from shared.errors import ComputeError
     from shared.settings import Settings
 
     where = SimpleNamespace(vnet="rlq-vnet", subnet="aml", vnet_resource_group="rlq-rg")
-    twin = AzureMLTwin()
+    twin = NetworkTwin()
     base = Settings(_env_file=None, backend="azureml", azureml_vnet="rlq-vnet", azureml_subnet="aml")
     assert (base.azureml_node_public_ip, base.azureml_nsg_batch_inbound) == (False, False)
-    NsgGuard(base, twin.network).check(where)  # the template's NSG: nothing missing
+    NsgGuard(base, twin.client).check(where)  # the template's NSG: nothing missing
     public = base.model_copy(update={"azureml_node_public_ip": True})
     with pytest.raises(ComputeError, match="inbound TCP 44224 from service tag AzureMachineLearning"):
-        NsgGuard(public, twin.network).check(where)
+        NsgGuard(public, twin.client).check(where)
     seed = base.model_copy(update={"azureml_nsg_batch_inbound": True})
     with pytest.raises(ComputeError, match="inbound TCP 29876-29877 from service tag BatchNodeManagement"):
-        NsgGuard(seed, twin.network).check(where)
+        NsgGuard(seed, twin.client).check(where)
     # the settings' environment names parse
     env = Settings(_env_file=None, azureml_node_public_ip="true", azureml_nsg_batch_inbound="1")
     assert (env.azureml_node_public_ip, env.azureml_nsg_batch_inbound) == (True, True)

@@ -10,7 +10,7 @@ SUBSCRIPTION_ID = "11111111-2222-3333-4444-555555555555"
 RESOURCE_GROUP = "rlq-rg"
 WORKSPACE_NAME = "rlq-ws"
 
-# The keyword arguments both workspace twins (``AzureMLTwin``, ``MLClientTwin``) take for it.
+# The keyword arguments the workspace twin (``MLClientTwin``) takes for it.
 WORKSPACE = {
     "subscription_id": SUBSCRIPTION_ID,
     "resource_group": RESOURCE_GROUP,

@@ -1,4 +1,4 @@
-"""Azure ML / ARM SDK errors translated into :mod:`shared.errors`, for both SDK generations.
+"""Azure ML (``azure-ai-ml``) / ARM SDK errors translated into :mod:`shared.errors`.
 
 HTTP 408/409/429/5xx and connection faults → ``TransientError``; authorization → ``PermanentError``;
 quota → ``ComputeError``; a request the service refuses (4xx, a validation error) → ``PermanentError``.
@@ -64,18 +64,10 @@ def translate(err: BaseException, *, action: str) -> Exception:
         "ServiceRequestError",
         "ServiceResponseError",
         "TimeoutError",
-        "ProjectSystemException",
     )
     if kind in transient_types or isinstance(err, (ConnectionError, TimeoutError)):
         return TransientError(f"Azure ML {action} failed ({kind}); try again: {text}")
-    if kind in (
-        "UserErrorException",
-        "RunConfigurationException",
-        "TrainingException",
-        "ValueError",
-        "TypeError",
-        "ComputeTargetException",
-    ) and (status is None or 400 <= status < 500):
+    if kind in ("ValueError", "TypeError") and (status is None or 400 <= status < 500):
         return PermanentError(f"Azure ML {action} refused: {kind}: {text}", reason="AzureMLRequest")
     return TransientError(f"Azure ML {action} failed ({kind}); try again: {text}")
 

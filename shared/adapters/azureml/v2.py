@@ -17,9 +17,10 @@ What the service relies on, and how it is kept:
   (the poller asks again). A cluster that fails to provision fails the run with Azure's reason; one
   with another VM size, a smaller max or another VNet is reported, never resized.
 * **One job per request.** Job names are unique in a workspace and derived from ``request_id``
-  (:func:`job_names`): ``find`` is a ``jobs.get``; ``submit`` creates and, when Azure answers that
-  the name exists, adopts the existing job. A redelivered request or a poller that died between
-  creating a job and recording it never starts a second one.
+  (:func:`job_names`): ``find`` is a ``jobs.get``; ``submit`` looks the job up (``jobs.get``) and
+  adopts it when it exists, and only then creates it (adopting it again if a racing process won
+  the name). A redelivered request or a poller that died between creating a job and recording it
+  never starts a second one.
 * **Cheap polling.** One ``jobs.get`` of the head per tick; at most one more call (MLflow metrics,
   or the worker job's status) every ``detail_every`` ticks, so metrics are read less often than
   status.
@@ -60,12 +61,13 @@ from shared.models import Progress, TrainingRequest
 from shared.ports import ComputePending, JobState, JobStatus
 from shared.settings import Settings
 from shared.vm_sizes import VM_SIZES
+from trainer import contract
 
 log = logging.getLogger(__name__)
 
 RUN_TAG = "rlq_request_id"
 ROLE_TAG = "rlq_role"
-HEAD_ADDRESS_TAG = "rlq.ray_head_address"  # set by trainer/bootstrap.py on the head job's MLflow run
+HEAD_ADDRESS_TAG = contract.HEAD_ADDRESS_TAG  # set by trainer/bootstrap.py on the head job's MLflow run
 ARGV_ENV = trainer_args.ARGV_ENV
 RAY_PORT = 6379
 HEAD_SHM_SIZE = "24g"
@@ -565,14 +567,23 @@ class AzureMLV2Backend:
                 raise
 
     def _create(self, job: Any, *, what: str) -> Any:
-        """Create ``job``; when its name is taken, adopt the job that has it (never a second one)."""
+        """Adopt the job named ``job.name`` when there is one (``jobs.get``); else create it.
+
+        Looked up first, so a job an earlier process created is adopted whatever Azure would answer
+        to a second create; a create that still meets a taken name (another process created it
+        between the look-up and the create) adopts that job too. Never a second job.
+        """
+        existing = self._get_job(job.name)
+        if existing is not None:
+            log.info("job %s exists already; adopting it", job.name)
+            return existing
         with sdk_errors(f"submit the {what}"):
             try:
                 created = self.ml.jobs.create_or_update(job)
             except Exception as err:
                 if not _is_name_taken(err):
                     raise
-                log.info("job %s exists already; adopting it", job.name)
+                log.info("job %s was created meanwhile; adopting it", job.name)
                 return self.ml.jobs.get(job.name)
         log.info("submitted %s as Azure ML job %s", what, created.name)
         return created
@@ -623,8 +634,8 @@ class AzureMLV2Backend:
     def _maybe_submit_workers(self, run_id: str, head: Any, worker_name: str, t: _Tracked) -> None:
         """Read the head's run (one call); once its address is there, create the worker job.
 
-        No look-up of the worker job first: a worker job that exists already (an earlier process
-        created it and died before remembering) is adopted by :meth:`_create` on the name conflict.
+        A worker job that exists already (an earlier process created it and died before
+        remembering) is found and adopted by :meth:`_create`.
         """
         view = self._read_run(run_id)
         if view is None:
@@ -750,14 +761,16 @@ def compute_info(compute: Any) -> ComputeInfo:
 
 
 def _progress(view: RunView) -> Progress | None:
+    """A run's progress from the MLflow metrics the trainer logs (names: :mod:`trainer.contract`)."""
     m: Mapping[str, float] = view.metrics
-    if "episode_reward_mean" not in m and "timesteps" not in m:
+    if contract.METRIC_REWARD_MEAN not in m and contract.METRIC_TIMESTEPS not in m:
         return None
-    reward = m.get("episode_reward_mean")
+    reward = m.get(contract.METRIC_REWARD_MEAN)
+    episodes = m.get(contract.METRIC_EPISODES_TOTAL)
     return Progress(
         iteration=int(view.step),
-        timesteps=int(m.get("timesteps", 0) or 0),
-        time_total_s=float(m.get("time_total_s", 0.0) or 0.0),
+        timesteps=int(m.get(contract.METRIC_TIMESTEPS, 0) or 0),
+        time_total_s=float(m.get(contract.METRIC_TIME_TOTAL_S, 0.0) or 0.0),
         episode_reward_mean=reward if reward is None or math.isfinite(reward) else None,
-        episodes_total=int(m["episodes_total"]) if "episodes_total" in m else None,
+        episodes_total=int(episodes) if episodes is not None else None,
     )
