@@ -6,6 +6,9 @@
 // identities pull it (who grants what: modules/roles.bicep), per
 // https://learn.microsoft.com/azure/machine-learning/how-to-identity-based-service-authentication
 // ("Scenario: Azure Container Registry without admin user").
+// No trustPolicy (Docker Content Trust): Azure refuses to enable it ("ContentTrustUnsupported: ...
+// Content Trust is being deprecated and will be completely removed on March 31, 2028"); the Notary
+// Project replaces it (https://aka.ms/acr/dctdeprecation).
 
 @description('Azure region.')
 param location string
@@ -13,7 +16,7 @@ param location string
 @description('Registry name (5-50 letters and digits, globally unique).')
 param name string
 
-@description('Premium adds content trust, retention, private endpoints and zone redundancy.')
+@description('Premium adds retention, private endpoints and zone redundancy.')
 @allowed([
   'Basic'
   'Standard'
@@ -47,10 +50,6 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
       retentionPolicy: {
         status: 'enabled'
         days: 30
-      }
-      trustPolicy: {
-        status: 'enabled'
-        type: 'Notary'
       }
       quarantinePolicy: {
         status: 'disabled'

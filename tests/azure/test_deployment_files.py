@@ -418,6 +418,14 @@ def test_the_workspace_uses_the_declared_registry_with_the_admin_user_off() -> N
         assert "type: 'SystemAssigned'" in _block(aml, aml.index(f"resource {cluster}"))
 
 
+def test_the_registry_asks_for_no_content_trust() -> None:
+    """Azure refuses ``trustPolicy`` now (ContentTrustUnsupported): a deployment asking for it fails."""
+    registry = _bicep(INFRA / "modules" / "registry.bicep")
+    code = "\n".join(line.split("//", 1)[0] for line in registry.splitlines())  # comments may name it
+    assert "trustPolicy" not in code and "Notary" not in code
+    assert "CKV_AZURE_164" in (INFRA / ".checkov.yaml").read_text()  # the skip says why
+
+
 def _bicep_value(expr: str, env: dict[str, object]) -> object:
     """A Bicep rule field's value: a string (``${name}`` filled from ``env``), a number, a name
     from ``env``, or ``<number> + <name>``."""
@@ -492,8 +500,8 @@ def _aml_nsg(location: str = "westeurope") -> dict[str, list[dict[str, object]]]
 
 def test_the_aml_nsg_opens_what_the_current_azure_ml_guidance_needs() -> None:
     """Evaluated with the same checker the backends run before each submit (nsg.py)."""
+    from shared.adapters.azureml.network_twin import INFRA_NSG_RULES
     from shared.adapters.azureml.nsg import OUTBOUND_TAGS, missing_nsg_rules
-    from shared.adapters.azureml.twin import INFRA_NSG_RULES
 
     nsg = _aml_nsg()
     default = nsg["amlRules"] + nsg["amlOutbound443"]
