@@ -9,6 +9,7 @@ The markers are the trainer's side of the log contract; rlq's side is ``shared/t
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class Progress:
     restore, the episode reward smoothed over the last 100 episodes, the best mean so far."""
 
     def __init__(self, offsets: Offsets):
-        self.offsets = offsets
+        self.offsets = dataclasses.replace(offsets)  # its own: the counters RLlib restored are zeroed
         self.window = RewardWindow()
         self.rows: list[dict[str, Any]] = []
         self.best: float | None = None

@@ -8,34 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from trainer import config_map, envs, presets
 from trainer.config_map import MappedConfig, UsageError
 
+if TYPE_CHECKING:  # train.py builds the Args and imports this module
+    from trainer.train import Args
+
 RESTORE_SCHEME = "file://"
-
-
-class PlanArgs(Protocol):
-    """The raw command line (``trainer.train.Args``): strings, as typed."""
-
-    run: str
-    env: str
-    config: str
-    stop: str | None
-    output_dir: str
-    ray_address: str | None
-    restore: str | None
-    checkpoint_freq: str
-    seed: str | None
-    evaluate_episodes: str
-    evaluate_gif: bool
 
 
 class Plan:
     """Everything validated before Ray starts."""
 
-    def __init__(self, args: PlanArgs):
+    def __init__(self, args: Args):
         self.algorithm = _algorithm(args.run)
         self.env_id = _env_id(args.env)
         self.atari = envs.is_atari(self.env_id)
