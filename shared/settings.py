@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         "training-rejected", description="Service Bus queue keeping requests that can never run."
     )
     azureml_base_image: str = Field(
-        "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04",
+        "mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04",
         description="Docker base image of the Azure ML head and workers (one image: Ray needs equal versions).",
     )
     # SDK v2: the clusters' user-assigned identity (resource id; empty: system-assigned) and its client

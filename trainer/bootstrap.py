@@ -47,15 +47,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a file on the nodes: python trainer/bootstrap.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainer import contract
+
 HEAD_RESOURCE = "rlq_head"
 WORKER_RESOURCE = "rlq_worker"
-ADDRESS_TAG = "rlq.ray_head_address"
 ARGV_ENV = "RLQ_TRAINER_ARGV"
 RANK_ENVS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "RANK", "NODE_RANK")
 MASTER_ENVS = ("AZ_BATCHAI_MPI_MASTER_NODE", "AZ_BATCH_MASTER_NODE", "MASTER_ADDR")
 # A resource request this small never limits how many actors fit; it only says where they may run.
 PLACEMENT_SHARE = 0.001
 JOIN_ATTEMPTS = 5
+DEFAULT_IDENTITY_ENV = "DEFAULT_IDENTITY_CLIENT_ID"  # set by Azure ML on compute cluster nodes
+VAULT_SCOPE = "https://vault.azure.net/.default"
 
 
 def log(msg: str) -> None:
@@ -109,30 +115,27 @@ def head_address_for_rank(env: dict[str, str] | os._Environ[str], port: int) -> 
     return None
 
 
-def _imds_token(resource: str, client_id: str | None) -> str:
-    """An access token for ``resource`` from the node's managed identity endpoint."""
-    params = {"resource": resource}
-    if os.environ.get("IDENTITY_ENDPOINT") and os.environ.get("IDENTITY_HEADER"):
-        url = os.environ["IDENTITY_ENDPOINT"]
-        params["api-version"] = "2019-08-01"
-        headers = {"X-IDENTITY-HEADER": os.environ["IDENTITY_HEADER"]}
-    elif os.environ.get("MSI_ENDPOINT"):
-        url = os.environ["MSI_ENDPOINT"]
-        params["api-version"] = "2017-09-01"
-        headers = {"secret": os.environ.get("MSI_SECRET", "")}
-    else:
-        url = "http://169.254.169.254/metadata/identity/oauth2/token"
-        params["api-version"] = "2018-02-01"
-        headers = {"Metadata": "true"}
-    if client_id:
-        params["client_id"] = client_id
-    req = urllib.request.Request(url + "?" + urllib.parse.urlencode(params), headers=headers)
-    with urllib.request.urlopen(req, timeout=30) as resp:  # the managed identity endpoint
-        return json.loads(resp.read())["access_token"]
+def identity_client_id(env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """The managed identity the node reads the vault with: ``RLQ_IDENTITY_CLIENT_ID`` (a user-assigned
+    one rlq names), else ``DEFAULT_IDENTITY_CLIENT_ID`` (what Azure ML sets on a compute cluster's nodes
+    for the cluster's own identity), else None (the platform's default identity)."""
+    return env.get("RLQ_IDENTITY_CLIENT_ID") or env.get(DEFAULT_IDENTITY_ENV) or None
 
 
 def _vault_secret(vault: str, name: str, client_id: str | None) -> str:
-    access = _imds_token("https://vault.azure.net", client_id)
+    """``name`` from the Key Vault ``vault``, read with the node's managed identity.
+
+    azure-identity's ``ManagedIdentityCredential`` picks the endpoint the node has (on Azure ML
+    compute: ``MSI_ENDPOINT`` / ``MSI_SECRET``, where a user-assigned identity is named by the
+    ``clientid`` query parameter) and speaks its protocol.
+    """
+    from azure.identity import ManagedIdentityCredential
+
+    credential = ManagedIdentityCredential(client_id=client_id)
+    try:
+        access = credential.get_token(VAULT_SCOPE).token
+    finally:
+        credential.close()
     url = f"{vault.rstrip('/')}/secrets/{urllib.parse.quote(name)}?api-version=7.4"
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {access}"})
     with urllib.request.urlopen(req, timeout=30) as resp:  # the workspace Key Vault
@@ -146,7 +149,7 @@ def resolve_token(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
         return Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
     vault, secret = env.get("RLQ_RAY_TOKEN_VAULT"), env.get("RLQ_RAY_TOKEN_SECRET")
     if vault and secret:
-        return _vault_secret(vault, secret, env.get("RLQ_IDENTITY_CLIENT_ID")).strip()
+        return _vault_secret(vault, secret, identity_client_id(env)).strip()
     raise SystemExit(
         "rlq-bootstrap: no Ray token: set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH, or RLQ_RAY_TOKEN_VAULT and "
         "RLQ_RAY_TOKEN_SECRET (read with the node's managed identity)"
@@ -239,8 +242,8 @@ def publish_address(address: str) -> None:
     try:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient().set_tag(run_id, ADDRESS_TAG, address)
-        log(f"published {ADDRESS_TAG}={address}")
+        MlflowClient().set_tag(run_id, contract.HEAD_ADDRESS_TAG, address)
+        log(f"published {contract.HEAD_ADDRESS_TAG}={address}")
     except Exception as exc:  # noqa: BLE001 - without the tag the poller never adds workers; say so
         log(f"could not publish the head's address ({type(exc).__name__}: {exc}); no worker nodes will join")
 
@@ -290,6 +293,72 @@ def wait_for_workers(address: str, env: dict[str, str], expected: int, timeout_s
     joined = int(lines[-1]) if out.returncode == 0 and lines and lines[-1].isdigit() else 0
     log(f"{joined} of {expected} worker nodes joined")
     return joined
+
+
+# --- GPU preflight ---------------------------------------------------------------------------------
+
+GPU_KEYS = ("num_gpus", "num_gpus_per_learner", "num_gpus_per_env_runner", "num_gpus_per_worker")
+NO_GPU_EXIT = 2  # the trainer's own code for a request it cannot run as asked (trainer/train.py)
+
+
+def gpus_requested(argv: list[str]) -> tuple[str, float] | None:
+    """The first GPU ask in the trainer's ``--config`` (key, amount), or None when it asks for none."""
+    if "--config" not in argv:
+        return None
+    try:
+        config = json.loads(argv[argv.index("--config") + 1])
+    except (IndexError, ValueError):
+        return None  # the trainer refuses a malformed --config itself, naming it
+    if not isinstance(config, dict):
+        return None
+    for key in GPU_KEYS:
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return key, float(value)
+    return None
+
+
+def nvidia_driver() -> str:
+    """The NVIDIA kernel driver's version line on this node, or what says there is none."""
+    try:
+        line = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return "no NVIDIA driver is loaded on this node (/proc/driver/nvidia/version is missing)"
+    return "NVIDIA driver: " + " ".join(line.split())
+
+
+def gpu_preflight(argv: list[str]) -> str | None:
+    """None when the request asks for no GPU or torch sees one; else why the run cannot start.
+
+    Checked before Ray starts: a GPU node whose driver cannot run the CUDA that torch was built with
+    would otherwise start Ray, publish its address, bring up workers and fail minutes later.
+    """
+    asked = gpus_requested(argv)
+    if asked is None:
+        return None
+    key, amount = asked
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - any import failure means no usable torch
+        return f"--config {key}={amount:g} asks for a GPU but torch cannot be imported ({type(exc).__name__}: {exc})"
+    if torch.cuda.is_available():
+        return None
+    return (
+        f"--config {key}={amount:g} asks for a GPU but torch {torch.__version__} (built for CUDA "
+        f"{torch.version.cuda or 'none: a CPU-only build'}) sees no usable GPU; {nvidia_driver()}. "
+        "The node's driver must support the CUDA torch was built for (docs/azure.md, 'Image and CUDA')."
+    )
+
+
+def write_error_summary(argv: list[str], error: str) -> None:
+    """``<output dir>/summary.json`` saying why the trainer never started (the backend reads its
+    ``error`` into the completion message, as it reads the trainer's own summary)."""
+    out = Path(argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else "outputs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps({"error": error, "stop_reason": "error"}))
+    except OSError as exc:
+        log(f"could not write {out / 'summary.json'}: {exc}")
 
 
 def trainer_argv(restore: str | None) -> list[str]:
@@ -384,6 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     port = int(os.environ.get("RLQ_RAY_PORT", "6379"))
     me = rank()
+    if args.role == "head" and me == 0:
+        argv = trainer_argv(None)
+        problem = gpu_preflight(argv)
+        if problem:
+            log(problem)
+            write_error_summary(argv, problem)
+            return NO_GPU_EXIT
     workdir = Path(tempfile.mkdtemp(prefix="rlq-ray-"))
     try:
         env = ray_env(resolve_token(), workdir)

@@ -595,3 +595,23 @@ def test_the_twin_workspaces_get_matches_the_sdk_signature() -> None:
     from azure.ai.ml.operations import WorkspaceOperations
 
     assert list(inspect.signature(WorkspaceOperations.get).parameters)[:2] == ["self", "name"]
+
+
+def test_the_image_brings_no_cuda_of_its_own_and_nothing_installs_sdk_v1() -> None:
+    """torch==2.13.0 from PyPI carries its CUDA 13.0 runtime; an image's own CUDA (11.8 before)
+    could only disagree with it. SDK v1 (azureml-core, its RL contrib) is installed nowhere."""
+    import tomllib
+
+    from shared.adapters.azureml.environment import TRAINER_DIR, parse_requirements
+
+    assert "cuda" not in Settings(_env_file=None).azureml_base_image.lower()
+    trainer = parse_requirements((TRAINER_DIR / "requirements.txt").read_text())
+    assert "torch==2.13.0" in trainer and any(r.startswith("azure-identity") for r in trainer)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    everything = [
+        *trainer,
+        *parse_requirements((REPO / "requirements.txt").read_text()),
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
+    assert [r for r in everything if r.startswith(("azureml-core", "azureml-contrib"))] == []

@@ -1,7 +1,9 @@
 """The cluster image and code snapshot both Azure ML backends submit: ``trainer/`` and its packages.
 
-Head and workers run one image (a GPU base image + a conda file made from
-``trainer/requirements.txt``): Ray needs the same Python and Ray on every node. The code snapshot
+Head and workers run one image (``RLQ_AZUREML_BASE_IMAGE``, by default Azure ML's OpenMPI base
+image without CUDA, + a conda file made from ``trainer/requirements.txt``): Ray needs the same
+Python and Ray on every node, and the torch wheel brings its own CUDA runtime (docs/azure.md,
+"Image and CUDA"). The code snapshot
 holds only ``trainer/`` (the function app's own folder holds its deployed packages; uploading it
 would be slow and could exceed the snapshot limit).
 """
