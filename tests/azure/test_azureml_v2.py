@@ -597,6 +597,89 @@ def test_the_twin_workspaces_get_matches_the_sdk_signature() -> None:
     assert list(inspect.signature(WorkspaceOperations.get).parameters)[:2] == ["self", "name"]
 
 
+def _sdk_operations() -> dict[tuple[str, str], object]:
+    from azure.ai.ml.operations import ComputeOperations, JobOperations, WorkspaceOperations
+
+    return {
+        ("jobs", "create_or_update"): JobOperations.create_or_update,
+        ("jobs", "get"): JobOperations.get,
+        ("jobs", "begin_cancel"): JobOperations.begin_cancel,
+        ("compute", "begin_create_or_update"): ComputeOperations.begin_create_or_update,
+        ("compute", "get"): ComputeOperations.get,
+        ("workspaces", "get"): WorkspaceOperations.get,
+    }
+
+
+SURFACE = [
+    ("jobs", "create_or_update"),
+    ("jobs", "get"),
+    ("jobs", "begin_cancel"),
+    ("compute", "begin_create_or_update"),
+    ("compute", "get"),
+    ("workspaces", "get"),
+]
+
+
+@pytest.mark.parametrize(("group", "method"), SURFACE, ids=lambda x: x)
+def test_the_twin_takes_the_arguments_the_installed_sdk_takes(group: str, method: str) -> None:
+    """Same positional parameters, in order, with the same names; every keyword the SDK takes is
+    taken (by name or ``**kwargs``); none the SDK would refuse."""
+    import inspect
+
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    sdk = [
+        p for p in inspect.signature(_sdk_operations()[group, method]).parameters.values() if p.name != "self"
+    ]
+    twin = list(inspect.signature(getattr(getattr(MLClientTwin(), group), method)).parameters.values())
+    sdk_pos = [p.name for p in sdk if p.kind in positional]
+    twin_pos = [p.name for p in twin if p.kind in positional]
+    assert twin_pos[: len(sdk_pos)] == sdk_pos, (sdk_pos, twin_pos)
+    extra = [p for p in twin if p.kind in positional][len(sdk_pos) :]
+    assert all(p.default is not inspect.Parameter.empty for p in extra), "the twin needs more"
+    twin_kw = {p.name for p in twin if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    twin_any_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in twin)
+    sdk_kw = {p.name for p in sdk if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert twin_any_kw or sdk_kw <= twin_kw, sdk_kw - twin_kw
+    sdk_any_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sdk)
+    assert sdk_any_kw or twin_kw <= sdk_kw | set(sdk_pos)
+
+
+class _SdkChecked:
+    """One operations group of the twin whose every call is first bound to the installed SDK's
+    signature (a call the SDK would refuse raises ``TypeError`` here)."""
+
+    def __init__(self, group: str, ops: object) -> None:
+        self._group, self._ops = group, ops
+
+    def __getattr__(self, method: str):
+        import inspect
+
+        real = getattr(self._ops, method)
+        sdk = _sdk_operations().get((self._group, method))
+        if sdk is None:
+            return real
+
+        def call(*args, **kwargs):
+            inspect.signature(sdk).bind(None, *args, **kwargs)
+            return real(*args, **kwargs)
+
+        return call
+
+
+def test_every_call_the_backend_makes_fits_the_installed_sdk(settings: Settings, twin: MLClientTwin) -> None:
+    for group in ("jobs", "compute", "workspaces"):
+        setattr(twin, group, _SdkChecked(group, getattr(twin, group)))
+    b = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs, detail_every=1)
+    req = seed()
+    head = workers_submitted(b, twin, req)
+    b.cancel(head)
+    b.status(head)
+    b.check()
+    methods = {m for m, _ in twin.calls()}
+    assert {f"{g}.{m}" for g, m in SURFACE} <= methods
+    b.close()
+
+
 def test_the_image_brings_no_cuda_of_its_own_and_nothing_installs_sdk_v1() -> None:
     """torch==2.13.0 from PyPI carries its CUDA 13.0 runtime; an image's own CUDA (11.8 before)
     could only disagree with it. SDK v1 (azureml-core, its RL contrib) is installed nowhere."""
