@@ -28,7 +28,7 @@ from shared.dashboard import csrf
 from shared.dashboard.charts import reward_svg, sparkline_svg
 from shared.dashboard.render import render, render_block, static_files
 from shared.dashboard.views import RunView, redact_notify, request_json, run_view
-from shared.errors import InvalidRequest, NotFound, PermanentError, TransientError
+from shared.errors import InvalidRequest, NotFound, PermanentError, RlqError, TransientError
 from shared.models import RunState
 from shared.service import guess_request_id
 
@@ -121,6 +121,8 @@ def _page(handler: Callable[[func.HttpRequest, _Page], func.HttpResponse]):
             return page.error(503, "Try again shortly", str(err))
         except PermanentError as err:
             return page.error(400, "Refused", err.description)
+        except RlqError as err:  # a damaged or read-only store: a person must act
+            return page.error(500, "The service cannot answer", str(err))
 
     wrapper.__name__ = handler.__name__
     return wrapper

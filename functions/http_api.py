@@ -10,7 +10,7 @@ import azure.functions as func
 from shared.artifacts import reward_curve_for
 from shared.composition import wiring
 from shared.dashboard.csrf import cross_site, not_json
-from shared.errors import InvalidRequest, NotFound, PermanentError, TransientError
+from shared.errors import InvalidRequest, NotFound, PermanentError, RlqError, TransientError
 from shared.models import RunState
 
 bp = func.Blueprint()
@@ -41,6 +41,8 @@ def _guarded(handler):  # translate the error tree into HTTP once, for every rou
             return _errors(400, [{"field": "(request)", "message": err.description}])
         except TransientError as err:
             return _json({"errors": [{"field": "(service)", "message": str(err)}]}, 503, {"Retry-After": "5"})
+        except RlqError as err:  # a damaged or read-only store: a person must act, retrying will not help
+            return _errors(500, [{"field": "(service)", "message": str(err)}])
 
     wrapper.__name__ = handler.__name__
     return wrapper

@@ -27,7 +27,7 @@ from shared.ports import ReadinessProbe
 
 TTL_S = 5.0  # an answer is reused this long
 TIMEOUT_S = 8.0  # the answer waits at most this long for the probes
-MAX_DETAIL = 500
+MAX_DETAIL = 1000  # room for a damaged file's two ways out, with its path twice
 
 
 @dataclass(frozen=True)

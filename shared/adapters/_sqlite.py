@@ -13,18 +13,51 @@ from pathlib import Path
 from shared.errors import RlqError, TransientError
 
 _DAMAGED = {11, 26}  # SQLITE_CORRUPT ("database disk image is malformed"), SQLITE_NOTADB
+_READONLY = {8}  # SQLITE_READONLY ("attempt to write a readonly database")
+_NOT_UTF8 = "Could not decode to UTF-8"  # Python's sqlite3 reading a TEXT value from garbage pages
+_MAX_WHY = 120
+
+
+def _why(err: BaseException | str) -> str:
+    """What went wrong, in a few printable words: never the stored bytes a damaged page holds
+    (Python's decode error quotes them)."""
+    text = str(err)
+    if text.startswith(_NOT_UTF8):
+        return "a stored text is not valid UTF-8"
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= _MAX_WHY else text[: _MAX_WHY - 1] + "…"
 
 
 class DamagedDatabase(RlqError):
     """An SQLite file rlq keeps is not a database or is corrupted: retrying cannot help, a person
     must move it aside or recover it. The message is one line naming the file and both ways out."""
 
-    def __init__(self, path: str, err: BaseException) -> None:
+    def __init__(self, path: str, err: BaseException | str) -> None:
         self.path = path
         super().__init__(
-            f"{path} is damaged ({err}); with rlq stopped, move it aside to start empty "
+            f"{path} is damaged ({_why(err)}); with rlq stopped, move it aside to start empty "
             f"(mv {path} {path}.damaged) or recover it (sqlite3 {path} .recover | sqlite3 {path}.recovered)"
         )
+
+
+class ReadOnlyDatabase(RlqError):
+    """An SQLite file rlq keeps, or its directory, cannot be written: retrying cannot help until a
+    person changes the permissions or points rlq at another data directory."""
+
+    def __init__(self, path: str, err: BaseException | str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is read-only ({_why(err)}): rlq writes its queue and run store there; make "
+            f"{Path(path).parent} and its files writable, or pick another data directory "
+            "(--data-dir / RLQ_DATA_DIR) (permanent: retrying will not help)"
+        )
+
+
+def _read_only(path: str) -> bool:
+    """Whether the file (or, before it exists, its directory) cannot be written by this process."""
+    p = Path(path)
+    target = p if p.exists() else p.parent
+    return target.exists() and not os.access(target, os.W_OK)
 
 
 class _Held:
@@ -130,8 +163,11 @@ class Connections:
     def _failure(self, err: sqlite3.DatabaseError, doing: str) -> Exception:
         """What an SQLite error means to the caller: a damaged file (a person must act), a busy or
         unavailable one (try again), or the error itself (a constraint, a programming error)."""
-        if (getattr(err, "sqlite_errorcode", 0) or 0) & 0xFF in _DAMAGED:
+        code = (getattr(err, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code in _DAMAGED or str(err).startswith(_NOT_UTF8):
             return DamagedDatabase(self.path, err)
+        if not self.memory and (code in _READONLY or _read_only(self.path)):
+            return ReadOnlyDatabase(self.path, err)
         if isinstance(err, sqlite3.OperationalError):
             return TransientError(f"SQLite database {self.path!r} {doing}: {err}")
         return err
@@ -186,12 +222,17 @@ class Connections:
                     conn.rollback()
 
     def check_writable(self) -> None:
-        """Write to the file (its header's user_version, rewritten as it is) and commit: raises
-        TransientError when the file cannot be written (read-only, disk full, descriptors out),
-        DamagedDatabase when it is damaged."""
+        """Write to the file (its header's user_version, rewritten as it is) and commit, then check
+        its pages (``PRAGMA quick_check``): raises TransientError when the file cannot be written
+        now (disk full, descriptors out), ReadOnlyDatabase when it never can, DamagedDatabase when
+        it is damaged (a valid header over garbage pages writes its header fine)."""
         with self.tx() as conn:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             conn.execute(f"PRAGMA user_version={version}")
+        with self.read() as conn:
+            found = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        if found != ["ok"]:
+            raise DamagedDatabase(self.path, "; ".join(found))
 
     def close(self) -> None:
         """Close every connection still open, whichever thread holds it."""

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.adapters._sqlite import Connections
+from pydantic import ValidationError
+
+from shared.adapters._sqlite import Connections, DamagedDatabase
 from shared.errors import Conflict, NotFound
 from shared.models import RunRecord, RunState, utcnow
 
@@ -52,9 +54,20 @@ class SqliteRunStore:
         self._db.init(_SCHEMA)
 
     def check(self) -> str:
-        """:class:`shared.ports.ReadinessProbe`: the store's file takes a write."""
+        """:class:`shared.ports.ReadinessProbe`: the store's file takes a write, its pages pass
+        ``PRAGMA quick_check`` and the newest records (what ``list`` shows first) read back."""
         self._db.check_writable()
+        self.list(limit=100)
         return f"{self.path} writable"
+
+    def _record(self, text: str) -> RunRecord:
+        """A stored record; one that no longer parses is a damaged file, not a bad request."""
+        try:
+            return RunRecord.model_validate_json(text)
+        except ValidationError as err:
+            raise DamagedDatabase(
+                self.path, f"a stored run record does not parse: {err.error_count()} errors"
+            ) from None
 
     def close(self) -> None:
         self._db.close()
@@ -84,12 +97,12 @@ class SqliteRunStore:
             if cur.rowcount == 1:
                 return record.model_copy(deep=True), True
             row = conn.execute("SELECT record FROM runs WHERE request_id=?", (record.request_id,)).fetchone()
-        return RunRecord.model_validate_json(row[0]), False
+        return self._record(row[0]), False
 
     def get(self, request_id: str) -> RunRecord | None:
         with self._db.read() as conn:
             row = conn.execute("SELECT record FROM runs WHERE request_id=?", (request_id,)).fetchone()
-        return None if row is None else RunRecord.model_validate_json(row[0])
+        return None if row is None else self._record(row[0])
 
     def update(self, record: RunRecord) -> RunRecord:
         now = self._now()
@@ -128,7 +141,7 @@ class SqliteRunStore:
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         with self._db.read() as conn:
             rows = conn.execute(sql, (*params, int(limit))).fetchall()
-        return [RunRecord.model_validate_json(r[0]) for r in rows]
+        return [self._record(r[0]) for r in rows]
 
     def count(self, states: Iterable[RunState]) -> int:
         wanted = _state_values(states)

@@ -27,6 +27,7 @@ from shared.cli.context import EXIT_FAILED, EXIT_OK, errors, exit_code_for, stat
 from shared.cli.render import err_console, follow, out_console, save_curve
 from shared.errors import PermanentError
 from shared.models import TERMINAL, RunState
+from shared.ports import ReadinessProbe
 from shared.webhook_verify import verify as verify_webhook
 
 if TYPE_CHECKING:
@@ -172,6 +173,8 @@ def serve(
         port = choose_port(port, fallback=False)
         state.link_to_port(port)
         w = state.wiring()
+        if isinstance(w.store, ReadinessProbe):
+            w.store.check()  # a damaged or read-only run store stops serve here, said once
         console = out_console()
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
