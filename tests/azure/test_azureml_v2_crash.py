@@ -9,7 +9,9 @@
 
 Each time a fresh process (``aml_crash_driver.py``, the production wiring) takes over from what the
 killed one left — the SQLite run store and queue, and the workspace twin's file — and the run goes
-on with exactly one head job and at most one worker job.
+on with exactly one head job and at most one worker job. The workspace refuses a second job with a
+taken name, so the job count alone cannot show a backend that asks twice: the twin's call log
+counts the ``jobs.create_or_update`` calls, one per job over every process together.
 """
 
 from __future__ import annotations
@@ -91,6 +93,13 @@ def finish(data_dir: Path) -> None:
     assert rec.state is RunState.notified and rec.run_id == HEAD
     assert rec.completion.checkpoint_path == f"azureml://jobs/{HEAD}/outputs/checkpoints/paths/final"
     assert twin.jobs_per_request() == {f"{RID}/head": 1, f"{RID}/workers": 1}
+    assert creates(twin) == {HEAD: 1, WORKERS: 1}
+
+
+def creates(twin) -> dict[str, int]:
+    """``jobs.create_or_update`` calls per job name, as the workspace twin logged them."""
+    names = [target for method, target in twin.calls() if method == "jobs.create_or_update"]
+    return {name: names.count(name) for name in sorted(set(names))}
 
 
 @pytest.mark.parametrize("kill", [{"RLQ_FAULT_AT": "submitted"}, {"RLQ_TEST_KILL": "after:head"}], ids=str)
@@ -104,6 +113,7 @@ def test_kill_after_creating_the_head_job_on_intake_never_yields_two(tmp_path: P
     time.sleep(1.2)  # the dead delivery's claim goes stale (lock 1 s); the queue redelivers
     assert ok(drive(data_dir, "intake")) == "submitted"
     assert workspace(data_dir).jobs_per_request() == {f"{RID}/head": 1}
+    assert creates(workspace(data_dir)) == {HEAD: 1}  # the redelivery adopted it without asking again
     finish(data_dir)
 
 
@@ -121,6 +131,7 @@ def test_kill_after_creating_the_head_job_on_the_pollers_submit_never_yields_two
     ok(drive(data_dir, "poll"))
     assert record(data_dir).state is RunState.submitted
     assert twin.jobs_per_request() == {f"{RID}/head": 1}
+    assert creates(twin) == {HEAD: 1}
     finish(data_dir)
 
 
