@@ -66,42 +66,118 @@ def rate_from_rows(rows) -> float:
     )
 
 
+# (b) runs the trainer's own entry point (``python -m trainer.train``) behind a few lines that
+# count, in the driver (the preset's Learner runs there), the optimizer steps (torch's global
+# step hook) and, in RLlib's IMPALA learner thread, the batches it updates on, their env steps
+# and the seconds it waits for them against the seconds it updates.
+B_BOOT = r"""
+import atexit, json, os, runpy, sys, time
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from ray.rllib.algorithms.impala import impala_learner
+stats = {"optimizer_steps": 0, "updates": 0, "batch_env_steps": 0, "wait_s": 0.0, "update_s": 0.0}
+def _count(*_):
+    stats["optimizer_steps"] += 1
+register_optimizer_step_post_hook(_count)
+_step = impala_learner._LearnerThread.step
+def step(self):
+    if not hasattr(self, "_bench_get"):
+        self._bench_get = self._in_queue.get
+        def timed_get(*a, **k):
+            t = time.perf_counter()
+            item = self._bench_get(*a, **k)
+            self._bench_wait = time.perf_counter() - t
+            if isinstance(item, tuple):
+                if stats["updates"]:  # the wait for the first batch is start-up
+                    stats["wait_s"] += self._bench_wait
+                stats["updates"] += 1
+                stats["batch_env_steps"] += item[0].env_steps()
+            return item
+        self._in_queue.get = timed_get
+    t = time.perf_counter()
+    ok = _step(self)
+    stats["update_s"] += time.perf_counter() - t - self._bench_wait
+    return ok
+impala_learner._LearnerThread.step = step
+def _dump():
+    with open(os.environ["RLQ_BENCH_LEARNER_STATS"], "w") as f:
+        json.dump(stats, f)
+atexit.register(_dump)
+sys.argv = ["trainer.train", *sys.argv[1:]]
+runpy.run_module("trainer.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants alive now: on a shared
+    machine the figure that does not depend on the share of the cores the run got."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def rlq(seconds: float, config: str) -> dict:
     out = Path(tempfile.mkdtemp(prefix="rlq-bench-pong-"))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer.train",
-            "--run",
-            "IMPALA",
-            "--env",
-            ENV_ID,
-            "--config",
-            config,
-            "--stop",
-            json.dumps({"time_total_s": seconds}),
-            "--checkpoint-freq",
-            "0",
-            "--output-dir",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=seconds + 300,
-    )
-    if p.returncode != 0:
-        raise RuntimeError("trainer failed:\n" + p.stderr[-3000:])
+    env["RLQ_BENCH_LEARNER_STATS"] = str(out / "learner_stats.json")
+    cmd = [
+        sys.executable,
+        "-c",
+        B_BOOT,
+        "--run",
+        "IMPALA",
+        "--env",
+        ENV_ID,
+        "--config",
+        config,
+        "--stop",
+        json.dumps({"time_total_s": seconds}),
+        "--checkpoint-freq",
+        "0",
+        "--output-dir",
+        str(out),
+    ]
+    # The CPU seconds of the trainer and every process it started (Ray's too), read as each
+    # iteration's metrics line arrives.
+    marks = []
+    with (
+        (out / "stderr.log").open("w") as err,
+        subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, env=env) as proc,
+    ):
+        deadline = time.time() + seconds + 300
+        for line in proc.stdout:
+            if line.startswith("RLQ_METRICS "):
+                marks.append(tree_cpu_s(proc.pid))
+            if time.time() > deadline:
+                proc.kill()
+        proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError("trainer failed:\n" + (out / "stderr.log").read_text()[-3000:])
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     settings = json.loads((out / "checkpoints" / "final" / "rlq_meta.json").read_text())["settings"]
+    learner = json.loads((out / "learner_stats.json").read_text())
+    cpu = None
+    if len(marks) == len(rows) >= 3:  # same window as the rate: after the first iteration
+        cpu = (marks[-1] - marks[1]) / (rows[-1]["timesteps"] - rows[1]["timesteps"])
     return {
         "steps_per_s": rate_from_rows(rows),
         "iterations": len(rows),
+        "env_steps_sampled": rows[-1]["timesteps"],
+        "cpu_s_per_env_step": cpu,
         "settings": settings,
         "reward": rows[-1]["episode_reward_mean"],
+        "learner": learner,
     }
 
 
@@ -145,12 +221,25 @@ def _algo_config(settings: dict):
     """The AlgorithmConfig the trainer builds for these settings (env registered, not built)."""
     from types import SimpleNamespace
 
-    from trainer import envs, train
+    from trainer import envs
 
     env_config = envs.env_config_for(ENV_ID, settings)
     name = envs.register(ENV_ID)
-    plan = SimpleNamespace(algorithm="IMPALA", seed=0)
-    return train._build_algo_config(plan, settings, name, env_config), env_config
+    plan = SimpleNamespace(algorithm="IMPALA", seed=0, atari=True)
+    return _trainer_algo_config()(plan, settings, name, env_config), env_config
+
+
+def _trainer_algo_config():
+    """The trainer's own AlgorithmConfig builder (``trainer.configure.algo_config``; before the
+    trainer's split into modules, ``trainer.train._build_algo_config``)."""
+    import importlib
+
+    for module, name in (("trainer.configure", "algo_config"), ("trainer.train", "_build_algo_config")):
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise RuntimeError("the trainer has no AlgorithmConfig builder (trainer.configure.algo_config)")
 
 
 def sampling_only(settings: dict, seconds: float) -> float:
@@ -168,6 +257,47 @@ def sampling_only(settings: dict, seconds: float) -> float:
     rate = steps / (time.time() - t0)
     runner.stop()
     return rate
+
+
+def runner_scaling(settings: dict, counts: list[int], seconds: float) -> list[dict]:
+    """Sampling only with n of the preset's EnvRunners as Ray actors (one CPU each), for each n in
+    ``counts``: env steps/s of all of them together, each keeping one ``sample()`` in flight and
+    its episodes coming back through the object store as in training; how a cluster of CPU
+    workers scales. The learner is left out: it is what the GPU is for."""
+    import ray
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as the trainer does (Ray's default: 15)
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    cfg, _ = _algo_config(settings)
+    remote = ray.remote(num_cpus=1)(SingleAgentEnvRunner)
+    out = []
+    try:
+        for n in counts:
+            runners = [remote.remote(config=cfg, worker_index=i + 1) for i in range(n)]
+            ray.get([r.sample.remote() for r in runners])  # warm-up: env resets, first inference
+            pending = {r.sample.remote(): r for r in runners}
+            steps, t0 = 0, time.time()
+            while time.time() - t0 < seconds:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                runner = pending.pop(done[0])
+                steps += sum(len(e) for e in ray.get(done[0]))
+                pending[runner.sample.remote()] = runner
+            rate = steps / (time.time() - t0)
+            for r in runners:
+                ray.kill(r)
+            base = out[0]["steps_per_s"] / out[0]["runners"] if out else rate / n
+            out.append({"runners": n, "steps_per_s": rate, "of_linear": rate / (n * base)})
+            print(
+                f"(s)  sampling only, {n:>2} EnvRunner(s) x {settings['num_envs_per_env_runner']} envs: "
+                f"{rate:,.0f} env steps/s = {100 * out[-1]['of_linear']:.0f}% of linear "
+                f"({n} x {base:,.0f}); load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    finally:
+        ray.shutdown()
+    return out
 
 
 def _vtrace(behaviour_logp, target_logp, rewards, discounts, values, bootstrap):
@@ -188,8 +318,53 @@ def _vtrace(behaviour_logp, target_logp, rewards, discounts, values, bootstrap):
     return vs, clipped * (rewards + discounts * vs_t1 - values)
 
 
-def handwritten(settings: dict, seconds: float, threads: int) -> dict:
-    """(d): the preset's work as one plain PyTorch loop, no Ray."""
+def minibatch_plan(settings: dict) -> list[list[tuple[int, int]]]:
+    """The rows of each minibatch RLlib's Learner trains on for one train batch of the preset, as
+    ``MiniBatchCyclicIterator`` cuts them (Ray 2.60, ``rllib/utils/minibatch_utils.py``): the
+    batch is one EnvRunner ``sample()``, each env's fragment plus the one extra timestep the
+    learner connector appends for the bootstrap value (``AddOneTsToEpisodesAndTruncate``), so
+    envs x (fragment + 1) rows; minibatches of ``minibatch_size`` rows are cut in order, cycling
+    over the batch (a minibatch that reaches the end continues from the start) until every row
+    has been covered ``num_epochs`` times. The preset's 16 x 33 = 528 rows, 128-row minibatches
+    and 2 epochs give 9 minibatches per 512 sampled steps, which need not start on a fragment."""
+    rows = settings["num_envs_per_env_runner"] * (settings["rollout_fragment_length"] + 1)
+    epochs = settings.get("num_epochs", 1)
+    size = settings.get("minibatch_size") or rows
+    plan, start, covered = [], 0, 0
+    while covered < epochs:
+        need, parts = size, []
+        while start + need >= rows:
+            parts.append((start, rows))
+            need -= rows - start
+            start, covered = 0, covered + 1
+        if need > 0:
+            parts.append((start, start + need))
+            start += need
+        plan.append(parts)
+    return plan
+
+
+def _time_major(x, horizon: int):
+    """[B*T] rows to [T, B], zero-padded to whole sequences (RLlib's ``make_time_major``)."""
+    import torch
+
+    pad = -len(x) % horizon
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
+    return x.reshape(-1, horizon, *x.shape[1:]).transpose(0, 1)
+
+
+def _first_lr(lr) -> float:
+    return float(lr[0][1]) if isinstance(lr, list) else float(lr)
+
+
+def _sampler(rank: int, settings: dict, batches, weights: dict, version, stop, report) -> None:
+    """(d)'s sampler process, an EnvRunner's work: the preset's env creator in a gymnasium sync
+    vector env of the preset's envs, batched inference (one torch thread, as Ray gives an
+    EnvRunner actor) every step; one train batch (envs x fragment) at a time onto the learner's
+    bounded queue; the newest weights copied in before each batch."""
+    import queue
+
     import gymnasium as gym
     import numpy as np
     import torch
@@ -197,83 +372,287 @@ def handwritten(settings: dict, seconds: float, threads: int) -> dict:
 
     from trainer import envs
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)
     cfg, env_config = _algo_config(settings)
-    n = max(1, settings["num_env_runners"]) * settings["num_envs_per_env_runner"]
-    horizon = settings["rollout_fragment_length"]
-    # The trainer packs whole sample() results into a train batch; same batch size here.
-    per_batch = max(1, -(-settings["train_batch_size_per_learner"] // (horizon * n)))
-    epochs = settings.get("num_epochs", 1)
-    gamma = settings.get("gamma", 0.99)
-    venv = gym.vector.SyncVectorEnv([lambda: envs.make_env(env_config) for _ in range(n)])
+    m, horizon, gamma = (
+        settings["num_envs_per_env_runner"],
+        settings["rollout_fragment_length"],
+        settings.get("gamma", 0.99),
+    )
+    venv = gym.vector.SyncVectorEnv([lambda: envs.make_env(env_config) for _ in range(m)])
     module = cfg.get_rl_module_spec(env=venv.envs[0]).build()
-    opt = torch.optim.Adam(module.parameters(), lr=settings["lr"])
-    obs, _ = venv.reset(seed=0)
+    obs, _ = venv.reset(seed=1000 * rank)
     obs = torch.as_tensor(obs)
-    done_prev = np.zeros(n, dtype=bool)
-    steps = batches = 0
-    t_start = t0 = None
-    t_begin = time.time()
-    while True:
+    done_prev = np.zeros(m, dtype=bool)
+    seen = -1
+    clock = dict.fromkeys(("weights", "inference", "env", "put_wait"), 0.0)
+    batches_put, t_begin = 0, time.perf_counter()
+    while not stop.is_set():
+        t = time.perf_counter()
+        if version.value != seen:
+            with version.get_lock():
+                seen = version.value
+                module.load_state_dict(weights)
+        t1 = time.perf_counter()
+        clock["weights"] += t1 - t
         o_buf, a_buf, lp_buf, r_buf, d_buf = [], [], [], [], []
-        for _ in range(horizon * per_batch):
+        for _ in range(horizon):
+            t = time.perf_counter()
             with torch.no_grad():
                 logits = module.forward_exploration({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
                 dist = torch.distributions.Categorical(logits=logits)
                 act = dist.sample()
+                logp = dist.log_prob(act)
+            t1 = time.perf_counter()
             nxt, rew, term, trunc, _ = venv.step(act.numpy())
+            clock["inference"] += t1 - t
+            clock["env"] += time.perf_counter() - t1
             o_buf.append(obs)
             a_buf.append(act)
-            lp_buf.append(dist.log_prob(act))
+            lp_buf.append(logp)
             # An env that ended last step was reset by this one (gymnasium's next-step autoreset).
             r_buf.append(torch.as_tensor(np.where(done_prev, 0.0, np.sign(rew)), dtype=torch.float32))
             done = np.logical_or(term, trunc)
             d_buf.append(torch.as_tensor(np.where(done, 0.0, gamma), dtype=torch.float32))
             done_prev = done
             obs = torch.as_tensor(nxt)
-        steps += horizon * per_batch * n
-        o = torch.cat([torch.stack(o_buf), obs[None]], 0)  # T+1 observations (bootstrap)
-        acts, blogp, rews, disc = (
+        batch = (
+            torch.cat([torch.stack(o_buf), obs[None]], 0),  # T+1 observations (bootstrap)
             torch.stack(a_buf),
             torch.stack(lp_buf),
             torch.stack(r_buf),
             torch.stack(d_buf),
         )
-        T = acts.shape[0]
-        # RLlib's minibatches are whole rollout fragments: here, groups of envs' sequences.
-        group = max(1, min(n, settings.get("minibatch_size") or T * n) // T)
-        for _ in range(epochs):
-            for lo in range(0, n, group):
-                k = slice(lo, lo + group)
-                width = acts[:, k].shape[1]
-                flat = {Columns.OBS: o[:, k].reshape(-1, *o.shape[2:])}
-                out = module.forward_train(flat)
-                values = module.compute_values(flat, embeddings=out[Columns.EMBEDDINGS]).reshape(T + 1, width)
-                dist = torch.distributions.Categorical(
-                    logits=out[Columns.ACTION_DIST_INPUTS].reshape(T + 1, width, -1)[:T]
-                )
-                logp = dist.log_prob(acts[:, k])
-                with torch.no_grad():
-                    vs, adv = _vtrace(blogp[:, k], logp, rews[:, k], disc[:, k], values[:T], values[T])
-                loss = (
-                    -(logp * adv).mean()
-                    + settings.get("vf_loss_coeff", 0.5) * 0.5 * ((values[:T] - vs) ** 2).mean()
-                    - settings.get("entropy_coeff", 0.01) * dist.entropy().mean()
-                )
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(module.parameters(), settings.get("grad_clip", 40.0))
-                opt.step()
-        batches += 1
-        now = time.time()
-        if t0 is None:  # first batch = warm-up, as for (b)
-            t0, t_start, steps = now, steps, 0
-            continue
-        if now - t_begin >= seconds:
-            break
+        t = time.perf_counter()
+        while not stop.is_set():
+            try:
+                batches.put(batch, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        clock["put_wait"] += time.perf_counter() - t
+        batches_put += 1
+        if batches_put == 1:  # the first batch is warm-up, as for the learner
+            clock = dict.fromkeys(clock, 0.0)
+            t_begin = time.perf_counter()
+    clock["total"] = time.perf_counter() - t_begin
+    report.put({"rank": rank, "batches": batches_put, **clock})
+    batches.cancel_join_thread()  # exit without waiting for the learner to take what is queued
     venv.close()
-    return {"steps_per_s": steps / (time.time() - t0), "batches": batches, "envs": n, "warmup_steps": t_start}
+
+
+def handwritten(settings: dict, seconds: float, threads: int | None = None) -> dict:
+    """(d): the preset's work in plain PyTorch, no Ray, as the preset lays it out: one sampler
+    process per EnvRunner (``_sampler``) and the learner in this process, overlapped, with a
+    bounded queue between them (IMPALA's learner queue, ``learner_queue_size``)."""
+    import queue
+
+    import torch
+    import torch.multiprocessing as mp
+    from ray.rllib.core.columns import Columns
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from trainer import envs
+
+    runners = max(1, settings["num_env_runners"])
+    # The trainer's rule for the driver's intra-op threads: the cores the EnvRunners leave free.
+    threads = threads or max(1, (os.cpu_count() or 1) - settings["num_env_runners"])
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg, env_config = _algo_config(settings)
+    m, horizon = settings["num_envs_per_env_runner"], settings["rollout_fragment_length"]
+    plan = minibatch_plan(settings)
+    per_batch = len(plan)
+    probe = envs.make_env(env_config)
+    module = cfg.get_rl_module_spec(env=probe).build()
+    probe.close()
+    opt = torch.optim.Adam(module.parameters(), lr=_first_lr(settings["lr"]))
+    optimizer_steps = [0]
+    hook = register_optimizer_step_post_hook(
+        lambda *_: optimizer_steps.__setitem__(0, optimizer_steps[0] + 1)
+    )
+    ctx = mp.get_context("spawn")
+    weights = {k: v.detach().clone().share_memory_() for k, v in module.state_dict().items()}
+    version = ctx.Value("l", 0)
+    stop, report = ctx.Event(), ctx.Queue()
+    batches = ctx.Queue(maxsize=settings.get("learner_queue_size", 3))
+    procs = [
+        ctx.Process(target=_sampler, args=(r, settings, batches, weights, version, stop, report), daemon=True)
+        for r in range(runners)
+    ]
+    for p in procs:
+        p.start()
+    clock = dict.fromkeys(("wait", "rows", "forward", "vtrace", "backward", "optimizer", "publish"), 0.0)
+    trained = done_batches = 0
+    t0 = None
+    while True:
+        t = time.perf_counter()
+        o, acts, blogp, rews, disc = batches.get(timeout=600)
+        t1 = time.perf_counter()
+        clock["wait"] += t1 - t
+        # The Learner's rows: each env's fragment then its bootstrap timestep (loss mask 0).
+        t = time.perf_counter()
+        rows = {
+            "obs": o.transpose(0, 1).reshape(-1, *o.shape[2:]),
+            **{
+                name: torch.cat([x, torch.zeros_like(x[:1])], 0).transpose(0, 1).reshape(-1)
+                for name, x in (("act", acts), ("blogp", blogp), ("rew", rews), ("disc", disc))
+            },
+            "mask": torch.cat([torch.ones(horizon, m), torch.zeros(1, m)], 0).transpose(0, 1).reshape(-1),
+        }
+        clock["rows"] += time.perf_counter() - t
+        for parts in plan:
+            t = time.perf_counter()
+            mb = {k: torch.cat([v[a:b] for a, b in parts]) for k, v in rows.items()}
+            flat = {Columns.OBS: mb["obs"]}
+            out = module.forward_train(flat)
+            values = module.compute_values(flat, embeddings=out[Columns.EMBEDDINGS])
+            dist = torch.distributions.Categorical(logits=out[Columns.ACTION_DIST_INPUTS])
+            logp = dist.log_prob(mb["act"].long())
+            t1 = time.perf_counter()
+            # Time-major in sequences of the fragment length, zero-padded, as RLlib's loss does.
+            tm = {
+                k: _time_major(v, horizon)
+                for k, v in (("logp", logp), ("values", values), *mb.items())
+                if k != "obs"
+            }
+            with torch.no_grad():
+                bootstrap = torch.cat([tm["values"][0][1:], tm["values"][0][:1]])
+                vs, adv = _vtrace(
+                    tm["blogp"], tm["logp"], tm["rew"], tm["disc"] * tm["mask"], tm["values"], bootstrap
+                )
+            t2 = time.perf_counter()
+            size = tm["mask"].sum()
+            loss = (
+                -(tm["logp"] * adv * tm["mask"]).sum() / size
+                + settings.get("vf_loss_coeff", 0.5)
+                * 0.5
+                * (((tm["values"] - vs) ** 2) * tm["mask"]).sum()
+                / size
+                - settings.get("entropy_coeff", 0.01) * dist.entropy().mean()
+            )
+            opt.zero_grad()
+            loss.backward()
+            t3 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), settings.get("grad_clip", 40.0))
+            opt.step()
+            t4 = time.perf_counter()
+            clock["forward"] += t1 - t
+            clock["vtrace"] += t2 - t1
+            clock["backward"] += t3 - t2
+            clock["optimizer"] += t4 - t3
+        t = time.perf_counter()
+        with version.get_lock(), torch.no_grad():
+            for k, v in module.state_dict().items():
+                weights[k].copy_(v)
+            version.value += 1
+        now = time.perf_counter()
+        clock["publish"] += now - t
+        if t0 is None:  # the first batch is warm-up, as for (b)
+            t0, clock, steps0 = now, dict.fromkeys(clock, 0.0), optimizer_steps[0]
+            cpu0 = tree_cpu_s(os.getpid())
+            continue
+        trained += horizon * m
+        done_batches += 1
+        if now - t0 >= seconds:
+            break
+    elapsed = time.perf_counter() - t0
+    cpu = tree_cpu_s(os.getpid()) - cpu0
+    stop.set()
+    samplers = []
+    deadline = time.time() + 60
+    while len(samplers) < runners and time.time() < deadline:
+        try:  # a sampler blocked on a full queue sees the stop within its put timeout
+            samplers.append(report.get(timeout=0.2))
+        except queue.Empty:
+            pass
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.terminate()
+    hook.remove()
+    assert optimizer_steps[0] - steps0 == per_batch * done_batches, "(d) stepped the optimizer off the preset"
+    return {
+        "steps_per_s": trained / elapsed,
+        "batches": done_batches,
+        "env_steps": trained,
+        "optimizer_steps": optimizer_steps[0] - steps0,
+        "optimizer_steps_per_batch": per_batch,
+        "minibatch_rows": settings.get("minibatch_size"),
+        "threads": threads,
+        "runners": runners,
+        "elapsed_s": elapsed,
+        "cpu_s_per_env_step": cpu / trained,
+        "learner_s": clock,
+        "samplers": samplers,
+    }
+
+
+def _mean(runs: list[dict]) -> float:
+    return sum(r["steps_per_s"] for r in runs) / len(runs)
+
+
+def compare_work(b: dict, d: dict, settings: dict) -> None:
+    """Assert (b) and (d) did the same work per sampled step; print where each one's seconds per
+    train batch went."""
+    lb = b["learner"]
+    batch = settings["num_envs_per_env_runner"] * settings["rollout_fragment_length"]
+    d_per_batch = d["optimizer_steps"] / d["batches"]
+    b_per_update = lb["optimizer_steps"] / max(1, lb["updates"])
+    b_batch = b["env_steps_sampled"] / max(1, lb["updates"])
+    print(
+        f"work: optimizer steps per {batch}-step train batch: (b) {b_per_update:.2f} "
+        f"({lb['optimizer_steps']} over {lb['updates']} learner updates), (d) {d_per_batch:.2f} "
+        f"({d['optimizer_steps']} over {d['batches']} batches, RLlib's cyclic {d['minibatch_rows']}-row "
+        "minibatches); per 1M sampled env steps: (b) {1e6 * lb['optimizer_steps'] / b['env_steps_sampled']:,.0f}, "
+        f"(d) {1e6 * d['optimizer_steps'] / d['env_steps']:,.0f}; (b) sampled {b_batch:.0f} env steps per "
+        "learner update (the rest is in the learner queue when it stops)",
+        flush=True,
+    )
+    # The learner thread may stop inside its last update: at most one update's steps short.
+    assert abs(lb["optimizer_steps"] - d_per_batch * lb["updates"]) <= d_per_batch, (
+        f"(b) and (d) do different work: {b_per_update:.2f} against {d_per_batch:.2f} optimizer steps per batch"
+    )
+    in_flight = settings.get("learner_queue_size", 3) + 2 * max(1, settings["num_env_runners"])
+    assert b["env_steps_sampled"] <= batch * (lb["updates"] + in_flight), (
+        f"(b) sampled {b['env_steps_sampled']} env steps but its learner updated on only {lb['updates']} batches"
+    )
+    b_s, d_s = batch / b["steps_per_s"], batch / d["steps_per_s"]
+    b_upd, b_wait = lb["update_s"] / lb["updates"], lb["wait_s"] / max(1, lb["updates"] - 1)
+    dl = d["learner_s"]
+    n = d["batches"]
+    d_upd = sum(v for k, v in dl.items() if k != "wait") / n
+    print(
+        f"seconds per train batch: (b) {b_s:.2f} (learner thread: {b_upd:.2f} updating, {b_wait:.2f} waiting "
+        f"for samples), (d) {d_s:.2f} (learner: {d_upd:.2f} updating = "
+        + ", ".join(f"{k} {v / n:.3f}" for k, v in dl.items() if k != "wait")
+        + f"; {dl['wait'] / n:.2f} waiting for samples)",
+        flush=True,
+    )
+    if b.get("cpu_s_per_env_step") and d.get("cpu_s_per_env_step"):
+        print(
+            f"CPU seconds per train batch, all processes: (b) {batch * b['cpu_s_per_env_step']:.2f}, "
+            f"(d) {batch * d['cpu_s_per_env_step']:.2f}: (d)/(b) = "
+            f"{100 * d['cpu_s_per_env_step'] / b['cpu_s_per_env_step']:.0f}% (the ratio a quiet machine "
+            "would show where the cores, not the overlap, limit both)",
+            flush=True,
+        )
+    for s in d["samplers"]:
+        tot = s["total"] or 1.0
+        print(
+            f"     (d) sampler {s['rank']}: "
+            + ", ".join(f"{k} {100 * s[k] / tot:.0f}%" for k in ("env", "inference", "weights", "put_wait"))
+            + f" of {tot:.0f} s ({s['batches']} batches; put_wait = blocked on a full learner queue)",
+            flush=True,
+        )
+    print(
+        f"where (b)'s extra {b_s - d_s:+.2f} s per batch goes: learner updates {b_upd - d_upd:+.2f} s "
+        f"(RLlib's learner connector, loss and metrics per minibatch against the plain loop), "
+        f"learner waiting for samples {b_wait - dl['wait'] / n:+.2f} s (sampling side: EnvRunner, "
+        "object store, the driver's main thread)",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -283,6 +662,21 @@ def main() -> int:
     ap.add_argument("--config", default="{}", help="--config overrides for the rlq run (and (d))")
     ap.add_argument("--skip-stock", action="store_true", help="leave out (c)")
     ap.add_argument("--only", default="a,a',b,c,d", help="comma-separated subset of a,a',b,c,d to run")
+    ap.add_argument(
+        "--runners",
+        default=None,
+        help="comma-separated EnvRunner counts: measure sampling-only scaling (s) instead of a-d, e.g. 1,2,4,8,15",
+    )
+    ap.add_argument(
+        "--scaling-seconds", type=float, default=20, help="seconds of sampling per count for --runners"
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="(b) and (d) runs each, alternating b d d b ...")
+    ap.add_argument(
+        "--d-threads",
+        type=int,
+        default=None,
+        help="torch threads of (d)'s learner (default: the trainer's rule, the cores the EnvRunners leave)",
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
 
@@ -302,6 +696,11 @@ def main() -> int:
         flush=True,
     )
     result: dict = {"cpus": cpus, "settings": p}
+    if args.runners:
+        counts = [int(x) for x in args.runners.split(",") if x.strip()]
+        result["scaling"] = runner_scaling(p, counts, args.scaling_seconds)
+        print("BENCH_RESULT " + json.dumps(result, default=str))
+        return 0
     if "a" in only:
         result["emulator_per_core"] = emulator(p["num_envs_per_env_runner"], args.emulator_seconds, "sync")
         print(
@@ -316,28 +715,34 @@ def main() -> int:
             f"{result['sampling_per_core']:,.0f} steps/s",
             flush=True,
         )
-    if "b" in only:
-        b = rlq(args.seconds, args.config)
-        result["rlq"] = b
-        print(
-            f"(b)  rlq trainer, Pong preset: {b['steps_per_s']:,.0f} sampled env steps/s over "
-            f"{b['iterations']} iterations (first skipped)",
-            flush=True,
-        )
-    if "d" in only:
-        # The limit is the loop's best: with every core in torch's intra-op pool when the
-        # machine is quiet, with one thread when other work oversubscribes the cores.
-        tries = []
-        for threads in sorted({1, cpus}, reverse=True):
-            d = {**handwritten(p, args.seconds, threads=threads), "threads": threads}
-            tries.append(d)
-            print(
-                f"(d)  hand-written loop, no Ray, {threads} torch thread(s): {d['steps_per_s']:,.0f} env steps/s "
-                f"over {d['batches']} train batches (first skipped)",
-                flush=True,
-            )
-        result["handwritten"] = max(tries, key=lambda d: d["steps_per_s"])
-        result["handwritten_tries"] = tries
+    # (b) and (d) alternate, b d d b ..., so a load that drifts during the run hits both alike.
+    order = [("b", "d") if r % 2 == 0 else ("d", "b") for r in range(args.repeat)]
+    runs: dict[str, list[dict]] = {"rlq": [], "handwritten": []}
+    for pair in order:
+        for which in pair:
+            if which not in only:
+                continue
+            print(f"     load average {os.getloadavg()[0]:.1f}", flush=True)
+            if which == "b":
+                b = rlq(args.seconds, args.config)
+                runs["rlq"].append(b)
+                print(
+                    f"(b)  rlq trainer, Pong preset: {b['steps_per_s']:,.0f} sampled env steps/s over "
+                    f"{b['iterations']} iterations (first skipped)",
+                    flush=True,
+                )
+            else:
+                d = handwritten(p, args.seconds, threads=args.d_threads)
+                runs["handwritten"].append(d)
+                print(
+                    f"(d)  hand-written loop, no Ray, {d['runners']} sampler process(es) + learner "
+                    f"({d['threads']} torch thread(s)): {d['steps_per_s']:,.0f} env steps/s over "
+                    f"{d['batches']} train batches (first skipped)",
+                    flush=True,
+                )
+    for name, got in runs.items():
+        if got:
+            result[name] = got[0] if len(got) == 1 else {**got[0], "steps_per_s": _mean(got), "runs": got}
     if "c" in only and not args.skip_stock:
         try:
             c = stock(args.seconds)
@@ -351,6 +756,16 @@ def main() -> int:
             )
     b_rate = result.get("rlq", {}).get("steps_per_s")
     if b_rate and "handwritten" in result:
+        for b, d in zip(runs["rlq"], runs["handwritten"], strict=False):
+            compare_work(b, d, p)
+        if args.repeat > 1:
+            print(
+                "(b) runs: "
+                + ", ".join(f"{r['steps_per_s']:,.0f}" for r in runs["rlq"])
+                + "; (d) runs: "
+                + ", ".join(f"{r['steps_per_s']:,.0f}" for r in runs["handwritten"])
+                + " env steps/s (means below)"
+            )
         print(
             f"(b)/(d) = {100 * b_rate / result['handwritten']['steps_per_s']:.0f}% of the hand-written loop (target >= 80%)"
         )
