@@ -21,13 +21,16 @@ is the same request and intake runs it once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
+import httpcore
 import httpx
 
 if TYPE_CHECKING:
@@ -82,8 +85,11 @@ class Client:
     """rlq's HTTP API at ``base_url`` (the Function App, or ``rlq serve``'s ``http://127.0.0.1:7071``).
 
     ``function_key`` is sent as ``x-functions-key`` (Azure; the local host does not check keys).
-    ``retries`` bounds the attempts after the first for a transient failure; the waits between them
-    grow from ``backoff_s`` and never exceed ``max_backoff_s``.
+    ``timeout_s`` bounds each call as a whole, attempts and the waits between them included: a
+    server that answers one byte a second cannot hold a call past it (every read, write and connect
+    gets what is left of it, not a fresh ``timeout_s``). ``retries`` bounds the attempts after the
+    first for a transient failure; the waits between them grow from ``backoff_s`` and never exceed
+    ``max_backoff_s``.
     """
 
     def __init__(
@@ -105,12 +111,16 @@ class Client:
         headers = {"accept": "application/json"}
         if function_key:
             headers[FUNCTION_KEY_HEADER] = function_key
+        self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
         self._http = httpx.Client(
-            base_url=self.api_url, headers=headers, timeout=timeout_s, transport=transport
+            base_url=self.api_url,
+            headers=headers,
+            timeout=timeout_s,
+            transport=transport or _deadline_transport(),
         )
 
     # --- the API ---------------------------------------------------------------------------------
@@ -192,11 +202,13 @@ class Client:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         attempt = 0
+        deadline = time.monotonic() + self.timeout_s
         while True:
             retry_after = None
             status = None
             try:
-                response = self._http.request(method, path, **kwargs)
+                with _until(deadline):
+                    response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as err:  # refused, reset, timed out: nothing was answered
                 problem = f"{type(err).__name__}: {err}"
             else:
@@ -206,15 +218,17 @@ class Client:
                 said = _errors_of(response)
                 problem = f"HTTP {status}" + (f": {said[0]['message']}" if said else "")
                 retry_after = _retry_after(response)
-            if attempt >= self.retries:
+            left = deadline - time.monotonic()
+            if attempt >= self.retries or left <= 0:
+                spent = "" if left > 0 else f", the call's timeout of {self.timeout_s:g} s spent"
                 raise ServiceUnavailable(
-                    [{"field": "(service)", "message": f"{problem} (after {attempt + 1} attempts)"}],
+                    [{"field": "(service)", "message": f"{problem} (after {attempt + 1} attempts{spent})"}],
                     status_code=status,
                 )
             delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
             if retry_after is not None:
                 delay = min(self.max_backoff_s, max(delay, retry_after))
-            self._sleep(delay)
+            self._sleep(min(delay, left))
             attempt += 1
 
     def close(self) -> None:
@@ -225,6 +239,94 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- one deadline for a whole call ---------------------------------------------------------------
+# httpx's timeouts are per operation: a read that gets one byte before its timeout starts the next
+# read with a fresh one. The transport's network streams here take their timeouts from what is
+# left of the calling thread's deadline instead, and fail once it has passed.
+
+_deadline = threading.local()
+
+
+@contextlib.contextmanager
+def _until(deadline: float) -> Iterator[None]:
+    _deadline.at = deadline
+    try:
+        yield
+    finally:
+        _deadline.at = None
+
+
+def _left(timeout: float | None, expired: type[Exception]) -> float | None:
+    end = getattr(_deadline, "at", None)
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise expired("the call's timeout was spent")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> Any:
+        return _DeadlineStream(
+            self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout), socket_options)
+        )
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _deadline_transport() -> httpx.HTTPTransport:
+    """httpx's own transport, its connection pool's network backend wrapped as above (httpx has no
+    parameter for the backend; ``tests/client`` holds it to a trickling server)."""
+    transport = httpx.HTTPTransport()
+    pool = transport._pool  # private: the one way to hand httpcore a network backend through httpx
+    pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return transport
 
 
 def retrain_request(

@@ -273,3 +273,81 @@ def test_retrain_of_a_run_that_has_not_completed_is_refused_naming_restore_from(
             c.retrain(parent)
     (e,) = err.value.errors
     assert e["field"] == "restore_from" and f"run {parent!r} did not complete" in e["message"]
+
+
+class TricklingServer:
+    """A real socket server on 127.0.0.1 that answers every request one byte a second, forever."""
+
+    def __init__(self, *, in_headers: bool) -> None:
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.in_headers = in_headers
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn) -> None:
+        with conn:
+            conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            payload = head if self.in_headers else b""
+            if not self.in_headers:
+                conn.sendall(head)
+            payload += b"{" + b" " * 200000
+            for byte in payload:
+                if self.stop.wait(1.0):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def _timed_get(client: Client) -> tuple[float, BaseException | None]:
+    """``client.get`` on a thread of its own: a call the timeout does not bound fails the test
+    after 15 s instead of hanging it."""
+    out: dict[str, object] = {}
+
+    def call() -> None:
+        t0 = time.monotonic()
+        try:
+            client.get("r-1")
+        except BaseException as err:  # noqa: BLE001 - handed to the test to assert on
+            out["err"] = err
+        out["took"] = time.monotonic() - t0
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(15)
+    assert not thread.is_alive(), "Client.get() was still reading after 15 s with a 3 s timeout"
+    return float(out["took"]), out.get("err")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("in_headers", [True, False], ids=["headers", "body"])
+def test_a_server_trickling_a_byte_a_second_cannot_hold_a_call_past_its_timeout(in_headers):
+    server = TricklingServer(in_headers=in_headers)
+    try:
+        with Client(f"http://127.0.0.1:{server.port}", timeout_s=3.0, retries=0) as client:
+            took, err = _timed_get(client)
+        assert took < 3.0 + 1.5, f"the call took {took:.1f} s with a 3 s timeout"
+        assert isinstance(err, ServiceUnavailable) and "ReadTimeout" in str(err)
+        # with retries, the whole call (attempts and waits) is still bounded by the one timeout
+        with Client(f"http://127.0.0.1:{server.port}", timeout_s=3.0, retries=5, backoff_s=0.1) as client:
+            took, err = _timed_get(client)
+        assert took < 3.0 + 1.5 and isinstance(err, ServiceUnavailable)
+        assert "timeout of 3 s spent" in str(err)
+    finally:
+        server.close()
