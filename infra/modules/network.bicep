@@ -8,10 +8,12 @@
 //     (older guidance, off by default);
 //   everything between the cluster nodes inside the subnet (Ray: GCS 6379, dashboard 8265,
 //     client 10001, object manager and worker ports 10002-19999 and ephemeral ports);
-//   outbound TCP 443 to the service tags the nodes use (and UDP 5831 to AzureMachineLearning),
-//     the rest of the Internet denied both ways.
-// Outbound leaves through a NAT gateway: nodes without a public IP get no default outbound
-// access (https://learn.microsoft.com/azure/virtual-network/ip-services/default-outbound-access).
+//   outbound to AzureMachineLearning on TCP 443/8787/18881 and UDP 5831, to
+//     BatchNodeManagement.<region> on any protocol, port 443, and TCP 443 to the other service
+//     tags the nodes use; the rest of the Internet denied both ways.
+// Outbound leaves both subnets through one NAT gateway: nodes without a public IP get no default
+// outbound access (https://learn.microsoft.com/azure/virtual-network/ip-services/default-outbound-access),
+// and the function app's webhooks leave from one static IP.
 // shared/adapters/azureml/nsg.py checks the same rules before each submit;
 // tests/azure/test_deployment_files.py evaluates these rules with it.
 
@@ -74,10 +76,9 @@ var amlInboundBatch = [
   }
 ]
 
-// Outbound TCP 443 from the nodes, in priority order (200, 201, ...).
+// Outbound TCP 443 from the nodes, in priority order (200, 201, ...); AzureMachineLearning and
+// BatchNodeManagement, which need more than TCP 443, have their own rules in amlRules.
 var amlOutboundTags = [
-  'AzureMachineLearning'
-  'BatchNodeManagement.${location}'
   'Storage.${location}'
   'AzureActiveDirectory'
   'AzureResourceManager'
@@ -133,6 +134,38 @@ var amlRules = [
     }
   }
   {
+    name: 'AllowAzureMachineLearning'
+    properties: {
+      description: 'Azure ML service (TCP 443, 8787, 18881; Azure ML VNet guidance)'
+      priority: 197
+      direction: 'Outbound'
+      access: 'Allow'
+      protocol: 'Tcp'
+      sourceAddressPrefix: amlSubnetPrefix
+      sourcePortRange: '*'
+      destinationAddressPrefix: 'AzureMachineLearning'
+      destinationPortRanges: [
+        '443'
+        '8787'
+        '18881'
+      ]
+    }
+  }
+  {
+    name: 'AllowBatchNodeManagement'
+    properties: {
+      description: 'Azure Batch, which runs the cluster nodes (any protocol, port 443; Azure ML VNet guidance)'
+      priority: 198
+      direction: 'Outbound'
+      access: 'Allow'
+      protocol: '*'
+      sourceAddressPrefix: amlSubnetPrefix
+      sourcePortRange: '*'
+      destinationAddressPrefix: 'BatchNodeManagement.${location}'
+      destinationPortRange: '443'
+    }
+  }
+  {
     name: 'AllowAzureMachineLearningUdp'
     properties: {
       description: 'Azure ML compute management (UDP 5831)'
@@ -171,7 +204,8 @@ resource amlNsg 'Microsoft.Network/networkSecurityGroups@2023-11-01' = {
   }
 }
 
-// Outbound for the clusters: without node public IPs the subnet needs an explicit egress.
+// Outbound for the clusters and the function app: without node public IPs the aml subnet needs an
+// explicit egress, and the functions subnet gets the same instead of default outbound access.
 resource natIp 'Microsoft.Network/publicIPAddresses@2023-11-01' = {
   name: '${vnetName}-aml-nat-ip'
   location: location
@@ -241,6 +275,14 @@ resource vnet 'Microsoft.Network/virtualNetworks@2023-11-01' = {
         name: 'functions'
         properties: {
           addressPrefix: functionsSubnetPrefix
+          // The app's outbound traffic (webhooks, Teams, Azure's public endpoints) leaves through the
+          // NAT gateway, one static IP receivers can allow, not through default outbound access,
+          // which Azure is retiring (https://learn.microsoft.com/azure/virtual-network/ip-services/default-outbound-access;
+          // https://learn.microsoft.com/azure/azure-functions/functions-networking-options#outbound-ip-restrictions).
+          defaultOutboundAccess: false
+          natGateway: {
+            id: natGateway.id
+          }
           networkSecurityGroup: {
             id: functionsNsg.id
           }

@@ -447,9 +447,15 @@ def _bicep_rules(text: str, var: str, env: dict[str, object]) -> list[dict[str, 
     rules = []
     for m in re.finditer(r"(?m)^\s+name:\s*(.+)$\s+properties:\s*", body):
         props = _block(body, m.end())
-        fields = dict(re.findall(r"(?m)^\s+(\w+):\s*(.+?)\s*$", props[1:-1]))
+        # a list value (destinationPortRanges: [ '443' '8787' ]) first, then the one-line fields
+        lists = {
+            k: [_bicep_value(v, env) for v in re.findall(r"'[^']*'", items)]
+            for k, items in re.findall(r"(?ms)^\s+(\w+):\s*\[\s*$(.*?)^\s+\]\s*$", props[1:-1])
+        }
+        one_line = re.sub(r"(?ms)^\s+\w+:\s*\[\s*$.*?^\s+\]\s*$", "", props[1:-1])
+        fields = dict(re.findall(r"(?m)^\s+(\w+):\s*(.+?)\s*$", one_line))
         rules.append(
-            {"name": _bicep_value(m[1], env), **{k: _bicep_value(v, env) for k, v in fields.items()}}
+            {"name": _bicep_value(m[1], env), **{k: _bicep_value(v, env) for k, v in fields.items()}, **lists}
         )
     return rules
 
@@ -514,7 +520,11 @@ def test_the_aml_nsg_opens_what_the_current_azure_ml_guidance_needs() -> None:
         "DenyInternetOutbound"
     ]
     # every outbound tag of the guidance is opened, and only those
-    opened = {str(r["destinationAddressPrefix"]) for r in nsg["amlOutbound443"]}
+    opened = {
+        str(r["destinationAddressPrefix"])
+        for r in default
+        if r["direction"] == "Outbound" and r["access"] == "Allow"
+    }
     assert {next(t for t in OUTBOUND_TAGS if o == t or o.startswith(t + ".")) for o in opened} == set(
         OUTBOUND_TAGS
     )
@@ -551,6 +561,17 @@ def test_the_aml_nsg_opens_what_the_current_azure_ml_guidance_needs() -> None:
     twin = sorted(key(r) for r in INFRA_NSG_RULES)
     template = sorted(key(r) for r in default)
     assert twin == template
+
+
+def test_both_subnets_leave_through_the_nat_gateway() -> None:
+    """No subnet relies on default outbound access: the clusters (no public IP) and the function
+    app (webhooks, Teams) go out through the NAT gateway."""
+    text = _bicep(INFRA / "modules" / "network.bicep")
+    vnet = _block(text, text.index("resource vnet"))
+    for subnet in ("functions", "aml"):
+        body = _block(vnet, vnet.index(f"name: '{subnet}'"))
+        assert re.search(r"(?m)^\s+defaultOutboundAccess:\s*false\s*$", body), subnet
+        assert re.search(r"natGateway:\s*\{\s*id:\s*natGateway\.id\s*\}", body), subnet
 
 
 def test_the_default_clusters_have_no_public_ip_and_a_workspace_endpoint() -> None:
@@ -619,10 +640,11 @@ def test_every_nsg_rule_is_in_the_docs() -> None:
         ours = [r for r in aml_rows if direction in r]
         if rule["access"] == "Deny":
             assert any(f"`{peer}`: deny" in r for r in ours), name
-        elif rule["destinationPortRange"] == "*":
+        elif rule.get("destinationPortRange") == "*":
             assert rule["sourceAddressPrefix"] == "10.20.1.0/24", name
             assert any("from the `aml` subnet" in r for r in ours), name
         else:
-            wanted = (f"`{rule['destinationPortRange']}`", f"`{peer}`", str(rule["protocol"]).upper())
+            ports = rule.get("destinationPortRange") or ", ".join(rule["destinationPortRanges"])  # type: ignore[arg-type]
+            wanted = (f"`{ports}`", f"`{peer}`", str(rule["protocol"]).upper())
             assert any(all(w in r for w in wanted) for r in ours), f"{name}: {wanted} not in docs"
     assert "functionsNsg" in text

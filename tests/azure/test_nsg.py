@@ -45,7 +45,8 @@ NO_PUBLIC_IP = [
         "Outbound",
         "Allow",
         destinationAddressPrefix="AzureMachineLearning",
-        destinationPortRange="443",
+        destinationPortRange="",
+        destinationPortRanges=["443", "8787", "18881"],
     ),
     rule(
         "AllowAzureMachineLearningUdp",
@@ -201,7 +202,7 @@ def test_seed_rules_are_accepted_with_the_compat_option() -> None:
     ("dropped", "wanted"),
     [
         ("AllowStorage", "outbound TCP 443 to service tag Storage.<region>"),
-        ("AllowBatch", "outbound TCP 443 to service tag BatchNodeManagement.<region>"),
+        ("AllowBatch", "outbound ANY 443 to service tag BatchNodeManagement.<region>"),
         ("AllowAzureMachineLearningUdp", "outbound UDP 5831 to service tag AzureMachineLearning"),
         ("AllowArm", "outbound TCP 443 to service tag AzureResourceManager"),
         ("AllowFrontDoor", "outbound TCP 443 to service tag AzureFrontDoor.FirstParty"),
@@ -326,7 +327,8 @@ def test_sdk_rule_objects_are_accepted() -> None:
             protocol=r["protocol"],
             source_address_prefix=r["sourceAddressPrefix"],
             destination_address_prefix=r["destinationAddressPrefix"],
-            destination_port_range=r["destinationPortRange"],
+            destination_port_range=r["destinationPortRange"] or None,
+            destination_port_ranges=r.get("destinationPortRanges"),
         )
 
     rules = [sdk(r) for r in NO_PUBLIC_IP]
@@ -370,3 +372,24 @@ def test_the_guard_checks_the_flows_the_settings_name() -> None:
     # the settings' environment names parse
     env = Settings(_env_file=None, azureml_node_public_ip="true", azureml_nsg_batch_inbound="1")
     assert (env.azureml_node_public_ip, env.azureml_nsg_batch_inbound) == (True, True)
+
+
+def test_batch_node_management_must_be_open_on_any_protocol() -> None:
+    """how-to-secure-training-vnet lists BatchNodeManagement.<region> on ANY protocol, port 443: an
+    allow for TCP only leaves UDP 443 to the Internet deny."""
+    tcp_only = [dict(r, protocol="Tcp") if r["name"] == "AllowBatch" else r for r in NO_PUBLIC_IP]
+    [problem] = missing_nsg_rules(tcp_only, subnet_prefixes=SUBNET)
+    assert problem.startswith("outbound ANY 443 to service tag BatchNodeManagement.<region>"), problem
+    assert "protocol ANY, destination ports 443" in problem
+
+
+def test_azure_machine_learning_must_be_open_on_the_three_tcp_ports() -> None:
+    """AzureMachineLearning: TCP 443, 8787 and 18881 (and UDP 5831); 443 alone is not enough."""
+    only_443 = [
+        dict(r, destinationPortRange="443", destinationPortRanges=[])
+        if r["name"] == "AllowAzureMachineLearning"
+        else r
+        for r in NO_PUBLIC_IP
+    ]
+    [problem] = missing_nsg_rules(only_443, subnet_prefixes=SUBNET)
+    assert problem.startswith("outbound TCP 8787, 18881 to service tag AzureMachineLearning"), problem

@@ -51,8 +51,6 @@ def _rule(
 
 
 _OUTBOUND_443 = [
-    "AzureMachineLearning",
-    "BatchNodeManagement.westeurope",
     "Storage.westeurope",
     "AzureActiveDirectory",
     "AzureResourceManager",
@@ -66,6 +64,30 @@ _OUTBOUND_443 = [
 INFRA_NSG_RULES = [
     _rule("AllowRayWithinSubnet", 120, "Inbound", "Allow", "*", AML_SUBNET, AML_SUBNET, "*"),
     _rule("DenyInternetInbound", 4000, "Inbound", "Deny", "*", "Internet", "*", "*"),
+    {
+        **_rule(
+            "AllowAzureMachineLearning",
+            197,
+            "Outbound",
+            "Allow",
+            "Tcp",
+            AML_SUBNET,
+            "AzureMachineLearning",
+            "",
+        ),
+        "destination_port_range": None,
+        "destination_port_ranges": ["443", "8787", "18881"],
+    },
+    _rule(
+        "AllowBatchNodeManagement",
+        198,
+        "Outbound",
+        "Allow",
+        "*",
+        AML_SUBNET,
+        "BatchNodeManagement.westeurope",
+        "443",
+    ),
     _rule(
         "AllowAzureMachineLearningUdp",
         199,

@@ -22,7 +22,7 @@ class Flow:
     peer: str  # a service tag, or "VirtualNetwork" for traffic inside the VNet
     ports: tuple[int, ...]
     port_text: str
-    protocol: str = "Tcp"
+    protocol: str = "Tcp"  # "Tcp", "Udp", or "*": any protocol (checked as TCP and as UDP)
     regional: bool = False  # the guidance names the regional tag (``Storage.<region>``)
 
 
@@ -30,10 +30,11 @@ class Flow:
 _RAY_PORTS = (6379, 8265, 10001, 10002, 19999)
 _RAY_PORT_TEXT = "6379, 8265, 10001, 10002-19999"
 
-# Outbound service tags of Azure ML's current VNet guidance for compute clusters, all on TCP 443:
+# Outbound service tags of Azure ML's current VNet guidance for compute clusters:
 # how-to-secure-training-vnet ("Compute instance/cluster or serverless with no public IP", the same
 # list for clusters with a public IP) and how-to-access-azureml-behind-firewall ("Outbound traffic",
 # "Recommended configuration for training and deploying models"). Tag -> (purpose, regional).
+# TCP 443 unless OUTBOUND_PORTS says otherwise.
 OUTBOUND_TAGS: dict[str, tuple[str, bool]] = {
     "AzureMachineLearning": ("Azure ML service", False),
     "BatchNodeManagement": ("Azure Batch, which runs the cluster nodes", True),
@@ -45,6 +46,14 @@ OUTBOUND_TAGS: dict[str, tuple[str, bool]] = {
     "AzureContainerRegistry": ("the workspace registry's environment image (public endpoint)", True),
     "AzureKeyVault": ("the workspace Key Vault (the Ray token)", True),
     "AzureMonitor": ("Azure Monitor logs and metrics", False),
+}
+
+# The tags how-to-secure-training-vnet lists with more than TCP 443: AzureMachineLearning on TCP
+# 443/8787/18881 (and UDP 5831, below), BatchNodeManagement.<region> on ANY protocol, port 443.
+# Tag -> (ports, as the guidance writes them, protocol).
+OUTBOUND_PORTS: dict[str, tuple[tuple[int, ...], str, str]] = {
+    "AzureMachineLearning": ((443, 8787, 18881), "443, 8787, 18881", "Tcp"),
+    "BatchNodeManagement": ((443,), "443", "*"),
 }
 
 RAY_INBOUND = Flow("Ray between head and workers", "Inbound", "VirtualNetwork", _RAY_PORTS, _RAY_PORT_TEXT)
@@ -61,7 +70,7 @@ BATCH_INBOUND = Flow(
 )
 OUTBOUND = (
     *(
-        Flow(what, "Outbound", tag, (443,), "443", regional=regional)
+        Flow(what, "Outbound", tag, *OUTBOUND_PORTS.get(tag, ((443,), "443", "Tcp")), regional=regional)
         for tag, (what, regional) in OUTBOUND_TAGS.items()
     ),
     Flow(
@@ -285,14 +294,24 @@ def missing_nsg_rules(
     problems: list[str] = []
     for flow in required_flows(node_public_ip=node_public_ip, batch_node_inbound=batch_node_inbound):
         blockers: dict[str, tuple[_Rule | None, list[int]]] = {}
-        for port in flow.ports:
-            decided = _first_match(rules, flow, port, prefixes)
-            if decided is None or decided.access.lower() != "allow":
-                key = decided.name if decided else "-"
-                blockers.setdefault(key, (decided, []))[1].append(port)
+        for checked in _per_protocol(flow):
+            for port in flow.ports:
+                decided = _first_match(rules, checked, port, prefixes)
+                if decided is None or decided.access.lower() != "allow":
+                    key = decided.name if decided else "-"
+                    ports = blockers.setdefault(key, (decided, []))[1]
+                    if port not in ports:
+                        ports.append(port)
         for rule, ports in blockers.values():
             problems.append(_explain(flow, rule, ports, rules, prefixes))
     return problems
+
+
+def _per_protocol(flow: Flow) -> tuple[Flow, ...]:
+    """A flow on any protocol is allowed only when both TCP and UDP are."""
+    if flow.protocol != "*":
+        return (flow,)
+    return tuple(Flow(**{**flow.__dict__, "protocol": p}) for p in ("Tcp", "Udp"))
 
 
 def _explain(
@@ -303,7 +322,7 @@ def _explain(
     peer = "inside the VNet (VirtualNetwork)" if flow.peer == "VirtualNetwork" else f"service tag {tag}"
     inbound = flow.direction == "Inbound"
     way = "inbound" if inbound else "outbound"
-    proto = flow.protocol.upper()
+    proto = "ANY" if flow.protocol == "*" else flow.protocol.upper()
     text = f"{way} {proto} {port_text} {'from' if inbound else 'to'} {peer} ({flow.what})"
     if rule is None:
         return f"{text}: no rule decides it; add an {way} Allow rule"
@@ -314,7 +333,7 @@ def _explain(
             if r.priority > rule.priority
             and r.priority < _DEFAULT_PRIORITY  # Azure's defaults cannot be moved
             and r.access.lower() == "allow"
-            and all(_first_match([r], flow, p, prefixes) for p in ports)
+            and all(_first_match([r], f, p, prefixes) for f in _per_protocol(flow) for p in ports)
         ),
         None,
     )
