@@ -46,7 +46,8 @@ param headMaxNodes int = 1
 param workerClusterName string = 'worker-cpu'
 param workerVmSize string = 'Standard_D2as_v5'
 param workerMaxNodes int = 4
-param workerNodeCount int = 4
+@description('Worker nodes for a request that names no worker cluster; 0 (the default) runs such a request as one job on the head cluster. The worker cluster is created either way, for requests that name it (the seed does).')
+param workerNodeCount int = 0
 
 @description('NCRONTAB (6 fields) of the poller.')
 param pollSchedule string = '*/10 * * * * *'

@@ -193,6 +193,14 @@ class HeadCluster(_Cluster):
     vm_size: str = DEFAULT_HEAD_VM_SIZE
     min_nodes: int = Field(0, ge=0, le=100, strict=True)
     max_nodes: int = Field(2, ge=1, le=100, strict=True)
+    # Nodes of the head job: one, or a homogeneous MPI job whose rank 0 is the Ray head.
+    node_count: int = Field(1, ge=1, le=100, strict=True)
+
+    @model_validator(mode="after")
+    def _count(self) -> HeadCluster:
+        if self.node_count > self.max_nodes:
+            raise ValueError(f"node_count ({self.node_count}) must not exceed max_nodes ({self.max_nodes})")
+        return self
 
 
 class WorkerCluster(_Cluster):
@@ -243,15 +251,21 @@ class Compute(Strict):
             return None
         head = self.head or HeadCluster()
         workers = self.workers or WorkerCluster()
-        return VM_SIZES[head.vm_size].cpus + VM_SIZES[workers.vm_size].cpus * workers.node_count
+        return (
+            VM_SIZES[head.vm_size].cpus * head.node_count
+            + VM_SIZES[workers.vm_size].cpus * workers.node_count
+        )
 
     def total_gpus(self) -> int:
         head = self.head or HeadCluster()
         workers = self.workers or WorkerCluster()
-        return VM_SIZES[head.vm_size].gpus + VM_SIZES[workers.vm_size].gpus * workers.node_count
+        return (
+            VM_SIZES[head.vm_size].gpus * head.node_count
+            + VM_SIZES[workers.vm_size].gpus * workers.node_count
+        )
 
     def total_nodes(self) -> int:
-        return 1 + (self.workers or WorkerCluster()).node_count
+        return (self.head or HeadCluster()).node_count + (self.workers or WorkerCluster()).node_count
 
 
 def _url_text(v: Any) -> Any:

@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     worker_vm_size: str = DEFAULT_WORKER_VM_SIZE
     worker_min_nodes: int = 0
     worker_max_nodes: int = 4
-    worker_node_count: int = 4
+    # 0: a request naming no worker cluster runs as one job on the head cluster (docs/azure.md)
+    worker_node_count: int = 0
     rejected_queue_name: str = Field(
         "training-rejected", description="Service Bus queue keeping requests that can never run."
     )

@@ -25,8 +25,11 @@ a log line.
 
 Local runs (tests) may set ``RLQ_RAY_NUM_CPUS``, ``RLQ_RAY_NODE_IP``, ``RLQ_RAY_START_ARGS`` (a JSON
 list added to ``ray start``) and ``RLQ_RAY_ADDRESS_FILE`` (the head also writes its address there).
-The head waits for ``RLQ_RAY_EXPECT_WORKERS`` worker nodes (at most ``RLQ_RAY_JOIN_TIMEOUT_S``) before
-it starts the trainer: the worker job is only submitted once the head's address is published.
+The head waits for ``RLQ_RAY_EXPECT_WORKERS`` worker nodes and ``RLQ_RAY_EXPECT_HEAD_NODES`` nodes of
+its own job (rank 0 counted; at most ``RLQ_RAY_JOIN_TIMEOUT_S``) before it starts the trainer: the
+worker job is only submitted once the head's address is published. A head job of several nodes
+and no worker job is the single-cluster topology: every node carries ``rlq_head``, the Learner
+goes to one of them and the EnvRunners anywhere.
 """
 
 from __future__ import annotations
@@ -258,31 +261,37 @@ def wait_ready(proc: subprocess.Popen, address: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-_WAIT_FOR_WORKERS = """
-import sys, time, ray
-address, expected, timeout_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+_WAIT_FOR_NODES = """
+import json, sys, time, ray
+address, expected, timeout_s = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
 ray.init(address=address, logging_level="ERROR", log_to_driver=False)
 deadline = time.monotonic() + timeout_s
 while True:
-    joined = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(sys.argv[4]))
-    if joined >= expected or time.monotonic() > deadline:
+    alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    joined = {r: sum(1 for res in alive if res.get(r)) for r in expected}
+    if all(joined[r] >= n for r, n in expected.items()) or time.monotonic() > deadline:
         break
     time.sleep(2)
-print(joined)
+print(json.dumps(joined))
 """
 
 
-def wait_for_workers(address: str, env: dict[str, str], expected: int, timeout_s: float) -> int:
-    """Block until ``expected`` ``rlq_worker`` nodes joined (the worker job starts after the head).
+def wait_for_nodes(
+    address: str, env: dict[str, str], expected: dict[str, int], timeout_s: float
+) -> dict[str, int]:
+    """Block until ``expected[resource]`` nodes with each custom resource are in the cluster: the
+    worker job's ``rlq_worker`` nodes (it starts after the head) and the head job's own ranks
+    (``rlq_head``, rank 0 included).
 
     Returns how many joined; after ``timeout_s`` the trainer starts with those (its resource check
     says so if the EnvRunners cannot be placed). A separate process, so this one never holds a
     Ray connection (Ray reads its auth settings once per process).
     """
-    if expected <= 0:
-        return 0
+    expected = {r: n for r, n in expected.items() if n > 0}
+    if not expected or expected == {HEAD_RESOURCE: 1}:
+        return dict(expected)
     out = subprocess.run(
-        [sys.executable, "-c", _WAIT_FOR_WORKERS, address, str(expected), str(timeout_s), WORKER_RESOURCE],
+        [sys.executable, "-c", _WAIT_FOR_NODES, address, json.dumps(expected), str(timeout_s)],
         env=env,
         capture_output=True,
         text=True,
@@ -290,8 +299,12 @@ def wait_for_workers(address: str, env: dict[str, str], expected: int, timeout_s
         check=False,
     )
     lines = out.stdout.strip().splitlines()
-    joined = int(lines[-1]) if out.returncode == 0 and lines and lines[-1].isdigit() else 0
-    log(f"{joined} of {expected} worker nodes joined")
+    try:
+        joined = {r: int(n) for r, n in json.loads(lines[-1]).items()} if out.returncode == 0 else {}
+    except (IndexError, ValueError, AttributeError):
+        joined = {}
+    for resource, n in expected.items():
+        log(f"{joined.get(resource, 0)} of {n} {resource} nodes joined")
     return joined
 
 
@@ -388,8 +401,14 @@ def run_head(args: argparse.Namespace, env: dict[str, str], port: int) -> int:
     try:
         wait_ready(proc, address, args.join_timeout_s)
         publish_address(address)
-        wait_for_workers(
-            address, env, int(os.environ.get("RLQ_RAY_EXPECT_WORKERS") or 0), args.join_timeout_s
+        wait_for_nodes(
+            address,
+            env,
+            {
+                WORKER_RESOURCE: int(os.environ.get("RLQ_RAY_EXPECT_WORKERS") or 0),
+                HEAD_RESOURCE: int(os.environ.get("RLQ_RAY_EXPECT_HEAD_NODES") or 1),
+            },
+            args.join_timeout_s,
         )
         argv = trainer_argv(args.restore)
         out = argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else "outputs"

@@ -133,9 +133,17 @@ def test_seed_head_job_serialised_by_the_sdk(backend: AzureMLV2Backend) -> None:
         "rlq_experiment": "rllib-pong-multi-node",
         "rlq_role": "head",
         RUN_TAG: "pong-2024-01",
+        v2.COMPUTE_TAG: json.dumps(
+            {
+                "head": {**SEED["compute"]["head"], "node_count": 1},
+                "workers": SEED["compute"]["workers"],
+            },
+            separators=(",", ":"),
+        ),
     }
     env = p["environmentVariables"]
     assert json.loads(env["RLQ_RAY_NODE_RESOURCES"]) == {"rlq_head": 1}
+    assert (env["RLQ_RAY_EXPECT_WORKERS"], env["RLQ_RAY_EXPECT_HEAD_NODES"]) == ("4", "1")
     assert env["RLQ_RAY_PORT"] == "6379"
     assert env["RLQ_RAY_TOKEN_VAULT"] == "https://rlq-kv.vault.azure.net/"
     assert env["RLQ_RAY_TOKEN_SECRET"] == "rlq-ray-token"
@@ -698,3 +706,74 @@ def test_the_image_brings_no_cuda_of_its_own_and_nothing_installs_sdk_v1() -> No
         *(r for extra in project["optional-dependencies"].values() for r in extra),
     ]
     assert [r for r in everything if r.startswith(("azureml-core", "azureml-contrib"))] == []
+
+
+# --- the single-cluster topology -----------------------------------------------------------------
+
+SINGLE = {
+    "request_id": "pong-single",
+    "experiment": "rllib-pong-single",
+    "algorithm": "IMPALA",
+    "env": "PongNoFrameskip-v4",
+    "compute": {
+        "head": {"name": "gpu-multi", "vm_size": "STANDARD_NC24ADS_A100_V4", "node_count": 2, "max_nodes": 2}
+    },
+}
+
+
+def test_a_request_naming_no_workers_is_one_job_on_the_head_cluster(twin: MLClientTwin) -> None:
+    """No worker cluster, no VNet needed, no second job: the head job alone, on ``head.node_count``
+    nodes (an MPI job whose rank 0 is the Ray head), and the head waits for no worker."""
+    settings = azureml_settings(azureml_vnet=None, azureml_nsg_check="off", ray_auth_token=TOKEN)
+    assert settings.worker_node_count == 0  # the deployment names no default workers
+    b = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs, detail_every=1)
+    req = parse_request(json.dumps(SINGLE))
+    assert isinstance(b.ensure_compute(req), ComputePending)  # no VNet asked for: one cluster
+    twin.provision("gpu-multi")
+    assert b.ensure_compute(req) is None
+    assert [c for m, c in twin.calls() if m == "compute.begin_create_or_update"] == ["gpu-multi"]
+    head = b.submit(req)
+    p = twin.job(head)._to_rest_object().as_dict()["properties"]
+    assert p["resources"]["instanceCount"] == 2
+    assert p["distribution"] == {"distributionType": "Mpi", "processCountPerInstance": 1}
+    env = p["environmentVariables"]
+    assert (env["RLQ_RAY_EXPECT_WORKERS"], env["RLQ_RAY_EXPECT_HEAD_NODES"]) == ("0", "2")
+    argv = json.loads(env["RLQ_TRAINER_ARGV"])
+    # the seed's rule over both head nodes: 2 x 24 vCPUs minus one, one node's GPU for the Learner
+    assert json.loads(argv[argv.index("--config") + 1]) == {"num_gpus": 1, "num_workers": 47}
+    # running, address published, metrics flowing: no worker job, ever (a fresh process too)
+    twin.run_to(head, "Running")
+    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
+    fresh = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs, detail_every=1)
+    for backend in (b, fresh, b, fresh):
+        assert backend.status(head).state == "running"
+    assert twin.job_names() == [head]
+    assert [c for m, c in twin.calls() if m == "jobs.create_or_update"] == [head]
+    b.close()
+    fresh.close()
+
+
+def test_a_fresh_process_still_submits_the_seeds_worker_job(settings: Settings, twin: MLClientTwin) -> None:
+    """The deployment names no default workers, the seed names four: a poller that never saw the
+    request reads them from the head job (``rlq_compute``) and submits the worker job."""
+    first = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs)
+    req = seed()
+    ready(first, twin, req)
+    head = first.submit(req)
+    twin.run_to(head, "Running")
+    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
+    fresh = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs)
+    fresh.status(head)
+    worker = twin.job(job_names(req.request_id)[1])
+    assert worker.resources.instance_count == 4 and worker.compute == "worker-cpu"
+    first.close()
+    fresh.close()
+
+
+def test_head_node_count_is_bounded_by_its_max_nodes_and_counted_by_the_caps() -> None:
+    from shared.models import Compute, HeadCluster
+
+    with pytest.raises(ValueError, match=r"node_count \(3\) must not exceed max_nodes \(2\)"):
+        HeadCluster(node_count=3, max_nodes=2)
+    c = Compute(head=HeadCluster(vm_size="STANDARD_NC24ADS_A100_V4", node_count=3, max_nodes=3))
+    assert (c.total_gpus(), c.total_nodes()) == (3 + 0, 3 + 4)  # absent workers: the model's default

@@ -1,13 +1,17 @@
-"""Azure Machine Learning (SDK v2, ``azure-ai-ml``) backend: the seed's GPU head + CPU workers as one Ray cluster.
+"""Azure Machine Learning (SDK v2, ``azure-ai-ml``) backend: Ray on one or two ``AmlCompute`` clusters.
 
-``RLQ_BACKEND=azureml``. Two ``AmlCompute`` clusters in the VNet and, per request, up to two
-``command()`` jobs that start Ray themselves through ``trainer/bootstrap.py``:
+``RLQ_BACKEND=azureml``. Per request, one or two ``command()`` jobs that start Ray themselves
+through ``trainer/bootstrap.py``:
 
-* the **head job** on the head cluster (``instance_count=1``): ``ray start --head`` (token auth on),
-  publishes the head's address as an MLflow tag on its own run (an address, never a secret), then
-  runs the trainer, whose learner is placed on the head;
-* the **worker job** on the worker cluster (``instance_count`` = worker nodes), submitted by the
-  poller once the head's address is there: each node joins the head and hosts env runners.
+* the **head job** on the head cluster (``instance_count`` = ``compute.head.node_count``, 1 unless
+  the request says more): rank 0 runs ``ray start --head`` (token auth on), publishes the head's
+  address as an MLflow tag on its own run (an address, never a secret), then runs the trainer,
+  whose learner is placed on a head node; other ranks join it;
+* with worker nodes (``compute.workers.node_count`` > 0, the seed's topology), the **worker job** on
+  the worker cluster (``instance_count`` = worker nodes), submitted by the poller once the head's
+  address is there: each node joins the head and hosts env runners. A request naming no worker
+  cluster (and a deployment whose ``RLQ_WORKER_NODE_COUNT`` is 0, the default) runs as the head
+  job alone: no second cluster, no VNet between clusters, no wait for workers.
 
 What the service relies on, and how it is kept:
 
@@ -67,6 +71,9 @@ log = logging.getLogger(__name__)
 
 RUN_TAG = "rlq_request_id"
 ROLE_TAG = "rlq_role"
+COMPUTE_TAG = (
+    "rlq_compute"  # the request's own compute section, so a fresh process resolves the same clusters
+)
 HEAD_ADDRESS_TAG = contract.HEAD_ADDRESS_TAG  # set by trainer/bootstrap.py on the head job's MLflow run
 ARGV_ENV = trainer_args.ARGV_ENV
 RAY_PORT = 6379
@@ -254,7 +261,9 @@ class AzureMLV2Backend:
         if c.vnet:
             self.nsg.check(c)
         waiting = [
-            self._ensure_cluster(c.head.name, c.head.vm_size, c.head.min_nodes, c.head.max_nodes, 1, c)
+            self._ensure_cluster(
+                c.head.name, c.head.vm_size, c.head.min_nodes, c.head.max_nodes, c.head.node_count, c
+            )
         ]
         if c.workers.node_count > 0:
             waiting.append(
@@ -448,6 +457,7 @@ class AzureMLV2Backend:
             "RLQ_RAY_PORT": str(RAY_PORT),
             "RLQ_RAY_NODE_RESOURCES": json.dumps({"rlq_head": 1}),
             "RLQ_RAY_EXPECT_WORKERS": str(c.workers.node_count),
+            "RLQ_RAY_EXPECT_HEAD_NODES": str(c.head.node_count),
             "PYTHONUNBUFFERED": "1",
             **self._token_env(),
         }
@@ -457,13 +467,18 @@ class AzureMLV2Backend:
                 display_name=f"{request.request_id} head",
                 experiment_name=request.experiment,
                 description=f"rlq {request.algorithm} on {request.env}: Ray head and trainer",
-                tags=self._tags(request, "head"),
+                tags={
+                    **self._tags(request, "head"),
+                    COMPUTE_TAG: request.compute.model_dump_json(
+                        include={"head", "workers", "vnet", "subnet"}, exclude_none=True
+                    ),
+                },
                 code=str(self.stage_source()),
                 command=cmd,
                 environment=self.environment(),
                 environment_variables=env,
                 compute=c.head.name,
-                instance_count=1,
+                instance_count=c.head.node_count,
                 distribution=MpiDistribution(process_count_per_instance=1),
                 shm_size=HEAD_SHM_SIZE,
                 timeout=job_timeout_s(request, self.settings),
@@ -622,6 +637,8 @@ class AzureMLV2Backend:
         for flag, key in (("--run", "algorithm"), ("--env", "env")):
             if flag in argv:
                 data[key] = argv[argv.index(flag) + 1]
+        if tags.get(COMPUTE_TAG):
+            data["compute"] = json.loads(tags[COMPUTE_TAG])
         from shared.models import parse_request
 
         try:
