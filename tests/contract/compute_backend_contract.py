@@ -35,6 +35,10 @@ class Case:
     make_request: Callable[[str, bool], TrainingRequest]
     # how many jobs exist for a request (a second submit must not add one)
     jobs_for: Callable[[str], int]
+    # how many times the backend asked its platform to create a job for a request (the twin's
+    # submit calls, Ray's submit_job, Azure ML's jobs.create_or_update): every platform keeps one
+    # job per name, so only the calls show a backend that asks again where it should have found
+    submit_calls_for: Callable[[str], int]
     # get the request's compute ready (ensure_compute until it says submit now)
     ready: Callable[[TrainingRequest], None] = lambda request: None
     # let a job move on one step (the twins' clocks); real backends run on their own
@@ -80,6 +84,7 @@ class ComputeBackendContract:
         assert case.backend.find(request.request_id) is None
         run_id = case.backend.submit(request)
         assert run_id
+        assert case.submit_calls_for(request.request_id) == 1
         assert case.backend.find(request.request_id) == run_id
         assert case.backend.find(new_id("other")) is None  # another request's job is not this one
 
@@ -88,8 +93,10 @@ class ComputeBackendContract:
         assert case.backend.submit(request) == run_id
         assert case.jobs_for(request.request_id) == 1
         # a redelivery does what the service does: find first, submit only when nothing was found
+        calls = case.submit_calls_for(request.request_id)
         assert (case.backend.find(request.request_id) or case.backend.submit(request)) == run_id
         assert case.jobs_for(request.request_id) == 1
+        assert case.submit_calls_for(request.request_id) == calls  # found: the platform was not asked
 
     def test_an_unknown_run_gets_a_status_that_names_it(self, case: Case) -> None:
         unknown = f"rlq-{new_id('gone')}-head"

@@ -24,6 +24,7 @@ from tests.ray.conftest import (
     standin_package,  # noqa: F401 - the stand-in trainer fixture, shared
 )
 from tests.support.azureml import WORKSPACE, azureml_settings
+from tests.support.ray_submits import record_submit_jobs, submit_job_calls
 
 CARTPOLE: dict[str, Any] = {"algorithm": "IMPALA", "env": "CartPole-v1", "stop": {"training_iteration": 2}}
 
@@ -43,6 +44,7 @@ def twin_case(tmp_path: Path) -> Case:
         backend=twin,
         make_request=lambda request_id, long_running: _request(request_id),
         jobs_for=lambda rid: twin.jobs_per_request().get(rid, 0),
+        submit_calls_for=lambda rid: twin.submits().get(rid, 0),
     )
     case.cleanup.append(twin.close)
     return case
@@ -51,7 +53,7 @@ def twin_case(tmp_path: Path) -> Case:
 # --- the Ray backend on a real local head ----------------------------------------------------
 
 
-def ray_case(head: Any, standin: Path) -> Case:
+def ray_case(head: Any, standin: Path, journal: Path) -> Case:
     from shared.adapters.ray_jobs import RayJobsBackend, submission_id_for
 
     # the first submit uploads the working dir: give a busy machine more than the default 10 s
@@ -66,14 +68,24 @@ def ray_case(head: Any, standin: Path) -> Case:
         jobs = backend._call(lambda c: c.list_jobs(), what="list jobs")
         return sum(1 for j in jobs if getattr(j, "submission_id", None) == wanted)
 
-    return Case(backend=backend, make_request=make, jobs_for=jobs_for, timeout_s=90.0, poll_s=0.3)
+    undo = record_submit_jobs(journal)
+    case = Case(
+        backend=backend,
+        make_request=make,
+        jobs_for=jobs_for,
+        submit_calls_for=lambda rid: submit_job_calls(journal)[submission_id_for(rid)],
+        timeout_s=90.0,
+        poll_s=0.3,
+    )
+    case.cleanup.append(undo)
+    return case
 
 
 # --- the Azure ML backend over its workspace twin --------------------------------------------
 
 
 def azureml_case() -> Case:
-    from shared.adapters.azureml.v2 import RUN_TAG, AzureMLV2Backend
+    from shared.adapters.azureml.v2 import RUN_TAG, AzureMLV2Backend, job_names
     from shared.adapters.azureml.v2_twin import MLClientTwin
 
     settings = azureml_settings(
@@ -128,7 +140,18 @@ def azureml_case() -> Case:
     def jobs_for(request_id: str) -> int:
         return sum(n for key, n in twin.jobs_per_request().items() if key.startswith(f"{request_id}/"))
 
-    case = Case(backend=backend, make_request=make, jobs_for=jobs_for, ready=ready, advance=advance)
+    def submit_calls_for(request_id: str) -> int:
+        names = set(job_names(request_id))
+        return sum(1 for method, name in twin.calls() if method == "jobs.create_or_update" and name in names)
+
+    case = Case(
+        backend=backend,
+        make_request=make,
+        jobs_for=jobs_for,
+        submit_calls_for=submit_calls_for,
+        ready=ready,
+        advance=advance,
+    )
     case.cleanup.append(backend.close)
     return case
 
@@ -148,7 +171,11 @@ class TestComputeBackends(ComputeBackendContract):
         if request.param == "twin":
             c = twin_case(tmp_path)
         elif request.param == "ray":
-            c = ray_case(request.getfixturevalue("ray_head"), request.getfixturevalue("standin_package"))
+            c = ray_case(
+                request.getfixturevalue("ray_head"),
+                request.getfixturevalue("standin_package"),
+                tmp_path / "submit-job-calls.jsonl",
+            )
         else:
             c = azureml_case()
         yield c

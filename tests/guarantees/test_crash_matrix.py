@@ -161,6 +161,10 @@ def test_sigkill_at_each_fault_point_with_duplicate_delivery(tmp_path, point):
         # the first process published and died before recording it: the next tick published again,
         # and duplicate detection dropped the repeat
         assert max(attempts.values()) == 2 and sum(attempts.values()) >= 3
+    else:
+        # nothing else publishes twice: not the copies, not the restart (duplicate detection would
+        # hide a second publish from the audit subscription; the send journal does not)
+        assert attempts == {f"{rid}:completed": 1 for rid in ids}, attempts
 
 
 def test_a_kill_at_every_point_in_turn(tmp_path):

