@@ -66,12 +66,16 @@ param webhookUrls string = ''
 @secure()
 param webhookSecrets string = ''
 
+@description('Signs the dashboard\'s form tokens (RLQ_CSRF_SECRET), one key for every instance of the app; stored in Key Vault. Default: a new one at each deployment (open forms then need a reload).')
+@secure()
+param csrfSecret string = newGuid()
+
 @description('Ray token of the SDK v2 backend\'s clusters (at least 32 characters; e.g. -p rayAuthToken="$(openssl rand -hex 32)"); stored in the workspace Key Vault, read by the nodes with their managed identity.')
 @secure()
 @minLength(32)
 param rayAuthToken string
 
-@description('Container registry SKU (Premium: content trust, retention, zone redundancy).')
+@description('Container registry SKU (Premium: retention, zone redundancy).')
 @allowed([
   'Basic'
   'Standard'
@@ -179,6 +183,7 @@ module aml 'modules/aml.bicep' = {
     workerVmSize: workerVmSize
     workerMaxNodes: workerMaxNodes
     webhookSecrets: webhookSecrets
+    csrfSecret: csrfSecret
     rayAuthToken: rayAuthToken
     containerRegistryId: registry.outputs.id
     tags: tags
@@ -228,6 +233,11 @@ var rlqSettings = {
   RLQ_WEBHOOK_URLS: webhookUrls
 }
 
+// Key Vault references: each instance reads the same values (data_dir is per instance in Azure).
+var csrfSettings = {
+  RLQ_CSRF_SECRET: '@Microsoft.KeyVault(VaultName=${aml.outputs.keyVaultName};SecretName=${aml.outputs.csrfSecretName})'
+}
+
 var secretSettings = empty(webhookSecrets) ? {} : {
   RLQ_WEBHOOK_SECRETS: '@Microsoft.KeyVault(VaultName=${aml.outputs.keyVaultName};SecretName=${aml.outputs.webhookSecretName})'
 }
@@ -243,7 +253,7 @@ module functionApp 'modules/functionapp.bicep' = {
     storageBlobEndpoint: storage.outputs.blobEndpoint
     deploymentContainerName: storage.outputs.deploymentContainerName
     appInsightsConnectionString: monitoring.outputs.connectionString
-    appSettings: union(rlqSettings, secretSettings)
+    appSettings: union(rlqSettings, csrfSettings, secretSettings)
     tags: tags
   }
 }

@@ -41,6 +41,10 @@ param workerMaxNodes int = 4
 @secure()
 param webhookSecrets string = ''
 
+@description('Key that signs the dashboard\'s form tokens (RLQ_CSRF_SECRET): stored in the vault, read by the function app through a Key Vault reference.')
+@secure()
+param csrfSecret string
+
 @description('Expiry of the stored secret (epoch seconds).')
 param secretExpiry int = dateTimeToEpoch(dateTimeAdd(utcNow(), 'P1Y'))
 
@@ -105,8 +109,23 @@ resource webhookSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!emp
   }
 }
 
-// Azure ML SDK v1 datastores and run snapshots use account keys and SAS issued by the service,
-// so this account keeps shared-key access (the function app's own account does not).
+var csrfSecretName = 'rlq-csrf-secret'
+
+resource csrfSecretValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: csrfSecretName
+  properties: {
+    value: csrfSecret
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: secretExpiry
+    }
+  }
+}
+
+// Azure ML reaches its datastores and run snapshots with account keys and SAS it issues, so this
+// account keeps shared-key access (the function app's own account does not).
 resource mlStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: storageName
   location: location
@@ -291,3 +310,4 @@ output keyVaultName string = vault.name
 output keyVaultUri string = vault.properties.vaultUri
 output rayTokenSecretName string = rayTokenSecretName
 output webhookSecretName string = empty(webhookSecrets) ? '' : webhookSecretName
+output csrfSecretName string = csrfSecretName

@@ -242,7 +242,12 @@ def _app_settings() -> dict[str, str]:
     main = _bicep(INFRA / "main.bicep")
     app = _bicep(INFRA / "modules" / "functionapp.bicep")
     found: dict[str, str] = {}
-    for text, var in ((main, "rlqSettings"), (main, "secretSettings"), (app, "settings")):
+    for text, var in (
+        (main, "rlqSettings"),
+        (main, "csrfSettings"),
+        (main, "secretSettings"),
+        (app, "settings"),
+    ):
         m = re.search(rf"(?m)^var\s+{var}\s*=", text)
         assert m, f"var {var} is gone"
         for key, value in re.findall(r"(?m)^\s+([A-Za-z_][\w]*)\s*:\s*(.+?)\s*$", _block(text, m.end())):
