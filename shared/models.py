@@ -123,6 +123,50 @@ MODEL_KEYS = frozenset(
     }
 )
 
+# What the config values that size memory or compute may be (docs/guarantees.md, "Field audit"):
+# ``key -> (lowest, highest)``, inclusive. The highest values are what the largest allowed node
+# (shared/vm_sizes.py: 96 vCPUs, 880 GiB) could still hold or run: one sample of an Atari batch is
+# an 84x84x4 frame, about 113 KB as float32 on the learner, so 2**20 samples are about 118 GB.
+CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
+    "train_batch_size": (1, 2**20),
+    "train_batch_size_per_learner": (1, 2**20),
+    "minibatch_size": (1, 2**16),
+    "sgd_minibatch_size": (1, 2**16),
+    "sample_batch_size": (1, 10_000),  # a fragment is held per env in every EnvRunner
+    "rollout_fragment_length": (1, 10_000),
+    "num_sgd_iter": (1, 100),  # passes over each batch: compute, not memory
+    "num_epochs": (1, 100),
+    "num_envs_per_worker": (1, 256),  # emulators in one process
+    "num_envs_per_env_runner": (1, 256),
+    "num_workers": (0, 1024),
+    "num_env_runners": (0, 1024),
+    "num_learners": (0, 64),
+    "num_gpus": (0, 64),
+    "num_gpus_per_learner": (0, 8),
+    "num_gpus_per_worker": (0, 8),
+    "num_cpus_per_worker": (0, 96),
+    "num_cpus_per_env_runner": (0, 96),
+    "num_data_loader_buffers": (1, 64),
+    "circular_buffer_num_batches": (1, 1024),
+    "circular_buffer_iterations_per_batch": (1, 100),
+    "broadcast_interval": (1, 10_000),
+    "seed": (0, 2**32 - 1),  # what numpy seeds take
+    "gamma": (0, 1),
+    "lambda": (0, 1),
+    "dim": (16, 512),  # the frame's side in pixels: memory grows with its square
+    "framestack": (1, 32),
+    "lstm_cell_size": (1, 4096),
+}
+MAX_LAYERS = 16  # fcnet_hiddens / conv_filters entries
+MAX_LAYER_WIDTH = 8192  # units of one dense layer, channels of one conv layer
+MAX_ENVS = 4096  # EnvRunners times envs per EnvRunner: emulators in the whole run
+# A request's env runners need a CPU each (num_cpus_per_env_runner, default 1) beside one for the
+# learner / driver; past the CPUs of every node it may ask for, Ray would keep them pending forever.
+ENV_RUNNER_KEYS = ("num_env_runners", "num_workers")
+ENVS_PER_RUNNER_KEYS = ("num_envs_per_env_runner", "num_envs_per_worker")
+CPUS_PER_RUNNER_KEYS = ("num_cpus_per_env_runner", "num_cpus_per_worker")
+
+
 # The config keys whose value is true / false (trainer/config_map.py: boolean()); every other key
 # takes numbers, names or lists of numbers, where a JSON boolean is a mistake, not a count.
 BOOL_CONFIG_KEYS = frozenset({"vtrace", "use_kl_loss"})
@@ -375,6 +419,15 @@ class TrainingRequest(Strict):
             problem = _config_value_problem(value)
             if problem:
                 raise ValueError(f"{key}: {problem}")
+            for name, item in value.items() if key == "model" else [(key, value)]:
+                problem = _size_problem(name, item)
+                if problem:
+                    raise ValueError(f"{'model.' if key == 'model' else ''}{name}: {problem}")
+        envs = config_int(v, ENV_RUNNER_KEYS, 0) * config_int(v, ENVS_PER_RUNNER_KEYS, 1)
+        if envs > MAX_ENVS:
+            raise ValueError(
+                f"num_env_runners x num_envs_per_env_runner is {envs}; allowed: at most {MAX_ENVS} envs in a run"
+            )
         if len(json.dumps(v)) > 16_384:
             raise ValueError("config is larger than 16 KB")
         return v
@@ -463,6 +516,103 @@ def _config_value_problem(value: Any) -> str | None:
         problem = _config_value_problem(item)
         if problem:
             return problem
+    return None
+
+
+def config_int(config: dict[str, Any], keys: tuple[str, ...], default: int) -> int:
+    """The first of ``keys`` (today's name, then the seed-era one) set to a number in ``config``."""
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value)
+    return default
+
+
+def resource_problems(
+    request: TrainingRequest,
+    *,
+    own_queues: dict[str, str],
+    own_clusters: dict[str, str],
+    max_cpus: int | None,
+) -> list[dict[str, str]]:
+    """What in a schema-valid request collides with the deployment it was sent to, as field errors.
+
+    ``own_queues``: rlq's own queue, topic and subscription names -> what each is; a ``reply_to``
+    naming one would feed completions back into rlq, an ``experiment`` naming one would be mistaken
+    for it. ``own_clusters``: the deployment's cluster names -> their role; a request's head may not
+    take the workers' cluster nor its workers the head's. ``max_cpus``: the most vCPUs the request
+    can get (its clusters, else the deployment's), or None when unknown."""
+    problems: list[dict[str, str]] = []
+    folded = {name.lower(): what for name, what in own_queues.items()}
+    if request.reply_to is not None and request.reply_to.lower() in folded:
+        what = folded[request.reply_to.lower()]
+        problems.append(
+            {
+                "field": "reply_to",
+                "message": f"{request.reply_to!r} is rlq's own {what}; completions sent there would come "
+                "back into rlq. Allowed: a queue or topic of your own, none of "
+                + ", ".join(sorted(own_queues)),
+            }
+        )
+    reserved = folded | {name.lower(): f"{role} cluster" for name, role in own_clusters.items()}
+    if request.experiment.lower() in reserved:
+        problems.append(
+            {
+                "field": "experiment",
+                "message": f"{request.experiment!r} is the name of rlq's own {reserved[request.experiment.lower()]}; "
+                "allowed: any other name",
+            }
+        )
+    c = request.compute
+    if c.head is not None and c.workers is not None and c.head.name.lower() == c.workers.name.lower():
+        problems.append(
+            {
+                "field": "compute.workers.name",
+                "message": f"{c.workers.name!r} is also compute.head.name; one cluster cannot be both, "
+                "allowed: a name other than the head's",
+            }
+        )
+    for part, cluster in (("head", c.head), ("workers", c.workers)):
+        role = own_clusters.get(cluster.name) if cluster is not None else None
+        mine = "head" if part == "head" else "worker"
+        if cluster is not None and role is not None and role != mine:
+            problems.append(
+                {
+                    "field": f"compute.{part}.name",
+                    "message": f"{cluster.name!r} is rlq's {role} cluster; the {mine}s cannot take it over, "
+                    f"allowed: any name but {cluster.name!r}",
+                }
+            )
+    runners = config_int(request.config, ENV_RUNNER_KEYS, 0)
+    per_runner = max(1, config_int(request.config, CPUS_PER_RUNNER_KEYS, 1))
+    needed = runners * per_runner + 1  # one more for the driver / learner
+    if max_cpus is not None and runners and needed > max_cpus:
+        problems.append(
+            {
+                "field": "config.num_env_runners",
+                "message": f"{runners} EnvRunners x {per_runner} CPUs + 1 need {needed} CPUs; the cluster "
+                f"offers {max_cpus}. Allowed: at most {max(0, (max_cpus - 1) // per_runner)} EnvRunners",
+            }
+        )
+    return problems
+
+
+def _size_problem(key: str, value: Any) -> str | None:
+    """Why a config value sizes memory or compute past what any allowed cluster holds, or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    bounds = CONFIG_BOUNDS.get(key.removeprefix("model."))  # the seed era's "model.dim" too
+    if bounds is not None and isinstance(value, (int, float)):
+        lo, hi = bounds
+        if not lo <= value <= hi:
+            return f"{value!r} is not allowed; allowed: {lo:g} to {hi:g}"
+    if key in ("fcnet_hiddens", "post_fcnet_hiddens", "conv_filters") and isinstance(value, list):
+        if len(value) > MAX_LAYERS:
+            return f"{len(value)} layers is not allowed; allowed: at most {MAX_LAYERS}"
+        widths = [w for layer in value for w in (layer[:1] if isinstance(layer, list) else [layer])]
+        for w in widths:
+            if isinstance(w, (int, float)) and not 1 <= w <= MAX_LAYER_WIDTH:
+                return f"a layer of {w!r} units is not allowed; allowed: 1 to {MAX_LAYER_WIDTH}"
     return None
 
 

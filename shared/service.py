@@ -39,6 +39,7 @@ from shared.models import (
     RunState,
     TrainingRequest,
     parse_request,
+    resource_problems,
     utcnow,
 )
 from shared.ports import (
@@ -55,6 +56,7 @@ from shared.readiness import TTL_S as READINESS_TTL_S
 from shared.readiness import Readiness, ReadinessGate
 from shared.settings import Settings
 from shared.urlguard import check_request_urls
+from shared.vm_sizes import VM_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -527,8 +529,29 @@ class TrainingService:
         problems = check_request_urls(
             request, local_mode=s.local_mode, allow_hosts=s.webhook_allow_hosts
         )  # static rules only: no DNS at intake; delivery resolves and pins each address
+        problems += resource_problems(request, **self._own_resources(request))
         if problems:
             raise Forbidden("; ".join(f"{p['field']}: {p['message']}" for p in problems))
+
+    def _own_resources(self, request: TrainingRequest) -> dict[str, Any]:
+        """rlq's own names and the CPUs a request can get, for :func:`shared.models.resource_problems`."""
+        s, c = self.settings, request.compute
+        if c.head is not None or c.workers is not None:
+            max_cpus = c.total_cpus()
+        elif self._backend_name(request) == "azureml":
+            max_cpus = VM_SIZES[s.head_vm_size].cpus + VM_SIZES[s.worker_vm_size].cpus * s.worker_node_count
+        else:
+            max_cpus = s.ray_num_cpus if self._backend_name(request) == "ray" else None
+        return {
+            "own_queues": {
+                s.queue_name: "request queue",
+                s.rejected_queue_name: "rejected-request queue",
+                s.topic_name: "completion topic",
+                s.subscription_name: "notifier subscription",
+            },
+            "own_clusters": {s.head_cluster: "head", s.worker_cluster: "worker"},
+            "max_cpus": max_cpus,
+        }
 
     def _backend_name(self, request: TrainingRequest) -> str:
         return request.compute.backend or self.settings.backend

@@ -23,6 +23,7 @@ from shared.models import (
     ATARI_ENV_RE,
     CLASSIC_ENVS,
     MAX_RETURN,
+    Compute,
     RunState,
     TrainingRequest,
     parse_request,
@@ -85,8 +86,8 @@ def stops(draw, env: str) -> dict[str, Any]:
 CONFIG = st.fixed_dictionaries(
     {},
     optional={
-        "num_workers": st.integers(0, 1024),
-        "num_env_runners": st.integers(0, 1024),
+        "num_workers": st.integers(0, 64),  # x 64 envs each: MAX_ENVS
+        "num_env_runners": st.integers(0, 64),
         "num_envs_per_env_runner": st.integers(1, 64),
         "num_gpus": st.integers(0, 4),
         "train_batch_size": st.integers(1, 10**6),
@@ -186,6 +187,15 @@ def valid_requests(draw) -> dict[str, Any]:
     for key, strategy in optional.items():
         if draw(st.booleans()):
             body[key] = draw(strategy)
+    compute, config = body.get("compute", {}), body.get("config", {})
+    if "head" in compute or "workers" in compute:  # no more EnvRunners than the clusters have CPUs
+        cpus = Compute.model_validate(compute).total_cpus() or 1
+        for key in ("num_env_runners", "num_workers"):
+            if key in config:
+                config[key] = min(config[key], cpus - 1)
+        head, workers = compute.get("head", {}).get("name"), compute.get("workers", {}).get("name")
+        if head is not None and workers is not None and head.lower() == workers.lower():
+            compute["workers"]["name"] = head[:-1] + ("x" if head[-1] not in "xX" else "y")  # not both
     return body
 
 
