@@ -280,7 +280,9 @@ class RayJobsBackend:
         self.settings = settings
         self.local = (address or settings.ray_address) is None
         self.address = (
-            address or settings.ray_address or f"http://{ray_local.LOOPBACK}:{settings.ray_dashboard_port}"
+            address
+            or settings.ray_address
+            or ray_local.local_head_address(settings.data_dir, settings.ray_dashboard_port)
         ).rstrip("/")
         self._factory = client_factory or _default_client_factory(settings.status_timeout_s)
         self._client_obj: JobsClient | None = None
@@ -398,14 +400,15 @@ class RayJobsBackend:
         return f"Ray {version} at {self.address}"
 
     def _ensure_local_head(self) -> None:
-        ray_local.ensure_local_head(
+        address = ray_local.ensure_local_head(
             data_dir=self.settings.data_dir,
             dashboard_port=self.settings.ray_dashboard_port,
             num_cpus=self.settings.ray_num_cpus,
             token=self.settings.ray_auth_token,
-        )
-        if self._resolve_token() != self._token:
-            self._client_obj = None  # the head was (re)started with another token
+        ).rstrip("/")
+        if address != self.address or self._resolve_token() != self._token:
+            self._client_obj = None  # the head was (re)started elsewhere or with another token
+        self.address = address
 
     def _revive_local_head(self, err: TransientError) -> bool:
         """Local mode: the head stopped answering. Start it again — one thread at a time, at most

@@ -76,6 +76,24 @@ class HeadInfo:
     started_by: int | None = None  # pid of the process that started it
 
 
+def recorded_head(data_dir: Path) -> HeadInfo | None:
+    """The head rlq last started for ``data_dir``, as recorded in ``<data_dir>/ray/head.json``
+    (None when there is no readable record)."""
+    try:
+        data = json.loads((Path(data_dir).resolve() / "ray" / "head.json").read_text())
+        return HeadInfo(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def local_head_address(data_dir: Path, dashboard_port: int) -> str:
+    """The Jobs API address of the local head of ``data_dir``: the one its service recorded when it
+    started the head, else the address it would start one on. A command run beside ``rlq serve``
+    (``rlq cancel``) thus asks that head, not whatever Ray answers on the default port."""
+    head = recorded_head(data_dir)
+    return head.address if head is not None else f"http://{LOOPBACK}:{dashboard_port}"
+
+
 # --- tokens ----------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from shared.adapters.ray_jobs import (
     readable_error,
     submission_id_for,
 )
+from shared.composition import build
 from shared.errors import PermanentError, TransientError
 from shared.models import ID_RE, Stop, TrainingRequest
 from shared.ports import ComputeBackend
@@ -295,6 +296,27 @@ def test_find_maps_404_to_none_and_cancel_of_unknown_job_is_quiet(tmp_path: Path
     )
     assert backend.find("nope") is None
     backend.cancel(submission_id_for("nope"))
+
+
+def test_cancel_asks_the_head_the_service_recorded_not_the_default_port(tmp_path: Path) -> None:
+    """``rlq cancel`` builds its own wiring: in local mode it must reach the head ``rlq serve``
+    started for this data dir (``ray/head.json``), never whatever Ray answers on port 8265."""
+    (tmp_path / "ray").mkdir()
+    recorded = {"address": "http://127.0.0.1:18299", "dashboard_port": 18299, "gcs_port": 6390}
+    (tmp_path / "ray" / "head.json").write_text(json.dumps({**recorded, "temp_dir": "/tmp/rlq-ray-x"}))
+    asked: list[str] = []
+    client = ScriptedClient(stop_job=True)
+
+    def factory(address: str, headers: dict[str, str]) -> Any:
+        asked.append(address)
+        return client
+
+    backend = RayJobsBackend(address=None, settings=_settings(tmp_path), client_factory=factory)
+    backend.cancel(submission_id_for("r-1"))
+    assert asked == ["http://127.0.0.1:18299"] and client.calls == {"stop_job": 1}
+    assert build(_settings(tmp_path, backend="ray")).compute["ray"].address == "http://127.0.0.1:18299"
+    (tmp_path / "ray" / "head.json").unlink()  # no head recorded: the address it would start one on
+    assert RayJobsBackend(address=None, settings=_settings(tmp_path)).address == "http://127.0.0.1:8265"
 
 
 def test_the_backend_satisfies_the_port(tmp_path: Path) -> None:
