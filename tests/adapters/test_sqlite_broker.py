@@ -1,4 +1,9 @@
-"""The SQLite Service Bus twin behaves like Service Bus: locks, delivery counts, dead letters, dedup.
+"""What only the SQLite Service Bus twin promises: its own API (counts, peek, entities, the
+dead-letter inbox, resubmission), settling by message id, and processes, threads and crashes.
+
+What every broker promises (peek-lock, lock expiry, delivery counts, dead letters, duplicate
+detection, scheduling, the ports) is in ``tests/contract/broker_contract.py``, run against this
+twin and the Service Bus adapters by ``tests/contract/test_brokers.py``.
 
 Time is a fake clock the test steps; the cross-process tests use real files and real processes.
 """
@@ -18,16 +23,12 @@ from pathlib import Path
 import pytest
 
 from shared.adapters.sqlite_broker import (
-    MAX_DELIVERY_REASON,
     MessageLockLost,
     SqliteBroker,
-    SqlitePublisher,
     SqliteRejecter,
-    SqliteRequestSender,
 )
 from shared.errors import TransientError
-from shared.models import CompletionMessage
-from shared.ports import DeadLetterInbox, Publisher, Rejecter, RequestSender
+from shared.ports import DeadLetterInbox, Rejecter
 from tests.support.clock import FakeClock
 
 Q = "training-requests"
@@ -95,28 +96,6 @@ def test_locked_message_is_hidden_from_a_second_receiver(
     assert broker.complete(first) is True
 
 
-def test_receive_batches_in_order(broker: SqliteBroker, clock: FakeClock) -> None:
-    for i in range(5):
-        broker.send(Q, str(i))
-        clock.advance(0.001)
-    got = broker.receive(Q, max_messages=3)
-    assert [m.body for m in got] == [b"0", b"1", b"2"]
-    assert [m.body for m in broker.receive(Q, max_messages=10)] == [b"3", b"4"]
-
-
-def test_expired_lock_redelivers_with_higher_count(broker: SqliteBroker, clock: FakeClock) -> None:
-    broker.send(Q, b"x")
-    first = one(broker)
-    clock.advance(29.9)
-    assert broker.receive(Q) == []
-    clock.advance(0.2)
-    assert broker.counts(Q)["active"] == 1
-    second = one(broker)
-    assert second.sequence_number == first.sequence_number
-    assert second.delivery_count == first.delivery_count + 1
-    assert second.lock_token != first.lock_token
-
-
 def test_renew_lock_extends_it(broker: SqliteBroker, clock: FakeClock) -> None:
     broker.send(Q, b"x")
     m = one(broker)
@@ -129,14 +108,6 @@ def test_renew_lock_extends_it(broker: SqliteBroker, clock: FakeClock) -> None:
     assert broker.complete(m) is True
 
 
-def test_renew_after_expiry_raises(broker: SqliteBroker, clock: FakeClock) -> None:
-    broker.send(Q, b"x")
-    m = one(broker)
-    clock.advance(31)
-    with pytest.raises(MessageLockLost):
-        broker.renew_lock(m)
-
-
 def test_abandon_redelivers_at_once_with_count_kept(broker: SqliteBroker) -> None:
     broker.send(Q, b"x", application_properties={"a": 1})
     m = one(broker)
@@ -144,15 +115,6 @@ def test_abandon_redelivers_at_once_with_count_kept(broker: SqliteBroker) -> Non
     again = one(broker)
     assert again.delivery_count == 2
     assert again.application_properties == {"a": 1, "reason": "busy"}
-
-
-def test_abandon_keeps_the_message_in_its_place(broker: SqliteBroker, clock: FakeClock) -> None:
-    broker.send(Q, b"first")
-    clock.advance(1)
-    broker.send(Q, b"second")
-    m = one(broker)
-    broker.abandon(m)
-    assert one(broker).body == b"first"
 
 
 def test_complete_after_lock_taken_by_another_raises(broker: SqliteBroker, clock: FakeClock) -> None:
@@ -171,60 +133,7 @@ def test_complete_after_lock_taken_by_another_raises(broker: SqliteBroker, clock
     assert broker.complete(fast) is True
 
 
-def test_complete_after_own_lock_expired_raises(broker: SqliteBroker, clock: FakeClock) -> None:
-    broker.send(Q, b"x")
-    m = one(broker)
-    clock.advance(31)
-    with pytest.raises(MessageLockLost):
-        broker.complete(m)
-    assert broker.counts(Q)["active"] == 1
-
-
 # --- dead letters ------------------------------------------------------------------------------
-
-
-def test_dead_letter_keeps_reason_and_description(broker: SqliteBroker, clock: FakeClock) -> None:
-    broker.send(Q, b'{"bad": true}', message_id="bad-1")
-    m = one(broker)
-    assert (
-        broker.dead_letter(m, reason="InvalidRequest", description="algorithm: 'DQN' is not allowed") is True
-    )
-    assert broker.receive(Q) == []
-    assert broker.counts(Q) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 1}
-    [dl] = broker.dead_letters(Q)
-    assert (dl.message_id, dl.body, dl.reason, dl.delivery_count) == (
-        "bad-1",
-        b'{"bad": true}',
-        "InvalidRequest",
-        1,
-    )
-    assert dl.description == "algorithm: 'DQN' is not allowed"
-    assert dl.dead_lettered_at == clock.now
-
-
-def test_tenth_abandon_dead_letters_with_max_delivery_count(broker: SqliteBroker) -> None:
-    broker.send(Q, b"poison", message_id="p")
-    for attempt in range(1, 11):
-        m = one(broker)
-        assert m.delivery_count == attempt
-        broker.abandon(m)
-    assert broker.receive(Q) == []
-    [dl] = broker.dead_letters(Q)
-    assert (dl.message_id, dl.reason, dl.delivery_count) == ("p", MAX_DELIVERY_REASON, 10)
-    assert "10 delivery attempts" in dl.description
-
-
-def test_lock_expiries_count_towards_max_delivery(tmp_path: Path, clock: FakeClock) -> None:
-    with SqliteBroker(tmp_path / "b.db", lock_duration_s=5, max_delivery_count=3, clock=clock.epoch) as b:
-        b.send(Q, b"x", message_id="slow")
-        for attempt in range(1, 4):
-            assert one(b).delivery_count == attempt
-            clock.advance(6)  # the holder never settles: the lock expires
-        b.send(Q, b"y", message_id="fine")
-        # the fourth lock would exceed 3: "slow" is dead-lettered and the batch filled from behind it
-        assert [m.message_id for m in b.receive(Q, max_messages=2)] == ["fine"]
-        [dl] = b.dead_letters(Q)
-        assert (dl.message_id, dl.reason, dl.delivery_count) == ("slow", MAX_DELIVERY_REASON, 3)
 
 
 def test_dead_letter_by_id_then_complete_is_a_no_op(broker: SqliteBroker) -> None:
@@ -247,10 +156,12 @@ def test_dead_letter_by_id_needs_a_locked_message(broker: SqliteBroker) -> None:
     assert broker.counts(Q)["active"] == 1
 
 
-def test_resubmit_dead_letter_sends_a_new_message(broker: SqliteBroker) -> None:
+def test_resubmit_dead_letter_sends_a_new_message(broker: SqliteBroker, clock: FakeClock) -> None:
     broker.send(Q, b"payload", message_id="orig", correlation_id="c")
     broker.dead_letter(one(broker), reason="Oops", description="fixed since")
-    seq = broker.dead_letters(Q)[0].sequence_number
+    [dead] = broker.dead_letters(Q)
+    assert dead.dead_lettered_at == clock.now
+    seq = dead.sequence_number
     new_id = broker.resubmit_dead_letter(Q, seq)
     assert new_id == "orig:resubmit:1"
     assert broker.dead_letters(Q) == []
@@ -279,19 +190,6 @@ def test_purge_dead_letters(broker: SqliteBroker) -> None:
 
 
 # --- duplicate detection and scheduling --------------------------------------------------------
-
-
-def test_duplicate_within_window_dropped_after_window_accepted(
-    broker: SqliteBroker, clock: FakeClock
-) -> None:
-    assert broker.send(Q, b"1", message_id="same") is True
-    broker.complete(one(broker))  # even once consumed, the id is remembered
-    clock.advance(599)
-    assert broker.send(Q, b"2", message_id="same") is False
-    assert broker.counts(Q)["active"] == 0
-    clock.advance(2)
-    assert broker.send(Q, b"3", message_id="same") is True
-    assert one(broker).body == b"3"
 
 
 def test_duplicate_detection_is_per_entity(broker: SqliteBroker) -> None:
@@ -391,17 +289,6 @@ def test_peek_does_not_lock(broker: SqliteBroker) -> None:
 # --- ports -------------------------------------------------------------------------------------
 
 
-def test_request_sender_port(broker: SqliteBroker, clock: FakeClock) -> None:
-    sender = SqliteRequestSender(broker, Q)
-    assert isinstance(sender, RequestSender)
-    sender.send(
-        b'{"request_id": "r"}', message_id="r", scheduled_at=datetime.fromtimestamp(clock.epoch() + 5, UTC)
-    )
-    assert broker.receive(Q) == []
-    clock.advance(5)
-    assert one(broker).message_id == "r"
-
-
 def test_rejecter_port_dead_letters_the_locked_message_with_its_reason(broker: SqliteBroker) -> None:
     rejecter = SqliteRejecter(broker, Q)
     assert isinstance(rejecter, Rejecter) and isinstance(broker, DeadLetterInbox)
@@ -420,32 +307,6 @@ def test_rejecter_port_dead_letters_the_locked_message_with_its_reason(broker: S
     # a message not locked here (sent around the local host) is only recorded: no error, nothing moved
     rejecter.reject(message_id="elsewhere", body=b"{}", reason="InvalidRequest", description="x")
     assert [d.message_id for d in broker.dead_letters(Q)] == ["bad-1"]
-
-
-def test_publisher_port_is_idempotent_and_replies(broker: SqliteBroker) -> None:
-    broker.create_subscription("training-completed", "notifier")
-    publisher = SqlitePublisher(broker, "training-completed")
-    assert isinstance(publisher, Publisher)
-    msg = CompletionMessage(
-        message_id="r9:completed",
-        request_id="r9",
-        status="Completed",
-        experiment="pong",
-        env="PongNoFrameskip-v4",
-        final_reward=19.5,
-    )
-    publisher.publish(msg, reply_to="replies")
-    publisher.publish(msg, reply_to="replies")
-    m = one(broker, "training-completed", subscription="notifier")
-    assert broker.receive("training-completed", subscription="notifier") == []
-    assert CompletionMessage.model_validate_json(m.body) == msg
-    assert m.correlation_id == "r9"
-    assert m.application_properties == {
-        "status": "Completed",
-        "experiment": "pong",
-        "env": "PongNoFrameskip-v4",
-    }
-    assert [r.message_id for r in broker.receive("replies", max_messages=5)] == ["r9:completed"]
 
 
 # --- processes and crashes ---------------------------------------------------------------------
