@@ -235,6 +235,22 @@ def readable_error(*, message: str | None, exit_code: int | None, trainer_error:
 # --- the backend -----------------------------------------------------------------------------
 
 
+MIN_CALL_TIMEOUT_S = 2.0  # a local Jobs API answers in milliseconds; a loaded one in well under this
+
+
+def call_timeout_s(settings: Settings) -> float:
+    """How long one Jobs API call (and its retries) may take: ``status_timeout_s``, but no longer
+    than one poll period (at least ``MIN_CALL_TIMEOUT_S``). A head that died mid-run then costs
+    each tick one short wait, and its runs end within a few periods, not a few 20 s timeouts."""
+    from shared.localhost.config import LocalHostError, Schedule
+
+    try:
+        period = Schedule(settings.poll_schedule).period_s()
+    except LocalHostError:
+        return settings.status_timeout_s
+    return max(MIN_CALL_TIMEOUT_S, min(settings.status_timeout_s, period))
+
+
 def _default_client_factory(timeout_s: float) -> ClientFactory:
     """Builds Ray's own client, adjusted in two places (Ray is imported on first use only).
 
@@ -284,7 +300,8 @@ class RayJobsBackend:
             or settings.ray_address
             or ray_local.local_head_address(settings.data_dir, settings.ray_dashboard_port)
         ).rstrip("/")
-        self._factory = client_factory or _default_client_factory(settings.status_timeout_s)
+        self.call_timeout_s = call_timeout_s(settings)
+        self._factory = client_factory or _default_client_factory(self.call_timeout_s)
         self._client_obj: JobsClient | None = None
         self._token: SecretStr | None = None
         self._trainer_package = Path(trainer_package) if trainer_package else _trainer_package_dir()
@@ -366,7 +383,7 @@ class RayJobsBackend:
 
         retrying = Retrying(
             retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self.settings.status_timeout_s),
+            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self.call_timeout_s),
             wait=wait_exponential_jitter(initial=0.2, max=2.0),
             reraise=True,
         )

@@ -148,6 +148,11 @@ class Schedule:
             return t + self._interval_s
         return float(croniter(self.expression, t, second_at_beginning=self._six).get_next(float))
 
+    def period_s(self, t: float = 0.0) -> float:
+        """Seconds between the two occurrences that follow ``t`` (the interval a poller gets)."""
+        first = self.next_after(t)
+        return self.next_after(first) - first
+
     def __repr__(self) -> str:
         return f"Schedule({self.expression!r})"
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,28 @@ def test_cancel_asks_the_head_the_service_recorded_not_the_default_port(tmp_path
     assert build(_settings(tmp_path, backend="ray")).compute["ray"].address == "http://127.0.0.1:18299"
     (tmp_path / "ray" / "head.json").unlink()  # no head recorded: the address it would start one on
     assert RayJobsBackend(address=None, settings=_settings(tmp_path)).address == "http://127.0.0.1:8265"
+
+
+def test_a_head_that_stopped_answering_costs_a_tick_one_short_wait(tmp_path: Path) -> None:
+    """A Jobs API that takes connections and never answers (a stopped or dying head): with a 1 s
+    poll schedule each call gives up after the short floor, not after status_timeout_s (20 s)."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))  # the backlog accepts; nothing ever answers
+    try:
+        settings = _settings(
+            tmp_path, ray_address=f"http://127.0.0.1:{server.getsockname()[1]}", poll_schedule="*/1 * * * * *"
+        )
+        backend = RayJobsBackend(address=None, settings=settings)
+        assert settings.status_timeout_s == 20 and backend.call_timeout_s == 2.0
+        t0 = time.monotonic()
+        with pytest.raises(TransientError, match=r"unreachable|Timeout|timed out"):
+            backend.status(submission_id_for("r-1"))
+        assert time.monotonic() - t0 < 2.0 * 3  # one connect and read attempt, within the retry budget
+        slow = RayJobsBackend(address=None, settings=_settings(tmp_path, poll_schedule="*/30 * * * * *"))
+        assert slow.call_timeout_s == 20.0  # a slower schedule keeps status_timeout_s
+    finally:
+        server.close()
 
 
 def test_the_backend_satisfies_the_port(tmp_path: Path) -> None:
