@@ -138,8 +138,21 @@ def ray_token(explicit: SecretStr | str | None = None) -> SecretStr | None:
 
 
 def local_head_token(data_dir: Path, explicit: SecretStr | str | None = None) -> SecretStr | None:
-    """The token of the local head for ``data_dir``: the file it was started with, if any."""
-    return _read_token_file(local_token_path(data_dir)) or ray_token(explicit)
+    """The token of the local head for ``data_dir``: the file it was started with, if any, else
+    rlq's setting. Never Ray's shared ``~/.ray/auth_token``: that is another head's token."""
+    return _read_token_file(local_token_path(data_dir)) or _as_secret(explicit)
+
+
+def head_token(data_dir: Path, explicit: SecretStr | str | None = None) -> SecretStr:
+    """The token a local head for ``data_dir`` starts with: rlq's setting (``RLQ_RAY_AUTH_TOKEN``),
+    else the one this data dir already had, else a fresh one (256 bits, Ray's own format). Each
+    data dir's head has its own: a job submitter holding another head's token (the shared
+    ``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``) is refused by this one."""
+    return (
+        _as_secret(explicit)
+        or _read_token_file(local_token_path(data_dir))
+        or SecretStr(secrets.token_hex(32))
+    )
 
 
 def auth_headers(token: SecretStr | None) -> dict[str, str]:
@@ -421,11 +434,7 @@ def _start_head(
 ) -> HeadInfo:
     ray_dir = data_dir / "ray"
     ray_dir.mkdir(parents=True, exist_ok=True)
-    # The head's token: rlq's setting, else Ray's own, else the one this data_dir already had,
-    # else a fresh one (256 bits, Ray's own format).
-    resolved = (
-        ray_token(token) or _read_token_file(local_token_path(data_dir)) or SecretStr(secrets.token_hex(32))
-    )
+    resolved = head_token(data_dir, token)
     token_file = local_token_path(data_dir)
     _write_token(token_file, resolved)
 

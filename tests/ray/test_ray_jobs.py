@@ -342,6 +342,29 @@ def test_a_head_that_stopped_answering_costs_a_tick_one_short_wait(tmp_path: Pat
         server.close()
 
 
+def test_each_local_head_has_its_own_token_never_the_shared_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.adapters import ray_local
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    shared = "s" * 64
+    (home / ".ray" / "auth_token").write_text(shared)  # what `ray get-auth-token --generate` leaves
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "e" * 64)
+    a, b = ray_local.head_token(tmp_path / "a"), ray_local.head_token(tmp_path / "b")
+    values = {a.get_secret_value(), b.get_secret_value()}
+    assert len(values) == 2 and not values & {shared, "e" * 64}
+    # a data dir keeps its head's token; rlq's own setting still wins
+    ray_local._write_token(ray_local.local_token_path(tmp_path / "a"), a)
+    assert ray_local.head_token(tmp_path / "a") == a
+    assert ray_local.head_token(tmp_path / "a", "x" * 64).get_secret_value() == "x" * 64
+    # and a client of a data dir's head never falls back to the shared file
+    assert ray_local.local_head_token(tmp_path / "c") is None
+    assert ray_local.local_head_token(tmp_path / "a") == a
+
+
 def test_the_backend_satisfies_the_port(tmp_path: Path) -> None:
     backend = _scripted(tmp_path, ScriptedClient())
     assert isinstance(backend, ComputeBackend)
