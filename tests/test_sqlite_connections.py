@@ -151,3 +151,48 @@ def test_a_full_or_locked_database_is_still_transient(tmp_path: Path) -> None:
         store.insert_if_absent(RunRecord(request_id="r1"))
     other.close()
     store.close()
+
+
+def test_the_wal_stays_small_and_a_health_check_truncates_it(tmp_path: Path) -> None:
+    """SQLite's defaults let the WAL reach 4 MB (1000 pages) and never shrink the file."""
+    path = tmp_path / "runs.sqlite3"
+    wal = tmp_path / "runs.sqlite3-wal"
+    with SqliteRunStore(path) as store:
+        biggest = 0
+        for i in range(600):  # about 2.5 MB of records
+            store.insert_if_absent(RunRecord(request_id=f"r-{i}", error="x" * 4000))
+            biggest = max(biggest, wal.stat().st_size)
+        assert biggest <= 1.5 * (1 << 20), f"the WAL grew to {biggest} bytes"
+        assert store.check().endswith("writable")
+        assert wal.stat().st_size == 0  # truncated by the health check's checkpoint
+        assert store.get("r-599") is not None
+
+
+def test_a_store_that_ran_out_of_disk_writes_again_once_space_is_freed(tmp_path: Path) -> None:
+    """A small tmpfs filled up: writes fail as temporary, then succeed once space is freed, and
+    the health check's checkpoint brings the WAL back to zero."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mnt)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("needs a small tmpfs (root, or a machine that allows the mount)")
+    try:
+        filler = mnt / "filler"
+        filler.write_bytes(b"x" * 300_000)
+        with SqliteRunStore(mnt / "runs.sqlite3") as store:
+            with pytest.raises(TransientError, match="disk is full"):
+                for i in range(1000):
+                    store.insert_if_absent(RunRecord(request_id=f"r-{i}", error="y" * 2000))
+            with pytest.raises(TransientError):
+                store.check()
+            filler.unlink()
+            store.insert_if_absent(RunRecord(request_id="after", error="y" * 2000))
+            assert store.check().endswith("writable")
+            assert (mnt / "runs.sqlite3-wal").stat().st_size == 0
+            assert store.get("after") is not None
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

@@ -16,6 +16,8 @@ _DAMAGED = {11, 26}  # SQLITE_CORRUPT ("database disk image is malformed"), SQLI
 _READONLY = {8}  # SQLITE_READONLY ("attempt to write a readonly database")
 _NOT_UTF8 = "Could not decode to UTF-8"  # Python's sqlite3 reading a TEXT value from garbage pages
 _MAX_WHY = 120
+WAL_AUTOCHECKPOINT_PAGES = 200  # about 800 KB of 4 KB pages (SQLite's default: 1000)
+WAL_SIZE_LIMIT_BYTES = 1 << 20  # the WAL file is cut back to this after a checkpoint (default: never)
 
 
 def _why(err: BaseException | str) -> str:
@@ -114,6 +116,11 @@ class Connections:
             if not self.memory:
                 conn.execute("PRAGMA journal_mode=WAL")  # the first read of the file: fails if damaged
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # Keep the WAL small (SQLite's defaults let it reach 4 MB and never shrink it): a
+                # checkpoint every WAL_AUTOCHECKPOINT_PAGES pages, and the WAL file cut back to
+                # WAL_SIZE_LIMIT_BYTES each time it restarts; check_writable() also truncates it.
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         except BaseException:
             conn.close()
             raise
@@ -233,6 +240,21 @@ class Connections:
             found = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
         if found != ["ok"]:
             raise DamagedDatabase(self.path, "; ".join(found))
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it to zero bytes, when no reader holds an
+        older snapshot (then it is left for the next time: readers never wait for it)."""
+        if self.memory:
+            return
+        with self._lock():
+            try:
+                self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.DatabaseError as err:
+                failure = self._failure(err, "failed a checkpoint")
+                if failure is err:
+                    raise
+                raise failure from err
 
     def close(self) -> None:
         """Close every connection still open, whichever thread holds it."""
