@@ -114,7 +114,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "shared/adapters/sqlite_store.py",
         '"INSERT OR IGNORE INTO runs (request_id',
         '"INSERT OR REPLACE INTO runs (request_id',
-        ("tests/guarantees/test_crash_matrix.py", "tests/guarantees/test_concurrency.py"),
+        ("tests/guarantees/test_claims.py", "tests/guarantees/test_crash_matrix.py"),
     ),
     Mutation(
         "fresh-message-id",

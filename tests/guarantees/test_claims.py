@@ -129,3 +129,19 @@ def test_the_claiming_messages_own_redelivery_takes_over_a_fresh_claim(wired, tw
     clock.advance(10)  # well inside the lease (say the claim was renewed just before the crash)
     rec = wired.service.intake(body("own"), message_id="m-own", delivery_count=2)
     assert rec.state is RunState.submitted and twin.jobs_per_request() == {"own": 1} == twin.submits()
+
+
+def test_a_copy_delivered_after_the_run_finished_leaves_its_record_alone(wired, twin):
+    """The record is inserted only if absent: a late copy of a finished request (a producer's retry,
+    a resubmitted message) finds it and stops — no new claim, no second terminal write or publish.
+    (``find`` alone would keep the job count at one: the record is what would be rewritten.)"""
+    wired.service.intake(body("late"), message_id="m-1")
+    for _ in range(3):
+        wired.service.poll_once()
+    done = wired.store.get("late")
+    assert done.state is RunState.notified
+    wired.service.intake(body("late"), message_id="m-2")
+    for _ in range(3):
+        wired.service.poll_once()
+    assert wired.store.get("late") == done
+    assert twin.jobs_per_request() == {"late": 1} == twin.submits()
