@@ -66,9 +66,10 @@ param webhookUrls string = ''
 @secure()
 param webhookSecrets string = ''
 
-@description('Signs the dashboard\'s form tokens (RLQ_CSRF_SECRET), one key for every instance of the app; stored in Key Vault. Default: a new one at each deployment (open forms then need a reload).')
+@description('Signs the dashboard\'s form tokens (RLQ_CSRF_SECRET), one key for every instance of the app (at least 32 characters; e.g. -p csrfSecret="$(openssl rand -hex 32)"); stored in Key Vault.')
 @secure()
-param csrfSecret string = newGuid()
+@minLength(32)
+param csrfSecret string
 
 @description('Ray token of the SDK v2 backend\'s clusters (at least 32 characters; e.g. -p rayAuthToken="$(openssl rand -hex 32)"); stored in the workspace Key Vault, read by the nodes with their managed identity.')
 @secure()
