@@ -1,4 +1,4 @@
-"""Which clusters a request needs, and why an existing cluster cannot serve it (both SDK generations).
+"""Which clusters a request needs, and why an existing cluster cannot serve it.
 
 * :func:`resolve_clusters` — the head (GPU) and worker (CPU) clusters of a request, from the request
   or the deployment's defaults, and the VNet they live in.

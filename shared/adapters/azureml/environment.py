@@ -1,4 +1,4 @@
-"""The cluster image and code snapshot both Azure ML backends submit: ``trainer/`` and its packages.
+"""The cluster image and code snapshot the Azure ML jobs run: ``trainer/`` and its packages.
 
 Head and workers run one image (``RLQ_AZUREML_BASE_IMAGE``, by default Azure ML's OpenMPI base
 image without CUDA, + a conda file made from ``trainer/requirements.txt``): Ray needs the same

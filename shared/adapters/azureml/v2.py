@@ -16,7 +16,7 @@ through ``trainer/bootstrap.py``:
 What the service relies on, and how it is kept:
 
 * **Never blocking a Function.** ``ensure_compute`` creates a missing cluster with
-  ``compute.begin_create_or_update`` and does not wait on the poller; until both clusters report
+  ``compute.begin_create_or_update`` and does not wait on the poller; until the request's clusters report
   ``Succeeded`` it answers :class:`~shared.ports.ComputePending` and the run stays ``provisioning``
   (the poller asks again). A cluster that fails to provision fails the run with Azure's reason; one
   with another VM size, a smaller max or another VNet is reported, never resized.
