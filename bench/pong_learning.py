@@ -2,6 +2,14 @@
 
     .venv/bin/python bench/pong_learning.py [--steps 2000000] [--run IMPALA] [--out DIR]
     .venv/bin/python bench/pong_learning.py --plot-only DIR/curve.csv      # redraw a (partial) run
+    .venv/bin/python bench/pong_learning.py --peer cleanrl-envpool         # rlq, then the peer
+    .venv/bin/python bench/pong_learning.py --peer cleanrl-envpool --peer-only --max-minutes 2  # peer smoke
+
+With ``--peer cleanrl-envpool`` the same budget (``--steps``, ``--max-minutes``) then trains the
+peer a user would pick instead, CleanRL's PPO + EnvPool (``ppo_atari_envpool.py``, its defaults;
+see ``cleanrl_envpool`` below for the source and commit), on the same cores right after rlq, into
+``DIR/peer-cleanrl-envpool.csv``; the figure draws both curves against agent steps and against
+wall time, and the summary prints both rewards at the same wall times and at the same step count.
 
 Runs ``python -m trainer.train --run IMPALA --env PongNoFrameskip-v4`` with the preset (plus any
 ``--config`` overrides) until ``--steps`` agent steps (one agent step = 4 frames) and, as every
@@ -76,7 +84,12 @@ def summary(rows: list[dict[str, float]]) -> dict:
     return out
 
 
-def plot(rows: list[dict[str, float]], png: Path, title: str) -> None:
+def plot(
+    rows: list[dict[str, float]],
+    png: Path,
+    title: str,
+    peers: dict[str, list[dict[str, float]]] | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,6 +100,9 @@ def plot(rows: list[dict[str, float]], png: Path, title: str) -> None:
     ax1.plot(
         [r["env_steps"] / 1e6 for r in pts], [r["episode_reward_mean"] for r in pts], label="rlq (this run)"
     )
+    for name, prow in (peers or {}).items():
+        pp = [r for r in prow if r["episode_reward_mean"] is not None]
+        ax1.plot([r["env_steps"] / 1e6 for r in pp], [r["episode_reward_mean"] for r in pp], label=name)
     for (label, ref), marker in zip(REFERENCE.items(), ("o", "s"), strict=True):
         ax1.plot([s / 1e6 for s, _ in ref], [v for _, v in ref], marker, linestyle="none", label=label)
     ax1.axhline(0, color="grey", lw=0.5)
@@ -95,35 +111,76 @@ def plot(rows: list[dict[str, float]], png: Path, title: str) -> None:
     ax1.set_ylim(-22, 22)
     ax1.legend(fontsize=8, loc="lower right")
     ax1.set_title(title, fontsize=9)
-    ax2.plot([r["wall_s"] / 60 for r in pts], [r["episode_reward_mean"] for r in pts])
+    ax2.plot([r["wall_s"] / 60 for r in pts], [r["episode_reward_mean"] for r in pts], label="rlq (this run)")
+    for name, prow in (peers or {}).items():
+        pp = [r for r in prow if r["episode_reward_mean"] is not None]
+        ax2.plot([r["wall_s"] / 60 for r in pp], [r["episode_reward_mean"] for r in pp], label=name)
+    if peers:
+        ax2.legend(fontsize=8, loc="lower right")
     ax2.axhline(0, color="grey", lw=0.5)
     ax2.set_xlabel("wall time (minutes)")
     ax2.set_ylim(-22, 22)
-    ax2.set_title("same run against wall time", fontsize=9)
+    ax2.set_title("against wall time" + (", same cores, one after the other" if peers else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)
 
 
-def report(csv_path: Path, title: str) -> dict:
-    rows = read_curve(csv_path)
-    if not rows:
-        print("no iterations recorded")
-        return {}
-    png = csv_path.with_suffix(".png")
-    plot(rows, png, title)
-    s = summary(rows)
+def _print_summary(name: str, s: dict) -> None:
     print(
-        f"reached {s['env_steps']:,} agent steps in {s['wall_s'] / 60:.1f} min; "
+        f"{name}: reached {s['env_steps']:,} agent steps in {s['wall_s'] / 60:.1f} min; "
         f"mean reward {s['final_reward']} (best {s['best_reward']})"
     )
     for level in (0, 18):
         if s[f"steps_to_{level}"] is None:
-            print(f"mean reward {level}: not reached")
+            print(f"{name}: mean reward {level}: not reached")
         else:
             print(
-                f"mean reward {level}: at {s[f'steps_to_{level}']:,} steps, "
+                f"{name}: mean reward {level}: at {s[f'steps_to_{level}']:,} steps, "
                 f"{s[f'wall_s_to_{level}'] / 60:.1f} min"
+            )
+
+
+def reward_at(rows: list[dict[str, float]], key: str, value: float) -> float | None:
+    """The mean reward of the last row at or before ``value`` of ``key`` (wall_s or env_steps)."""
+    before = [r for r in rows if r[key] <= value and r["episode_reward_mean"] is not None]
+    return before[-1]["episode_reward_mean"] if before else None
+
+
+def peer_csvs(csv_path: Path) -> dict[str, Path]:
+    """The peers' curves beside rlq's: DIR/peer-<name>.csv."""
+    return {
+        f.stem.removeprefix("peer-"): f for f in sorted(csv_path.parent.glob("peer-*.csv")) if f != csv_path
+    }
+
+
+def report(csv_path: Path, title: str) -> dict:
+    rows = read_curve(csv_path) if csv_path.exists() else []
+    peers = {name: read_curve(path) for name, path in peer_csvs(csv_path).items()}
+    peers = {name: r for name, r in peers.items() if r}
+    if not rows and not peers:
+        print("no iterations recorded")
+        return {}
+    png = csv_path.with_suffix(".png")
+    plot(rows, png, title, peers)
+    s = summary(rows) if rows else {}
+    if rows:
+        _print_summary("rlq", s)
+    for name, prow in peers.items():
+        ps = summary(prow)
+        s[f"peer:{name}"] = ps
+        _print_summary(name, ps)
+        if rows:  # side by side: the same wall times and the same step counts
+            for minutes in (5, 10, 20, 30, 40, 60):
+                if minutes * 60 <= min(rows[-1]["wall_s"], prow[-1]["wall_s"]):
+                    print(
+                        f"at {minutes} min: rlq {reward_at(rows, 'wall_s', minutes * 60)}, "
+                        f"{name} {reward_at(prow, 'wall_s', minutes * 60)}"
+                    )
+            steps = min(rows[-1]["env_steps"], prow[-1]["env_steps"])
+            print(
+                f"at {steps:,.0f} steps: rlq {reward_at(rows, 'env_steps', steps)}, "
+                f"{name} {reward_at(prow, 'env_steps', steps)}"
             )
     print(f"curve: {csv_path}  figure: {png}")
     print("BENCH_RESULT " + json.dumps(s))
@@ -193,6 +250,203 @@ def train(args) -> Path:
     return csv_path
 
 
+# --- Peer: CleanRL's PPO + EnvPool on Atari -----------------------------------------------------
+# What a user reaches for to "train an agent on Pong on the machine I have". The loop below is
+# CleanRL's ``cleanrl/ppo_atari_envpool.py`` (github.com/vwxyzjn/cleanrl, read at commit
+# 6220645d06db0c3dfa0fb7cf6f1d0d864ccb5d3e) with its defaults: EnvPool ``Pong-v5`` (84x84
+# grayscale, 4 stacked frames, frameskip 4, noop 30, FIRE reset, episodic life, clipped rewards,
+# seed 1), 8 envs x 128 steps, 4 epochs x 4 minibatches of 256, Adam lr 2.5e-4 (eps 1e-5)
+# annealed linearly to 0 over the step budget (CleanRL's ``--total-timesteps``), gamma 0.99,
+# GAE lambda 0.95, advantage normalisation, clip 0.1 (policy and value), entropy 0.01, value
+# coefficient 0.5, gradient norm 0.5, the Nature CNN with orthogonal init on frames / 255, torch's
+# default threads. Written here rather than run from CleanRL's file: that file needs ``gym``
+# (EnvPool's gym API), tyro and tensorboard; this one uses EnvPool's gymnasium API (5-tuple step)
+# and writes the same CSV as rlq's curve. Episodes are counted as CleanRL counts them: a game
+# (all lives) ends, its unclipped score (``info["reward"]`` summed) is the episode's return.
+CLEANRL_COMMIT = "6220645d06db0c3dfa0fb7cf6f1d0d864ccb5d3e"
+CLEANRL_SOURCE = f"vwxyzjn/cleanrl cleanrl/ppo_atari_envpool.py @ {CLEANRL_COMMIT[:10]}"
+
+
+def cleanrl_envpool(csv_path: Path, steps: int, max_minutes: float | None, seed: int = 1) -> Path:
+    import collections
+    import random
+
+    import envpool
+    import numpy as np
+    import torch
+    from torch import nn, optim
+    from torch.distributions.categorical import Categorical
+
+    num_envs, num_steps, num_minibatches, update_epochs = 8, 128, 4, 4
+    lr, gamma, gae_lambda, clip_coef = 2.5e-4, 0.99, 0.95, 0.1
+    ent_coef, vf_coef, max_grad_norm = 0.01, 0.5, 0.5
+    batch_size = num_envs * num_steps
+    minibatch_size = batch_size // num_minibatches
+    num_iterations = max(1, steps // batch_size)
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    envs = envpool.make(
+        "Pong-v5",
+        env_type="gymnasium",
+        num_envs=num_envs,
+        episodic_life=True,
+        reward_clip=True,
+        seed=seed,
+    )
+    n_actions = envs.action_space.n
+
+    def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+        torch.nn.init.orthogonal_(layer.weight, std)
+        torch.nn.init.constant_(layer.bias, bias_const)
+        return layer
+
+    class Agent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.network = nn.Sequential(
+                layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+                nn.ReLU(),
+                layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+                nn.ReLU(),
+                layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+                nn.ReLU(),
+                nn.Flatten(),
+                layer_init(nn.Linear(64 * 7 * 7, 512)),
+                nn.ReLU(),
+            )
+            self.actor = layer_init(nn.Linear(512, n_actions), std=0.01)
+            self.critic = layer_init(nn.Linear(512, 1), std=1)
+
+        def get_value(self, x):
+            return self.critic(self.network(x / 255.0))
+
+        def get_action_and_value(self, x, action=None):
+            hidden = self.network(x / 255.0)
+            probs = Categorical(logits=self.actor(hidden))
+            if action is None:
+                action = probs.sample()
+            return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+
+    agent = Agent().to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=lr, eps=1e-5)
+    obs = torch.zeros((num_steps, num_envs, *envs.observation_space.shape)).to(device)
+    actions = torch.zeros((num_steps, num_envs)).to(device)
+    logprobs = torch.zeros((num_steps, num_envs)).to(device)
+    rewards = torch.zeros((num_steps, num_envs)).to(device)
+    dones = torch.zeros((num_steps, num_envs)).to(device)
+    values = torch.zeros((num_steps, num_envs)).to(device)
+    # CleanRL's RecordEpisodeStatistics: unclipped score, summed over lives, per game.
+    episode_returns = np.zeros(num_envs, dtype=np.float32)
+    returns_window: collections.deque = collections.deque(maxlen=100)  # rlq's metric: last 100
+    episodes = 0
+    print(
+        f"peer cleanrl-envpool ({CLEANRL_SOURCE}): {num_envs} envs x {num_steps} steps, "
+        f"{update_epochs} epochs x {num_minibatches} minibatches of {minibatch_size}, lr {lr} annealed over "
+        f"{num_iterations * batch_size:,} steps, torch threads {torch.get_num_threads()}, device {device}",
+        flush=True,
+    )
+    global_step = 0
+    start = time.time()
+    next_obs_np, _ = envs.reset()
+    next_obs = torch.Tensor(next_obs_np).to(device)
+    next_done = torch.zeros(num_envs).to(device)
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        for iteration in range(1, num_iterations + 1):
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * lr
+            for step in range(num_steps):
+                global_step += num_envs
+                obs[step] = next_obs
+                dones[step] = next_done
+                with torch.no_grad():
+                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                    values[step] = value.flatten()
+                actions[step] = action
+                logprobs[step] = logprob
+                next_obs_np, reward, term, trunc, info = envs.step(action.cpu().numpy())
+                done = np.logical_or(term, trunc)
+                rewards[step] = torch.tensor(reward).to(device).view(-1)
+                next_obs, next_done = torch.Tensor(next_obs_np).to(device), torch.Tensor(done).to(device)
+                episode_returns += info["reward"]
+                for idx in np.flatnonzero(done & (info["lives"] == 0)):
+                    returns_window.append(float(episode_returns[idx]))
+                    episodes += 1
+                episode_returns *= 1 - info["terminated"]
+            with torch.no_grad():
+                next_value = agent.get_value(next_obs).reshape(1, -1)
+                advantages = torch.zeros_like(rewards).to(device)
+                lastgaelam = 0
+                for t in reversed(range(num_steps)):
+                    if t == num_steps - 1:
+                        nextnonterminal, nextvalues = 1.0 - next_done, next_value
+                    else:
+                        nextnonterminal, nextvalues = 1.0 - dones[t + 1], values[t + 1]
+                    delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+                    advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+                returns = advantages + values
+            b_obs = obs.reshape((-1, *envs.observation_space.shape))
+            b_logprobs, b_actions = logprobs.reshape(-1), actions.reshape(-1)
+            b_advantages, b_returns, b_values = (
+                advantages.reshape(-1),
+                returns.reshape(-1),
+                values.reshape(-1),
+            )
+            b_inds = np.arange(batch_size)
+            for _epoch in range(update_epochs):
+                np.random.shuffle(b_inds)
+                for lo in range(0, batch_size, minibatch_size):
+                    mb = b_inds[lo : lo + minibatch_size]
+                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                        b_obs[mb], b_actions.long()[mb]
+                    )
+                    ratio = (newlogprob - b_logprobs[mb]).exp()
+                    mb_adv = b_advantages[mb]
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                    pg_loss = torch.max(
+                        -mb_adv * ratio, -mb_adv * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+                    ).mean()
+                    newvalue = newvalue.view(-1)
+                    v_clipped = b_values[mb] + torch.clamp(newvalue - b_values[mb], -clip_coef, clip_coef)
+                    v_loss = (
+                        0.5
+                        * torch.max((newvalue - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2).mean()
+                    )
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - ent_coef * entropy_loss + v_loss * vf_coef
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
+                    optimizer.step()
+            wall = time.time() - start
+            mean = round(sum(returns_window) / len(returns_window), 3) if returns_window else None
+            w.writerow(
+                (
+                    global_step,
+                    round(wall, 1),
+                    mean,
+                    episodes,
+                    round(entropy_loss.item(), 4),
+                    round(global_step / wall, 1),
+                )
+            )
+            f.flush()
+            if iteration % 10 == 0 or iteration == num_iterations:
+                print(
+                    f"{wall / 60:6.1f} min  {global_step:>9,} steps  reward {mean}  entropy {entropy_loss.item():.3f}  "
+                    f"{global_step / wall:,.0f} steps/s  (cleanrl-envpool)",
+                    flush=True,
+                )
+            if max_minutes and wall >= max_minutes * 60:
+                break
+    envs.close()
+    return csv_path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2_000_000, help="agent-step budget (4 frames each)")
@@ -203,11 +457,31 @@ def main() -> int:
     ap.add_argument("--checkpoint-freq", type=int, default=50)
     ap.add_argument("--out", default=str(REPO / "outputs" / "pong_learning"))
     ap.add_argument("--plot-only", default=None, metavar="CSV", help="only redraw and summarise this curve")
+    ap.add_argument(
+        "--peer",
+        choices=["cleanrl-envpool"],
+        default=None,
+        help="also train this peer for the same budget, after rlq, on the same cores; both curves in one figure",
+    )
+    ap.add_argument(
+        "--peer-only", action="store_true", help="train only the peer (rlq's curve in DIR is kept)"
+    )
     args = ap.parse_args()
     if args.plot_only:
         report(Path(args.plot_only), f"{args.run} Pong preset (from {args.plot_only})")
         return 0
-    csv_path = train(args)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "curve.csv"
+    if not args.peer_only:
+        csv_path = train(args)
+    if args.peer or args.peer_only:
+        if not args.peer:
+            ap.error("--peer-only needs --peer NAME")
+        try:
+            cleanrl_envpool(out / f"peer-{args.peer}.csv", args.steps, args.max_minutes, seed=args.seed or 1)
+        except KeyboardInterrupt:
+            print("peer interrupted; its curve so far is kept")
     report(csv_path, f"rlq {args.run} Pong preset, {os.cpu_count()} CPU cores")
     return 0
 
