@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -107,7 +108,12 @@ class Connections:
 
     def _open(self) -> sqlite3.Connection:
         if not self.memory:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise ReadOnlyDatabase(self.path, err.strerror or err) from err
+                raise
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
         )

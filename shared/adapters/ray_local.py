@@ -36,12 +36,16 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_GCS_PORT = 6379
+# `ray start`'s worker ports (--min-worker-port / --max-worker-port defaults, ray/scripts/scripts.py):
+# Ray reserves the whole range, and refuses a head whose other ports fall inside it
+# (ray/_private/parameter.py, "is trying to use a port number … used by other components").
+RAY_WORKER_PORTS = range(10002, 19999 + 1)
 LOOPBACK = "127.0.0.1"
 
 # Ray's own token sources, highest precedence first (ray/_private/authentication, Ray 2.60).
@@ -348,6 +352,7 @@ def ensure_local_head(
     not finish: ``monitor.py``, the Ray client server…) is stopped and a new head started; a
     dashboard that is there but too busy to answer is left alone (it may still run jobs).
     """
+    check_dashboard_port(dashboard_port)
     data_dir = Path(data_dir).resolve()
     ray_dir = data_dir / "ray"
     address = f"http://{LOOPBACK}:{dashboard_port}"
@@ -412,6 +417,18 @@ def ensure_local_head(
         )
         _STARTED[data_dir] = head
         return head.address
+
+
+def check_dashboard_port(port: int) -> None:
+    """Refuse, as permanent, a dashboard port no local head can ever start on."""
+    lo, hi = RAY_WORKER_PORTS.start, RAY_WORKER_PORTS.stop - 1
+    if port in RAY_WORKER_PORTS or not 1 <= port <= 65535:
+        raise PermanentError(
+            f"RLQ_RAY_DASHBOARD_PORT={port} can never work: ports {lo}-{hi} are Ray's worker ports, which "
+            f"`ray start` reserves. Allowed: 1-{lo - 1} or {hi + 1}-65535 "
+            "(permanent: change the setting; retrying will not help)",
+            reason="InvalidSetting",
+        )
 
 
 def _wait_port_free(port: int, *, timeout_s: float) -> bool:

@@ -8,6 +8,7 @@ use it without importing the app it is registered on.
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,18 @@ def errors(state: State) -> Iterator[None]:
     except KeyboardInterrupt:
         err_console().print("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (RlqError, ValueError, OSError) as err:
+    except OSError as err:
         if state.debug:
             raise
-        fail(f"{type(err).__name__}: {err}" if isinstance(err, OSError) else str(err), EXIT_FAILED)
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and err.filename:
+            fail(
+                f"{err.filename} is read-only ({err.strerror}): rlq writes its queue and run store in its "
+                "data directory; make it writable, or pick another (--data-dir / RLQ_DATA_DIR) "
+                "(permanent: retrying will not help)",
+                EXIT_FAILED,
+            )
+        fail(f"{type(err).__name__}: {err}", EXIT_FAILED)
+    except (RlqError, ValueError) as err:
+        if state.debug:
+            raise
+        fail(str(err), EXIT_FAILED)

@@ -147,3 +147,48 @@ def _get(url: str):
     import azure.functions as func
 
     return func.HttpRequest(method="GET", url=url, body=b"", params={}, route_params={}, headers={})
+
+
+# --- a data directory that cannot be written ---------------------------------------------------
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path):
+    """A read-only filesystem at ``tmp_path / "ro"`` holding a data dir with both stores (root can
+    write through file modes, not through a read-only mount)."""
+    src = tmp_path / "src"
+    (src / "rlq").mkdir(parents=True)
+    with SqliteRunStore(src / "rlq" / "runs.sqlite3") as store:
+        store.insert_if_absent(RunRecord(request_id="kept"))
+    with SqliteBroker(src / "rlq" / "queue.sqlite3") as broker:
+        broker.create_queue("training-requests")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        os.chmod(src / "rlq", 0o555)
+        os.chmod(src, 0o555)
+        yield src
+        os.chmod(src, 0o755)
+        os.chmod(src / "rlq", 0o755)
+        return
+    bound = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(ro)], capture_output=True)
+    if bound.returncode != 0:
+        pytest.skip(f"a read-only bind mount is not allowed here: {bound.stderr.decode().strip()}")
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=False)
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+
+
+@pytest.mark.parametrize("where", ["rlq", "rlq/new"], ids=["existing", "to-create"])
+def test_a_read_only_data_dir_is_said_to_be_read_only_and_permanent(read_only_mount, where):
+    data_dir = read_only_mount / where
+    argv = [sys.executable, "-m", "shared.cli", "--data-dir", str(data_dir), "list"]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "400"}
+    )
+    text = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1 and "Traceback" not in text
+    assert str(read_only_mount) in text and "is read-only" in text and "permanent" in text
+    assert "temporary" not in text and "busy" not in text

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from shared.adapters import ray_local
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 from tests.support.ray_heads import TestHead, listening_sockets, process_names, start_test_ray_head
 
 pytestmark = pytest.mark.ray
@@ -171,6 +171,19 @@ def test_a_port_taken_by_something_else_is_named(tmp_path: Path) -> None:
             ray_local.ensure_local_head(
                 data_dir=tmp_path, dashboard_port=port, token=SecretStr("x" * 64), timeout_s=5
             )
+
+
+@pytest.mark.parametrize("port", [10002, 15000, 19999])
+def test_a_dashboard_port_in_rays_worker_port_range_is_permanent_and_starts_nothing(
+    tmp_path: Path, port: int
+) -> None:
+    with pytest.raises(PermanentError, match=r"permanent: change the setting") as err:
+        ray_local.ensure_local_head(
+            data_dir=tmp_path, dashboard_port=port, token=SecretStr("x" * 64), timeout_s=5
+        )
+    assert f"RLQ_RAY_DASHBOARD_PORT={port}" in str(err.value) and "10002-19999" in str(err.value)
+    assert "1-10001 or 20000-65535" in str(err.value)
+    assert not (tmp_path / "ray" / "head.json").exists()  # no `ray start` was tried
 
 
 def _serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[str]:
