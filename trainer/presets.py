@@ -93,11 +93,12 @@ ATARI_IMPALA: dict[str, Any] = {
     # packs whole sample() results, so 8 x 50 = 400 against a batch of 500 trained 800.
     "rollout_fragment_length": 32,
     "train_batch_size_per_learner": 512,
-    # Two passes over each batch (V-trace corrects the second, slightly off-policy one), each
-    # in four minibatches of 128 steps (4 whole 32-step fragments): 15,625 gradient updates per
-    # 1M steps, CleanRL's PPO rate, at the compute of two passes. The old preset made 1,250 and
-    # stayed at -20; 3,906 (2 full-batch passes) reached -13 at 2M steps; this one reached 0
-    # at 1.2M (docs/trainer.md, "The Pong preset").
+    # Two passes over each batch (V-trace corrects the second, slightly off-policy one) in
+    # minibatches of 128 rows. RLlib's Learner sees 16 x 33 rows (each fragment plus its
+    # bootstrap step) and cuts them cyclically: 9 optimizer steps per 512 sampled steps (17,578
+    # per 1M, counted by bench/trainer_throughput.py), about CleanRL's PPO rate, at the compute
+    # of two passes. The old preset made 1,250 and stayed at -20; 3,906 (2 full-batch passes)
+    # reached -13 at 2M steps; this one reached 0 at 1.2M (docs/trainer.md, "The Pong preset").
     "num_epochs": 2,
     "minibatch_size": 128,
     # The Learner in the driver process (its own thread), not a remote Learner actor: on a
