@@ -579,8 +579,19 @@ def stop_local_head(
             stopped |= _kill_head_processes(temp_dir, grace_s=grace_s)
             state.unlink(missing_ok=True)
             if keep_logs is False and temp_dir.startswith("/tmp/rlq-ray-"):
-                shutil.rmtree(temp_dir, ignore_errors=True)
+                _remove_temp_dir(temp_dir)
     return stopped
+
+
+def _remove_temp_dir(path: str, *, tries: int = 10) -> None:
+    """Remove a stopped head's temp dir; a process killed a moment ago may still write a last log
+    line into it while the first pass runs, so look again until it is gone (about 2 s at most)."""
+    for _ in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.2)
+    log.warning("could not remove Ray's temp dir %s of a stopped head", path)
 
 
 def ray_psutil() -> Any:

@@ -236,6 +236,8 @@ def test_serve_takes_over_the_head_of_a_sigkilled_serve_and_leaves_nothing_after
         left = ray_local.head_pids(data_dir)
         assert left == [], f"left behind: {process_names(left)}"  # monitor.py and the client server too
         assert not head_up() and ray_local._port_free(port)
+        temp_dir = Path(ray_local.head_temp_dir(data_dir))
+        assert not temp_dir.exists(), f"Ray's temp dir stayed: {sorted(p.name for p in temp_dir.iterdir())}"
     finally:
         if first.poll() is None:
             first.kill()
