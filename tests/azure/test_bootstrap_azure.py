@@ -278,3 +278,91 @@ def test_the_metrics_the_trainer_logs_are_the_progress_the_backend_reads() -> No
     assert (seen.iteration, seen.timesteps, seen.episodes_total) == (2, 1000, 20)
     assert seen.episode_reward_mean == rows[-1]["episode_reward_mean"] == (21.5 + 35.25) / 2
     assert seen.time_total_s == rows[-1]["time_total_s"]
+
+
+# --- the single-cluster topology on real Ray: a head job of two ranks ------------------------------
+
+
+def _rank_env(token: str, rank: int, port: int, tmp: Path, **extra: str) -> dict[str, str]:
+    """What Azure ML's MPI launcher and the v2 backend give rank ``rank`` of a two-node head job."""
+    import os
+
+    from shared.adapters.ray_local import free_port
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_", "RLQ_", "OMPI_", "PMI_", "MLFLOW_", "AZ_BATCH"))
+        and k not in ("RANK", "NODE_RANK", "MASTER_ADDR")
+    }
+    start = [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        "--object-store-memory=100000000",
+    ]
+    if rank == 0:
+        start += [f"--temp-dir={tmp}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}"]
+    env.update(
+        OMPI_COMM_WORLD_RANK=str(rank),
+        AZ_BATCHAI_MPI_MASTER_NODE="127.0.0.1",
+        RAY_AUTH_TOKEN=token,
+        RLQ_RAY_PORT=str(port),
+        RLQ_RAY_NODE_RESOURCES=json.dumps({"rlq_head": 1}),
+        RLQ_RAY_EXPECT_WORKERS="0",
+        RLQ_RAY_EXPECT_HEAD_NODES="2",
+        RLQ_RAY_NUM_CPUS="1",
+        RLQ_RAY_NODE_IP="127.0.0.1",
+        RLQ_RAY_WATCH_S="1",
+        RLQ_RAY_JOIN_TIMEOUT_S="300",
+        RLQ_RAY_START_ARGS=json.dumps(start),
+        PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        **extra,
+    )
+    return env
+
+
+@pytest.mark.timeout(900)
+def test_a_two_node_head_job_waits_for_its_own_second_rank(tmp_path: Path) -> None:
+    """Rank 0 starts the head and waits for rank 1 (which finds it through the MPI launcher's
+    master-node variable) before the trainer starts; when the trainer ends, rank 1 leaves, exit 0.
+    The trainer here is refused at once (an unknown algorithm, exit 2): the join is the subject."""
+    import secrets
+    import subprocess
+    import tempfile
+
+    from shared.adapters.ray_local import free_port
+
+    token, port = secrets.token_hex(32), free_port()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rlqs-", dir="/tmp"))  # Ray's socket paths must stay short
+    argv = ["--run", "NOT_AN_ALGORITHM", "--env", "CartPole-v1", "--output-dir", str(tmp_path / "outputs")]
+    script = str(Path(bootstrap.__file__))
+    logs = {r: open(tmp_path / f"rank{r}.log", "wb") for r in (0, 1)}  # noqa: SIM115 - closed below
+    procs = {}
+    try:
+        for r in (0, 1):
+            env = _rank_env(token, r, port, ray_tmp, RLQ_TRAINER_ARGV=json.dumps(argv))
+            procs[r] = subprocess.Popen(
+                [sys.executable, script, "--role", "head"],
+                env=env,
+                cwd=tmp_path,
+                stdout=logs[r],
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        assert procs[0].wait(timeout=600) == 2  # the trainer's answer to an unknown --run
+        assert procs[1].wait(timeout=180) == 0
+        head_log = (tmp_path / "rank0.log").read_text(errors="replace")
+        joined = head_log.index("2 of 2 rlq_head nodes joined")
+        assert joined < head_log.index("trainer exited with 2"), head_log[-3000:]
+        assert "training ended" in (tmp_path / "rank1.log").read_text(errors="replace")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+        for f in logs.values():
+            f.close()
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
