@@ -605,7 +605,7 @@ def compare_work(b: dict, d: dict, settings: dict) -> None:
         f"work: optimizer steps per {batch}-step train batch: (b) {b_per_update:.2f} "
         f"({lb['optimizer_steps']} over {lb['updates']} learner updates), (d) {d_per_batch:.2f} "
         f"({d['optimizer_steps']} over {d['batches']} batches, RLlib's cyclic {d['minibatch_rows']}-row "
-        "minibatches); per 1M sampled env steps: (b) {1e6 * lb['optimizer_steps'] / b['env_steps_sampled']:,.0f}, "
+        f"minibatches); per 1M sampled env steps: (b) {1e6 * lb['optimizer_steps'] / b['env_steps_sampled']:,.0f}, "
         f"(d) {1e6 * d['optimizer_steps'] / d['env_steps']:,.0f}; (b) sampled {b_batch:.0f} env steps per "
         "learner update (the rest is in the learner queue when it stops)",
         flush=True,

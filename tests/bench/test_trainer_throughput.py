@@ -1,0 +1,54 @@
+"""The throughput limit (d) in bench/trainer_throughput.py takes the optimizer steps RLlib's
+Learner takes: its minibatch plan is RLlib's own ``MiniBatchCyclicIterator`` cut of the batch."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer import presets
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "trainer_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("trainer_throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rllib_cut(rows: int, minibatch_size: int | None, num_epochs: int) -> list[list[int]]:
+    """The row indices of each minibatch RLlib's Learner trains on for one batch of ``rows``."""
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+    from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
+
+    batch = MultiAgentBatch({"default_policy": SampleBatch({"idx": np.arange(rows)})}, env_steps=rows)
+    it = MiniBatchCyclicIterator(
+        batch, num_epochs=num_epochs, minibatch_size=minibatch_size or rows, shuffle_batch_per_epoch=False
+    )
+    return [list(mb.policy_batches["default_policy"]["idx"]) for mb in it]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"num_epochs": 1}, {"num_epochs": 3}, {"minibatch_size": 96}, {"rollout_fragment_length": 50}],
+)
+def test_minibatch_plan_is_rllibs_cut(bench, overrides):
+    settings = {**presets.preset("IMPALA", "PongNoFrameskip-v4", True), **overrides}
+    # The Learner's batch: each env's fragment plus the bootstrap step the learner connector adds.
+    rows = settings["num_envs_per_env_runner"] * (settings["rollout_fragment_length"] + 1)
+    plan = [[i for a, b in parts for i in range(a, b)] for parts in bench.minibatch_plan(settings)]
+    assert plan == _rllib_cut(rows, settings["minibatch_size"], settings["num_epochs"])
+
+
+def test_pong_preset_takes_nine_optimizer_steps_per_batch(bench):
+    """docs/trainer.md ("Minibatches, counted") and the preset's comment: 9 per 512 sampled steps."""
+    settings = presets.preset("IMPALA", "PongNoFrameskip-v4", True)
+    assert len(bench.minibatch_plan(settings)) == 9
+    batch = settings["num_envs_per_env_runner"] * settings["rollout_fragment_length"]
+    assert round(1e6 * 9 / batch) == 17_578
