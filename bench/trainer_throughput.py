@@ -1,6 +1,8 @@
 """Pong throughput: rlq trainer vs a hand-written loop vs stock RLlib, and sampling per core.
 
     .venv/bin/python bench/trainer_throughput.py [--seconds 60] [--config '{"...": ...}']
+    .venv/bin/python bench/trainer_throughput.py --only b,d --seconds 75 --repeat 2   # (b)/(d), b d d b
+    .venv/bin/python bench/trainer_throughput.py --runners 1,2,4,8,15                # sampling scaling
 
 (a) emulator: agent steps/s of a gymnasium vector env of Pong with frameskip 4 and random
     actions in ONE process (per core), as many envs as the preset samples with.
@@ -9,17 +11,20 @@
     CPU worker of a cluster adds relative to the bare emulator.
 (b) rlq: ``python -m trainer.train --run IMPALA --env PongNoFrameskip-v4`` with the Pong preset
     for ``--seconds`` of training; sampled env steps/s over the iterations after the first
-    (warm-up) from metrics.jsonl.
+    (warm-up) from metrics.jsonl. The trainer runs behind a few lines (``B_BOOT``) that count
+    its optimizer steps and time RLlib's learner thread; the CPU seconds of its process tree
+    are read at each iteration.
 (c) stock RLlib: ``IMPALAConfig()`` defaults with one EnvRunner on the same env and the same
     Atari preprocessing (the trainer's env creator), measured the same way.
-(d) hand-written loop, no Ray, in one process on the same cores (best of torch intra-op threads =
-    cores and = 1): the preset's env creator
-    (same preprocessing and frame size) in a gymnasium vector env of the same number of envs,
-    the same RLModule (built from the same config), batched inference every step, and after
-    every train batch (the preset's rollout length x envs) the preset's number of V-trace
-    learning passes (Adam, grad clip), each in the preset's minibatches (whole rollout
-    fragments, as RLlib slices them) -- the work the preset does, without the framework.
-Everything runs one after the other on the same cores. Prints (b)/(d) (target >= 80%),
+(d) hand-written, no Ray, the preset's work laid out as the preset lays it out: a sampler
+    process per EnvRunner (the preset's env creator in a gymnasium vector env of its envs, the
+    same RLModule, batched inference every step, one torch thread) overlapped with the learner
+    in this process through a queue as bounded as IMPALA's learner queue; the learner trains
+    on RLlib's rows (each fragment plus its bootstrap step) in RLlib's cyclic minibatches
+    (``minibatch_plan``), V-trace, Adam, grad clip. The optimizer steps per batch of (b) and
+    (d) are counted and asserted equal; where each side's seconds per batch go is printed.
+(s) with ``--runners``: sampling only with n EnvRunner actors for each n (scaling vs linear).
+(b) and (d) alternate (``--repeat``) on the same cores. Prints (b)/(d) (target >= 80%),
 (b)/(c) and (a')/(a).
 """
 
