@@ -85,7 +85,7 @@ def ray_case(head: Any, standin: Path, journal: Path) -> Case:
 
 
 def azureml_case() -> Case:
-    from shared.adapters.azureml.v2 import RUN_TAG, AzureMLV2Backend, job_names
+    from shared.adapters.azureml.v2 import RUN_TAG, AzureMLV2Backend
     from shared.adapters.azureml.v2_twin import MLClientTwin
 
     settings = azureml_settings(
@@ -140,20 +140,24 @@ def azureml_case() -> Case:
     def jobs_for(request_id: str) -> int:
         return sum(n for key, n in twin.jobs_per_request().items() if key.startswith(f"{request_id}/"))
 
-    def submit_calls_for(request_id: str) -> int:
-        names = set(job_names(request_id))
-        return sum(1 for method, name in twin.calls() if method == "jobs.create_or_update" and name in names)
-
     case = Case(
         backend=backend,
         make_request=make,
         jobs_for=jobs_for,
-        submit_calls_for=submit_calls_for,
+        submit_calls_for=lambda rid: create_calls(twin, rid),
         ready=ready,
         advance=advance,
     )
     case.cleanup.append(backend.close)
     return case
+
+
+def create_calls(twin: Any, request_id: str) -> int:
+    """``jobs.create_or_update`` calls for the request's jobs, from the workspace twin's call log."""
+    from shared.adapters.azureml.v2 import job_names
+
+    names = set(job_names(request_id))
+    return sum(1 for method, name in twin.calls() if method == "jobs.create_or_update" and name in names)
 
 
 # --- the suite, once per backend -------------------------------------------------------------
