@@ -73,20 +73,10 @@ bench-learn-peer: install
 bench-gpu:
 	bash bench/gpu_pong.sh
 
-# Wheels for a CUDA image's Python 3.12 that has torch but not ray/gymnasium/ale-py (bench/gpu_pong.sh);
-# the versions this venv runs the trainer with
-GPU_WHEELS := ray==2.60.0 gymnasium==1.2.2 farama-notifications==0.0.6 ale-py==0.12.1 dm-tree==0.1.10 \
-	lz4==4.4.5 ormsgpack==1.13.1 tensorboardx==2.6.5 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 \
-	referencing==0.37.0 rpds-py==2026.9.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-	typing-inspection==0.4.5
+# Wheels for a CUDA image's Python 3.12 that has torch but not ray/gymnasium/ale-py (bench/gpu_pong.sh),
+# into outputs/wheels/, small enough for one 64 MiB carry (ray's wheel repacked; see the script)
 gpu-wheels:
-	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-		--platform manylinux2014_x86_64 -d outputs/wheels $(GPU_WHEELS)
-	# ray's wheel (79 MB) recompressed with LZMA (pip reads it) so all of them fit a 64 MiB carry
-	$(PY) -c 'import sys, zipfile; s = sys.argv[1]; d = s + ".lzma"; zi = zipfile.ZipFile(s); zo = zipfile.ZipFile(d, "w", zipfile.ZIP_LZMA); [zo.writestr(i, zi.read(i), zipfile.ZIP_LZMA) for i in zi.infolist()]; zo.close()' outputs/wheels/ray-2.60.0-*.whl
-	for f in outputs/wheels/ray-2.60.0-*.whl; do mv "$$f.lzma" "$$f"; done
-	du -sh outputs/wheels
+	$(PY) bench/gpu_wheels.py
 
 # The full load and soak suites (CI runs reduced forms in tests/guarantees and tests/e2e)
 soak: install
