@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import build, install
-from shared.models import CompletionMessage, Delivery, RunState, TrainingRequest
+from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import RunState
 from shared.settings import Settings
 
 

@@ -9,9 +9,9 @@ import azure.functions as func
 
 from shared.artifacts import reward_curve_for
 from shared.composition import wiring
+from shared.contracts.run import RunState
 from shared.dashboard.csrf import cross_site, not_json
 from shared.errors import InvalidRequest, NotFound, PermanentError, RlqError, TransientError
-from shared.models import RunState
 
 bp = func.Blueprint()
 

@@ -6,7 +6,7 @@ import azure.functions as func
 from pydantic import ValidationError
 
 from shared.composition import wiring
-from shared.models import CompletionMessage
+from shared.contracts.completion import CompletionMessage
 from shared.settings import SUBSCRIPTION_NAME, TOPIC_NAME
 
 bp = func.Blueprint()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.models import RunRecord
+from shared.contracts.run import RunRecord
 from shared.settings import Settings
 
 

@@ -376,8 +376,8 @@ def servicebus_message(request: Mapping[str, Any], *, validate: bool = True) -> 
     body = dict(request)
     body.setdefault("request_id", uuid.uuid4().hex)
     if validate:
+        from shared.contracts.parsing import parse_request
         from shared.errors import InvalidRequest
-        from shared.models import parse_request
 
         try:
             parse_request(body)

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from shared.models import CompletionMessage, Delivery, Progress, RunRecord, RunState, TrainingRequest
+from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import Progress, RunRecord, RunState
 
 JobState = Literal["pending", "running", "succeeded", "failed", "stopped"]
 

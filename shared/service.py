@@ -27,21 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.contracts.base import utcnow
+from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.parsing import parse_request
+from shared.contracts.request import TrainingRequest, resource_problems
+from shared.contracts.run import FINAL, STATUS_OF, TERMINAL, Progress, RunRecord, RunState
+from shared.contracts.vm_sizes import VM_SIZES
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PermanentError, TransientError
-from shared.models import (
-    FINAL,
-    STATUS_OF,
-    TERMINAL,
-    CompletionMessage,
-    Delivery,
-    Progress,
-    RunRecord,
-    RunState,
-    TrainingRequest,
-    parse_request,
-    resource_problems,
-    utcnow,
-)
 from shared.ports import (
     ComputeBackend,
     JobStatus,
@@ -56,7 +48,6 @@ from shared.readiness import TTL_S as READINESS_TTL_S
 from shared.readiness import Readiness, ReadinessGate
 from shared.settings import Settings
 from shared.urlguard import check_request_urls
-from shared.vm_sizes import VM_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -534,7 +525,7 @@ class TrainingService:
             raise Forbidden("; ".join(f"{p['field']}: {p['message']}" for p in problems))
 
     def _own_resources(self, request: TrainingRequest) -> dict[str, Any]:
-        """rlq's own names and the CPUs a request can get, for :func:`shared.models.resource_problems`."""
+        """rlq's own names and the CPUs a request can get, for :func:`shared.contracts.request.resource_problems`."""
         s, c = self.settings, request.compute
         if c.head is not None or c.workers is not None:
             max_cpus = c.total_cpus()
@@ -771,7 +762,7 @@ class TrainingService:
     def _watchdog_limit_s(self, record: RunRecord) -> float:
         """How long a run may go on before the poller cancels it as ``timed_out`` (the watchdog).
 
-        Not the trainer's own time budget (:func:`shared.trainer_args.trainer_time_budget_s`,
+        Not the trainer's own time budget (:func:`shared.contracts.trainer.trainer_time_budget_s`,
         passed as ``--stop time_total_s``), at which a healthy trainer stops itself: the watchdog
         is the outer bound for a job that does not, with room for start-up and checkpointing.
         """
@@ -968,7 +959,7 @@ def guess_request_id(body: Any) -> str | None:
     import json
     import re
 
-    from shared.models import ID_RE
+    from shared.contracts.request import ID_RE
 
     try:
         data = json.loads(body) if isinstance(body, (bytes, str)) else body

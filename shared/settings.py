@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.vm_sizes import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE, check_vm_size
+from shared.contracts.vm_sizes import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE, check_vm_size
 
 QUEUE_NAME = "training-requests"
 TOPIC_NAME = "training-completed"

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from shared.models import TrainingRequest
+from shared.contracts.request import TrainingRequest
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -22,9 +22,10 @@ import typer.main
 
 from shared.cli import app as cli_app
 from shared.cli.request import build_request
+from shared.contracts.completion import CompletionMessage
+from shared.contracts.parsing import load_json, parse_request
 from shared.errors import InvalidRequest
 from shared.localhost.bindings import list_functions
-from shared.models import CompletionMessage, load_json, parse_request
 from shared.urlguard import check_request_urls
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,9 @@ import pytest
 from shared.adapters._sqlite import Connections, DamagedDatabase
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import RunRecord, RunState
 from shared.errors import TransientError
-from shared.models import RunRecord, RunState, TrainingRequest
 from tests.support.descriptors import open_fds
 
 

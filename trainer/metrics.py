@@ -1,7 +1,7 @@
 """What the trainer reports: one metrics row per iteration, the summary at the end, and the stdout
 markers rlq reads them by.
 
-The markers are the trainer's side of the log contract; rlq's side is ``shared/trainer_args.py``
+The markers are the trainer's side of the log contract; rlq's side is ``shared/contracts/trainer.py``
 (``trainer/`` is shipped alone, so it imports nothing from ``shared/``;
 ``tests/contract/test_trainer_contract.py`` checks both agree).
 """

@@ -22,7 +22,7 @@ import matplotlib
 from PIL import Image, ImageDraw, ImageFont
 
 from shared.adapters.teams import build_payload
-from shared.models import CompletionMessage
+from shared.contracts.completion import CompletionMessage
 from shared.plots import load_metrics, reward_curve_png
 
 HERE = Path(__file__).parent

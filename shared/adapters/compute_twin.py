@@ -24,8 +24,9 @@ import time
 import uuid
 from pathlib import Path
 
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import Progress
 from shared.errors import TransientError
-from shared.models import Progress, TrainingRequest
 from shared.ports import JobStatus
 
 _SCHEMA = """

@@ -3,7 +3,7 @@
 Targets are ``Settings.webhook_urls`` (every run), then the request's ``notify.webhooks`` (both
 signed per Standard Webhooks), then the request's ``notify.teams`` (Adaptive Cards). Each target is
 delivered on its own: a refused, slow or failing endpoint never stops the others, and each yields
-one :class:`~shared.models.Delivery` that the service records on the run.
+one :class:`~shared.contracts.completion.Delivery` that the service records on the run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import httpx
 
 from shared.adapters.teams import TeamsPayload, build_payload
 from shared.adapters.webhooks import EndpointRegistry, SqliteEndpointRegistry, WebhookSender, check_secrets
-from shared.models import CompletionMessage, Delivery, TrainingRequest
+from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.request import TrainingRequest
 from shared.plots import load_metrics
 from shared.settings import Settings
 from shared.urlguard import UnsafeUrl, check_teams_url, redact

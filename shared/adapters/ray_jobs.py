@@ -39,11 +39,20 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from shared import trainer_args
 from shared.adapters import ray_local
 from shared.adapters._redact import scrub
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import Progress
+from shared.contracts.trainer import (
+    ARGV_ENV,
+    CHECKPOINT_FREQ,
+    ENTRYPOINT,
+    METRICS_MARK,
+    SUMMARY_MARK,
+    build_argv,
+    trainer_time_budget_s,
+)
 from shared.errors import PermanentError, TransientError
-from shared.models import Progress, TrainingRequest
 from shared.ports import JobState, JobStatus
 from shared.settings import Settings
 
@@ -51,9 +60,6 @@ log = logging.getLogger(__name__)
 
 REVIVE_INTERVAL_S = 30.0  # local mode: the least time between two restarts of a silent head
 
-# The trainer contract (argv variable, constant entrypoint, log markers): shared.trainer_args.
-ARGV_ENV, ENTRYPOINT = trainer_args.ARGV_ENV, trainer_args.ENTRYPOINT
-METRICS_MARK, SUMMARY_MARK = trainer_args.METRICS_MARK, trainer_args.SUMMARY_MARK
 
 _STATES: dict[str, JobState] = {
     "PENDING": "pending",
@@ -128,21 +134,21 @@ def ray_job_argv(
     request: TrainingRequest,
     *,
     output_dir: str,
-    checkpoint_freq: int = trainer_args.CHECKPOINT_FREQ,
+    checkpoint_freq: int = CHECKPOINT_FREQ,
     default_run_duration_s: int = 3600,
     max_run_duration_s: int = 4 * 3600,
 ) -> list[str]:
-    """:func:`shared.trainer_args.build_argv` with what a Ray job adds: a time budget, a local restore path.
+    """:func:`shared.contracts.trainer.build_argv` with what a Ray job adds: a time budget, a local restore path.
 
-    ``stop.time_total_s`` is always present (:func:`shared.trainer_args.trainer_time_budget_s`), so
+    ``stop.time_total_s`` is always present (:func:`shared.contracts.trainer.trainer_time_budget_s`), so
     every run is bounded; a ``file://`` checkpoint becomes the path the cluster reads.
     """
     restore = restore_path(request.restore_from) if request.restore_from else None
-    return trainer_args.build_argv(
+    return build_argv(
         request,
         output_dir=output_dir,
         checkpoint_freq=checkpoint_freq,
-        time_budget_s=trainer_args.trainer_time_budget_s(
+        time_budget_s=trainer_time_budget_s(
             request, default_run_duration_s=default_run_duration_s, max_run_duration_s=max_run_duration_s
         ),
         restore=restore,
@@ -290,7 +296,7 @@ class RayJobsBackend:
         settings: Settings,
         client_factory: ClientFactory | None = None,
         trainer_package: Path | None = None,
-        checkpoint_freq: int = trainer_args.CHECKPOINT_FREQ,
+        checkpoint_freq: int = CHECKPOINT_FREQ,
         retry_attempts: int = 3,
     ) -> None:
         self.settings = settings

@@ -57,8 +57,9 @@ from tenacity import RetryCallState
 from shared.adapters import _retry
 from shared.adapters._redact import scrub
 from shared.adapters._retry import MIN_ATTEMPT_S, ROLE_PROPAGATION_HINT, bounded_retrying
+from shared.contracts.completion import CompletionMessage
+from shared.contracts.request import QUEUE_RE
 from shared.errors import PermanentError, TransientError
-from shared.models import QUEUE_RE, CompletionMessage
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # the SDK is imported lazily: the local mode never loads it

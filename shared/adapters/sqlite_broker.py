@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters._sqlite import Connections
+from shared.contracts.completion import CompletionMessage
 from shared.errors import TransientError
-from shared.models import CompletionMessage
 from shared.ports import DeadLetter
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from shared.adapters._sqlite import Connections, DamagedDatabase
+from shared.contracts.base import utcnow
+from shared.contracts.run import RunRecord, RunState
 from shared.errors import Conflict, NotFound
-from shared.models import RunRecord, RunState, utcnow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

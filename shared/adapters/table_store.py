@@ -48,8 +48,9 @@ from typing import TYPE_CHECKING, Any, Self
 from shared.adapters import _retry
 from shared.adapters._redact import scrub
 from shared.adapters._retry import ROLE_PROPAGATION_HINT, bounded_retrying
+from shared.contracts.base import utcnow
+from shared.contracts.run import RunRecord, RunState
 from shared.errors import Conflict, NotFound, PermanentError, TransientError
-from shared.models import RunRecord, RunState, utcnow
 from shared.settings import Settings
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from shared.models import CompletionMessage
+from shared.contracts.completion import CompletionMessage
 from shared.plots import reward_curve_png
 
 __all__ = [

@@ -32,7 +32,7 @@ import httpx
 import tenacity
 
 from shared.adapters._redact import scrub
-from shared.models import Delivery
+from shared.contracts.completion import Delivery
 from shared.urlguard import IPAddress, ResolvedTarget, ResolveError, UnsafeUrl, check_url, redact
 from shared.webhook_verify import secret_key, sign
 

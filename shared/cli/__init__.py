@@ -38,8 +38,8 @@ from shared.cli.render import (
     state_style,
 )
 from shared.cli.request import build_request
+from shared.contracts.run import FINAL, RunState
 from shared.errors import InvalidRequest, NotFound, PermanentError
-from shared.models import FINAL, RunState
 from shared.ports import DeadLetterInbox
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def submit(
             evaluate_episodes=evaluate_episodes,
             gif=gif,
         )
-        from shared.models import parse_request
+        from shared.contracts.parsing import parse_request
 
         # Field errors first, before any wiring is built: a typo never needs a queue to be reported.
         parse_request(body, default_id=body.get("request_id") or "cli-check")

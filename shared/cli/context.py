@@ -18,8 +18,8 @@ import typer
 from pydantic import ValidationError
 
 from shared.cli.render import err_console, fail, print_field_errors
+from shared.contracts.run import RunRecord
 from shared.errors import InvalidRequest, NotFound, PermanentError, RlqError, TransientError
-from shared.models import RunRecord
 from shared.settings import Settings
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from rich.text import Text
 
 from shared.cli.context import EXIT_FAILED, EXIT_OK, errors, exit_code_for, state_of
 from shared.cli.render import err_console, follow, out_console, save_curve
+from shared.contracts.run import TERMINAL, RunState
 from shared.errors import PermanentError
-from shared.models import TERMINAL, RunState
 from shared.ports import ReadinessProbe
 from shared.webhook_verify import verify as verify_webhook
 

@@ -18,8 +18,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from shared.contracts.run import FINAL, TERMINAL, RunRecord, RunState
 from shared.errors import TransientError
-from shared.models import FINAL, TERMINAL, RunRecord, RunState
 from shared.settings import Settings
 
 

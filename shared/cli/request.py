@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from shared.contracts.parsing import load_json
 from shared.errors import InvalidRequest
-from shared.models import load_json
 
 
 def json_option(text: str | None, field_name: str) -> dict[str, Any] | None:

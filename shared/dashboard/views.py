@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.artifacts import metrics_points
-from shared.models import FINAL, TERMINAL, RunRecord, RunState, utcnow
+from shared.contracts.base import utcnow
+from shared.contracts.run import FINAL, TERMINAL, RunRecord, RunState
 from shared.plots import REWARD_KEYS
 from shared.settings import Settings
 from shared.urlguard import redact

@@ -20,7 +20,8 @@ from shared.adapters.azureml.v2 import HEAD_ADDRESS_TAG, AzureMLV2Backend, job_n
 from shared.adapters.azureml.v2_twin import MLClientTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build
-from shared.models import Delivery, RunState
+from shared.contracts.completion import Delivery
+from shared.contracts.run import RunState
 from shared.settings import Settings
 from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings
 from tests.support.topics import drain_topic

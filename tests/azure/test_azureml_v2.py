@@ -24,8 +24,9 @@ from shared.adapters.azureml.v2 import (
     job_names,
 )
 from shared.adapters.azureml.v2_twin import MLClientTwin
+from shared.contracts.parsing import parse_request
+from shared.contracts.request import TrainingRequest
 from shared.errors import ComputeError, PermanentError, TransientError
-from shared.models import TrainingRequest, parse_request
 from shared.ports import ComputeBackend, ComputePending
 from shared.settings import Settings
 from tests.support.azureml import SUBSCRIPTION_ID, WORKSPACE, azureml_settings
@@ -771,7 +772,7 @@ def test_a_fresh_process_still_submits_the_seeds_worker_job(settings: Settings, 
 
 
 def test_head_node_count_is_bounded_by_its_max_nodes_and_counted_by_the_caps() -> None:
-    from shared.models import Compute, HeadCluster
+    from shared.contracts.request import Compute, HeadCluster
 
     with pytest.raises(ValueError, match=r"node_count \(3\) must not exceed max_nodes \(2\)"):
         HeadCluster(node_count=3, max_nodes=2)

@@ -27,7 +27,7 @@ import pytest
 
 from shared.adapters.azureml.v2 import HEAD_ADDRESS_TAG, job_names
 from shared.adapters.sqlite_store import SqliteRunStore
-from shared.models import RunState
+from shared.contracts.run import RunState
 from tests.azure.aml_crash_driver import SEED, workspace
 
 REPO = Path(__file__).resolve().parents[2]

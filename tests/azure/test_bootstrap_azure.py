@@ -25,7 +25,7 @@ import pytest
 from shared.adapters.azureml import v2
 from shared.adapters.azureml.v2 import AzureMLV2Backend, RunView, job_names
 from shared.adapters.azureml.v2_twin import MLClientTwin
-from shared.models import parse_request
+from shared.contracts.parsing import parse_request
 from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings
 from trainer import bootstrap, contract
 from trainer.metrics import Offsets, Progress

@@ -33,8 +33,8 @@ from shared.adapters.servicebus import (
     fully_qualified,
     sb_message_id,
 )
+from shared.contracts.completion import CompletionMessage
 from shared.errors import PermanentError, TransientError
-from shared.models import CompletionMessage
 from shared.ports import Publisher, RequestSender
 from shared.settings import Settings
 

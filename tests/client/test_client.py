@@ -240,7 +240,7 @@ def test_wait_on_a_request_intake_refused_raises_request_rejected(serve):
 def test_importing_the_client_loads_httpx_but_not_the_service():
     code = (
         "import sys, shared.client; "
-        "heavy = [m for m in ('pydantic', 'azure.servicebus', 'shared.models', 'typer') if m in sys.modules]; "
+        "heavy = [m for m in ('pydantic', 'azure.servicebus', 'shared.contracts', 'typer') if m in sys.modules]; "
         "print(heavy)"
     )
     out = subprocess.run(

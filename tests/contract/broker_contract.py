@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 
 import pytest
 
-from shared.models import CompletionMessage
+from shared.contracts.completion import CompletionMessage
 from shared.ports import Publisher, Rejecter, RequestSender
 from tests.support.clock import FakeClock
 

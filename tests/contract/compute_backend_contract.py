@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shared.contracts.request import TrainingRequest
 from shared.errors import PermanentError
-from shared.models import TrainingRequest
 from shared.ports import ComputeBackend, JobStatus
 
 TERMINAL = ("succeeded", "failed", "stopped")

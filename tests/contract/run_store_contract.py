@@ -11,8 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.contracts.completion import Delivery
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import Progress, RunRecord, RunState
 from shared.errors import Conflict, NotFound
-from shared.models import Delivery, Progress, RunRecord, RunState, TrainingRequest
 from shared.ports import RunStore
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

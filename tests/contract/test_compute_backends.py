@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from shared.models import TrainingRequest, parse_request
+from shared.contracts.parsing import parse_request
+from shared.contracts.request import TrainingRequest
 from tests.contract.compute_backend_contract import Case, ComputeBackendContract
 from tests.ray.conftest import (
     STANDIN_HANG,

@@ -13,8 +13,9 @@ import pytest
 from azure.data.tables import TableClient
 
 from shared.adapters.table_store import PARTITION, TableRunStore, row_key
+from shared.contracts.completion import Delivery
+from shared.contracts.run import RunRecord, RunState
 from shared.errors import Conflict, PermanentError, TransientError
-from shared.models import Delivery, RunRecord, RunState
 from shared.settings import Settings
 from tests.support.azurite import Azurite
 

@@ -1,4 +1,4 @@
-"""Both sides of the trainer contract agree: rlq's (shared/trainer_args.py) and the trainer's own.
+"""Both sides of the trainer contract agree: rlq's (shared/contracts/trainer.py) and the trainer's own.
 
 ``trainer/`` is shipped alone (an Azure ML snapshot, a Ray working dir) and imports nothing from
 ``shared/``, so it keeps its own copy of the markers, the algorithm names and the argv flags.
@@ -10,15 +10,24 @@ import json
 
 import pytest
 
-from shared import trainer_args
-from shared.models import ALGORITHMS, parse_request
+from shared.contracts.catalog import ALGORITHMS
+from shared.contracts.parsing import parse_request
+from shared.contracts.trainer import (
+    ARGV_ENV,
+    CHECKPOINT_FREQ,
+    ENTRYPOINT,
+    METRICS_MARK,
+    SUMMARY_MARK,
+    build_argv,
+    seed_cluster_config,
+)
 from trainer import config_map, metrics
 from trainer import train as trainer
 
 
 def test_log_markers_are_the_same_on_both_sides() -> None:
-    assert metrics.METRICS_MARK == trainer_args.METRICS_MARK
-    assert metrics.SUMMARY_MARK == trainer_args.SUMMARY_MARK
+    assert metrics.METRICS_MARK == METRICS_MARK
+    assert metrics.SUMMARY_MARK == SUMMARY_MARK
 
 
 def test_algorithms_are_listed_alike() -> None:
@@ -26,7 +35,7 @@ def test_algorithms_are_listed_alike() -> None:
 
 
 def test_checkpoint_frequency_default_agrees() -> None:
-    assert trainer.build_parser().parse_args([]).checkpoint_freq == str(trainer_args.CHECKPOINT_FREQ)
+    assert trainer.build_parser().parse_args([]).checkpoint_freq == str(CHECKPOINT_FREQ)
 
 
 @pytest.mark.parametrize("ray_address", [None, "localhost:6379"])
@@ -41,32 +50,32 @@ def test_the_trainer_reads_back_every_flag_build_argv_writes(monkeypatch, ray_ad
         },
         default_id="contract-1",
     )
-    argv = trainer_args.build_argv(
+    argv = build_argv(
         request, output_dir="/out/c1", time_budget_s=600, restore="/ckpt/c0", ray_address=ray_address
     )
-    monkeypatch.setenv(trainer_args.ARGV_ENV, json.dumps(argv))
-    args = trainer.parse_args(["--argv-from-env", trainer_args.ARGV_ENV])
+    monkeypatch.setenv(ARGV_ENV, json.dumps(argv))
+    args = trainer.parse_args(["--argv-from-env", ARGV_ENV])
     assert args.run == "PPO" and args.env == "CartPole-v1"
     assert json.loads(args.config) == {"lr": 0.001, "model": {"fcnet_hiddens": [64, 64]}}
     assert json.loads(args.stop) == {"episode_reward_mean": 400, "time_total_s": 600}
     assert args.output_dir == "/out/c1" and args.restore == "/ckpt/c0"
     assert args.ray_address == ray_address
-    assert args.checkpoint_freq == str(trainer_args.CHECKPOINT_FREQ)
+    assert args.checkpoint_freq == str(CHECKPOINT_FREQ)
     assert args.evaluate_episodes == "3" and args.evaluate_gif is True
 
 
 def test_the_entrypoint_names_the_argv_variable_and_nothing_from_a_request() -> None:
-    assert f"python -m trainer.train --argv-from-env {trainer_args.ARGV_ENV}" == trainer_args.ENTRYPOINT
+    assert f"python -m trainer.train --argv-from-env {ARGV_ENV}" == ENTRYPOINT
 
 
 def test_seed_cluster_config_fills_only_what_the_request_leaves_out() -> None:
-    assert trainer_args.seed_cluster_config({}, total_cpus=12, head_gpus=1) == {
+    assert seed_cluster_config({}, total_cpus=12, head_gpus=1) == {
         "num_workers": 11,
         "num_gpus": 1,
     }
     own = {"num_env_runners": 3, "num_gpus_per_learner": 0, "lr": 0.1}
-    assert trainer_args.seed_cluster_config(own, total_cpus=12, head_gpus=1) == own
-    assert trainer_args.seed_cluster_config({}, total_cpus=0, head_gpus=0) == {
+    assert seed_cluster_config(own, total_cpus=12, head_gpus=1) == own
+    assert seed_cluster_config({}, total_cpus=0, head_gpus=0) == {
         "num_workers": 0,
         "num_gpus": 0,
     }

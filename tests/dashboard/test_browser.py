@@ -35,9 +35,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.ray_jobs import RayJobsBackend
 from shared.composition import Wiring, build
+from shared.contracts.run import RunState
 from shared.errors import TransientError
 from shared.localhost import LocalHost
-from shared.models import RunState
 from shared.settings import Settings
 from tests.e2e.conftest import e2e_env
 

@@ -6,9 +6,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from xml.etree import ElementTree
 
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import Progress, RunRecord, RunState
 from shared.dashboard.charts import nice_ticks, reward_svg, sparkline_svg
 from shared.dashboard.views import elapsed_s, progress_fraction, safe_link
-from shared.models import Progress, RunRecord, RunState, TrainingRequest
 
 
 def points(rewards, lo=None, hi=None):

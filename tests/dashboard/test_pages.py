@@ -7,8 +7,8 @@ import re
 
 import pytest
 
+from shared.contracts.run import RunState
 from shared.localhost import LocalHost
-from shared.models import RunState
 from tests.dashboard.conftest import FUNCTIONS, call, html, live
 
 CARTPOLE = {"env": "CartPole-v1", "algorithm": "PPO", "stop": {"episode_reward_mean": 150}}

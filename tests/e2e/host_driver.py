@@ -11,8 +11,8 @@ import sys
 import time
 
 from shared.composition import build
+from shared.contracts.run import RunState
 from shared.localhost import LocalHost
-from shared.models import RunState
 
 
 def main(request_id: str, timeout_s: float) -> int:

@@ -14,8 +14,9 @@ import pytest
 
 from shared.adapters.ray_jobs import submission_id_for
 from shared.composition import build, install
+from shared.contracts.completion import CompletionMessage
+from shared.contracts.run import RunState
 from shared.localhost import LocalHost
-from shared.models import CompletionMessage, RunState
 from tests.e2e.conftest import subprocess_env
 
 pytestmark = pytest.mark.ray

@@ -17,7 +17,8 @@ import pytest
 
 from shared.adapters.ray_local import head_pids, probe_dashboard, ray_psutil, stop_local_head
 from shared.composition import build
-from shared.models import CompletionMessage, RunState
+from shared.contracts.completion import CompletionMessage
+from shared.contracts.run import RunState
 from shared.settings import Settings
 from tests.support.ray_heads import start_test_ray_head
 

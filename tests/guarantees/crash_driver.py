@@ -36,7 +36,9 @@ from typing import Any
 
 from shared.adapters.sqlite_broker import MessageLockLost, SqliteBroker
 from shared.composition import Wiring, build
-from shared.models import ACTIVE, TERMINAL, CompletionMessage, Delivery, TrainingRequest
+from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import ACTIVE, TERMINAL
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from shared.composition import build
+from shared.contracts.run import ACTIVE, TERMINAL
 from shared.localhost import LocalHost
-from shared.models import ACTIVE, TERMINAL
 from shared.settings import Settings
 from tests.guarantees.crash_driver import (
     NOTIFIED,

@@ -26,7 +26,7 @@ from pathlib import Path
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
-from shared.models import FINAL, RunState
+from shared.contracts.run import FINAL, RunState
 from shared.settings import Settings
 from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, TOPIC_SENDS, driver_env, prepare
 from tests.poison.conftest import corpus, names_field

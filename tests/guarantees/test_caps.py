@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
+from shared.contracts.run import RunState
 from shared.errors import Forbidden
-from shared.models import RunState
 from tests.poison.conftest import feed
 from tests.support.topics import drain_topic
 

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from shared.models import RunState
+from shared.contracts.run import RunState
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

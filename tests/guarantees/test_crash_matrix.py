@@ -31,7 +31,7 @@ import pytest
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
-from shared.models import RunRecord, RunState
+from shared.contracts.run import RunRecord, RunState
 from shared.service import FAULT_POINTS
 from shared.settings import Settings
 from tests.guarantees.crash_driver import (

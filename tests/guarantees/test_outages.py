@@ -11,9 +11,9 @@ import json
 
 import pytest
 
+from shared.contracts.run import RunState
 from shared.errors import TransientError
 from shared.localhost import LocalHost
-from shared.models import RunState
 from tests.support.topics import peek_topic
 
 CARTPOLE = {

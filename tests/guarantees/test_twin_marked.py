@@ -12,7 +12,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from shared.models import CompletionMessage
+from shared.contracts.completion import CompletionMessage
 from shared.settings import Settings
 from tests.support.topics import drain_topic
 

@@ -11,7 +11,9 @@ import pytest
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
 from shared.cli.request import build_request
-from shared.models import CompletionMessage, Delivery, Progress, RunRecord, RunState, TrainingRequest
+from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import Progress, RunRecord, RunState
 from shared.settings import QUEUE_NAME
 
 ROOT = Path(__file__).resolve().parents[2]

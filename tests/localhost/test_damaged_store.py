@@ -13,7 +13,7 @@ import pytest
 from shared.adapters._sqlite import Connections
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
-from shared.models import RunRecord
+from shared.contracts.run import RunRecord
 
 pytestmark = pytest.mark.usefixtures("cli_env")
 

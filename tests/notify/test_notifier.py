@@ -10,7 +10,8 @@ from pydantic import SecretStr
 
 from shared.adapters.notify import EVENT_TYPE, CompositeNotifier, event_body
 from shared.adapters.webhooks import MemoryEndpointRegistry
-from shared.models import CompletionMessage, TrainingRequest
+from shared.contracts.completion import CompletionMessage
+from shared.contracts.request import TrainingRequest
 from shared.ports import Notifier
 from shared.settings import Settings
 from shared.webhook_verify import verify

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from shared.adapters.webhooks import pinned_url
-from shared.models import TrainingRequest
+from shared.contracts.request import TrainingRequest
 from shared.urlguard import (
     ResolveError,
     UnsafeUrl,
@@ -155,7 +155,7 @@ def test_static_check_without_dns(dns: FakeDNS) -> None:
 
 def test_request_model_normalised_spellings_are_still_refused() -> None:
     # pydantic normalises 0x7f000001 to 127.0.0.1 before we see it; the guard refuses either form.
-    from shared.models import Notify
+    from shared.contracts.request import Notify
 
     url = str(Notify(webhooks=["https://0x7f000001/hook"]).webhooks[0])
     with pytest.raises(UnsafeUrl, match=r"loopback|non-canonical"):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from shared.adapters.teams import TEAMS_MAX_PAYLOAD_BYTES, build_card, build_payload
-from shared.models import CompletionMessage
+from shared.contracts.completion import CompletionMessage
 from shared.urlguard import RetiredConnectorUrl, check_teams_url
 
 from .test_plots import cartpole_points

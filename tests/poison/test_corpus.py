@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from shared.models import RunState
+from shared.contracts.run import RunState
 from tests.poison.conftest import Poison, corpus, feed, files_outside_stores, names_field
 from tests.support.readme import GUARANTEES, readme_number
 from tests.support.topics import drain_topic

@@ -17,18 +17,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from shared.contracts.catalog import ALGORITHMS, ATARI_ENV_RE, CLASSIC_ENVS, MAX_RETURN
+from shared.contracts.parsing import parse_request
+from shared.contracts.request import Compute, TrainingRequest
+from shared.contracts.run import RunState
+from shared.contracts.vm_sizes import VM_SIZES
 from shared.errors import PermanentError
-from shared.models import (
-    ALGORITHMS,
-    ATARI_ENV_RE,
-    CLASSIC_ENVS,
-    MAX_RETURN,
-    Compute,
-    RunState,
-    TrainingRequest,
-    parse_request,
-)
-from shared.vm_sizes import VM_SIZES
 from tests.poison.conftest import feed, names_field
 
 PROPS = hsettings(
@@ -321,7 +315,9 @@ def mutations(draw) -> tuple[str, Any]:
     if kind == "config_key":
         key = draw(
             st.from_regex(r"[a-z_]{3,20}", fullmatch=True).filter(
-                lambda k: k not in __import__("shared.models", fromlist=["CONFIG_KEYS"]).CONFIG_KEYS
+                lambda k: (
+                    k not in __import__("shared.contracts.catalog", fromlist=["CONFIG_KEYS"]).CONFIG_KEYS
+                )
             )
         )
         return "config", _set("config", {key: 1})

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from shared.adapters.ray_jobs import RayJobsBackend
-from shared.models import TrainingRequest
+from shared.contracts.request import TrainingRequest
 from shared.ports import JobStatus
 from shared.settings import Settings
 from tests.support.ray_heads import TestHead

@@ -31,11 +31,11 @@ from shared.adapters.ray_jobs import (
     submission_id_for,
 )
 from shared.composition import build
+from shared.contracts.request import ID_RE, Stop, TrainingRequest
+from shared.contracts.trainer import trainer_time_budget_s
 from shared.errors import PermanentError, TransientError
-from shared.models import ID_RE, Stop, TrainingRequest
 from shared.ports import ComputeBackend
 from shared.settings import Settings
-from shared.trainer_args import trainer_time_budget_s
 from tests.ray.conftest import (
     STANDIN_FAIL,
     STANDIN_HANG,

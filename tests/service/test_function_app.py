@@ -10,8 +10,8 @@ from azure.functions.servicebus import ServiceBusMessage
 
 import function_app
 from shared.composition import install
+from shared.contracts.run import RunState
 from shared.localhost.bindings import list_functions
-from shared.models import RunState
 from tests.support.topics import drain_topic
 
 FUNCTIONS = {fn.get_function_name(): fn for fn in list_functions(function_app.app)}

@@ -14,8 +14,14 @@ CORE = (
     "shared.ports",
     "shared.readiness",
     "shared.urlguard",
-    "shared.trainer_args",
-    "shared.models",
+    "shared.contracts.trainer",
+    "shared.contracts.base",
+    "shared.contracts.catalog",
+    "shared.contracts.completion",
+    "shared.contracts.parsing",
+    "shared.contracts.request",
+    "shared.contracts.run",
+    "shared.contracts.vm_sizes",
 )
 
 

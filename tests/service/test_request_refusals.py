@@ -7,10 +7,17 @@ import json
 
 import pytest
 
+from shared.contracts.parsing import load_json
+from shared.contracts.request import HeadCluster, WorkerCluster
+from shared.contracts.run import RunState
+from shared.contracts.vm_sizes import (
+    DEFAULT_HEAD_VM_SIZE,
+    DEFAULT_WORKER_VM_SIZE,
+    SUPERSEDED_VM_SIZES,
+    VM_SIZES,
+)
 from shared.errors import InvalidRequest, PermanentError
-from shared.models import HeadCluster, RunState, WorkerCluster, load_json
 from shared.settings import Settings
-from shared.vm_sizes import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE, SUPERSEDED_VM_SIZES, VM_SIZES
 
 BASE = {"env": "CartPole-v1", "stop": {"training_iteration": 2}}
 

@@ -12,8 +12,10 @@ import pytest
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import build
+from shared.contracts.completion import CompletionMessage
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import RunRecord, RunState
 from shared.errors import InvalidRequest
-from shared.models import CompletionMessage, RunRecord, RunState, TrainingRequest
 from tests.support.topics import drain_topic
 
 CARTPOLE = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"training_iteration": 2}}

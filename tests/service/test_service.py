@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from shared.contracts.run import RunState
 from shared.errors import InvalidRequest, NotFound, PermanentError, TransientError
-from shared.models import RunState
 from shared.ports import JobStatus
 from tests.support.topics import drain_topic
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from shared.models import CompletionMessage, Delivery, TrainingRequest
+from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.request import TrainingRequest
 
 
 class RecordingNotifier:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.composition import Wiring
-from shared.models import CompletionMessage
+from shared.contracts.completion import CompletionMessage
 
 
 def drain_topic(w: Wiring) -> list[CompletionMessage]:

@@ -24,10 +24,10 @@ from pydantic import ValidationError
 
 from shared.adapters.azureml.errors import readable
 from shared.adapters.azureml.nsg import missing_nsg_rules, nsg_name_and_group
+from shared.contracts.request import Compute, HeadCluster, TrainingRequest, WorkerCluster
+from shared.contracts.vm_sizes import VM_SIZES
 from shared.errors import ComputeError, PermanentError, TransientError
-from shared.models import Compute, HeadCluster, TrainingRequest, WorkerCluster
 from shared.settings import Settings
-from shared.vm_sizes import VM_SIZES
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from shared.contracts.request import TrainingRequest
 from shared.errors import PermanentError
-from shared.models import TrainingRequest
 from shared.ports import JobStatus
 from shared.settings import Settings
 

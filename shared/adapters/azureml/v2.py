@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared import trainer_args
 from shared.adapters.azureml.clusters import (
     Clusters,
     ComputeInfo,
@@ -60,11 +59,13 @@ from shared.adapters.azureml.clusters import (
 )
 from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
 from shared.adapters.azureml.errors import readable, sdk_errors
+from shared.contracts.request import TrainingRequest
+from shared.contracts.run import Progress
+from shared.contracts.trainer import ARGV_ENV, build_argv, seed_cluster_config
+from shared.contracts.vm_sizes import VM_SIZES
 from shared.errors import ComputeError
-from shared.models import Progress, TrainingRequest
 from shared.ports import ComputePending, JobState, JobStatus
 from shared.settings import Settings
-from shared.vm_sizes import VM_SIZES
 from trainer import contract
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ COMPUTE_TAG = (
     "rlq_compute"  # the request's own compute section, so a fresh process resolves the same clusters
 )
 HEAD_ADDRESS_TAG = contract.HEAD_ADDRESS_TAG  # set by trainer/bootstrap.py on the head job's MLflow run
-ARGV_ENV = trainer_args.ARGV_ENV
 RAY_PORT = 6379
 HEAD_SHM_SIZE = "24g"
 CHECKPOINTS_OUTPUT = "checkpoints"
@@ -417,8 +417,8 @@ class AzureMLV2Backend:
         config = dict(request.config)
         if c.workers.node_count > 0 and not {"num_workers", "num_env_runners"} & config.keys():
             config["num_env_runners"] = c.workers.node_count * VM_SIZES[c.workers.vm_size.upper()].cpus
-        config = trainer_args.seed_cluster_config(config, total_cpus=c.total_cpus, head_gpus=c.head_gpus)
-        return trainer_args.build_argv(
+        config = seed_cluster_config(config, total_cpus=c.total_cpus, head_gpus=c.head_gpus)
+        return build_argv(
             request,
             output_dir="outputs",
             config=config,
@@ -639,7 +639,7 @@ class AzureMLV2Backend:
                 data[key] = argv[argv.index(flag) + 1]
         if tags.get(COMPUTE_TAG):
             data["compute"] = json.loads(tags[COMPUTE_TAG])
-        from shared.models import parse_request
+        from shared.contracts.parsing import parse_request
 
         try:
             request = parse_request(data)

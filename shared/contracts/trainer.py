@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.models import TrainingRequest
+from shared.contracts.request import TrainingRequest
 
 ARGV_ENV = "RLQ_TRAINER_ARGV"
 # Constant on purpose: no request field may ever reach a shell.

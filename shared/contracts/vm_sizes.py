@@ -2,7 +2,7 @@
 and the sizes Azure retired or rlq no longer offers with their replacements.
 
 This table changes when Azure retires or adds sizes; the request and record schema in
-:mod:`shared.models` validates ``vm_size`` fields against it.
+:mod:`shared.contracts.request` validates ``vm_size`` fields against it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The contracts: training request, run record, completion message.
+"""The training request: the JSON body of a ``training-requests`` message, its field patterns, and
+what in a schema-valid request collides with the deployment (:func:`resource_problems`).
 
 Every model rejects unknown keys, and every validation error names the field and what is allowed
-(see :func:`field_errors`). Allow-lists live here, beside the fields they guard.
+(:func:`shared.contracts.parsing.field_errors`). The allow-lists it checks against live in
+:mod:`shared.contracts.catalog`, the VM table in :mod:`shared.contracts.vm_sizes`.
 """
 
 from __future__ import annotations
@@ -10,24 +12,31 @@ import json
 import logging
 import math
 import re
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
-from pydantic import (
-    AnyUrl,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AnyUrl, BeforeValidator, Field, field_validator, model_validator
 
-from shared.errors import InvalidRequest
-from shared.vm_sizes import (
+from shared.contracts.base import Strict
+from shared.contracts.catalog import (
+    ATARI_ENV_RE,
+    BOOL_CONFIG_KEYS,
+    BOOL_MODEL_KEYS,
+    CLASSIC_ENVS,
+    CONFIG_BOUNDS,
+    CONFIG_KEYS,
+    CPUS_PER_RUNNER_KEYS,
+    ENV_RUNNER_KEYS,
+    ENVS_PER_RUNNER_KEYS,
+    MAX_ENVS,
+    MAX_LAYER_WIDTH,
+    MAX_LAYERS,
+    MAX_RETURN,
+    MODEL_KEYS,
+    STOP_KEYS,
+    Algorithm,
+)
+from shared.contracts.vm_sizes import (
     DEFAULT_HEAD_VM_SIZE,
     DEFAULT_WORKER_VM_SIZE,
     VM_SIZES,
@@ -37,143 +46,7 @@ from shared.vm_sizes import (
 
 log = logging.getLogger(__name__)
 
-# --- allow-lists -----------------------------------------------------------------------------
-
-Algorithm = Literal["IMPALA", "APPO", "PPO"]
-ALGORITHMS: tuple[str, ...] = get_args(
-    Algorithm
-)  # trainer/config_map.py mirrors it (trainer/ imports no shared/)
-
-CLASSIC_ENVS = ("CartPole-v1", "CartPole-v0", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1")
-# Atari ids as ale-py registers them; the trainer checks the game exists.
-ATARI_ENV_RE = re.compile(
-    r"^(ALE/[A-Z][A-Za-z]{1,40}-v5|[A-Z][A-Za-z]{1,40}(NoFrameskip|Deterministic)?-v4)$"
-)
-
-# Highest mean episode return an env can give: a reward target above it can never stop a run.
-MAX_RETURN = {
-    "CartPole-v1": 500.0,
-    "CartPole-v0": 200.0,
-    "Acrobot-v1": 0.0,
-    "MountainCar-v0": 0.0,
-    "Pendulum-v1": 0.0,
-    "Pong": 21.0,
-}
-
-
-# RLlib config keys a request may set: today's names and the seed-era names the trainer maps.
-CONFIG_KEYS = frozenset(
-    {
-        # seed era
-        "num_workers",
-        "num_envs_per_worker",
-        "num_gpus",
-        "sample_batch_size",
-        "train_batch_size",
-        "num_sgd_iter",
-        "num_data_loader_buffers",
-        "model.dim",
-        "model",
-        "rollout_fragment_length",
-        "num_cpus_per_worker",
-        "num_gpus_per_worker",
-        "sgd_minibatch_size",
-        # today
-        "num_env_runners",
-        "num_envs_per_env_runner",
-        "num_learners",
-        "num_gpus_per_learner",
-        "num_cpus_per_env_runner",
-        "train_batch_size_per_learner",
-        "minibatch_size",
-        "num_epochs",
-        "lr",
-        "gamma",
-        "entropy_coeff",
-        "vf_loss_coeff",
-        "grad_clip",
-        "lambda",
-        "clip_param",
-        "vtrace",
-        "vtrace_clip_rho_threshold",
-        "vtrace_clip_pg_rho_threshold",
-        "circular_buffer_num_batches",
-        "circular_buffer_iterations_per_batch",
-        "broadcast_interval",
-        "fcnet_hiddens",
-        "conv_filters",
-        "framestack",
-        "dim",
-        "use_kl_loss",
-        "kl_coeff",
-        "seed",
-    }
-)
-MODEL_KEYS = frozenset(
-    {
-        "dim",
-        "fcnet_hiddens",
-        "conv_filters",
-        "framestack",
-        "vf_share_layers",
-        "fcnet_activation",
-        "conv_activation",
-        "use_lstm",
-        "lstm_cell_size",
-    }
-)
-
-# What the config values that size memory or compute may be (docs/guarantees.md, "Field audit"):
-# ``key -> (lowest, highest)``, inclusive. The highest values are what the largest allowed node
-# (shared/vm_sizes.py: 96 vCPUs, 880 GiB) could still hold or run: one sample of an Atari batch is
-# an 84x84x4 frame, about 113 KB as float32 on the learner, so 2**20 samples are about 118 GB.
-CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
-    "train_batch_size": (1, 2**20),
-    "train_batch_size_per_learner": (1, 2**20),
-    "minibatch_size": (1, 2**16),
-    "sgd_minibatch_size": (1, 2**16),
-    "sample_batch_size": (1, 10_000),  # a fragment is held per env in every EnvRunner
-    "rollout_fragment_length": (1, 10_000),
-    "num_sgd_iter": (1, 100),  # passes over each batch: compute, not memory
-    "num_epochs": (1, 100),
-    "num_envs_per_worker": (1, 256),  # emulators in one process
-    "num_envs_per_env_runner": (1, 256),
-    "num_workers": (0, 1024),
-    "num_env_runners": (0, 1024),
-    "num_learners": (0, 64),
-    "num_gpus": (0, 64),
-    "num_gpus_per_learner": (0, 8),
-    "num_gpus_per_worker": (0, 8),
-    "num_cpus_per_worker": (0, 96),
-    "num_cpus_per_env_runner": (0, 96),
-    "num_data_loader_buffers": (1, 64),
-    "circular_buffer_num_batches": (1, 1024),
-    "circular_buffer_iterations_per_batch": (1, 100),
-    "broadcast_interval": (1, 10_000),
-    "seed": (0, 2**32 - 1),  # what numpy seeds take
-    "gamma": (0, 1),
-    "lambda": (0, 1),
-    "dim": (16, 512),  # the frame's side in pixels: memory grows with its square
-    "framestack": (1, 32),
-    "lstm_cell_size": (1, 4096),
-}
-MAX_LAYERS = 16  # fcnet_hiddens / conv_filters entries
-MAX_LAYER_WIDTH = 8192  # units of one dense layer, channels of one conv layer
-MAX_ENVS = 4096  # EnvRunners times envs per EnvRunner: emulators in the whole run
-# A request's env runners need a CPU each (num_cpus_per_env_runner, default 1) beside one for the
-# learner / driver; past the CPUs of every node it may ask for, Ray would keep them pending forever.
-ENV_RUNNER_KEYS = ("num_env_runners", "num_workers")
-ENVS_PER_RUNNER_KEYS = ("num_envs_per_env_runner", "num_envs_per_worker")
-CPUS_PER_RUNNER_KEYS = ("num_cpus_per_env_runner", "num_cpus_per_worker")
-
-
-# The config keys whose value is true / false (trainer/config_map.py: boolean()); every other key
-# takes numbers, names or lists of numbers, where a JSON boolean is a mistake, not a count.
-BOOL_CONFIG_KEYS = frozenset({"vtrace", "use_kl_loss"})
-BOOL_MODEL_KEYS = frozenset({"vf_share_layers", "use_lstm", "framestack"})  # old model.framestack: bool
 _NOT_A_NUMBER = "true / false is not allowed here; expected a number"
-
-STOP_KEYS = ("episode_reward_mean", "time_total_s", "timesteps_total", "training_iteration")
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"  # 100: "<id>:completed" and "<id>:deferred:<n>" stay under Service Bus's 128
@@ -185,15 +58,6 @@ CLUSTER_RE = r"^[A-Za-z][A-Za-z0-9-]{1,15}$"  # Azure ML compute names: 2-16 cha
 SHELL_CHARS = frozenset(";|&$`<>\\")
 # String values inside ``config`` (activation names and the like): a plain token.
 CONFIG_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
-
 
 # --- the training request --------------------------------------------------------------------
 
@@ -388,7 +252,9 @@ class TrainingRequest(Strict):
 
     @field_validator("config")
     @classmethod
-    def _config(cls, v: dict[str, Any]) -> dict[str, Any]:
+    # C901: one refusal per rule a config value breaks (unknown key, boolean, type, NaN, size), in
+    # the order docs/guarantees.md's field audit lists them; each names the key it refuses.
+    def _config(cls, v: dict[str, Any]) -> dict[str, Any]:  # noqa: C901
         for key, value in v.items():
             if key not in CONFIG_KEYS:
                 raise ValueError(f"key {key!r} is not allowed; allowed: {', '.join(sorted(CONFIG_KEYS))}")
@@ -626,295 +492,3 @@ def _has_bool(value: Any) -> bool:
 
 def _game(env: str) -> str:
     return re.sub(r"^ALE/|(NoFrameskip|Deterministic)?-v\d+$", "", env)
-
-
-# --- the run record --------------------------------------------------------------------------
-
-
-class RunState(StrEnum):
-    received = "received"
-    provisioning = "provisioning"
-    submitted = "submitted"
-    running = "running"
-    completed = "completed"
-    failed = "failed"
-    canceled = "canceled"
-    timed_out = "timed_out"
-    notified = "notified"
-    rejected = "rejected"
-
-
-ACTIVE = frozenset({RunState.received, RunState.provisioning, RunState.submitted, RunState.running})
-TERMINAL = frozenset({RunState.completed, RunState.failed, RunState.canceled, RunState.timed_out})
-FINAL = TERMINAL | {RunState.notified, RunState.rejected}
-
-Status = Literal["Completed", "Failed", "Canceled", "TimedOut"]
-STATUS_OF: dict[RunState, Status] = {
-    RunState.completed: "Completed",
-    RunState.failed: "Failed",
-    RunState.canceled: "Canceled",
-    RunState.timed_out: "TimedOut",
-}
-StopReason = Literal[
-    "reward_reached", "time_limit", "timesteps_limit", "iterations_limit", "error", "canceled", "stalled"
-]
-
-
-class Progress(BaseModel):
-    """The latest training iteration a backend saw (one ``metrics.jsonl`` line)."""
-
-    model_config = ConfigDict(extra="allow")
-    iteration: int = 0
-    time_total_s: float = 0.0
-    timesteps: int = 0
-    episode_reward_mean: float | None = None
-    episode_reward_min: float | None = None
-    episode_reward_max: float | None = None
-    episodes_total: int | None = None
-    env_steps_per_s: float | None = None
-
-
-class CompletionMessage(Strict):
-    """Posted to the ``training-completed`` topic, the reply queue, webhooks and Teams."""
-
-    message_id: str
-    request_id: str
-    run_id: str | None = None
-    status: Status
-    stop_reason: StopReason | None = None
-    experiment: str = "rlq"
-    algorithm: str | None = None
-    env: str | None = None
-    final_reward: float | None = None
-    best_reward: float | None = None
-    iterations: int | None = None
-    timesteps: int | None = None
-    duration_s: float | None = None
-    checkpoint_path: str | None = None
-    # The run this one was warm-started from (``restore_from: rlq://<parent_request_id>``).
-    parent_request_id: str | None = None
-    eval_reward: float | None = None
-    replay_path: str | None = None
-    reward_curve_url: str | None = None
-    error: str | None = None
-    portal_url: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
-    finished_at: datetime = Field(default_factory=utcnow)
-    # True when the compute twin reported the run: nothing was trained, the figures are made up.
-    simulated: bool = False
-
-
-class Delivery(BaseModel):
-    """One notification target's outcome."""
-
-    target: str
-    ok: bool
-    attempts: int = 0
-    status_code: int | None = None
-    error: str | None = None
-    at: datetime = Field(default_factory=utcnow)
-
-
-class RunRecord(BaseModel):
-    """What rlq knows about one request; ``version`` guards every conditional update."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    request_id: str
-    state: RunState = RunState.received
-    request: TrainingRequest | None = None
-    backend: str | None = None
-    run_id: str | None = None
-    message_id: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-    submitted_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    progress: Progress | None = None
-    progress_at: datetime | None = None
-    stop_reason: StopReason | None = None
-    error: str | None = None
-    portal_url: str | None = None
-    completion: CompletionMessage | None = None
-    published_at: datetime | None = None
-    notified_at: datetime | None = None
-    deliveries: list[Delivery] = Field(default_factory=list)
-    cancel_requested: bool = False
-    poll_failures: int = 0
-    # When the backend first failed to answer a status call in the current streak (None: it answers).
-    unreachable_since: datetime | None = None
-    claimed_at: datetime | None = None
-    # What a ``provisioning`` run waits for (a cluster being created); the poller submits it when ready.
-    compute_pending: str | None = None
-    deferrals: int = 0
-    # The run whose final checkpoint this one restored (``restore_from: rlq://<parent_request_id>``).
-    parent_request_id: str | None = None
-    # Compact reward curve for runs whose metrics file is not local: [iteration, timesteps, reward].
-    curve: list[tuple[int, int, float | None]] = Field(default_factory=list)
-    version: int = 0
-
-    @property
-    def status(self) -> Status | None:
-        if self.completion is not None:
-            return self.completion.status
-        return STATUS_OF.get(self.state)
-
-
-# --- error rendering -------------------------------------------------------------------------
-
-
-def field_errors(err: ValidationError) -> list[dict[str, str]]:
-    """Pydantic errors as ``[{field, message}]`` with dotted field paths a person can find."""
-    out = []
-    for e in err.errors(include_url=False):
-        loc = ".".join(str(p) for p in e["loc"] if p != "__root__") or "(body)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field; remove it (see the request schema in the README)"
-        elif e["type"] == "literal_error":
-            msg = f"{e.get('input')!r} is not allowed; {msg[0].lower()}{msg[1:]}"
-        elif e["type"] == "missing":
-            msg = "field required"
-        elif e["type"] in ("int_type", "float_type", "bool_type") and isinstance(
-            e.get("input"), (bool, str, float)
-        ):
-            want = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false"}[
-                e["type"]
-            ]
-            msg = f"{json.dumps(e['input'])[:40]} is not allowed; expected {want}"
-        out.append({"field": loc, "message": msg})
-    return out
-
-
-class DuplicateKey(ValueError):
-    """A JSON object names the same key twice; ``field`` is the dotted path of the repeated key."""
-
-    def __init__(self, field: str) -> None:
-        self.field = field
-        self.message = (
-            "this key appears more than once in the same JSON object; give it once "
-            "(parsers disagree on which copy wins)"
-        )
-        super().__init__(f"{field}: {self.message}")
-
-
-class _Repeated(dict):  # type: ignore[type-arg]
-    """A decoded object that had repeated keys (``repeated`` names them), found after decoding."""
-
-    repeated: list[str]
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    repeated: list[str] = []
-    for key, value in pairs:
-        if key in obj and key not in repeated:
-            repeated.append(key)
-        obj[key] = value
-    if not repeated:
-        return obj
-    marked = _Repeated(obj)
-    marked.repeated = repeated
-    return marked
-
-
-def _first_repeated(obj: Any, path: str = "") -> str | None:
-    if isinstance(obj, _Repeated):
-        return f"{path}.{obj.repeated[0]}" if path else obj.repeated[0]
-    items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for key, value in items:
-        found = _first_repeated(value, f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
-    return None
-
-
-def load_json(text: str | bytes) -> Any:
-    """``json.loads`` that refuses an object with a repeated key (:class:`DuplicateKey`, naming it).
-
-    The one parser for request bodies (queue intake, the HTTP API, request files): a body whose
-    keys repeat means different things to parsers that keep the first copy and those that keep
-    the last, which is how a value slips past validation.
-    """
-    value = json.loads(text, object_pairs_hook=_pairs)
-    where = _first_repeated(value)
-    if where is not None:
-        raise DuplicateKey(where)
-    return value
-
-
-def parse_request(
-    body: bytes | str | dict[str, Any], *, default_id: str | None = None, max_bytes: int = 256 * 1024
-) -> TrainingRequest:
-    """Decode and validate a request body; raise :class:`InvalidRequest` naming each bad field."""
-    if isinstance(body, (bytes, bytearray)):
-        if len(body) > max_bytes:
-            raise InvalidRequest(
-                [{"field": "(body)", "message": f"body is {len(body)} bytes; the limit is {max_bytes}"}]
-            )
-        try:
-            body = bytes(body).decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise InvalidRequest(
-                [{"field": "(body)", "message": f"not UTF-8 text ({err.reason} at byte {err.start})"}]
-            ) from None
-    if isinstance(body, str):
-        if len(body.encode("utf-8", "surrogatepass")) > max_bytes:
-            raise InvalidRequest([{"field": "(body)", "message": f"body is larger than {max_bytes} bytes"}])
-        try:
-            body = load_json(body)
-        except RecursionError:
-            raise InvalidRequest([{"field": "(body)", "message": "JSON nested too deeply"}]) from None
-        except DuplicateKey as err:
-            raise InvalidRequest([{"field": err.field, "message": err.message}]) from None
-        except ValueError as err:
-            raise InvalidRequest([{"field": "(body)", "message": f"malformed JSON: {err}"}]) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest(
-            [{"field": "(body)", "message": f"expected a JSON object, got {type(body).__name__}"}]
-        )
-    if _depth(body) > 8:
-        raise InvalidRequest([{"field": "(body)", "message": "JSON nested deeper than 8 levels"}])
-    where = _unencodable(body)
-    if where is not None:
-        # A lone surrogate (``"\ud800"``) parses but can never be stored or sent as UTF-8.
-        raise InvalidRequest(
-            [{"field": where, "message": "text contains an unpaired surrogate (not valid Unicode)"}]
-        )
-    data = dict(body)
-    if data.get("request_id") is None and default_id is not None:
-        data["request_id"] = default_id
-    try:
-        return TrainingRequest.model_validate(data)
-    except ValidationError as err:
-        raise InvalidRequest(field_errors(err)) from None
-
-
-def _unencodable(obj: Any, path: str = "") -> str | None:
-    """The dotted path of the first key or string value that is not encodable as UTF-8."""
-    if isinstance(obj, str):
-        try:
-            obj.encode("utf-8")
-        except UnicodeEncodeError:
-            return path or "(body)"
-        return None
-    items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for key, value in items:
-        here = f"{path}.{key}" if path else str(key)
-        if isinstance(key, str) and _unencodable(key) is not None:
-            return path or "(body)"
-        found = _unencodable(value, here)
-        if found is not None:
-            return found
-    return None
-
-
-def _depth(obj: Any, level: int = 0) -> int:
-    if level > 8:
-        return level
-    if isinstance(obj, dict):
-        return max((_depth(v, level + 1) for v in obj.values()), default=level + 1)
-    if isinstance(obj, list):
-        return max((_depth(v, level + 1) for v in obj), default=level + 1)
-    return level

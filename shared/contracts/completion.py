@@ -1,0 +1,57 @@
+"""The completion message: posted to the ``training-completed`` topic, the reply queue, webhooks and
+Teams when a run ends, and each notification target's :class:`Delivery`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.contracts.base import Strict, utcnow
+
+Status = Literal["Completed", "Failed", "Canceled", "TimedOut"]
+StopReason = Literal[
+    "reward_reached", "time_limit", "timesteps_limit", "iterations_limit", "error", "canceled", "stalled"
+]
+
+
+class CompletionMessage(Strict):
+    """Posted to the ``training-completed`` topic, the reply queue, webhooks and Teams."""
+
+    message_id: str
+    request_id: str
+    run_id: str | None = None
+    status: Status
+    stop_reason: StopReason | None = None
+    experiment: str = "rlq"
+    algorithm: str | None = None
+    env: str | None = None
+    final_reward: float | None = None
+    best_reward: float | None = None
+    iterations: int | None = None
+    timesteps: int | None = None
+    duration_s: float | None = None
+    checkpoint_path: str | None = None
+    # The run this one was warm-started from (``restore_from: rlq://<parent_request_id>``).
+    parent_request_id: str | None = None
+    eval_reward: float | None = None
+    replay_path: str | None = None
+    reward_curve_url: str | None = None
+    error: str | None = None
+    portal_url: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    finished_at: datetime = Field(default_factory=utcnow)
+    # True when the compute twin reported the run: nothing was trained, the figures are made up.
+    simulated: bool = False
+
+
+class Delivery(BaseModel):
+    """One notification target's outcome."""
+
+    target: str
+    ok: bool
+    attempts: int = 0
+    status_code: int | None = None
+    error: str | None = None
+    at: datetime = Field(default_factory=utcnow)
