@@ -49,6 +49,7 @@ from shared.contracts.trainer import (
     ENTRYPOINT,
     METRICS_MARK,
     SUMMARY_MARK,
+    TrainerSummary,
     build_argv,
     trainer_time_budget_s,
 )
@@ -241,13 +242,15 @@ def readable_error(*, message: str | None, exit_code: int | None, trainer_error:
 # --- the backend -----------------------------------------------------------------------------
 
 
+_CALL_TIMEOUT = threading.local()  # this thread's current call's timeout (see RayJobsBackend._call)
 MIN_CALL_TIMEOUT_S = 2.0  # a local Jobs API answers in milliseconds; a loaded one in well under this
 
 
 def call_timeout_s(settings: Settings) -> float:
-    """How long one Jobs API call (and its retries) may take: ``status_timeout_s``, but no longer
-    than one poll period (at least ``MIN_CALL_TIMEOUT_S``). A head that died mid-run then costs
-    each tick one short wait, and its runs end within a few periods, not a few 20 s timeouts."""
+    """How long one Jobs API read of the poller (status, logs, version; with its retries) may take:
+    ``status_timeout_s``, but no longer than one poll period (at least ``MIN_CALL_TIMEOUT_S``). A
+    head that died mid-run then costs each tick one short wait, and its runs end within a few
+    periods, not a few 20 s timeouts. A submit (which uploads the trainer) keeps ``status_timeout_s``."""
     from shared.localhost.config import LocalHostError, Schedule
 
     try:
@@ -273,7 +276,7 @@ def _default_client_factory(timeout_s: float) -> ClientFactory:
                 super().__init__(address, headers=headers)
 
             def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
-                kwargs.setdefault("timeout", self._rlq_timeout_s)
+                kwargs.setdefault("timeout", getattr(_CALL_TIMEOUT, "s", None) or self._rlq_timeout_s)
                 return super()._do_request(method, endpoint, **kwargs)
 
             def _raise_error(self, r: Any) -> None:
@@ -307,7 +310,7 @@ class RayJobsBackend:
             or ray_local.local_head_address(settings.data_dir, settings.ray_dashboard_port)
         ).rstrip("/")
         self.call_timeout_s = call_timeout_s(settings)
-        self._factory = client_factory or _default_client_factory(self.call_timeout_s)
+        self._factory = client_factory or _default_client_factory(settings.status_timeout_s)
         self._client_obj: JobsClient | None = None
         self._token: SecretStr | None = None
         self._trainer_package = Path(trainer_package) if trainer_package else _trainer_package_dir()
@@ -378,6 +381,8 @@ class RayJobsBackend:
     def _call(self, fn: Callable[[JobsClient], T], *, what: str, submit: bool = False) -> T:
         """One SDK call with bounded retries (exponential backoff + jitter) on transient faults."""
 
+        timeout_s = self.settings.status_timeout_s if submit else self.call_timeout_s
+
         def once() -> T:
             client = self._client()
             try:
@@ -389,11 +394,15 @@ class RayJobsBackend:
 
         retrying = Retrying(
             retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self.call_timeout_s),
+            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(timeout_s),
             wait=wait_exponential_jitter(initial=0.2, max=2.0),
             reraise=True,
         )
-        return retrying(once)
+        _CALL_TIMEOUT.s = timeout_s
+        try:
+            return retrying(once)
+        finally:
+            _CALL_TIMEOUT.s = None
 
     def output_dir_for(self, request_id: str) -> str:
         """Local mode: absolute, under runs_dir. A remote cluster: relative to the job's working dir."""
@@ -548,13 +557,13 @@ class RayJobsBackend:
         summary = error = None
         if state in _TERMINAL:
             if out_dir is not None:
-                summary = _fresh_json_file(out_dir / "summary.json", since_s)
+                summary = TrainerSummary.read(_fresh_json_file(out_dir / "summary.json", since_s))
             if summary is None:
-                summary = last_marked(job_logs(), SUMMARY_MARK)
+                summary = TrainerSummary.read(last_marked(job_logs(), SUMMARY_MARK))
             if progress is None and out_dir is not None:
                 progress = _progress(last_marked(job_logs(), METRICS_MARK))
             if state == "failed":
-                why = summary.get("error") if summary else None
+                why = summary.error if summary else None
                 error = self._scrub(
                     readable_error(
                         message=info.message,
