@@ -44,10 +44,12 @@ serve: install
 test: install browser
 	$(BIN)/python -m pytest -q
 
-# ruff (check + format) on Python, then checkov on infra/ (Bicep) in its own venv (.venv-lint/)
+# ruff (check + format, complexity included) and mypy (pyproject's [tool.mypy]: shared/, functions/,
+# function_app.py, trainer/) on Python, then checkov on infra/ (Bicep) in its own venv (.venv-lint/)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	bash infra/lint.sh
 
 bench: install

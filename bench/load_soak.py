@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.guarantees.loadgen import make_plan, run_load, run_poll_soak
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a benchmark script: options, run, report, read top to bottom
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=10_000, help="messages on the intake queue")
     p.add_argument("--duplicates", type=float, default=0.05, help="share of repeated deliveries")

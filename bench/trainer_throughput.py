@@ -660,7 +660,7 @@ def compare_work(b: dict, d: dict, settings: dict) -> None:
     )
 
 
-def main() -> int:
+def main() -> int:  # noqa: C901 - a benchmark script: options, the four measurements and the report, top to bottom
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60, help="training seconds for (b), (c) and (d)")
     ap.add_argument("--emulator-seconds", type=float, default=10, help="seconds for (a) and (a')")

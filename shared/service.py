@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -24,16 +25,13 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from shared import curves
-from shared.contracts import message_ids
 from shared.contracts.base import utcnow
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.parsing import parse_request
 from shared.contracts.request import TrainingRequest, resource_problems
-from shared.contracts.run import FINAL, STATUS_OF, TERMINAL, Progress, RunOutcome, RunRecord, RunState
-from shared.contracts.trainer import TrainerSummary
+from shared.contracts.run import FINAL, STATUS_OF, TERMINAL, Progress, RunRecord, RunState
 from shared.contracts.vm_sizes import VM_SIZES
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PermanentError, TransientError
 from shared.ports import (
@@ -302,7 +300,7 @@ class TrainingService:
         at = self.clock() + timedelta(seconds=self.settings.defer_delay_s)
         self.sender.send(
             record.request.model_dump_json().encode(),
-            message_id=message_ids.deferred(record.request_id, record.deferrals),
+            message_id=f"{record.request_id}:deferred:{record.deferrals}",
             scheduled_at=at,
         )
         log.info(
@@ -362,7 +360,7 @@ class TrainingService:
             log.info("request %s waits for its compute: %s", record.request_id, detail)
         return self._update(record, state=RunState.provisioning, compute_pending=detail, claimed_at=None)
 
-    def _submit_when_ready(self, record: RunRecord) -> RunOutcome | None:
+    def _submit_when_ready(self, record: RunRecord) -> str | None:
         """Poller: claim a run that waits for its compute and try the submit again."""
         now = self.clock()
         lease = timedelta(seconds=self.settings.claim_lease_s)
@@ -373,7 +371,7 @@ class TrainingService:
         except Conflict:
             return None  # someone else moved it first; the next tick sees what they did
         after = self._submit(claimed)
-        return RunOutcome.entered(after.state) if after.state is not RunState.provisioning else None
+        return after.state.value if after.state is not RunState.provisioning else None
 
     def _release(self, record: RunRecord) -> None:
         # A run waiting for its compute stays with the poller (its message is settled already).
@@ -415,7 +413,8 @@ class TrainingService:
             request = parse_request(body, default_id=message_id, max_bytes=self.settings.max_body_bytes)
         except (PermanentError, ValueError):
             return None
-        attempt = message_ids.retries(message_id)
+        found = re.search(r":retry:(\d+)$", message_id or "")
+        attempt = int(found.group(1)) if found else 0
         if attempt >= self.settings.intake_retry_attempts:
             self._give_up_retrying(body, message_id, request.request_id, attempt, err)
             return self._record_or_request(request)
@@ -425,7 +424,7 @@ class TrainingService:
         try:
             self.sender.send(
                 request.model_dump_json().encode(),
-                message_id=message_ids.retry(request.request_id, attempt + 1),
+                message_id=f"{request.request_id}:retry:{attempt + 1}",
                 scheduled_at=at,
             )
         except Exception as send_err:  # noqa: BLE001 - the queue redelivers this message instead
@@ -586,8 +585,8 @@ class TrainingService:
                 continue
             report.polled += 1
             if outcome:
-                report.transitions[outcome.value] = report.transitions.get(outcome.value, 0) + 1
-                if outcome is RunOutcome.published:
+                report.transitions[outcome] = report.transitions.get(outcome, 0) + 1
+                if outcome == "published":
                     report.published += 1
         report.skipped = len(pending)
         report.wall_s = time.monotonic() - started
@@ -620,14 +619,14 @@ class TrainingService:
             return r.cancel_requested  # otherwise the queue owns it until it is submitted
         return True
 
-    def _poll_one(self, record: RunRecord) -> RunOutcome | None:
+    def _poll_one(self, record: RunRecord) -> str | None:
         if record.state in TERMINAL:
-            return RunOutcome.published if self._publish(record) else None
+            return "published" if self._publish(record) else None
         if record.state is RunState.provisioning and record.compute_pending and not record.cancel_requested:
             return self._submit_when_ready(record)
         if record.state in (RunState.received, RunState.provisioning):
             self._terminate(record, state=RunState.canceled, stop_reason="canceled")
-            return RunOutcome.canceled
+            return "canceled"
         backend = self.compute[record.backend or self.settings.backend]
         assert record.run_id is not None
         try:
@@ -640,7 +639,7 @@ class TrainingService:
             status = JobStatus(state="failed", error=err.description)
         return self._apply(record, backend, status)
 
-    def _unanswered(self, record: RunRecord, backend: ComputeBackend, err: TransientError) -> RunOutcome:
+    def _unanswered(self, record: RunRecord, backend: ComputeBackend, err: TransientError) -> str:
         """The backend did not answer this tick. The run still ends — at its time limit, or once the
         backend has not answered for ``unreachable_timeout_s`` — instead of staying active for good."""
         now = self.clock()
@@ -656,7 +655,7 @@ class TrainingService:
                 stop_reason="time_limit",
                 error=f"run exceeded its maximum duration of {limit:.0f} s (its backend did not answer: {err})",
             )
-            return RunOutcome.timed_out
+            return "timed_out"
         if silent_s > self.settings.unreachable_timeout_s:
             self._cancel_quietly(backend, record)
             self._terminate(
@@ -668,7 +667,7 @@ class TrainingService:
                     f"(last: {err}); the run is given up, its outcome unknown"
                 ),
             )
-            return RunOutcome.unreachable
+            return "unreachable"
         self._update(record, poll_failures=record.poll_failures + 1, unreachable_since=since)
         raise TransientError(f"status of {record.run_id}: {err} (no answer for {silent_s:.0f} s)") from err
 
@@ -678,7 +677,7 @@ class TrainingService:
         except (TransientError, PermanentError) as err:
             log.warning("could not cancel %s on giving it up: %s", record.run_id, err)
 
-    def _apply(self, record: RunRecord, backend: ComputeBackend, st: JobStatus) -> RunOutcome | None:
+    def _apply(self, record: RunRecord, backend: ComputeBackend, st: JobStatus) -> str | None:
         now = self.clock()
         changes: dict[str, Any] = {"poll_failures": 0}
         if record.unreachable_since is not None:
@@ -695,17 +694,17 @@ class TrainingService:
             changes.update(
                 progress=st.progress, progress_at=now, curve=_append_curve(record.curve, st.progress)
             )
-        outcome: RunOutcome | None = None
+        outcome: str | None = None
         if st.state == "running" and record.state is RunState.submitted:
             changes.update(
                 state=RunState.running, started_at=now, progress_at=changes.get("progress_at", now)
             )
-            outcome = RunOutcome.running
-        summary = None
+            outcome = "running"
+        summary: dict[str, Any] = {}
         if st.state in ("succeeded", "failed", "stopped"):
-            summary = st.summary
+            summary = st.summary or {}
             changes.update(self._terminal_fields(record, st))
-            outcome = RunOutcome.entered(changes["state"])
+            outcome = changes["state"].value
         else:
             limit = self._watchdog_limit_s(record)
             began = record.started_at or record.submitted_at or record.created_at
@@ -717,7 +716,7 @@ class TrainingService:
                     stop_reason="time_limit",
                     error=f"run exceeded its maximum duration of {limit:.0f} s",
                 )
-                outcome = RunOutcome.timed_out
+                outcome = "timed_out"
             elif (
                 now - last
             ).total_seconds() > self.settings.stall_timeout_s and record.state is RunState.running:
@@ -727,7 +726,7 @@ class TrainingService:
                     stop_reason="stalled",
                     error=f"no training progress for {self.settings.stall_timeout_s:.0f} s",
                 )
-                outcome = RunOutcome.stalled
+                outcome = "stalled"
         if changes.get("state") in TERMINAL:
             self._terminate(record, summary=summary, **changes)
             return outcome
@@ -737,13 +736,13 @@ class TrainingService:
         return outcome
 
     def _terminal_fields(self, record: RunRecord, st: JobStatus) -> dict[str, Any]:
-        summary = st.summary or TrainerSummary()
+        summary = st.summary or {}
         stop = record.request.stop if record.request else None
-        stop_reason = summary.stop_reason
+        stop_reason = summary.get("stop_reason")
         if st.state == "stopped":
             state = RunState.canceled
             stop_reason = "canceled"
-        elif st.state == "failed" or summary.error:
+        elif st.state == "failed" or summary.get("error"):
             state, stop_reason = RunState.failed, stop_reason if stop_reason in ("stalled",) else "error"
         elif stop_reason == "canceled":
             state = RunState.canceled
@@ -751,7 +750,7 @@ class TrainingService:
             state = RunState.timed_out  # the budget ran out before the reward target
         else:
             state = RunState.completed
-        error = summary.error or st.error
+        error = summary.get("error") or st.error
         if state is RunState.canceled and not record.cancel_requested:
             error = error or "the job was stopped outside rlq"
         return {
@@ -780,12 +779,12 @@ class TrainingService:
     # --- completion (outbox) -------------------------------------------------------------------
 
     def _terminate(
-        self, record: RunRecord, *, summary: TrainerSummary | None = None, **changes: Any
+        self, record: RunRecord, *, summary: dict[str, Any] | None = None, **changes: Any
     ) -> RunRecord:
         """Terminal state and completion message in one write (the outbox), then publish."""
         changes.setdefault("finished_at", self.clock())
         ended = record.model_copy(update=changes)
-        changes["completion"] = self._completion(ended, summary or TrainerSummary())
+        changes["completion"] = self._completion(ended, summary or {})
         stored = self._update(record, **changes)
         if stored.state not in TERMINAL or stored.completion is None:
             return stored  # someone else moved it on first
@@ -793,14 +792,14 @@ class TrainingService:
         self._publish(stored)
         return self.store.get(record.request_id) or stored
 
-    def _completion(self, record: RunRecord, summary: TrainerSummary) -> CompletionMessage:
+    def _completion(self, record: RunRecord, summary: dict[str, Any]) -> CompletionMessage:
         req = record.request
         p = record.progress
         duration = None
         if record.finished_at and (record.started_at or record.submitted_at):
             duration = (record.finished_at - (record.started_at or record.submitted_at)).total_seconds()
         return CompletionMessage(
-            message_id=message_ids.completed(record.request_id),
+            message_id=f"{record.request_id}:completed",
             request_id=record.request_id,
             run_id=record.run_id,
             status=STATUS_OF[record.state],
@@ -808,21 +807,21 @@ class TrainingService:
             experiment=req.experiment if req else "rlq",
             algorithm=req.algorithm if req else None,
             env=req.env if req else None,
-            final_reward=_either(summary.final_reward, p.episode_reward_mean if p else None),
-            best_reward=_either(summary.best_reward, curves.best(curves.record_points(record.curve))),
-            iterations=_either(summary.iterations, p.iteration if p else None),
-            timesteps=_either(summary.timesteps, p.timesteps if p else None),
-            duration_s=_either(summary.duration_s, duration),
-            checkpoint_path=summary.checkpoint_path,
+            final_reward=summary.get("final_reward", p.episode_reward_mean if p else None),
+            best_reward=summary.get("best_reward", _best(record.curve)),
+            iterations=summary.get("iterations", p.iteration if p else None),
+            timesteps=summary.get("timesteps", p.timesteps if p else None),
+            duration_s=summary.get("duration_s", duration),
+            checkpoint_path=summary.get("checkpoint_path"),
             parent_request_id=record.parent_request_id,
-            eval_reward=summary.eval_reward,
-            replay_path=summary.replay_path,
+            eval_reward=summary.get("eval_reward"),
+            replay_path=summary.get("replay_path"),
             reward_curve_url=f"{self.settings.public_base_url.rstrip('/')}/api/trainings/{record.request_id}/reward.png",
             error=record.error,
             portal_url=record.portal_url,
             tags=req.tags if req else {},
             finished_at=record.finished_at or self.clock(),
-            simulated=summary.simulated,
+            simulated=summary.get("simulated") is True,
         )
 
     def _publish(self, record: RunRecord) -> bool:
@@ -981,9 +980,6 @@ def _append_curve(
     return out
 
 
-_N = TypeVar("_N", int, float)
-
-
-def _either(reported: _N | None, fallback: _N | None) -> _N | None:
-    """The trainer's own figure when its summary has one, else what rlq saw of the run."""
-    return reported if reported is not None else fallback
+def _best(curve: list[tuple[int, int, float | None]]) -> float | None:
+    values = [r for _, _, r in curve if r is not None]
+    return max(values) if values else None

@@ -126,8 +126,8 @@ def address_problem(ip: IPAddress, *, local_mode: bool) -> str | None:
             if ip in net:
                 return None if (local_mode and ip.is_loopback) else why
     else:
-        for net, why in _V4_RULES:
-            if ip in net:
+        for net4, why in _V4_RULES:
+            if ip in net4:
                 return None if (local_mode and ip.is_loopback) else why
     if not ip.is_global:
         return "not a globally routable address"
@@ -230,7 +230,7 @@ def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
     return tuple(out)
 
 
-def check_url(
+def check_url(  # noqa: C901 - each way a webhook URL can be unsafe, checked in order with its own message
     url: str, *, local_mode: bool, allow_hosts: Sequence[str] = (), resolve: bool = True
 ) -> ResolvedTarget:
     """Decide whether rlq may POST to ``url``; return the target with its checked addresses.
@@ -309,10 +309,10 @@ def check_url(
         addresses = ()
 
     for addr in addresses:
-        why = address_problem(addr, local_mode=local_mode)
-        if why:
+        problem = address_problem(addr, local_mode=local_mode)
+        if problem:
             named = f"{host!r} resolves to {addr}, " if literal is None else f"{addr} is "
-            raise UnsafeUrl(f"{shown}: {named}{why}; webhooks must go to public addresses")
+            raise UnsafeUrl(f"{shown}: {named}{problem}; webhooks must go to public addresses")
 
     # Without resolution (intake checks) a name's addresses are unknown: send time decides.
     if scheme == "http" and (not local_mode or not all(a.is_loopback for a in addresses)):

@@ -372,7 +372,7 @@ def _set(out: MappedConfig, name: str, value: Any, source: str, algorithm: str) 
     out.settings[name] = value
 
 
-def map_config(user: Any, algorithm: str) -> MappedConfig:
+def map_config(user: Any, algorithm: str) -> MappedConfig:  # noqa: C901 - one branch per --config key family, read as one table
     """Validate and map a user ``--config`` dict. Raises ``UsageError`` on a bad field."""
     if not isinstance(user, dict):
         raise UsageError("--config", user, "a JSON object")

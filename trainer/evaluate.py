@@ -119,7 +119,7 @@ def evaluate(
     ckpt = _local_path(checkpoint)
     meta = load_meta(ckpt, env_id)
     module = RLModule.from_checkpoint(str(module_path(ckpt)))
-    module.eval()
+    module.eval()  # type: ignore[attr-defined]  # a TorchRLModule (a torch Module) here; RLModule declares no eval()
     env_config = dict(meta["env_config"])
     if gif:
         env_config["render_mode"] = "rgb_array"

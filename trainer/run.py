@@ -216,8 +216,10 @@ class Trainer:
 
         plan = self.plan
         gif = plan.output_dir / "replay.gif" if plan.evaluate_gif else None
+        checkpoint, episodes = self.last_checkpoint, plan.evaluate_episodes
+        assert checkpoint is not None and episodes, "run() evaluates only with a checkpoint and episodes"
         try:
-            result = evaluate.evaluate(self.last_checkpoint, plan.evaluate_episodes, gif=gif, seed=plan.seed)
+            result = evaluate.evaluate(checkpoint, episodes, gif=gif, seed=plan.seed)
         except Exception as exc:  # noqa: BLE001 - a failed evaluation never discards the trained run
             traceback.print_exc(file=sys.stderr)
             self.summary["error"] = "evaluation failed: " + error_paragraph(exc)

@@ -65,7 +65,7 @@ class MLflowSink:
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             return None
         try:
-            import mlflow  # type: ignore
+            import mlflow
         except Exception:  # noqa: BLE001 - an optional integration: any import failure means absent
             _warn(
                 "MLFLOW_TRACKING_URI is set but the mlflow package is not installed; "

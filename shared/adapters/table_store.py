@@ -36,6 +36,7 @@ the store takes a write now.
 from __future__ import annotations
 
 import base64
+import builtins
 import logging
 import re
 import threading
@@ -142,7 +143,11 @@ class TableRunStore:
     ) -> None:
         from azure.data.tables import TableClient
 
-        options = {"retry_total": retry_total, "connection_timeout": timeout_s, "read_timeout": timeout_s}
+        options: dict[str, Any] = {
+            "retry_total": retry_total,
+            "connection_timeout": timeout_s,
+            "read_timeout": timeout_s,
+        }
         if table_client is not None:
             self._table = table_client
         elif connection_string:
@@ -307,7 +312,7 @@ class TableRunStore:
         from azure.data.tables import UpdateMode
 
         t = self.probe_timeout_s
-        options = {"retry_total": 0, "timeout": t, "connection_timeout": t, "read_timeout": t}
+        options: dict[str, Any] = {"retry_total": 0, "timeout": t, "connection_timeout": t, "read_timeout": t}
         entity = {"PartitionKey": PROBE_PARTITION, "RowKey": PROBE_ROW, "CheckedAt": _epoch(self._now())}
         try:
             if not self._ready:
@@ -355,7 +360,8 @@ class TableRunStore:
             flt += " and (" + " or ".join(f"State eq '{s}'" for s in sorted(wanted)) + ")"
         return flt
 
-    def _query(self, flt: str, *, select: list[str]) -> list[Any]:
+    # builtins.list: inside this class ``list`` is the RunStore method above
+    def _query(self, flt: str, *, select: builtins.list[str]) -> builtins.list[Any]:
         return self._call(
             "query", lambda: list(self._table.query_entities(flt, select=select, results_per_page=1000))
         )

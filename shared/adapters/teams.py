@@ -217,13 +217,14 @@ def build_payload(
             if len(body) <= max_bytes:
                 return TeamsPayload(body, card, f"inline {width}x{height}")
     link = message.reward_curve_url or reward_png_url(public_base_url, message.request_id)
+    image_url: str | None = link
     image_mode = "link"
     if not link.startswith("https://"):
         # Teams fetches linked images itself: a loopback / plain-http link would show a broken image.
-        link, image_mode = None, "none"
+        image_url, image_mode = None, "none"
     error_chars = MAX_ERROR_CHARS
     while True:
-        card = build_card(message, image_url=link, error_chars=error_chars, **common)
+        card = build_card(message, image_url=image_url, error_chars=error_chars, **common)
         body = _encode(card)
         if len(body) <= max_bytes or error_chars <= 100:
             break

@@ -349,7 +349,7 @@ class WebhookSender:
             return min(outcome.retry_after_s, self.max_retry_after_s)
         return float(self._jitter(state))
 
-    def _attempt(
+    def _attempt(  # noqa: C901 - one POST and each of its outcomes (2xx, redirect, 4xx, 429 / 5xx, timeout, network) in one place
         self,
         client: httpx.Client,
         n: int,

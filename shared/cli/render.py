@@ -74,7 +74,7 @@ def state_style(state: RunState) -> str:
     }.get(state, "cyan")
 
 
-def render_record(record: RunRecord) -> Panel:
+def render_record(record: RunRecord) -> Panel:  # noqa: C901 - one row per optional field of the record, in display order
     """The ``rlq status`` panel."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)

@@ -335,8 +335,8 @@ class LocalHost:
             while not self._stop_requested.wait(0.5):
                 pass
         finally:
-            for sig, previous in restore.items():
-                signal.signal(sig, previous)
+            for signum, previous in restore.items():
+                signal.signal(signum, previous)
             self.stop()
 
     def __enter__(self) -> Self:

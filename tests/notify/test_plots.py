@@ -9,8 +9,7 @@ import math
 import pytest
 from PIL import Image
 
-from shared.curves import load_metrics, reward_series
-from shared.plots import reward_curve_png, sparkline
+from shared.plots import load_metrics, reward_curve_png, reward_series, sparkline
 
 
 def cartpole_points(n: int = 60) -> list[dict]:

@@ -288,4 +288,5 @@ def network_client_from_settings(settings: Settings) -> Any:
     from azure.identity import DefaultAzureCredential
     from azure.mgmt.network import NetworkManagementClient
 
-    return NetworkManagementClient(DefaultAzureCredential(), settings.azureml_subscription_id)
+    subscription, _, _ = workspace_coordinates(settings)
+    return NetworkManagementClient(DefaultAzureCredential(), subscription)
