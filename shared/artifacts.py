@@ -5,19 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.contracts.run import RunRecord
+from shared.curves import load_metrics, record_points
 from shared.settings import Settings
 
 
 def metrics_points(record: RunRecord, settings: Settings) -> list[dict]:
     """Every iteration the trainer logged when its output is local, else the record's compact curve."""
-    from shared.plots import load_metrics
-
     path = Path(settings.runs_dir) / record.request_id / "metrics.jsonl"
     if path.is_file():
         points = load_metrics(path)
         if points:
             return points
-    return [{"iteration": i, "timesteps": t, "episode_reward_mean": r} for i, t, r in record.curve]
+    return record_points(record.curve)
 
 
 def reward_curve_for(record: RunRecord, settings: Settings) -> bytes | None:

@@ -1,4 +1,5 @@
 """Pictures of a run: the reward curve as a PNG (cards, API, README) and as a sparkline (terminal).
+The rows are read by :mod:`shared.curves`, as the dashboard and the CLI read them.
 
 matplotlib is driven through ``Figure`` + the Agg canvas directly, never ``pyplot``: no global
 figure state, nothing to close, safe to call from the notifier's threads and the Functions host.
@@ -7,58 +8,22 @@ figure state, nothing to close, safe to call from the notifier's threads and the
 from __future__ import annotations
 
 import io
-import json
 import math
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-__all__ = ["load_metrics", "reward_curve_png", "reward_series", "sparkline"]
+from shared.curves import reward_series
 
-# Keys the trainer writes (first) and the names newer RLlib results use (fallback).
-REWARD_KEYS = ("episode_reward_mean", "env_runners/episode_return_mean", "episode_return_mean")
-MIN_KEYS = ("episode_reward_min", "env_runners/episode_return_min", "episode_return_min")
-MAX_KEYS = ("episode_reward_max", "env_runners/episode_return_max", "episode_return_max")
+__all__ = ["reward_curve_png", "sparkline"]
 
 _LINE = "#2563eb"
 _BAND = "#93c5fd"
 _TARGET = "#dc2626"
 _BEST = "#16a34a"
-
-
-def _number(point: dict[str, Any], keys: Sequence[str]) -> float | None:
-    for key in keys:
-        value = point.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    return None
-
-
-Series = tuple[str, list[float], list[float], list[float | None], list[float | None]]
-
-
-def reward_series(points: Iterable[dict[str, Any]]) -> Series:
-    """``(x_label, xs, means, mins, maxs)`` of the points that carry a mean reward.
-
-    x is environment steps when the points carry them, else the iteration number.
-    """
-    rows = [p for p in points if isinstance(p, dict) and _number(p, REWARD_KEYS) is not None]
-    use_steps = any((_number(p, ("timesteps", "num_env_steps_sampled_lifetime")) or 0) > 0 for p in rows)
-    xs, means, mins, maxs = [], [], [], []
-    for i, p in enumerate(rows, start=1):
-        if use_steps:
-            x = _number(p, ("timesteps", "num_env_steps_sampled_lifetime"))
-        else:
-            x = _number(p, ("iteration", "training_iteration"))
-        xs.append(float(i) if x is None else x)
-        means.append(_number(p, REWARD_KEYS) or 0.0)
-        mins.append(_number(p, MIN_KEYS))
-        maxs.append(_number(p, MAX_KEYS))
-    return ("environment steps" if use_steps else "iteration"), xs, means, mins, maxs
 
 
 def reward_curve_png(
@@ -185,30 +150,6 @@ def _finish(png: bytes, *, title: str, size: tuple[int, int], compact: bool) -> 
     out = io.BytesIO()
     img.save(out, format="PNG", optimize=True, pnginfo=info)
     return out.getvalue()
-
-
-def load_metrics(path: Path | str) -> list[dict[str, Any]]:
-    """The lines of a ``metrics.jsonl`` as dicts; a missing file is empty.
-
-    The trainer appends while we read, so the last line may be torn: lines that do not parse as
-    a JSON object are skipped rather than failing the whole picture.
-    """
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
-    out: list[dict[str, Any]] = []
-    for line in raw.decode("utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
 
 
 _BLOCKS = "▁▂▃▄▅▆▇█"

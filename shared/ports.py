@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress, RunRecord, RunState
+from shared.contracts.trainer import TrainerSummary
 
 JobState = Literal["pending", "running", "succeeded", "failed", "stopped"]
 
@@ -25,7 +26,7 @@ class JobStatus:
     state: JobState
     progress: Progress | None = None
     # The trainer's summary.json (see trainer/train.py) once the job has ended, when readable.
-    summary: dict[str, Any] | None = None
+    summary: TrainerSummary | None = None
     error: str | None = None
     portal_url: str | None = None
 

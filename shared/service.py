@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -25,13 +24,16 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from shared import curves
+from shared.contracts import message_ids
 from shared.contracts.base import utcnow
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.parsing import parse_request
 from shared.contracts.request import TrainingRequest, resource_problems
-from shared.contracts.run import FINAL, STATUS_OF, TERMINAL, Progress, RunRecord, RunState
+from shared.contracts.run import FINAL, STATUS_OF, TERMINAL, Progress, RunOutcome, RunRecord, RunState
+from shared.contracts.trainer import TrainerSummary
 from shared.contracts.vm_sizes import VM_SIZES
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PermanentError, TransientError
 from shared.ports import (
@@ -300,7 +302,7 @@ class TrainingService:
         at = self.clock() + timedelta(seconds=self.settings.defer_delay_s)
         self.sender.send(
             record.request.model_dump_json().encode(),
-            message_id=f"{record.request_id}:deferred:{record.deferrals}",
+            message_id=message_ids.deferred(record.request_id, record.deferrals),
             scheduled_at=at,
         )
         log.info(
@@ -360,7 +362,7 @@ class TrainingService:
             log.info("request %s waits for its compute: %s", record.request_id, detail)
         return self._update(record, state=RunState.provisioning, compute_pending=detail, claimed_at=None)
 
-    def _submit_when_ready(self, record: RunRecord) -> str | None:
+    def _submit_when_ready(self, record: RunRecord) -> RunOutcome | None:
         """Poller: claim a run that waits for its compute and try the submit again."""
         now = self.clock()
         lease = timedelta(seconds=self.settings.claim_lease_s)
@@ -371,7 +373,7 @@ class TrainingService:
         except Conflict:
             return None  # someone else moved it first; the next tick sees what they did
         after = self._submit(claimed)
-        return after.state.value if after.state is not RunState.provisioning else None
+        return RunOutcome.entered(after.state) if after.state is not RunState.provisioning else None
 
     def _release(self, record: RunRecord) -> None:
         # A run waiting for its compute stays with the poller (its message is settled already).
@@ -413,8 +415,7 @@ class TrainingService:
             request = parse_request(body, default_id=message_id, max_bytes=self.settings.max_body_bytes)
         except (PermanentError, ValueError):
             return None
-        found = re.search(r":retry:(\d+)$", message_id or "")
-        attempt = int(found.group(1)) if found else 0
+        attempt = message_ids.retries(message_id)
         if attempt >= self.settings.intake_retry_attempts:
             self._give_up_retrying(body, message_id, request.request_id, attempt, err)
             return self._record_or_request(request)
@@ -424,7 +425,7 @@ class TrainingService:
         try:
             self.sender.send(
                 request.model_dump_json().encode(),
-                message_id=f"{request.request_id}:retry:{attempt + 1}",
+                message_id=message_ids.retry(request.request_id, attempt + 1),
                 scheduled_at=at,
             )
         except Exception as send_err:  # noqa: BLE001 - the queue redelivers this message instead
@@ -585,8 +586,8 @@ class TrainingService:
                 continue
             report.polled += 1
             if outcome:
-                report.transitions[outcome] = report.transitions.get(outcome, 0) + 1
-                if outcome == "published":
+                report.transitions[outcome.value] = report.transitions.get(outcome.value, 0) + 1
+                if outcome is RunOutcome.published:
                     report.published += 1
         report.skipped = len(pending)
         report.wall_s = time.monotonic() - started
@@ -619,14 +620,14 @@ class TrainingService:
             return r.cancel_requested  # otherwise the queue owns it until it is submitted
         return True
 
-    def _poll_one(self, record: RunRecord) -> str | None:
+    def _poll_one(self, record: RunRecord) -> RunOutcome | None:
         if record.state in TERMINAL:
-            return "published" if self._publish(record) else None
+            return RunOutcome.published if self._publish(record) else None
         if record.state is RunState.provisioning and record.compute_pending and not record.cancel_requested:
             return self._submit_when_ready(record)
         if record.state in (RunState.received, RunState.provisioning):
             self._terminate(record, state=RunState.canceled, stop_reason="canceled")
-            return "canceled"
+            return RunOutcome.canceled
         backend = self.compute[record.backend or self.settings.backend]
         assert record.run_id is not None
         try:
@@ -639,7 +640,7 @@ class TrainingService:
             status = JobStatus(state="failed", error=err.description)
         return self._apply(record, backend, status)
 
-    def _unanswered(self, record: RunRecord, backend: ComputeBackend, err: TransientError) -> str:
+    def _unanswered(self, record: RunRecord, backend: ComputeBackend, err: TransientError) -> RunOutcome:
         """The backend did not answer this tick. The run still ends — at its time limit, or once the
         backend has not answered for ``unreachable_timeout_s`` — instead of staying active for good."""
         now = self.clock()
@@ -655,7 +656,7 @@ class TrainingService:
                 stop_reason="time_limit",
                 error=f"run exceeded its maximum duration of {limit:.0f} s (its backend did not answer: {err})",
             )
-            return "timed_out"
+            return RunOutcome.timed_out
         if silent_s > self.settings.unreachable_timeout_s:
             self._cancel_quietly(backend, record)
             self._terminate(
@@ -667,7 +668,7 @@ class TrainingService:
                     f"(last: {err}); the run is given up, its outcome unknown"
                 ),
             )
-            return "unreachable"
+            return RunOutcome.unreachable
         self._update(record, poll_failures=record.poll_failures + 1, unreachable_since=since)
         raise TransientError(f"status of {record.run_id}: {err} (no answer for {silent_s:.0f} s)") from err
 
@@ -677,7 +678,7 @@ class TrainingService:
         except (TransientError, PermanentError) as err:
             log.warning("could not cancel %s on giving it up: %s", record.run_id, err)
 
-    def _apply(self, record: RunRecord, backend: ComputeBackend, st: JobStatus) -> str | None:
+    def _apply(self, record: RunRecord, backend: ComputeBackend, st: JobStatus) -> RunOutcome | None:
         now = self.clock()
         changes: dict[str, Any] = {"poll_failures": 0}
         if record.unreachable_since is not None:
@@ -694,17 +695,17 @@ class TrainingService:
             changes.update(
                 progress=st.progress, progress_at=now, curve=_append_curve(record.curve, st.progress)
             )
-        outcome: str | None = None
+        outcome: RunOutcome | None = None
         if st.state == "running" and record.state is RunState.submitted:
             changes.update(
                 state=RunState.running, started_at=now, progress_at=changes.get("progress_at", now)
             )
-            outcome = "running"
-        summary: dict[str, Any] = {}
+            outcome = RunOutcome.running
+        summary = None
         if st.state in ("succeeded", "failed", "stopped"):
-            summary = st.summary or {}
+            summary = st.summary
             changes.update(self._terminal_fields(record, st))
-            outcome = changes["state"].value
+            outcome = RunOutcome.entered(changes["state"])
         else:
             limit = self._watchdog_limit_s(record)
             began = record.started_at or record.submitted_at or record.created_at
@@ -716,7 +717,7 @@ class TrainingService:
                     stop_reason="time_limit",
                     error=f"run exceeded its maximum duration of {limit:.0f} s",
                 )
-                outcome = "timed_out"
+                outcome = RunOutcome.timed_out
             elif (
                 now - last
             ).total_seconds() > self.settings.stall_timeout_s and record.state is RunState.running:
@@ -726,7 +727,7 @@ class TrainingService:
                     stop_reason="stalled",
                     error=f"no training progress for {self.settings.stall_timeout_s:.0f} s",
                 )
-                outcome = "stalled"
+                outcome = RunOutcome.stalled
         if changes.get("state") in TERMINAL:
             self._terminate(record, summary=summary, **changes)
             return outcome
@@ -736,13 +737,13 @@ class TrainingService:
         return outcome
 
     def _terminal_fields(self, record: RunRecord, st: JobStatus) -> dict[str, Any]:
-        summary = st.summary or {}
+        summary = st.summary or TrainerSummary()
         stop = record.request.stop if record.request else None
-        stop_reason = summary.get("stop_reason")
+        stop_reason = summary.stop_reason
         if st.state == "stopped":
             state = RunState.canceled
             stop_reason = "canceled"
-        elif st.state == "failed" or summary.get("error"):
+        elif st.state == "failed" or summary.error:
             state, stop_reason = RunState.failed, stop_reason if stop_reason in ("stalled",) else "error"
         elif stop_reason == "canceled":
             state = RunState.canceled
@@ -750,7 +751,7 @@ class TrainingService:
             state = RunState.timed_out  # the budget ran out before the reward target
         else:
             state = RunState.completed
-        error = summary.get("error") or st.error
+        error = summary.error or st.error
         if state is RunState.canceled and not record.cancel_requested:
             error = error or "the job was stopped outside rlq"
         return {
@@ -779,12 +780,12 @@ class TrainingService:
     # --- completion (outbox) -------------------------------------------------------------------
 
     def _terminate(
-        self, record: RunRecord, *, summary: dict[str, Any] | None = None, **changes: Any
+        self, record: RunRecord, *, summary: TrainerSummary | None = None, **changes: Any
     ) -> RunRecord:
         """Terminal state and completion message in one write (the outbox), then publish."""
         changes.setdefault("finished_at", self.clock())
         ended = record.model_copy(update=changes)
-        changes["completion"] = self._completion(ended, summary or {})
+        changes["completion"] = self._completion(ended, summary or TrainerSummary())
         stored = self._update(record, **changes)
         if stored.state not in TERMINAL or stored.completion is None:
             return stored  # someone else moved it on first
@@ -792,14 +793,14 @@ class TrainingService:
         self._publish(stored)
         return self.store.get(record.request_id) or stored
 
-    def _completion(self, record: RunRecord, summary: dict[str, Any]) -> CompletionMessage:
+    def _completion(self, record: RunRecord, summary: TrainerSummary) -> CompletionMessage:
         req = record.request
         p = record.progress
         duration = None
         if record.finished_at and (record.started_at or record.submitted_at):
             duration = (record.finished_at - (record.started_at or record.submitted_at)).total_seconds()
         return CompletionMessage(
-            message_id=f"{record.request_id}:completed",
+            message_id=message_ids.completed(record.request_id),
             request_id=record.request_id,
             run_id=record.run_id,
             status=STATUS_OF[record.state],
@@ -807,21 +808,21 @@ class TrainingService:
             experiment=req.experiment if req else "rlq",
             algorithm=req.algorithm if req else None,
             env=req.env if req else None,
-            final_reward=summary.get("final_reward", p.episode_reward_mean if p else None),
-            best_reward=summary.get("best_reward", _best(record.curve)),
-            iterations=summary.get("iterations", p.iteration if p else None),
-            timesteps=summary.get("timesteps", p.timesteps if p else None),
-            duration_s=summary.get("duration_s", duration),
-            checkpoint_path=summary.get("checkpoint_path"),
+            final_reward=_either(summary.final_reward, p.episode_reward_mean if p else None),
+            best_reward=_either(summary.best_reward, curves.best(curves.record_points(record.curve))),
+            iterations=_either(summary.iterations, p.iteration if p else None),
+            timesteps=_either(summary.timesteps, p.timesteps if p else None),
+            duration_s=_either(summary.duration_s, duration),
+            checkpoint_path=summary.checkpoint_path,
             parent_request_id=record.parent_request_id,
-            eval_reward=summary.get("eval_reward"),
-            replay_path=summary.get("replay_path"),
+            eval_reward=summary.eval_reward,
+            replay_path=summary.replay_path,
             reward_curve_url=f"{self.settings.public_base_url.rstrip('/')}/api/trainings/{record.request_id}/reward.png",
             error=record.error,
             portal_url=record.portal_url,
             tags=req.tags if req else {},
             finished_at=record.finished_at or self.clock(),
-            simulated=summary.get("simulated") is True,
+            simulated=summary.simulated,
         )
 
     def _publish(self, record: RunRecord) -> bool:
@@ -980,6 +981,9 @@ def _append_curve(
     return out
 
 
-def _best(curve: list[tuple[int, int, float | None]]) -> float | None:
-    values = [r for _, _, r in curve if r is not None]
-    return max(values) if values else None
+_N = TypeVar("_N", int, float)
+
+
+def _either(reported: _N | None, fallback: _N | None) -> _N | None:
+    """The trainer's own figure when its summary has one, else what rlq saw of the run."""
+    return reported if reported is not None else fallback

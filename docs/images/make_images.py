@@ -23,7 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shared.adapters.teams import build_payload
 from shared.contracts.completion import CompletionMessage
-from shared.plots import load_metrics, reward_curve_png
+from shared.curves import load_metrics
+from shared.plots import reward_curve_png
 
 HERE = Path(__file__).parent
 FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress
+from shared.contracts.trainer import TrainerSummary
 from shared.errors import TransientError
 from shared.ports import JobStatus
 
@@ -142,22 +143,24 @@ class ComputeTwin:
         )
         summary = None
         if state == "succeeded":
-            summary = {
-                "final_reward": reward,
-                "best_reward": reward,
-                "iterations": polls,
-                "timesteps": polls * 1000,
-                "duration_s": float(polls),
-                "stop_reason": "reward_reached",
-                "checkpoint_path": f"file:///twin/{run_id}/checkpoints/final",
-                "simulated": True,
-            }
+            summary = TrainerSummary(
+                final_reward=reward,
+                best_reward=reward,
+                iterations=polls,
+                timesteps=polls * 1000,
+                duration_s=float(polls),
+                stop_reason="reward_reached",
+                checkpoint_path=f"file:///twin/{run_id}/checkpoints/final",
+                simulated=True,
+            )
         elif state == "failed":
-            summary = {"error": "twin: the job failed (injected)", "stop_reason": "error", "simulated": True}
+            summary = TrainerSummary(
+                error="twin: the job failed (injected)", stop_reason="error", simulated=True
+            )
         elif state == "stopped":
-            summary = {"stop_reason": "canceled", "simulated": True}
+            summary = TrainerSummary(stop_reason="canceled", simulated=True)
         return JobStatus(
-            state=state, progress=progress, summary=summary, error=summary.get("error") if summary else None
+            state=state, progress=progress, summary=summary, error=summary.error if summary else None
         )
 
     def cancel(self, run_id: str) -> None:

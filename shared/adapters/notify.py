@@ -23,7 +23,7 @@ from shared.adapters.teams import TeamsPayload, build_payload
 from shared.adapters.webhooks import EndpointRegistry, SqliteEndpointRegistry, WebhookSender, check_secrets
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.request import TrainingRequest
-from shared.plots import load_metrics
+from shared.curves import load_metrics
 from shared.settings import Settings
 from shared.urlguard import UnsafeUrl, check_teams_url, redact
 

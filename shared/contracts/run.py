@@ -37,6 +37,37 @@ STATUS_OF: dict[RunState, Status] = {
 }
 
 
+class RunOutcome(StrEnum):
+    """What one poll of a run did: the state it moved to (a submit the poller retried may find the
+    run taken over, in any state), or what else happened to it.
+
+    ``stalled``: failed for want of progress; ``unreachable``: failed because its backend stopped
+    answering; ``published``: a terminal run's completion message went out. The poll tick counts
+    them (``TickReport.transitions``).
+    """
+
+    # the state it moved to: one per RunState
+    received = "received"
+    provisioning = "provisioning"
+    submitted = "submitted"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    canceled = "canceled"
+    timed_out = "timed_out"
+    notified = "notified"
+    rejected = "rejected"
+    # what else a poll did
+    stalled = "stalled"
+    unreachable = "unreachable"
+    published = "published"
+
+    @classmethod
+    def entered(cls, state: RunState) -> RunOutcome:
+        """The outcome of a poll that moved a run into ``state``."""
+        return cls(state.value)
+
+
 class Progress(BaseModel):
     """The latest training iteration a backend saw (one ``metrics.jsonl`` line)."""
 

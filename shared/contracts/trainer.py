@@ -12,7 +12,9 @@ so a request means the same run on a local Ray head, a remote Ray cluster and Az
 * :func:`trainer_time_budget_s`: the training time every run is given (``--stop time_total_s``);
 * :data:`CHECKPOINT_FREQ`: iterations between checkpoints;
 * :data:`METRICS_MARK` / :data:`SUMMARY_MARK`: the stdout line prefixes of one iteration's metrics
-  and of the final summary, which backends that only see job logs parse.
+  and of the final summary, which backends that only see job logs parse;
+* :class:`TrainerSummary`: that summary (``summary.json``) as a backend hands it to the core, typed
+  once here (:meth:`TrainerSummary.read`) instead of read key by key where it is used.
 
 ``trainer/`` never imports ``shared/`` (it is uploaded alone as an Azure ML snapshot / Ray working
 dir), so it keeps its own copy of its side of this contract: the markers in ``trainer/metrics.py``
@@ -23,7 +25,10 @@ that both sides agree.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.contracts.request import TrainingRequest
 
@@ -34,12 +39,15 @@ CHECKPOINT_FREQ = 10
 METRICS_MARK = "RLQ_METRICS "
 SUMMARY_MARK = "RLQ_SUMMARY "
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "ARGV_ENV",
     "CHECKPOINT_FREQ",
     "ENTRYPOINT",
     "METRICS_MARK",
     "SUMMARY_MARK",
+    "TrainerSummary",
     "build_argv",
     "seed_cluster_config",
     "trainer_time_budget_s",
@@ -118,3 +126,49 @@ def build_argv(
         if request.evaluate.gif:
             argv.append("--evaluate-gif")
     return argv
+
+
+class TrainerSummary(BaseModel):
+    """The trainer's ``summary.json`` (``trainer/metrics.py`` ``new_summary``), as a backend read it.
+
+    Every field may be missing: a job that died early wrote none, a backend that saw only part of
+    it (Azure ML: run metrics plus the artifact) fills in what it has. Keys the core does not use
+    (the trainer's timings) are ignored. ``simulated`` is set by the compute twin alone: nothing
+    was trained and the figures are made up.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    algorithm: str | None = None
+    env: str | None = None
+    stop_reason: str | None = None
+    error: str | None = None
+    final_reward: float | None = None
+    best_reward: float | None = None
+    iterations: int | None = None
+    timesteps: int | None = None
+    duration_s: float | None = None
+    checkpoint_path: str | None = None
+    eval_reward: float | None = None
+    replay_path: str | None = None
+    simulated: bool = Field(False, strict=True)  # only a JSON true marks a made-up run
+
+    @classmethod
+    def read(cls, data: object) -> TrainerSummary | None:
+        """A summary from what a backend found (a decoded JSON object), or None when it found none.
+
+        A value of the wrong type (a trainer of another version, a damaged file) is dropped with a
+        warning instead of failing the poll: the completion then falls back to the run's progress.
+        """
+        if not isinstance(data, dict):
+            return None
+        fields = {k: v for k, v in data.items() if k in cls.model_fields and v is not None}
+        while True:
+            try:
+                return cls.model_validate(fields)
+            except ValidationError as err:
+                bad = {str(e["loc"][0]) for e in err.errors() if e["loc"]}
+                log.warning("trainer summary: ignoring %s (not of the expected type)", ", ".join(sorted(bad)))
+                if not bad & fields.keys():
+                    raise
+                fields = {k: v for k, v in fields.items() if k not in bad}

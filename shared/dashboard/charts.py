@@ -1,6 +1,6 @@
 """Reward charts as inline SVG, drawn on the server: the run page's curve and the runs list's sparklines.
 
-The series comes from :func:`shared.plots.reward_series` (the PNG's source too), so the page, the
+The series comes from :func:`shared.curves.reward_series` (the PNG's source too), so the page, the
 card and the API's reward.png show the same points. Only numbers and escaped text go into the
 markup; colours are CSS classes, so the chart follows the page's light or dark scheme.
 """
@@ -13,7 +13,8 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from shared.plots import decimate, reward_series
+from shared.curves import reward_series
+from shared.plots import decimate
 
 MAX_SVG_POINTS = 600
 

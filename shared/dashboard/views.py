@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from shared.artifacts import metrics_points
 from shared.contracts.base import utcnow
 from shared.contracts.run import FINAL, TERMINAL, RunRecord, RunState
-from shared.plots import REWARD_KEYS
+from shared.curves import best, record_points, reward
 from shared.settings import Settings
 from shared.urlguard import redact
 
@@ -92,14 +92,6 @@ def redact_notify(data: Any) -> Any:
     return data
 
 
-def _reward(point: dict[str, Any]) -> float | None:
-    for key in REWARD_KEYS:
-        v = point.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    return None
-
-
 @dataclass
 class RunView:
     """One run, ready for a template."""
@@ -164,7 +156,7 @@ class RunView:
 
     @property
     def rewards(self) -> list[float | None]:
-        return [_reward(p) for p in self.points]
+        return [reward(p) for p in self.points]
 
     @property
     def title(self) -> str:
@@ -178,17 +170,13 @@ def run_view(
     record: RunRecord, settings: Settings, *, now: datetime | None = None, compact: bool = False
 ) -> RunView:
     """``compact``: the record's own thinned curve (a list of runs), not every logged iteration."""
-    if compact:
-        points = [{"iteration": i, "timesteps": t, "episode_reward_mean": r} for i, t, r in record.curve]
-    else:
-        points = metrics_points(record, settings)
-    rewards = [r for r in (_reward(p) for p in points) if r is not None]
+    points = record_points(record.curve) if compact else metrics_points(record, settings)
     current = record.progress.episode_reward_mean if record.progress else None
     if record.completion is not None and record.completion.final_reward is not None:
         current = record.completion.final_reward
-    best = max(rewards) if rewards else None
+    highest = best(points)
     if record.completion is not None and record.completion.best_reward is not None:
-        best = record.completion.best_reward
+        highest = record.completion.best_reward
     fraction, by = progress_fraction(record)
     return RunView(
         record=record,
@@ -197,7 +185,7 @@ def run_view(
         progress_by=by,
         elapsed_s=elapsed_s(record, now),
         current_reward=current,
-        best_reward=best,
+        best_reward=highest,
         target=record.request.stop.episode_reward_mean if record.request else None,
         portal_link=safe_link(record.portal_url),
         parent_id=record.parent_request_id,

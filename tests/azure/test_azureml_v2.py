@@ -480,8 +480,8 @@ def test_completion_cancels_the_workers_and_names_the_checkpoint(
     twin.run_to(head, "Completed")
     st = backend.status(head)
     assert st.state == "succeeded"
-    assert st.summary["checkpoint_path"] == f"azureml://jobs/{head}/outputs/checkpoints/paths/final"
-    assert (st.summary["stop_reason"], st.summary["best_reward"], st.summary["final_reward"]) == (
+    assert st.summary.checkpoint_path == f"azureml://jobs/{head}/outputs/checkpoints/paths/final"
+    assert (st.summary.stop_reason, st.summary.best_reward, st.summary.final_reward) == (
         "reward_reached",
         18.6,
         18.4,
@@ -496,7 +496,12 @@ def test_failed_head_reports_the_trainers_error(backend: AzureMLV2Backend, twin:
     head = backend.submit(req)
     twin.fail(head, message="UsageError: --config.num_gpus: 1: at most 0 (GPUs in the Ray cluster)")
     st = backend.status(head)
-    assert st.state == "failed" and "num_gpus" in st.error and "checkpoint_path" not in st.summary
+    assert (
+        st.state == "failed"
+        and "num_gpus" in st.error
+        and st.summary is not None
+        and st.summary.checkpoint_path is None
+    )
 
 
 def test_cancel_goes_to_both_jobs(backend: AzureMLV2Backend, twin: MLClientTwin) -> None:
@@ -509,7 +514,7 @@ def test_cancel_goes_to_both_jobs(backend: AzureMLV2Backend, twin: MLClientTwin)
     assert backend.status(head).state == "running"  # CancelRequested
     twin.step(head)
     st = backend.status(head)
-    assert st.state == "stopped" and st.summary["stop_reason"] == "canceled"
+    assert st.state == "stopped" and st.summary.stop_reason == "canceled"
 
 
 def test_status_of_an_unknown_job_is_a_clear_error(backend: AzureMLV2Backend) -> None:

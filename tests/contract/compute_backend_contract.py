@@ -113,8 +113,8 @@ class ComputeBackendContract:
         status = wait_terminal(case, run_id)
         assert status.state == "succeeded", status
         assert status.summary, "the terminal status carries the trainer's summary"
-        assert isinstance(status.summary.get("final_reward"), (int, float))
-        assert status.summary.get("checkpoint_path")
+        assert isinstance(status.summary.final_reward, (int, float))
+        assert status.summary.checkpoint_path
         assert status.progress is not None and status.progress.iteration >= 1
         assert case.backend.status(run_id).summary == status.summary  # asking again says the same
 

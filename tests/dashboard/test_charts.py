@@ -114,3 +114,41 @@ def test_only_http_links_are_links():
         None,
     ):
         assert safe_link(bad) is None
+
+
+def test_the_png_the_dashboard_and_the_cli_read_the_same_rewards_from_the_same_rows(tmp_path, monkeypatch):
+    """One reader (shared.curves): every reward key counts, NaN / infinity / a boolean is no point."""
+    import json
+
+    from shared import plots
+    from shared.artifacts import reward_curve_for
+    from shared.cli.render import _rewards
+    from shared.dashboard.views import run_view
+    from shared.settings import Settings
+
+    rows = [
+        {"iteration": 1, "timesteps": 1000, "episode_reward_mean": 10.0},
+        {"iteration": 2, "timesteps": 2000, "env_runners/episode_return_mean": 20.0},
+        {"iteration": 3, "timesteps": 3000, "episode_reward_mean": float("nan")},
+        {"iteration": 4, "timesteps": 4000, "episode_return_mean": 40.0},
+        {"iteration": 5, "timesteps": 5000, "episode_reward_mean": True},
+        {"iteration": 6, "timesteps": 6000, "episode_reward_mean": float("inf"), "episode_return_mean": 60.0},
+    ]
+    settings = Settings(data_dir=tmp_path)
+    (settings.runs_dir / "r").mkdir(parents=True)
+    (settings.runs_dir / "r" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rec = record({"timesteps_total": 10_000})
+    want = [10.0, 20.0, 40.0, 60.0]
+
+    drawn = []  # what the PNG plots: the means its series hands to matplotlib
+    real = plots.reward_series
+    monkeypatch.setattr(plots, "reward_series", lambda pts: drawn.append(real(pts)) or drawn[-1])
+    assert reward_curve_for(rec, settings) is not None
+    assert drawn[0][2] == want
+
+    view = run_view(rec, settings)
+    assert [r for r in view.rewards if r is not None] == want
+    assert view.best_reward == 60.0
+    assert 'data-points="4"' in str(reward_svg(view.points, title="t"))
+
+    assert _rewards(rec, settings) == want

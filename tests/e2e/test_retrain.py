@@ -16,8 +16,8 @@ import pytest
 
 from shared.client import Client
 from shared.composition import build
+from shared.curves import load_metrics
 from shared.localhost import LocalHost
-from shared.plots import load_metrics
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 

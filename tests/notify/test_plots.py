@@ -9,7 +9,8 @@ import math
 import pytest
 from PIL import Image
 
-from shared.plots import load_metrics, reward_curve_png, reward_series, sparkline
+from shared.curves import load_metrics, reward_series
+from shared.plots import reward_curve_png, sparkline
 
 
 def cartpole_points(n: int = 60) -> list[dict]:

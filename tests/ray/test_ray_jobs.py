@@ -433,11 +433,11 @@ def test_real_trainer_job_succeeds_once_with_progress_and_summary(make_backend: 
     status = wait_for(backend, run_id, terminal, timeout_s=150)
     assert status.state == "succeeded", status.error
     assert status.summary is not None
-    assert status.summary["stop_reason"] == "iterations_limit"
-    assert status.summary["iterations"] == 2
+    assert status.summary.stop_reason == "iterations_limit"
+    assert status.summary.iterations == 2
     assert status.progress is not None and status.progress.iteration == 2
     assert status.progress.timesteps > 0
-    ckpt = status.summary["checkpoint_path"]
+    ckpt = status.summary.checkpoint_path
     assert ckpt.startswith("file://") and Path(ckpt.removeprefix("file://")).is_dir()
     assert status.portal_url == f"{backend.address}/#/jobs/{run_id}"
 
@@ -456,9 +456,9 @@ def test_remote_mode_reads_progress_and_summary_from_the_job_logs(make_backend: 
     status = wait_for(backend, run_id, terminal)
     assert status.state == "succeeded", status.error
     assert status.progress is not None and status.progress.iteration == 3
-    assert status.summary is not None and status.summary["iterations"] == 3
+    assert status.summary is not None and status.summary.iterations == 3
     # Relative to the job's working dir on the cluster; the summary's path is what counts.
-    assert "/outputs/" + request.request_id + "/" in status.summary["checkpoint_path"]
+    assert "/outputs/" + request.request_id + "/" in status.summary.checkpoint_path
 
 
 @pytest.mark.ray
@@ -471,7 +471,7 @@ def test_cancel_stops_the_job_and_a_second_cancel_is_harmless(make_backend: Any)
     backend.cancel(run_id)
     status = wait_for(backend, run_id, terminal)
     assert status.state == "stopped"
-    assert status.summary is not None and status.summary["stop_reason"] == "canceled"
+    assert status.summary is not None and status.summary.stop_reason == "canceled"
     backend.cancel(run_id)
     assert backend.status(run_id).state == "stopped"
 

@@ -61,7 +61,7 @@ from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_t
 from shared.adapters.azureml.errors import readable, sdk_errors
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress
-from shared.contracts.trainer import ARGV_ENV, build_argv, seed_cluster_config
+from shared.contracts.trainer import ARGV_ENV, TrainerSummary, build_argv, seed_cluster_config
 from shared.contracts.vm_sizes import VM_SIZES
 from shared.errors import ComputeError
 from shared.ports import ComputePending, JobState, JobStatus
@@ -728,7 +728,13 @@ class AzureMLV2Backend:
             summary.setdefault("stop_reason", "canceled")
         with self._lock:
             self._tracked.pop(run_id, None)
-        return JobStatus(state=state, progress=progress, summary=summary, error=error, portal_url=portal)
+        return JobStatus(
+            state=state,
+            progress=progress,
+            summary=TrainerSummary.read(summary),
+            error=error,
+            portal_url=portal,
+        )
 
     def _track(self, run_id: str) -> _Tracked:
         with self._lock:
