@@ -25,12 +25,12 @@ import azure.functions as func
 
 from shared.composition import wiring
 from shared.contracts.run import RunState
+from shared.core.intake import guess_request_id
 from shared.dashboard import csrf
 from shared.dashboard.charts import reward_svg, sparkline_svg
 from shared.dashboard.render import render, render_block, static_files
 from shared.dashboard.views import RunView, redact_notify, request_json, run_view
 from shared.errors import InvalidRequest, NotFound, PermanentError, RlqError, TransientError
-from shared.service import guess_request_id
 
 bp = func.Blueprint()
 

@@ -134,7 +134,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
         {
             "status": "ok" if readiness.ready else "unavailable",
             "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in readiness.checks},
-            "age_s": readiness.age_s,  # the checks are reused for a few seconds (shared/readiness.py)
+            "age_s": readiness.age_s,  # the checks are reused for a few seconds (shared/core/readiness.py)
         },
         200 if readiness.ready else 503,
     )

@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared.core.faults import env_faults
+from shared.core.service import TrainingService
 from shared.ports import (
     ComputeBackend,
     DeadLetterInbox,
@@ -20,7 +22,6 @@ from shared.ports import (
     RequestSender,
     RunStore,
 )
-from shared.service import TrainingService, env_faults
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:

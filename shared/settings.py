@@ -181,7 +181,7 @@ class Settings(BaseSettings):
 
         A live claimer renews its claim right before the submit call; a dead claimer's own message
         comes back only after its lock ran out, and takes the claim over as a redelivery of the
-        claiming message (see TrainingService._claim), so the lease never has to be shorter.
+        claiming message (see shared.core.intake.Intake._claim), so the lease never has to be shorter.
         """
         return self.lock_duration_s
 

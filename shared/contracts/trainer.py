@@ -62,7 +62,7 @@ def trainer_time_budget_s(
     The request's ``compute.max_run_duration_s``, else the deployment's default, never above the
     cap, and never above the request's own ``stop.time_total_s``. The trainer stops itself at this
     budget and reports ``time_limit``; the service's watchdog
-    (``TrainingService._watchdog_limit_s``) allows more before it cancels a job that overran.
+    (``shared.core.poller.Poller.limit_s``) allows more before it cancels a job that overran.
     """
     bound = min(request.compute.max_run_duration_s or default_run_duration_s, max_run_duration_s)
     if request.stop.time_total_s is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from shared.adapters.azureml.v2 import ROLE_TAG, AzureMLV2Backend
 from shared.adapters.azureml.v2_twin import MLClientTwin
 from shared.composition import build
-from shared.service import env_faults
+from shared.core.faults import env_faults
 from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings
 
 SEED = {"request_id": "pong-crash-1", **PONG_REQUEST}

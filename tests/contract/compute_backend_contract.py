@@ -1,7 +1,7 @@
 """The ComputeBackend contract, one suite for every backend: the compute twin, the Ray backend on a
 real local head, the Azure ML backend over its in-package workspace twin.
 
-What the service relies on (``shared/service.py``): a redelivered request finds the job already
+What the core relies on (``shared/core/intake.py``): a redelivered request finds the job already
 submitted before it would submit, submit and cancel can be repeated without a second job or an
 error, an unknown run id gets a status that says so (or a permanent error naming it, which the
 poller records as a failure), and the terminal status carries the trainer's summary.

@@ -139,17 +139,17 @@ def test_a_read_only_store_answers_503_and_queues_nothing_however_often_the_clie
 
 def test_a_request_the_queue_refused_is_503_recorded_as_not_queued_and_runs_when_sent_again(hosted):
     w, host, twin = hosted
-    send = w.service.sender.send
+    send = w.service.core.sender.send
 
     def unreachable(*args, **kwargs):
         raise TransientError("the queue is unreachable")
 
-    w.service.sender.send = unreachable
+    w.service.core.sender.send = unreachable
     status, body, _ = post(host, {"env": "CartPole-v1", "request_id": "q1"})
     assert status == 503 and "unreachable" in body["errors"][0]["message"]
     rec = w.store.get("q1")  # GET /api/trainings/q1 says it was not queued, not "received" for good
     assert rec.state is RunState.rejected and "not queued" in rec.error
-    w.service.sender.send = send
+    w.service.core.sender.send = send
     status, body, _ = post(host, {"env": "CartPole-v1", "request_id": "q1"})
     assert status == 202
     host.drain()

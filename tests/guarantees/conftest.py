@@ -1,3 +1,3 @@
 """The guarantee suites reuse the service suite's fixtures (SQLite broker and store, compute twin)."""
 
-from tests.service.conftest import settings, twin, wired  # noqa: F401
+from tests.core.conftest import settings, twin, wired  # noqa: F401

@@ -62,7 +62,7 @@ def _journal_intakes(w, path: Path, *, delay_s: float) -> None:
 
     service.intake = journaled
     if delay_s:
-        for backend in service.compute.values():
+        for backend in service.core.compute.values():
             ensure = backend.ensure_compute
 
             def slow(request, _ensure=ensure):

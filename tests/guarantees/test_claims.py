@@ -31,14 +31,14 @@ def die_after_claim(wired, raw: bytes, message_id: str) -> None:
             raise SystemExit("killed")
 
     service = wired.service
-    service._faults, release = crash, service._release
-    service._release = lambda record: None
+    service.core.faults, release = crash, service._intake._release
+    service._intake._release = lambda record: None
     try:
         service.accept(raw, message_id=message_id)
     except SystemExit:
         pass
     finally:
-        service._faults, service._release = None, release
+        service.core.faults, service._intake._release = None, release
 
 
 def test_the_lease_and_the_queue_lock_come_from_the_one_value_infra_sets():

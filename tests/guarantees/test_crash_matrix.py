@@ -32,7 +32,7 @@ from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
 from shared.contracts.run import RunRecord, RunState
-from shared.service import FAULT_POINTS
+from shared.core.faults import FAULT_POINTS
 from shared.settings import Settings
 from tests.guarantees.crash_driver import (
     AUDIT_SUBSCRIPTION,

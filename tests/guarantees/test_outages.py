@@ -192,7 +192,7 @@ def test_the_time_limit_ends_a_run_even_while_its_backend_is_unreachable(wired, 
 
 
 def test_a_topic_outage_of_many_ticks_publishes_once_when_it_ends(wired, twin, clock, host):
-    real = wired.service.publisher
+    real = wired.service.core.publisher
     attempts = []
 
     class Down:
@@ -202,7 +202,7 @@ def test_a_topic_outage_of_many_ticks_publishes_once_when_it_ends(wired, twin, c
                 raise TransientError("topic: ServiceBusyError")
             real.publish(message, reply_to=reply_to)
 
-    wired.service.publisher = Down()
+    wired.service.core.publisher = Down()
     wired.broker.send(
         wired.settings.queue_name,
         json.dumps({**CARTPOLE, "request_id": "outbox"}).encode(),
@@ -258,7 +258,7 @@ def test_when_no_retry_can_be_scheduled_the_queue_redelivers_up_to_its_budget(wi
         def send(self, body, *, message_id, scheduled_at=None):
             raise TransientError("queue: ServiceBusyError")
 
-    twin.ensure_compute, wired.service.sender = down, NoSend()
+    twin.ensure_compute, wired.service.core.sender = down, NoSend()
     q = wired.settings.queue_name
     wired.broker.send(q, json.dumps({**CARTPOLE, "request_id": "stuck"}).encode(), message_id="m-stuck")
     host.drain()

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.core.conftest import settings, twin, wired  # noqa: F401 - the service suite's fixtures, reused
 from tests.poison.generated import generated_inputs
-from tests.service.conftest import settings, twin, wired  # noqa: F401 - the service suite's fixtures, reused
 
 HERE = Path(__file__).parent
 CORPUS = HERE / "corpus"

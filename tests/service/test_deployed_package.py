@@ -59,7 +59,7 @@ def _clean_import() -> dict[str, str | None]:
 
 def test_importing_the_app_loads_nothing_from_the_tests_and_only_packaged_files() -> None:
     modules = _clean_import()
-    assert "function_app" in modules and "shared.service" in modules
+    assert "function_app" in modules and "shared.core.service" in modules
     assert sorted(n for n in modules if n == "tests" or n.startswith(("tests.", "pytest", "_pytest"))) == []
     rules = _rules()
     ours = {

@@ -328,7 +328,7 @@ class AzureMLV2Backend:
         """:class:`shared.ports.ReadinessProbe`: the workspace answers, in one ``workspaces.get``
         of the configured workspace with the function's identity (the read the MLflow reader
         makes anyway; AzureML Data Scientist on the workspace). Nothing is created or started.
-        The SDK takes no per-call timeout: the readiness gate (:mod:`shared.readiness`) bounds
+        The SDK takes no per-call timeout: the readiness gate (:mod:`shared.core.readiness`) bounds
         how long the answer waits for it."""
         ml = self.ml
         name = str(getattr(ml, "workspace_name", "") or self.settings.azureml_workspace)

@@ -69,7 +69,7 @@ def test_a_child_restores_the_parents_final_checkpoint_and_carries_its_id(wired,
 def test_the_same_child_delivered_twice_runs_once_with_the_same_resolved_request(wired, twin, caplog):
     completed_parent(wired)
     child = body(request_id="child", restore_from="rlq://parent")
-    with caplog.at_level(logging.WARNING, logger="shared.service"):
+    with caplog.at_level(logging.WARNING, logger="shared.core.intake"):
         wired.service.intake(child, message_id="a")
         wired.service.intake(child, message_id="b")
     assert twin.jobs_per_request()["child"] == 1

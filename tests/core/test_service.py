@@ -123,11 +123,11 @@ def test_crash_between_submit_and_record_does_not_start_a_second_job(wired, twin
         if point == "submitted":
             raise SystemExit("killed")
 
-    wired.service._faults = crash
+    wired.service.core.faults = crash
     with pytest.raises(SystemExit):
         wired.service.accept(body(request_id="c1"), message_id="m")
     assert wired.store.get("c1").state is RunState.provisioning and wired.store.get("c1").run_id is None
-    wired.service._faults = None
+    wired.service.core.faults = None
     # A duplicate while the claim is fresh leaves it alone; the redelivery after the lock expires takes over.
     assert wired.service.accept(body(request_id="c1"), message_id="m").state is RunState.provisioning
     clock.advance(wired.settings.lock_duration_s)
@@ -137,7 +137,7 @@ def test_crash_between_submit_and_record_does_not_start_a_second_job(wired, twin
 
 
 def test_outbox_republishes_until_the_publish_lands(wired, clock):
-    real = wired.service.publisher
+    real = wired.service.core.publisher
     calls = []
 
     class Flaky:
@@ -147,7 +147,7 @@ def test_outbox_republishes_until_the_publish_lands(wired, clock):
                 raise TransientError("topic busy")
             real.publish(message, reply_to=reply_to)
 
-    wired.service.publisher = Flaky()
+    wired.service.core.publisher = Flaky()
     wired.service.accept(body(request_id="o1"), message_id="m")
     reports = [wired.service.poll_once() for _ in range(5)]
     rec = wired.store.get("o1")

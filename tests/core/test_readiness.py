@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from shared.readiness import ReadinessGate
+from shared.core.readiness import ReadinessGate
 
 
 class Probe:

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.adapters.compute_twin import ComputeTwin
+from shared.adapters.sqlite_broker import SqliteBroker
+from shared.composition import Wiring, build
+from shared.settings import Settings
+from tests.support.notifiers import RecordingNotifier
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    (tmp_path / "rlq").mkdir()
+    return Settings(
+        data_dir=tmp_path / "rlq",
+        backend="twin",
+        max_in_flight=100,
+        lock_duration_s=60,
+        stall_timeout_s=600,
+        poll_concurrency=8,
+    )
+
+
+@pytest.fixture
+def twin(tmp_path: Path) -> ComputeTwin:
+    return ComputeTwin(tmp_path / "twin.sqlite3", polls_to_finish=2)
+
+
+@pytest.fixture
+def wired(settings: Settings, twin: ComputeTwin, clock) -> Wiring:
+    broker = SqliteBroker(
+        settings.data_dir / "queue.sqlite3", clock=clock.epoch, lock_duration_s=settings.lock_duration_s
+    )
+    return build(
+        settings,
+        compute={"twin": twin},
+        notifier=RecordingNotifier(),
+        broker=broker,
+        clock=clock,
+        faults=None,
+    )
