@@ -121,8 +121,8 @@ def _page(handler: Callable[[func.HttpRequest, _Page], func.HttpResponse]):
             return page.error(503, "Try again shortly", str(err))
         except PermanentError as err:
             return page.error(400, "Refused", err.description)
-        except RlqError as err:  # a damaged or read-only store: a person must act
-            return page.error(500, "The service cannot answer", str(err))
+        except RlqError as err:  # a damaged or read-only store: unavailable until a person acts
+            return page.error(503, "The service cannot answer", str(err))
 
     wrapper.__name__ = handler.__name__
     return wrapper

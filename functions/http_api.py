@@ -41,8 +41,10 @@ def _guarded(handler):  # translate the error tree into HTTP once, for every rou
             return _errors(400, [{"field": "(request)", "message": err.description}])
         except TransientError as err:
             return _json({"errors": [{"field": "(service)", "message": str(err)}]}, 503, {"Retry-After": "5"})
-        except RlqError as err:  # a damaged or read-only store: a person must act, retrying will not help
-            return _errors(500, [{"field": "(service)", "message": str(err)}])
+        except RlqError as err:  # a damaged or read-only store: unavailable until a person acts
+            return _json(
+                {"errors": [{"field": "(service)", "message": str(err)}]}, 503, {"Retry-After": "60"}
+            )
 
     wrapper.__name__ = handler.__name__
     return wrapper

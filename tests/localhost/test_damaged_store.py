@@ -131,7 +131,7 @@ def test_pages_damaged_while_serving_are_the_damaged_answer_on_the_api_and_in_he
         w.store._db = Connections(str(full_store), busy_timeout_s=1)  # new connections read the damage
         w.service._readiness._answer = None  # not the answer cached before the damage
         resp = fns["list_trainings"](_get("/api/trainings"))
-        assert resp.status_code == 500
+        assert resp.status_code == 503 and resp.headers["Retry-After"] == "60"
         (error,) = json.loads(resp.get_body())["errors"]
         assert_damaged_answer(error["message"], full_store)
         health = fns["health"](_get("/api/health"))
