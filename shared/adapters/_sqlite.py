@@ -39,7 +39,8 @@ class DamagedDatabase(RlqError):
         self.path = path
         super().__init__(
             f"{path} is damaged ({_why(err)}); with rlq stopped, move it aside to start empty "
-            f"(mv {path} {path}.damaged) or recover it (sqlite3 {path} .recover | sqlite3 {path}.recovered)"
+            f"(mv {path} {path}.damaged) or recover it (sqlite3 {path} .recover | sqlite3 {path}.recovered) "
+            "(permanent: retrying will not help)"
         )
 
 

@@ -88,7 +88,9 @@ def assert_damaged_answer(text: str, path: Path) -> None:
     text = " ".join(text.split())
     assert f"{path} is damaged" in text and f"mv {path} {path}.damaged" in text
     assert f"sqlite3 {path} .recover" in text
-    assert "temporary" not in text and "try again" not in text
+    assert (
+        "temporary" not in text and "try again" not in text and "(permanent: retrying will not help)" in text
+    )
     assert "request_id" not in text and "\ufffd" not in text and "xxxx" not in text  # no stored bytes
 
 
