@@ -73,11 +73,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         2,
         "every job is asked for twice (the twin's submit runs twice per call)",
         "shared/adapters/compute_twin.py",
-        "    def submit(self, request: TrainingRequest) -> str:\n",
-        "    def submit(self, request: TrainingRequest) -> str:\n"
-        "        self._submit_once(request)\n"
-        "        return self._submit_once(request)\n\n"
-        "    def _submit_once(self, request: TrainingRequest) -> str:\n",
+        "    def submit(self, request: TrainingRequest, attempt: int = 1) -> str:\n",
+        "    def submit(self, request: TrainingRequest, attempt: int = 1) -> str:\n"
+        "        self._submit_once(request, attempt)\n"
+        "        return self._submit_once(request, attempt)\n\n"
+        "    def _submit_once(self, request: TrainingRequest, attempt: int = 1) -> str:\n",
         ("tests/guarantees",),
     ),
     Mutation(
@@ -85,8 +85,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         2,
         "submit without asking the backend for the request's job first",
         "shared/core/intake.py",
-        "run_id = backend.find(record.request_id) or backend.submit(request)",
-        "run_id = backend.submit(request)",
+        "run_id = backend.find(record.request_id, attempt) or backend.submit(request, attempt)",
+        "run_id = backend.submit(request, attempt)",
         ("tests/guarantees/test_crash_matrix.py", "tests/guarantees/test_outages.py"),
     ),
     Mutation(
@@ -130,8 +130,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         3,
         "the completion is published before the terminal state is recorded (no outbox)",
         "shared/core/outbox.py",
-        '        changes["completion"] = self._completion(ended, summary or {})\n',
-        '        changes["completion"] = self._completion(ended, summary or {})\n'
+        '        changes["completion"] = self._completion(ended, summary or TrainerSummary())\n',
+        '        changes["completion"] = self._completion(ended, summary or TrainerSummary())\n'
         "        self.core.publisher.publish(changes['completion'], reply_to=None)\n"
         '        self.core.fault("terminal")\n',
         ("tests/guarantees/test_crash_matrix.py", "tests/guarantees/test_outages.py"),
