@@ -71,10 +71,6 @@ class TrainingService:
             self._readiness_deps, ttl_s=readiness_ttl_s, timeout_s=readiness_timeout_s
         )
 
-    @property
-    def settings(self) -> Settings:
-        return self.core.settings
-
     def intake(self, body: Body, *, message_id: str | None, delivery_count: int = 1) -> RunRecord | None:
         """The queue trigger's one call (:meth:`shared.core.intake.Intake.intake`)."""
         return self._intake.intake(body, message_id=message_id, delivery_count=delivery_count)
