@@ -14,9 +14,18 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress, RunRecord, RunState
-from shared.contracts.trainer import TrainerSummary
+from shared.contracts.trainer import JobEnd, TrainerSummary
 
 JobState = Literal["pending", "running", "succeeded", "failed", "stopped"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A run's complete checkpoint as its backend found it, with the counters it reached."""
+
+    uri: str
+    iteration: int = 0
+    timesteps: int = 0
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,11 @@ class JobStatus:
     summary: TrainerSummary | None = None
     error: str | None = None
     portal_url: str | None = None
+    # How an ended job ended (None: not ended, or the backend cannot tell): ``JobEnd.lost`` — its
+    # machines went away — is the one end the core resumes from ``checkpoint``.
+    end: JobEnd | None = None
+    # The newest complete checkpoint of the run the backend can see (a lost job's resume point).
+    checkpoint: Checkpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -54,11 +68,15 @@ class ComputeBackend(Protocol):
         None: submit now. :class:`ComputePending`: not yet (the poller calls again).
         """
 
-    def find(self, request_id: str) -> str | None:
-        """The run id of a job already submitted for ``request_id``, if any."""
+    def find(self, request_id: str, attempt: int = 1) -> str | None:
+        """The run id of a job already submitted for ``request_id``'s ``attempt``, if any."""
 
-    def submit(self, request: TrainingRequest) -> str:
-        """Start the job (deterministic name from ``request_id``) and return its run id."""
+    def submit(self, request: TrainingRequest, attempt: int = 1) -> str:
+        """Start the job (deterministic name from ``request_id`` and ``attempt``) and return its run id.
+
+        ``attempt`` > 1: the run's earlier job was lost with its machines; this one resumes from
+        the run's newest checkpoint that loads, under its own name (``<name>-a<attempt>``).
+        """
 
     def status(self, run_id: str) -> JobStatus: ...
 

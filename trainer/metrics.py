@@ -81,6 +81,9 @@ class Offsets:
     iteration: int = 0
     timesteps: int = 0
     episodes: int = 0
+    # Training seconds the checkpoint's run had behind it: ``time_total_s`` (and its stop criterion)
+    # goes on across a resume, so the time limit covers every attempt together.
+    time_s: float = 0.0
 
     @classmethod
     def of_checkpoint(cls, checkpoint: Path) -> Offsets:
@@ -90,6 +93,7 @@ class Offsets:
             iteration=int(meta.get("iteration") or 0),
             timesteps=int(meta.get("timesteps") or 0),
             episodes=int(meta.get("episodes_total") or 0),
+            time_s=float(meta.get("time_total_s") or 0.0),
         )
 
 
@@ -106,7 +110,8 @@ class Progress:
         self._prev_timesteps = offsets.timesteps
 
     def elapsed(self) -> float:
-        return round(time.time() - self.started, 3)
+        """Training seconds, the restored checkpoint's included."""
+        return round(self.offsets.time_s + time.time() - self.started, 3)
 
     def row(self, result: dict[str, Any], iteration_started: float) -> dict[str, Any] | None:
         """This iteration's row; None for a warm-up iteration (no new sample yet), which is not

@@ -32,6 +32,9 @@ class Plan:
         self.ray_address = args.ray_address
         self.restore = _restore(args.restore) if args.restore else None
         self.checkpoint_freq = _int_arg("--checkpoint-freq", args.checkpoint_freq, 0, 10**6)
+        self.checkpoint_every_s = _int_arg("--checkpoint-every-s", args.checkpoint_every_s, 0, 10**7)
+        self.checkpoint_keep = _int_arg("--checkpoint-keep", args.checkpoint_keep, 1, 1000) or 1
+        self.resume = bool(args.resume)
         self.seed = _int_arg("--seed", args.seed, 0, 2**31 - 1)
         self.evaluate_episodes = _int_arg("--evaluate-episodes", args.evaluate_episodes, 0, 10_000)
         self.evaluate_gif = bool(args.evaluate_gif)

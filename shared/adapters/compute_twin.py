@@ -81,34 +81,28 @@ class ComputeTwin:
         with self._lock:
             self._db.execute("INSERT INTO ensure_calls VALUES (?, ?)", (request.request_id, time.time()))
 
-    def find(self, request_id: str) -> str | None:
+    def find(self, request_id: str, attempt: int = 1) -> str | None:
+        key = attempt_key(request_id, attempt)
         with self._lock:
             row = self._db.execute(
-                "SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1", (request_id,)
+                "SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1", (key,)
             ).fetchone()
         return row[0] if row else None
 
-    def submit(self, request: TrainingRequest) -> str:
+    def submit(self, request: TrainingRequest, attempt: int = 1) -> str:
         run_id = f"twin-{uuid.uuid4().hex[:12]}"
+        key = attempt_key(request.request_id, attempt)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")  # the call and its job: both or neither
             try:
-                self._db.execute("INSERT INTO submit_calls VALUES (?, ?)", (request.request_id, time.time()))
+                self._db.execute("INSERT INTO submit_calls VALUES (?, ?)", (key, time.time()))
                 self._db.execute(
                     "INSERT INTO jobs (run_id, request_id, state, target, created_at) SELECT ?,?,?,?,? "
                     "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE request_id=?)",
-                    (
-                        run_id,
-                        request.request_id,
-                        "pending",
-                        request.stop.episode_reward_mean,
-                        time.time(),
-                        request.request_id,
-                    ),
+                    (run_id, key, "pending", request.stop.episode_reward_mean, time.time(), key),
                 )
                 row = self._db.execute(
-                    "SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1",
-                    (request.request_id,),
+                    "SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1", (key,)
                 ).fetchone()
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -197,3 +191,8 @@ class ComputeTwin:
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"ComputeTwin({json.dumps(self.jobs_per_request())[:80]})"
+
+
+def attempt_key(request_id: str, attempt: int) -> str:
+    """The twin's job key: the request id, ``~a<attempt>`` after it for a later attempt."""
+    return request_id if attempt == 1 else f"{request_id}~a{attempt}"

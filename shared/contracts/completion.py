@@ -42,6 +42,8 @@ class CompletionMessage(Strict):
     portal_url: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     finished_at: datetime = Field(default_factory=utcnow)
+    # Jobs the run took: 1, or more when a job lost with its machines was resumed from its checkpoint.
+    attempts: int = 1
     # True when the compute twin reported the run: nothing was trained, the figures are made up.
     simulated: bool = False
 

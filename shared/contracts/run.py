@@ -61,6 +61,7 @@ class RunOutcome(StrEnum):
     stalled = "stalled"
     unreachable = "unreachable"
     published = "published"
+    resumed = "resumed"  # its job was lost with its machines: the next attempt resumes it
 
     @classmethod
     def entered(cls, state: RunState) -> RunOutcome:
@@ -80,6 +81,22 @@ class Progress(BaseModel):
     episode_reward_max: float | None = None
     episodes_total: int | None = None
     env_steps_per_s: float | None = None
+
+
+class Attempt(BaseModel):
+    """One job of a run that was lost with its machines (the run went on as the next attempt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: int  # 1 for the first job
+    run_id: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime
+    cause: str  # why it ended, as its backend said
+    # The checkpoint the next attempt resumes from (None: none was seen; it starts over).
+    resumed_from: str | None = None
+    # Timesteps trained after that checkpoint, lost with the job (None: not known).
+    steps_lost: int | None = None
 
 
 class RunRecord(BaseModel):
@@ -119,7 +136,17 @@ class RunRecord(BaseModel):
     parent_request_id: str | None = None
     # Compact reward curve for runs whose metrics file is not local: [iteration, timesteps, reward].
     curve: list[tuple[int, int, float | None]] = Field(default_factory=list)
+    # The jobs that were lost with their machines, oldest first (see :attr:`attempt`).
+    attempts: list[Attempt] = Field(default_factory=list)
     version: int = 0
+
+    @property
+    def attempt(self) -> int:
+        """The number of the run's current (or last) job: 1, 2, …"""
+        n = len(self.attempts)
+        if n and self.run_id is not None and self.attempts[-1].run_id == self.run_id:
+            return n  # the last job's loss ended the run (no attempt was left)
+        return n + 1
 
     @property
     def status(self) -> Status | None:

@@ -237,7 +237,8 @@ class Intake:
             if rechecked is None or rechecked.state is not RunState.provisioning:
                 return rechecked or self.records.load(record.request_id)  # another delivery took it over
             record = rechecked
-            run_id = backend.find(record.request_id) or backend.submit(request)
+            attempt = record.attempt  # one deterministic job name per attempt: never two jobs for one
+            run_id = backend.find(record.request_id, attempt) or backend.submit(request, attempt)
         except PermanentError as err:
             # The request was valid; the compute refused it for good: the run fails and says why.
             return self.outbox.terminate(

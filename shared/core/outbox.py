@@ -70,6 +70,7 @@ class Outbox:
             tags=req.tags if req else {},
             finished_at=record.finished_at or self.core.clock(),
             simulated=summary.simulated,
+            attempts=record.attempt,
         )
 
     def publish(self, record: RunRecord) -> bool:

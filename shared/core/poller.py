@@ -12,8 +12,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from shared.contracts.run import FINAL, TERMINAL, Progress, RunOutcome, RunRecord, RunState
-from shared.contracts.trainer import TrainerSummary
+from shared.contracts.run import FINAL, TERMINAL, Attempt, Progress, RunOutcome, RunRecord, RunState
+from shared.contracts.trainer import JobEnd, TrainerSummary
 from shared.core.context import Core
 from shared.core.intake import Intake
 from shared.core.outbox import Outbox
@@ -235,10 +235,14 @@ class Poller:
         changes = _observed(record, status, now)
         outcome: RunOutcome | None = None
         if status.state == "running" and record.state is RunState.submitted:
-            changes.update(
-                state=RunState.running, started_at=now, progress_at=changes.get("progress_at", now)
+            changes.update(  # a resumed run keeps its first start: the time limit covers every attempt
+                state=RunState.running,
+                started_at=record.started_at or now,
+                progress_at=changes.get("progress_at", now),
             )
             outcome = RunOutcome.running
+        if status.state == "failed" and status.end is JobEnd.lost and not record.cancel_requested:
+            return self._lost(record, status, now)
         if status.state in ("succeeded", "failed", "stopped"):
             changes.update(_terminal_fields(record, status))
             self.outbox.terminate(record, summary=status.summary, **changes)
@@ -253,6 +257,64 @@ class Poller:
             return outcome  # nothing new: no write
         self.records.update(record, **changes)
         return outcome
+
+    # --- a job lost with its machines ---------------------------------------------------------------
+
+    def _lost(self, record: RunRecord, status: JobStatus, now: datetime) -> RunOutcome:
+        """The job was lost with its machines (:attr:`JobEnd.lost`): the run resumes from its newest
+        checkpoint as the next attempt, or fails once ``max_attempts`` jobs were lost.
+
+        The attempt is recorded first (state ``provisioning``, waiting for its submit), then
+        submitted through the intake's claim and ``find`` before ``submit`` under the attempt's own
+        job name: rlq dying at any point leaves the next tick to submit it, never twice.
+        """
+        checkpoint = status.checkpoint
+        seen = max(_timesteps(record.progress), _timesteps(status.progress))
+        lost = Attempt(
+            number=record.attempt,
+            run_id=record.run_id,
+            started_at=record.submitted_at,
+            ended_at=now,
+            cause=status.error or "the job ended without a trainer exit code",
+            resumed_from=checkpoint.uri if checkpoint else None,
+            steps_lost=max(seen - (checkpoint.timesteps if checkpoint else 0), 0) if seen else None,
+        )
+        attempts = [*record.attempts, lost]
+        limit = self.core.settings.max_attempts
+        if len(attempts) >= limit:
+            causes = "; ".join(f"attempt {a.number}: {a.cause}" for a in attempts)
+            self.outbox.terminate(
+                record,
+                attempts=attempts,
+                state=RunState.failed,
+                stop_reason="error",
+                error=f"lost its machines on all {len(attempts)} attempts allowed ({causes})",
+                progress=_later(record.progress, status.progress),
+            )
+            return RunOutcome.failed
+        log.warning(
+            "request %s: job %s lost (%s); resuming from %s as attempt %d of %d",
+            record.request_id,
+            record.run_id,
+            lost.cause,
+            lost.resumed_from or "the start",
+            len(attempts) + 1,
+            limit,
+        )
+        resumed = self.records.update(
+            record,
+            attempts=attempts,
+            state=RunState.provisioning,
+            compute_pending=f"attempt {len(attempts) + 1} of {limit}: resuming after a lost job",
+            claimed_at=None,
+            run_id=None,
+            progress=None,  # the next job counts on from the checkpoint, below what was seen
+            unreachable_since=None,
+            poll_failures=0,
+        )
+        if resumed.state is RunState.provisioning and resumed.attempt == len(attempts) + 1:
+            self.intake.submit_when_ready(resumed)
+        return RunOutcome.resumed
 
     # --- cancel ------------------------------------------------------------------------------------
 
@@ -326,6 +388,14 @@ def _terminal_fields(record: RunRecord, status: JobStatus) -> dict[str, Any]:
         "stop_reason": stop_reason,
         "error": error if state is not RunState.completed else None,
     }
+
+
+def _timesteps(progress: Progress | None) -> int:
+    return progress.timesteps if progress is not None else 0
+
+
+def _later(a: Progress | None, b: Progress | None) -> Progress | None:
+    return b if a is None or (b is not None and b.timesteps >= a.timesteps) else a
 
 
 def _append_curve(

@@ -37,6 +37,8 @@ for flag in ("--run", "--env", "--config", "--stop", "--output-dir", "--checkpoi
              "--evaluate-episodes", "--argv-from-env", "--seed", "--ray-address"):
     p.add_argument(flag)
 p.add_argument("--evaluate-gif", action="store_true")
+p.add_argument("--checkpoint-every-s")
+p.add_argument("--resume", action="store_true")
 args = p.parse_args()
 if args.argv_from_env:
     args = p.parse_args(json.loads(os.environ[args.argv_from_env]))

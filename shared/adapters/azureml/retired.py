@@ -53,10 +53,10 @@ class RetiredV1Backend:
     def ensure_compute(self, request: TrainingRequest) -> None:
         raise PermanentError(RETIRED, reason=REASON)
 
-    def find(self, request_id: str) -> str | None:
+    def find(self, request_id: str, attempt: int = 1) -> str | None:
         return None  # nothing was ever submitted through this name by this deployment's rlq
 
-    def submit(self, request: TrainingRequest) -> str:
+    def submit(self, request: TrainingRequest, attempt: int = 1) -> str:
         raise PermanentError(RETIRED, reason=REASON)
 
     def status(self, run_id: str) -> JobStatus:
