@@ -10,14 +10,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.contracts.environments import EnvironmentCatalog
 from shared.contracts.vm_sizes import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE, check_vm_size
 
 QUEUE_NAME = "training-requests"
 TOPIC_NAME = "training-completed"
 SUBSCRIPTION_NAME = "notifier"
+# The environment catalog of local mode when RLQ_ENV_CATALOG is unset: the example package.
+EXAMPLE_ENV_CATALOG = Path(__file__).resolve().parent.parent / "docs" / "examples" / "envs" / "catalog.json"
 
 
 class Settings(BaseSettings):
@@ -69,17 +72,18 @@ class Settings(BaseSettings):
     ray_auth_token: SecretStr | None = Field(None, description="Ray token auth; None: read Ray's own.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs the local head offers Ray.")
 
+    env_catalog: str | None = Field(
+        None,
+        description="The environment packages this deployment trusts (docs/environments.md): a JSON file's "
+        "path, or the JSON itself. Unset: the example package in local mode, none otherwise.",
+    )
+    _environment_catalog: EnvironmentCatalog = PrivateAttr(default_factory=EnvironmentCatalog)
+
     # --- polling -----------------------------------------------------------------------------
     poll_schedule: str = Field("*/10 * * * * *", description="NCRONTAB (6 fields) of the poller.")
     poll_concurrency: int = Field(128, ge=1, le=1024)
     poll_tick_budget_s: float = Field(50.0, gt=0)
     stall_timeout_s: float = Field(1800.0, gt=0, description="No new iteration for this long: stalled.")
-    max_attempts: int = Field(
-        3, ge=1, le=100, description="Jobs a run may take: a job lost with its machines resumes as the next."
-    )
-    checkpoint_every_s: int = Field(
-        300, ge=0, description="The trainer checkpoints after this many seconds of training (0: off)."
-    )
     status_timeout_s: float = Field(20.0, gt=0)
     unreachable_timeout_s: float = Field(
         1800.0, gt=0, description="A run whose backend answers no status call for this long fails."
@@ -173,6 +177,18 @@ class Settings(BaseSettings):
                 "or pick a real backend (RLQ_BACKEND: ray, azureml)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _load_environment_catalog(self) -> Settings:
+        source = self.env_catalog
+        if source is None and self.local_mode and EXAMPLE_ENV_CATALOG.is_file():
+            source = str(EXAMPLE_ENV_CATALOG)
+        self._environment_catalog = EnvironmentCatalog.load(source)  # a bad catalog stops start-up
+        return self
+
+    @property
+    def environment_catalog(self) -> EnvironmentCatalog:
+        return self._environment_catalog
 
     @field_validator("webhook_secrets", "webhook_urls", "webhook_allow_hosts", mode="before")
     @classmethod

@@ -52,6 +52,103 @@ def is_atari(env_id: str) -> bool:
     return "ale_py" in str(ep)
 
 
+def import_env_module(module: str) -> None:
+    """Import the catalogued module whose import registers its environments with gymnasium."""
+    import importlib
+
+    importlib.import_module(module)
+
+
+def registered_by(module: str) -> list[str]:
+    """The env ids whose entry point lives in ``module``'s package (after it was imported)."""
+    top = module.split(".")[0]
+    out = []
+    for env_id, spec in gym.registry.items():
+        ep = (
+            spec.entry_point
+            if isinstance(spec.entry_point, str)
+            else getattr(spec.entry_point, "__module__", "")
+        )
+        if str(ep).split(":")[0].split(".")[0] == top:
+            out.append(env_id)
+    return sorted(out)
+
+
+# What the trainer's networks take (docs/environments.md, "Spaces"): observations a Box (an image of
+# rank 3, else a vector, flattened) or anything gymnasium flattens into one (Discrete, MultiDiscrete,
+# MultiBinary, Dict and Tuple of those: one-hot and concatenated); actions Discrete, MultiDiscrete
+# or a rank-1 Box.
+FLATTENED_OBS = (
+    gym.spaces.Discrete,
+    gym.spaces.MultiDiscrete,
+    gym.spaces.MultiBinary,
+    gym.spaces.Dict,
+    gym.spaces.Tuple,
+)
+ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Box)
+
+
+def space_problem(observation_space: gym.Space, action_space: gym.Space) -> str | None:
+    """Why the trainer cannot train on these spaces (naming the space), or None."""
+    if not _flattenable(observation_space):
+        return f"observation space {observation_space} is not supported; supported: Box, Discrete, MultiDiscrete, MultiBinary, and Dict / Tuple of them"
+    if not isinstance(action_space, ACTION_SPACES) or (
+        isinstance(action_space, gym.spaces.Box) and len(action_space.shape) != 1
+    ):
+        return (
+            f"action space {action_space} is not supported; supported: Discrete, MultiDiscrete, Box of rank 1"
+        )
+    return None
+
+
+def _flattenable(space: gym.Space) -> bool:
+    if isinstance(space, gym.spaces.Dict):
+        return all(_flattenable(s) for s in space.spaces.values())
+    if isinstance(space, gym.spaces.Tuple):
+        return all(_flattenable(s) for s in space.spaces)
+    return isinstance(space, (gym.spaces.Box, *FLATTENED_OBS))
+
+
+def is_image(space: gym.Space) -> bool:
+    """An image observation (rank 3 Box, height x width x channels): the CNN preset."""
+    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
+
+
+def prepare(env):
+    """The env as the networks see it: any observation but an image or a vector Box flattened
+    (gymnasium's FlattenObservation: Discrete one-hot, Dict / Tuple concatenated)."""
+    space = env.observation_space
+    if isinstance(space, FLATTENED_OBS) or (
+        isinstance(space, gym.spaces.Box) and len(space.shape) not in (1, 3)
+    ):
+        return gym.wrappers.FlattenObservation(env)
+    return env
+
+
+def probe(env_id: str, module: str | None, kwargs: dict[str, Any]) -> gym.Space:
+    """Build the environment once with the request's keyword arguments, before Ray starts.
+
+    A constructor that rejects a key or a value, or a space the trainer cannot train, raises
+    :class:`trainer.config_map.UsageError` (exit 2) with the environment's own message. Returns the
+    observation space the networks will see."""
+    from trainer.config_map import UsageError
+
+    try:
+        env = make_env({"env_id": env_id, "env_module": module, "env_kwargs": kwargs})
+    except Exception as exc:  # noqa: BLE001 - whatever the constructor raises is the request's mistake
+        message = str(exc).split(" was raised from the environment creator")[0]
+        raise UsageError(
+            "--env-config", kwargs, "", message=f"--env-config: {type(exc).__name__}: {message}"
+        ) from None
+    try:
+        problem = space_problem(env.unwrapped.observation_space, env.action_space)
+        if problem:
+            raise UsageError("--env", env_id, "", message=f"--env: {env_id}: {problem}")
+        return env.observation_space
+    finally:
+        env.close()
+
+
 def make_env(env_config: dict[str, Any]):
     """Module-level env creator: ``env_config["env_id"]`` plus Atari preprocessing options.
 
@@ -63,8 +160,10 @@ def make_env(env_config: dict[str, Any]):
     _register_ale()
     cfg = dict(env_config or {})
     env_id = cfg["env_id"]
+    if cfg.get("env_module"):  # a catalogued package: this process may never have imported it
+        import_env_module(cfg["env_module"])
     render_mode: str | None = cfg.get("render_mode")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(cfg.get("env_kwargs") or {})  # the request's env_config
     if render_mode:
         kwargs["render_mode"] = render_mode
     if is_atari(env_id):
@@ -82,7 +181,7 @@ def make_env(env_config: dict[str, Any]):
         return env
     if "max_episode_steps" in cfg:
         kwargs["max_episode_steps"] = cfg["max_episode_steps"]
-    return gym.make(env_id, **kwargs)
+    return prepare(gym.make(env_id, **kwargs))
 
 
 def _wrap_atari(env, opts: dict[str, Any]):
@@ -140,9 +239,15 @@ def register(env_id: str) -> str:
     return name
 
 
-def env_config_for(env_id: str, settings: dict[str, Any]) -> dict[str, Any]:
+def env_config_for(
+    env_id: str, settings: dict[str, Any], module: str | None = None, kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The env_config passed to ``make_env`` (also stored in the checkpoint dir for evaluation)."""
     cfg: dict[str, Any] = {"env_id": env_id}
+    if module:
+        cfg["env_module"] = module
+    if kwargs:
+        cfg["env_kwargs"] = dict(kwargs)
     for k in ("dim", "framestack", "frameskip", "noop_max", "repeat_action_probability", "max_episode_steps"):
         if k in settings:
             cfg[k] = settings[k]

@@ -7,6 +7,7 @@ allowed (exit code 2, one line on stderr).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:  # train.py builds the Args and imports this module
     from trainer.train import Args
 
 RESTORE_SCHEME = "file://"
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class Plan:
@@ -24,17 +26,24 @@ class Plan:
 
     def __init__(self, args: Args):
         self.algorithm = _algorithm(args.run)
-        self.env_id = _env_id(args.env)
+        self.env_module = _env_module(args.env_module)
+        self.env_id = _env_id(args.env, self.env_module)
         self.atari = envs.is_atari(self.env_id)
+        self.env_kwargs: dict[str, Any] = (
+            _json_arg("--env-config", args.env_config) if args.env_config else {}
+        )
+        if not isinstance(self.env_kwargs, dict):
+            raise UsageError(
+                "--env-config", self.env_kwargs, "a JSON object of the environment's keyword arguments"
+            )
+        if not self.atari:  # built once before Ray starts: a bad key or an unsupported space fails here
+            envs.probe(self.env_id, self.env_module, self.env_kwargs)
         self.mapped: MappedConfig = config_map.map_config(_json_arg("--config", args.config), self.algorithm)
         self.stop = _stop(args.stop, self.env_id, self.atari)
         self.output_dir = _output_dir(args.output_dir)
         self.ray_address = args.ray_address
         self.restore = _restore(args.restore) if args.restore else None
         self.checkpoint_freq = _int_arg("--checkpoint-freq", args.checkpoint_freq, 0, 10**6)
-        self.checkpoint_every_s = _int_arg("--checkpoint-every-s", args.checkpoint_every_s, 0, 10**7)
-        self.checkpoint_keep = _int_arg("--checkpoint-keep", args.checkpoint_keep, 1, 1000) or 1
-        self.resume = bool(args.resume)
         self.seed = _int_arg("--seed", args.seed, 0, 2**31 - 1)
         self.evaluate_episodes = _int_arg("--evaluate-episodes", args.evaluate_episodes, 0, 10_000)
         self.evaluate_gif = bool(args.evaluate_gif)
@@ -49,8 +58,37 @@ def _algorithm(text: str) -> str:
     return algorithm
 
 
-def _env_id(text: str) -> str:
+def _env_module(text: str | None) -> str | None:
+    """Import the module that registers the environment (the catalog's), or UsageError naming it."""
+    if text is None:
+        return None
+    if not MODULE_RE.match(text):
+        raise UsageError("--env-module", text, "a dotted Python module name")
+    try:
+        envs.import_env_module(text)
+    except Exception as exc:  # noqa: BLE001 - any import failure of the package is the catalog entry's
+        raise UsageError(
+            "--env-module",
+            text,
+            "",
+            message=f"--env-module: {text} cannot be imported: {type(exc).__name__}: {exc}",
+        ) from None
+    return text
+
+
+def _env_id(text: str, module: str | None = None) -> str:
     if envs.env_spec(text) is None:
+        if module is not None:
+            registered = envs.registered_by(module)
+            raise UsageError(
+                "--env",
+                text,
+                "",
+                message=f"--env: {module} registers no environment {text!r}; it registers "
+                + (
+                    ", ".join(registered) if registered else "none (no gymnasium.register call ran on import)"
+                ),
+            )
         raise UsageError(
             "--env",
             text,

@@ -80,7 +80,17 @@ def submit(
         str | None, typer.Option("--run", "--algorithm", help="IMPALA, APPO or PPO.")
     ] = None,
     env: Annotated[
-        str | None, typer.Option("--env", help="e.g. PongNoFrameskip-v4, ALE/Pong-v5, CartPole-v1.")
+        str | None,
+        typer.Option(
+            "--env",
+            help="e.g. PongNoFrameskip-v4, CartPole-v1, FrozenLake-v1 or a catalogued acme/Warehouse-v1.",
+        ),
+    ] = None,
+    env_config: Annotated[
+        str | None,
+        typer.Option(
+            "--env-config", help="The environment's keyword arguments as JSON, e.g. '{\"lead_time\": 2}'."
+        ),
     ] = None,
     config: Annotated[
         str | None, typer.Option("--config", help="RLlib overrides as JSON, e.g. '{\"num_workers\": 13}'.")
@@ -136,6 +146,7 @@ def submit(
             env=env,
             config=config,
             stop=stop,
+            env_config=env_config,
             experiment=experiment,
             request_id=request_id,
             backend=backend,

@@ -30,6 +30,7 @@ def build_request(  # noqa: C901 - one `if` per CLI flag that overrides the file
     env: str | None = None,
     config: str | None = None,
     stop: str | None = None,
+    env_config: str | None = None,
     experiment: str | None = None,
     request_id: str | None = None,
     backend: str | None = None,
@@ -70,7 +71,7 @@ def build_request(  # noqa: C901 - one `if` per CLI flag that overrides the file
         "reply_to": reply_to,
     }
     body.update({k: v for k, v in simple.items() if v is not None})
-    for key, text in (("config", config), ("stop", stop)):
+    for key, text in (("config", config), ("stop", stop), ("env_config", env_config)):
         parsed = json_option(text, key)
         if parsed is not None:
             existing = body.get(key)

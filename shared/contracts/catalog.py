@@ -1,36 +1,19 @@
-"""The allow-lists: algorithms, environments and the RLlib config keys a request may set, with the
+"""The allow-lists: algorithms and the RLlib config keys a request may set, with the
 bounds of the values that size memory or compute.
 
-They change when RLlib renames a key or rlq offers a new environment; the request schema
+They change when RLlib renames a key or rlq offers a new algorithm (the environments a request may
+name are :mod:`shared.contracts.environments`); the request schema
 (:mod:`shared.contracts.request`) validates against them.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Literal, get_args
 
 Algorithm = Literal["IMPALA", "APPO", "PPO"]
 ALGORITHMS: tuple[str, ...] = get_args(
     Algorithm
 )  # trainer/config_map.py mirrors it (trainer/ imports no shared/)
-
-CLASSIC_ENVS = ("CartPole-v1", "CartPole-v0", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1")
-# Atari ids as ale-py registers them; the trainer checks the game exists.
-ATARI_ENV_RE = re.compile(
-    r"^(ALE/[A-Z][A-Za-z]{1,40}-v5|[A-Z][A-Za-z]{1,40}(NoFrameskip|Deterministic)?-v4)$"
-)
-
-# Highest mean episode return an env can give: a reward target above it can never stop a run.
-MAX_RETURN = {
-    "CartPole-v1": 500.0,
-    "CartPole-v0": 200.0,
-    "Acrobot-v1": 0.0,
-    "MountainCar-v0": 0.0,
-    "Pendulum-v1": 0.0,
-    "Pong": 21.0,
-}
-
 
 # RLlib config keys a request may set: today's names and the seed-era names the trainer maps.
 CONFIG_KEYS = frozenset(

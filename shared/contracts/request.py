@@ -19,10 +19,8 @@ from pydantic import AnyUrl, BeforeValidator, Field, field_validator, model_vali
 
 from shared.contracts.base import Strict
 from shared.contracts.catalog import (
-    ATARI_ENV_RE,
     BOOL_CONFIG_KEYS,
     BOOL_MODEL_KEYS,
-    CLASSIC_ENVS,
     CONFIG_BOUNDS,
     CONFIG_KEYS,
     CPUS_PER_RUNNER_KEYS,
@@ -31,11 +29,11 @@ from shared.contracts.catalog import (
     MAX_ENVS,
     MAX_LAYER_WIDTH,
     MAX_LAYERS,
-    MAX_RETURN,
     MODEL_KEYS,
     STOP_KEYS,
     Algorithm,
 )
+from shared.contracts.environments import MAX_RETURN, check_env_config, env_id_problem
 from shared.contracts.vm_sizes import (
     DEFAULT_HEAD_VM_SIZE,
     DEFAULT_WORKER_VM_SIZE,
@@ -231,6 +229,9 @@ class TrainingRequest(Strict):
     experiment: str = Field("rlq", pattern=NAME_RE)
     algorithm: Algorithm = "IMPALA"
     env: str = "PongNoFrameskip-v4"
+    # The environment's keyword arguments (gymnasium.make's kwargs), bounded in
+    # shared/contracts/environments.py; the trainer builds the env with them before Ray starts.
+    env_config: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
     stop: Stop = Field(default_factory=lambda: Stop(episode_reward_mean=18, time_total_s=3600))
     compute: Compute = Field(default_factory=Compute)
@@ -243,12 +244,15 @@ class TrainingRequest(Strict):
     @field_validator("env")
     @classmethod
     def _env(cls, v: str) -> str:
-        if v in CLASSIC_ENVS or ATARI_ENV_RE.match(v):
-            return v
-        raise ValueError(
-            f"{v!r} is not an allowed environment; allowed: {', '.join(CLASSIC_ENVS)}, or an Atari id "
-            "such as PongNoFrameskip-v4 / ALE/Pong-v5"
-        )
+        problem = env_id_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("env_config")
+    @classmethod
+    def _env_config(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_env_config(v)
 
     @field_validator("config")
     @classmethod

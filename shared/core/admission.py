@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.contracts.environments import catalog_problem
 from shared.contracts.request import TrainingRequest, resource_problems
 from shared.contracts.vm_sizes import VM_SIZES
 from shared.core.context import Core
@@ -25,8 +26,11 @@ class Admission:
         return request.compute.backend or self.core.settings.backend
 
     def check_caps(self, request: TrainingRequest) -> None:
-        """:class:`Forbidden`, naming the field and the cap, when the request asks for more than allowed."""
+        """:class:`Forbidden`, naming the field and the cap, when the request asks for more than allowed;
+        :class:`InvalidRequest` naming ``env`` for an id in no namespace of the environment catalog."""
         settings, backend = self.core.settings, request.compute.backend
+        if problem := catalog_problem(request.env, settings.environment_catalog):
+            raise InvalidRequest([{"field": "env", "message": problem}])
         if problem := self._size_problem(request):
             raise Forbidden(problem)
         if backend is not None and backend not in self.core.compute:

@@ -79,3 +79,19 @@ def test_seed_cluster_config_fills_only_what_the_request_leaves_out() -> None:
         "num_workers": 0,
         "num_gpus": 0,
     }
+
+
+def test_env_config_and_the_catalogued_module_reach_the_trainer_and_only_when_set(monkeypatch) -> None:
+    request = parse_request(
+        {
+            "env": "rlq_examples/Inventory-v0",
+            "env_config": {"lead_time": 2},
+            "stop": {"training_iteration": 1},
+        },
+        default_id="contract-2",
+    )
+    monkeypatch.setenv(ARGV_ENV, json.dumps(build_argv(request, output_dir="/o", env_module="rlq_inventory")))
+    args = trainer.parse_args(["--argv-from-env", ARGV_ENV])
+    assert json.loads(args.env_config) == {"lead_time": 2} and args.env_module == "rlq_inventory"
+    plain = build_argv(parse_request({"env": "CartPole-v1"}, default_id="contract-3"), output_dir="/o")
+    assert "--env-config" not in plain and "--env-module" not in plain

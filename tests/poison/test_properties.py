@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from shared.contracts.catalog import ALGORITHMS, ATARI_ENV_RE, CLASSIC_ENVS, MAX_RETURN
+from shared.contracts.catalog import ALGORITHMS
+from shared.contracts.environments import ATARI_ENV_RE, BUILTIN_ENVS, MAX_RETURN, NAMESPACED_ENV_RE
 from shared.contracts.parsing import parse_request
 from shared.contracts.request import Compute, TrainingRequest
 from shared.contracts.run import RunState
@@ -38,7 +39,7 @@ PROPS = hsettings(
 IDS = itertools.count()
 
 ENVS = [
-    *CLASSIC_ENVS,
+    *BUILTIN_ENVS,
     "PongNoFrameskip-v4",
     "ALE/Pong-v5",
     "BreakoutNoFrameskip-v4",
@@ -283,7 +284,13 @@ def mutations(draw) -> tuple[str, Any]:  # noqa: C901 - one branch per kind of m
             "algorithm", draw(st.text(max_size=12).filter(lambda a: a not in ALGORITHMS))
         )
     if kind == "env":
-        bad = draw(st.text(max_size=30).filter(lambda e: e not in CLASSIC_ENVS and not ATARI_ENV_RE.match(e)))
+        bad = draw(
+            st.text(max_size=30).filter(
+                lambda e: (
+                    e not in BUILTIN_ENVS and not ATARI_ENV_RE.match(e) and not NAMESPACED_ENV_RE.match(e)
+                )
+            )
+        )
         return "env", _set("env", bad)
     if kind in ("request_id", "experiment", "reply_to"):
         return kind, _set(kind, draw(NOT_ID) + draw(SHELLY))

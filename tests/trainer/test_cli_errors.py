@@ -42,6 +42,23 @@ def run_trainer(args, env=None, timeout=60):
         (["--env", "CartPole-v1", "--checkpoint-freq", "x"], '--checkpoint-freq: "x"'),
         (["--env", "CartPole-v1", "--restore", "/nonexistent/ckpt"], '--restore: "/nonexistent/ckpt"'),
         (["--env", "CartPole-v1", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        # env_config: the environment is built once before Ray starts; its own message is the reason
+        (
+            ["--env", "CartPole-v1", "--env-config", '{"foo": 1}'],
+            "--env-config: TypeError: CartPoleEnv.__init__() got an unexpected keyword argument 'foo'",
+        ),
+        (
+            ["--env", "CartPole-v1", "--env-config", "[1]"],
+            "--env-config: [1] is not allowed; expected a JSON object",
+        ),
+        (
+            ["--env", "acme/Warehouse-v1", "--env-module", "nosuchmod"],
+            "--env-module: nosuchmod cannot be imported",
+        ),
+        (
+            ["--env", "acme/Warehouse-v1", "--env-module", "json"],
+            "--env: json registers no environment 'acme/Warehouse-v1'; it registers none",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_message(args, needle, tmp_path):
