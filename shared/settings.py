@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     poll_concurrency: int = Field(128, ge=1, le=1024)
     poll_tick_budget_s: float = Field(50.0, gt=0)
     stall_timeout_s: float = Field(1800.0, gt=0, description="No new iteration for this long: stalled.")
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="Jobs a run may take: a job lost with its machines resumes as the next."
+    )
+    checkpoint_every_s: int = Field(
+        300, ge=0, description="The trainer checkpoints after this many seconds of training (0: off)."
+    )
     status_timeout_s: float = Field(20.0, gt=0)
     unreachable_timeout_s: float = Field(
         1800.0, gt=0, description="A run whose backend answers no status call for this long fails."

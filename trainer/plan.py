@@ -36,14 +36,18 @@ class Plan:
             raise UsageError(
                 "--env-config", self.env_kwargs, "a JSON object of the environment's keyword arguments"
             )
+        self.image_obs = False  # an image observation (not Atari's): the CNN preset
         if not self.atari:  # built once before Ray starts: a bad key or an unsupported space fails here
-            envs.probe(self.env_id, self.env_module, self.env_kwargs)
+            self.image_obs = envs.is_image(envs.probe(self.env_id, self.env_module, self.env_kwargs))
         self.mapped: MappedConfig = config_map.map_config(_json_arg("--config", args.config), self.algorithm)
         self.stop = _stop(args.stop, self.env_id, self.atari)
         self.output_dir = _output_dir(args.output_dir)
         self.ray_address = args.ray_address
         self.restore = _restore(args.restore) if args.restore else None
         self.checkpoint_freq = _int_arg("--checkpoint-freq", args.checkpoint_freq, 0, 10**6)
+        self.checkpoint_every_s = _int_arg("--checkpoint-every-s", args.checkpoint_every_s, 0, 10**7)
+        self.checkpoint_keep = _int_arg("--checkpoint-keep", args.checkpoint_keep, 1, 1000) or 1
+        self.resume = bool(args.resume)
         self.seed = _int_arg("--seed", args.seed, 0, 2**31 - 1)
         self.evaluate_episodes = _int_arg("--evaluate-episodes", args.evaluate_episodes, 0, 10_000)
         self.evaluate_gif = bool(args.evaluate_gif)

@@ -10,6 +10,7 @@ finish (final checkpoint, Ray down, ``summary.json``).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import traceback
@@ -26,6 +27,7 @@ from trainer.metrics import Offsets, Progress
 from trainer.plan import Plan
 from trainer.sinks import Sinks, clean
 
+PARTIAL = ".partial-"  # a checkpoint being written; renamed to its name once complete
 SAVES_FINAL = (0, 143, 130)  # exit codes after which the final checkpoint is saved: stop met, canceled
 
 
@@ -39,6 +41,7 @@ class Trainer:
         self.algo: Any = None
         self.progress = Progress(Offsets())
         self.last_checkpoint: Path | None = None
+        self.saved_at: float | None = None  # when the last checkpoint was saved (wall clock)
         self.summary = metrics.new_summary(plan.algorithm, plan.env_id)
         self.meta: dict[str, Any] = {}  # written beside every checkpoint (rlq_meta.json)
         # Start-up seconds (from the arguments validated): Ray up, algorithm built, first metrics row.
@@ -97,7 +100,9 @@ class Trainer:
     def _continues_metrics(self) -> bool:
         """Restoring a checkpoint of this output dir: its metrics.jsonl goes on."""
         out, restore = self.plan.output_dir, self.plan.restore
-        return restore is not None and (out / "metrics.jsonl").exists() and restore.is_relative_to(out)
+        if not (out / "metrics.jsonl").exists():
+            return False
+        return self.plan.resume or (restore is not None and restore.is_relative_to(out))
 
     def _algo_config(self) -> Any:
         plan = self.plan
@@ -130,14 +135,31 @@ class Trainer:
 
     # -- restore ------------------------------------------------------------------------------------
     def restore(self) -> Offsets:
-        """The checkpoint's weights and optimizer state, and the counters it reached; zeros without one."""
-        checkpoint = self.plan.restore
-        if checkpoint is None:
-            return Offsets()
-        self.algo.restore_from_path(str(checkpoint))
-        offsets = Offsets.of_checkpoint(checkpoint)
-        log(f"restored {checkpoint} (iteration {offsets.iteration}, {offsets.timesteps} timesteps)")
-        return offsets
+        """The checkpoint's weights and optimizer state, and the counters it reached; zeros without one.
+
+        With ``--resume`` (a later attempt of a run whose job was lost) this output dir's own
+        checkpoints come first, newest first: one that fails to load falls back to the one before,
+        then to ``--restore``, then to a fresh start. Only a run's own checkpoint carries its
+        training seconds on (a warm start from another run's checkpoint starts its clock at zero).
+        """
+        own = checkpoints(self.plan.output_dir) if self.plan.resume else []
+        candidates = [*own, *([self.plan.restore] if self.plan.restore is not None else [])]
+        for checkpoint in candidates:
+            try:
+                self.algo.restore_from_path(str(checkpoint))
+                offsets = Offsets.of_checkpoint(checkpoint)
+            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint falls back to the one before
+                log(f"checkpoint {checkpoint} did not load ({error_paragraph(exc)}); trying the one before")
+                continue
+            if checkpoint not in own:
+                offsets.time_s = 0.0
+            else:
+                self.summary["resumed_from"] = checkpoint.resolve().as_uri()
+            log(f"restored {checkpoint} (iteration {offsets.iteration}, {offsets.timesteps} timesteps)")
+            return offsets
+        if candidates:
+            log("no checkpoint loaded: training starts from the beginning")
+        return Offsets()
 
     # -- loop ---------------------------------------------------------------------------------------
     def loop(self, offsets: Offsets) -> int:
@@ -157,7 +179,7 @@ class Trainer:
                     return 0
                 continue
             self._report(row)
-            if plan.checkpoint_freq and row["iteration"] % plan.checkpoint_freq == 0:
+            if self._checkpoint_due(row["iteration"]):
                 self.save(f"iter_{row['iteration']:06d}")
             reason = config_map.check_stop(plan.stop, row)
             if reason:
@@ -179,20 +201,44 @@ class Trainer:
             timesteps=row["timesteps"],
         )
 
+    def _checkpoint_due(self, iteration: int) -> bool:
+        """Every ``--checkpoint-freq`` iterations, and after ``--checkpoint-every-s`` seconds of
+        training since the last checkpoint: a lost job loses at most that much."""
+        plan = self.plan
+        if plan.checkpoint_freq and iteration % plan.checkpoint_freq == 0:
+            return True
+        since = time.time() - (self.saved_at or self.progress.started)
+        return bool(plan.checkpoint_every_s) and since >= (plan.checkpoint_every_s or 0)
+
     def save(self, name: str) -> Path:
-        """``DIR/checkpoints/<name>``: RLlib's checkpoint and ``rlq_meta.json`` (settings, counters)."""
+        """``DIR/checkpoints/<name>``: RLlib's checkpoint and ``rlq_meta.json`` (settings, counters).
+
+        Written under a ``.partial-`` name and renamed when complete, so a job killed while saving
+        never leaves a half-written checkpoint under a name :func:`checkpoints` lists; then only
+        the newest ``--checkpoint-keep`` ``iter_*`` checkpoints are kept.
+        """
         path = self.plan.output_dir / "checkpoints" / name
+        partial = path.with_name(PARTIAL + name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.algo.save_to_path(str(path))
+        shutil.rmtree(partial, ignore_errors=True)
+        self.algo.save_to_path(str(partial))
         last = self.progress.rows[-1] if self.progress.rows else {}
         meta = {
             **self.meta,
             "iteration": last.get("iteration", 0),
             "timesteps": last.get("timesteps", 0),
             "episodes_total": last.get("episodes_total", 0),
+            "time_total_s": last.get("time_total_s", 0.0),
         }
-        (path / "rlq_meta.json").write_text(json.dumps(clean(meta), indent=1))
+        (partial / "rlq_meta.json").write_text(json.dumps(clean(meta), indent=1))
+        shutil.rmtree(path, ignore_errors=True)  # "final" saved again by a later attempt
+        partial.rename(path)
         self.last_checkpoint = path
+        self.saved_at = time.time()
+        for old in [c for c in checkpoints(self.plan.output_dir) if c.name.startswith("iter_")][
+            self.plan.checkpoint_keep :
+        ]:
+            shutil.rmtree(old, ignore_errors=True)
         return path
 
     # -- finish -------------------------------------------------------------------------------------
@@ -232,6 +278,25 @@ class Trainer:
         if gif is not None:
             self.summary["replay_path"] = gif.resolve().as_uri()
         return 0
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """``DIR/checkpoints``' complete checkpoints, newest first (by the iteration they reached).
+
+    Complete: renamed from its ``.partial-`` name with ``rlq_meta.json`` inside; ``final`` counts
+    as the iteration it was saved at.
+    """
+    found: list[tuple[int, float, Path]] = []
+    for path in (output_dir / "checkpoints").glob("*"):
+        meta = path / "rlq_meta.json"
+        if path.name.startswith(PARTIAL) or not meta.is_file():
+            continue
+        try:
+            iteration = int(json.loads(meta.read_text()).get("iteration") or 0)
+        except (OSError, ValueError, AttributeError):
+            continue
+        found.append((iteration, meta.stat().st_mtime, path))
+    return [path for *_, path in sorted(found, reverse=True)]
 
 
 def _quietly(shutdown: Callable[[], Any]) -> None:

@@ -64,6 +64,15 @@ class Args:
     ray_address: str | None = _flag(None, "Ray cluster to join (Azure ML head: localhost:6379)")
     restore: str | None = _flag(None, "checkpoint dir or file:// URI to warm-start from")
     checkpoint_freq: str = _flag("10", "save a checkpoint every N iterations (0: only final)")
+    checkpoint_every_s: str = _flag(
+        "300", "also save one after S seconds of training since the last (0: off)"
+    )
+    checkpoint_keep: str = _flag("3", "keep the newest K checkpoints of the run (the final one besides)")
+    resume: bool = _flag(
+        False,
+        "start from this output dir's newest checkpoint that loads (older ones, then --restore, if not)",
+        action="store_true",
+    )
     seed: str | None = _flag(None, "seed of RLlib and of the evaluation episodes")
     evaluate_episodes: str = _flag("0", "greedy evaluation episodes after training")
     evaluate_gif: bool = _flag(False, "also write DIR/replay.gif of the evaluation", action="store_true")

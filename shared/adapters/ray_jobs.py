@@ -46,16 +46,19 @@ from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress
 from shared.contracts.trainer import (
     ARGV_ENV,
+    CHECKPOINT_EVERY_S,
     CHECKPOINT_FREQ,
     ENTRYPOINT,
     METRICS_MARK,
     SUMMARY_MARK,
+    JobEnd,
     TrainerSummary,
     build_argv,
+    end_of_exit,
     trainer_time_budget_s,
 )
 from shared.errors import PermanentError, TransientError
-from shared.ports import JobState, JobStatus
+from shared.ports import Checkpoint, JobState, JobStatus
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,15 +104,16 @@ class RayHttpError(Exception):
 # --- pure helpers ----------------------------------------------------------------------------
 
 
-def submission_id_for(request_id: str) -> str:
-    """``rlq-<sanitised request_id>-<8 hex>``: unique per request_id, safe in paths and URLs.
+def submission_id_for(request_id: str, attempt: int = 1) -> str:
+    """``rlq-<sanitised request_id>-<8 hex>``: unique per request_id, safe in paths and URLs;
+    ``-a<attempt>`` after it for a later attempt (a run resumed after its job was lost).
 
     Sanitising alone could map two ids to one name (``a.b`` / ``a:b``); the hash suffix keeps
     them apart.
     """
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", request_id)[:64]
     digest = hashlib.sha256(request_id.encode("utf-8")).hexdigest()[:8]
-    return f"rlq-{safe}-{digest}"
+    return f"rlq-{safe}-{digest}" + (f"-a{attempt}" if attempt > 1 else "")
 
 
 def restore_path(uri: str) -> str:
@@ -140,6 +144,8 @@ def ray_job_argv(
     default_run_duration_s: int = 3600,
     max_run_duration_s: int = 4 * 3600,
     env_module: str | None = None,
+    checkpoint_every_s: int = CHECKPOINT_EVERY_S,
+    resume: bool = False,
 ) -> list[str]:
     """:func:`shared.contracts.trainer.build_argv` with what a Ray job adds: a time budget, a local restore path.
 
@@ -156,6 +162,8 @@ def ray_job_argv(
         ),
         restore=restore,
         env_module=env_module,
+        checkpoint_every_s=checkpoint_every_s,
+        resume=resume,
     )
 
 
@@ -174,6 +182,46 @@ def package_runtime_env(entry: CatalogEntry | None) -> dict[str, Any]:
     if path.is_dir():  # a project: its importable top-level package, flat or src/ layout
         path = next((p for p in (path / entry.top_level, path / "src" / entry.top_level) if p.is_dir()), path)
     return {"py_modules": [str(path)]}
+
+
+def job_end(state: JobState, *, exit_code: int | None, message: str | None) -> JobEnd | None:
+    """How an ended Ray job ended: the trainer's own exit, else lost with its machines.
+
+    A failed job whose runtime env could not be set up never ran the trainer: that is a request
+    the cluster cannot run (``bad_request``), not a loss. Ray reports a driver killed by a signal
+    as its negative number, an out-of-memory kill as 137 or -9, and a job whose supervisor actor
+    or node died with no exit code at all: each ``lost``.
+    """
+    if state == "succeeded":
+        return JobEnd.stopped
+    if state == "stopped":
+        return JobEnd.canceled
+    if state != "failed":
+        return None
+    if exit_code is None and message and "runtime env" in message.lower().replace("_", " "):
+        return JobEnd.bad_request
+    return end_of_exit(exit_code)
+
+
+def latest_checkpoint(output_dir: Path) -> Checkpoint | None:
+    """The newest complete checkpoint under ``output_dir/checkpoints`` (renamed from its
+    ``.partial-`` name, ``rlq_meta.json`` inside): what a lost job's next attempt resumes from."""
+    best: Checkpoint | None = None
+    for meta_file in (output_dir / "checkpoints").glob("*/rlq_meta.json"):
+        if meta_file.parent.name.startswith(".partial-"):
+            continue
+        meta = _fresh_json_file(meta_file, 0.0) or {}
+        try:
+            found = Checkpoint(
+                uri=meta_file.parent.resolve().as_uri(),
+                iteration=int(meta.get("iteration") or 0),
+                timesteps=int(meta.get("timesteps") or 0),
+            )
+        except (TypeError, ValueError):
+            continue
+        if best is None or found.iteration > best.iteration:
+            best = found
+    return best
 
 
 def _marked_json(lines: Iterable[str], mark: str) -> dict[str, Any] | None:
@@ -465,7 +513,8 @@ class RayJobsBackend:
     def _revive_local_head(self, err: TransientError) -> bool:
         """Local mode: the head stopped answering. Start it again — one thread at a time, at most
         once per ``REVIVE_INTERVAL_S`` — and say True when it answers. The jobs it ran are gone
-        with it: their next status is a 404, so each of their runs fails with that reason."""
+        with it: their next status is a 404, a job lost with its machines, so each of their runs
+        resumes from its checkpoint as its next attempt."""
         if not self.local or not self._revive_lock.acquire(blocking=False):
             return False
         try:
@@ -481,8 +530,8 @@ class RayJobsBackend:
         finally:
             self._revive_lock.release()
 
-    def find(self, request_id: str) -> str | None:
-        run_id = submission_id_for(request_id)
+    def find(self, request_id: str, attempt: int = 1) -> str | None:
+        run_id = submission_id_for(request_id, attempt)
         try:
             self._call(lambda c: c.get_job_info(run_id), what="job lookup")
         except RayHttpError as err:
@@ -491,11 +540,11 @@ class RayJobsBackend:
             raise self._http_error(err, what="job lookup") from err
         return run_id
 
-    def submit(self, request: TrainingRequest) -> str:
-        existing = self.find(request.request_id)
+    def submit(self, request: TrainingRequest, attempt: int = 1) -> str:
+        existing = self.find(request.request_id, attempt)
         if existing is not None:
             return existing
-        run_id = submission_id_for(request.request_id)
+        run_id = submission_id_for(request.request_id, attempt)
         output_dir = self.output_dir_for(request.request_id)
         package = self.settings.environment_catalog.entry_for(request.env)
         argv = ray_job_argv(
@@ -505,9 +554,12 @@ class RayJobsBackend:
             default_run_duration_s=self.settings.default_run_duration_s,
             max_run_duration_s=self.settings.max_run_duration_s,
             env_module=package.module if package else None,
+            checkpoint_every_s=self.settings.checkpoint_every_s,
+            resume=attempt > 1,
         )
         metadata = {
             "request_id": request.request_id,
+            "attempt": str(attempt),
             "experiment": request.experiment,
             "output_dir": output_dir,
             "submitted_by": "rlq",
@@ -552,6 +604,8 @@ class RayJobsBackend:
                     state="failed",
                     portal_url=self.portal_url(run_id),
                     error=f"Ray has no job {run_id}: the cluster was restarted or the job deleted",
+                    end=JobEnd.lost,
+                    checkpoint=self._checkpoint_of(run_id),
                 )
             raise self._http_error(err, what="status") from err
         raw = getattr(info.status, "value", info.status)
@@ -580,8 +634,9 @@ class RayJobsBackend:
         elif state != "pending":
             progress = _progress(last_marked(job_logs(), METRICS_MARK))
 
-        summary = error = None
+        summary = error = end = checkpoint = None
         if state in _TERMINAL:
+            end = job_end(state, exit_code=info.driver_exit_code, message=info.message)
             if out_dir is not None:
                 summary = TrainerSummary.read(_fresh_json_file(out_dir / "summary.json", since_s))
             if summary is None:
@@ -597,8 +652,18 @@ class RayJobsBackend:
                         trainer_error=str(why) if why else None,
                     )
                 )
+                if why:  # the trainer said why it failed: its own failure, whatever the exit code
+                    end = JobEnd.training_failed
+            if end is JobEnd.lost and out_dir is not None:
+                checkpoint = latest_checkpoint(out_dir)
         return JobStatus(
-            state=state, progress=progress, summary=summary, error=error, portal_url=self.portal_url(run_id)
+            state=state,
+            progress=progress,
+            summary=summary,
+            error=error,
+            portal_url=self.portal_url(run_id),
+            end=end,
+            checkpoint=checkpoint,
         )
 
     def cancel(self, run_id: str) -> None:
@@ -611,6 +676,16 @@ class RayJobsBackend:
             raise self._http_error(err, what="cancel") from err
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _checkpoint_of(self, run_id: str) -> Checkpoint | None:
+        """Local mode: the newest checkpoint of the run a (forgotten) job belonged to."""
+        if not self.local:
+            return None
+        for out_dir in self.settings.runs_dir.resolve().glob("*"):
+            base = submission_id_for(out_dir.name)
+            if run_id == base or run_id.startswith(base + "-a"):
+                return latest_checkpoint(out_dir)
+        return None
 
     def _local_output_dir(self, value: str | None) -> Path | None:
         if not self.local or not value:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,6 +37,7 @@ ARGV_ENV = "RLQ_TRAINER_ARGV"
 # Constant on purpose: no request field may ever reach a shell.
 ENTRYPOINT = f"python -m trainer.train --argv-from-env {ARGV_ENV}"
 CHECKPOINT_FREQ = 10
+CHECKPOINT_EVERY_S = 300  # a checkpoint after this many seconds of training too (``--checkpoint-every-s``)
 METRICS_MARK = "RLQ_METRICS "
 SUMMARY_MARK = "RLQ_SUMMARY "
 
@@ -43,15 +45,54 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ARGV_ENV",
+    "CHECKPOINT_EVERY_S",
     "CHECKPOINT_FREQ",
     "ENTRYPOINT",
     "METRICS_MARK",
     "SUMMARY_MARK",
+    "TRAINER_EXITS",
+    "JobEnd",
     "TrainerSummary",
     "build_argv",
+    "end_of_exit",
     "seed_cluster_config",
     "trainer_time_budget_s",
 ]
+
+
+class JobEnd(StrEnum):
+    """How a job ended, as its backend tells the core (:attr:`shared.ports.JobStatus.end`).
+
+    The trainer's own exits say what it decided (:data:`TRAINER_EXITS`); a job that ended any
+    other way — its driver killed by a signal or for memory, its node or head lost, Ray's job
+    supervisor gone, Azure ML preempting its node — was lost with its machines: ``lost``, the one
+    end the core resumes from the run's last checkpoint. A training failure or a request the
+    trainer refused is never retried.
+    """
+
+    stopped = "stopped"  # a stop criterion was met (exit 0)
+    training_failed = "training_failed"  # exit 1: summary.json says why
+    bad_request = "bad_request"  # exit 2: the trainer refused its arguments
+    canceled = "canceled"  # exit 143 (SIGTERM) or 130 (SIGINT): the trainer stopped on a cancel
+    lost = "lost"  # any other end: the infrastructure went away under the job
+
+
+# The trainer's own exit codes (trainer/train.py's docstring; tests/contract checks both agree).
+TRAINER_EXITS: dict[int, JobEnd] = {
+    0: JobEnd.stopped,
+    1: JobEnd.training_failed,
+    2: JobEnd.bad_request,
+    130: JobEnd.canceled,
+    143: JobEnd.canceled,
+}
+
+
+def end_of_exit(exit_code: int | None) -> JobEnd:
+    """The end a job's exit code means: the trainer's own, else ``lost`` (a signal's negative
+    code, 137 for an out-of-memory kill, no code at all when the driver or its node vanished)."""
+    if exit_code is None:
+        return JobEnd.lost
+    return TRAINER_EXITS.get(exit_code, JobEnd.lost)
 
 
 def trainer_time_budget_s(
@@ -94,13 +135,16 @@ def build_argv(
     restore: str | None = None,
     env_module: str | None = None,
     ray_address: str | None = None,
+    checkpoint_every_s: int = CHECKPOINT_EVERY_S,
+    resume: bool = False,
 ) -> list[str]:
     """``--run … --env … --config … --stop … --output-dir …`` and the optional flags.
 
     ``config`` defaults to the request's own (a backend passes it when it adds to it: the seed's
     worker count); ``time_budget_s`` (see :func:`trainer_time_budget_s`) replaces the request's
     ``stop.time_total_s``; ``env_module`` the catalogued module that registers the request's
-    environment (:meth:`shared.contracts.environments.EnvironmentCatalog.entry_for`); ``restore`` is a path the job can read.
+    environment (:meth:`shared.contracts.environments.EnvironmentCatalog.entry_for`); ``restore`` is a path the job can read; ``resume`` (a later attempt of
+    a run whose job was lost) starts from the output dir's newest checkpoint that loads.
     """
     config = request.config if config is None else config
     stop = request.stop.model_dump(exclude_none=True)
@@ -120,7 +164,11 @@ def build_argv(
         *(["--ray-address", ray_address] if ray_address else []),
         "--checkpoint-freq",
         str(int(checkpoint_freq)),
+        "--checkpoint-every-s",
+        str(int(checkpoint_every_s)),
     ]
+    if resume:
+        argv.append("--resume")
     if restore:
         argv += ["--restore", restore]
     if request.env_config:

@@ -279,13 +279,19 @@ class AzureMLV2Backend:
         pending = [w for w in waiting if w]
         return ComputePending("; ".join(pending)) if pending else None
 
-    def find(self, request_id: str) -> str | None:
+    def find(self, request_id: str, attempt: int = 1) -> str | None:
         head, _ = job_names(request_id)
         job = self._get_job(head)
         return head if job is not None else None
 
-    def submit(self, request: TrainingRequest) -> str:
-        """Create the head job (adopting it when the name exists); the worker job follows from ``status``."""
+    def submit(self, request: TrainingRequest, attempt: int = 1) -> str:
+        """Create the head job (adopting it when the name exists); the worker job follows from ``status``.
+
+        Only attempt 1: this backend reports no job as lost with its machines (``JobEnd.lost``) yet,
+        so the core never asks it for a later attempt.
+        """
+        if attempt != 1:
+            raise ComputeError(f"the Azure ML backend does not resume runs (attempt {attempt} asked)")
         head_name, _ = job_names(request.request_id)
         self._remember(request)
         self._create(self.build_head_job(request), what=f"head job of {request.request_id}")
