@@ -387,3 +387,28 @@ def test_a_rejected_run_is_polled_seldom_since_a_resubmit_can_revive_it(wired, h
     submit(wired, host, "r-1")
     data = live(call("dashboard_run_live", "/api/ui/runs/r-1/live", route_params={"request_id": "r-1"}))
     assert data["next_poll_ms"] == 2_000
+
+
+def test_a_resumed_run_shows_each_lost_attempt_in_a_row(wired, host):
+    from shared.contracts.run import Attempt
+
+    submit(wired, host, "resumed")
+    submit(wired, host, "other")
+    record = wired.store.get("resumed")
+    lost = Attempt(
+        number=1,
+        run_id="rlq-resumed-1",
+        ended_at=record.created_at,
+        cause="Ray has no job rlq-resumed-1: the cluster was restarted <b>",
+        resumed_from="file:///runs/resumed/checkpoints/iter_000004",
+        steps_lost=812,
+    )
+    wired.store.update(record.model_copy(update={"attempts": [lost]}))
+    page = html(call("dashboard_run", "/api/ui/runs/resumed", route_params={"request_id": "resumed"}))
+    row = re.search(r'<table class="attempts">.*?</table>', page, re.S)
+    assert row is not None
+    assert "<td>1</td><td>rlq-resumed-1</td>" in row.group(0)
+    assert "the cluster was restarted &lt;b&gt;</td>" in row.group(0)
+    assert "<td>file:///runs/resumed/checkpoints/iter_000004</td><td>812</td>" in row.group(0)
+    plain = html(call("dashboard_run", "/api/ui/runs/other", route_params={"request_id": "other"}))
+    assert "Request" in plain and "Attempts" not in plain
