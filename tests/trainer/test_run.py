@@ -38,7 +38,7 @@ class Algorithm:
     def save_to_path(self, path: str) -> None:
         self.during_save()
         Path(path).mkdir(parents=True)
-        self.saved.append(Path(path).name)
+        self.saved.append(Path(path).name.removeprefix(".partial-"))  # written there, then renamed
 
     def stop(self) -> None:
         self.stopped = True
@@ -142,3 +142,103 @@ def test_error_paragraph_drops_traceback():
     msg = error_paragraph(RuntimeError(text))
     assert msg == "ValueError: the env exploded"
     assert "File" not in msg and "\n" not in msg
+
+
+# --- checkpoints that bound a lost job's loss -------------------------------------------------------
+
+
+class Restorable(Algorithm):
+    """An algorithm whose ``restore_from_path`` fails for the checkpoints named in ``broken``."""
+
+    def __init__(self, results: list[dict], broken: tuple[str, ...] = (), **kwargs):
+        super().__init__(results, **kwargs)
+        self.broken = broken
+        self.restored: list[str] = []
+
+    def restore_from_path(self, path: str) -> None:
+        if Path(path).name in self.broken:
+            raise ValueError(f"damaged checkpoint {path}")
+        self.restored.append(Path(path).name)
+
+
+def checkpoint(out: Path, name: str, iteration: int, timesteps: int, time_total_s: float = 0.0) -> Path:
+    path = out / "checkpoints" / name
+    (path / "learner_group").mkdir(parents=True)
+    meta = {"iteration": iteration, "timesteps": timesteps, "time_total_s": time_total_s}
+    (path / "rlq_meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_a_checkpoint_killed_while_written_is_never_the_latest(tmp_path):
+    from trainer.run import checkpoints
+
+    class DiesWhileSaving(Algorithm):
+        def save_to_path(self, path: str) -> None:
+            super().save_to_path(path)
+            if len(self.saved) == 2:
+                raise KeyboardInterrupt("killed while saving")  # half written: no rlq_meta.json yet
+
+    algo = DiesWhileSaving(steps(100, 200, 300))
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, algo, "--stop", '{"training_iteration": 3}', "--checkpoint-freq", "1")
+    out = tmp_path / "o"
+    assert (out / "checkpoints" / ".partial-iter_000002").is_dir()  # what the kill left
+    assert [p.name for p in checkpoints(out)] == ["iter_000001"]
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    algo = Algorithm(steps(100, 200, 300, 400, 500))
+    run(
+        tmp_path,
+        algo,
+        "--stop",
+        '{"training_iteration": 5}',
+        "--checkpoint-freq",
+        "1",
+        "--checkpoint-keep",
+        "2",
+    )
+    kept = sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir())
+    assert kept == ["final", "iter_000004", "iter_000005"]
+
+
+def test_checkpoints_by_wall_time_between_iteration_checkpoints(tmp_path, monkeypatch):
+    import trainer.run as run_module
+
+    now = [1000.0]
+    monkeypatch.setattr(run_module.time, "time", lambda: now[0])
+
+    def tick(calls: int) -> None:
+        now[0] += 40.0  # each iteration takes 40 s
+
+    algo = Algorithm(steps(100, 200, 300, 400, 500), during_train=tick)
+    run(
+        tmp_path,
+        algo,
+        "--stop",
+        '{"training_iteration": 5}',
+        "--checkpoint-freq",
+        "0",
+        "--checkpoint-every-s",
+        "100",
+    )
+    assert algo.saved == ["iter_000003", "final"]  # 120 s after the start; then 80 s to the end
+
+
+def test_resume_falls_back_to_the_checkpoint_before_a_damaged_one_and_counts_on(tmp_path):
+    out = tmp_path / "o"
+    checkpoint(out, "iter_000002", 2, 200, time_total_s=30.0)
+    checkpoint(out, "iter_000003", 3, 300, time_total_s=45.0)
+    algo = Restorable(steps(300, 400), broken=("iter_000003",))
+    exit_code, summary, rows = run(tmp_path, algo, "--stop", '{"training_iteration": 4}', "--resume")
+    assert exit_code == 0 and algo.restored == ["iter_000002"]
+    assert [r["iteration"] for r in rows] == [3, 4]  # the counters go on from the checkpoint
+    assert rows[0]["time_total_s"] >= 30.0  # so does the training time, the time limit's clock
+    assert summary["resumed_from"].endswith("/checkpoints/iter_000002")
+
+
+def test_a_warm_start_from_another_runs_checkpoint_starts_its_clock_at_zero(tmp_path):
+    parent = checkpoint(tmp_path / "parent", "final", 3, 300, time_total_s=3000.0)
+    algo = Restorable(steps(400))
+    _, _, rows = run(tmp_path, algo, "--stop", '{"training_iteration": 4}', "--restore", str(parent))
+    assert [r["iteration"] for r in rows] == [4] and rows[0]["time_total_s"] < 60
