@@ -89,7 +89,9 @@ class Cluster:
 
 def resolve_settings(plan: Plan, cluster: Cluster) -> dict[str, Any]:
     """The preset for this cluster, the request's settings over it, then the number of EnvRunners."""
-    preset_settings = presets.preset(plan.algorithm, plan.env_id, plan.atari, cluster.gpus)
+    preset_settings = presets.preset(
+        plan.algorithm, plan.env_id, plan.atari, cluster.gpus, image=plan.image_obs
+    )
     settings = {**preset_settings, **plan.mapped.settings}
     fitted = presets.fit_minibatch(plan.algorithm, preset_settings, settings, plan.mapped.settings)
     if fitted:

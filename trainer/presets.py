@@ -146,6 +146,27 @@ ATARI_PPO: dict[str, Any] = {
 
 CLASSIC_CONTROL = {"CartPole-v0", "CartPole-v1"}
 
+# --- Any other environment: a preset by its observation space, not by its name. ---------------
+# A vector (a Box of rank 1, or whatever the trainer flattened into one: Discrete one-hot, Dict and
+# Tuple concatenated) takes an MLP of two 64-unit layers and a separate value network, the size
+# of the CartPole presets and of SB3's default for vector observations.
+VECTOR: dict[str, Any] = {
+    "fcnet_hiddens": [64, 64],
+    "vf_share_layers": False,
+    "min_time_s_per_iteration": 1,
+    "min_sample_timesteps_per_iteration": 0,
+}
+# An image (a Box of rank 3, height x width x channels) takes the Nature-DQN convolutions (8x8/4,
+# 4x4/2, 3x3/1 with 32, 64, 64 channels; RLlib pads them "same" and flattens the result, so any
+# frame size fits: RLlib's own default has filters for a few square sizes only) and a 256-unit head.
+IMAGE: dict[str, Any] = {
+    "conv_filters": [[32, [8, 8], 4], [64, [4, 4], 2], [64, [3, 3], 1]],
+    "head_fcnet_hiddens": [256],
+    "vf_share_layers": True,
+    "min_time_s_per_iteration": 1,
+    "min_sample_timesteps_per_iteration": 0,
+}
+
 DEFAULT_STOP = {
     "atari": {"episode_reward_mean": 18, "time_total_s": 3600},
     "CartPole": {"episode_reward_mean": 450, "time_total_s": 600},
@@ -166,8 +187,8 @@ def preset(algorithm: str, env_id: str, atari: bool, num_gpus: float = 0.0) -> d
         return out
     if env_id in CLASSIC_CONTROL:
         return dict({"IMPALA": CARTPOLE_IMPALA, "APPO": CARTPOLE_APPO, "PPO": CARTPOLE_PPO}[algorithm])
-    # Other envs: RLlib defaults apart from sane reporting.
-    return {"min_time_s_per_iteration": 1, "min_sample_timesteps_per_iteration": 0}
+    # Other envs: by the observation space the trainer's probe saw (trainer/envs.py).
+    return dict(IMAGE if image else VECTOR)
 
 
 def default_stop(env_id: str, atari: bool) -> dict[str, Any]:
