@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.adapters.ray_local import free_port, head_pids, head_temp_dir, ray_psutil
+from shared.localhost.ray_head import free_port, head_pids, head_temp_dir, ray_psutil
 
 REPO = Path(__file__).resolve().parent.parent
 RLQ = str(Path(sys.executable).with_name("rlq"))

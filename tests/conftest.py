@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.adapters.ray_local import stop_local_head
+from shared.localhost.ray_head import stop_local_head
 from tests.support.azurite import azurite  # noqa: F401 - the session fixture, for every suite
 from tests.support.clock import FakeClock
 from tests.support.ray_heads import TestHead, start_test_ray_head

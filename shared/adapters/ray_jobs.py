@@ -1,7 +1,7 @@
 """Ray Jobs compute backend: runs the trainer as a Ray job on a local head or any Ray cluster.
 
 The same class serves both: with no address (``RLQ_RAY_ADDRESS`` unset) it keeps a private local
-head running (:mod:`shared.adapters.ray_local`) and the trainer writes under ``runs_dir``; with an
+head running (:mod:`shared.localhost.ray_head`) and the trainer writes under ``runs_dir``; with an
 address (KubeRay, a VM cluster) it only talks HTTP to that cluster's Jobs API and reads what the
 trainer prints (``RLQ_METRICS`` / ``RLQ_SUMMARY`` lines) from the job logs.
 
@@ -39,7 +39,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from shared.adapters import ray_local
 from shared.adapters._redact import scrub
 from shared.contracts.environments import CatalogEntry
 from shared.contracts.request import TrainingRequest
@@ -58,6 +57,7 @@ from shared.contracts.trainer import (
     trainer_time_budget_s,
 )
 from shared.errors import PermanentError, TransientError
+from shared.localhost import ray_head
 from shared.ports import Checkpoint, JobState, JobStatus
 from shared.settings import Settings
 
@@ -375,7 +375,7 @@ class RayJobsBackend:
         self.address = (
             address
             or settings.ray_address
-            or ray_local.local_head_address(settings.data_dir, settings.ray_dashboard_port)
+            or ray_head.local_head_address(settings.data_dir, settings.ray_dashboard_port)
         ).rstrip("/")
         self.call_timeout_s = call_timeout_s(settings)
         self._factory = client_factory or _default_client_factory(settings.status_timeout_s)
@@ -392,14 +392,14 @@ class RayJobsBackend:
 
     def _resolve_token(self) -> SecretStr | None:
         if self.local:
-            return ray_local.local_head_token(self.settings.data_dir, self.settings.ray_auth_token)
-        return ray_local.ray_token(self.settings.ray_auth_token)
+            return ray_head.local_head_token(self.settings.data_dir, self.settings.ray_auth_token)
+        return ray_head.ray_token(self.settings.ray_auth_token)
 
     def _client(self) -> JobsClient:
         if self._client_obj is None:
             self._token = self._resolve_token()
             self._client_obj = self._guard(
-                lambda: self._factory(self.address, ray_local.auth_headers(self._token)), what="connect"
+                lambda: self._factory(self.address, ray_head.auth_headers(self._token)), what="connect"
             )
         return self._client_obj
 
@@ -500,7 +500,7 @@ class RayJobsBackend:
         return f"Ray {version} at {self.address}"
 
     def _ensure_local_head(self) -> None:
-        address = ray_local.ensure_local_head(
+        address = ray_head.ensure_local_head(
             data_dir=self.settings.data_dir,
             dashboard_port=self.settings.ray_dashboard_port,
             num_cpus=self.settings.ray_num_cpus,

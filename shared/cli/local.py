@@ -94,9 +94,9 @@ def hosted(
     s = w.settings
     started_ray = False
     if ray and s.backend == "ray" and s.ray_address is None:
-        from shared.adapters import ray_local
+        from shared.localhost import ray_head
 
-        address = ray_local.ensure_local_head(
+        address = ray_head.ensure_local_head(
             data_dir=s.data_dir,
             dashboard_port=s.ray_dashboard_port,
             num_cpus=s.ray_num_cpus,
@@ -112,10 +112,10 @@ def hosted(
     finally:
         host.close()
         if started_ray and not keep_ray:
-            from shared.adapters import ray_local
+            from shared.localhost import ray_head
 
             # this head only, and not while another process (a second serve) still uses it
-            ray_local.stop_local_head()
+            ray_head.stop_local_head()
 
 
 def _port_free(port: int) -> bool:

@@ -1,8 +1,10 @@
 """A local Functions host: runs the same ``function_app.py`` on one machine, on the SQLite broker.
 
-Three rooms: :mod:`.config` (host.json, app settings, schedules, route templates), :mod:`.bindings`
-(the function table, the objects handed to functions, message conversion) and :mod:`.host`
-(:class:`LocalHost`: receivers, timers, lock renewal and the HTTP server).
+Its rooms: :mod:`.config` (host.json, app settings, schedules, route templates), :mod:`.bindings`
+(the function table, the objects handed to functions, message conversion), :mod:`.host`
+(:class:`LocalHost`: the lifecycle, the worker pool, the invocation log), one driver per trigger
+kind (:mod:`.queue_driver`, :mod:`.timer_driver`, :mod:`.http_driver`), and :mod:`.ray_head` (the
+private local Ray head the Ray Jobs backend starts on demand in one-machine mode).
 
 Two ways to drive it:
 
@@ -30,13 +32,9 @@ from shared.localhost.config import (
     parse_timespan,
     resolve_app_settings,
 )
-from shared.localhost.host import (
-    DEAD_LETTER_REASON,
-    MAX_HTTP_BODY_BYTES,
-    LocalHost,
-    load_function_app,
-    running,
-)
+from shared.localhost.host import LocalHost, load_function_app, running
+from shared.localhost.http_driver import MAX_HTTP_BODY_BYTES
+from shared.localhost.queue_driver import DEAD_LETTER_REASON
 
 __all__ = [
     "DEAD_LETTER_REASON",

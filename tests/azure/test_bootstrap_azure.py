@@ -287,7 +287,7 @@ def _rank_env(token: str, rank: int, port: int, tmp: Path, **extra: str) -> dict
     """What Azure ML's MPI launcher and the v2 backend give rank ``rank`` of a two-node head job."""
     import os
 
-    from shared.adapters.ray_local import free_port
+    from shared.localhost.ray_head import free_port
 
     env = {
         k: v
@@ -331,7 +331,7 @@ def test_a_two_node_head_job_waits_for_its_own_second_rank(tmp_path: Path) -> No
     import subprocess
     import tempfile
 
-    from shared.adapters.ray_local import free_port
+    from shared.localhost.ray_head import free_port
 
     token, port = secrets.token_hex(32), free_port()
     ray_tmp = Path(tempfile.mkdtemp(prefix="rlqs-", dir="/tmp"))  # Ray's socket paths must stay short

@@ -21,12 +21,12 @@ import httpx
 import pytest
 
 from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.ray_local import free_port
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.composition import build
 from shared.contracts.run import RunState
 from shared.errors import TransientError
 from shared.localhost import LocalHost
+from shared.localhost.ray_head import free_port
 from shared.settings import Settings
 from tests.support.descriptors import open_fds
 

@@ -8,6 +8,7 @@ restart test runs first; the kill test last)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -15,10 +16,10 @@ import time
 
 import pytest
 
-from shared.adapters.ray_local import head_pids, probe_dashboard, ray_psutil, stop_local_head
 from shared.composition import build
 from shared.contracts.completion import CompletionMessage
 from shared.contracts.run import RunState
+from shared.localhost.ray_head import head_pids, probe_dashboard, ray_psutil, stop_local_head
 from shared.settings import Settings
 from tests.support.ray_heads import start_test_ray_head
 
@@ -83,9 +84,10 @@ def private_head(tmp_path_factory):
 
 
 @pytest.mark.timeout(600)
-def test_a_head_that_dies_under_active_runs_is_restarted_and_its_runs_reported(private_head, tmp_path):
+def test_a_head_that_dies_under_active_runs_is_restarted_and_its_runs_resumed(private_head, tmp_path):
     """Every process of the local head SIGKILLed mid-run: the next poll starts a new head (the
-    poller, not a person) and the run it held ends Failed, saying the cluster was restarted."""
+    poller, not a person) and the run it held resumes there as attempt 2, its first attempt
+    recorded as lost because the cluster was restarted."""
     head = private_head
     # the service runs on the head's own data dir, as `rlq serve` does: the head it restarts is that
     # one (and the fixture stops it), not a second head for another data dir
@@ -100,21 +102,69 @@ def test_a_head_that_dies_under_active_runs_is_restarted_and_its_runs_reported(p
     while set(head_pids(head.data_dir)) & old and time.monotonic() < deadline:
         time.sleep(0.5)
     assert probe_dashboard(head.address, head.token) is None
+    rec = wait_until(w, "orphan", lambda r: r.attempt == 2 and r.run_id is not None, timeout_s=180)
+    assert "restarted" in rec.attempts[0].cause and rec.run_id.endswith("-a2")
+    w.service.cancel("orphan")
     rec = wait_until(w, "orphan", lambda r: r.state is RunState.notified, timeout_s=180)
-    assert rec.completion.status == "Failed"
-    assert "restarted" in rec.completion.error
+    assert rec.completion.status == "Canceled" and rec.completion.attempts == 2
     assert [m.message_id for m in published(w)] == ["orphan:completed"]
     assert probe_dashboard(head.address, head.token) == 200  # the new head
     assert not set(head_pids(head.data_dir)) & old
 
 
 @pytest.mark.timeout(600)
-def test_a_trainer_killed_mid_training_fails_with_a_readable_reason(private_head, tmp_path):
-    w = build(settings_for(private_head, tmp_path))
+def test_a_trainer_killed_with_no_attempt_left_fails_with_a_readable_reason(private_head, tmp_path):
+    w = build(settings_for(private_head, tmp_path, max_attempts=1))
     w.service.accept(json.dumps({**LONG, "request_id": "killed"}).encode(), message_id="k")
     wait_until(w, "killed", running_with_progress, timeout_s=240)
     os.kill(trainer_process("killed").pid, signal.SIGKILL)
     rec = wait_until(w, "killed", lambda r: r.state is RunState.notified, timeout_s=120)
     assert rec.completion.status == "Failed" and rec.completion.stop_reason == "error"
     assert "killed" in rec.completion.error and "Traceback" not in rec.completion.error
+    assert rec.completion.error.startswith("lost its machines on all 1 attempts allowed")
     assert [m.message_id for m in published(w)] == ["killed:completed"]
+
+
+@pytest.mark.timeout(600)
+def test_a_trainer_killed_mid_training_resumes_from_its_checkpoint_and_completes_once(private_head, tmp_path):
+    """The job's driver SIGKILLed after a checkpoint: attempt 2 resumes from it under its own
+    submission id, the counters go on from the checkpoint, at most one checkpoint interval of
+    timesteps is lost (read from metrics.jsonl), and one completion goes out, saying 2 attempts."""
+    from shared.adapters.ray_jobs import submission_id_for
+    from tests.support.ray_submits import record_submit_jobs, submit_job_calls
+
+    journal = tmp_path / "submits.jsonl"
+    undo = record_submit_jobs(journal)
+    try:
+        w = build(settings_for(private_head, tmp_path, checkpoint_every_s=1))  # one per iteration
+        request = {
+            "env": "CartPole-v1",
+            "algorithm": "PPO",
+            "config": {"train_batch_size": 4000},  # an iteration of about a second or more
+            "stop": {"training_iteration": 10},
+        }
+        w.service.accept(json.dumps({**request, "request_id": "resumed"}).encode(), message_id="r")
+        out = w.settings.runs_dir / "resumed"
+        wait_until(
+            w, "resumed", lambda r: len(list((out / "checkpoints").glob("iter_*"))) >= 2, timeout_s=300
+        )
+        os.kill(trainer_process("resumed").pid, signal.SIGKILL)
+        rec = wait_until(w, "resumed", lambda r: r.state is RunState.notified, timeout_s=400)
+    finally:
+        undo()
+    assert rec.completion.status == "Completed" and rec.completion.attempts == 2, rec
+    assert rec.completion.iterations == 10
+    assert [m.message_id for m in published(w)] == ["resumed:completed"]
+    base = submission_id_for("resumed")
+    assert submit_job_calls(journal) == {base: 1, f"{base}-a2": 1}  # one submit call per attempt
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    resumed_at = next(i for i in range(1, len(rows)) if rows[i]["iteration"] <= rows[i - 1]["iteration"])
+    before, after = rows[:resumed_at], rows[resumed_at:]
+    [lost] = rec.attempts
+    checkpoint_iteration = after[0]["iteration"] - 1  # the counters go on from the checkpoint
+    assert checkpoint_iteration >= 1 and lost.resumed_from.endswith(f"iter_{checkpoint_iteration:06d}")
+    checkpoint_row = next(r for r in before if r["iteration"] == checkpoint_iteration)
+    steps_lost = before[-1]["timesteps"] - checkpoint_row["timesteps"]
+    interval = max(b["timesteps"] - a["timesteps"] for a, b in itertools.pairwise(before))
+    assert steps_lost <= interval  # at most one checkpoint interval (one iteration here)
+    assert after[0]["timesteps"] > checkpoint_row["timesteps"]

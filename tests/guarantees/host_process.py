@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         host.stop()
         if s.backend == "ray":  # a head this process had to start (the test's head died): not left behind
-            from shared.adapters.ray_local import stop_local_head
+            from shared.localhost.ray_head import stop_local_head
 
             stop_local_head()
     return 0

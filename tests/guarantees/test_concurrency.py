@@ -28,10 +28,10 @@ import pytest
 
 from shared.adapters.compute_twin import ComputeTwin
 from shared.adapters.ray_jobs import submission_id_for
-from shared.adapters.ray_local import auth_headers
 from shared.adapters.sqlite_broker import SqliteBroker
 from shared.adapters.sqlite_store import SqliteRunStore
 from shared.contracts.run import RunState
+from shared.localhost.ray_head import auth_headers
 from shared.settings import Settings
 from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, NOTIFIED, TOPIC_SENDS, prepare, read_records
 from tests.guarantees.host_process import INTAKES

@@ -633,7 +633,7 @@ def test_stop_closes_the_http_server_even_when_its_wake_up_pipe_is_gone(host, ca
     """The server's loop is woken through a pipe to close its sockets; if that pipe's descriptor
     was closed under it, stop() closes them from its own thread instead of raising EBADF."""
     host.start(queues=False, timers=False)
-    port, server, thread = host.http_port, host._server, host._http_thread
+    port, server, thread = host.http_port, host._http.server, host._http.thread
     got, _ = _raw(port, b"GET /api/items/before HTTP/1.1\r\nHost: t\r\n\r\n")
     assert _status(got) == 200
     # The pipe's write end now refuses writes with EBADF, as after a stray close elsewhere; its

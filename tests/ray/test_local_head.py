@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from shared.adapters import ray_local
 from shared.errors import PermanentError, TransientError
+from shared.localhost import ray_head as heads
 from tests.support.ray_heads import TestHead, listening_sockets, process_names, start_test_ray_head
 
 pytestmark = pytest.mark.ray
@@ -61,7 +61,7 @@ _USER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from pydantic import SecretStr
-    from shared.adapters.ray_local import ensure_local_head
+    from shared.localhost.ray_head import ensure_local_head
     print(ensure_local_head(data_dir=Path(sys.argv[1]), dashboard_port=int(sys.argv[2]),
                             token=SecretStr(sys.argv[3]), timeout_s=120), flush=True)
     sys.stdin.read()  # a user of the head until the test lets go
@@ -79,8 +79,8 @@ def test_the_heads_workers_run_at_the_niceness_of_their_driver(ray_head: TestHea
         "print('NICENESS', os.nice(0), ray.get(nice.remote(), timeout=120))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    env.update(ray_local.LOOPBACK_ENV)
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(ray_local.local_token_path(ray_head.data_dir)))
+    env.update(heads.LOOPBACK_ENV)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(heads.local_token_path(ray_head.data_dir)))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("NICENESS "))
@@ -114,22 +114,22 @@ def test_a_head_used_by_two_processes_outlives_the_first_stop_and_goes_with_the_
     head = start_test_ray_head(tmp_path / "shared", num_cpus=1)
     other = _second_user(head)
     try:
-        assert ray_local.head_users(head.data_dir).keys() == {other.pid}
-        with caplog.at_level(logging.WARNING, logger="shared.adapters.ray_local"):
-            assert ray_local.stop_local_head(data_dir=head.data_dir) is False
+        assert heads.head_users(head.data_dir).keys() == {other.pid}
+        with caplog.at_level(logging.WARNING, logger="shared.localhost.ray_head"):
+            assert heads.stop_local_head(data_dir=head.data_dir) is False
         assert f"pid {other.pid}" in caplog.text and "still use it" in caplog.text
-        assert ray_local.probe_dashboard(head.address, head.token) == 200  # never a silent kill
+        assert heads.probe_dashboard(head.address, head.token) == 200  # never a silent kill
     finally:
         other.kill()
         other.wait(timeout=30)
     # the other user is gone (SIGKILL: no clean-up of its own): the last stop takes everything
-    assert ray_local.head_users(head.data_dir) == {}
-    pids = ray_local.head_pids(head.data_dir)
+    assert heads.head_users(head.data_dir) == {}
+    pids = heads.head_pids(head.data_dir)
     assert any("ray.util.client.server" in n for n in process_names(pids).values()), process_names(pids)
-    assert ray_local.stop_local_head(data_dir=head.data_dir) is True
-    assert ray_local.head_pids(head.data_dir) == [], process_names(ray_local.head_pids(head.data_dir))
-    assert ray_local.probe_dashboard(head.address, head.token) is None
-    assert ray_local._port_free(head.dashboard_port)
+    assert heads.stop_local_head(data_dir=head.data_dir) is True
+    assert heads.head_pids(head.data_dir) == [], process_names(heads.head_pids(head.data_dir))
+    assert heads.probe_dashboard(head.address, head.token) is None
+    assert heads._port_free(head.dashboard_port)
 
 
 def test_what_is_left_of_a_head_that_lost_its_dashboard_is_reaped_and_a_new_head_started(
@@ -137,15 +137,15 @@ def test_what_is_left_of_a_head_that_lost_its_dashboard_is_reaped_and_a_new_head
 ) -> None:
     head = start_test_ray_head(tmp_path / "orphan", num_cpus=1)
     try:
-        before = process_names(ray_local.head_pids(head.data_dir))
+        before = process_names(heads.head_pids(head.data_dir))
         dashboard = [pid for pid, n in before.items() if "dashboard/dashboard.py" in n]
         assert len(dashboard) == 1, before
         os.kill(dashboard[0], signal.SIGKILL)  # as when its owner died and took part of it along
-        _wait_for("the dashboard gone", lambda: ray_local.probe_dashboard(head.address, head.token) is None)
-        leftovers = set(ray_local.head_pids(head.data_dir))
+        _wait_for("the dashboard gone", lambda: heads.probe_dashboard(head.address, head.token) is None)
+        leftovers = set(heads.head_pids(head.data_dir))
         assert leftovers, "the rest of the head should still run"
 
-        address = ray_local.ensure_local_head(
+        address = heads.ensure_local_head(
             data_dir=head.data_dir,
             dashboard_port=head.dashboard_port,
             token=head.token,
@@ -153,11 +153,11 @@ def test_what_is_left_of_a_head_that_lost_its_dashboard_is_reaped_and_a_new_head
             timeout_s=120,
         )
         assert address == head.address
-        assert ray_local.probe_dashboard(head.address, head.token) == 200
-        alive = leftovers & set(ray_local.head_pids(head.data_dir))
+        assert heads.probe_dashboard(head.address, head.token) == 200
+        alive = leftovers & set(heads.head_pids(head.data_dir))
         assert alive == set(), f"not reaped: {process_names(sorted(alive))}"
     finally:
-        ray_local.stop_local_head(data_dir=head.data_dir)
+        heads.stop_local_head(data_dir=head.data_dir)
 
 
 def test_a_port_taken_by_something_else_is_named(tmp_path: Path) -> None:
@@ -168,7 +168,7 @@ def test_a_port_taken_by_something_else_is_named(tmp_path: Path) -> None:
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(TransientError, match=rf"port {port} .* taken by pid {os.getpid()} "):
-            ray_local.ensure_local_head(
+            heads.ensure_local_head(
                 data_dir=tmp_path, dashboard_port=port, token=SecretStr("x" * 64), timeout_s=5
             )
 
@@ -178,7 +178,7 @@ def test_a_dashboard_port_in_rays_worker_port_range_is_permanent_and_starts_noth
     tmp_path: Path, port: int
 ) -> None:
     with pytest.raises(PermanentError, match=r"permanent: change the setting") as err:
-        ray_local.ensure_local_head(
+        heads.ensure_local_head(
             data_dir=tmp_path, dashboard_port=port, token=SecretStr("x" * 64), timeout_s=5
         )
     assert f"RLQ_RAY_DASHBOARD_PORT={port}" in str(err.value) and "10002-19999" in str(err.value)
@@ -201,7 +201,7 @@ def _serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[str]:
 
 
 def _gcs(data_dir: Path) -> list[int]:
-    return [pid for pid, n in process_names(ray_local.head_pids(data_dir)).items() if "gcs_server" in n]
+    return [pid for pid, n in process_names(heads.head_pids(data_dir)).items() if "gcs_server" in n]
 
 
 @pytest.mark.timeout(600)
@@ -209,11 +209,11 @@ def test_serve_takes_over_the_head_of_a_sigkilled_serve_and_leaves_nothing_after
     tmp_path: Path,
 ) -> None:
     data_dir = (tmp_path / "rlq").resolve()
-    port = ray_local.free_port()
+    port = heads.free_port()
     address = f"http://127.0.0.1:{port}"
 
     def head_up() -> bool:
-        return ray_local.probe_dashboard(address, ray_local.local_head_token(data_dir)) == 200
+        return heads.probe_dashboard(address, heads.local_head_token(data_dir)) == 200
 
     first = _serve(data_dir, port, tmp_path / "first.log")
     try:
@@ -225,7 +225,7 @@ def test_serve_takes_over_the_head_of_a_sigkilled_serve_and_leaves_nothing_after
 
         second = _serve(data_dir, port, tmp_path / "second.log")
         try:
-            _wait_for("the second serve", lambda: ray_local.head_users(data_dir), timeout_s=120)
+            _wait_for("the second serve", lambda: heads.head_users(data_dir), timeout_s=120)
             assert head_up() and _gcs(data_dir) == gcs  # taken over, not restarted
             second.send_signal(signal.SIGTERM)
             second.wait(timeout=120)
@@ -233,12 +233,12 @@ def test_serve_takes_over_the_head_of_a_sigkilled_serve_and_leaves_nothing_after
         finally:
             if second.poll() is None:
                 second.kill()
-        left = ray_local.head_pids(data_dir)
+        left = heads.head_pids(data_dir)
         assert left == [], f"left behind: {process_names(left)}"  # monitor.py and the client server too
-        assert not head_up() and ray_local._port_free(port)
-        temp_dir = Path(ray_local.head_temp_dir(data_dir))
+        assert not head_up() and heads._port_free(port)
+        temp_dir = Path(heads.head_temp_dir(data_dir))
         assert not temp_dir.exists(), f"Ray's temp dir stayed: {sorted(p.name for p in temp_dir.iterdir())}"
     finally:
         if first.poll() is None:
             first.kill()
-        ray_local.stop_local_head(data_dir=data_dir, force=True)
+        heads.stop_local_head(data_dir=data_dir, force=True)

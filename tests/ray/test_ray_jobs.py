@@ -19,21 +19,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from shared.adapters import ray_local
 from shared.adapters.ray_jobs import (
     ARGV_ENV,
     ENTRYPOINT,
     RayHttpError,
     RayJobsBackend,
+    job_end,
     last_marked,
+    latest_checkpoint,
     ray_job_argv,
     readable_error,
     submission_id_for,
 )
 from shared.composition import build
 from shared.contracts.request import ID_RE, Stop, TrainingRequest
-from shared.contracts.trainer import trainer_time_budget_s
+from shared.contracts.trainer import JobEnd, trainer_time_budget_s
 from shared.errors import PermanentError, TransientError
+from shared.localhost import ray_head as heads
 from shared.ports import ComputeBackend
 from shared.settings import Settings
 from tests.ray.conftest import (
@@ -70,6 +72,46 @@ def test_submission_id_is_deterministic_and_shell_safe(request_id: str) -> None:
 def test_submission_ids_of_ids_that_sanitise_alike_differ() -> None:
     assert submission_id_for("a.b") != submission_id_for("a:b")
     assert submission_id_for("a.b").startswith("rlq-a-b-")
+
+
+def test_each_attempt_has_its_own_submission_id() -> None:
+    first = submission_id_for("r")
+    assert submission_id_for("r", 1) == first
+    assert submission_id_for("r", 2) == first + "-a2" != submission_id_for("r", 3)
+
+
+@pytest.mark.parametrize(
+    ("state", "code", "message", "end"),
+    [
+        ("failed", -9, "Job entrypoint command failed with exit code -9", JobEnd.lost),
+        ("failed", None, "Job supervisor actor died", JobEnd.lost),
+        ("failed", 1, "failed with exit code 1", JobEnd.training_failed),
+        ("failed", None, "Failed to set up runtime environment: pip install failed", JobEnd.bad_request),
+        ("succeeded", 0, None, JobEnd.stopped),
+        ("stopped", None, None, JobEnd.canceled),
+        ("running", None, None, None),
+    ],
+)
+def test_how_a_ray_job_ended(state: Any, code: int | None, message: str | None, end: JobEnd | None) -> None:
+    assert job_end(state, exit_code=code, message=message) is end
+
+
+def test_the_latest_checkpoint_is_the_newest_complete_one(tmp_path: Path) -> None:
+    for name, iteration in (("iter_000002", 2), ("iter_000004", 4), (".partial-iter_000006", 6)):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        meta = {"iteration": iteration, "timesteps": iteration * 100}
+        (tmp_path / "checkpoints" / name / "rlq_meta.json").write_text(json.dumps(meta))
+    (tmp_path / "checkpoints" / "iter_000008").mkdir()  # no rlq_meta.json: not complete
+    found = latest_checkpoint(tmp_path)
+    assert found is not None and (found.iteration, found.timesteps) == (4, 400)
+    assert found.uri.endswith("/checkpoints/iter_000004")
+
+
+def test_a_later_attempt_resumes_and_checkpoints_by_time_too() -> None:
+    request = TrainingRequest.model_validate({"request_id": "r", "env": "CartPole-v1"})
+    first = ray_job_argv(request, output_dir="/runs/r", checkpoint_every_s=60)
+    assert first[first.index("--checkpoint-every-s") + 1] == "60" and "--resume" not in first
+    assert "--resume" in ray_job_argv(request, output_dir="/runs/r", resume=True)
 
 
 def test_hostile_request_fields_reach_only_the_argv_json(tmp_path: Path) -> None:
@@ -345,7 +387,7 @@ def test_a_head_that_stopped_answering_costs_a_tick_one_short_wait(tmp_path: Pat
 def test_each_local_head_has_its_own_token_never_the_shared_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.adapters import ray_local
+    from shared.localhost import ray_head as heads
 
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
@@ -353,16 +395,16 @@ def test_each_local_head_has_its_own_token_never_the_shared_one(
     (home / ".ray" / "auth_token").write_text(shared)  # what `ray get-auth-token --generate` leaves
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("RAY_AUTH_TOKEN", "e" * 64)
-    a, b = ray_local.head_token(tmp_path / "a"), ray_local.head_token(tmp_path / "b")
+    a, b = heads.head_token(tmp_path / "a"), heads.head_token(tmp_path / "b")
     values = {a.get_secret_value(), b.get_secret_value()}
     assert len(values) == 2 and not values & {shared, "e" * 64}
     # a data dir keeps its head's token; rlq's own setting still wins
-    ray_local._write_token(ray_local.local_token_path(tmp_path / "a"), a)
-    assert ray_local.head_token(tmp_path / "a") == a
-    assert ray_local.head_token(tmp_path / "a", "x" * 64).get_secret_value() == "x" * 64
+    heads._write_token(heads.local_token_path(tmp_path / "a"), a)
+    assert heads.head_token(tmp_path / "a") == a
+    assert heads.head_token(tmp_path / "a", "x" * 64).get_secret_value() == "x" * 64
     # and a client of a data dir's head never falls back to the shared file
-    assert ray_local.local_head_token(tmp_path / "c") is None
-    assert ray_local.local_head_token(tmp_path / "a") == a
+    assert heads.local_head_token(tmp_path / "c") is None
+    assert heads.local_head_token(tmp_path / "a") == a
 
 
 def test_the_backend_satisfies_the_port(tmp_path: Path) -> None:
@@ -378,10 +420,10 @@ def test_the_backend_satisfies_the_port(tmp_path: Path) -> None:
 def test_token_auth_is_on(ray_head: TestHead, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"{ray_head.address}/api/jobs/"
     assert httpx.get(url, timeout=10).status_code == 401
-    assert httpx.get(url, headers=ray_local.auth_headers(SecretStr("0" * 64)), timeout=10).status_code == 403
-    assert httpx.get(url, headers=ray_local.auth_headers(ray_head.token), timeout=10).status_code == 200
+    assert httpx.get(url, headers=heads.auth_headers(SecretStr("0" * 64)), timeout=10).status_code == 403
+    assert httpx.get(url, headers=heads.auth_headers(ray_head.token), timeout=10).status_code == 200
     # The head reads its token from a private file, never from its command line.
-    token_file = ray_local.local_token_path(ray_head.data_dir)
+    token_file = heads.local_token_path(ray_head.data_dir)
     assert token_file.stat().st_mode & 0o077 == 0
     assert token_file.read_text() == ray_head.token.get_secret_value()
 
@@ -443,7 +485,7 @@ def test_real_trainer_job_succeeds_once_with_progress_and_summary(make_backend: 
 
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(backend.address, headers=ray_local.auth_headers(backend._resolve_token()))
+    client = JobSubmissionClient(backend.address, headers=heads.auth_headers(backend._resolve_token()))
     assert [j.submission_id for j in client.list_jobs()].count(run_id) == 1
 
 
@@ -489,6 +531,7 @@ def test_a_sigkilled_trainer_fails_with_a_readable_error(make_backend: Any) -> N
     assert status.error is not None and status.error.startswith("the trainer process was killed (SIGKILL")
     assert "\n" not in status.error and "Traceback" not in status.error
     assert status.progress is not None and status.progress.iteration >= 1
+    assert status.end is JobEnd.lost  # not the trainer's own exit: the run resumes
 
 
 @pytest.mark.ray
@@ -498,16 +541,18 @@ def test_a_training_failure_reports_the_trainers_error(make_backend: Any) -> Non
     status = wait_for(backend, run_id, terminal)
     assert status.state == "failed"
     assert status.error == "training failed (exit code 1): ValueError: the stand-in was told to fail"
+    assert status.end is JobEnd.training_failed  # never retried
 
 
 @pytest.mark.ray
 def test_an_unknown_run_id_is_a_failed_job_with_a_reason(make_backend: Any) -> None:
     status = make_backend().status("rlq-never-submitted-00000000")
     assert status.state == "failed" and "no job rlq-never-submitted-00000000" in (status.error or "")
+    assert status.end is JobEnd.lost  # a restarted head forgets its jobs: their runs resume
 
 
 def test_an_unreachable_head_is_transient_not_a_crash(tmp_path: Path) -> None:
-    port = ray_local.free_port()  # nothing listens there
+    port = heads.free_port()  # nothing listens there
     backend = RayJobsBackend(
         address=f"http://127.0.0.1:{port}",
         settings=_settings(tmp_path, status_timeout_s=60.0),  # the attempt count bounds it, not time
@@ -533,7 +578,7 @@ _RACE = textwrap.dedent("""
     import sys
     from pathlib import Path
     from pydantic import SecretStr
-    from shared.adapters.ray_local import ensure_local_head
+    from shared.localhost.ray_head import ensure_local_head
     print(ensure_local_head(data_dir=Path(sys.argv[1]), dashboard_port=int(sys.argv[2]), num_cpus=1,
                             token=SecretStr(sys.argv[3]), object_store_memory_bytes=200 * 1024 * 1024,
                             timeout_s=120))
@@ -543,7 +588,7 @@ _RACE = textwrap.dedent("""
 @pytest.mark.ray
 def test_two_processes_starting_the_local_head_at_once_get_one_head(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    port = ray_local.free_port()
+    port = heads.free_port()
     token = "a" * 64
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     procs = [
@@ -562,11 +607,11 @@ def test_two_processes_starting_the_local_head_at_once_get_one_head(tmp_path: Pa
         assert {o[0].strip() for o in outs} == {f"http://127.0.0.1:{port}"}
         temp_dir = json.loads((data_dir / "ray" / "head.json").read_text())["temp_dir"]
         assert len(_head_pids(temp_dir, "gcs_server")) == 1
-        assert ray_local.probe_dashboard(f"http://127.0.0.1:{port}", SecretStr(token)) == 200
+        assert heads.probe_dashboard(f"http://127.0.0.1:{port}", SecretStr(token)) == 200
     finally:
-        assert ray_local.stop_local_head(data_dir=data_dir)
+        assert heads.stop_local_head(data_dir=data_dir)
     assert _head_pids(temp_dir, "") == []
-    assert ray_local.probe_dashboard(f"http://127.0.0.1:{port}", SecretStr(token)) is None
+    assert heads.probe_dashboard(f"http://127.0.0.1:{port}", SecretStr(token)) is None
 
 
 def _head_pids(temp_dir: str, name: str) -> list[int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from shared.adapters.ray_local import ensure_local_head, free_port, head_pids, ray_psutil
+from shared.localhost.ray_head import ensure_local_head, free_port, head_pids, ray_psutil
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.ray_local import free_port
+from shared.localhost.ray_head import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
