@@ -116,12 +116,16 @@ def is_image(space: gym.Space) -> bool:
 
 def prepare(env):
     """The env as the networks see it: any observation but an image or a vector Box flattened
-    (gymnasium's FlattenObservation: Discrete one-hot, Dict / Tuple concatenated)."""
+    (gymnasium's FlattenObservation: Discrete one-hot, Dict / Tuple concatenated), as float32."""
     space = env.observation_space
+    if not _flattenable(space):
+        return env  # probe() refuses it, naming the space
     if isinstance(space, FLATTENED_OBS) or (
         isinstance(space, gym.spaces.Box) and len(space.shape) not in (1, 3)
     ):
-        return gym.wrappers.FlattenObservation(env)
+        env = gym.wrappers.FlattenObservation(env)
+    if env.observation_space.dtype != np.float32:  # RLlib's torch networks take float32 (one-hots are int64)
+        env = gym.wrappers.DtypeObservation(env, np.float32)
     return env
 
 

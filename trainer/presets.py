@@ -174,7 +174,9 @@ DEFAULT_STOP = {
 }
 
 
-def preset(algorithm: str, env_id: str, atari: bool, num_gpus: float = 0.0) -> dict[str, Any]:
+def preset(
+    algorithm: str, env_id: str, atari: bool, num_gpus: float = 0.0, image: bool = False
+) -> dict[str, Any]:
     """Return the preset settings (today's names) for this algorithm and environment."""
     if atari:
         out = dict({"IMPALA": ATARI_IMPALA, "APPO": ATARI_APPO, "PPO": ATARI_PPO}[algorithm])
