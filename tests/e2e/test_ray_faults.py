@@ -148,23 +148,50 @@ def test_a_trainer_killed_mid_training_resumes_from_its_checkpoint_and_completes
         wait_until(
             w, "resumed", lambda r: len(list((out / "checkpoints").glob("iter_*"))) >= 2, timeout_s=300
         )
-        os.kill(trainer_process("resumed").pid, signal.SIGKILL)
+        killed = kill_driver("resumed")  # every process of the job's driver: nothing goes on training
+        rows_at_kill = metrics_rows(out)
         rec = wait_until(w, "resumed", lambda r: r.state is RunState.notified, timeout_s=400)
     finally:
         undo()
-    assert rec.completion.status == "Completed" and rec.completion.attempts == 2, rec
+    assert killed and rec.completion.status == "Completed" and rec.completion.attempts == 2, rec
     assert rec.completion.iterations == 10
     assert [m.message_id for m in published(w)] == ["resumed:completed"]
     base = submission_id_for("resumed")
     assert submit_job_calls(journal) == {base: 1, f"{base}-a2": 1}  # one submit call per attempt
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-    resumed_at = next(i for i in range(1, len(rows)) if rows[i]["iteration"] <= rows[i - 1]["iteration"])
-    before, after = rows[:resumed_at], rows[resumed_at:]
     [lost] = rec.attempts
-    checkpoint_iteration = after[0]["iteration"] - 1  # the counters go on from the checkpoint
-    assert checkpoint_iteration >= 1 and lost.resumed_from.endswith(f"iter_{checkpoint_iteration:06d}")
-    checkpoint_row = next(r for r in before if r["iteration"] == checkpoint_iteration)
-    steps_lost = before[-1]["timesteps"] - checkpoint_row["timesteps"]
-    interval = max(b["timesteps"] - a["timesteps"] for a, b in itertools.pairwise(before))
-    assert steps_lost <= interval  # at most one checkpoint interval (one iteration here)
+    # the checkpoint rlq recorded is the one attempt 2's trainer loaded
+    assert json.loads((out / "summary.json").read_text())["resumed_from"] == lost.resumed_from
+    checkpoint_iteration = int(lost.resumed_from.rsplit("_", 1)[1])
+    rows = metrics_rows(out)
+    after = rows[len(rows_at_kill) :]
+    assert after[0]["iteration"] == checkpoint_iteration + 1  # the counters go on from the checkpoint
+    checkpoint_row = next(r for r in rows_at_kill if r["iteration"] == checkpoint_iteration)
     assert after[0]["timesteps"] > checkpoint_row["timesteps"]
+    steps_lost = rows_at_kill[-1]["timesteps"] - checkpoint_row["timesteps"]
+    interval = max(b["timesteps"] - a["timesteps"] for a, b in itertools.pairwise(rows_at_kill))
+    assert steps_lost <= interval  # at most one checkpoint interval (one iteration here)
+    assert lost.steps_lost is not None and lost.steps_lost <= steps_lost  # what rlq saw of them
+
+
+def metrics_rows(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def kill_driver(request_id: str) -> list[int]:
+    """SIGKILL every process of the request's job driver (the entrypoint's shell and the trainer),
+    then wait until they are gone."""
+    psutil = ray_psutil()
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "trainer.train" in " ".join(proc.info["cmdline"] or []) and request_id in proc.environ().get(
+                "RLQ_TRAINER_ARGV", ""
+            ):
+                procs.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=30)
+    return [p.pid for p in procs]
