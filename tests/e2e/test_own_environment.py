@@ -1,6 +1,6 @@
 """A team's own environment through the service on a real local Ray head: the example package
 (docs/examples/envs/inventory), installed into the job only by the catalog's runtime environment,
-trains and is evaluated; a bad env_config key fails the run within seconds naming the key."""
+trains, is evaluated and retrained from its checkpoint; a bad env_config key fails the run within seconds naming the key."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def job_runtime_env(w, request_id: str) -> dict:
 
 
 @pytest.mark.timeout(900)
-def test_the_example_package_trains_through_the_catalog_and_its_runtime_env_is_reused(local):
+def test_the_example_package_trains_through_the_catalog_is_reused_and_retrained(local):
     assert importlib.util.find_spec("rlq_inventory") is None  # not in rlq's venv: only the job has it
     w, host = local()
     for rid in ("own-env-1", "own-env-2"):
@@ -68,6 +68,20 @@ def test_the_example_package_trains_through_the_catalog_and_its_runtime_env_is_r
     # very package the first one uploaded.
     uris = [job_runtime_env(w, rid)["py_modules"] for rid in ("own-env-1", "own-env-2")]
     assert uris[0] == uris[1] and uris[0][0].startswith("gcs://_ray_pkg_"), uris
+    # a warm-started retrain of the first run goes on from its final checkpoint
+    w.service.enqueue(
+        {
+            **INVENTORY,
+            "request_id": "own-env-3",
+            "restore_from": "rlq://own-env-1",
+            "stop": {"training_iteration": 5},
+        }
+    )
+    drive(host, w, "own-env-3", timeout_s=600)
+    (retrain,) = [m for m in topic(w) if m.request_id == "own-env-3"]
+    assert retrain.status == "Completed", retrain.error
+    assert retrain.iterations == 5  # iterations 4 and 5 on top of the 3 it restored
+    assert w.store.get("own-env-3").parent_request_id == "own-env-1"
 
 
 @pytest.mark.timeout(300)
