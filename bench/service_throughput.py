@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.sqlite_broker import SqliteBroker
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.compute_twin import ComputeTwin
 from shared.composition import build, install
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.request import TrainingRequest

@@ -371,7 +371,7 @@ def servicebus_message(request: Mapping[str, Any], *, validate: bool = True) -> 
     deployment, such as caps and ``rlq://`` references, still happen at intake). It needs the
     ``rlq`` package (pydantic); ``validate=False`` needs only ``azure-servicebus``.
     """
-    from shared.adapters.servicebus import request_message  # the one place rlq builds this message
+    from shared.adapters.broker.servicebus import request_message  # the one place rlq builds this message
 
     body = dict(request)
     body.setdefault("request_id", uuid.uuid4().hex)

@@ -25,7 +25,7 @@ from shared.ports import (
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from shared.adapters.sqlite_broker import SqliteBroker
+    from shared.adapters.broker.sqlite_broker import SqliteBroker
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +48,19 @@ class Wiring:
 
 def _compute(settings: Settings, name: str) -> ComputeBackend:
     if name == "twin":
-        from shared.adapters.compute_twin import ComputeTwin
+        from shared.adapters.compute.compute_twin import ComputeTwin
 
         return ComputeTwin(settings.data_dir / "twin.sqlite3")
     if name == "ray":
-        from shared.adapters.ray_jobs import RayJobsBackend
+        from shared.adapters.compute.ray_jobs import RayJobsBackend
 
         return RayJobsBackend(address=settings.ray_address, settings=settings)
     if name == "azureml":
-        from shared.adapters.azureml.v2 import AzureMLV2Backend
+        from shared.adapters.compute.azureml.v2 import AzureMLV2Backend
 
         return AzureMLV2Backend(settings=settings)
     if name == "azureml_v1":
-        from shared.adapters.azureml.retired import RetiredV1Backend
+        from shared.adapters.compute.azureml.retired import RetiredV1Backend
 
         return RetiredV1Backend(settings=settings)
     raise ValueError(f"RLQ_BACKEND: {name!r} is not a backend; allowed: ray, azureml, azureml_v1, twin")
@@ -81,7 +81,7 @@ def build(
     s = settings or get_settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     if s.broker == "sqlite":
-        from shared.adapters.sqlite_broker import (
+        from shared.adapters.broker.sqlite_broker import (
             SqliteBroker,
             SqlitePublisher,
             SqliteRejecter,
@@ -101,7 +101,7 @@ def build(
         sender = sender or SqliteRequestSender(broker, s.queue_name)
         rejecter = rejecter or SqliteRejecter(broker, s.queue_name)
     else:
-        from shared.adapters.servicebus import (
+        from shared.adapters.broker.servicebus import (
             ServiceBusPublisher,
             ServiceBusRejecter,
             ServiceBusRequestSender,
@@ -112,17 +112,17 @@ def build(
         rejecter = rejecter or ServiceBusRejecter(settings=s)
     if store is None:
         if s.store == "sqlite":
-            from shared.adapters.sqlite_store import SqliteRunStore
+            from shared.adapters.store.sqlite_store import SqliteRunStore
 
             store = SqliteRunStore(s.store_db)
         else:
-            from shared.adapters.table_store import TableRunStore
+            from shared.adapters.store.table_store import TableRunStore
 
             store = TableRunStore.from_settings(s)
     if compute is None:
         compute = {s.backend: _compute(s, s.backend)}
     if notifier is None:
-        from shared.adapters.notify import CompositeNotifier
+        from shared.adapters.notify.composite import CompositeNotifier
         from shared.artifacts import metrics_points
 
         def curve_points(message: Any) -> list[dict]:

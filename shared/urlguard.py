@@ -5,7 +5,7 @@ untrusted: without these rules a request could make rlq POST to the cloud metada
 private admin port, or a neighbour in the VNet.
 
 * :func:`check_url` decides whether rlq may talk to a URL. Every address the name resolves to is
-  checked; delivery (:mod:`shared.adapters.webhooks`) then connects to exactly the checked
+  checked; delivery (:mod:`shared.adapters.notify.webhooks`) then connects to exactly the checked
   address, so a DNS answer that changes between the check and the connect (DNS rebinding)
   cannot redirect it.
 * :func:`check_teams_url` refuses Office 365 connector URLs (retired; they no longer deliver) and

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from shared.adapters._sqlite import Connections, DamagedDatabase
-from shared.adapters.sqlite_broker import SqliteBroker
-from shared.adapters.sqlite_store import SqliteRunStore
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.store.sqlite_store import SqliteRunStore
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import RunRecord, RunState
 from shared.errors import TransientError

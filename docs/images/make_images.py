@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib
 from PIL import Image, ImageDraw, ImageFont
 
-from shared.adapters.teams import build_payload
+from shared.adapters.notify.teams import build_payload
 from shared.contracts.completion import CompletionMessage
 from shared.curves import load_metrics
 from shared.plots import reward_curve_png

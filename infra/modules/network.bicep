@@ -14,7 +14,7 @@
 // Outbound leaves both subnets through one NAT gateway: nodes without a public IP get no default
 // outbound access (https://learn.microsoft.com/azure/virtual-network/ip-services/default-outbound-access),
 // and the function app's webhooks leave from one static IP.
-// shared/adapters/azureml/nsg.py checks the same rules before each submit;
+// shared/adapters/compute/azureml/nsg.py checks the same rules before each submit;
 // tests/azure/test_deployment_files.py evaluates these rules with it.
 
 @description('Azure region.')

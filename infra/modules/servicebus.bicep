@@ -52,7 +52,7 @@ resource requests 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
 }
 
 // Requests that can never run, kept with their reason for a person (the intake completes the
-// original; see shared/adapters/servicebus.py for why this is a queue and not a dead letter).
+// original; see shared/adapters/broker/servicebus.py for why this is a queue and not a dead letter).
 resource rejected 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'training-rejected'

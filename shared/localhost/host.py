@@ -43,7 +43,7 @@ from shared.localhost.timer_driver import TimerDriver
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # the broker and the wiring are only needed for their types here
-    from shared.adapters.sqlite_broker import SqliteBroker
+    from shared.adapters.broker.sqlite_broker import SqliteBroker
     from shared.composition import Wiring
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The queue and topic trigger driver: peek-lock receive, settle, lock renewal, output bindings.
 
 What the Functions host does for a Service Bus trigger, against
-:class:`shared.adapters.sqlite_broker.SqliteBroker`: one receiver per function with up to
+:class:`shared.adapters.broker.sqlite_broker.SqliteBroker`: one receiver per function with up to
 ``maxConcurrentCalls`` invocations in flight, complete on success, abandon on an exception,
 dead-letter at the last delivery (with the last error as its description), and the renewal of
 every in-flight message's lock until ``maxAutoLockRenewalDuration``.
@@ -30,7 +30,7 @@ from shared.localhost.config import HostConfig
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # the broker is only needed for its type here
-    from shared.adapters.sqlite_broker import SqliteBroker
+    from shared.adapters.broker.sqlite_broker import SqliteBroker
 
 log = logging.getLogger(__name__)
 

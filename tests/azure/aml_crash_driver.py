@@ -18,11 +18,11 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.adapters.azureml.v2 import ROLE_TAG, AzureMLV2Backend
-from shared.adapters.azureml.v2_twin import MLClientTwin
+from shared.adapters.compute.azureml.v2 import ROLE_TAG, AzureMLV2Backend
 from shared.composition import build
 from shared.core.faults import env_faults
 from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings
+from tests.support.azureml_twin import MLClientTwin
 
 SEED = {"request_id": "pong-crash-1", **PONG_REQUEST}
 

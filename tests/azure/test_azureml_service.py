@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.azureml.network_twin import NetworkTwin
-from shared.adapters.azureml.retired import RetiredV1Backend
-from shared.adapters.azureml.v2 import HEAD_ADDRESS_TAG, AzureMLV2Backend, job_names
-from shared.adapters.azureml.v2_twin import MLClientTwin
-from shared.adapters.sqlite_broker import SqliteBroker
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.azureml.retired import RetiredV1Backend
+from shared.adapters.compute.azureml.v2 import HEAD_ADDRESS_TAG, AzureMLV2Backend, job_names
 from shared.composition import Wiring, build
 from shared.contracts.completion import Delivery
 from shared.contracts.run import RunState
 from shared.settings import Settings
 from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings
+from tests.support.azureml_twin import MLClientTwin
+from tests.support.network_twin import NetworkTwin
 from tests.support.topics import drain_topic
 
 

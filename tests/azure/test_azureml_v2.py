@@ -15,21 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.azureml import v2
-from shared.adapters.azureml.v2 import (
+from shared.adapters.compute.azureml import v2
+from shared.adapters.compute.azureml.v2 import (
     HEAD_ADDRESS_TAG,
     RUN_TAG,
     STATUS_TO_STATE,
     AzureMLV2Backend,
     job_names,
 )
-from shared.adapters.azureml.v2_twin import MLClientTwin
 from shared.contracts.parsing import parse_request
 from shared.contracts.request import TrainingRequest
 from shared.errors import ComputeError, PermanentError, TransientError
 from shared.ports import ComputeBackend, ComputePending
 from shared.settings import Settings
 from tests.support.azureml import SUBSCRIPTION_ID, WORKSPACE, azureml_settings
+from tests.support.azureml_twin import MLClientTwin
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cr3t-ray-token-never-in-a-job"
@@ -528,7 +528,7 @@ def test_module_imports_no_sdk_until_used(tmp_path: Path) -> None:
 
     code = (
         "import sys\n"
-        "import shared.adapters.azureml.v2\n"
+        "import shared.adapters.compute.azureml.v2\n"
         "bad = sorted(k for k in sys.modules if k.startswith(('azure.ai.ml', 'mlflow', 'ray', 'torch')))\n"
         "assert not bad, bad[:5]\n"
         "print('ok')\n"
@@ -538,7 +538,7 @@ def test_module_imports_no_sdk_until_used(tmp_path: Path) -> None:
 
 
 def test_v1_is_refused_naming_the_retirement_and_the_v2_backend() -> None:
-    from shared.adapters.azureml.retired import DEPRECATION_URL, RetiredV1Backend
+    from shared.adapters.compute.azureml.retired import DEPRECATION_URL, RetiredV1Backend
 
     assert DEPRECATION_URL == "https://aka.ms/rldeprecation"
     b = RetiredV1Backend(settings=Settings(azureml_vnet="v", _env_file=None))
@@ -553,7 +553,7 @@ def test_v1_is_refused_naming_the_retirement_and_the_v2_backend() -> None:
 
 
 def test_composition_selects_v2_for_azureml_and_the_refusal_for_azureml_v1(tmp_path: Path) -> None:
-    from shared.adapters.azureml.retired import RetiredV1Backend
+    from shared.adapters.compute.azureml.retired import RetiredV1Backend
     from shared.composition import _compute
 
     s = Settings(data_dir=tmp_path, azureml_vnet="v", _env_file=None)
@@ -699,7 +699,7 @@ def test_the_image_brings_no_cuda_of_its_own_and_nothing_installs_sdk_v1() -> No
     could only disagree with it. SDK v1 (azureml-core, its RL contrib) is installed nowhere."""
     import tomllib
 
-    from shared.adapters.azureml.environment import TRAINER_DIR, parse_requirements
+    from shared.adapters.compute.azureml.environment import TRAINER_DIR, parse_requirements
 
     assert "cuda" not in Settings(_env_file=None).azureml_base_image.lower()
     trainer = parse_requirements((TRAINER_DIR / "requirements.txt").read_text())

@@ -22,11 +22,11 @@ from typing import ClassVar
 
 import pytest
 
-from shared.adapters.azureml import v2
-from shared.adapters.azureml.v2 import AzureMLV2Backend, RunView, job_names
-from shared.adapters.azureml.v2_twin import MLClientTwin
+from shared.adapters.compute.azureml import v2
+from shared.adapters.compute.azureml.v2 import AzureMLV2Backend, RunView, job_names
 from shared.contracts.parsing import parse_request
 from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings
+from tests.support.azureml_twin import MLClientTwin
 from trainer import bootstrap, contract
 from trainer.metrics import Offsets, Progress
 from trainer.sinks import MLflowSink

@@ -511,8 +511,8 @@ def _aml_nsg(location: str = "westeurope") -> dict[str, list[dict[str, object]]]
 
 def test_the_aml_nsg_opens_what_the_current_azure_ml_guidance_needs() -> None:
     """Evaluated with the same checker the backends run before each submit (nsg.py)."""
-    from shared.adapters.azureml.network_twin import INFRA_NSG_RULES
-    from shared.adapters.azureml.nsg import OUTBOUND_TAGS, missing_nsg_rules
+    from shared.adapters.compute.azureml.nsg import OUTBOUND_TAGS, missing_nsg_rules
+    from tests.support.network_twin import INFRA_NSG_RULES
 
     nsg = _aml_nsg()
     default = nsg["amlRules"] + nsg["amlOutbound443"]

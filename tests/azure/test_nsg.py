@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.adapters.azureml.network_twin import INFRA_NSG_RULES
-from shared.adapters.azureml.nsg import OUTBOUND_TAGS, missing_nsg_rules, required_flows
+from shared.adapters.compute.azureml.nsg import OUTBOUND_TAGS, missing_nsg_rules, required_flows
+from tests.support.network_twin import INFRA_NSG_RULES
 
 SUBNET = ["10.20.1.0/24"]
 
@@ -353,10 +353,10 @@ def test_the_twins_nsg_is_complete_for_the_default_clusters() -> None:
 def test_the_guard_checks_the_flows_the_settings_name() -> None:
     from types import SimpleNamespace
 
-    from shared.adapters.azureml.clusters import NsgGuard
-    from shared.adapters.azureml.network_twin import NetworkTwin
+    from shared.adapters.compute.azureml.clusters import NsgGuard
     from shared.errors import ComputeError
     from shared.settings import Settings
+    from tests.support.network_twin import NetworkTwin
 
     where = SimpleNamespace(vnet="rlq-vnet", subnet="aml", vnet_resource_group="rlq-rg")
     twin = NetworkTwin()

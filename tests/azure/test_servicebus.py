@@ -23,7 +23,7 @@ from azure.servicebus.exceptions import (
     ServiceBusServerBusyError,
 )
 
-from shared.adapters.servicebus import (
+from shared.adapters.broker.servicebus import (
     MAX_DESCRIPTION_BYTES,
     MAX_REJECTED_BODY_BYTES,
     ServiceBusPublisher,

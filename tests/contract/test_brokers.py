@@ -10,8 +10,8 @@ import pytest
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.exceptions import MessageLockLostError
 
-from shared.adapters.servicebus import ServiceBusPublisher, ServiceBusRejecter, ServiceBusRequestSender
-from shared.adapters.sqlite_broker import (
+from shared.adapters.broker.servicebus import ServiceBusPublisher, ServiceBusRejecter, ServiceBusRequestSender
+from shared.adapters.broker.sqlite_broker import (
     MessageLockLost,
     ReceivedMessage,
     SqliteBroker,

@@ -1,11 +1,11 @@
 """The ComputeBackend contract against each backend (see ``compute_backend_contract.py``).
 
-* ``twin``: :class:`shared.adapters.compute_twin.ComputeTwin` (SQLite);
-* ``ray``: :class:`shared.adapters.ray_jobs.RayJobsBackend` on the session's real local head (token
+* ``twin``: :class:`shared.adapters.compute.compute_twin.ComputeTwin` (SQLite);
+* ``ray``: :class:`shared.adapters.compute.ray_jobs.RayJobsBackend` on the session's real local head (token
   auth on), running the stand-in trainer of ``tests/ray/conftest.py`` (same contract as the real
   one, a second per run);
-* ``azureml``: :class:`shared.adapters.azureml.v2.AzureMLV2Backend` over its workspace twin
-  (:class:`shared.adapters.azureml.v2_twin.MLClientTwin`), the twin's clock stepped by the case.
+* ``azureml``: :class:`shared.adapters.compute.azureml.v2.AzureMLV2Backend` over its workspace twin
+  (:class:`tests.support.azureml_twin.MLClientTwin`), the twin's clock stepped by the case.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _request(request_id: str, **extra: Any) -> TrainingRequest:
 
 
 def twin_case(tmp_path: Path) -> Case:
-    from shared.adapters.compute_twin import ComputeTwin
+    from shared.adapters.compute.compute_twin import ComputeTwin
 
     twin = ComputeTwin(tmp_path / "twin.sqlite3", polls_to_finish=3)  # a job ends on its third status call
     case = Case(
@@ -55,7 +55,7 @@ def twin_case(tmp_path: Path) -> Case:
 
 
 def ray_case(head: Any, standin: Path, journal: Path) -> Case:
-    from shared.adapters.ray_jobs import RayJobsBackend, submission_id_for
+    from shared.adapters.compute.ray_jobs import RayJobsBackend, submission_id_for
 
     # the first submit uploads the working dir: give a busy machine more than the default 10 s
     settings = head_settings(head, status_timeout_s=60.0)
@@ -86,8 +86,8 @@ def ray_case(head: Any, standin: Path, journal: Path) -> Case:
 
 
 def azureml_case() -> Case:  # noqa: C901 - the twin's closures (submit, status, cancel, counts) beside the settings they share
-    from shared.adapters.azureml.v2 import RUN_TAG, AzureMLV2Backend
-    from shared.adapters.azureml.v2_twin import MLClientTwin
+    from shared.adapters.compute.azureml.v2 import RUN_TAG, AzureMLV2Backend
+    from tests.support.azureml_twin import MLClientTwin
 
     settings = azureml_settings(
         azureml_vnet=None,
@@ -155,7 +155,7 @@ def azureml_case() -> Case:  # noqa: C901 - the twin's closures (submit, status,
 
 def create_calls(twin: Any, request_id: str) -> int:
     """``jobs.create_or_update`` calls for the request's jobs, from the workspace twin's call log."""
-    from shared.adapters.azureml.v2 import job_names
+    from shared.adapters.compute.azureml.v2 import job_names
 
     names = set(job_names(request_id))
     return sum(1 for method, name in twin.calls() if method == "jobs.create_or_update" and name in names)

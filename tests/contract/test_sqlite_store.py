@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.sqlite_store import SqliteRunStore
+from shared.adapters.store.sqlite_store import SqliteRunStore
 from shared.contracts.run import RunRecord, RunState
 
 from .run_store_contract import RunStoreContract, read_modify_write, record

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from azure.data.tables import TableClient
 
-from shared.adapters.table_store import PARTITION, TableRunStore, row_key
+from shared.adapters.store.table_store import PARTITION, TableRunStore, row_key
 from shared.contracts.completion import Delivery
 from shared.contracts.run import RunRecord, RunState
 from shared.errors import Conflict, PermanentError, TransientError
@@ -238,7 +238,7 @@ def test_list_is_bounded_by_limit_and_stays_newest_first(azurite: Azurite) -> No
 
 
 def test_check_writes_the_probe_entity_outside_the_run_partition(azurite: Azurite) -> None:
-    from shared.adapters.table_store import PROBE_PARTITION, PROBE_ROW
+    from shared.adapters.store.table_store import PROBE_PARTITION, PROBE_ROW
     from shared.ports import ReadinessProbe
 
     name = fresh_table()

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.sqlite_broker import SqliteBroker
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.compute_twin import ComputeTwin
 from shared.composition import Wiring, build
 from shared.settings import Settings
 from tests.support.notifiers import RecordingNotifier

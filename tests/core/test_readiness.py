@@ -124,10 +124,10 @@ def test_concurrent_callers_share_one_round_of_checks() -> None:
 
 @pytest.mark.azurite
 def test_the_azure_wiring_checks_every_dependency(azurite, tmp_path) -> None:
-    from shared.adapters.azureml.v2 import AzureMLV2Backend
-    from shared.adapters.azureml.v2_twin import MLClientTwin
+    from shared.adapters.compute.azureml.v2 import AzureMLV2Backend
     from shared.composition import build
     from shared.settings import Settings
+    from tests.support.azureml_twin import MLClientTwin
 
     with socket.socket() as s:  # a Service Bus endpoint nobody listens on
         s.bind(("127.0.0.1", 0))

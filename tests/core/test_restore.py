@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.sqlite_broker import SqliteBroker
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.compute_twin import ComputeTwin
 from shared.composition import build
 from shared.contracts.completion import CompletionMessage
 from shared.contracts.request import TrainingRequest

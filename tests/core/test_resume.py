@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.sqlite_broker import SqliteBroker
+from shared.adapters.broker.sqlite_broker import SqliteBroker
 from shared.composition import Wiring, build
 from shared.contracts.completion import CompletionMessage
 from shared.contracts.request import TrainingRequest

@@ -10,8 +10,8 @@ import azure.functions as func
 import pytest
 
 import function_app
-from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.sqlite_broker import SqliteBroker
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.compute_twin import ComputeTwin
 from shared.composition import Wiring, build, install
 from shared.localhost.bindings import list_functions
 from shared.settings import Settings

@@ -32,8 +32,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.ray_jobs import RayJobsBackend
+from shared.adapters.compute.compute_twin import ComputeTwin
+from shared.adapters.compute.ray_jobs import RayJobsBackend
 from shared.composition import Wiring, build
 from shared.contracts.run import RunState
 from shared.errors import TransientError

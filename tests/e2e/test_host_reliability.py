@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.sqlite_broker import SqliteBroker
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.compute_twin import ComputeTwin
 from shared.composition import build
 from shared.contracts.run import RunState
 from shared.errors import TransientError
@@ -204,7 +204,7 @@ def test_health_is_503_naming_a_queue_that_cannot_take_messages(hosted):
 
 
 def test_health_is_503_naming_a_compute_that_does_not_answer(tmp_path, clock):
-    from shared.adapters.ray_jobs import RayJobsBackend
+    from shared.adapters.compute.ray_jobs import RayJobsBackend
 
     settings = Settings(_env_file=None, data_dir=tmp_path / "rlq", backend="ray")  # type: ignore[call-arg]
     with socket.socket() as s:  # a port nobody listens on

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.ray_jobs import submission_id_for
+from shared.adapters.compute.ray_jobs import submission_id_for
 from shared.composition import build, install
 from shared.contracts.completion import CompletionMessage
 from shared.contracts.run import RunState

@@ -130,7 +130,7 @@ def test_a_trainer_killed_mid_training_resumes_from_its_checkpoint_and_completes
     """The job's driver SIGKILLed after a checkpoint: attempt 2 resumes from it under its own
     submission id, the counters go on from the checkpoint, at most one checkpoint interval of
     timesteps is lost (read from metrics.jsonl), and one completion goes out, saying 2 attempts."""
-    from shared.adapters.ray_jobs import submission_id_for
+    from shared.adapters.compute.ray_jobs import submission_id_for
     from tests.support.ray_submits import record_submit_jobs, submit_job_calls
 
     journal = tmp_path / "submits.jsonl"

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.adapters.sqlite_broker import MessageLockLost, SqliteBroker
+from shared.adapters.broker.sqlite_broker import MessageLockLost, SqliteBroker
 from shared.composition import Wiring, build
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.request import TrainingRequest

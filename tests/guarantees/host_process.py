@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = audited_broker(s)
     compute = None
     if s.backend == "ray":
-        from shared.adapters.ray_jobs import RayJobsBackend
+        from shared.adapters.compute.ray_jobs import RayJobsBackend
         from tests.support.ray_submits import JOURNAL_ENV, record_submit_jobs
 
         if os.environ.get(JOURNAL_ENV):  # the parent counts the submit calls, not the jobs Ray kept

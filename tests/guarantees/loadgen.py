@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.sqlite_broker import SqliteBroker
-from shared.adapters.sqlite_store import SqliteRunStore
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.compute_twin import ComputeTwin
+from shared.adapters.store.sqlite_store import SqliteRunStore
 from shared.contracts.run import FINAL, RunState
 from shared.settings import Settings
 from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, TOPIC_SENDS, driver_env, prepare

@@ -72,7 +72,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "submit-twice",
         2,
         "every job is asked for twice (the twin's submit runs twice per call)",
-        "shared/adapters/compute_twin.py",
+        "shared/adapters/compute/compute_twin.py",
         "    def submit(self, request: TrainingRequest, attempt: int = 1) -> str:\n",
         "    def submit(self, request: TrainingRequest, attempt: int = 1) -> str:\n"
         "        self._submit_once(request, attempt)\n"
@@ -111,7 +111,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "insert-overwrites",
         2,
         "the run record is written whether or not one exists (insert-if-absent dropped)",
-        "shared/adapters/sqlite_store.py",
+        "shared/adapters/store/sqlite_store.py",
         '"INSERT OR IGNORE INTO runs (request_id',
         '"INSERT OR REPLACE INTO runs (request_id',
         ("tests/guarantees/test_claims.py", "tests/guarantees/test_crash_matrix.py"),

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.ray_jobs import submission_id_for
-from shared.adapters.sqlite_broker import SqliteBroker
-from shared.adapters.sqlite_store import SqliteRunStore
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.compute_twin import ComputeTwin
+from shared.adapters.compute.ray_jobs import submission_id_for
+from shared.adapters.store.sqlite_store import SqliteRunStore
 from shared.contracts.run import RunState
 from shared.localhost.ray_head import auth_headers
 from shared.settings import Settings

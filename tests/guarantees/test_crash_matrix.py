@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.compute_twin import ComputeTwin
-from shared.adapters.sqlite_broker import SqliteBroker
-from shared.adapters.sqlite_store import SqliteRunStore
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.compute_twin import ComputeTwin
+from shared.adapters.store.sqlite_store import SqliteRunStore
 from shared.contracts.run import RunRecord, RunState
 from shared.core.faults import FAULT_POINTS
 from shared.settings import Settings

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.sqlite_broker import SqliteBroker
-from shared.adapters.sqlite_store import SqliteRunStore
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.store.sqlite_store import SqliteRunStore
 from shared.cli.request import build_request
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.request import TrainingRequest

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from shared.adapters._sqlite import Connections
-from shared.adapters.sqlite_broker import SqliteBroker
-from shared.adapters.sqlite_store import SqliteRunStore
+from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.store.sqlite_store import SqliteRunStore
 from shared.contracts.run import RunRecord
 
 pytestmark = pytest.mark.usefixtures("cli_env")
@@ -117,7 +117,7 @@ def test_serve_refuses_to_start_on_garbage_pages(full_store, how):
 @pytest.mark.parametrize("how", ["text", "pages"])
 def test_pages_damaged_while_serving_are_the_damaged_answer_on_the_api_and_in_health(full_store, how):
     import function_app
-    from shared.adapters.compute_twin import ComputeTwin
+    from shared.adapters.compute.compute_twin import ComputeTwin
     from shared.composition import build, install
     from shared.localhost.bindings import list_functions
     from shared.settings import Settings

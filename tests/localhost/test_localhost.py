@@ -21,7 +21,7 @@ import azure.functions as func
 import httpx
 import pytest
 
-from shared.adapters.sqlite_broker import MAX_DELIVERY_REASON, SqliteBroker
+from shared.adapters.broker.sqlite_broker import MAX_DELIVERY_REASON, SqliteBroker
 from shared.localhost import (
     DEAD_LETTER_REASON,
     LocalHost,

@@ -13,7 +13,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from shared.adapters.webhooks import (
+from shared.adapters.notify.webhooks import (
     MemoryEndpointRegistry,
     SqliteEndpointRegistry,
     WebhookSender,

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from pydantic import SecretStr
 
-from shared.adapters.notify import EVENT_TYPE, CompositeNotifier, event_body
-from shared.adapters.webhooks import MemoryEndpointRegistry
+from shared.adapters.notify.composite import EVENT_TYPE, CompositeNotifier, event_body
+from shared.adapters.notify.webhooks import MemoryEndpointRegistry
 from shared.contracts.completion import CompletionMessage
 from shared.contracts.request import TrainingRequest
 from shared.ports import Notifier

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from shared.adapters.webhooks import pinned_url
+from shared.adapters.notify.webhooks import pinned_url
 from shared.contracts.request import TrainingRequest
 from shared.urlguard import (
     ResolveError,

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from shared.adapters.teams import TEAMS_MAX_PAYLOAD_BYTES, build_card, build_payload
+from shared.adapters.notify.teams import TEAMS_MAX_PAYLOAD_BYTES, build_card, build_payload
 from shared.contracts.completion import CompletionMessage
 from shared.urlguard import RetiredConnectorUrl, check_teams_url
 

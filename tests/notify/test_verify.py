@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.webhooks import signature_headers
+from shared.adapters.notify.webhooks import signature_headers
 from shared.webhook_verify import WebhookVerificationError, sign, verify
 
 from .conftest import OLD_SECRET, SECRET

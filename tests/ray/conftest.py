@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.ray_jobs import RayJobsBackend
+from shared.adapters.compute.ray_jobs import RayJobsBackend
 from shared.contracts.request import TrainingRequest
 from shared.ports import JobStatus
 from shared.settings import Settings

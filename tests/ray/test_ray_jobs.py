@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from shared.adapters.ray_jobs import (
+from shared.adapters.compute.ray_jobs import (
     ARGV_ENV,
     ENTRYPOINT,
     RayHttpError,

@@ -3,7 +3,7 @@
 Ray refuses a second job with a submission id it has seen, so counting jobs (``list_jobs``) cannot
 show a service that asks twice. :func:`record_submit_jobs` wraps
 ``ray.job_submission.JobSubmissionClient.submit_job`` (every client rlq builds is one, see
-``shared.adapters.ray_jobs._default_client_factory``) so that each call, refused or not, is noted
+``shared.adapters.compute.ray_jobs._default_client_factory``) so that each call, refused or not, is noted
 in a JSON-lines journal before it is sent; several processes can share one journal (one ``write``
 per line). :func:`submit_job_calls` reads it back: calls per submission id.
 """

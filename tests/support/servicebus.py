@@ -1,6 +1,6 @@
 """A recording ``ServiceBusClient`` with Service Bus's entity semantics, for the broker contract.
 
-It stands where the network would be under :mod:`shared.adapters.servicebus`: the adapters send
+It stands where the network would be under :mod:`shared.adapters.broker.servicebus`: the adapters send
 real ``azure.servicebus.ServiceBusMessage`` objects, each one is encoded to AMQP bytes with the
 SDK's own transport (``PyamqpTransport.to_outgoing_amqp_message`` + ``_pyamqp._encode``), kept
 as those bytes, and decoded again on receive into a real ``ServiceBusReceivedMessage``. So the

@@ -1,4 +1,4 @@
-"""The ARM network reads of the NSG check (:class:`shared.adapters.azureml.clusters.NsgGuard`), twinned.
+"""The ARM network reads of the NSG check (:class:`shared.adapters.compute.azureml.clusters.NsgGuard`), twinned.
 
 ``NetworkTwin.client()`` answers what ``azure-mgmt-network``'s ``NetworkManagementClient`` answers
 for the two calls the guard makes — ``subnets.get(resource_group, vnet, subnet)`` (the subnet and

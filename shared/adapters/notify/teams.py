@@ -7,7 +7,7 @@ refuses connector URLs at intake and at delivery). Its URL looks like
 ``https://prod-NN.<region>.logic.azure.com/workflows/<id>/triggers/manual/paths/invoke?...&sig=...``
 or ``https://<env>.environment.api.powerplatform.com/powerautomate/automations/direct/workflows/...``;
 the ``sig`` query parameter is the only credential, so the URL is a secret and only its redacted
-form is ever shown. Delivery reuses :class:`shared.adapters.webhooks.WebhookSender` (same SSRF
+form is ever shown. Delivery reuses :class:`shared.adapters.notify.webhooks.WebhookSender` (same SSRF
 guard, retries, no redirects).
 
 Teams drops messages over about 28 KB, so the reward curve is embedded as a small palette PNG

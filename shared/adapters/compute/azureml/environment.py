@@ -19,7 +19,7 @@ from shared.errors import ComputeError
 
 CONDA_FILE = "rlq_conda_env.yml"
 PYTHON_VERSION = "3.11"
-TRAINER_DIR = Path(__file__).resolve().parents[3] / "trainer"
+TRAINER_DIR = Path(__file__).resolve().parents[4] / "trainer"
 
 
 def parse_requirements(text: str) -> list[str]:

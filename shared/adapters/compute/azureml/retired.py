@@ -5,7 +5,7 @@ ended on 30 June 2026; its images also started Ray 0.8, not the trainer's Ray 2.
 stays (the seed's setting, and a request's ``compute.backend``) so a deployment that still names it
 gets one clear answer instead of an unknown-backend error: every request fails at once, before
 any cluster is touched, with :data:`RETIRED`, which names the SDK v2 backend that replaced it
-(``RLQ_BACKEND=azureml``, :mod:`shared.adapters.azureml.v2`). Nothing here imports an Azure SDK.
+(``RLQ_BACKEND=azureml``, :mod:`shared.adapters.compute.azureml.v2`). Nothing here imports an Azure SDK.
 """
 
 from __future__ import annotations

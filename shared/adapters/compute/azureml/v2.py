@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.adapters.azureml.clusters import (
+from shared.adapters.compute.azureml.clusters import (
     Clusters,
     ComputeInfo,
     NsgGuard,
@@ -57,8 +57,8 @@ from shared.adapters.azureml.clusters import (
     worker_shm_size,
     workspace_coordinates,
 )
-from shared.adapters.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
-from shared.adapters.azureml.errors import readable, sdk_errors
+from shared.adapters.compute.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
+from shared.adapters.compute.azureml.errors import readable, sdk_errors
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress
 from shared.contracts.trainer import ARGV_ENV, TrainerSummary, build_argv, seed_cluster_config

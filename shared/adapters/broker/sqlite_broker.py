@@ -648,7 +648,7 @@ class SqliteRejecter:
     """:class:`shared.ports.Rejecter` for the local host: dead-letters the locked message by id.
 
     Azure's plain queue binding cannot settle a message, so there the request is forwarded to a
-    rejected queue (:class:`shared.adapters.servicebus.ServiceBusRejecter`); here the broker
+    rejected queue (:class:`shared.adapters.broker.servicebus.ServiceBusRejecter`); here the broker
     moves the very message to the queue's dead-letter sub-queue, reason and description kept.
     """
 

@@ -1,4 +1,4 @@
-"""An in-package Azure ML workspace for :class:`shared.adapters.azureml.v2.AzureMLV2Backend`.
+"""An in-package Azure ML workspace for :class:`shared.adapters.compute.azureml.v2.AzureMLV2Backend`.
 
 ``MLClientTwin`` answers the slice of ``azure.ai.ml.MLClient`` the backend calls —
 ``workspaces.get`` (the readiness check), ``compute.get`` / ``compute.begin_create_or_update``,
@@ -13,7 +13,7 @@
 * the job state machine: ``NotStarted → Starting → Preparing → Queued → Running → Finalizing →
   Completed`` (:meth:`step`), ``Failed``, and cancel as ``CancelRequested`` → ``Canceled`` on the
   next step; a terminal job ignores a cancel;
-* the MLflow side (:class:`~shared.adapters.azureml.v2.RunReader`): latest metrics with their step,
+* the MLflow side (:class:`~shared.adapters.compute.azureml.v2.RunReader`): latest metrics with their step,
   run tags (the head's address), the trainer's ``summary.json`` artifact.
 
 With ``path`` the workspace lives in a file (pickled, locked), so a process killed mid-call and its
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.adapters.azureml.v2 import RunView
+from shared.adapters.compute.azureml.v2 import RunView
 
 PROGRESSION = ("NotStarted", "Starting", "Preparing", "Queued", "Running", "Finalizing", "Completed")
 TERMINAL = frozenset({"Completed", "Failed", "Canceled"})
@@ -219,7 +219,7 @@ class MLClientTwin:
             return st.cancels.get(name, 0)
 
     def jobs_per_request(self) -> dict[str, int]:
-        from shared.adapters.azureml.v2 import ROLE_TAG, RUN_TAG
+        from shared.adapters.compute.azureml.v2 import ROLE_TAG, RUN_TAG
 
         out: dict[str, int] = {}
         with self.state() as st:
@@ -322,7 +322,7 @@ class _JobOps:
 
 
 class _Runs:
-    """The MLflow side of the workspace (:class:`~shared.adapters.azureml.v2.RunReader`)."""
+    """The MLflow side of the workspace (:class:`~shared.adapters.compute.azureml.v2.RunReader`)."""
 
     def __init__(self, twin: MLClientTwin) -> None:
         self._t = twin

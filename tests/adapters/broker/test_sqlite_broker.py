@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.sqlite_broker import (
+from shared.adapters.broker.sqlite_broker import (
     MessageLockLost,
     SqliteBroker,
     SqliteRejecter,

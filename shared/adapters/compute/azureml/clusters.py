@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.adapters.azureml.errors import readable
-from shared.adapters.azureml.nsg import missing_nsg_rules, nsg_name_and_group
+from shared.adapters.compute.azureml.errors import readable
+from shared.adapters.compute.azureml.nsg import missing_nsg_rules, nsg_name_and_group
 from shared.contracts.request import Compute, HeadCluster, TrainingRequest, WorkerCluster
 from shared.contracts.vm_sizes import VM_SIZES
 from shared.errors import ComputeError, PermanentError, TransientError
@@ -200,7 +200,7 @@ class NsgGuard:
     """Checks the subnet's NSG for what Azure ML and Ray need (``RLQ_AZUREML_NSG_CHECK``), cached.
 
     The flows follow ``RLQ_AZUREML_NODE_PUBLIC_IP`` and ``RLQ_AZUREML_NSG_BATCH_INBOUND``
-    (:func:`~shared.adapters.azureml.nsg.required_flows`).
+    (:func:`~shared.adapters.compute.azureml.nsg.required_flows`).
 
     ``network_factory`` returns an ``azure-mgmt-network`` client (or the twin's); a read that fails
     for any reason but a missing subnet skips the advisory check.

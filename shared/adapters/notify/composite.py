@@ -19,8 +19,13 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from shared.adapters.teams import TeamsPayload, build_payload
-from shared.adapters.webhooks import EndpointRegistry, SqliteEndpointRegistry, WebhookSender, check_secrets
+from shared.adapters.notify.teams import TeamsPayload, build_payload
+from shared.adapters.notify.webhooks import (
+    EndpointRegistry,
+    SqliteEndpointRegistry,
+    WebhookSender,
+    check_secrets,
+)
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.request import TrainingRequest
 from shared.curves import load_metrics
