@@ -11,7 +11,7 @@ from shared.artifacts import reward_curve_for
 from shared.composition import wiring
 from shared.contracts.run import RunState
 from shared.dashboard.csrf import cross_site, not_json
-from shared.errors import InvalidRequest, NotFound, PermanentError, RlqError, TransientError
+from shared.errors import InvalidRequest, RlqError, http_answer
 
 bp = func.Blueprint()
 
@@ -29,22 +29,19 @@ def _errors(status: int, errors: list[dict[str, str]]) -> func.HttpResponse:
     return _json({"errors": errors}, status)
 
 
-def _guarded(handler):  # translate the error tree into HTTP once, for every route
+def _guarded(handler):  # the error tree into HTTP by the one table (shared.errors.HTTP_ANSWERS)
     def wrapper(req: func.HttpRequest) -> func.HttpResponse:
         try:
             return handler(req)
-        except InvalidRequest as err:
-            return _errors(400, err.errors)
-        except NotFound as err:
-            return _errors(404, [{"field": "request_id", "message": str(err)}])
-        except PermanentError as err:
-            return _errors(400, [{"field": "(request)", "message": err.description}])
-        except TransientError as err:
-            return _json({"errors": [{"field": "(service)", "message": str(err)}]}, 503, {"Retry-After": "5"})
-        except RlqError as err:  # a damaged or read-only store: unavailable until a person acts
-            return _json(
-                {"errors": [{"field": "(service)", "message": str(err)}]}, 503, {"Retry-After": "60"}
+        except RlqError as err:
+            answer = http_answer(err)
+            errors = (
+                err.errors
+                if isinstance(err, InvalidRequest)
+                else [{"field": answer.field, "message": str(err)}]
             )
+            retry = {"Retry-After": str(answer.retry_after_s)} if answer.retry_after_s is not None else None
+            return _json({"errors": errors}, answer.status, retry)
 
     wrapper.__name__ = handler.__name__
     return wrapper

@@ -6,6 +6,8 @@ core only ever decides between two things: try again later, or give up with a re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class RlqError(Exception):
     """Base of every error rlq raises on purpose."""
@@ -66,3 +68,31 @@ class Conflict(RlqError):
 
 class NotFound(RlqError):
     """No such request or run."""
+
+
+# --- how HTTP answers each error ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """How an error of the tree is answered over HTTP, by the JSON API and the dashboard alike."""
+
+    status: int
+    title: str  # the heading of the dashboard's error page
+    field: str  # the field the JSON API's error names (an InvalidRequest names its own fields)
+    retry_after_s: int | None = None  # Retry-After: when asking again may help
+
+
+# The one error tree → HTTP table: the first class an error is an instance of answers it.
+HTTP_ANSWERS: tuple[tuple[type[RlqError], HttpAnswer], ...] = (
+    (NotFound, HttpAnswer(404, "Not found", "request_id")),
+    (PermanentError, HttpAnswer(400, "Refused", "(request)")),  # InvalidRequest, Forbidden, ...
+    (TransientError, HttpAnswer(503, "Try again shortly", "(service)", retry_after_s=5)),
+    # any other RlqError (a damaged or read-only store): unavailable until a person acts
+    (RlqError, HttpAnswer(503, "The service cannot answer", "(service)", retry_after_s=60)),
+)
+
+
+def http_answer(err: RlqError) -> HttpAnswer:
+    """The row of :data:`HTTP_ANSWERS` that answers ``err``."""
+    return next(answer for kind, answer in HTTP_ANSWERS if isinstance(err, kind))

@@ -1,4 +1,6 @@
-"""The dashboard's rendering: templates, inline-SVG charts, the run views and CSRF protection.
+"""The dashboard, all of it: the pages (:mod:`.pages`), what a page shows about a run (:mod:`.views`),
+templates (:mod:`.render`), inline-SVG charts (:mod:`.charts`) and CSRF protection (:mod:`.csrf`).
 
-The HTTP routes live in :mod:`functions.dashboard`; the CSS and JS are vendored in ``static/``.
+``functions/dashboard.py`` only routes each trigger to its page; the CSS and JS are vendored in
+``static/``.
 """

@@ -14,13 +14,12 @@ from urllib.parse import urlsplit
 
 from shared.artifacts import metrics_points
 from shared.contracts.base import utcnow
-from shared.contracts.run import FINAL, TERMINAL, RunRecord, RunState
+from shared.contracts.run import ACTIVE, FINAL, TERMINAL, RunRecord, RunState
 from shared.curves import best, record_points, reward
 from shared.settings import Settings
 from shared.urlguard import redact
 
 # States in which a Cancel can still change the outcome.
-CANCELABLE = frozenset({RunState.received, RunState.provisioning, RunState.submitted, RunState.running})
 
 
 def progress_fraction(record: RunRecord) -> tuple[float | None, str | None]:
@@ -133,7 +132,7 @@ class RunView:
 
     @property
     def cancelable(self) -> bool:
-        return self.record.state in CANCELABLE and not self.record.cancel_requested
+        return self.record.state in ACTIVE and not self.record.cancel_requested
 
     @property
     def ended(self) -> bool:
