@@ -10,6 +10,7 @@ would be slow and could exceed the snapshot limit).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -47,8 +48,16 @@ def conda_file(pip_packages: list[str], python_version: str = PYTHON_VERSION) ->
     return "\n".join(lines) + "\n"
 
 
-def stage_trainer(trainer_dir: Path) -> Path:
-    """A new folder holding ``trainer/`` and the conda file made from its requirements."""
+def environment_version(conda_text: str) -> str:
+    """The job environment's version: 12 hex digits of its conda file, so a new trainer requirement
+    or a new environment-catalog package is a new environment version (and image build), and the
+    same packages keep the version Azure ML already built."""
+    return hashlib.sha256(conda_text.encode()).hexdigest()[:12]
+
+
+def stage_trainer(trainer_dir: Path, catalog_requirements: list[str] | tuple[str, ...] = ()) -> Path:
+    """A new folder holding ``trainer/`` and the conda file made from its requirements and the
+    environment catalog's pinned requirements (``EnvironmentCatalog.requirements``)."""
     requirements = trainer_dir / "requirements.txt"
     if not requirements.is_file():
         raise ComputeError(f"{requirements} is missing: the cluster image is built from it")
@@ -58,5 +67,6 @@ def stage_trainer(trainer_dir: Path) -> Path:
         stage / "trainer",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "outputs", ".pytest_cache"),
     )
-    (stage / CONDA_FILE).write_text(conda_file(parse_requirements(requirements.read_text())))
+    packages = parse_requirements(requirements.read_text()) + list(catalog_requirements)
+    (stage / CONDA_FILE).write_text(conda_file(packages))
     return stage

@@ -57,7 +57,12 @@ from shared.adapters.compute.azureml.clusters import (
     worker_shm_size,
     workspace_coordinates,
 )
-from shared.adapters.compute.azureml.environment import CONDA_FILE, TRAINER_DIR, stage_trainer
+from shared.adapters.compute.azureml.environment import (
+    CONDA_FILE,
+    TRAINER_DIR,
+    environment_version,
+    stage_trainer,
+)
 from shared.adapters.compute.azureml.errors import readable, sdk_errors
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress
@@ -440,6 +445,7 @@ class AzureMLV2Backend:
         source = self.stage_source()
         return Environment(
             name=ENVIRONMENT_NAME,
+            version=environment_version((source / CONDA_FILE).read_text()),
             image=self.settings.azureml_base_image,
             conda_file=str(source / CONDA_FILE),
         )
@@ -528,7 +534,10 @@ class AzureMLV2Backend:
     def stage_source(self) -> Path:
         with self._lock:
             if self._stage is None or not self._stage.exists():
-                self._stage = stage_trainer(self.trainer_dir)
+                # the catalog's pinned packages join the image; a `path` entry reaches Ray jobs only
+                self._stage = stage_trainer(
+                    self.trainer_dir, self.settings.environment_catalog.requirements()
+                )
             return self._stage
 
     def checkpoint_uri(self, job_name: str) -> str:
