@@ -8,6 +8,7 @@ import re
 import pytest
 
 from shared.contracts.run import RunState
+from shared.errors import Forbidden, InvalidRequest, NotFound, RlqError, TransientError, http_answer
 from shared.localhost import LocalHost
 from tests.dashboard.conftest import FUNCTIONS, call, html, live
 
@@ -412,3 +413,30 @@ def test_a_resumed_run_shows_each_lost_attempt_in_a_row(wired, host):
     assert "<td>file:///runs/resumed/checkpoints/iter_000004</td><td>812</td>" in row.group(0)
     plain = html(call("dashboard_run", "/api/ui/runs/other", route_params={"request_id": "other"}))
     assert "Request" in plain and "Attempts" not in plain
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NotFound("no run named r-1"),
+        InvalidRequest([{"field": "state", "message": "not a state"}]),
+        Forbidden("over the cap"),
+        TransientError("the store is busy"),
+        RlqError("the run store is damaged"),  # neither transient nor permanent: a person must act
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_the_api_and_the_dashboard_answer_an_error_by_the_one_table(wired, monkeypatch, error):
+    def fail(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(wired.service, "get", fail)
+    api = call("get_training", "/api/trainings/r-1", route_params={"request_id": "r-1"})
+    page = call("dashboard_run", "/api/ui/runs/r-1", route_params={"request_id": "r-1"})
+    answer = http_answer(error)
+    assert api.status_code == page.status_code == answer.status
+    assert api.headers.get("Retry-After") == page.headers.get("Retry-After")
+    assert page.headers.get("Retry-After") == (str(answer.retry_after_s) if answer.retry_after_s else None)
+    assert answer.title in html(page)
+    (named,) = json.loads(api.get_body())["errors"]
+    assert named["field"] == ("state" if isinstance(error, InvalidRequest) else answer.field)
