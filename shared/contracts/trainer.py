@@ -34,8 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.contracts.request import TrainingRequest
 
 ARGV_ENV = "RLQ_TRAINER_ARGV"
-# Constant on purpose: no request field may ever reach a shell.
-ENTRYPOINT = f"python -m trainer.train --argv-from-env {ARGV_ENV}"
+# Constant on purpose: no request field may ever reach a shell. ``exec``: the shell Ray runs it in
+# becomes the trainer, so the job's driver is the trainer itself: a driver killed is a trainer
+# gone, never one left training behind a job Ray reports ended (and its run resumed beside it).
+ENTRYPOINT = f"exec python -m trainer.train --argv-from-env {ARGV_ENV}"
 CHECKPOINT_FREQ = 10
 CHECKPOINT_EVERY_S = 300  # a checkpoint after this many seconds of training too (``--checkpoint-every-s``)
 METRICS_MARK = "RLQ_METRICS "

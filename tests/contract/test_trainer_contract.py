@@ -65,7 +65,7 @@ def test_the_trainer_reads_back_every_flag_build_argv_writes(monkeypatch, ray_ad
 
 
 def test_the_entrypoint_names_the_argv_variable_and_nothing_from_a_request() -> None:
-    assert f"python -m trainer.train --argv-from-env {ARGV_ENV}" == ENTRYPOINT
+    assert f"exec python -m trainer.train --argv-from-env {ARGV_ENV}" == ENTRYPOINT
 
 
 def test_seed_cluster_config_fills_only_what_the_request_leaves_out() -> None:
