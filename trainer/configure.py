@@ -29,6 +29,7 @@ ALGORITHM_CONFIGS = {
     "APPO": ("ray.rllib.algorithms.appo", "APPOConfig"),
     "PPO": ("ray.rllib.algorithms.ppo", "PPOConfig"),
 }
+ENV_RUNNER_RESTART_DELAY_S = 10.0  # between an EnvRunner's failure and its replacement
 # The AlgorithmConfig methods that take a section of the settings as keyword arguments, in order.
 PLAIN_SECTIONS = ("env_runners", "learners", "training")
 
@@ -177,6 +178,11 @@ def algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config:
         config.resources(**sections["resources"])
     if not env_runner_state_server(plan, settings):
         config.use_env_runner_state_server = False
+    # An EnvRunner killed (or lost with its worker node) is replaced without ending the job: the
+    # others sample on meanwhile, and RLlib starts a new one after the delay (its default is 60 s).
+    config.fault_tolerance(
+        restart_failed_env_runners=True, delay_between_env_runner_restarts_s=ENV_RUNNER_RESTART_DELAY_S
+    )
     return config
 
 

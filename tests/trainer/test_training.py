@@ -337,3 +337,43 @@ def test_pong_with_atari_preprocessing(tmp_path):
     meta = json.loads((uri_to_path(summary["checkpoint_path"]) / "rlq_meta.json").read_text())
     assert meta["env_config"]["dim"] == 42 and meta["env_config"]["framestack"] == 4
     assert -21 <= summary["eval_reward"] <= 21
+
+
+def test_a_killed_env_runner_is_replaced_without_ending_the_run(tmp_path):
+    """SIGKILL one of two EnvRunner processes mid-training: RLlib's fault tolerance
+    (``trainer/configure.py``) carries on with the other and the run meets its stop criterion."""
+    import psutil
+
+    out = tmp_path / "o"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    argv = ["--run", "PPO", "--env", "CartPole-v1", "--stop", '{"training_iteration": 6}']
+    argv += ["--config", '{"num_env_runners": 2, "train_batch_size": 1000}', "--output-dir", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.train", *argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            metrics = out / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.5)
+        runners = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "EnvRunner" in " ".join(p.cmdline())
+        ]
+        assert len(runners) == 2, [p.cmdline() for p in runners]
+        runners[0].kill()
+        _stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert [r["iteration"] for r in read_metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((out / "summary.json").read_text())["stop_reason"] == "iterations_limit"
