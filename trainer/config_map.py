@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGORITHMS = ("IMPALA", "APPO", "PPO")
+ALGORITHMS = ("IMPALA", "APPO", "PPO", "SAC", "DQN")
 MAX_WORKERS = 1024
 
 
@@ -162,6 +162,50 @@ def conv_filters() -> Kind:
 
 
 ACTIVATIONS = ("tanh", "relu", "swish", "silu", "elu", "linear")
+# torch.nn.init functions by the name RLlib's DefaultModelConfig takes (``*_kernel_initializer``).
+INITIALIZERS = (
+    "xavier_uniform_",
+    "xavier_normal_",
+    "orthogonal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "zeros_",
+)
+REPLAY_BUFFERS = ("EpisodeReplayBuffer", "PrioritizedEpisodeReplayBuffer")
+
+
+def n_step() -> Kind:
+    """SAC/DQN ``n_step``: an integer, or ``[lo, hi]`` (RLlib draws one per sampled batch)."""
+
+    def check(v):
+        if _is_int(v) and 1 <= v <= 100:
+            return v
+        if isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v) and 1 <= v[0] <= v[1] <= 100:
+            return (v[0], v[1])
+        return None
+
+    return Kind("an integer between 1 and 100 or a range [lo, hi] within it", check)
+
+
+def replay_buffer() -> Kind:
+    """RLlib's ``replay_buffer_config`` narrowed to its episode buffers, a bounded capacity and the
+    prioritised buffer's alpha / beta (requests set ``replay_buffer_capacity``; presets the whole)."""
+
+    def check(v):
+        if not isinstance(v, dict) or v.get("type") not in REPLAY_BUFFERS:
+            return None
+        if not _is_int(v.get("capacity")) or not 1 <= v["capacity"] <= 2**22:
+            return None
+        if set(v) - {"type", "capacity", "alpha", "beta"}:
+            return None
+        if any(not (_is_num(v[k]) and 0 <= v[k] <= 10) for k in ("alpha", "beta") if k in v):
+            return None
+        return dict(v)
+
+    return Kind(
+        "an object {type: " + " | ".join(REPLAY_BUFFERS) + ", capacity: 1..4194304, alpha, beta}", check
+    )
+
 
 # --------------------------------------------------------------------------------------
 # Today's settings (Ray 2.60, new API stack).
@@ -173,6 +217,7 @@ ACTIVATIONS = ("tanh", "relu", "swish", "silu", "elu", "linear")
 _ALL = None
 _ASYNC = ("IMPALA", "APPO")
 _PPOISH = ("PPO", "APPO")
+_REPLAY = ("SAC", "DQN")  # off-policy, from a replay buffer
 
 SETTINGS: dict[str, tuple[str, Kind, tuple[str, ...] | None]] = {
     # env_runners()
@@ -213,7 +258,26 @@ SETTINGS: dict[str, tuple[str, Kind, tuple[str, ...] | None]] = {
     "broadcast_interval": ("training", int_range(1, 1000), _ASYNC),
     "timeout_s_sampler_manager": ("training", num_range(0.0, 3600.0), _ASYNC),
     "num_gpu_loader_threads": ("training", int_range(1, 64), _ASYNC),
-    "target_network_update_freq": ("training", int_range(0, 10_000_000), ("APPO",)),
+    "target_network_update_freq": ("training", int_range(0, 10_000_000), ("APPO", *_REPLAY)),
+    # SAC / DQN (RLlib's names; docs/trainer.md, "SAC and DQN")
+    "replay_buffer_config": ("training", replay_buffer(), _REPLAY),
+    "replay_buffer_capacity": ("replay", int_range(1, 2**22), _REPLAY),  # into replay_buffer_config
+    "num_steps_sampled_before_learning_starts": ("training", int_range(0, 100_000_000), _REPLAY),
+    "training_intensity": ("training", num_range(0.001, 10_000.0), _REPLAY),
+    "n_step": ("training", n_step(), _REPLAY),
+    "tau": ("training", num_range(0.0, 1.0), _REPLAY),
+    "actor_lr": ("training", num_or_schedule(0.0, 1.0), ("SAC",)),
+    "critic_lr": ("training", num_or_schedule(0.0, 1.0), ("SAC",)),
+    "alpha_lr": ("training", num_or_schedule(0.0, 1.0), ("SAC",)),
+    "initial_alpha": ("training", num_range(0.0, 100.0), ("SAC",)),
+    "target_entropy": (
+        "training",
+        Kind('"auto" or a number', lambda v: v if v == "auto" else (float(v) if _is_num(v) else None)),
+        ("SAC",),
+    ),
+    "double_q": ("training", boolean(), ("DQN",)),
+    "dueling": ("training", boolean(), ("DQN",)),
+    "epsilon": ("training", num_or_schedule(0.0, 1.0), ("DQN",)),
     "circular_buffer_num_batches": ("training", int_range(1, 1024), ("APPO",)),
     "circular_buffer_iterations_per_batch": ("training", int_range(1, 1024), ("APPO",)),
     # environment()
@@ -241,6 +305,18 @@ SETTINGS: dict[str, tuple[str, Kind, tuple[str, ...] | None]] = {
     "conv_activation": ("model", choice(*ACTIVATIONS), _ALL),
     "head_fcnet_hiddens": ("model", int_list(), _ALL),
     "head_fcnet_activation": ("model", choice(*ACTIVATIONS), _ALL),
+    "fcnet_kernel_initializer": ("model", choice(*INITIALIZERS), _ALL),
+    "fcnet_bias_initializer": ("model", choice(*INITIALIZERS), _ALL),
+    "head_fcnet_kernel_initializer": ("model", choice(*INITIALIZERS), _ALL),
+    "head_fcnet_kernel_initializer_kwargs": (
+        "model",
+        Kind(
+            "an object {gain: a number}",
+            lambda v: v if isinstance(v, dict) and set(v) == {"gain"} and _is_num(v["gain"]) else None,
+        ),
+        _ALL,
+    ),
+    "head_fcnet_bias_initializer": ("model", choice(*INITIALIZERS), _ALL),
     "vf_share_layers": ("model", boolean(), _ALL),
     "use_lstm": ("model", boolean(), _ALL),
     "lstm_cell_size": ("model", int_range(1, 8192), _ALL),
@@ -379,7 +455,8 @@ def map_config(user: Any, algorithm: str) -> MappedConfig:  # noqa: C901 - one b
     out = MappedConfig()
     for key, value in user.items():
         src = f"--config.{key}"
-        if key in SETTINGS and key not in LEGACY:
+        # epsilon: DQN's exploration schedule today, RMSProp's epsilon in the article's era
+        if key in SETTINGS and (key not in LEGACY or (key == "epsilon" and algorithm == "DQN")):
             _set(out, key, value, src, algorithm)
             continue
         if key not in LEGACY:

@@ -28,6 +28,8 @@ ALGORITHM_CONFIGS = {
     "IMPALA": ("ray.rllib.algorithms.impala", "IMPALAConfig"),
     "APPO": ("ray.rllib.algorithms.appo", "APPOConfig"),
     "PPO": ("ray.rllib.algorithms.ppo", "PPOConfig"),
+    "SAC": ("ray.rllib.algorithms.sac", "SACConfig"),
+    "DQN": ("ray.rllib.algorithms.dqn", "DQNConfig"),
 }
 ENV_RUNNER_RESTART_DELAY_S = 10.0  # between an EnvRunner's failure and its replacement
 # The AlgorithmConfig methods that take a section of the settings as keyword arguments, in order.
@@ -160,6 +162,11 @@ def algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config:
     module, class_name = ALGORITHM_CONFIGS[plan.algorithm]
     config = getattr(importlib.import_module(module), class_name)().framework("torch")
     sections = _sections(settings)
+    if sections.get("replay"):  # replay_buffer_capacity: into the preset's replay_buffer_config
+        training = sections.setdefault("training", {})
+        buffer = dict(training.get("replay_buffer_config") or {"type": "EpisodeReplayBuffer"})
+        buffer["capacity"] = sections["replay"]["replay_buffer_capacity"]
+        training["replay_buffer_config"] = buffer
     config.environment(env_name, env_config=env_config, **sections.get("environment", {}))
     for method in PLAIN_SECTIONS:
         if sections.get(method):

@@ -101,6 +101,30 @@ def space_problem(observation_space: gym.Space, action_space: gym.Space) -> str 
     return None
 
 
+# The actions each algorithm acts in on RLlib 2.60's new API stack, where it is not all of
+# ACTION_SPACES: DQN's Q-network has one output per action of a Discrete space; SAC's catalog
+# (ray/rllib/algorithms/sac/sac_catalog.py) builds heads for a Box or a Discrete space only.
+# Intake refuses the built-in ids it knows (shared/contracts/environments.py ACTION_KINDS).
+ALGORITHM_ACTIONS: dict[str, tuple[type[gym.Space], ...]] = {
+    "DQN": (gym.spaces.Discrete,),
+    "SAC": (gym.spaces.Box, gym.spaces.Discrete),
+}
+
+
+def algorithm_problem(algorithm: str, env_id: str, action_space: gym.Space) -> str | None:
+    """Why ``algorithm`` cannot act in this environment's action space (naming both), or None."""
+    allowed = ALGORITHM_ACTIONS.get(algorithm)
+    if allowed is None or isinstance(action_space, allowed):
+        return None
+    others = [a for a, spaces in ALGORITHM_ACTIONS.items() if isinstance(action_space, spaces)]
+    fits = ", ".join(["IMPALA", "APPO", "PPO", *others])
+    return (
+        f"--run {algorithm} cannot train --env {env_id}: {algorithm} takes "
+        f"{' or '.join(t.__name__ for t in allowed)} actions, {env_id}'s action space is {action_space}; "
+        f"algorithms for it: {fits}"
+    )
+
+
 def _flattenable(space: gym.Space) -> bool:
     if isinstance(space, gym.spaces.Dict):
         return all(_flattenable(s) for s in space.spaces.values())
@@ -129,7 +153,7 @@ def prepare(env):
     return env
 
 
-def probe(env_id: str, module: str | None, kwargs: dict[str, Any]) -> gym.Space:
+def probe(env_id: str, module: str | None, kwargs: dict[str, Any], algorithm: str = "") -> gym.Space:
     """Build the environment once with the request's keyword arguments, before Ray starts.
 
     A constructor that rejects a key or a value, or a space the trainer cannot train, raises
@@ -148,6 +172,9 @@ def probe(env_id: str, module: str | None, kwargs: dict[str, Any]) -> gym.Space:
         problem = space_problem(env.unwrapped.observation_space, env.action_space)
         if problem:
             raise UsageError("--env", env_id, "", message=f"--env: {env_id}: {problem}")
+        problem = algorithm_problem(algorithm, env_id, env.action_space)
+        if problem:
+            raise UsageError("--run", algorithm, "", message=problem)
         return env.observation_space
     finally:
         env.close()

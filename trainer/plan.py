@@ -38,7 +38,9 @@ class Plan:
             )
         self.image_obs = False  # an image observation (not Atari's): the CNN preset
         if not self.atari:  # built once before Ray starts: a bad key or an unsupported space fails here
-            self.image_obs = envs.is_image(envs.probe(self.env_id, self.env_module, self.env_kwargs))
+            self.image_obs = envs.is_image(
+                envs.probe(self.env_id, self.env_module, self.env_kwargs, self.algorithm)
+            )
         self.mapped: MappedConfig = config_map.map_config(_json_arg("--config", args.config), self.algorithm)
         self.stop = _stop(args.stop, self.env_id, self.atari)
         self.output_dir = _output_dir(args.output_dir)

@@ -167,6 +167,69 @@ IMAGE: dict[str, Any] = {
     "min_sample_timesteps_per_iteration": 0,
 }
 
+# --- SAC (continuous or discrete actions) and DQN (discrete): off-policy, from a replay buffer. ---
+# Both start from RLlib 2.60's own tuned examples (docs/trainer.md, "SAC and DQN"):
+# rllib/tuned_examples/sac/pendulum_sac.py (Pendulum-v1 to -250 in 20k steps) and
+# rllib/tuned_examples/dqn/cartpole_dqn.py (CartPole-v1 to 450). What differs: sampling in the
+# driver process (no EnvRunner actor: one Pendulum or CartPole step costs less than a round trip,
+# and each sampled step is followed by a gradient update anyway), and the initializers by name.
+SAC_VECTOR: dict[str, Any] = {
+    "num_env_runners": 0,
+    "initial_alpha": 1.001,
+    # A smaller step for the policy than for the Q-functions and the temperature.
+    "actor_lr": 2e-4,
+    "critic_lr": 8e-4,
+    "alpha_lr": 9e-4,
+    "target_entropy": "auto",
+    "n_step": (2, 5),
+    "tau": 0.005,
+    "train_batch_size_per_learner": 256,
+    "target_network_update_freq": 1,
+    "replay_buffer_config": {
+        "type": "PrioritizedEpisodeReplayBuffer",
+        "capacity": 100_000,
+        "alpha": 1.0,
+        "beta": 0.0,
+    },
+    "num_steps_sampled_before_learning_starts": 256,
+    "fcnet_hiddens": [256, 256],
+    "fcnet_activation": "relu",
+    "fcnet_kernel_initializer": "xavier_uniform_",
+    "head_fcnet_hiddens": [],
+    "head_fcnet_kernel_initializer": "orthogonal_",
+    "head_fcnet_kernel_initializer_kwargs": {"gain": 0.01},
+}
+DQN_VECTOR: dict[str, Any] = {
+    "num_env_runners": 0,
+    "lr": 0.0005,
+    "train_batch_size_per_learner": 32,
+    "replay_buffer_config": {
+        "type": "PrioritizedEpisodeReplayBuffer",
+        "capacity": 50_000,
+        "alpha": 0.6,
+        "beta": 0.4,
+    },
+    "n_step": (2, 5),
+    "double_q": True,
+    "dueling": True,
+    # Exploration from 1 to 0.02 over the first 10k steps.
+    "epsilon": [[0, 1.0], [10_000, 0.02]],
+    "fcnet_hiddens": [256],
+    "fcnet_activation": "tanh",
+    "fcnet_bias_initializer": "zeros_",
+    "head_fcnet_hiddens": [256],
+    "head_fcnet_bias_initializer": "zeros_",
+}
+OFF_POLICY = {"SAC": SAC_VECTOR, "DQN": DQN_VECTOR}
+# Images (Atari or any rank-3 Box) for SAC / DQN: the vector preset's learning settings on the
+# image preset's network (not measured here).
+OFF_POLICY_IMAGE_MODEL = (
+    "fcnet_hiddens",
+    "fcnet_activation",
+    "head_fcnet_hiddens",
+    "fcnet_kernel_initializer",
+)
+
 DEFAULT_STOP = {
     "atari": {"episode_reward_mean": 18, "time_total_s": 3600},
     "CartPole": {"episode_reward_mean": 450, "time_total_s": 600},
@@ -178,6 +241,15 @@ def preset(
     algorithm: str, env_id: str, atari: bool, num_gpus: float = 0.0, image: bool = False
 ) -> dict[str, Any]:
     """Return the preset settings (today's names) for this algorithm and environment."""
+    if algorithm in OFF_POLICY:
+        out = dict(OFF_POLICY[algorithm])
+        if atari or image:
+            out = {k: v for k, v in out.items() if k not in OFF_POLICY_IMAGE_MODEL}
+            out.update({k: IMAGE[k] for k in ("conv_filters", "head_fcnet_hiddens")})
+            out["clip_rewards"] = atari
+        if num_gpus >= 1:
+            out["num_gpus_per_learner"] = 1.0
+        return out
     if atari:
         out = dict({"IMPALA": ATARI_IMPALA, "APPO": ATARI_APPO, "PPO": ATARI_PPO}[algorithm])
         if num_gpus >= 1:

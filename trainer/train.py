@@ -47,7 +47,7 @@ def _flag(default: Any, help: str, **argparse_kwargs: Any) -> Any:
 class Args:
     """The command line, one field per flag (``output_dir`` is ``--output-dir``), as typed."""
 
-    run: str = _flag("IMPALA", "algorithm: IMPALA (default), APPO or PPO")
+    run: str = _flag("IMPALA", "algorithm: IMPALA (default), APPO, PPO, SAC or DQN")
     env: str = _flag(
         "PongNoFrameskip-v4",
         "Gymnasium env id: any ALE game (PongNoFrameskip-v4, ALE/Pong-v5) or classic control",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Algorithm = Literal["IMPALA", "APPO", "PPO"]
+Algorithm = Literal["IMPALA", "APPO", "PPO", "SAC", "DQN"]
 ALGORITHMS: tuple[str, ...] = get_args(
     Algorithm
 )  # trainer/config_map.py mirrors it (trainer/ imports no shared/)
@@ -61,6 +61,20 @@ CONFIG_KEYS = frozenset(
         "use_kl_loss",
         "kl_coeff",
         "seed",
+        # SAC and DQN (off-policy, from a replay buffer)
+        "replay_buffer_capacity",
+        "num_steps_sampled_before_learning_starts",
+        "training_intensity",
+        "target_network_update_freq",
+        "n_step",
+        "tau",
+        "actor_lr",
+        "critic_lr",
+        "alpha_lr",
+        "initial_alpha",
+        "double_q",
+        "dueling",
+        "epsilon",
     }
 )
 MODEL_KEYS = frozenset(
@@ -110,6 +124,14 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "dim": (16, 512),  # the frame's side in pixels: memory grows with its square
     "framestack": (1, 32),
     "lstm_cell_size": (1, 4096),
+    # Episodes' steps the replay buffer holds: 2**22 Atari frames are about 475 GB.
+    "replay_buffer_capacity": (1, 2**22),
+    "num_steps_sampled_before_learning_starts": (0, 10**8),
+    "training_intensity": (0.001, 10_000),  # updates per sampled step: compute
+    "target_network_update_freq": (0, 10**7),
+    "n_step": (1, 100),
+    "tau": (0, 1),
+    "initial_alpha": (0, 100),
 }
 MAX_LAYERS = 16  # fcnet_hiddens / conv_filters entries
 MAX_LAYER_WIDTH = 8192  # units of one dense layer, channels of one conv layer
@@ -123,7 +145,7 @@ CPUS_PER_RUNNER_KEYS = ("num_cpus_per_env_runner", "num_cpus_per_worker")
 
 # The config keys whose value is true / false (trainer/config_map.py: boolean()); every other key
 # takes numbers, names or lists of numbers, where a JSON boolean is a mistake, not a count.
-BOOL_CONFIG_KEYS = frozenset({"vtrace", "use_kl_loss"})
+BOOL_CONFIG_KEYS = frozenset({"vtrace", "use_kl_loss", "double_q", "dueling"})
 BOOL_MODEL_KEYS = frozenset({"vf_share_layers", "use_lstm", "framestack"})  # old model.framestack: bool
 
 STOP_KEYS = ("episode_reward_mean", "time_total_s", "timesteps_total", "training_iteration")

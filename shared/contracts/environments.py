@@ -32,6 +32,12 @@ CLASSIC_CONTROL = (
 )
 TOY_TEXT = ("FrozenLake-v1", "FrozenLake8x8-v1", "Taxi-v3", "CliffWalking-v1", "Blackjack-v1")
 BUILTIN_ENVS = CLASSIC_CONTROL + TOY_TEXT
+# Built-in ids whose actions are continuous (a Box); every other built-in id and every Atari game
+# has Discrete actions. Catalogued envs' spaces are the trainer's to check (trainer/envs.py).
+CONTINUOUS_ACTIONS = frozenset({"MountainCarContinuous-v0", "Pendulum-v1"})
+# Algorithms that act in Discrete actions only (RLlib 2.60's new API stack): DQN's Q-network has one
+# output per action. SAC takes a Box or a Discrete space, IMPALA, APPO and PPO any space rlq trains.
+DISCRETE_ONLY = frozenset({"DQN"})
 # Atari ids as ale-py registers them; the trainer checks the game exists.
 ATARI_ENV_RE = re.compile(
     r"^(ALE/[A-Z][A-Za-z]{1,40}-v5|[A-Z][A-Za-z]{1,40}(NoFrameskip|Deterministic)?-v4)$"
@@ -173,6 +179,18 @@ def env_id_problem(env_id: str) -> str | None:
     if env_id in BUILTIN_ENVS or ATARI_ENV_RE.match(env_id) or NAMESPACED_ENV_RE.match(env_id):
         return None
     return f"{env_id[:80]!r} is not an allowed environment; allowed: {allowed_families()}"
+
+
+def algorithm_env_problem(algorithm: str, env_id: str) -> str | None:
+    """Why ``algorithm`` can never train the built-in ``env_id`` (its action space is known), naming
+    both fields, or None."""
+    if algorithm in DISCRETE_ONLY and env_id in CONTINUOUS_ACTIONS:
+        return (
+            f"algorithm {algorithm} cannot train env {env_id}: {algorithm} takes discrete actions and "
+            f"{env_id}'s are continuous (a Box); allowed: algorithm SAC, PPO, APPO or IMPALA for this env, "
+            f"or an env with discrete actions for {algorithm}"
+        )
+    return None
 
 
 def allowed_families(namespaces: tuple[str, ...] | None = None) -> str:

@@ -15,7 +15,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
-from pydantic import AnyUrl, BeforeValidator, Field, field_validator, model_validator
+from pydantic import AnyUrl, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from shared.contracts.base import Strict
 from shared.contracts.catalog import (
@@ -33,7 +33,12 @@ from shared.contracts.catalog import (
     STOP_KEYS,
     Algorithm,
 )
-from shared.contracts.environments import MAX_RETURN, check_env_config, env_id_problem
+from shared.contracts.environments import (
+    MAX_RETURN,
+    algorithm_env_problem,
+    check_env_config,
+    env_id_problem,
+)
 from shared.contracts.vm_sizes import (
     DEFAULT_HEAD_VM_SIZE,
     DEFAULT_WORKER_VM_SIZE,
@@ -243,8 +248,9 @@ class TrainingRequest(Strict):
 
     @field_validator("env")
     @classmethod
-    def _env(cls, v: str) -> str:
-        problem = env_id_problem(v)
+    def _env(cls, v: str, info: ValidationInfo) -> str:
+        # ``algorithm`` is validated first (declared first): a combination that cannot work
+        problem = env_id_problem(v) or algorithm_env_problem(str(info.data.get("algorithm", "")), v)
         if problem:
             raise ValueError(problem)
         return v

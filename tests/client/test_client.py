@@ -49,7 +49,7 @@ def test_submit_get_and_wait_return_the_run_and_its_completion_message(client):
 
 
 def test_a_refused_request_raises_the_same_field_errors_the_api_returns(client):
-    bad = {"env": "CartPole-v9", "algorithm": "DQN", "stop": {"time_total_s": 60}}
+    bad = {"env": "CartPole-v9", "algorithm": "A2C", "stop": {"time_total_s": 60}}
     raw = httpx.post(f"{client.api_url}/trainings", json=bad, timeout=10)
     assert raw.status_code == 400
 

@@ -67,7 +67,7 @@ def test_completion_message_carries_the_trainer_summary(wired):
 
 def test_invalid_request_is_rejected_once_with_the_field_named(wired, twin):
     wired.broker.send(
-        wired.settings.queue_name, body(request_id="bad", algorithm="DQN"), message_id="bad-msg"
+        wired.settings.queue_name, body(request_id="bad", algorithm="A2C"), message_id="bad-msg"
     )
     (msg,) = wired.broker.receive(wired.settings.queue_name)
     rec = wired.service.intake(msg.body, message_id=msg.message_id)

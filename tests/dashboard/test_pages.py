@@ -173,7 +173,7 @@ def test_dead_letter_bodies_show_webhook_and_teams_urls_redacted(wired, host):
     body = {
         **CARTPOLE,
         "request_id": "dl-teams",
-        "algorithm": "DQN",  # refused: the body is dead-lettered as sent
+        "algorithm": "A2C",  # refused: the body is dead-lettered as sent
         "notify": {"teams": ["https://example.webhook.office.com/workflows/a?sig=SECRET1"], "webhooks": 3},
     }
     wired.broker.send(wired.settings.queue_name, json.dumps(body), message_id="dl-teams")

@@ -40,10 +40,10 @@ def request(rid: str, **kw) -> TrainingRequest:
 
 
 def test_submit_rejects_bad_fields_with_exit_2_names_them_and_sends_nothing(run, data_dir):
-    result = run("submit", "--run", "DQN", "--env", "CartPole-v9", "--stop", '{"time_total_s": 60}')
+    result = run("submit", "--run", "A2C", "--env", "CartPole-v9", "--stop", '{"time_total_s": 60}')
 
     assert result.exit_code == 2
-    assert "algorithm" in result.output and "'DQN' is not allowed" in result.output
+    assert "algorithm" in result.output and "'A2C' is not allowed" in result.output
     assert "env" in result.output and "CartPole-v9" in result.output
     assert "nothing was sent" in result.output
     assert "Traceback" not in result.output

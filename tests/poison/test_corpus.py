@@ -95,7 +95,7 @@ def test_poison_is_dead_lettered_at_once_and_nothing_runs(case: Poison, wired, t
 
 
 def test_the_same_poison_twice_is_dead_lettered_twice_and_never_retried(wired, twin):
-    bad = json.dumps({**VALID, "request_id": "twice", "algorithm": "DQN"}).encode()
+    bad = json.dumps({**VALID, "request_id": "twice", "algorithm": "A2C"}).encode()
     feed(wired, bad, "first")
     feed(wired, bad, "second")
     dead = wired.broker.dead_letters(wired.settings.queue_name)
@@ -105,7 +105,7 @@ def test_the_same_poison_twice_is_dead_lettered_twice_and_never_retried(wired, t
 
 def test_a_valid_request_reusing_a_rejected_id_still_runs(wired, twin):
     """A producer that fixes its request and sends it again under the same id is not ignored."""
-    feed(wired, json.dumps({**VALID, "request_id": "fixed", "algorithm": "DQN"}).encode(), "bad")
+    feed(wired, json.dumps({**VALID, "request_id": "fixed", "algorithm": "A2C"}).encode(), "bad")
     assert wired.store.get("fixed").state is RunState.rejected
     rec, _ = feed(wired, json.dumps({**VALID, "request_id": "fixed"}).encode(), "good")
     assert rec.state is RunState.submitted and rec.error is None

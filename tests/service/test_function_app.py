@@ -99,7 +99,7 @@ def test_post_validates_and_enqueues(wired):
 
 
 def test_post_bad_body_is_400_naming_the_field(wired):
-    bad = http("POST", "/api/trainings", json.dumps({"env": "CartPole-v1", "algorithm": "DQN"}).encode())
+    bad = http("POST", "/api/trainings", json.dumps({"env": "CartPole-v1", "algorithm": "A2C"}).encode())
     assert bad.status_code == 400
     errors = json.loads(bad.get_body())["errors"]
     assert errors[0]["field"] == "algorithm" and "IMPALA" in errors[0]["message"]
