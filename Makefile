@@ -58,6 +58,7 @@ bench: install
 	$(BIN)/python bench/trainer_throughput.py
 	$(BIN)/python bench/cartpole_time_to_450.py
 	$(BIN)/python bench/enqueue_to_first.py
+	$(BIN)/python bench/sac_dqn_targets.py
 
 # Pong learning proof: the Pong preset for 2M agent steps (about 2 h on 2 cores); curve CSV + PNG
 bench-learn: install
