@@ -78,9 +78,9 @@ def build(
     rejecter: Rejecter | None = None,
     **service_options: Any,
 ) -> Wiring:
-    s = settings or get_settings()
-    s.data_dir.mkdir(parents=True, exist_ok=True)
-    if s.broker == "sqlite":
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.broker == "sqlite":
         from shared.adapters.broker.sqlite_broker import (
             SqliteBroker,
             SqlitePublisher,
@@ -89,17 +89,17 @@ def build(
         )
 
         broker = broker or SqliteBroker(
-            s.queue_db,
-            lock_duration_s=s.lock_duration_s,
-            max_delivery_count=s.max_delivery_count,
-            duplicate_detection_window_s=s.duplicate_detection_window_s,
+            settings.queue_db,
+            lock_duration_s=settings.lock_duration_s,
+            max_delivery_count=settings.max_delivery_count,
+            duplicate_detection_window_s=settings.duplicate_detection_window_s,
         )
-        broker.create_queue(s.queue_name)
-        broker.create_topic(s.topic_name)
-        broker.create_subscription(s.topic_name, s.subscription_name)
-        publisher = publisher or SqlitePublisher(broker, s.topic_name)
-        sender = sender or SqliteRequestSender(broker, s.queue_name)
-        rejecter = rejecter or SqliteRejecter(broker, s.queue_name)
+        broker.create_queue(settings.queue_name)
+        broker.create_topic(settings.topic_name)
+        broker.create_subscription(settings.topic_name, settings.subscription_name)
+        publisher = publisher or SqlitePublisher(broker, settings.topic_name)
+        sender = sender or SqliteRequestSender(broker, settings.queue_name)
+        rejecter = rejecter or SqliteRejecter(broker, settings.queue_name)
     else:
         from shared.adapters.broker.servicebus import (
             ServiceBusPublisher,
@@ -107,20 +107,20 @@ def build(
             ServiceBusRequestSender,
         )
 
-        publisher = publisher or ServiceBusPublisher(settings=s)
-        sender = sender or ServiceBusRequestSender(settings=s)
-        rejecter = rejecter or ServiceBusRejecter(settings=s)
+        publisher = publisher or ServiceBusPublisher(settings=settings)
+        sender = sender or ServiceBusRequestSender(settings=settings)
+        rejecter = rejecter or ServiceBusRejecter(settings=settings)
     if store is None:
-        if s.store == "sqlite":
+        if settings.store == "sqlite":
             from shared.adapters.store.sqlite_store import SqliteRunStore
 
-            store = SqliteRunStore(s.store_db)
+            store = SqliteRunStore(settings.store_db)
         else:
             from shared.adapters.store.table_store import TableRunStore
 
-            store = TableRunStore.from_settings(s)
+            store = TableRunStore.from_settings(settings)
     if compute is None:
-        compute = {s.backend: _compute(s, s.backend)}
+        compute = {settings.backend: _compute(settings, settings.backend)}
     if notifier is None:
         from shared.adapters.notify.composite import CompositeNotifier
         from shared.artifacts import metrics_points
@@ -128,16 +128,16 @@ def build(
         def curve_points(message: Any) -> list[dict]:
             # Remote runs have no local metrics.jsonl: fall back to the curve kept on the record.
             record = store.get(message.request_id)
-            return metrics_points(record, s) if record is not None else []
+            return metrics_points(record, settings) if record is not None else []
 
-        notifier = CompositeNotifier(settings=s, curve_points=curve_points)
+        notifier = CompositeNotifier(settings=settings, curve_points=curve_points)
     service_options.setdefault("faults", env_faults())
-    if s.backend == "ray" and s.ray_address is None:  # run outputs are on this machine
+    if settings.backend == "ray" and settings.ray_address is None:  # run outputs are on this machine
         from shared.artifacts import save_reward_curve
 
-        service_options.setdefault("artifacts", lambda record: save_reward_curve(record, s))
+        service_options.setdefault("artifacts", lambda record: save_reward_curve(record, settings))
     service = TrainingService(
-        settings=s,
+        settings=settings,
         store=store,
         compute=compute,
         publisher=publisher,
@@ -147,7 +147,7 @@ def build(
         **service_options,
     )
     return Wiring(
-        settings=s,
+        settings=settings,
         service=service,
         store=store,
         compute=compute,

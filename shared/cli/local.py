@@ -91,16 +91,16 @@ def hosted(
             "run the app with Azure Functions Core Tools (func start)",
             reason="Unsupported",
         )
-    s = w.settings
+    settings = w.settings
     started_ray = False
-    if ray and s.backend == "ray" and s.ray_address is None:
+    if ray and settings.backend == "ray" and settings.ray_address is None:
         from shared.localhost import ray_head
 
         address = ray_head.ensure_local_head(
-            data_dir=s.data_dir,
-            dashboard_port=s.ray_dashboard_port,
-            num_cpus=s.ray_num_cpus,
-            token=s.ray_auth_token,
+            data_dir=settings.data_dir,
+            dashboard_port=settings.ray_dashboard_port,
+            num_cpus=settings.ray_num_cpus,
+            token=settings.ray_auth_token,
         )
         started_ray = True
         if on_ray is not None:

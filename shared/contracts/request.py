@@ -439,16 +439,20 @@ def resource_problems(
                 "allowed: any other name",
             }
         )
-    c = request.compute
-    if c.head is not None and c.workers is not None and c.head.name.lower() == c.workers.name.lower():
+    compute = request.compute
+    if (
+        compute.head is not None
+        and compute.workers is not None
+        and compute.head.name.lower() == compute.workers.name.lower()
+    ):
         problems.append(
             {
                 "field": "compute.workers.name",
-                "message": f"{c.workers.name!r} is also compute.head.name; one cluster cannot be both, "
+                "message": f"{compute.workers.name!r} is also compute.head.name; one cluster cannot be both, "
                 "allowed: a name other than the head's",
             }
         )
-    for part, cluster in (("head", c.head), ("workers", c.workers)):
+    for part, cluster in (("head", compute.head), ("workers", compute.workers)):
         role = own_clusters.get(cluster.name) if cluster is not None else None
         mine = "head" if part == "head" else "worker"
         if cluster is not None and role is not None and role != mine:

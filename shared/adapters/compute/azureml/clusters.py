@@ -84,35 +84,34 @@ def resolve_clusters(
     settings: Settings, request: TrainingRequest, *, workspace_resource_group: Callable[[], str]
 ) -> Clusters:
     """The request's clusters, or the deployment's defaults (``RLQ_HEAD_*`` / ``RLQ_WORKER_*``)."""
-    s = settings
     try:
         head = request.compute.head or HeadCluster(
-            name=s.head_cluster,
-            vm_size=s.head_vm_size,
-            min_nodes=s.head_min_nodes,
-            max_nodes=s.head_max_nodes,
+            name=settings.head_cluster,
+            vm_size=settings.head_vm_size,
+            min_nodes=settings.head_min_nodes,
+            max_nodes=settings.head_max_nodes,
         )
         workers = request.compute.workers or WorkerCluster(
-            name=s.worker_cluster,
-            vm_size=s.worker_vm_size,
-            node_count=s.worker_node_count,
-            min_nodes=s.worker_min_nodes,
-            max_nodes=s.worker_max_nodes,
+            name=settings.worker_cluster,
+            vm_size=settings.worker_vm_size,
+            node_count=settings.worker_node_count,
+            min_nodes=settings.worker_min_nodes,
+            max_nodes=settings.worker_max_nodes,
         )
     except ValidationError as err:
         raise ComputeError(
             f"the deployment's default clusters are invalid (RLQ_HEAD_* / RLQ_WORKER_*): "
             f"{err.errors(include_url=False)[0]['msg']}"
         ) from None
-    vnet = request.compute.vnet or s.azureml_vnet
-    vnet_rg = s.azureml_vnet_resource_group or s.azureml_resource_group
+    vnet = request.compute.vnet or settings.azureml_vnet
+    vnet_rg = settings.azureml_vnet_resource_group or settings.azureml_resource_group
     if vnet and not vnet_rg:  # the VNet lives in the workspace's resource group unless told otherwise
         vnet_rg = workspace_resource_group()
     return Clusters(
         head=head,
         workers=workers,
         vnet=vnet,
-        subnet=request.compute.subnet or s.azureml_subnet,
+        subnet=request.compute.subnet or settings.azureml_subnet,
         vnet_resource_group=vnet_rg,
     )
 

@@ -257,28 +257,33 @@ class AzureMLV2Backend:
 
     def ensure_compute(self, request: TrainingRequest) -> ComputePending | None:
         """Reuse or start creating both clusters (never waiting); pending until both are Succeeded."""
-        c = self.clusters(request)
-        if c.workers.node_count > 0 and not c.vnet:
+        clusters = self.clusters(request)
+        if clusters.workers.node_count > 0 and not clusters.vnet:
             raise ComputeError(
                 "a Ray head with worker nodes needs a virtual network that lets them talk: set "
                 "RLQ_AZUREML_VNET (and RLQ_AZUREML_SUBNET) or compute.vnet in the request"
             )
-        if c.vnet:
-            self.nsg.check(c)
+        if clusters.vnet:
+            self.nsg.check(clusters)
         waiting = [
             self._ensure_cluster(
-                c.head.name, c.head.vm_size, c.head.min_nodes, c.head.max_nodes, c.head.node_count, c
+                clusters.head.name,
+                clusters.head.vm_size,
+                clusters.head.min_nodes,
+                clusters.head.max_nodes,
+                clusters.head.node_count,
+                clusters,
             )
         ]
-        if c.workers.node_count > 0:
+        if clusters.workers.node_count > 0:
             waiting.append(
                 self._ensure_cluster(
-                    c.workers.name,
-                    c.workers.vm_size,
-                    c.workers.min_nodes,
-                    c.workers.max_nodes,
-                    c.workers.node_count,
-                    c,
+                    clusters.workers.name,
+                    clusters.workers.vm_size,
+                    clusters.workers.min_nodes,
+                    clusters.workers.max_nodes,
+                    clusters.workers.node_count,
+                    clusters,
                 )
             )
         pending = [w for w in waiting if w]
@@ -375,10 +380,10 @@ class AzureMLV2Backend:
             NetworkSettings,
         )
 
-        s = self.settings
+        settings = self.settings
         network = None
         if clusters.vnet:
-            ws_rg = s.azureml_resource_group
+            ws_rg = settings.azureml_resource_group
             subnet = clusters.subnet
             vnet_name: str | None = clusters.vnet
             if (
@@ -388,16 +393,16 @@ class AzureMLV2Backend:
             ):
                 # another resource group: the subnet's full id, vnet_name left out (the SDK's rule)
                 subnet = (
-                    f"/subscriptions/{s.azureml_subscription_id}/resourceGroups/{clusters.vnet_resource_group}"
+                    f"/subscriptions/{settings.azureml_subscription_id}/resourceGroups/{clusters.vnet_resource_group}"
                     f"/providers/Microsoft.Network/virtualNetworks/{clusters.vnet}/subnets/{clusters.subnet}"
                 )
                 vnet_name = None
             network = NetworkSettings(vnet_name=vnet_name, subnet=subnet)
-        if s.azureml_cluster_identity:
+        if settings.azureml_cluster_identity:
             identity = IdentityConfiguration(
                 type="user_assigned",
                 user_assigned_identities=[
-                    ManagedIdentityConfiguration(resource_id=s.azureml_cluster_identity)
+                    ManagedIdentityConfiguration(resource_id=settings.azureml_cluster_identity)
                 ],
             )
         else:
@@ -413,7 +418,7 @@ class AzureMLV2Backend:
                 identity=identity,
                 ssh_public_access_enabled=False,
                 # inside the VNet: none unless RLQ_AZUREML_NODE_PUBLIC_IP (what the NSG check assumes)
-                enable_node_public_ip=s.azureml_node_public_ip if clusters.vnet else True,
+                enable_node_public_ip=settings.azureml_node_public_ip if clusters.vnet else True,
                 tags={"managed-by": "rlq"},
             )
 
@@ -424,11 +429,13 @@ class AzureMLV2Backend:
         trainer's placement), so their default number is the workers' vCPUs: the seed's "all vCPUs
         minus one" would ask for runners no worker can take. Without workers, the seed's rule.
         """
-        c = clusters or self.clusters(request)
+        clusters = clusters or self.clusters(request)
         config = dict(request.config)
-        if c.workers.node_count > 0 and not {"num_workers", "num_env_runners"} & config.keys():
-            config["num_env_runners"] = c.workers.node_count * VM_SIZES[c.workers.vm_size.upper()].cpus
-        config = seed_cluster_config(config, total_cpus=c.total_cpus, head_gpus=c.head_gpus)
+        if clusters.workers.node_count > 0 and not {"num_workers", "num_env_runners"} & config.keys():
+            config["num_env_runners"] = (
+                clusters.workers.node_count * VM_SIZES[clusters.workers.vm_size.upper()].cpus
+            )
+        config = seed_cluster_config(config, total_cpus=clusters.total_cpus, head_gpus=clusters.head_gpus)
         return build_argv(
             request,
             output_dir="outputs",
@@ -454,9 +461,9 @@ class AzureMLV2Backend:
         """The head ``command()`` job for ``request`` (nothing is sent)."""
         from azure.ai.ml import Input, MpiDistribution, Output, command
 
-        c = self.clusters(request)
+        clusters = self.clusters(request)
         head_name, _ = job_names(request.request_id)
-        argv = self.job_argv(request, c)
+        argv = self.job_argv(request, clusters)
         inputs: dict[str, Any] = {}
         cmd = f"python trainer/bootstrap.py --role head --checkpoints ${{{{outputs.{CHECKPOINTS_OUTPUT}}}}}"
         if request.restore_from and request.restore_from.startswith("azureml://"):
@@ -471,8 +478,8 @@ class AzureMLV2Backend:
             ARGV_ENV: json.dumps(argv),
             "RLQ_RAY_PORT": str(RAY_PORT),
             "RLQ_RAY_NODE_RESOURCES": json.dumps({"rlq_head": 1}),
-            "RLQ_RAY_EXPECT_WORKERS": str(c.workers.node_count),
-            "RLQ_RAY_EXPECT_HEAD_NODES": str(c.head.node_count),
+            "RLQ_RAY_EXPECT_WORKERS": str(clusters.workers.node_count),
+            "RLQ_RAY_EXPECT_HEAD_NODES": str(clusters.head.node_count),
             "PYTHONUNBUFFERED": "1",
             **self._token_env(),
         }
@@ -492,8 +499,8 @@ class AzureMLV2Backend:
                 command=cmd,
                 environment=self.environment(),
                 environment_variables=env,
-                compute=c.head.name,
-                instance_count=c.head.node_count,
+                compute=clusters.head.name,
+                instance_count=clusters.head.node_count,
                 distribution=MpiDistribution(process_count_per_instance=1),
                 shm_size=HEAD_SHM_SIZE,
                 timeout=job_timeout_s(request, self.settings),
@@ -505,7 +512,7 @@ class AzureMLV2Backend:
         """The worker ``command()`` job: ``instance_count`` nodes that join ``head_address``."""
         from azure.ai.ml import MpiDistribution, command
 
-        c = self.clusters(request)
+        clusters = self.clusters(request)
         _, worker_name = job_names(request.request_id)
         env = {
             "RLQ_RAY_HEAD_ADDRESS": head_address,
@@ -524,10 +531,10 @@ class AzureMLV2Backend:
                 command="python trainer/bootstrap.py --role worker",
                 environment=self.environment(),
                 environment_variables=env,
-                compute=c.workers.name,
-                instance_count=c.workers.node_count,
+                compute=clusters.workers.name,
+                instance_count=clusters.workers.node_count,
                 distribution=MpiDistribution(process_count_per_instance=1),
-                shm_size=worker_shm_size(c.workers.vm_size),
+                shm_size=worker_shm_size(clusters.workers.vm_size),
                 timeout=job_timeout_s(request, self.settings),
             )
 
@@ -557,12 +564,12 @@ class AzureMLV2Backend:
 
     def _token_env(self) -> dict[str, str]:
         """Where the nodes read the Ray token: vault and secret names, never the token."""
-        s = self.settings
-        env = {"RLQ_RAY_TOKEN_SECRET": s.azureml_ray_token_secret}
-        if s.azureml_key_vault_uri:
-            env["RLQ_RAY_TOKEN_VAULT"] = s.azureml_key_vault_uri
-        if s.azureml_cluster_identity_client_id:
-            env["RLQ_IDENTITY_CLIENT_ID"] = s.azureml_cluster_identity_client_id
+        settings = self.settings
+        env = {"RLQ_RAY_TOKEN_SECRET": settings.azureml_ray_token_secret}
+        if settings.azureml_key_vault_uri:
+            env["RLQ_RAY_TOKEN_VAULT"] = settings.azureml_key_vault_uri
+        if settings.azureml_cluster_identity_client_id:
+            env["RLQ_IDENTITY_CLIENT_ID"] = settings.azureml_cluster_identity_client_id
         return env
 
     def _ensure_cluster(
