@@ -160,6 +160,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                request_id=request.request_id,\n                request=resolved,\n",
         ("tests/e2e/test_host_reliability.py",),
     ),
+    Mutation(
+        "lost-fails-the-run",
+        5,
+        "a job lost with its machines fails its run instead of resuming it from its checkpoint",
+        "shared/core/poller.py",
+        'if status.state == "failed" and status.end is JobEnd.lost and not record.cancel_requested:',
+        'if status.state == "failed" and status.end is JobEnd.lost and False:',
+        ("tests/core/test_resume.py",),
+    ),
 )
 
 
