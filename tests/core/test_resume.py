@@ -150,3 +150,13 @@ def test_a_crash_after_submitting_an_attempt_before_recording_it_never_submits_i
 )  # fmt: skip
 def test_only_the_trainers_own_exits_are_its_own(code, end):
     assert end_of_exit(code) is end
+
+
+def test_two_losses_in_a_row_resume_twice_and_complete_as_attempt_three(tmp_path, clock):
+    backend = ScriptedBackend({1: LOST, 2: LOST})
+    w = wire(tmp_path, clock, backend)  # RLQ_MAX_ATTEMPTS: 3 by default
+    rec = run(w, ticks=10)
+    assert rec.completion.status == "Completed" and rec.completion.attempts == 3
+    assert dict(backend.submits) == {1: 1, 2: 1, 3: 1}
+    assert [(a.number, a.run_id) for a in rec.attempts] == [(1, "r-a1"), (2, "r-a2")]
+    assert rec.run_id == "r-a3" and [m.message_id for m in published(w)] == ["r:completed"]
