@@ -21,12 +21,12 @@ STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
 def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "—"
-    s = int(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def _reward(value: float | None) -> str:

@@ -69,8 +69,7 @@ def _reward(value: float | None) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None or seconds < 0:
         return "—"
-    s = round(seconds)
-    h, rem = divmod(s, 3600)
+    h, rem = divmod(round(seconds), 3600)
     m, sec = divmod(rem, 60)
     return f"{h}h {m:02d}m {sec:02d}s" if h else (f"{m}m {sec:02d}s" if m else f"{sec}s")
 
