@@ -5,8 +5,8 @@
 Loads the RLModule from ``<ckpt>/learner_group/learner/rl_module/default_policy``, builds the
 env with the same creator and preprocessing as training (``trainer.envs.make_env`` with the
 env_config stored in ``<ckpt>/rlq_meta.json``; Atari frame stacking happens inside that env,
-so no env-to-module connector has to be reproduced), plays N episodes taking the argmax
-action, prints the mean return and a final line ``RLQ_EVAL {json}``.
+so no env-to-module connector has to be reproduced), plays N episodes taking the greedy
+action (:func:`greedy_action`; a Box action rescaled as RLlib's connector does), prints the mean return and a final line ``RLQ_EVAL {json}``.
 Exit codes: 0 ok, 1 evaluation failed, 2 bad arguments.
 """
 
@@ -103,6 +103,29 @@ def _draw_cartpole(cp):
     return np.asarray(img)
 
 
+def greedy_action(module: Any, out: dict[str, Any], action_space: Any) -> Any:
+    """The module's deterministic action for one observation: the actions it computed (DQN's
+    greedy Q), else its action distribution made deterministic (the argmax of a categorical, the
+    mean of a Gaussian, SAC's squashed mean within the Box's bounds)."""
+    import numpy as np
+    from gymnasium.spaces import Box, Discrete
+    from ray.rllib.core.columns import Columns
+
+    if Columns.ACTIONS in out:
+        action = out[Columns.ACTIONS]
+    else:
+        dist = module.get_inference_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
+        action = dist.to_deterministic().sample()
+    action = action[0].cpu().numpy()
+    if isinstance(action_space, Discrete):
+        return int(action)
+    # RLlib's module acts in [-1, 1] in a Box; its module-to-env connector rescales (normalize_actions)
+    if isinstance(action_space, Box):
+        low, high = action_space.low, action_space.high
+        return (low + (np.clip(action, -1.0, 1.0) + 1.0) * (high - low) / 2.0).astype(action_space.dtype)
+    return action
+
+
 def evaluate(
     checkpoint: str | Path,
     episodes: int,
@@ -140,9 +163,7 @@ def evaluate(
             with torch.no_grad():
                 batch = {Columns.OBS: torch.as_tensor(np.asarray(obs, dtype=np.float32)[None])}
                 out = module.forward_inference(batch)
-            logits = out[Columns.ACTION_DIST_INPUTS][0]
-            action = int(torch.argmax(logits).item())
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, _ = env.step(greedy_action(module, out, env.action_space))
             total += float(reward)
             steps += 1
             done = terminated or truncated

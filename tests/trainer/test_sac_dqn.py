@@ -30,6 +30,11 @@ def train(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     )
 
 
+def uri_to_path(uri: str) -> str:
+    assert uri.startswith("file:///"), uri
+    return uri.removeprefix("file://")
+
+
 @pytest.mark.parametrize("algorithm, env_id", [("SAC", "Pendulum-v1"), ("DQN", "CartPole-v1")])
 def test_each_preset_builds_and_trains_two_iterations(algorithm, env_id, tmp_path):
     p = train(
@@ -44,6 +49,13 @@ def test_each_preset_builds_and_trains_two_iterations(algorithm, env_id, tmp_pat
     # the learner ran: its losses are in the metrics
     rows = [json.loads(ln[12:]) for ln in p.stdout.splitlines() if ln.startswith("RLQ_METRICS ")]
     assert any("learner/qf_loss" in row for row in rows)
+    # its final checkpoint plays greedy episodes (SAC: a continuous action within the Box's bounds)
+    from trainer.evaluate import evaluate
+
+    played = evaluate(uri_to_path(summary["checkpoint_path"]), episodes=1, seed=0)
+    assert played["episodes"] == 1 and played["mean_length"] > 0
+    if algorithm == "SAC":
+        assert played["mean_length"] == 200  # Pendulum's time limit: the continuous actions were taken
 
 
 @pytest.mark.parametrize(
@@ -99,3 +111,15 @@ def test_config_keys_of_sac_and_dqn_apply_to_them_only():
         config_map.map_config({"tau": 0.01}, "PPO")
     with pytest.raises(UsageError, match="replay_buffer_capacity"):
         config_map.map_config({"replay_buffer_capacity": 2**22 + 1}, "DQN")
+
+
+def test_a_greedy_box_action_is_rescaled_from_rllibs_minus_one_to_one_into_the_bounds():
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from trainer.evaluate import greedy_action
+
+    box = spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
+    got = greedy_action(None, {Columns.ACTIONS: torch.tensor([[0.5, -3.0]])}, box)
+    assert got.tolist() == [1.0, 0.0] and got.dtype == np.float32  # -3 clipped to -1 first
+    assert greedy_action(None, {Columns.ACTIONS: torch.tensor([1])}, spaces.Discrete(2)) == 1
