@@ -187,6 +187,7 @@ NOT_SET_IN_AZURE = {
     "azureml_cluster_identity_client_id": "the client id of that user-assigned identity, when one is named",
     "servicebus_connection": "local tools; in Azure the managed identity and RLQ_SERVICEBUS_NAMESPACE",
     "table_connection": "Azurite and local tools; in Azure the managed identity and RLQ_TABLE_ACCOUNT_URL",
+    "env_catalog": "unset: gymnasium's and Atari's built-in environments only; an operator who trusts packages sets it",
 }
 # Settings whose default is for one machine and wrong in Azure: the templates must set them.
 AZURE_OVERRIDES = {
