@@ -142,13 +142,13 @@ def _sparkline(values: list[float]) -> str:
 
 def _rewards(record: RunRecord, settings: Settings) -> list[float]:
     from shared.artifacts import metrics_points
+    from shared.curves import rewards
 
     try:
         points = metrics_points(record, settings)
     except (OSError, ValueError):  # a metrics file being written or unreadable: no sparkline yet
         points = []
-    rewards = [p.get("episode_reward_mean") for p in points]
-    return [float(r) for r in rewards if isinstance(r, (int, float))]
+    return rewards(points)
 
 
 def render_progress(record: RunRecord, rewards: list[float], *, started: float) -> Group:
