@@ -296,8 +296,9 @@ def _scripted(tmp_path: Path, client: ScriptedClient, *, token: str | None = Non
     )
 
 
-def test_submit_race_with_another_submitter_returns_the_same_id(tmp_path: Path) -> None:
-    already = RayHttpError(400, "ValueError: Job with submission_id x already exists.")
+@pytest.mark.parametrize("status", [400, 500])
+def test_submit_race_with_another_submitter_returns_the_same_id(tmp_path: Path, status: int) -> None:
+    already = RayHttpError(status, "ValueError: Job with submission_id x already exists.")
     client = ScriptedClient(get_job_info=RayHttpError(404, "no such job"), submit_job=already)
     backend = _scripted(tmp_path, client)
     request = make_request()

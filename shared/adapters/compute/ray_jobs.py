@@ -571,21 +571,25 @@ class RayJobsBackend:
                 "env_vars": {ARGV_ENV: json.dumps(argv)},
                 **package_runtime_env(package),
             }
-            try:
-                # Safe to retry: a retry after a submit that landed meets "already exists" below.
-                self._call(
-                    lambda c: c.submit_job(
+
+            def submit_once(client: JobsClient) -> str:
+                try:
+                    return client.submit_job(
                         entrypoint=ENTRYPOINT,
                         submission_id=run_id,
                         runtime_env=runtime_env,
                         metadata=metadata,
-                    ),
-                    what="submit",
-                    submit=True,
-                )
+                    )
+                except RayHttpError as err:
+                    # Another submitter (or a retry after a submit that landed) won: that job is ours too.
+                    # Ray answers 400 from its job manager, 500 when the head relays the agent's error.
+                    if err.status in (400, 500) and "already exists" in err.text:
+                        return run_id
+                    raise
+
+            try:
+                self._call(submit_once, what="submit", submit=True)
             except RayHttpError as err:
-                if err.status == 400 and "already exists" in err.text:
-                    return run_id  # another submitter won the race: that job is ours too
                 raise self._http_error(err, what="submit") from err
         log.info("submitted Ray job %s for request %s", run_id, request.request_id)
         return run_id
