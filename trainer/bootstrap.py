@@ -395,6 +395,15 @@ def link_checkpoints(target: str | None, output_dir: Path) -> None:
     link.symlink_to(Path(target), target_is_directory=True)
 
 
+def carry_checkpoints(source: str | None, target: str | None) -> None:
+    """Attempt k > 1 on Azure ML: attempt k - 1's checkpoints (a read-only input) into this job's
+    own ``checkpoints`` output, where the trainer's ``--resume`` finds the newest that loads."""
+    if not source or not target:
+        return
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    log(f"resuming: copied the lost job's checkpoints from {source}")
+
+
 def run_head(args: argparse.Namespace, env: dict[str, str], port: int) -> int:
     address = f"{node_ip()}:{port}"
     proc = start_node(head=True, address=None, port=port, env=env)
@@ -413,6 +422,7 @@ def run_head(args: argparse.Namespace, env: dict[str, str], port: int) -> int:
         argv = trainer_argv(args.restore)
         out = argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else "outputs"
         link_checkpoints(args.checkpoints, Path(out))
+        carry_checkpoints(args.resume_from, args.checkpoints)
         trainer_env = {**env, "RAY_ADDRESS": address}
         code = subprocess.call(
             [sys.executable, str(Path(__file__).resolve().with_name("train.py")), *argv], env=trainer_env
@@ -465,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--role", choices=("head", "worker"), required=True)
     p.add_argument("--checkpoints", default=None, help="the job's checkpoints output folder")
     p.add_argument("--restore", default=None, help="a checkpoint folder to warm-start from (a job input)")
+    p.add_argument("--resume-from", default=None, help="the lost attempt's checkpoints folder (a job input)")
     p.add_argument(
         "--join-timeout-s", type=float, default=float(os.environ.get("RLQ_RAY_JOIN_TIMEOUT_S", 1800))
     )

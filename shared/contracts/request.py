@@ -85,7 +85,10 @@ class Stop(Strict):
 
 
 class _Cluster(Strict):
-    """What head and worker clusters share: an allow-listed VM size and a sane node range."""
+    """What head and worker clusters share: an allow-listed VM size, a sane node range and the VM
+    tier (``low_priority``: Azure ML's preemptible nodes, a lost job resumes from its checkpoint)."""
+
+    tier: Literal["dedicated", "low_priority"] = "dedicated"
 
     @field_validator("vm_size", check_fields=False)
     @classmethod

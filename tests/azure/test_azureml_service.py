@@ -229,3 +229,62 @@ def test_legacy_v1_backend_fails_the_request_at_once_naming_the_retirement(tmp_p
     assert msg.status == "Failed" and "https://aka.ms/rldeprecation" in msg.error
     assert "RLQ_BACKEND=azureml " in msg.error
     backend.close()
+
+
+def _creates(twin: MLClientTwin, name: str) -> int:
+    return sum(1 for call in twin.calls() if call == ("jobs.create_or_update", name))
+
+
+def test_a_preempted_job_resumes_from_its_checkpoints_as_attempt_2(
+    wired: Wiring, twin: MLClientTwin, clock
+) -> None:
+    head = _up(wired, twin, "pong-lp")
+    twin.run_to(head, "Running")
+    twin.set_tag(head, HEAD_ADDRESS_TAG, "10.0.0.4:6379")
+    twin.log_metrics(head, step=3, episode_reward_mean=-5.0, timesteps=120_000)
+    for _ in range(4):
+        clock.advance(10)
+        wired.service.poll_once()
+    workers = job_names("pong-lp")[1]
+    twin.run_to(head, "NotResponding")
+    wired.service.poll_once()
+    twin.preempt(head)
+    wired.service.poll_once()  # lost with its node: attempt 2 is recorded and submitted
+    wired.service.poll_once()  # a second tick submits nothing more
+    head2, workers2 = job_names("pong-lp", attempt=2)
+    rec = wired.service.get("pong-lp")
+    assert rec.run_id == head2 and rec.attempt == 2
+    [lost] = rec.attempts
+    assert "preempted or lost" in lost.cause and "NotResponding" in lost.cause
+    assert lost.resumed_from == f"azureml://jobs/{head}/outputs/checkpoints"
+    assert (_creates(twin, head), _creates(twin, head2)) == (1, 1)
+    job2 = twin.job(head2)
+    assert job2.inputs["resume"].path == f"azureml://jobs/{head}/outputs/checkpoints"
+    assert "--resume-from ${{inputs.resume}}" in job2.command
+    assert "--resume" in json.loads(job2.environment_variables["RLQ_TRAINER_ARGV"])
+    assert twin.job(workers).status == "CancelRequested"  # the lost head's workers go too
+
+    twin.run_to(head2, "Running")
+    twin.set_tag(head2, HEAD_ADDRESS_TAG, "10.0.0.5:6379")
+    for _ in range(3):
+        wired.service.poll_once()
+    assert twin.job(workers2).environment_variables["RLQ_RAY_HEAD_ADDRESS"] == "10.0.0.5:6379"
+    twin.write_summary(head2, {"stop_reason": "timesteps_limit", "timesteps": 400_000})
+    twin.run_to(head2, "Completed")
+    wired.service.poll_once()
+    wired.service.poll_once()
+    [msg] = completions(wired)
+    assert (msg.status, msg.attempts) == ("Completed", 2)
+    assert msg.checkpoint_path == f"azureml://jobs/{head2}/outputs/checkpoints/paths/final"
+    assert (_creates(twin, head), _creates(twin, head2)) == (1, 1)
+
+
+def test_a_training_failure_on_azure_ml_is_not_resumed(wired: Wiring, twin: MLClientTwin, clock) -> None:
+    head = _up(wired, twin, "pong-tf")
+    twin.run_to(head, "Running")
+    twin.log_metrics(head, step=1, episode_reward_mean=-20.0, timesteps=4000)
+    twin.fail(head, message="ValueError: the loss is NaN")  # the trainer's own exit: its summary says why
+    wired.service.poll_once()
+    [msg] = completions(wired)
+    assert (msg.status, msg.attempts) == ("Failed", 1) and "NaN" in msg.error
+    assert twin.job_names() == [head]

@@ -136,8 +136,8 @@ def test_seed_head_job_serialised_by_the_sdk(backend: AzureMLV2Backend) -> None:
         RUN_TAG: "pong-2024-01",
         v2.COMPUTE_TAG: json.dumps(
             {
-                "head": {**SEED["compute"]["head"], "node_count": 1},
-                "workers": SEED["compute"]["workers"],
+                "head": {"tier": "dedicated", **SEED["compute"]["head"], "node_count": 1},
+                "workers": {"tier": "dedicated", **SEED["compute"]["workers"]},
             },
             separators=(",", ":"),
         ),
@@ -783,3 +783,42 @@ def test_head_node_count_is_bounded_by_its_max_nodes_and_counted_by_the_caps() -
         HeadCluster(node_count=3, max_nodes=2)
     c = Compute(head=HeadCluster(vm_size="STANDARD_NC24ADS_A100_V4", node_count=3, max_nodes=3))
     assert (c.total_gpus(), c.total_nodes()) == (3 + 0, 3 + 4)  # absent workers: the model's default
+
+
+def test_a_cluster_may_ask_for_low_priority_nodes(backend: AzureMLV2Backend, twin: MLClientTwin) -> None:
+    compute = {
+        **SEED["compute"],
+        "head": {**SEED["compute"]["head"], "tier": "low_priority"},
+    }
+    backend.ensure_compute(parse_request({**SEED, "compute": compute}))
+    head = twin.compute_entity("head-gpu")
+    workers = twin.compute_entity("worker-cpu")
+    assert (head.tier, workers.tier) == ("low_priority", "dedicated")
+    for entity, priority in ((head, "LowPriority"), (workers, "Dedicated")):
+        entity._set_full_subnet_name(SUBSCRIPTION_ID, "rlq-rg")
+        assert entity._to_rest_object().as_dict()["properties"]["properties"]["vmPriority"] == priority
+
+
+def test_a_tier_other_than_dedicated_or_low_priority_is_refused_naming_the_field() -> None:
+    compute = {**SEED["compute"], "workers": {**SEED["compute"]["workers"], "tier": "spot"}}
+    with pytest.raises(Exception) as err:
+        parse_request({**SEED, "compute": compute})
+    text = str(err.value)
+    assert "compute.workers.tier" in text and "'dedicated'" in text and "'low_priority'" in text
+
+
+def test_attempt_2_is_its_own_job_resuming_from_attempt_1s_checkpoints(
+    backend: AzureMLV2Backend, twin: MLClientTwin
+) -> None:
+    req = seed()
+    ready(backend, twin, req)
+    first = backend.submit(req)
+    second = backend.submit(req, attempt=2)
+    assert second == job_names(req.request_id, 2)[0] != first
+    assert second.endswith("-a2-head") and backend.find(req.request_id, 2) == second
+    assert backend.submit(req, attempt=2) == second  # looked up first: adopted, not created again
+    creates = [c for c in twin.calls() if c[0] == "jobs.create_or_update"]
+    assert creates == [("jobs.create_or_update", first), ("jobs.create_or_update", second)]
+    job = twin.job(second)
+    assert job.inputs["resume"].path == f"azureml://jobs/{first}/outputs/checkpoints"
+    assert "--resume" not in json.loads(twin.job(first).environment_variables["RLQ_TRAINER_ARGV"])

@@ -176,6 +176,12 @@ class MLClientTwin:
             st.jobs[name]._status = "Failed"
             st.summaries.setdefault(name, {})["error"] = message
 
+    def preempt(self, name: str) -> None:
+        """Azure reclaims the job's low-priority node (or loses it): the job ends ``Failed`` with no
+        trainer summary, the trainer never reaching its own exit (docs/azure.md)."""
+        with self.state(write=True) as st:
+            st.jobs[name]._status = "Failed"
+
     def log_metrics(self, name: str, step: int, **metrics: float) -> None:
         with self.state(write=True) as st:
             st.metrics.setdefault(name, {}).update(metrics)

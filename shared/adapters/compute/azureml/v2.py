@@ -66,10 +66,16 @@ from shared.adapters.compute.azureml.environment import (
 from shared.adapters.compute.azureml.errors import readable, sdk_errors
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress
-from shared.contracts.trainer import ARGV_ENV, TrainerSummary, build_argv, seed_cluster_config
+from shared.contracts.trainer import (
+    ARGV_ENV,
+    JobEnd,
+    TrainerSummary,
+    build_argv,
+    seed_cluster_config,
+)
 from shared.contracts.vm_sizes import VM_SIZES
 from shared.errors import ComputeError
-from shared.ports import ComputePending, JobState, JobStatus
+from shared.ports import Checkpoint, ComputePending, JobState, JobStatus
 from shared.settings import Settings
 from trainer import contract
 
@@ -85,6 +91,7 @@ RAY_PORT = 6379
 HEAD_SHM_SIZE = "24g"
 CHECKPOINTS_OUTPUT = "checkpoints"
 RESTORE_INPUT = "restore"
+RESUME_INPUT = "resume"  # attempt k > 1: attempt k - 1's checkpoints output
 IDLE_BEFORE_SCALE_DOWN_S = 1800
 ENVIRONMENT_NAME = "rlq-trainer"
 
@@ -108,18 +115,25 @@ STATUS_TO_STATE: dict[str, JobState] = {
     "Unknown": "pending",
 }
 TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Canceled"})
+RAN_STATUSES = frozenset({"Running", "Finalizing", "NotResponding"})
 
 
-def job_names(request_id: str) -> tuple[str, str]:
-    """(head job, worker job) names: deterministic, valid Azure ML job names, distinct per request id.
+def job_names(request_id: str, attempt: int = 1) -> tuple[str, str]:
+    """(head job, worker job) names: deterministic, valid Azure ML job names, distinct per request id
+    and per attempt (``-a<k>`` for attempt k > 1: a run resumed after its job was lost).
 
     A readable slug of the id (lower case, ``[a-z0-9_-]``) plus a digest of the exact id, so ids
     that differ only in case or punctuation never share a job.
     """
     slug = re.sub(r"[^a-z0-9_-]+", "-", request_id.lower()).strip("-_")[:48] or "run"
     digest = hashlib.sha256(request_id.encode()).hexdigest()[:10]
-    base = f"rlq-{slug}-{digest}"
+    base = f"rlq-{slug}-{digest}" + (f"-a{attempt}" if attempt > 1 else "")
     return f"{base}-head", f"{base}-workers"
+
+
+def worker_job_of(head_name: str) -> str:
+    """The worker job's name of head job ``head_name`` (the same attempt's)."""
+    return head_name.removesuffix("-head") + "-workers"
 
 
 # --- what the backend needs from Azure ML and MLflow (the SDK, or the twin) ---------------------
@@ -211,6 +225,8 @@ class _Tracked:
     progress: Progress | None = None
     worker_submitted: bool = False
     worker_error: str | None = None
+    ran: bool = False  # seen Running (or NotResponding): the job had its nodes
+    not_responding: bool = False  # seen NotResponding: Azure lost the job's heartbeat
 
 
 class AzureMLV2Backend:
@@ -273,6 +289,7 @@ class AzureMLV2Backend:
                 clusters.head.max_nodes,
                 clusters.head.node_count,
                 clusters,
+                tier=clusters.head.tier,
             )
         ]
         if clusters.workers.node_count > 0:
@@ -284,27 +301,29 @@ class AzureMLV2Backend:
                     clusters.workers.max_nodes,
                     clusters.workers.node_count,
                     clusters,
+                    tier=clusters.workers.tier,
                 )
             )
         pending = [w for w in waiting if w]
         return ComputePending("; ".join(pending)) if pending else None
 
     def find(self, request_id: str, attempt: int = 1) -> str | None:
-        head, _ = job_names(request_id)
+        head, _ = job_names(request_id, attempt)
         job = self._get_job(head)
         return head if job is not None else None
 
     def submit(self, request: TrainingRequest, attempt: int = 1) -> str:
         """Create the head job (adopting it when the name exists); the worker job follows from ``status``.
 
-        Only attempt 1: this backend reports no job as lost with its machines (``JobEnd.lost``) yet,
-        so the core never asks it for a later attempt.
+        Attempt k > 1 (its job was lost with its machines) is its own job, ``job_names(id, k)``,
+        that resumes from the checkpoints attempt k - 1 wrote (:meth:`build_head_job`).
         """
-        if attempt != 1:
-            raise ComputeError(f"the Azure ML backend does not resume runs (attempt {attempt} asked)")
-        head_name, _ = job_names(request.request_id)
+        head_name, _ = job_names(request.request_id, attempt)
         self._remember(request)
-        self._create(self.build_head_job(request), what=f"head job of {request.request_id}")
+        self._create(
+            self.build_head_job(request, attempt),
+            what=f"head job of {request.request_id} (attempt {attempt})",
+        )
         return head_name
 
     def status(self, run_id: str) -> JobStatus:
@@ -318,7 +337,9 @@ class AzureMLV2Backend:
         portal = getattr(head, "studio_url", None)
         t = self._track(run_id)
         t.ticks += 1
-        worker_name = self._worker_name(head)
+        t.ran = t.ran or aml_status in RAN_STATUSES
+        t.not_responding = t.not_responding or aml_status == "NotResponding"
+        worker_name = self._worker_name(run_id, head)
         if aml_status in TERMINAL_STATUSES:
             return self._final(run_id, head, aml_status, state, portal, worker_name, t)
         if state == "running" and worker_name and not t.worker_submitted:
@@ -370,9 +391,20 @@ class AzureMLV2Backend:
         )
 
     def build_compute(
-        self, *, name: str, vm_size: str, min_nodes: int, max_nodes: int, clusters: Clusters
+        self,
+        *,
+        name: str,
+        vm_size: str,
+        min_nodes: int,
+        max_nodes: int,
+        clusters: Clusters,
+        tier: str = "dedicated",
     ) -> Any:
-        """The ``AmlCompute`` entity for a missing cluster (no public IPs by default, SSH off, in the VNet)."""
+        """The ``AmlCompute`` entity for a missing cluster (no public IPs by default, SSH off, in the VNet).
+
+        ``tier`` is the SDK's ``AmlCompute(tier=...)``: ``dedicated`` or ``low_priority`` (sent as
+        the REST ``vmPriority`` ``Dedicated`` / ``LowPriority``; docs/azure.md).
+        """
         from azure.ai.ml.entities import (
             AmlCompute,
             IdentityConfiguration,
@@ -419,10 +451,13 @@ class AzureMLV2Backend:
                 ssh_public_access_enabled=False,
                 # inside the VNet: none unless RLQ_AZUREML_NODE_PUBLIC_IP (what the NSG check assumes)
                 enable_node_public_ip=settings.azureml_node_public_ip if clusters.vnet else True,
+                tier=tier,
                 tags={"managed-by": "rlq"},
             )
 
-    def job_argv(self, request: TrainingRequest, clusters: Clusters | None = None) -> list[str]:
+    def job_argv(
+        self, request: TrainingRequest, clusters: Clusters | None = None, *, resume: bool = False
+    ) -> list[str]:
         """The trainer's argv: EnvRunners on the workers' vCPUs, the head's GPUs (the seed's defaults).
 
         With worker nodes, the EnvRunners are placed on them only (``trainer/bootstrap.py`` and the
@@ -441,6 +476,7 @@ class AzureMLV2Backend:
             output_dir="outputs",
             config=config,
             ray_address=f"localhost:{RAY_PORT}",
+            resume=resume,
             env_module=package.module
             if (package := self.settings.environment_catalog.entry_for(request.env))
             else None,
@@ -457,15 +493,24 @@ class AzureMLV2Backend:
             conda_file=str(source / CONDA_FILE),
         )
 
-    def build_head_job(self, request: TrainingRequest) -> Any:
-        """The head ``command()`` job for ``request`` (nothing is sent)."""
+    def build_head_job(self, request: TrainingRequest, attempt: int = 1) -> Any:
+        """The head ``command()`` job for ``request`` (nothing is sent).
+
+        Attempt k > 1 mounts attempt k - 1's checkpoints output (:meth:`checkpoints_uri`) as the
+        ``resume`` input: the bootstrap copies it into this job's own, and the trainer's
+        ``--resume`` starts from the newest checkpoint there that loads.
+        """
         from azure.ai.ml import Input, MpiDistribution, Output, command
 
         clusters = self.clusters(request)
-        head_name, _ = job_names(request.request_id)
-        argv = self.job_argv(request, clusters)
+        head_name, _ = job_names(request.request_id, attempt)
+        argv = self.job_argv(request, clusters, resume=attempt > 1)
         inputs: dict[str, Any] = {}
         cmd = f"python trainer/bootstrap.py --role head --checkpoints ${{{{outputs.{CHECKPOINTS_OUTPUT}}}}}"
+        if attempt > 1:
+            previous = self.checkpoints_uri(job_names(request.request_id, attempt - 1)[0])
+            inputs[RESUME_INPUT] = Input(type="uri_folder", path=previous, mode="ro_mount")
+            cmd += f" --resume-from ${{{{inputs.{RESUME_INPUT}}}}}"
         if request.restore_from and request.restore_from.startswith("azureml://"):
             inputs[RESTORE_INPUT] = Input(type="uri_folder", path=request.restore_from, mode="ro_mount")
             cmd += f" --restore ${{{{inputs.{RESTORE_INPUT}}}}}"
@@ -508,12 +553,15 @@ class AzureMLV2Backend:
                 outputs={CHECKPOINTS_OUTPUT: Output(type="uri_folder", mode="rw_mount")},
             )
 
-    def build_worker_job(self, request: TrainingRequest, head_address: str) -> Any:
+    def build_worker_job(
+        self, request: TrainingRequest, head_address: str, head_name: str | None = None
+    ) -> Any:
         """The worker ``command()`` job: ``instance_count`` nodes that join ``head_address``."""
         from azure.ai.ml import MpiDistribution, command
 
         clusters = self.clusters(request)
-        _, worker_name = job_names(request.request_id)
+        head_name = head_name or job_names(request.request_id)[0]
+        worker_name = worker_job_of(head_name)
         env = {
             "RLQ_RAY_HEAD_ADDRESS": head_address,
             "RLQ_RAY_NODE_RESOURCES": json.dumps({"rlq_worker": 1}),
@@ -525,7 +573,7 @@ class AzureMLV2Backend:
                 name=worker_name,
                 display_name=f"{request.request_id} workers",
                 experiment_name=request.experiment,
-                description=f"rlq Ray workers for {job_names(request.request_id)[0]}",
+                description=f"rlq Ray workers for {head_name}",
                 tags=self._tags(request, "workers"),
                 code=str(self.stage_source()),
                 command="python trainer/bootstrap.py --role worker",
@@ -550,6 +598,10 @@ class AzureMLV2Backend:
     def checkpoint_uri(self, job_name: str) -> str:
         return f"azureml://jobs/{job_name}/outputs/{CHECKPOINTS_OUTPUT}/paths/final"
 
+    def checkpoints_uri(self, job_name: str) -> str:
+        """Every checkpoint job ``job_name`` wrote (its ``checkpoints`` output): a lost job's resume point."""
+        return f"azureml://jobs/{job_name}/outputs/{CHECKPOINTS_OUTPUT}"
+
     # --- internals ------------------------------------------------------------------------
 
     def _tags(self, request: TrainingRequest, role: str) -> dict[str, str]:
@@ -573,7 +625,15 @@ class AzureMLV2Backend:
         return env
 
     def _ensure_cluster(
-        self, name: str, vm_size: str, min_nodes: int, max_nodes: int, nodes_needed: int, c: Clusters
+        self,
+        name: str,
+        vm_size: str,
+        min_nodes: int,
+        max_nodes: int,
+        nodes_needed: int,
+        c: Clusters,
+        *,
+        tier: str = "dedicated",
     ) -> str | None:
         """None when the cluster can take jobs now; what it waits for while it is being created."""
         with sdk_errors(f"look up cluster {name}"):
@@ -585,7 +645,7 @@ class AzureMLV2Backend:
                 existing = None
         if existing is None:
             entity = self.build_compute(
-                name=name, vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes, clusters=c
+                name=name, vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes, clusters=c, tier=tier
             )
             with sdk_errors(f"create cluster {name}"):
                 self.ml.compute.begin_create_or_update(entity)  # the poller is not waited on
@@ -641,12 +701,12 @@ class AzureMLV2Backend:
             self.ml.jobs.begin_cancel(name)
         log.info("Azure ML job %s: cancel requested", name)
 
-    def _worker_name(self, head: Any) -> str | None:
+    def _worker_name(self, run_id: str, head: Any) -> str | None:
         """The worker job's name when this request has workers (read from the head job itself)."""
         request = self._request_for(head)
         if request is None or self.clusters(request).workers.node_count <= 0:
             return None
-        return job_names(request.request_id)[1]
+        return worker_job_of(run_id)
 
     def _request_for(self, head: Any) -> TrainingRequest | None:
         tags = dict(getattr(head, "tags", None) or {})
@@ -688,7 +748,9 @@ class AzureMLV2Backend:
             return  # the head has not published its address yet
         request = self._request_for(head)
         assert request is not None
-        self._create(self.build_worker_job(request, address), what=f"worker job of {request.request_id}")
+        self._create(
+            self.build_worker_job(request, address, run_id), what=f"worker job of {request.request_id}"
+        )
         t.worker_submitted = True
 
     def _check_workers(self, worker_name: str, t: _Tracked) -> None:
@@ -743,6 +805,18 @@ class AzureMLV2Backend:
                 summary[key] = trainer[key]
         if aml_status == "Completed" or trainer.get("checkpoint_path"):
             summary["checkpoint_path"] = self.checkpoint_uri(run_id)
+        lost = self._lost(run_id, aml_status, trainer, view, progress, t)
+        if lost is not None:
+            with self._lock:
+                self._tracked.pop(run_id, None)
+            return JobStatus(
+                state="failed",
+                progress=progress,
+                error=lost,
+                portal_url=portal,
+                end=JobEnd.lost,
+                checkpoint=Checkpoint(uri=self.checkpoints_uri(run_id)),
+            )
         error = None
         if aml_status == "Failed":
             error = (
@@ -760,6 +834,34 @@ class AzureMLV2Backend:
             error=error,
             portal_url=portal,
         )
+
+    def _lost(
+        self,
+        run_id: str,
+        aml_status: str,
+        trainer: dict[str, Any],
+        view: RunView | None,
+        progress: Progress | None,
+        t: _Tracked,
+    ) -> str | None:
+        """Why the job was lost with its nodes (``JobEnd.lost``), or None for any other end.
+
+        Azure ML ends a job whose low-priority node was preempted, or whose node stopped
+        answering (``NotResponding``), ``Failed`` (docs/azure.md): ``Failed`` after the job ran
+        (seen running, or its run has metrics or the head's address) with no summary from the
+        trainer — the trainer's own exits (a training failure, bad arguments) always write one
+        with ``stop_reason`` or ``error`` and keep their meaning. A job that failed before it ran
+        (its image, its code) is no loss of nodes either.
+        """
+        if aml_status != "Failed" or trainer.get("stop_reason") or trainer.get("error"):
+            return None
+        ran = t.ran or progress is not None or bool(view is not None and view.tags.get(HEAD_ADDRESS_TAG))
+        if not ran:
+            return None
+        how = "stopped answering (NotResponding) and" if t.not_responding else ""
+        return (
+            f"Azure ML job {run_id} {how} failed without the trainer's exit: its node was preempted or lost"
+        ).replace("  ", " ")
 
     def _track(self, run_id: str) -> _Tracked:
         with self._lock:
