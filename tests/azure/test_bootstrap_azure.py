@@ -366,3 +366,15 @@ def test_a_two_node_head_job_waits_for_its_own_second_rank(tmp_path: Path) -> No
         import shutil
 
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_resumed_head_job_copies_the_lost_attempts_checkpoints_into_its_own(tmp_path: Path) -> None:
+    lost = tmp_path / "lost"
+    (lost / "iter_000004" / "learner_group").mkdir(parents=True)
+    (lost / "iter_000004" / "rlq_meta.json").write_text('{"iteration": 4}')
+    own = tmp_path / "own"  # the job's checkpoints output; <output dir>/checkpoints links to it
+    bootstrap.link_checkpoints(str(own), tmp_path / "outputs")
+    bootstrap.carry_checkpoints(str(lost), str(own))
+    meta = tmp_path / "outputs" / "checkpoints" / "iter_000004" / "rlq_meta.json"
+    assert json.loads(meta.read_text()) == {"iteration": 4}
+    assert (lost / "iter_000004" / "rlq_meta.json").exists()  # the input is read, not moved
