@@ -180,7 +180,12 @@ def n_step() -> Kind:
     def check(v):
         if _is_int(v) and 1 <= v <= 100:
             return v
-        if isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v) and 1 <= v[0] <= v[1] <= 100:
+        if (
+            isinstance(v, (list, tuple))
+            and len(v) == 2
+            and all(_is_int(x) for x in v)
+            and 1 <= v[0] <= v[1] <= 100
+        ):
             return (v[0], v[1])
         return None
 
