@@ -88,13 +88,13 @@ def test_the_claim_is_rechecked_right_before_the_submit_call(wired, twin, clock)
             assert taken.state is RunState.submitted
         return real_ensure(request)
 
-    def counting_submit(request):
+    def counting_submit(request, attempt=1):
         submits.append(request.request_id)
-        return real_submit(request)
+        return real_submit(request, attempt)
 
-    def counting_find(request_id):
+    def counting_find(request_id, attempt=1):
         finds.append(request_id)
-        return real_find(request_id)
+        return real_find(request_id, attempt)
 
     ensures: list[int] = []
     twin.ensure_compute, twin.submit, twin.find = slow_ensure, counting_submit, counting_find
