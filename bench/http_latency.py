@@ -18,13 +18,14 @@ import http.client
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from machine import describe as describe_machine  # bench/machine.py: the script's own folder is on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,18 +74,6 @@ def clients(port: int, n_clients: int, per_client: int, post: bool, out: mp.Queu
     for t in threads:
         t.join()
     out.put((results, time.perf_counter() - t0))
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}"
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -136,7 +125,7 @@ def main() -> int:
         f"latency         p50 {ms[0]:.1f} ms, p90 {ms[1]:.1f} ms, p99 {ms[2]:.1f} ms, "
         f"max {1000 * lat[-1]:.1f} ms, mean {1000 * statistics.fmean(lat):.1f} ms"
     )
-    print(f"machine         {machine()}")
+    print(f"machine         {describe_machine()}")
     print(
         "load average    before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(
             *load_before, *load_after

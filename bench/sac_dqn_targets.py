@@ -16,27 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine import describe as describe_machine  # bench/machine.py: the script's own folder is on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"SAC": ("Pendulum-v1", -250.0), "DQN": ("CartPole-v1", 450.0)}
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs"
 
 
 def load() -> str:
@@ -83,7 +72,7 @@ def main() -> None:
     ap.add_argument("--limit", type=float, default=720.0, help="training seconds before giving up")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {describe_machine()}", flush=True)
     for algorithm in [args.only] if args.only else list(TARGETS):
         r = run(algorithm, args.limit, args.seed)
         reward = "n/a" if r["reward"] is None else f"{r['reward']:.1f}"
