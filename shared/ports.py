@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.models import Model, ModelVersion, PromotionEvent
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress, RunRecord, RunState
 from shared.contracts.trainer import JobEnd, TrainerSummary
@@ -106,11 +107,46 @@ class RunStore(Protocol):
 
 
 @runtime_checkable
+class ModelRegistry(Protocol):
+    """Named models, their versions and champion (:mod:`shared.contracts.models`).
+
+    The store keeps; the core decides (``shared/core/models.py``: register a version and decide
+    the champion, promote, roll back, resolve ``model://``). Every write is one atomic step
+    conditional on :attr:`Model.etag`, so two runs of one model completing at once never both
+    take the champion, nor lose a version: the loser re-reads and decides again.
+    """
+
+    def get_model(self, name: str) -> Model | None: ...
+
+    def list_models(self, *, limit: int = 100) -> list[Model]:
+        """By name."""
+
+    def save_model(self, model: Model, *, new_version: ModelVersion | None = None) -> Model:
+        """Write ``model`` (and ``new_version`` with it, atomically) if the stored etag still equals
+        ``model.etag`` (0: the model must not exist yet). Returns the stored model with its new
+        etag. Raises :class:`shared.errors.Conflict` when someone else wrote first or
+        ``new_version``'s number is taken."""
+
+    def get_version(self, name: str, version: int) -> ModelVersion | None: ...
+
+    def find_version(self, name: str, request_id: str) -> ModelVersion | None:
+        """The version ``request_id``'s run registered under ``name``, if any (registration is
+        idempotent on the run)."""
+
+    def list_versions(self, name: str, *, limit: int = 100) -> list[ModelVersion]:
+        """Newest first."""
+
+
+@runtime_checkable
 class Publisher(Protocol):
     """Publishes completion messages to the topic (and the request's reply queue)."""
 
     def publish(self, message: CompletionMessage, *, reply_to: str | None = None) -> None:
         """Idempotent on ``message.message_id``; raises TransientError when it may not have landed."""
+
+    def publish_event(self, event: PromotionEvent) -> None:
+        """A ``model-promoted`` event to the topic (subject and ``event`` property ``model-promoted``,
+        so subscribers that want completions only filter it out). Idempotent on ``event.message_id``."""
 
 
 @runtime_checkable

@@ -6,7 +6,9 @@ duplicate detection, the SQLite twin) keeps one of each:
 
 * ``<request_id>:completed``: the completion message (topic, reply queue, webhook-id);
 * ``<request_id>:retry:<n>``: the n-th re-send of a request whose intake failed for a while;
-* ``<request_id>:deferred:<n>``: the n-th re-send of a request put off while the service is full.
+* ``<request_id>:deferred:<n>``: the n-th re-send of a request put off while the service is full;
+* ``model-promoted:<model>:<n>``: the n-th change of a model's champion (the ``model-promoted``
+  topic event), by its rule or a person: one event per change, however often it is re-published.
 
 Request ids are at most 100 characters (:data:`shared.contracts.request.ID_RE`) so that each of
 these stays under Service Bus's 128.
@@ -25,6 +27,17 @@ _COUNTED = re.compile(r"^(?P<request_id>.+):(?P<kind>retry|deferred):(?P<n>[0-9]
 def completed(request_id: str) -> str:
     """The id of ``request_id``'s completion message."""
     return f"{request_id}:completed"
+
+
+def promoted(model: str, sequence: int) -> str:
+    """The id of the ``sequence``-th champion change of ``model`` (``sequence`` >= 1).
+
+    Model names are at most 64 characters (:data:`shared.contracts.request.NAME_RE`), so the id
+    stays under Service Bus's 128.
+    """
+    if sequence < 1:
+        raise ValueError(f"a champion change count starts at 1, not {sequence}")
+    return f"model-promoted:{model}:{sequence}"
 
 
 def retry(request_id: str, attempt: int) -> str:
