@@ -8,7 +8,11 @@ through here, so they show the same points for the same run:
 
 * every name a reward goes under counts, the trainer's first (:data:`REWARD_KEYS`);
 * only a finite number is a value: NaN, infinity, a boolean or a string is no value, and a row
-  without a reward is no point.
+  without a reward is no point;
+* one timeline: a run resumed after a lost job logs on in the same ``metrics.jsonl`` (and the
+  record's curve) from its checkpoint's iteration, so iterations repeat; :func:`one_timeline`
+  keeps, for each iteration, the latest attempt's row (:func:`load_metrics` and
+  :func:`record_points` apply it).
 
 No matplotlib here: the core and the CLI import this without drawing.
 """
@@ -19,7 +23,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "MAX_KEYS",
@@ -29,6 +33,7 @@ __all__ = [
     "best",
     "load_metrics",
     "number",
+    "one_timeline",
     "record_points",
     "reward",
     "reward_series",
@@ -43,6 +48,7 @@ STEP_KEYS = ("timesteps", "num_env_steps_sampled_lifetime")
 ITERATION_KEYS = ("iteration", "training_iteration")
 
 Row = Mapping[str, Any]
+R = TypeVar("R", bound=Mapping[str, Any])
 # (x_label, xs, means, mins, maxs): what a chart of the rows draws.
 Series = tuple[str, list[float], list[float], list[float | None], list[float | None]]
 
@@ -92,16 +98,40 @@ def reward_series(rows: Iterable[Row]) -> Series:
     return ("environment steps" if use_steps else "iteration"), xs, means, mins, maxs
 
 
+def one_timeline(rows: Iterable[R]) -> list[R]:
+    """The rows of the attempt that went on, in order.
+
+    A row whose iteration is not above an earlier row's starts a resumed attempt: the job before
+    it was lost and the next went on from a checkpoint below what it had reached. The earlier rows
+    from that iteration on (the lost attempt's training after its checkpoint) are left out; rows
+    without an iteration are kept where they are.
+    """
+    out: list[R] = []
+    last = -math.inf
+    for row in rows:
+        iteration = number(row, ITERATION_KEYS) if isinstance(row, Mapping) else None
+        if iteration is not None:
+            if iteration <= last:
+                out = [
+                    r for r in out if not ((i := number(r, ITERATION_KEYS)) is not None and i >= iteration)
+                ]
+            last = iteration
+        out.append(row)
+    return out
+
+
 def record_points(curve: Iterable[tuple[int, int, float | None]]) -> list[dict[str, Any]]:
-    """The run record's compact curve (``[iteration, timesteps, reward]``) as rows."""
-    return [{"iteration": i, "timesteps": t, "episode_reward_mean": r} for i, t, r in curve]
+    """The run record's compact curve (``[iteration, timesteps, reward]``) as rows, one timeline."""
+    rows = [{"iteration": i, "timesteps": t, "episode_reward_mean": r} for i, t, r in curve]
+    return one_timeline(rows)
 
 
 def load_metrics(path: Path | str) -> list[dict[str, Any]]:
     """The lines of a ``metrics.jsonl`` as dicts; a missing file is empty.
 
     The trainer appends while we read, so the last line may be torn: lines that do not parse as
-    a JSON object are skipped rather than failing the whole picture.
+    a JSON object are skipped rather than failing the whole picture. A resumed run's file holds
+    its lost attempt's rows too: only :func:`one_timeline`'s are returned.
     """
     try:
         raw = Path(path).read_bytes()
@@ -118,4 +148,4 @@ def load_metrics(path: Path | str) -> list[dict[str, Any]]:
             continue
         if isinstance(value, dict):
             out.append(value)
-    return out
+    return one_timeline(out)
