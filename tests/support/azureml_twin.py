@@ -2,7 +2,8 @@
 
 ``MLClientTwin`` answers the slice of ``azure.ai.ml.MLClient`` the backend calls —
 ``workspaces.get`` (the readiness check), ``compute.get`` / ``compute.begin_create_or_update``,
-``jobs.get`` / ``jobs.create_or_update`` / ``jobs.begin_cancel`` — with Azure's semantics, and keeps the real SDK entities it was handed:
+``jobs.get`` / ``jobs.create_or_update`` / ``jobs.begin_cancel``, ``models.create_or_update`` /
+``models.get`` / ``models.list`` — with Azure's semantics, and keeps the real SDK entities it was handed:
 
 * clusters are created asynchronously: ``begin_create_or_update`` returns a poller at once and the
   cluster reports ``Creating`` until :meth:`MLClientTwin.provision` (``Succeeded`` or ``Failed``
@@ -13,6 +14,16 @@
 * the job state machine: ``NotStarted → Starting → Preparing → Queued → Running → Finalizing →
   Completed`` (:meth:`step`), ``Failed``, and cancel as ``CancelRequested`` → ``Canceled`` on the
   next step; a terminal job ignores a cancel;
+* the model registry keeps what goes on the wire — each version as the REST body
+  ``Model._to_rest_object()`` makes — and answers with ``Model._from_rest_object`` of it, so a
+  registration round-trips through the SDK's own serialisation. A version is immutable but for its
+  description and tags (Learn, "Work with models in Azure Machine Learning": only ``description``
+  and ``tags`` can be updated): re-sending it with another path or type is refused (409, the wording
+  is the twin's); no version given takes the container's next (``"1"`` first); a path
+  ``azureml://jobs/<job>/outputs/<output>/...`` must name a job of the workspace and one of its
+  outputs (``artifacts`` is the reserved default one); ``get`` takes a version or the one managed
+  label, ``latest`` (the most recently created), never both; ``list(name)`` lists that model's
+  versions, ``list()`` its containers;
 * the MLflow side (:class:`~shared.adapters.compute.azureml.v2.RunReader`): latest metrics with their step,
   run tags (the head's address), the trainer's ``summary.json`` artifact.
 
@@ -26,6 +37,7 @@ import contextlib
 import fcntl
 import os
 import pickle
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -85,6 +97,9 @@ class _State:
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail_next: dict[str, Exception] = field(default_factory=dict)
     workspace_deleted: bool = False
+    # model name -> version -> the REST body (``Model._to_rest_object().as_dict()``) Azure keeps
+    models: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    model_order: list[tuple[str, str]] = field(default_factory=list)  # creation order (``@latest``)
 
 
 class MLClientTwin:
@@ -108,6 +123,7 @@ class MLClientTwin:
         self.jobs = _JobOps(self)
         self.workspaces = _WorkspaceOps(self)
         self.runs = _Runs(self)
+        self.models = _ModelOps(self)
         self.before_create: Any = None  # hook(job) called before a job is stored
         self.on_create: Any = None  # hook(job) called after a job is stored, before create returns
 
@@ -347,3 +363,140 @@ class _Runs:
             self._t._call(st, "mlflow.download_artifacts", run_id)
             data = st.summaries.get(run_id)
             return dict(data) if data else None
+
+
+_JOB_OUTPUT = re.compile(r"^azureml://jobs/(?P<job>[^/]+)/outputs/(?P<output>[^/]+)(?:/paths/.*)?$")
+_MUTABLE = frozenset({"description", "tags"})  # all a model version lets change (Learn, "Work with models")
+
+
+def _validation(message: str) -> Exception:
+    from azure.ai.ml.exceptions import ErrorCategory, ErrorTarget, ValidationException
+
+    return ValidationException(
+        message=message,
+        no_personal_data_message=message,
+        target=ErrorTarget.MODEL,
+        error_category=ErrorCategory.USER_ERROR,
+    )
+
+
+class _ModelOps:
+    """``models.create_or_update`` / ``get`` / ``list``: the workspace's model registry."""
+
+    def __init__(self, twin: MLClientTwin) -> None:
+        self._t = twin
+
+    def _arm_id(self, name: str, version: str | None = None) -> str:
+        t = self._t
+        base = (
+            f"/subscriptions/{t.subscription_id}/resourceGroups/{t.resource_group_name}/providers/"
+            f"Microsoft.MachineLearningServices/workspaces/{t.workspace_name}/models/{name}"
+        )
+        return base + (f"/versions/{version}" if version is not None else "")
+
+    def _entity(self, name: str, version: str, wire: dict[str, Any]) -> Any:
+        """What Azure answers for one version, read back by the SDK (``Model._from_rest_object``)."""
+        from azure.ai.ml._restclient.arm_ml_service.models import ModelVersion
+        from azure.ai.ml.entities import Model
+
+        body = {
+            "id": self._arm_id(name, version),
+            "name": version,
+            "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+            "properties": {"flavors": {}, **wire["properties"]},
+            "systemData": wire["systemData"],
+        }
+        return Model._from_rest_object(ModelVersion(body))
+
+    def create_or_update(self, model: Any) -> Any:
+        from azure.ai.ml.entities import Model
+
+        if not isinstance(model, Model) or not model.name:
+            raise _validation("the twin registers named Model entities only")
+        with self._t.state(write=True) as st:
+            self._t._call(st, "models.create_or_update", model.name)
+            versions = st.models.get(model.name, {})
+            version = model.version or str(max((int(v) for v in versions if v.isdigit()), default=0) + 1)
+            wire = model._to_rest_object().as_dict()  # what the SDK puts on the wire
+            props = wire["properties"]
+            path = str(props.get("modelUri") or "")
+            m = _JOB_OUTPUT.match(path)
+            if m is not None:
+                job = st.jobs.get(m["job"])
+                if job is None:
+                    raise _not_found(f"(UserError) Job {m['job']} not found (model path {path})")
+                outputs = set((job.outputs or {}).keys()) | {"artifacts"}
+                if m["output"] not in outputs:
+                    raise _http_error(
+                        f"(UserError) Job {m['job']} has no output named {m['output']!r} "
+                        f"(outputs: {', '.join(sorted(outputs))})",
+                        400,
+                    )
+            old = versions.get(version)
+            if old is not None:
+                before = {k: v for k, v in old["properties"].items() if k not in _MUTABLE}
+                after = {k: v for k, v in props.items() if k not in _MUTABLE}
+                changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+                if changed:
+                    raise _http_error(
+                        f"(UserError) Conflict: model {model.name} version {version} exists; only its description "
+                        f"and tags can be updated, not {', '.join(changed)}",
+                        409,
+                    )
+                old["properties"].update({k: props.get(k) for k in _MUTABLE})
+            else:
+                from shared.contracts.base import utcnow
+
+                stamp = utcnow().isoformat().replace("+00:00", "Z")
+                versions = st.models.setdefault(model.name, versions)
+                versions[version] = {
+                    "properties": props,
+                    "systemData": {"createdAt": stamp, "createdBy": "rlq", "createdByType": "Application"},
+                }
+                st.model_order.append((model.name, version))
+            return self._entity(model.name, version, versions[version])
+
+    def get(self, name: str, version: str | None = None, label: str | None = None) -> Any:
+        # the SDK's own checks, before any call (ModelOperations.get / _resolve_label_to_asset)
+        if version and label:
+            raise _validation("Cannot specify both version and label.")
+        if label and label != "latest":
+            raise _validation(f"Asset {name} with version label {label} does not exist in workspace.")
+        if not version and not label:
+            raise _validation("Must provide either version or label")
+        with self._t.state(write=True) as st:
+            self._t._call(st, "models.get", f"{name}@{label}" if label else f"{name}:{version}")
+            versions = st.models.get(name, {})
+            if label == "latest":
+                created = [v for n, v in st.model_order if n == name]
+                version = created[-1] if created else None
+            if version is None or version not in versions:
+                raise _not_found(
+                    f"(UserError) Model container or version {name}:{version or label} not found in workspace "
+                    f"{self._t.workspace_name}"
+                )
+            return self._entity(name, version, versions[version])
+
+    def list(self, name: str | None = None, stage: str | None = None, **kwargs: Any) -> list[Any]:
+        from azure.ai.ml.entities import Model
+
+        with self._t.state(write=True) as st:
+            self._t._call(st, "models.list", name or "*")
+            if name is not None:
+                out = [self._entity(name, v, wire) for v, wire in st.models.get(name, {}).items()]
+                return [m for m in out if stage is None or m.stage == stage]
+            containers = []
+            for model_name in st.models:
+                created = [v for n, v in st.model_order if n == model_name]
+                c = Model(name=model_name, version="1", id=self._arm_id(model_name))
+                c.version = None  # as Model._from_container_rest_object leaves it
+                c.latest_version = created[-1] if created else None
+                containers.append(c)
+            return containers
+
+    # --- reading (tests) -------------------------------------------------------------------------
+
+    def wire(self, name: str, version: str) -> dict[str, Any]:
+        """The REST body Azure holds for one version (what ``_to_rest_object`` sent, tags updated)."""
+        with self._t.state() as st:
+            return pickle.loads(pickle.dumps(st.models[name][version]))

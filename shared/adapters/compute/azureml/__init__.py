@@ -8,7 +8,8 @@
 
 Shared rooms: :mod:`.errors` (SDK error translation), :mod:`.nsg` (the pure NSG evaluator),
 :mod:`.clusters` (which clusters a request needs and why an existing one cannot serve it),
-:mod:`.environment` (the image and code snapshot). Only the tests use its twins, so they live in
+:mod:`.environment` (the image and code snapshot), :mod:`.registry` (a model's champion registered as a
+workspace ``Model`` asset). Only the tests use its twins, so they live in
 ``tests/support/`` (``azureml_twin.py`` for ``MLClient``, ``network_twin.py`` for the NSG check's
 ARM reads) and are never deployed.
 Nothing here is imported by the core; SDKs are imported lazily.
