@@ -12,6 +12,7 @@ from shared.composition import wiring
 from shared.contracts.run import RunState
 from shared.dashboard.csrf import cross_site, not_json
 from shared.errors import InvalidRequest, RlqError, http_answer
+from shared.openapi import document
 
 bp = func.Blueprint()
 
@@ -137,3 +138,10 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
         },
         200 if readiness.ready else 503,
     )
+
+
+@bp.function_name("openapi")
+@bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    """The OpenAPI 3.1 document of this API (shared/openapi.py); it holds no data, so no key."""
+    return _json(document())

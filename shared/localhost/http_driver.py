@@ -158,7 +158,7 @@ class HttpDriver:
         path = parts.path  # matched still encoded: an encoded '/' inside a parameter stays inside it
         prefix = "/" + self._route_prefix if self._route_prefix else ""
         if prefix and not (path == prefix or path.startswith(prefix + "/")):
-            return json_response(404, {"error": f"no function at {path}"})
+            return _refused(404, "(path)", f"no function at {path}")
         sub = path[len(prefix) :]
         allowed: set[str] = set()
         for h in self.functions:
@@ -169,14 +169,16 @@ class HttpDriver:
             if h.methods is not None and method.upper() not in h.methods:
                 allowed |= h.methods
                 continue
-            return self._invoke(h, method, url, headers, body, params, dict(parse_qsl(parts.query)))
+            # blank values kept (``?state=``), as the Functions host hands them to the function
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            return self._invoke(h, method, url, headers, body, params, query)
         if allowed:
-            resp = json_response(
-                405, {"error": f"method {method} not allowed; allowed: {', '.join(sorted(allowed))}"}
+            resp = _refused(
+                405, "(method)", f"method {method} not allowed; allowed: {', '.join(sorted(allowed))}"
             )
             resp.headers["Allow"] = ", ".join(sorted(allowed))
             return resp
-        return json_response(404, {"error": f"no function at {path}"})
+        return _refused(404, "(path)", f"no function at {path}")
 
     def _invoke(
         self,
@@ -203,9 +205,15 @@ class HttpDriver:
             self._record(
                 h, "error", t0, message_id=f"{method.upper()} {urlsplit(url).path}", error=describe_error(err)
             )
-            return json_response(500, {"error": "the function failed; see the host log"})
+            return _refused(500, "(service)", "the function failed; see the host log")
         self._record(h, str(resp.status_code), t0, message_id=f"{method.upper()} {urlsplit(url).path}")
         return resp
+
+
+def _refused(status: int, field: str, message: str) -> func.HttpResponse:
+    """The host's own answers (no such route or method, a failed function) in the app's error shape:
+    ``{"errors": [{"field", "message"}]}``, as every other 4xx / 5xx of the API."""
+    return json_response(status, {"errors": [{"field": field, "message": message}]})
 
 
 def _reason(status: int) -> str:
