@@ -18,6 +18,7 @@ OBSERVATIONS = {
     "image Box": spaces.Box(0, 255, (36, 28, 3), np.uint8),
     "Discrete": spaces.Discrete(7),
     "MultiDiscrete": spaces.MultiDiscrete([3, 4]),
+    "MultiBinary": spaces.MultiBinary(6),
     "Dict": spaces.Dict({"level": spaces.Box(0.0, 1.0, (2,), np.float32), "mode": spaces.Discrete(3)}),
     "Tuple": spaces.Tuple((spaces.Discrete(32), spaces.Discrete(11), spaces.Discrete(2))),  # Blackjack's
 }
