@@ -30,9 +30,11 @@ from shared.localhost.bindings import HTTP_TRIGGER, list_functions
 from shared.localhost.host import load_function_app
 from shared.openapi import PREFIX, document
 from shared.settings import Settings
+from tests.support.readme import readme_number
 
 MAX_EXAMPLES = 25
-SEED = int(os.environ.get("RLQ_FUZZ_SEED", "20261206"))
+DEFAULT_SEED = 20261206
+SEED = int(os.environ.get("RLQ_FUZZ_SEED", DEFAULT_SEED))
 # What the document describes: the JSON API; the dashboard's HTML pages (/api/ui) are not part of it.
 DOCUMENTED = ("trainings", "health", "models", "openapi.json")
 
@@ -106,6 +108,11 @@ def test_the_submission_body_is_the_training_requests_own_schema_with_the_id_opt
     body, request = schemas["TrainingSubmission"], schemas["TrainingRequest"]
     assert request["required"] == ["request_id"] and body["required"] == []
     assert body["properties"] == request["properties"] and body["additionalProperties"] is False
+
+
+def test_the_readme_states_the_fuzzers_examples_and_seed() -> None:
+    assert readme_number(r"(\d+) examples per operation") == MAX_EXAMPLES
+    assert readme_number(r"printed at the start \((\d+);") == DEFAULT_SEED
 
 
 # --- the fuzzer ------------------------------------------------------------------------------------
