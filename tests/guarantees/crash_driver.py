@@ -19,8 +19,14 @@ written with one ``write`` so a SIGKILL leaves whole lines):
   (False: duplicate detection dropped a repeat) — the outbox publishing at most once per id;
 * ``notified.jsonl``: every completion message handed to the notifier.
 
-Hook for other backends: ``RLQ_BACKEND=ray`` builds the Ray Jobs backend instead of the twin; the
-parent then needs a job counter for it (see ``count_jobs`` in ``test_crash_matrix.py``).
+Other backends: ``RLQ_BACKEND=ray`` builds the Ray Jobs backend on a running head instead of the
+twin (:func:`compute_under_test`): ``RLQ_TEST_TRAINER_PACKAGE`` names the trainer package its jobs run
+(the stand-in of ``tests/ray/conftest.py``) and ``RLQ_TEST_SUBMIT_JOURNAL`` the file every
+``submit_job`` call is noted in (``tests/support/ray_submits.py``), so the parent counts calls per
+submission id, one per attempt (``count_jobs`` in ``test_crash_matrix.py``).
+
+``RLQ_TEST_FAULT_ON_RESUME=1``: ``RLQ_FAULT_AT`` kills only once a run has lost a job (its record
+holds an attempt): the kill lands in the resume's own submit, not the first one.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ from shared.composition import Wiring, build
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import ACTIVE, TERMINAL
+from shared.ports import ComputeBackend
 from shared.settings import Settings
+from tests.support.topics import is_event
 
 REPO = Path(__file__).resolve().parents[2]
 AUDIT_SUBSCRIPTION = "audit"  # a second subscription on the topic: what the world saw, never consumed here
@@ -115,10 +123,41 @@ def audited_broker(s: Settings) -> AuditedBroker:
     )
 
 
+def compute_under_test(settings: Settings) -> dict[str, ComputeBackend] | None:
+    """The Ray Jobs backend with the test's trainer package and submit journal (``RLQ_BACKEND=ray``),
+    else None: the production wiring's own backend (the twin)."""
+    if settings.backend != "ray":
+        return None
+    from shared.adapters.compute.ray_jobs import RayJobsBackend
+    from tests.support.ray_submits import JOURNAL_ENV, record_submit_jobs
+
+    if os.environ.get(JOURNAL_ENV):  # the parent counts the submit calls, not the jobs Ray kept
+        record_submit_jobs(Path(os.environ[JOURNAL_ENV]))
+    package = os.environ.get("RLQ_TEST_TRAINER_PACKAGE")
+    return {
+        "ray": RayJobsBackend(
+            address=None, settings=settings, trainer_package=Path(package) if package else None
+        )
+    }
+
+
 def wire(settings: Settings) -> Wiring:
-    return build(
-        settings, broker=audited_broker(settings), notifier=FileNotifier(settings.data_dir / NOTIFIED)
+    w = build(
+        settings,
+        broker=audited_broker(settings),
+        compute=compute_under_test(settings),
+        notifier=FileNotifier(settings.data_dir / NOTIFIED),
     )
+    kill = w.service.core.faults
+    if kill is not None and os.environ.get("RLQ_TEST_FAULT_ON_RESUME") == "1":
+        store = w.store
+
+        def on_resume(point: str) -> None:
+            if any(r.attempts for r in store.list(limit=1000)):
+                kill(point)
+
+        w.service.core.faults = on_resume
+    return w
 
 
 def prepare(settings: Settings) -> SqliteBroker:
@@ -188,6 +227,9 @@ class DirectDrive:
             msgs := w.broker.receive(s.topic_name, subscription=s.subscription_name)
         ):
             (m,) = msgs
+            if is_event(m):  # a model-promoted event: the notifier's trigger skips it
+                _settle(w.broker.complete, m)
+                continue
             done += 1
             try:
                 w.service.notify(CompletionMessage.model_validate_json(m.body))

@@ -32,6 +32,7 @@ from tests.guarantees.crash_driver import (
     FileNotifier,
     append_record,
     audited_broker,
+    compute_under_test,
     settled,
 )
 
@@ -79,21 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     s = Settings()
     broker = audited_broker(s)
-    compute = None
-    if s.backend == "ray":
-        from shared.adapters.compute.ray_jobs import RayJobsBackend
-        from tests.support.ray_submits import JOURNAL_ENV, record_submit_jobs
-
-        if os.environ.get(JOURNAL_ENV):  # the parent counts the submit calls, not the jobs Ray kept
-            record_submit_jobs(Path(os.environ[JOURNAL_ENV]))
-
-        package = os.environ.get("RLQ_TEST_TRAINER_PACKAGE")
-        compute = {
-            "ray": RayJobsBackend(
-                address=None, settings=s, trainer_package=Path(package) if package else None
-            )
-        }
-    w = build(s, broker=broker, compute=compute, notifier=FileNotifier(s.data_dir / NOTIFIED))
+    w = build(s, broker=broker, compute=compute_under_test(s), notifier=FileNotifier(s.data_dir / NOTIFIED))
     _journal_intakes(w, s.data_dir / INTAKES, delay_s=float(os.environ.get("RLQ_TEST_ENSURE_DELAY_S", "0")))
     host = LocalHost.for_wiring(w)
     print(f"ready {os.getpid()} maxConcurrentCalls={host.config.max_concurrent_calls}", flush=True)

@@ -4,8 +4,8 @@ The head is started once per session by ``tests.support.ray_heads.start_test_ray
 other test packages can start theirs the same way) and stopped at the end. The stand-in trainer
 speaks the real trainer's contract (``--argv-from-env``, metrics.jsonl, summary.json,
 ``RLQ_METRICS`` / ``RLQ_SUMMARY`` lines, exit 143 on SIGTERM) in a second, and can be told
-through ``config.seed`` to fail or to run until it is stopped: the cancel / kill / failure tests
-need a job that behaves exactly so.
+through ``config.seed`` to fail, to run until it is stopped, or to lose its first attempt: the
+cancel / kill / failure / resume tests need a job that behaves exactly so.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from shared.settings import Settings
 from tests.support.ray_heads import TestHead
 
 # config.seed selects the stand-in's behaviour.
-STANDIN_OK, STANDIN_FAIL, STANDIN_HANG = 0, 1, 2
+# STANDIN_LOST: a checkpoint at iteration 1, then SIGKILLs itself at iteration 2 unless it runs with
+# --resume (a lost job: no trainer exit code); with --resume it goes on from the checkpoint.
+STANDIN_OK, STANDIN_FAIL, STANDIN_HANG, STANDIN_LOST = 0, 1, 2, 3
 
 STANDIN_TRAIN = r'''
 """Stand-in for trainer/train.py with the same command line and outputs."""
@@ -39,9 +41,9 @@ for flag in ("--run", "--env", "--config", "--stop", "--output-dir", "--checkpoi
 p.add_argument("--evaluate-gif", action="store_true")
 p.add_argument("--checkpoint-every-s")
 p.add_argument("--resume", action="store_true")
-args = p.parse_args()
+args, _ = p.parse_known_args()  # flags the stand-in has no use for are ignored
 if args.argv_from_env:
-    args = p.parse_args(json.loads(os.environ[args.argv_from_env]))
+    args, _ = p.parse_known_args(json.loads(os.environ[args.argv_from_env]))
 config, stop = json.loads(args.config), json.loads(args.stop)
 out = Path(args.output_dir)
 out.mkdir(parents=True, exist_ok=True)
@@ -59,8 +61,12 @@ def finish(code, **extra):
     sys.exit(code)
 
 signal.signal(signal.SIGTERM, lambda *_: finish(143, stop_reason="canceled"))
-metrics = open(out / "metrics.jsonl", "w")
 it = 0
+if args.resume:  # from the newest checkpoint's iteration, as the trainer does
+    metas = [json.loads(m.read_text()) for m in out.glob("checkpoints/*/rlq_meta.json")]
+    it = max((m["iteration"] for m in metas), default=0)
+    summary["resumed_from"] = (out / "checkpoints" / f"iter_{it:06d}").resolve().as_uri() if metas else None
+metrics = open(out / "metrics.jsonl", "a" if args.resume else "w")
 while True:
     it += 1
     row = {"iteration": it, "time_total_s": 0.1 * it, "timesteps": 100 * it,
@@ -74,6 +80,12 @@ while True:
         print('  File "train.py", line 1, in <module>', file=sys.stderr)
         print("ValueError: the stand-in was told to fail", file=sys.stderr, flush=True)
         finish(1, stop_reason="error", error="ValueError: the stand-in was told to fail")
+    if mode == 3 and it == 1:
+        ckpt = out / "checkpoints" / "iter_000001"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / "rlq_meta.json").write_text(json.dumps({"iteration": 1, "timesteps": 100}))
+    if mode == 3 and it == 2 and not args.resume:
+        os.kill(os.getpid(), signal.SIGKILL)
     if mode != 2 and it >= stop.get("training_iteration", 2):
         ckpt = out / "checkpoints" / "final"
         ckpt.mkdir(parents=True, exist_ok=True)
