@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml package.json
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the local CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[ray,trainer,azureml,dev]'
+	$(BIN)/pip install -q -e '.[ray,trainer,azureml,otlp,azure,dev]'
 	# Azurite (Azure Table storage emulator) for the Table run-store contract tests
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)

@@ -26,4 +26,4 @@ def notifier(msg: func.ServiceBusMessage) -> None:
     except ValidationError as err:  # not ours to fix by retrying
         log.error("completion message %s is not valid and is dropped: %s", msg.message_id, err)
         return
-    wiring().service.notify(message)
+    wiring().service.notify(message, trace_context=msg.application_properties)  # the run's trace goes on

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         None, description="Signs the dashboard's form tokens; None: a key kept in data_dir/csrf.key."
     )
 
+    # --- telemetry (shared/telemetry_export.py) ----------------------------------------------
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        "none",
+        description="Where traces, metrics and logs go when APPLICATIONINSIGHTS_CONNECTION_STRING is unset: "
+        "none (nothing exported), console (stdout), otlp (OTEL_EXPORTER_OTLP_ENDPOINT).",
+    )
+
     # --- Azure -------------------------------------------------------------------------------
     servicebus_connection: SecretStr | None = None
     servicebus_namespace: str | None = Field(None, description="<name>.servicebus.windows.net")

@@ -72,3 +72,11 @@ def _counted(request_id: str, kind: Kind, n: int) -> str:
 def _count(message_id: str | None, kind: Kind) -> int:
     found = _COUNTED.match(message_id or "")
     return int(found["n"]) if found and found["kind"] == kind else 0
+
+
+def request_of(message_id: str) -> str:
+    """The request id a message id names: ``<id>`` of a re-send or a completion, else the id itself."""
+    found = _COUNTED.match(message_id)
+    if found:
+        return found["request_id"]
+    return message_id.removesuffix(":completed")

@@ -138,6 +138,9 @@ class RunRecord(BaseModel):
     curve: list[tuple[int, int, float | None]] = Field(default_factory=list)
     # The jobs that were lost with their machines, oldest first (see :attr:`attempt`).
     attempts: list[Attempt] = Field(default_factory=list)
+    # The W3C trace context (traceparent, tracestate) of the delivery that claimed the run: later
+    # polls join the request's trace from it (shared/telemetry.py). Empty: none was recorded.
+    trace_context: dict[str, str] = Field(default_factory=dict)
     version: int = 0
 
     @property

@@ -19,6 +19,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from shared import telemetry
 from shared.contracts import message_ids
 from shared.contracts.parsing import parse_request
 from shared.contracts.request import ID_RE, TrainingRequest
@@ -67,6 +68,7 @@ class Intake:
             raise
         except PermanentError as err:
             log.warning("rejected message %s: %s: %s", message_id, err.reason, err.description)
+            telemetry.REQUESTS_REFUSED.add(1, {telemetry.VIA: "queue", telemetry.REASON: err.reason})
             record = self._record_rejection(body, message_id, err)
             self._dead_letter(body, message_id, reason=err.reason, description=err.description)
             return record
@@ -91,6 +93,8 @@ class Intake:
             )
         )
         self.core.fault("inserted")
+        if inserted:
+            telemetry.REQUESTS_ACCEPTED.add(1, {telemetry.VIA: "queue"})
         if not inserted and record.state is RunState.rejected:
             # An earlier delivery under this id could not be read, was over a cap, or outlasted its
             # deliveries in a transient fault; this one is valid, so it runs. A rejected request never
@@ -149,6 +153,8 @@ class Intake:
             if inserted:  # not queued: the record says so (sending it again revives it)
                 self._not_queued(record, err)
             raise
+        if inserted:
+            telemetry.REQUESTS_ACCEPTED.add(1, {telemetry.VIA: "api"})
         return request.request_id
 
     def _not_queued(self, record: RunRecord, err: Exception) -> None:
@@ -197,6 +203,7 @@ class Intake:
             claim: dict[str, Any] = {"state": RunState.provisioning, "claimed_at": now, "updated_at": now}
             if message_id is not None:
                 claim["message_id"] = message_id  # the claiming message: its redelivery may take over
+            claim["trace_context"] = telemetry.inject() or record.trace_context  # later polls join it
             try:
                 return self.core.store.update(record.model_copy(update=claim))
             except Conflict:
@@ -229,7 +236,8 @@ class Intake:
         assert request is not None  # a claimed record holds its request
         backend = self.core.backend(record)
         try:
-            pending = backend.ensure_compute(request)
+            with telemetry.span(telemetry.ENSURE_COMPUTE, request_id=record.request_id):
+                pending = backend.ensure_compute(request)
             if pending is not None:  # a cluster is being created: the poller submits once it is up
                 return self._wait_for_compute(record, pending.detail)
             self.core.fault("ensured")
@@ -238,7 +246,10 @@ class Intake:
                 return rechecked or self.records.load(record.request_id)  # another delivery took it over
             record = rechecked
             attempt = record.attempt  # one deterministic job name per attempt: never two jobs for one
-            run_id = backend.find(record.request_id, attempt) or backend.submit(request, attempt)
+            with telemetry.span(
+                telemetry.SUBMIT, request_id=record.request_id, attributes={"rlq.attempt": attempt}
+            ):
+                run_id = backend.find(record.request_id, attempt) or backend.submit(request, attempt)
         except PermanentError as err:
             # The request was valid; the compute refused it for good: the run fails and says why.
             return self.outbox.terminate(
@@ -267,6 +278,8 @@ class Intake:
             self._release(record)
             raise
         self.core.fault("recorded")
+        if not record.attempts:  # a resumed attempt's wait is not the queue's
+            telemetry.QUEUE_WAIT.record(telemetry.seconds_between(record.created_at, now) or 0.0)
         log.info("request %s submitted to %s as %s", record.request_id, backend.name, run_id)
         return record
 
@@ -383,6 +396,7 @@ class Intake:
 
     def _dead_letter(self, body: Body, message_id: str | None, *, reason: str, description: str) -> None:
         """The message goes to the rejected-request queue (the dead-letter queue), as it came."""
+        telemetry.DEAD_LETTERS.add(1, {telemetry.REASON: reason})
         if self.core.rejecter is not None:
             raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
             self.core.rejecter.reject(

@@ -8,9 +8,10 @@ published again on every poll tick until the publish is recorded; its message id
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, TypeVar
 
-from shared import curves
+from shared import curves, telemetry
 from shared.contracts import message_ids
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.run import STATUS_OF, TERMINAL, RunRecord, RunState
@@ -38,6 +39,9 @@ class Outbox:
         if stored.state not in TERMINAL or stored.completion is None:
             return stored  # someone else moved it on first
         self.core.fault("terminal")
+        began = stored.submitted_at or stored.created_at
+        ran_s = telemetry.seconds_between(began, stored.finished_at)
+        telemetry.RUN_DURATION.record(ran_s or 0.0, {telemetry.STATE: stored.state.value})
         self.publish(stored)
         return self.core.store.get(record.request_id) or stored
 
@@ -78,7 +82,9 @@ class Outbox:
         if record.completion is None or record.published_at is not None:
             return False
         reply_to = record.request.reply_to if record.request else None
-        self.core.publisher.publish(record.completion, reply_to=reply_to)  # TransientError: next tick retries
+        with telemetry.span(telemetry.PUBLISH, request_id=record.request_id, kind=telemetry.PRODUCER):
+            # TransientError: the next tick retries
+            self.core.publisher.publish(record.completion, reply_to=reply_to)
         self.core.fault("published")
         self.records.update(record, published_at=self.core.clock(), state=RunState.notified)
         log.info("request %s: completion published (%s)", record.request_id, record.completion.status)
@@ -94,7 +100,9 @@ class Outbox:
                 log.warning("could not save the reward curve of %s: %s", message.request_id, err)
         if self.core.notifier is None:
             return []
+        started_ns = time.time_ns()
         deliveries = self.core.notifier.deliver(message, record.request if record else None)
+        telemetry.record_deliveries(deliveries, started_ns=started_ns)
         if record is not None:
             self.records.update(record, deliveries=deliveries, notified_at=self.core.clock())
         return deliveries

@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from shared import telemetry
 from shared.contracts.run import FINAL, TERMINAL, Attempt, Progress, RunOutcome, RunRecord, RunState
 from shared.contracts.trainer import JobEnd, TrainerSummary
 from shared.core.context import Core
@@ -83,7 +84,7 @@ class Poller:
         if not todo:
             report.wall_s = time.monotonic() - started
             return report
-        futures = {self._pool().submit(self._poll_one, r): r for r in todo}
+        futures = {self._pool().submit(self._poll_traced, r): r for r in todo}
         done, pending = wait(futures, timeout=self.core.settings.poll_tick_budget_s)
         for fut in pending:  # not started yet: left for the next tick (one already running finishes)
             fut.cancel()
@@ -121,6 +122,13 @@ class Poller:
                 self._pool_now = ThreadPoolExecutor(max_workers=size, thread_name_prefix="rlq-poll")
                 self._pool_size = size
             return self._pool_now
+
+    def _poll_traced(self, record: RunRecord) -> RunOutcome | None:
+        """:meth:`_poll_one` in the run's trace: a ``rlq.poll`` span kept when the poll changed the run."""
+        with telemetry.poll_span(record.request_id, record.run_id, record.trace_context) as span:
+            outcome = self._poll_one(record)
+            span.changed(outcome)
+            return outcome
 
     def _poll_one(self, record: RunRecord) -> RunOutcome | None:
         if record.state in TERMINAL:
@@ -233,6 +241,8 @@ class Poller:
     def _apply(self, record: RunRecord, backend: ComputeBackend, status: JobStatus) -> RunOutcome | None:
         now = self.core.clock()
         changes = _observed(record, status, now)
+        if "progress" in changes and _first_iteration(record, changes["progress"]):
+            telemetry.FIRST_ITERATION.record(telemetry.seconds_between(record.created_at, now) or 0.0)
         outcome: RunOutcome | None = None
         if status.state == "running" and record.state is RunState.submitted:
             changes.update(  # a resumed run keeps its first start: the time limit covers every attempt
@@ -388,6 +398,12 @@ def _terminal_fields(record: RunRecord, status: JobStatus) -> dict[str, Any]:
         "stop_reason": stop_reason,
         "error": error if state is not RunState.completed else None,
     }
+
+
+def _first_iteration(record: RunRecord, progress: Progress) -> bool:
+    """Whether ``progress`` is the first iteration of the run's first job."""
+    before = record.progress.iteration if record.progress is not None else 0
+    return not record.attempts and before < 1 <= progress.iteration
 
 
 def _timesteps(progress: Progress | None) -> int:

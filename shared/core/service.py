@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
+from shared import telemetry
+from shared.contracts import message_ids
 from shared.contracts.base import utcnow
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.run import RunRecord, RunState
@@ -26,6 +28,7 @@ from shared.core.readiness import TIMEOUT_S as READINESS_TIMEOUT_S
 from shared.core.readiness import TTL_S as READINESS_TTL_S
 from shared.core.readiness import Readiness, ReadinessGate
 from shared.core.records import Records
+from shared.errors import PermanentError
 from shared.ports import ComputeBackend, Notifier, Publisher, Rejecter, RequestSender, RunStore
 from shared.settings import Settings
 
@@ -70,10 +73,30 @@ class TrainingService:
         self._readiness = ReadinessGate(
             self._readiness_deps, ttl_s=readiness_ttl_s, timeout_s=readiness_timeout_s
         )
+        telemetry.count_runs_with(self._count_runs)
 
-    def intake(self, body: Body, *, message_id: str | None, delivery_count: int = 1) -> RunRecord | None:
-        """The queue trigger's one call (:meth:`shared.core.intake.Intake.intake`)."""
-        return self._intake.intake(body, message_id=message_id, delivery_count=delivery_count)
+    def intake(
+        self,
+        body: Body,
+        *,
+        message_id: str | None,
+        delivery_count: int = 1,
+        trace_context: Mapping[str, object] | None = None,
+    ) -> RunRecord | None:
+        """The queue trigger's one call (:meth:`shared.core.intake.Intake.intake`); ``trace_context``:
+        the message's application properties, whose trace context the ``rlq.intake`` span continues."""
+        with telemetry.span(
+            telemetry.INTAKE,
+            request_id=message_ids.request_of(message_id) if message_id else None,
+            parent=trace_context or {},
+            kind=telemetry.CONSUMER,
+            attributes={telemetry.MESSAGE_ID: message_id, "messaging.delivery_count": delivery_count},
+        ) as span:
+            record = self._intake.intake(body, message_id=message_id, delivery_count=delivery_count)
+            if record is not None:
+                telemetry.name_request(span, record.request_id, record.run_id)
+                span.set_attribute(telemetry.STATE, record.state.value)
+            return record
 
     def accept(self, body: Body, *, message_id: str | None, delivery_count: int = 1) -> RunRecord:
         """Validate, record (idempotent on request_id), ensure compute, submit, record the run id."""
@@ -81,18 +104,38 @@ class TrainingService:
 
     def enqueue(self, body: Body) -> str:
         """Validate here (so a caller sees field errors at once), record, then queue; the request id."""
-        return self._intake.enqueue(body)
+        with telemetry.span(telemetry.ENQUEUE, kind=telemetry.PRODUCER) as span:
+            try:
+                request_id = self._intake.enqueue(body)
+            except PermanentError as err:
+                telemetry.REQUESTS_REFUSED.add(1, {telemetry.VIA: "api", telemetry.REASON: err.reason})
+                raise
+            telemetry.name_request(span, request_id)
+            return request_id
 
     def poll_once(self) -> TickReport:
         """One timer tick: every active run polled with bounded concurrency and a time budget."""
-        return self._poller.poll_once()
+        report = self._poller.poll_once()
+        telemetry.POLL_TICK.record(report.wall_s)
+        return report
 
     def cancel(self, request_id: str) -> RunRecord:
         return self._poller.cancel(request_id)
 
-    def notify(self, message: CompletionMessage) -> list[Delivery]:
-        """The topic trigger's call: deliver to webhooks / Teams and record each outcome on the run."""
-        return self._outbox.notify(message)
+    def notify(
+        self, message: CompletionMessage, *, trace_context: Mapping[str, object] | None = None
+    ) -> list[Delivery]:
+        """The topic trigger's call: deliver to webhooks / Teams and record each outcome on the run;
+        ``trace_context``: the message's application properties (the ``rlq.notify`` span's parent)."""
+        with telemetry.span(
+            telemetry.NOTIFY,
+            request_id=message.request_id,
+            run_id=message.run_id,
+            parent=trace_context or {},
+            kind=telemetry.CONSUMER,
+            attributes={telemetry.MESSAGE_ID: message.message_id, "rlq.status": message.status},
+        ):
+            return self._outbox.notify(message)
 
     def readiness(self) -> Readiness:
         """The run store takes a write, the request queue and the completion topic take messages,
@@ -110,6 +153,10 @@ class TrainingService:
         ]
         deps += [(f"compute:{name}", backend) for name, backend in core.compute.items()]
         return deps
+
+    def _count_runs(self) -> dict[str, int]:
+        """Run records by state (the ``rlq.runs`` gauge)."""
+        return {state.value: self.core.store.count([state]) for state in RunState}
 
     def get(self, request_id: str) -> RunRecord:
         """The run record; :class:`shared.errors.NotFound` when there is none."""

@@ -17,6 +17,7 @@ CORE = (
     "shared.ports",
     "shared.urlguard",
     "shared.curves",
+    "shared.telemetry",
 )
 # What shared/core/* may import from rlq: the core itself and the modules below the adapters.
 ALLOWED = (
@@ -27,6 +28,7 @@ ALLOWED = (
     "shared.urlguard",
     "shared.contracts",
     "shared.curves",
+    "shared.telemetry",  # the OpenTelemetry API only (a no-op until the composition edge installs the SDK)
 )
 SDKS = ("azure", "ray", "httpx", "tenacity", "requests", "urllib3", "aiohttp")
 
@@ -73,3 +75,5 @@ def test_importing_the_core_loads_no_adapter_sdk_or_http_client() -> None:
     loaded = json.loads(done.stdout)
     banned = ("shared.adapters", "azure", "ray", "httpx", "tenacity")
     assert [m for m in loaded if m.split(".")[0] in banned or m.startswith(banned[0])] == []
+    # the telemetry the core calls is the API: no SDK, no exporter (shared/telemetry_export.py has them)
+    assert [m for m in loaded if m.startswith(("opentelemetry.sdk", "opentelemetry.exporter"))] == []

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState
 
+from shared import telemetry
 from shared.adapters import _retry
 from shared.adapters._redact import scrub
 from shared.adapters._retry import MIN_ATTEMPT_S, ROLE_PROPAGATION_HINT, bounded_retrying
@@ -109,6 +110,7 @@ def completion_message(message: CompletionMessage) -> ServiceBusMessage:
         "experiment": message.experiment,
         "rlq_message_id": message.message_id,
     }
+    props.update(telemetry.inject().items())  # traceparent / Diagnostic-Id, as the SDK's tracing sets them
     for key in ("env", "algorithm", "stop_reason"):
         value = getattr(message, key)
         if value is not None:
@@ -133,12 +135,14 @@ def request_message(
     if scheduled_at is not None:
         when = scheduled_at if scheduled_at.tzinfo is not None else scheduled_at.replace(tzinfo=UTC)
         when = when.astimezone(UTC)
+    props: dict[str | bytes, Any] = {"rlq_message_id": message_id}
+    props.update(telemetry.inject().items())  # the sender's trace goes on in the intake
     return ServiceBusMessage(
         bytes(body),
         message_id=sb_message_id(message_id),
         content_type=CONTENT_TYPE,
         scheduled_enqueue_time_utc=when,
-        application_properties={"rlq_message_id": message_id},
+        application_properties=props,
     )
 
 

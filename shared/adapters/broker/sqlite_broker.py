@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared import telemetry
 from shared.adapters._sqlite import Connections
 from shared.contracts.completion import CompletionMessage
 from shared.errors import TransientError
@@ -637,7 +638,13 @@ class SqliteRequestSender:
         self.queue = queue
 
     def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
-        self.broker.send(self.queue, body, message_id=message_id, scheduled_at=scheduled_at)
+        self.broker.send(
+            self.queue,
+            body,
+            message_id=message_id,
+            scheduled_at=scheduled_at,
+            application_properties=telemetry.inject(),  # the sender's trace goes on in the intake
+        )
 
     def check(self) -> str:
         """:class:`shared.ports.ReadinessProbe`: the queue exists and its file takes a write."""
@@ -689,6 +696,7 @@ class SqlitePublisher:
             }.items()
             if v is not None
         }
+        props.update(telemetry.inject())  # the run's trace goes on in the notifier
         for entity in (self.topic, reply_to):
             if entity:
                 self.broker.send(
