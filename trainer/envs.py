@@ -15,6 +15,7 @@ observations the policy was trained on.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -50,6 +51,25 @@ def is_atari(env_id: str) -> bool:
         spec.entry_point if isinstance(spec.entry_point, str) else getattr(spec.entry_point, "__module__", "")
     )
     return "ale_py" in str(ep)
+
+
+def is_mujoco(env_id: str) -> bool:
+    """One of gymnasium's MuJoCo robots (HalfCheetah-v5, ...): its own PPO and SAC presets."""
+    spec = env_spec(env_id)
+    ep = "" if spec is None else spec.entry_point
+    ep = ep if isinstance(ep, str) else getattr(ep, "__module__", "")
+    return str(ep).startswith("gymnasium.envs.mujoco")
+
+
+def _mujoco_warnings_to_stderr() -> None:
+    """MuJoCo appends its warnings to MUJOCO_LOG.TXT in the working directory (the repository, a
+    job's working dir) unless a handler takes them: here each is one line on stderr."""
+    import sys
+
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(lambda text: print(f"mujoco: {text}", file=sys.stderr))
 
 
 def import_env_module(module: str) -> None:
@@ -212,6 +232,10 @@ def make_env(env_config: dict[str, Any]):
         return env
     if "max_episode_steps" in cfg:
         kwargs["max_episode_steps"] = cfg["max_episode_steps"]
+    if is_mujoco(env_id):
+        _mujoco_warnings_to_stderr()
+        if render_mode:  # a node has no display: render offscreen through EGL unless told otherwise
+            os.environ.setdefault("MUJOCO_GL", "egl")
     return prepare(gym.make(env_id, **kwargs))
 
 

@@ -221,6 +221,48 @@ DQN_VECTOR: dict[str, Any] = {
     "head_fcnet_bias_initializer": "zeros_",
 }
 OFF_POLICY = {"SAC": SAC_VECTOR, "DQN": DQN_VECTOR}
+
+# --- MuJoCo (gymnasium's robots: a vector observation, a rank-1 Box of actions, 1,000-step episodes).
+# Not measured here (no quiet machine): the published settings, in RLlib's names.
+# PPO: the PPO paper's MuJoCo settings (Schulman et al. 2017, arXiv:1707.06347, table 3; CleanRL's
+# ppo_continuous_action.py keeps them): 2,048 steps a batch, 10 passes in minibatches of 64, Adam at
+# 3e-4, gamma 0.99, GAE lambda 0.95, clip 0.2, two 64-unit tanh layers for the policy and another
+# two for the value function; CleanRL's gradient norm clip of 0.5. Returns reach the thousands, so
+# RLlib's clip of the value error at 10 is lifted (as in CARTPOLE_PPO).
+MUJOCO_PPO: dict[str, Any] = {
+    "train_batch_size_per_learner": 2048,
+    "minibatch_size": 64,
+    "num_epochs": 10,
+    "lr": 0.0003,
+    "gamma": 0.99,
+    "lambda_": 0.95,
+    "clip_param": 0.2,
+    "vf_clip_param": 100000.0,
+    "entropy_coeff": 0.0,
+    "vf_loss_coeff": 0.5,
+    "use_kl_loss": False,
+    "grad_clip": 0.5,
+    "fcnet_hiddens": [64, 64],
+    "fcnet_activation": "tanh",
+    "vf_share_layers": False,
+    "min_time_s_per_iteration": 0,
+    "min_sample_timesteps_per_iteration": 0,
+}
+# SAC: the SAC paper's settings (Haarnoja et al. 2018, arXiv:1812.05905, table 1) over SAC_VECTOR's
+# network (two 256-unit relu layers): Adam at 3e-4 for the policy, the Q-functions and the
+# temperature, one-step returns, a uniform buffer of 1M steps, batches of 256, tau 0.005; the first
+# 10,000 steps before learning (rl-baselines3-zoo's MuJoCo setting).
+MUJOCO_SAC: dict[str, Any] = {
+    **SAC_VECTOR,
+    "actor_lr": 3e-4,
+    "critic_lr": 3e-4,
+    "alpha_lr": 3e-4,
+    "initial_alpha": 1.0,
+    "n_step": 1,
+    "replay_buffer_config": {"type": "EpisodeReplayBuffer", "capacity": 1_000_000},
+    "num_steps_sampled_before_learning_starts": 10_000,
+}
+MUJOCO = {"PPO": MUJOCO_PPO, "SAC": MUJOCO_SAC}
 # Images (Atari or any rank-3 Box) for SAC / DQN: the vector preset's learning settings on the
 # image preset's network (not measured here).
 OFF_POLICY_IMAGE_MODEL = (
@@ -241,6 +283,14 @@ def preset(
     algorithm: str, env_id: str, atari: bool, num_gpus: float = 0.0, image: bool = False
 ) -> dict[str, Any]:
     """Return the preset settings (today's names) for this algorithm and environment."""
+    if algorithm in MUJOCO and not atari and not image:
+        from trainer.envs import is_mujoco  # gymnasium's registry: imported only where it is asked
+
+        if is_mujoco(env_id):
+            out = dict(MUJOCO[algorithm])
+            if num_gpus >= 1:
+                out["num_gpus_per_learner"] = 1.0
+            return out
     if algorithm in OFF_POLICY:
         out = dict(OFF_POLICY[algorithm])
         if atari or image:

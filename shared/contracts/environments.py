@@ -31,10 +31,25 @@ CLASSIC_CONTROL = (
     "Pendulum-v1",
 )
 TOY_TEXT = ("FrozenLake-v1", "FrozenLake8x8-v1", "Taxi-v3", "CliffWalking-v1", "Blackjack-v1")
-BUILTIN_ENVS = CLASSIC_CONTROL + TOY_TEXT
+# gymnasium's MuJoCo robots (the trainer extra installs gymnasium[mujoco]: mujoco's own wheels, no
+# compiler), their current v5 ids. Every one acts in a rank-1 Box and observes a vector.
+MUJOCO = (
+    "Ant-v5",
+    "HalfCheetah-v5",
+    "Hopper-v5",
+    "Humanoid-v5",
+    "HumanoidStandup-v5",
+    "InvertedDoublePendulum-v5",
+    "InvertedPendulum-v5",
+    "Pusher-v5",
+    "Reacher-v5",
+    "Swimmer-v5",
+    "Walker2d-v5",
+)
+BUILTIN_ENVS = CLASSIC_CONTROL + TOY_TEXT + MUJOCO
 # Built-in ids whose actions are continuous (a Box); every other built-in id and every Atari game
 # has Discrete actions. Catalogued envs' spaces are the trainer's to check (trainer/envs.py).
-CONTINUOUS_ACTIONS = frozenset({"MountainCarContinuous-v0", "Pendulum-v1"})
+CONTINUOUS_ACTIONS = frozenset({"MountainCarContinuous-v0", "Pendulum-v1", *MUJOCO})
 # Algorithms that act in Discrete actions only (RLlib 2.60's new API stack): DQN's Q-network has one
 # output per action. SAC takes a Box or a Discrete space, IMPALA, APPO and PPO any space rlq trains.
 DISCRETE_ONLY = frozenset({"DQN"})
@@ -56,6 +71,11 @@ MAX_RETURN = {
     "Taxi-v3": 20.0,  # +20 for the drop-off, -1 a step
     "CliffWalking-v1": -1.0,  # -1 a step
     "Blackjack-v1": 1.0,
+    # MuJoCo ids with a bounded return (1,000 steps; the others' rewards grow with speed):
+    "InvertedPendulum-v5": 1000.0,  # +1 a step upright
+    "InvertedDoublePendulum-v5": 10000.0,  # +10 a step alive, less the distance and velocity penalties
+    "Reacher-v5": 0.0,  # minus the distance and the control cost
+    "Pusher-v5": 0.0,  # minus the distances and the control cost
     "Pong": 21.0,
 }
 
@@ -205,7 +225,7 @@ def allowed_families(namespaces: tuple[str, ...] | None = None) -> str:
     )
     return (
         f"gymnasium's classic control ({', '.join(CLASSIC_CONTROL)}), toy text ({', '.join(TOY_TEXT)}), "
-        f"an Atari id such as PongNoFrameskip-v4 / ALE/Pong-v5, or {catalogued}"
+        f"MuJoCo ({', '.join(MUJOCO)}), an Atari id such as PongNoFrameskip-v4 / ALE/Pong-v5, or {catalogued}"
     )
 
 

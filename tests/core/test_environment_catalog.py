@@ -27,7 +27,9 @@ def catalogued(wired):
     return wired
 
 
-@pytest.mark.parametrize("env", ["acme/Warehouse-v1", "FrozenLake-v1", "Taxi-v3", "MountainCarContinuous-v0"])
+@pytest.mark.parametrize(
+    "env", ["acme/Warehouse-v1", "FrozenLake-v1", "Taxi-v3", "MountainCarContinuous-v0", "HalfCheetah-v5"]
+)
 def test_built_in_and_catalogued_ids_are_accepted(catalogued, env):
     record = catalogued.service.intake(body(env), message_id="ok-" + env.replace("/", "-"))
     assert record is not None and record.state is not RunState.rejected, record.error
@@ -52,6 +54,7 @@ def test_an_id_of_no_allowed_family_is_refused_naming_them(catalogued, env):
     message = err.value.errors[0]["message"]
     assert err.value.errors[0]["field"] == "env"
     assert "classic control" in message and "toy text" in message and "Atari" in message
+    assert "MuJoCo (Ant-v5, HalfCheetah-v5," in message
 
 
 @pytest.mark.parametrize(
@@ -109,4 +112,4 @@ def test_local_mode_catalogues_the_example_package_and_a_bad_catalog_stops_start
     ]:
         with pytest.raises(ValueError, match=says):
             Settings(data_dir=tmp_path, env_catalog=json.dumps(bad))
-    assert len(BUILTIN_ENVS) == 11
+    assert len(BUILTIN_ENVS) == 22  # 6 classic control, 5 toy text, 11 MuJoCo

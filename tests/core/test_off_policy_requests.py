@@ -36,7 +36,7 @@ def test_sac_and_dqn_are_accepted_where_they_can_act(algorithm, env):
     assert TrainingRequest(request_id="r", algorithm=algorithm, env=env, stop=STOP).algorithm == algorithm
 
 
-@pytest.mark.parametrize("env", ["Pendulum-v1", "MountainCarContinuous-v0"])
+@pytest.mark.parametrize("env", ["Pendulum-v1", "MountainCarContinuous-v0", "HalfCheetah-v5"])
 def test_dqn_on_continuous_actions_is_refused_naming_algorithm_and_env(env):
     got = refusal(algorithm="DQN", env=env)
     assert got["field"] == "env"

@@ -18,7 +18,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from shared.contracts.catalog import ALGORITHMS
-from shared.contracts.environments import ATARI_ENV_RE, BUILTIN_ENVS, MAX_RETURN, NAMESPACED_ENV_RE
+from shared.contracts.environments import (
+    ATARI_ENV_RE,
+    BUILTIN_ENVS,
+    MAX_RETURN,
+    NAMESPACED_ENV_RE,
+    algorithm_env_problem,
+)
 from shared.contracts.parsing import parse_request
 from shared.contracts.request import Compute, TrainingRequest
 from shared.contracts.run import RunState
@@ -182,6 +188,8 @@ def valid_requests(draw) -> dict[str, Any]:
     for key, strategy in optional.items():
         if draw(st.booleans()):
             body[key] = draw(strategy)
+    if algorithm_env_problem(body.get("algorithm", "IMPALA"), env):  # DQN on continuous actions
+        body["algorithm"] = "PPO"
     compute, config = body.get("compute", {}), body.get("config", {})
     if "head" in compute or "workers" in compute:  # no more EnvRunners than the clusters have CPUs
         cpus = Compute.model_validate(compute).total_cpus() or 1

@@ -16,6 +16,7 @@ VECTOR = spaces.Box(-1.0, 1.0, (5,), np.float32)
 OBSERVATIONS = {
     "vector Box": VECTOR,
     "image Box": spaces.Box(0, 255, (36, 28, 3), np.uint8),
+    "matrix Box": spaces.Box(-1.0, 1.0, (3, 4), np.float64),  # another rank: flattened, as float32
     "Discrete": spaces.Discrete(7),
     "MultiDiscrete": spaces.MultiDiscrete([3, 4]),
     "MultiBinary": spaces.MultiBinary(6),
