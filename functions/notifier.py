@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from shared.composition import wiring
 from shared.contracts.completion import CompletionMessage
+from shared.contracts.models import MODEL_PROMOTED
 from shared.settings import SUBSCRIPTION_NAME, TOPIC_NAME
 
 bp = func.Blueprint()
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
     connection="ServiceBusConnection",
 )
 def notifier(msg: func.ServiceBusMessage) -> None:
+    if (msg.user_properties or {}).get("event") == MODEL_PROMOTED:
+        return  # a champion change: the completion message of its run already said it
     try:
         message = CompletionMessage.model_validate_json(msg.get_body())
     except ValidationError as err:  # not ours to fix by retrying

@@ -374,12 +374,14 @@ def write_error_summary(argv: list[str], error: str) -> None:
         log(f"could not write {out / 'summary.json'}: {exc}")
 
 
-def trainer_argv(restore: str | None) -> list[str]:
+def trainer_argv(restore: str | None, champion: str | None = None) -> list[str]:
     argv = json.loads(os.environ.get(ARGV_ENV) or "[]")
     if not isinstance(argv, list) or not argv:
         raise SystemExit(f"rlq-bootstrap: {ARGV_ENV} must hold the trainer's argv as a JSON list")
     if restore:
         argv += ["--restore", restore]
+    if champion:
+        argv += ["--champion", champion]
     return [str(a) for a in argv]
 
 
@@ -419,7 +421,7 @@ def run_head(args: argparse.Namespace, env: dict[str, str], port: int) -> int:
             },
             args.join_timeout_s,
         )
-        argv = trainer_argv(args.restore)
+        argv = trainer_argv(args.restore, args.champion)
         out = argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else "outputs"
         link_checkpoints(args.checkpoints, Path(out))
         carry_checkpoints(args.resume_from, args.checkpoints)
@@ -475,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--role", choices=("head", "worker"), required=True)
     p.add_argument("--checkpoints", default=None, help="the job's checkpoints output folder")
     p.add_argument("--restore", default=None, help="a checkpoint folder to warm-start from (a job input)")
+    p.add_argument("--champion", default=None, help="the model's champion checkpoint folder (a job input)")
     p.add_argument("--resume-from", default=None, help="the lost attempt's checkpoints folder (a job input)")
     p.add_argument(
         "--join-timeout-s", type=float, default=float(os.environ.get("RLQ_RAY_JOIN_TIMEOUT_S", 1800))

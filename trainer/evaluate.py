@@ -8,6 +8,12 @@ env_config stored in ``<ckpt>/rlq_meta.json``; Atari frame stacking happens insi
 so no env-to-module connector has to be reproduced), plays N episodes taking the greedy
 action (:func:`greedy_action`; a Box action rescaled as RLlib's connector does), prints the mean return and a final line ``RLQ_EVAL {json}``.
 Exit codes: 0 ok, 1 evaluation failed, 2 bad arguments.
+
+:func:`compare` is the model comparison a run ends with (``--model-eval-episodes``): the candidate
+(the run's final checkpoint) and the model's champion (``--champion``) played on the same greedy
+episodes — the candidate's environment and ``env_config``, reset seeds ``MODEL_EVAL_SEED + i`` —
+each summed up by :func:`stats` (rlq's ``shared.contracts.models.Evaluation``). Greedy actions on
+seeded resets make it deterministic for a fixed checkpoint and seeds.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ if __package__ in (None, ""):
 from trainer import envs
 
 PROG = "rlq-evaluate"
+# The first reset seed of the model comparison's episodes; the same for every run of every model,
+# so each version is played on the same episodes (rlq's copy: shared/contracts/trainer.py).
+MODEL_EVAL_SEED = 1_000_000
 MAX_GIF_FRAMES = 300
 GIF_WIDTH = 160
 
@@ -133,7 +142,10 @@ def evaluate(
     env_id: str | None = None,
     seed: int | None = None,
     max_steps_per_episode: int = 108_000,
+    env_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Play ``episodes`` greedy episodes of ``checkpoint`` (reset seeds ``seed + i`` when ``seed``
+    is set); ``env_config`` replaces the environment stored with the checkpoint."""
     import numpy as np
     import torch
     from ray.rllib.core.columns import Columns
@@ -143,7 +155,7 @@ def evaluate(
     meta = load_meta(ckpt, env_id)
     module = RLModule.from_checkpoint(str(module_path(ckpt)))
     module.eval()  # type: ignore[attr-defined]  # a TorchRLModule (a torch Module) here; RLModule declares no eval()
-    env_config = dict(meta["env_config"])
+    env_config = dict(meta["env_config"] if env_config is None else env_config)
     if gif:
         env_config["render_mode"] = "rgb_array"
     env = envs.make_env(env_config)
@@ -190,6 +202,52 @@ def evaluate(
         result["gif"] = str(gif_path)
         result["gif_frames"] = len(frames)
     return result
+
+
+def stats(returns: list[float], seeds: list[int]) -> dict[str, Any]:
+    """Episode returns as rlq's ``Evaluation``: episodes, mean, std (population), min, max, seeds."""
+    import numpy as np
+
+    return {
+        "episodes": len(returns),
+        "mean": float(np.mean(returns)),
+        "std": float(np.std(returns)),
+        "min": float(np.min(returns)),
+        "max": float(np.max(returns)),
+        "seeds": list(seeds),
+    }
+
+
+def compare(
+    candidate: str | Path,
+    episodes: int,
+    champion: str | Path | None = None,
+    champion_version: int | None = None,
+) -> dict[str, Any]:
+    """The model comparison: ``candidate`` and ``champion`` on the same greedy episodes.
+
+    Both play the candidate's environment and ``env_config`` (its ``rlq_meta.json``), reset seeds
+    ``MODEL_EVAL_SEED`` … ``MODEL_EVAL_SEED + episodes - 1``. A champion that cannot be played
+    (gone, or a policy for other observations) leaves ``champion`` None and says why in ``error``;
+    the candidate's own failure raises.
+    """
+    ckpt = _local_path(candidate)
+    env_config = dict(load_meta(ckpt)["env_config"])
+    seeds = [MODEL_EVAL_SEED + i for i in range(episodes)]
+    mine = evaluate(ckpt, episodes, seed=MODEL_EVAL_SEED, env_config=env_config)
+    out: dict[str, Any] = {
+        "candidate": stats(mine["returns"], seeds),
+        "champion": None,
+        "champion_version": champion_version,
+        "error": None,
+    }
+    if champion is not None:
+        try:
+            theirs = evaluate(champion, episodes, seed=MODEL_EVAL_SEED, env_config=env_config)
+            out["champion"] = stats(theirs["returns"], seeds)
+        except Exception as exc:  # noqa: BLE001 - a champion that cannot play is reported, not fatal
+            out["error"] = f"the champion could not be evaluated: {type(exc).__name__}: {exc}"[:500]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,10 @@ class Plan:
         self.evaluate_gif = bool(args.evaluate_gif)
         if self.evaluate_gif and not self.evaluate_episodes:
             self.evaluate_episodes = 1
+        self.model_eval_episodes = _int_arg("--model-eval-episodes", args.model_eval_episodes, 0, 10_000)
+        # Not checked here: a champion that cannot be played never fails the run (summary says why).
+        self.champion: str | None = args.champion
+        self.champion_version = _int_arg("--champion-version", args.champion_version, 1, 10**9)
 
 
 def _algorithm(text: str) -> str:

@@ -56,6 +56,8 @@ class Trainer:
             self.finish(exit_code)
         if exit_code == 0 and self.plan.evaluate_episodes and self.last_checkpoint is not None:
             exit_code = self.evaluate()
+        if exit_code == 0 and self.plan.model_eval_episodes and self.last_checkpoint is not None:
+            self.compare()
         self.summary["duration_s"] = round(time.time() - self.t0, 3)
         self.summary = metrics.write_summary(self.plan.output_dir, self.summary)
         return exit_code
@@ -278,6 +280,38 @@ class Trainer:
         if gif is not None:
             self.summary["replay_path"] = gif.resolve().as_uri()
         return 0
+
+    def compare(self) -> None:
+        """The model comparison (:func:`trainer.evaluate.compare`) into ``summary["model_eval"]``.
+
+        Never fails the trained run: an evaluation that cannot run is reported in its ``error``.
+        """
+        from trainer import evaluate
+
+        plan = self.plan
+        assert self.last_checkpoint is not None and plan.model_eval_episodes
+        try:
+            result = evaluate.compare(
+                self.last_checkpoint, plan.model_eval_episodes, plan.champion, plan.champion_version
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed evaluation never discards the trained run
+            traceback.print_exc(file=sys.stderr)
+            result = {
+                "candidate": None,
+                "champion": None,
+                "champion_version": plan.champion_version,
+                "error": "evaluation failed: " + error_paragraph(exc),
+            }
+        self.summary["model_eval"] = result
+        log(
+            "model comparison: candidate "
+            + _mean(result["candidate"])
+            + (f", champion v{plan.champion_version} " + _mean(result["champion"]) if plan.champion else "")
+        )
+
+
+def _mean(evaluation: dict[str, Any] | None) -> str:
+    return "—" if evaluation is None else f"{evaluation['mean']:.2f} ± {evaluation['std']:.2f}"
 
 
 def checkpoints(output_dir: Path) -> list[Path]:

@@ -76,6 +76,11 @@ class Args:
     seed: str | None = _flag(None, "seed of RLlib and of the evaluation episodes")
     evaluate_episodes: str = _flag("0", "greedy evaluation episodes after training")
     evaluate_gif: bool = _flag(False, "also write DIR/replay.gif of the evaluation", action="store_true")
+    model_eval_episodes: str = _flag(
+        "0", "play the final checkpoint (and --champion) on N greedy episodes of fixed seeds"
+    )
+    champion: str | None = _flag(None, "the model's champion checkpoint (dir or file:// URI) to play against")
+    champion_version: str | None = _flag(None, "the champion's version number, echoed in summary.json")
     argv_from_env: str | None = _flag(
         None, "read the whole argument vector as a JSON list of strings from env var VAR", metavar="VAR"
     )

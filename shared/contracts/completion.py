@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from shared.contracts.base import Strict, utcnow
+from shared.contracts.models import ModelSection
 
 Status = Literal["Completed", "Failed", "Canceled", "TimedOut"]
 StopReason = Literal[
@@ -46,6 +47,10 @@ class CompletionMessage(Strict):
     attempts: int = 1
     # True when the compute twin reported the run: nothing was trained, the figures are made up.
     simulated: bool = False
+    # What the run did to its model (docs/models.md): its version, both evaluations, promoted or
+    # not, the champion's checkpoint. None: nothing registered (the run did not complete with a
+    # checkpoint, or the deployment keeps no model registry).
+    model: ModelSection | None = None
 
 
 class Delivery(BaseModel):

@@ -41,8 +41,9 @@ MODEL_SCHEME = "model://"
 # Episodes of the champion comparison when the request names none, and their bounds.
 DEFAULT_EVAL_EPISODES = 20
 MAX_EVAL_EPISODES = 200
-# Champion changes kept on a model (its ``history``), newest last; older ones drop off.
-MAX_HISTORY = 100
+# Champion changes kept on a model (its ``history``), newest last; older ones drop off. Kept slim
+# (no evaluations: those are on the versions), so a model stays one small row in any store.
+MAX_HISTORY = 50
 
 
 class Evaluation(Strict):
@@ -114,6 +115,9 @@ class Model(Strict):
     champion_version: int | None = None  # at most one champion; None before the first
     latest_version: int = 0  # the number of the newest version (0: none yet)
     history: list[PromotionEvent] = Field(default_factory=list)  # champion changes, oldest first
+    # The sequence of the newest champion change published to the topic (the events after it are
+    # still to go out: an outbox, so each change is published once even across a crash).
+    published: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     etag: int = 0
@@ -131,7 +135,7 @@ class ModelSection(Strict):
     version: int  # the version this run registered
     candidate: Evaluation | None = None  # this run's evaluation
     champion: Evaluation | None = None  # the champion's, on the same episodes (None: there was none)
-    champion_version_before: int | None = None  # the champion it was judged against
+    champion_version_before: int | None = None  # the champion it was played against (None: none)
     promoted: bool  # this run's version is now the champion
     reason: str  # why, in a sentence ("promoted: 187.3 > 150.2 + 0" / "kept the champion: …")
     champion_version: int | None = None  # the champion after the decision

@@ -39,6 +39,12 @@ from shared.contracts.environments import (
     check_env_config,
     env_id_problem,
 )
+from shared.contracts.models import (
+    DEFAULT_EVAL_EPISODES,
+    MAX_EVAL_EPISODES,
+    MODEL_SCHEME,
+    PromotionRule,
+)
 from shared.contracts.vm_sizes import (
     DEFAULT_HEAD_VM_SIZE,
     DEFAULT_WORKER_VM_SIZE,
@@ -230,6 +236,18 @@ class Evaluate(Strict):
     gif: bool = Field(False, strict=True)
 
 
+class Champion(Strict):
+    """The champion a run is judged against: its version and checkpoint (resolved at intake)."""
+
+    version: int = Field(ge=1, strict=True)
+    checkpoint_path: str = Field(max_length=1024)
+
+    @field_validator("checkpoint_path")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _checkpoint_uri(v, "champion.checkpoint_path")
+
+
 class TrainingRequest(Strict):
     """A request to train: the JSON body of a ``training-requests`` message."""
 
@@ -248,6 +266,17 @@ class TrainingRequest(Strict):
     reply_to: str | None = Field(None, pattern=QUEUE_RE)
     tags: dict[str, str] = Field(default_factory=dict, max_length=32)
     evaluate: Evaluate | None = None
+    # The model this run trains (docs/models.md); None: the experiment's name (:attr:`model_name`).
+    model: str | None = Field(None, pattern=NAME_RE)
+    # How its version may become the model's champion (shared/contracts/models.py PromotionRule).
+    promote: PromotionRule = "if_better"
+    # ``if_better``: the candidate's mean must exceed the champion's by more than this (>= 0).
+    min_improvement: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False, strict=True)
+    # Greedy episodes candidate and champion are each played on at the end of the run.
+    eval_episodes: int = Field(DEFAULT_EVAL_EPISODES, ge=1, le=MAX_EVAL_EPISODES, strict=True)
+    # Set by rlq at intake, never by a producer (what one sends is replaced): the model's champion
+    # when the request was accepted, whose checkpoint the trainer plays against the candidate.
+    champion: Champion | None = None
 
     @field_validator("env")
     @classmethod
@@ -333,6 +362,18 @@ class TrainingRequest(Strict):
             return self.restore_from.removeprefix(RESTORE_SCHEME)
         return None
 
+    @property
+    def restore_model(self) -> str | None:
+        """The model named by ``restore_from: model://<name>`` (its champion's run), else None."""
+        if self.restore_from and self.restore_from.startswith(MODEL_SCHEME):
+            return self.restore_from.removeprefix(MODEL_SCHEME)
+        return None
+
+    @property
+    def model_name(self) -> str:
+        """The model this run registers under: ``model``, else the experiment's name."""
+        return self.model or self.experiment
+
     @field_validator("restore_from")
     @classmethod
     def _restore(cls, v: str | None) -> str | None:
@@ -342,17 +383,11 @@ class TrainingRequest(Strict):
             if not re.match(ID_RE, v.removeprefix(RESTORE_SCHEME)):
                 raise ValueError(f"{v!r}: expected rlq://<request_id> of an earlier run")
             return v
-        if not re.match(r"^(file|azureml|abfss|https)://", v):
-            raise ValueError(
-                "must be a URI: rlq://<request_id> (an earlier run's final checkpoint), file://, "
-                "azureml://, abfss:// or https://"
-            )
-        decoded = unquote(v)  # %2e%2e is '..' to whoever decodes the URI later
-        if ".." in re.split(r"[/\\]", unquote(v.split("?")[0])) or any(
-            c in text for text in (v, decoded) for c in "\x00\n\r;`$|&<>\\"
-        ):
-            raise ValueError("path traversal and shell metacharacters are not allowed")
-        return v
+        if v.startswith(MODEL_SCHEME):
+            if not re.match(NAME_RE, v.removeprefix(MODEL_SCHEME)):
+                raise ValueError(f"{v!r}: expected model://<name> of a model (letters, digits, _ -, max 64)")
+            return v
+        return _checkpoint_uri(v, "restore_from")
 
     @model_validator(mode="after")
     def _reachable(self) -> TrainingRequest:
@@ -367,6 +402,24 @@ class TrainingRequest(Strict):
                     f"(highest mean return {ceiling})"
                 )
         return self
+
+
+def _checkpoint_uri(v: str, field: str) -> str:
+    """A checkpoint URI a job may read (``field`` names it in the message): one of the schemes a
+    backend restores from, no path traversal, no shell metacharacters."""
+    if not re.match(r"^(file|azureml|abfss|https)://", v):
+        raise ValueError(
+            "must be a URI: rlq://<request_id> (an earlier run's final checkpoint), "
+            "model://<name> (a model's champion), file://, azureml://, abfss:// or https://"
+            if field == "restore_from"
+            else "must be a checkpoint URI: file://, azureml://, abfss:// or https://"
+        )
+    decoded = unquote(v)  # %2e%2e is '..' to whoever decodes the URI later
+    if ".." in re.split(r"[/\\]", unquote(v.split("?")[0])) or any(
+        c in text for text in (v, decoded) for c in "\x00\n\r;`$|&<>\\"
+    ):
+        raise ValueError("path traversal and shell metacharacters are not allowed")
+    return v
 
 
 def _config_value_problem(value: Any) -> str | None:

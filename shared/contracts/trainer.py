@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.contracts.models import Evaluation
 from shared.contracts.request import TrainingRequest
 
 ARGV_ENV = "RLQ_TRAINER_ARGV"
@@ -39,6 +40,8 @@ ARGV_ENV = "RLQ_TRAINER_ARGV"
 # gone, never one left training behind a job Ray reports ended (and its run resumed beside it).
 ENTRYPOINT = f"exec python -m trainer.train --argv-from-env {ARGV_ENV}"
 CHECKPOINT_FREQ = 10
+# The first reset seed of the model comparison's episodes (trainer/evaluate.py MODEL_EVAL_SEED).
+MODEL_EVAL_SEED = 1_000_000
 CHECKPOINT_EVERY_S = 300  # a checkpoint after this many seconds of training too (``--checkpoint-every-s``)
 METRICS_MARK = "RLQ_METRICS "
 SUMMARY_MARK = "RLQ_SUMMARY "
@@ -51,9 +54,11 @@ __all__ = [
     "CHECKPOINT_FREQ",
     "ENTRYPOINT",
     "METRICS_MARK",
+    "MODEL_EVAL_SEED",
     "SUMMARY_MARK",
     "TRAINER_EXITS",
     "JobEnd",
+    "ModelEval",
     "TrainerSummary",
     "build_argv",
     "end_of_exit",
@@ -139,6 +144,7 @@ def build_argv(
     ray_address: str | None = None,
     checkpoint_every_s: int = CHECKPOINT_EVERY_S,
     resume: bool = False,
+    champion: str | None = None,
 ) -> list[str]:
     """``--run … --env … --config … --stop … --output-dir …`` and the optional flags.
 
@@ -181,7 +187,25 @@ def build_argv(
         argv += ["--evaluate-episodes", str(request.evaluate.episodes)]
         if request.evaluate.gif:
             argv.append("--evaluate-gif")
+    # The model comparison (docs/models.md): every run plays its final checkpoint on the same
+    # greedy episodes, and the champion's checkpoint on them too when the model has one.
+    argv += ["--model-eval-episodes", str(request.eval_episodes)]
+    if request.champion is not None:
+        argv += ["--champion-version", str(request.champion.version)]
+        if champion:  # a path the job reads; Azure ML mounts it as a job input instead
+            argv += ["--champion", champion]
     return argv
+
+
+class ModelEval(BaseModel):
+    """``summary.json``'s ``model_eval``: what ``trainer/evaluate.py`` ``compare`` played."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    candidate: Evaluation | None = None  # the run's final checkpoint
+    champion: Evaluation | None = None  # the champion's checkpoint, on the same episodes
+    champion_version: int | None = None  # the version ``--champion-version`` named
+    error: str | None = None  # why an evaluation is missing
 
 
 class TrainerSummary(BaseModel):
@@ -207,6 +231,9 @@ class TrainerSummary(BaseModel):
     checkpoint_path: str | None = None
     eval_reward: float | None = None
     replay_path: str | None = None
+    # The model comparison (``--model-eval-episodes``): the candidate and the champion on the same
+    # greedy episodes; None when the trainer made none (an older trainer, a run that did not end well).
+    model_eval: ModelEval | None = None
     simulated: bool = Field(False, strict=True)  # only a JSON true marks a made-up run
 
     @classmethod

@@ -91,6 +91,12 @@ class Admission:
         backend reported it) and the id, for lineage; any other request as it is. Refused, naming
         ``restore_from``, when that run is unknown, did not complete, has no checkpoint, or ran on
         another backend than this request would (its checkpoint lives there)."""
+        champions = self.core.champions()
+        if champions is not None:  # the model's champion now; model://<name> becomes rlq://<its run>
+            request = champions.with_champion(request)
+        elif request.restore_model is not None:
+            why = f"{request.restore_from}: this deployment keeps no models"
+            raise InvalidRequest([{"field": "restore_from", "message": why}])
         parent_id = request.restore_parent
         if parent_id is None:
             return request, None

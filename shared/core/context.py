@@ -12,7 +12,16 @@ from datetime import datetime
 
 from shared.contracts.run import RunRecord
 from shared.core.faults import FaultHook, FaultPoint
-from shared.ports import ComputeBackend, Notifier, Publisher, Rejecter, RequestSender, RunStore
+from shared.core.models import Champions
+from shared.ports import (
+    ComputeBackend,
+    ModelRegistry,
+    Notifier,
+    Publisher,
+    Rejecter,
+    RequestSender,
+    RunStore,
+)
 from shared.settings import Settings
 
 
@@ -29,10 +38,18 @@ class Core:
     # Saves what a finished run leaves beside its outputs (the reward curve); None: nothing to save.
     artifacts: Callable[[RunRecord], object] | None = None
     faults: FaultHook | None = None
+    # Named models and their champions (docs/models.md); None: runs register no model versions.
+    models: ModelRegistry | None = None
 
     def backend(self, record: RunRecord) -> ComputeBackend:
         """The compute backend the run was (or will be) submitted to."""
         return self.compute[record.backend or self.settings.backend]
+
+    def champions(self) -> Champions | None:
+        """The model registry's writes by the rule, on this core's registry, publisher and clock."""
+        if self.models is None:
+            return None
+        return Champions(self.models, lambda: self.publisher, self.clock)
 
     def fault(self, point: FaultPoint) -> None:
         """A step boundary: the crash tests' hook may kill the process here."""

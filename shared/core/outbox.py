@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from shared import curves, telemetry
 from shared.contracts import message_ids
 from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.models import ModelSection
 from shared.contracts.run import STATUS_OF, TERMINAL, RunRecord, RunState
 from shared.contracts.trainer import TrainerSummary
 from shared.core.context import Core
@@ -34,7 +35,10 @@ class Outbox:
         # Any: the changes are RunRecord fields of different types, checked by pydantic when stored
         changes.setdefault("finished_at", self.core.clock())
         ended = record.model_copy(update=changes)
-        changes["completion"] = self._completion(ended, summary or TrainerSummary())
+        summary = summary or TrainerSummary()
+        changes["completion"] = self._completion(ended, summary).model_copy(
+            update={"model": self._register(ended, summary)}
+        )
         stored = self.records.update(record, **changes)
         if stored.state not in TERMINAL or stored.completion is None:
             return stored  # someone else moved it on first
@@ -44,6 +48,15 @@ class Outbox:
         telemetry.RUN_DURATION.record(ran_s or 0.0, {telemetry.STATE: stored.state.value})
         self.publish(stored)
         return self.core.store.get(record.request_id) or stored
+
+    def _register(self, ended: RunRecord, summary: TrainerSummary) -> ModelSection | None:
+        """A completed run's version of its model and the champion decision (docs/models.md),
+        before the terminal write: registration is idempotent on the run, so a retried terminate
+        answers the same decision."""
+        champions = self.core.champions()
+        if champions is None or ended.state is not RunState.completed:
+            return None
+        return champions.register(ended, summary)  # TransientError: the next poll tries again
 
     def _completion(self, record: RunRecord, summary: TrainerSummary) -> CompletionMessage:
         req = record.request
@@ -82,6 +95,10 @@ class Outbox:
         if record.completion is None or record.published_at is not None:
             return False
         reply_to = record.request.reply_to if record.request else None
+        champions = self.core.champions()
+        if record.completion.model is not None and champions is not None:
+            # its model-promoted event (and any still pending of that model) first, each once
+            champions.publish_pending(record.completion.model.name)
         with telemetry.span(telemetry.PUBLISH, request_id=record.request_id, kind=telemetry.PRODUCER):
             # TransientError: the next tick retries
             self.core.publisher.publish(record.completion, reply_to=reply_to)

@@ -29,7 +29,15 @@ from shared.core.readiness import TTL_S as READINESS_TTL_S
 from shared.core.readiness import Readiness, ReadinessGate
 from shared.core.records import Records
 from shared.errors import PermanentError
-from shared.ports import ComputeBackend, Notifier, Publisher, Rejecter, RequestSender, RunStore
+from shared.ports import (
+    ComputeBackend,
+    ModelRegistry,
+    Notifier,
+    Publisher,
+    Rejecter,
+    RequestSender,
+    RunStore,
+)
 from shared.settings import Settings
 
 
@@ -51,6 +59,7 @@ class TrainingService:
         faults: FaultHook | None = None,
         readiness_ttl_s: float = READINESS_TTL_S,
         readiness_timeout_s: float = READINESS_TIMEOUT_S,
+        models: ModelRegistry | None = None,
     ) -> None:
         if not compute:
             raise ValueError("at least one compute backend is required")
@@ -65,6 +74,8 @@ class TrainingService:
             rejecter=rejecter,
             artifacts=artifacts,
             faults=faults,
+            # the run store keeps the registry when it can (both of rlq's stores do)
+            models=models if models is not None else (store if isinstance(store, ModelRegistry) else None),
         )
         self._records = Records(self.core)
         self._outbox = Outbox(self.core, self._records)

@@ -22,6 +22,7 @@ from shared.contracts.trainer import JobEnd, end_of_exit
 from shared.ports import Checkpoint, JobStatus
 from shared.settings import Settings
 from tests.support.notifiers import RecordingNotifier
+from tests.support.topics import completions
 
 
 class ScriptedBackend:
@@ -81,10 +82,7 @@ def run(w: Wiring, request_id: str = "r", ticks: int = 8):
 
 def published(w: Wiring) -> list[CompletionMessage]:
     s = w.settings
-    return [
-        CompletionMessage.model_validate_json(m.body)
-        for m in w.broker.peek(s.topic_name, subscription=s.subscription_name, limit=100)
-    ]
+    return completions(w.broker.peek(s.topic_name, subscription=s.subscription_name, limit=100))
 
 
 def test_a_lost_job_resumes_as_attempt_two_and_completes_once(tmp_path, clock):

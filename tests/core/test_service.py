@@ -147,6 +147,9 @@ def test_outbox_republishes_until_the_publish_lands(wired, clock):
                 raise TransientError("topic busy")
             real.publish(message, reply_to=reply_to)
 
+        def publish_event(self, event):
+            real.publish_event(event)
+
     wired.service.core.publisher = Flaky()
     wired.service.accept(body(request_id="o1"), message_id="m")
     reports = [wired.service.poll_once() for _ in range(5)]

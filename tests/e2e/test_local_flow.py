@@ -18,6 +18,7 @@ from shared.contracts.completion import CompletionMessage
 from shared.contracts.run import RunState
 from shared.localhost import LocalHost
 from tests.e2e.conftest import subprocess_env
+from tests.support.topics import completions
 
 pytestmark = pytest.mark.ray
 
@@ -41,10 +42,7 @@ def drive(host: LocalHost, w, request_id: str, *, timeout_s: float, until=None) 
 
 def topic(w) -> list[CompletionMessage]:
     """Completion messages seen by a second subscriber of the topic (the notifier has its own)."""
-    return [
-        CompletionMessage.model_validate_json(m.body)
-        for m in w.broker.peek(w.settings.topic_name, subscription="audit", limit=100)
-    ]
+    return completions(w.broker.peek(w.settings.topic_name, subscription="audit", limit=100))
 
 
 @pytest.fixture

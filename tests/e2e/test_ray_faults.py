@@ -22,6 +22,7 @@ from shared.contracts.run import RunState
 from shared.localhost.ray_head import head_pids, probe_dashboard, ray_psutil, stop_local_head
 from shared.settings import Settings
 from tests.support.ray_heads import start_test_ray_head
+from tests.support.topics import completions
 
 pytestmark = pytest.mark.ray
 
@@ -45,10 +46,7 @@ def running_with_progress(rec) -> bool:
 
 def published(w) -> list[CompletionMessage]:
     s = w.settings
-    return [
-        CompletionMessage.model_validate_json(m.body)
-        for m in w.broker.peek(s.topic_name, subscription=s.subscription_name, limit=100)
-    ]
+    return completions(w.broker.peek(s.topic_name, subscription=s.subscription_name, limit=100))
 
 
 def trainer_process(request_id: str):

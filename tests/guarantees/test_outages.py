@@ -202,6 +202,9 @@ def test_a_topic_outage_of_many_ticks_publishes_once_when_it_ends(wired, twin, c
                 raise TransientError("topic: ServiceBusyError")
             real.publish(message, reply_to=reply_to)
 
+        def publish_event(self, event):
+            real.publish_event(event)
+
     wired.service.core.publisher = Down()
     wired.broker.send(
         wired.settings.queue_name,

@@ -59,6 +59,7 @@ from shared.adapters import _retry
 from shared.adapters._redact import scrub
 from shared.adapters._retry import MIN_ATTEMPT_S, ROLE_PROPAGATION_HINT, bounded_retrying
 from shared.contracts.completion import CompletionMessage
+from shared.contracts.models import PromotionEvent
 from shared.contracts.request import QUEUE_RE
 from shared.errors import PermanentError, TransientError
 from shared.settings import Settings
@@ -122,6 +123,25 @@ def completion_message(message: CompletionMessage) -> ServiceBusMessage:
         content_type=CONTENT_TYPE,
         subject="training-completed",
         application_properties=props,
+    )
+
+
+def promotion_message(event: PromotionEvent) -> ServiceBusMessage:
+    """The topic message for a champion change: id ``model-promoted:<model>:<n>``, subject
+    ``model-promoted`` (a subscription that wants completions only filters on it)."""
+    from azure.servicebus import ServiceBusMessage
+
+    return ServiceBusMessage(
+        event.model_dump_json(),
+        message_id=sb_message_id(event.message_id),
+        correlation_id=sb_message_id(event.request_id) if event.request_id else None,
+        content_type=CONTENT_TYPE,
+        subject=event.event,
+        application_properties={
+            "event": event.event,
+            "model": event.model,
+            "rlq_message_id": event.message_id,
+        },
     )
 
 
@@ -509,6 +529,14 @@ class ServiceBusPublisher(_ServiceBusSide):
                     f"{reply_to!r} failed",
                     reason=err.reason,
                 ) from err
+
+    def publish_event(self, event: PromotionEvent) -> None:
+        self._send(
+            "topic",
+            self.topic_name,
+            lambda: promotion_message(event),
+            action=f"publish {event.message_id} to topic {self.topic_name}",
+        )
 
 
 class ServiceBusRequestSender(_ServiceBusSide):

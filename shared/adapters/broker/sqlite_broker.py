@@ -31,6 +31,7 @@ from typing import Any
 from shared import telemetry
 from shared.adapters._sqlite import Connections
 from shared.contracts.completion import CompletionMessage
+from shared.contracts.models import PromotionEvent
 from shared.errors import TransientError
 from shared.ports import DeadLetter
 
@@ -706,6 +707,16 @@ class SqlitePublisher:
                     correlation_id=message.request_id,
                     application_properties=props,
                 )
+
+    def publish_event(self, event: PromotionEvent) -> None:
+        """A ``model-promoted`` event to the topic; duplicate detection drops a repeat of its id."""
+        self.broker.send(
+            self.topic,
+            event.model_dump_json(),
+            message_id=event.message_id,
+            correlation_id=event.request_id,
+            application_properties={"event": event.event, "model": event.model},
+        )
 
 
 # --- plumbing ---------------------------------------------------------------------------------

@@ -24,16 +24,18 @@ import time
 import uuid
 from pathlib import Path
 
+from shared.contracts.models import Evaluation
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress
-from shared.contracts.trainer import TrainerSummary
+from shared.contracts.trainer import MODEL_EVAL_SEED, ModelEval, TrainerSummary
 from shared.errors import TransientError
 from shared.ports import JobStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   run_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, polls INTEGER NOT NULL DEFAULT 0,
-  state TEXT NOT NULL, target REAL, created_at REAL NOT NULL, canceled INTEGER NOT NULL DEFAULT 0);
+  state TEXT NOT NULL, target REAL, created_at REAL NOT NULL, canceled INTEGER NOT NULL DEFAULT 0,
+  episodes INTEGER, champion TEXT, champion_version INTEGER);
 CREATE INDEX IF NOT EXISTS jobs_request ON jobs(request_id);
 CREATE TABLE IF NOT EXISTS ensure_calls (request_id TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS submit_calls (request_id TEXT NOT NULL, at REAL NOT NULL);
@@ -69,6 +71,11 @@ class ComputeTwin:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
+        for column in ("episodes INTEGER", "champion TEXT", "champion_version INTEGER"):
+            try:  # a twin file from before the model comparison: add its columns
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+            except sqlite3.OperationalError:
+                pass  # the column is there already
 
     def check(self) -> str:
         """:class:`shared.ports.ReadinessProbe`: the twin's own database answers."""
@@ -97,9 +104,20 @@ class ComputeTwin:
             try:
                 self._db.execute("INSERT INTO submit_calls VALUES (?, ?)", (key, time.time()))
                 self._db.execute(
-                    "INSERT INTO jobs (run_id, request_id, state, target, created_at) SELECT ?,?,?,?,? "
-                    "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE request_id=?)",
-                    (run_id, key, "pending", request.stop.episode_reward_mean, time.time(), key),
+                    "INSERT INTO jobs (run_id, request_id, state, target, created_at, episodes, champion,"
+                    " champion_version) SELECT ?,?,?,?,?,?,?,? WHERE NOT EXISTS"
+                    " (SELECT 1 FROM jobs WHERE request_id=?)",
+                    (
+                        run_id,
+                        key,
+                        "pending",
+                        request.stop.episode_reward_mean,
+                        time.time(),
+                        request.eval_episodes,
+                        request.champion.checkpoint_path if request.champion else None,
+                        request.champion.version if request.champion else None,
+                        key,
+                    ),
                 )
                 row = self._db.execute(
                     "SELECT run_id FROM jobs WHERE request_id=? ORDER BY created_at LIMIT 1", (key,)
@@ -117,11 +135,13 @@ class ComputeTwin:
             raise TransientError("twin: status temporarily unavailable (injected)")
         with self._lock:
             row = self._db.execute(
-                "SELECT polls, state, target, canceled FROM jobs WHERE run_id=?", (run_id,)
+                "SELECT polls, state, target, canceled, episodes, champion, champion_version FROM jobs"
+                " WHERE run_id=?",
+                (run_id,),
             ).fetchone()
             if row is None:
                 return JobStatus(state="failed", error=f"no job {run_id}")
-            polls, state, target, canceled = row
+            polls, state, target, canceled, episodes, champion, champion_version = row
             if state in ("pending", "running"):
                 polls += 1
                 state = (
@@ -145,6 +165,7 @@ class ComputeTwin:
                 duration_s=float(polls),
                 stop_reason="reward_reached",
                 checkpoint_path=f"file:///twin/{run_id}/checkpoints/final",
+                model_eval=self._model_eval(reward, episodes, champion, champion_version),
                 simulated=True,
             )
         elif state == "failed":
@@ -156,6 +177,26 @@ class ComputeTwin:
         return JobStatus(
             state=state, progress=progress, summary=summary, error=summary.error if summary else None
         )
+
+    def _model_eval(
+        self, reward: float, episodes: int | None, champion: str | None, version: int | None
+    ) -> ModelEval:
+        """The model comparison a finished job reports: every episode returns the job's target
+        (``stop.episode_reward_mean``, else 1.0); the champion's, its own job's target."""
+        n = episodes or 1
+        seeds = [MODEL_EVAL_SEED + i for i in range(n)]
+
+        def played(mean: float) -> Evaluation:
+            return Evaluation(episodes=n, mean=mean, std=0.0, min=mean, max=mean, seeds=seeds)
+
+        theirs = None
+        if champion is not None:
+            their_run = champion.removeprefix("file:///twin/").split("/", 1)[0]
+            with self._lock:
+                found = self._db.execute("SELECT target FROM jobs WHERE run_id=?", (their_run,)).fetchone()
+            if found is not None:
+                theirs = played(found[0] if found[0] is not None else 1.0)
+        return ModelEval(candidate=played(reward), champion=theirs, champion_version=version)
 
     def cancel(self, run_id: str) -> None:
         with self._lock:

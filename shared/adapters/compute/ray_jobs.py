@@ -153,6 +153,7 @@ def ray_job_argv(
     every run is bounded; a ``file://`` checkpoint becomes the path the cluster reads.
     """
     restore = restore_path(request.restore_from) if request.restore_from else None
+    champion = restore_path(request.champion.checkpoint_path) if request.champion else None
     return build_argv(
         request,
         output_dir=output_dir,
@@ -164,6 +165,7 @@ def ray_job_argv(
         env_module=env_module,
         checkpoint_every_s=checkpoint_every_s,
         resume=resume,
+        champion=champion,
     )
 
 

@@ -1,13 +1,18 @@
-"""The run store on SQLite: one row per request, the record as JSON beside indexed columns.
+"""The run store on SQLite: one row per request, the record as JSON beside indexed columns; and
+the model registry (:class:`shared.ports.ModelRegistry`): one row per model, one per version.
 
 The local host and the tests use it; Azure uses the Table store with the same contract
 (``tests/contract/run_store_contract.py``). ``update`` is a compare-and-swap on ``version``, so two
 pollers racing on one run never lose a write: the loser gets :class:`shared.errors.Conflict`,
-re-reads and decides again.
+re-reads and decides again. ``save_model`` is the same compare-and-swap on the model's ``etag``,
+with its new version inserted in the same transaction (a version number or run taken twice rolls
+both back).
 """
 
 from __future__ import annotations
 
+import builtins
+import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +21,7 @@ from pydantic import ValidationError
 
 from shared.adapters._sqlite import Connections, DamagedDatabase
 from shared.contracts.base import utcnow
+from shared.contracts.models import Model, ModelVersion
 from shared.contracts.run import RunRecord, RunState
 from shared.errors import Conflict, NotFound
 
@@ -30,6 +36,19 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, created_at);
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at);
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    etag INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (model, version),
+    UNIQUE (model, request_id)
+);
 """
 
 
@@ -155,6 +174,71 @@ class SqliteRunStore:
                     wanted,
                 ).fetchone()[0]
             )
+
+    # --- ModelRegistry -------------------------------------------------------------------------
+
+    def get_model(self, name: str) -> Model | None:
+        with self._db.read() as conn:
+            row = conn.execute("SELECT record FROM models WHERE name=?", (name,)).fetchone()
+        return None if row is None else Model.model_validate_json(row[0])
+
+    def list_models(self, *, limit: int = 100) -> builtins.list[Model]:
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT record FROM models ORDER BY name LIMIT ?", (int(limit),)).fetchall()
+        return [Model.model_validate_json(r[0]) for r in rows]
+
+    def save_model(self, model: Model, *, new_version: ModelVersion | None = None) -> Model:
+        stored = model.model_copy(update={"etag": model.etag + 1})
+        with self._db.tx() as conn:
+            if model.etag == 0:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO models (name, etag, record) VALUES (?,?,?)",
+                    (model.name, stored.etag, stored.model_dump_json()),
+                )
+            else:
+                cur = conn.execute(
+                    "UPDATE models SET etag=?, record=? WHERE name=? AND etag=?",
+                    (stored.etag, stored.model_dump_json(), model.name, model.etag),
+                )
+            if cur.rowcount != 1:
+                raise Conflict(f"model {model.name!r} changed since etag {model.etag}: re-read and retry")
+            if new_version is not None:
+                try:
+                    conn.execute(
+                        "INSERT INTO model_versions (model, version, request_id, record) VALUES (?,?,?,?)",
+                        (
+                            new_version.model,
+                            new_version.version,
+                            new_version.request_id,
+                            new_version.model_dump_json(),
+                        ),
+                    )
+                except sqlite3.IntegrityError:
+                    # raised inside the transaction: the model row written above is rolled back too
+                    raise Conflict(
+                        f"model {model.name!r}: version {new_version.version} or run "
+                        f"{new_version.request_id!r} is registered already"
+                    ) from None
+        return stored
+
+    def get_version(self, name: str, version: int) -> ModelVersion | None:
+        return self._version("model=? AND version=?", (name, int(version)))
+
+    def find_version(self, name: str, request_id: str) -> ModelVersion | None:
+        return self._version("model=? AND request_id=?", (name, request_id))
+
+    def list_versions(self, name: str, *, limit: int = 100) -> builtins.list[ModelVersion]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT record FROM model_versions WHERE model=? ORDER BY version DESC LIMIT ?",
+                (name, int(limit)),
+            ).fetchall()
+        return [ModelVersion.model_validate_json(r[0]) for r in rows]
+
+    def _version(self, where: str, params: tuple[object, ...]) -> ModelVersion | None:
+        with self._db.read() as conn:
+            row = conn.execute(f"SELECT record FROM model_versions WHERE {where}", params).fetchone()
+        return None if row is None else ModelVersion.model_validate_json(row[0])
 
     def _now(self) -> datetime:
         value = self._clock()

@@ -27,6 +27,14 @@ redelivers, the poller tries again on its next tick); no credential at all (azur
 get a token: no response from the service) stays permanent. What is left is translated here into
 :mod:`shared.errors`.
 
+The model registry (:class:`shared.ports.ModelRegistry`) shares the table, one partition per
+model (``model:<name>``; model names are RowKey-safe): the model's row (``RowKey = "model"``, its
+``Etag`` counter beside its JSON), a row per version (``v<000000001>``) and a row per registered
+run (``run:<request_id>``, holding its version number). ``save_model`` is one entity-group
+transaction in that partition: the model row replaced on its service ETag (or created), the
+version and run rows created, so a stale etag or a version or run registered twice fails all of
+it (:class:`Conflict`). Run queries filter on ``PartitionKey eq 'run'`` and never see these rows.
+
 Readiness (:meth:`TableRunStore.check`, ``/api/health``): one upsert of a probe entity in its own
 partition (``health`` / ``probe``, never in ``run``), without either retry layer, each call bounded
 by ``probe_timeout_s``: the same question the SQLite store answers with its header write, whether
@@ -50,6 +58,7 @@ from shared.adapters import _retry
 from shared.adapters._redact import scrub
 from shared.adapters._retry import ROLE_PROPAGATION_HINT, bounded_retrying
 from shared.contracts.base import utcnow
+from shared.contracts.models import Model, ModelVersion
 from shared.contracts.run import RunRecord, RunState
 from shared.errors import Conflict, NotFound, PermanentError, TransientError
 from shared.settings import Settings
@@ -60,6 +69,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARTITION = "run"
+MODEL_PARTITION = "model:"  # + the model's name: one partition per model (its row, versions, runs)
+MODEL_ROW = "model"
 PROBE_PARTITION = "health"  # the readiness probe's one entity: never in the run partition
 PROBE_ROW = "probe"
 PROBE_TIMEOUT_S = 3.0
@@ -289,6 +300,107 @@ class TableRunStore:
             return 0
         return len(self._query(self._filter(wanted), select=["RowKey"]))
 
+    # --- ModelRegistry -------------------------------------------------------------------------
+
+    def get_model(self, name: str) -> Model | None:
+        entity = self._model_entity(name)
+        return None if entity is None else Model.model_validate_json(entity["Record"])
+
+    def list_models(self, *, limit: int = 100) -> builtins.list[Model]:
+        # model names are [A-Za-z0-9_-]: the partitions "model:" up to "model;" (':' + 1) hold them all
+        flt = f"PartitionKey ge '{MODEL_PARTITION}' and PartitionKey lt 'model;' and RowKey eq '{MODEL_ROW}'"
+        rows = self._query(flt, select=["Record"])
+        models = sorted((Model.model_validate_json(e["Record"]) for e in rows), key=lambda m: m.name)
+        return models[:limit]
+
+    def save_model(self, model: Model, *, new_version: ModelVersion | None = None) -> Model:
+        from azure.core import MatchConditions
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        current = self._model_entity(model.name) if model.etag else None
+        if model.etag and (current is None or int(current["Etag"]) != model.etag):
+            raise Conflict(f"model {model.name!r} changed since etag {model.etag}: re-read and retry")
+        stored = model.model_copy(update={"etag": model.etag + 1})
+        partition = MODEL_PARTITION + model.name
+        row = {
+            "PartitionKey": partition,
+            "RowKey": MODEL_ROW,
+            "Etag": stored.etag,
+            "Record": stored.model_dump_json(),
+        }
+        operations: builtins.list[Any] = [
+            ("create", row)
+            if current is None
+            else (
+                "update",
+                row,
+                {
+                    "mode": UpdateMode.REPLACE,
+                    "etag": current.metadata["etag"],
+                    "match_condition": MatchConditions.IfNotModified,
+                },
+            )
+        ]
+        if new_version is not None:
+            operations += [
+                (
+                    "create",
+                    {
+                        "PartitionKey": partition,
+                        "RowKey": _version_key(new_version.version),
+                        "Record": new_version.model_dump_json(),
+                    },
+                ),
+                (
+                    "create",
+                    {
+                        "PartitionKey": partition,
+                        "RowKey": _run_key(new_version.request_id),
+                        "Version": new_version.version,
+                    },
+                ),
+            ]
+
+        def submit() -> bool:
+            try:
+                self._table.submit_transaction(operations)
+            except TableTransactionError as err:  # the whole group was refused: nothing written
+                if err.status_code in (409, 412):  # EntityAlreadyExists / UpdateConditionNotSatisfied
+                    return False
+                raise
+            return True
+
+        if not self._call("save model", submit):
+            raise Conflict(
+                f"model {model.name!r} changed since etag {model.etag}, or the version is taken: re-read and retry"
+            )
+        return stored
+
+    def get_version(self, name: str, version: int) -> ModelVersion | None:
+        entity = self._get(MODEL_PARTITION + name, _version_key(version))
+        return None if entity is None else ModelVersion.model_validate_json(entity["Record"])
+
+    def find_version(self, name: str, request_id: str) -> ModelVersion | None:
+        entity = self._get(MODEL_PARTITION + name, _run_key(request_id))
+        return None if entity is None else self.get_version(name, int(entity["Version"]))
+
+    def list_versions(self, name: str, *, limit: int = 100) -> builtins.list[ModelVersion]:
+        flt = f"PartitionKey eq '{MODEL_PARTITION}{name}' and RowKey ge 'v' and RowKey lt 'w'"
+        rows = self._query(flt, select=["RowKey", "Record"])
+        rows.sort(key=lambda e: e["RowKey"], reverse=True)  # zero-padded: by version
+        return [ModelVersion.model_validate_json(e["Record"]) for e in rows[:limit]]
+
+    def _model_entity(self, name: str) -> Any:
+        return self._get(MODEL_PARTITION + name, MODEL_ROW)
+
+    def _get(self, partition: str, key: str) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._call("read", lambda: self._table.get_entity(partition, key))
+        except ResourceNotFoundError:
+            return None
+
     # --- ReadinessProbe ---------------------------------------------------------------------
 
     @property
@@ -460,6 +572,14 @@ class TableRunStore:
         if isinstance(value, datetime):
             return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         return datetime.fromtimestamp(float(value), UTC)
+
+
+def _version_key(version: int) -> str:
+    return f"v{int(version):09d}"
+
+
+def _run_key(request_id: str) -> str:
+    return "run:" + row_key(request_id)
 
 
 def refused_by_the_service(err: BaseException) -> bool:

@@ -91,6 +91,7 @@ RAY_PORT = 6379
 HEAD_SHM_SIZE = "24g"
 CHECKPOINTS_OUTPUT = "checkpoints"
 RESTORE_INPUT = "restore"
+CHAMPION_INPUT = "champion"  # the model's champion checkpoint, played against the run's (docs/models.md)
 RESUME_INPUT = "resume"  # attempt k > 1: attempt k - 1's checkpoints output
 IDLE_BEFORE_SCALE_DOWN_S = 1800
 ENVIRONMENT_NAME = "rlq-trainer"
@@ -519,6 +520,11 @@ class AzureMLV2Backend:
                 f"restore_from ({request.restore_from[:80]}): Azure ML jobs restore from an azureml:// "
                 "folder (a checkpoint_path of an earlier run, or rlq://<request_id>)"
             )
+        if request.champion and request.champion.checkpoint_path.startswith("azureml://"):
+            inputs[CHAMPION_INPUT] = Input(
+                type="uri_folder", path=request.champion.checkpoint_path, mode="ro_mount"
+            )
+            cmd += f" --champion ${{{{inputs.{CHAMPION_INPUT}}}}}"
         env = {
             ARGV_ENV: json.dumps(argv),
             "RLQ_RAY_PORT": str(RAY_PORT),
