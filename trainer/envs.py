@@ -66,7 +66,7 @@ def _mujoco_warnings_to_stderr() -> None:
     job's working dir) unless a handler takes them: here each is one line on stderr."""
     import sys
 
-    import mujoco
+    import mujoco  # type: ignore[import-untyped]  # mujoco ships no type stubs or py.typed
 
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(lambda text: print(f"mujoco: {text}", file=sys.stderr))
