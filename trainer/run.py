@@ -10,6 +10,7 @@ finish (final checkpoint, Ray down, ``summary.json``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -28,6 +29,9 @@ from trainer.plan import Plan
 from trainer.sinks import Sinks, clean
 
 PARTIAL = ".partial-"  # a checkpoint being written; renamed to its name once complete
+# Tests only: a file; while it exists a checkpoint written in full waits under its .partial- name
+# before the rename, so a test can SIGKILL the job in the middle of writing one.
+HOLD_ENV = "RLQ_TEST_CHECKPOINT_HOLD"
 SAVES_FINAL = (0, 143, 130)  # exit codes after which the final checkpoint is saved: stop met, canceled
 
 
@@ -233,6 +237,7 @@ class Trainer:
             "time_total_s": last.get("time_total_s", 0.0),
         }
         (partial / "rlq_meta.json").write_text(json.dumps(clean(meta), indent=1))
+        _hold_before_rename()
         shutil.rmtree(path, ignore_errors=True)  # "final" saved again by a later attempt
         partial.rename(path)
         self.last_checkpoint = path
@@ -312,6 +317,13 @@ class Trainer:
 
 def _mean(evaluation: dict[str, Any] | None) -> str:
     return "—" if evaluation is None else f"{evaluation['mean']:.2f} ± {evaluation['std']:.2f}"
+
+
+def _hold_before_rename() -> None:
+    """Wait while the file ``$RLQ_TEST_CHECKPOINT_HOLD`` exists (unset: at once)."""
+    hold = os.environ.get(HOLD_ENV)
+    while hold and Path(hold).exists():
+        time.sleep(0.2)
 
 
 def checkpoints(output_dir: Path) -> list[Path]:

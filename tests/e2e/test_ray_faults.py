@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ from shared.localhost.ray_head import head_pids, probe_dashboard, ray_psutil, st
 from shared.settings import Settings
 from tests.support.ray_heads import start_test_ray_head
 from tests.support.topics import completions
+from trainer.run import HOLD_ENV
 
 pytestmark = pytest.mark.ray
 
@@ -76,9 +78,20 @@ def settings_for(head, tmp_path, **extra) -> Settings:
 
 @pytest.fixture(scope="module")
 def private_head(tmp_path_factory):
+    """The head, and the file that holds a trainer's checkpoint before its rename while it exists
+    (``trainer.run.HOLD_ENV``, in the environment of the head and of any head the poller restarts)."""
+    hold = tmp_path_factory.mktemp("hold") / "hold"
+    before = os.environ.get(HOLD_ENV)
+    os.environ[HOLD_ENV] = str(hold)
     head = start_test_ray_head(tmp_path_factory.mktemp("fault-head"), num_cpus=2)
-    yield head
-    stop_local_head(data_dir=head.data_dir)
+    try:
+        yield head
+    finally:
+        stop_local_head(data_dir=head.data_dir)
+        if before is None:
+            os.environ.pop(HOLD_ENV, None)
+        else:
+            os.environ[HOLD_ENV] = before
 
 
 @pytest.mark.timeout(600)
@@ -124,10 +137,14 @@ def test_a_trainer_killed_with_no_attempt_left_fails_with_a_readable_reason(priv
 
 
 @pytest.mark.timeout(600)
-def test_a_trainer_killed_mid_training_resumes_from_its_checkpoint_and_completes_once(private_head, tmp_path):
-    """The job's driver SIGKILLed after a checkpoint: attempt 2 resumes from it under its own
-    submission id, the counters go on from the checkpoint, at most one checkpoint interval of
-    timesteps is lost (read from metrics.jsonl), and one completion goes out, saying 2 attempts."""
+def test_a_trainer_killed_while_writing_a_checkpoint_resumes_from_the_one_before_and_completes_once(
+    private_head, tmp_path
+):
+    """The job's driver SIGKILLed mid-training while it writes a checkpoint (held, written in full,
+    under its ``.partial-`` name): the half-written one is never "the latest", so attempt 2 resumes
+    from the one before under its own submission id, the counters go on from there, at most one
+    checkpoint interval of timesteps is lost (read from metrics.jsonl), and one completion goes
+    out, saying 2 attempts."""
     from shared.adapters.compute.ray_jobs import submission_id_for
     from tests.support.ray_submits import record_submit_jobs, submit_job_calls
 
@@ -146,7 +163,15 @@ def test_a_trainer_killed_mid_training_resumes_from_its_checkpoint_and_completes
         wait_until(
             w, "resumed", lambda r: len(list((out / "checkpoints").glob("iter_*"))) >= 2, timeout_s=300
         )
-        killed = kill_driver("resumed")  # every process of the job's driver: nothing goes on training
+        hold = Path(os.environ[HOLD_ENV])
+        hold.touch()  # the next checkpoint waits, written, before its rename
+        try:
+            wait_until(w, "resumed", lambda r: half_written(out), timeout_s=120)
+            [partial] = half_written(out)
+            half_iteration = json.loads((partial / "rlq_meta.json").read_text())["iteration"]
+            killed = kill_driver("resumed")  # every process of the job's driver: nothing goes on training
+        finally:
+            hold.unlink()
         rows_at_kill = metrics_rows(out)
         rec = wait_until(w, "resumed", lambda r: r.state is RunState.notified, timeout_s=400)
     finally:
@@ -158,9 +183,13 @@ def test_a_trainer_killed_mid_training_resumes_from_its_checkpoint_and_completes
     base = submission_id_for("resumed")
     assert submit_job_calls(journal) == {base: 1, f"{base}-a2": 1}  # one submit call per attempt
     [lost] = rec.attempts
-    # the checkpoint rlq recorded is the one attempt 2's trainer loaded
+    # the checkpoint rlq recorded is the one attempt 2's trainer loaded: the one before the half-written one
     assert json.loads((out / "summary.json").read_text())["resumed_from"] == lost.resumed_from
     checkpoint_iteration = int(lost.resumed_from.rsplit("_", 1)[1])
+    assert (
+        partial.name == f".partial-iter_{half_iteration:06d}" and checkpoint_iteration == half_iteration - 1
+    )
+    assert not half_written(out)  # attempt 2 wrote that checkpoint again, whole, and renamed it
     rows = metrics_rows(out)
     after = rows[len(rows_at_kill) :]
     assert after[0]["iteration"] == checkpoint_iteration + 1  # the counters go on from the checkpoint
@@ -170,6 +199,11 @@ def test_a_trainer_killed_mid_training_resumes_from_its_checkpoint_and_completes
     interval = max(b["timesteps"] - a["timesteps"] for a, b in itertools.pairwise(rows_at_kill))
     assert steps_lost <= interval  # at most one checkpoint interval (one iteration here)
     assert lost.steps_lost is not None and lost.steps_lost <= steps_lost  # what rlq saw of them
+
+
+def half_written(out: Path) -> list[Path]:
+    """Checkpoints being written: complete but for their rename."""
+    return [p.parent for p in (out / "checkpoints").glob(".partial-*/rlq_meta.json")]
 
 
 def metrics_rows(out) -> list[dict]:
