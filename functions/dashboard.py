@@ -3,7 +3,7 @@
 Each route hands its request to :mod:`shared.dashboard.pages`, where the pages are built.
 
 * ``GET ui`` — the runs; ``GET ui/runs/{request_id}`` — one run with its live reward curve;
-  ``GET ui/dead-letters`` — the dead letters with Resubmit.
+  ``GET ui/dead-letters`` — the dead letters with Resubmit; ``GET ui/models/{name}`` — one model.
 * ``GET ui/live`` and ``GET ui/runs/{request_id}/live`` — the regions of those pages as JSON,
   polled by ``dashboard.js`` while something can still change.
 * ``POST ui/runs/{request_id}/cancel`` and ``POST ui/dead-letters/{source}/{seq}/resubmit`` —
@@ -42,6 +42,12 @@ def dashboard_run(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="ui/runs/{request_id}/live", methods=["GET"])
 def dashboard_run_live(req: func.HttpRequest) -> func.HttpResponse:
     return pages.run_live(req)
+
+
+@bp.function_name("dashboard_model")
+@bp.route(route="ui/models/{name}", methods=["GET"])
+def dashboard_model(req: func.HttpRequest) -> func.HttpResponse:
+    return pages.model(req)
 
 
 @bp.function_name("dashboard_cancel")

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Any, TypeVar
 
 import azure.functions as func
+from pydantic import ValidationError
 
 from shared.artifacts import reward_curve_for
 from shared.composition import wiring
+from shared.contracts.models import PromoteBody, RollbackBody
+from shared.contracts.parsing import DuplicateKey, field_errors, load_json
+from shared.contracts.request import NAME_RE
 from shared.contracts.run import RunState
 from shared.dashboard.csrf import cross_site, not_json
 from shared.errors import InvalidRequest, RlqError, http_answer
 from shared.openapi import document
 
 bp = func.Blueprint()
+_Body = TypeVar("_Body", PromoteBody, RollbackBody)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -145,3 +151,107 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 def openapi(req: func.HttpRequest) -> func.HttpResponse:
     """The OpenAPI 3.1 document of this API (shared/openapi.py); it holds no data, so no key."""
     return _json(document())
+
+
+# --- models and champions (docs/models.md) ---------------------------------------------------------
+
+
+def _model_name(req: func.HttpRequest) -> str:
+    name = req.route_params["name"]
+    if not re.fullmatch(NAME_RE, name):
+        raise InvalidRequest(
+            [
+                {
+                    "field": "name",
+                    "message": f"{name[:80]!r} is not a model name (letters, digits, '_' and '-', at most 64)",
+                }
+            ]
+        )
+    return name
+
+
+def _limit(req: func.HttpRequest) -> int:
+    try:
+        limit = int(req.params.get("limit", "100"))
+        if not 1 <= limit <= 1000:
+            raise ValueError
+    except ValueError:
+        raise InvalidRequest(
+            [{"field": "limit", "message": "expected an integer between 1 and 1000"}]
+        ) from None
+    return limit
+
+
+def _decision(req: func.HttpRequest, contract: type[_Body]) -> _Body:
+    """A person's promote / rollback body, or InvalidRequest naming each bad field."""
+    try:
+        data = load_json(req.get_body() or b"")
+    except DuplicateKey as err:
+        raise InvalidRequest([{"field": err.field, "message": err.message}]) from None
+    except ValueError:
+        raise InvalidRequest([{"field": "(body)", "message": "expected a JSON object"}]) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest([{"field": "(body)", "message": "expected a JSON object"}])
+    try:
+        return contract.model_validate(data)
+    except ValidationError as err:
+        raise InvalidRequest(field_errors(err)) from None
+
+
+def _no_model(name: str) -> func.HttpResponse:
+    return _errors(404, [{"field": "name", "message": f"no model {name!r}"}])
+
+
+@bp.function_name("list_models")
+@bp.route(route="models", methods=["GET"])
+@_guarded
+def list_models(req: func.HttpRequest) -> func.HttpResponse:
+    models = wiring().service.list_models(limit=_limit(req))
+    return _json({"items": [m.model_dump(mode="json", exclude={"history"}) for m in models]})
+
+
+@bp.function_name("get_model")
+@bp.route(route="models/{name}", methods=["GET"])
+@_guarded
+def get_model(req: func.HttpRequest) -> func.HttpResponse:
+    name = _model_name(req)
+    detail = wiring().service.model(name, limit=_limit(req))
+    return _no_model(name) if detail is None else _json(detail.model_dump(mode="json"))
+
+
+@bp.function_name("promote_model")
+@bp.route(route="models/{name}/promote", methods=["POST"])
+@_state_changing
+@_guarded
+def promote_model(req: func.HttpRequest) -> func.HttpResponse:
+    name = _model_name(req)
+    body = _decision(req, PromoteBody)
+    service = wiring().service
+    detail = service.model(name, limit=1)
+    if detail is None:
+        return _no_model(name)
+    if body.version > detail.model.latest_version:
+        latest = detail.model.latest_version
+        return _errors(
+            404,
+            [
+                {
+                    "field": "version",
+                    "message": f"model {name!r} has no version {body.version}; it has 1 to {latest}",
+                }
+            ],
+        )
+    return _json(service.promote(name, body.version, reason=body.reason).model_dump(mode="json"))
+
+
+@bp.function_name("rollback_model")
+@bp.route(route="models/{name}/rollback", methods=["POST"])
+@_state_changing
+@_guarded
+def rollback_model(req: func.HttpRequest) -> func.HttpResponse:
+    name = _model_name(req)
+    body = _decision(req, RollbackBody)
+    service = wiring().service
+    if service.model(name, limit=1) is None:
+        return _no_model(name)
+    return _json(service.rollback(name, reason=body.reason).model_dump(mode="json"))

@@ -21,6 +21,7 @@ is the same request and intake runs it once.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import random
@@ -36,9 +37,12 @@ import httpx
 if TYPE_CHECKING:
     from azure.servicebus import ServiceBusMessage
 
+    from shared.contracts.models import Model, ModelDetail, ModelVersion
+
 __all__ = [
     "ApiError",
     "Client",
+    "ModelNotFound",
     "RequestRejected",
     "RunNotFound",
     "ServiceUnavailable",
@@ -67,6 +71,10 @@ class RequestRejected(ApiError):
 
 class RunNotFound(ApiError):
     """No training request with that id (HTTP 404)."""
+
+
+class ModelNotFound(ApiError):
+    """No model of that name, or no such version of it (HTTP 404; the error names ``name`` or ``version``)."""
 
 
 class ServiceUnavailable(ApiError):
@@ -198,9 +206,52 @@ class Client:
                 )
             self._sleep(min(interval_s, left))
 
+    # --- models and champions (docs/models.md): the API's JSON read as rlq's own contracts ----------
+
+    def models(self, *, limit: int = 100) -> builtins.list[Model]:
+        """The models by name (each without its history: :meth:`model` has it)."""
+        from shared.contracts.models import Model
+
+        items = self._call("GET", "/models", params={"limit": limit}, not_found=ModelNotFound)["items"]
+        return [Model.model_validate(m) for m in items]
+
+    def model(self, name: str, *, limit: int = 100) -> ModelDetail:
+        """The model ``name``: its champion, its versions newest first with their evaluations (at
+        most ``limit``), its champion changes. :class:`ModelNotFound` when there is no such model."""
+        from shared.contracts.models import ModelDetail
+
+        data = self._call("GET", f"/models/{_name(name)}", params={"limit": limit}, not_found=ModelNotFound)
+        return ModelDetail.model_validate(data)
+
+    def champion(self, name: str) -> ModelVersion | None:
+        """The champion version of model ``name`` (its checkpoint, run and evaluation); None while the
+        model has none. :class:`ModelNotFound` when there is no such model."""
+        return self.model(name, limit=1).champion
+
+    def promote(self, name: str, version: int, *, reason: str) -> ModelDetail:
+        """Make ``version`` of ``name`` the champion (a person's decision, recorded with ``reason``);
+        the model after it. A bad version or an empty reason raises :class:`RequestRejected`
+        naming the field; an unknown model or version :class:`ModelNotFound`."""
+        from shared.contracts.models import ModelDetail
+
+        body = {"version": version, "reason": reason}
+        data = self._call("POST", f"/models/{_name(name)}/promote", json=body, not_found=ModelNotFound)
+        return ModelDetail.model_validate(data)
+
+    def rollback(self, name: str, *, reason: str) -> ModelDetail:
+        """Make the champion before the current one champion again, recorded with ``reason``."""
+        from shared.contracts.models import ModelDetail
+
+        data = self._call(
+            "POST", f"/models/{_name(name)}/rollback", json={"reason": reason}, not_found=ModelNotFound
+        )
+        return ModelDetail.model_validate(data)
+
     # --- plumbing --------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, *, not_found: type[ApiError] = RunNotFound, **kwargs: Any
+    ) -> dict[str, Any]:
         attempt = 0
         deadline = time.monotonic() + self.timeout_s
         while True:
@@ -213,7 +264,7 @@ class Client:
                 problem = f"{type(err).__name__}: {err}"
             else:
                 if response.status_code not in RETRIED_STATUS:
-                    return _result(response)
+                    return _result(response, not_found)
                 status = response.status_code
                 said = _errors_of(response)
                 problem = f"HTTP {status}" + (f": {said[0]['message']}" if said else "")
@@ -395,6 +446,12 @@ def _segment(request_id: str) -> str:
     return request_id
 
 
+def _name(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise RequestRejected([{"field": "name", "message": f"{name!r} is not a model name"}])
+    return name
+
+
 def _errors_of(response: httpx.Response) -> list[dict[str, str]]:
     try:
         data = response.json()
@@ -410,7 +467,7 @@ def _errors_of(response: httpx.Response) -> list[dict[str, str]]:
     ]
 
 
-def _result(response: httpx.Response) -> dict[str, Any]:
+def _result(response: httpx.Response, not_found: type[ApiError] = RunNotFound) -> dict[str, Any]:
     code = response.status_code
     if code < 400:
         data = response.json()
@@ -423,7 +480,7 @@ def _result(response: httpx.Response) -> dict[str, Any]:
     if code == 400:
         raise RequestRejected(errors, status_code=code)
     if code == 404:
-        raise RunNotFound(errors, status_code=code)
+        raise not_found(errors, status_code=code)
     raise ApiError(errors, status_code=code)  # 401/403 (a wrong function key), 500, ...
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.core.faults import env_faults
 from shared.core.service import TrainingService
 from shared.ports import (
+    ChampionMirror,
     ComputeBackend,
     DeadLetterInbox,
     Notifier,
@@ -64,6 +66,22 @@ def _compute(settings: Settings, name: str) -> ComputeBackend:
 
         return RetiredV1Backend(settings=settings)
     raise ValueError(f"RLQ_BACKEND: {name!r} is not a backend; allowed: ray, azureml, azureml_v1, twin")
+
+
+def _ml_client_of(backend: Any) -> Callable[[], Any]:
+    """An Azure ML backend's ``MLClient``, built on first use (the backend's own)."""
+    return lambda: backend.ml
+
+
+def _champion_mirrors(compute: dict[str, ComputeBackend]) -> dict[str, ChampionMirror]:
+    """Azure ML backends show each champion in their workspace's model registry (docs/azure.md)."""
+    mirrors: dict[str, ChampionMirror] = {}
+    for name, backend in compute.items():
+        if getattr(backend, "name", None) == "azureml" and hasattr(backend, "ml"):
+            from shared.adapters.compute.azureml.registry import AzureMLModelRegistry
+
+            mirrors[name] = AzureMLModelRegistry(ml_client_factory=_ml_client_of(backend))
+    return mirrors
 
 
 def build(
@@ -136,6 +154,7 @@ def build(
         from shared.artifacts import save_reward_curve
 
         service_options.setdefault("artifacts", lambda record: save_reward_curve(record, settings))
+    service_options.setdefault("champion_mirrors", _champion_mirrors(compute))
     service = TrainingService(
         settings=settings,
         store=store,

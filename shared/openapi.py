@@ -18,7 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from shared.contracts.request import TrainingRequest
+from shared.contracts.models import Model, ModelDetail, PromoteBody, RollbackBody
+from shared.contracts.request import NAME_RE, TrainingRequest
 from shared.contracts.run import RunRecord
 from shared.errors import HTTP_ANSWERS
 
@@ -65,6 +66,14 @@ class RunList(BaseModel):
     items: list[RunRecord]
 
 
+class ModelList(BaseModel):
+    """``GET /api/models``: the models by name, each without its ``history``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Model]
+
+
 class HealthCheck(BaseModel):
     """One dependency's readiness (``ok`` null: the dependency has no check of its own)."""
 
@@ -93,6 +102,10 @@ _MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (Accepted, "serialization"),
     (RunList, "serialization"),
     (Health, "serialization"),
+    (ModelList, "serialization"),
+    (ModelDetail, "serialization"),
+    (PromoteBody, "validation"),
+    (RollbackBody, "validation"),
 )
 
 
@@ -240,6 +253,7 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        **_model_paths(),
         f"{PREFIX}/health": {
             "get": {
                 "operationId": "health",
@@ -293,6 +307,65 @@ def document() -> dict[str, Any]:
     }
 
 
+def _model_paths() -> dict[str, Any]:
+    """``/api/models``: the models, one with its versions, and a person's promote and rollback."""
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": "the model's name (a request's `model`, by default its `experiment`)",
+        "schema": {"type": "string", "pattern": NAME_RE},
+    }
+    lo, hi = LIST_LIMIT
+    limit = {
+        "name": "limit",
+        "in": "query",
+        "description": "at most this many",
+        "schema": {"type": "integer", "minimum": lo, "maximum": hi, "default": 100},
+    }
+    decided = _json("ModelDetail", "recorded (published once as a `model-promoted` event); the model now")
+
+    def body(model: str) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+
+    return {
+        f"{PREFIX}/models": {
+            "get": {
+                "operationId": "list_models",
+                "summary": "The models by name, each with its champion version",
+                "parameters": [limit],
+                "responses": {"200": _json("ModelList", "the models"), **_refusals()},
+            }
+        },
+        f"{PREFIX}/models/{{name}}": {
+            "get": {
+                "operationId": "get_model",
+                "summary": "One model: its champion, its versions newest first with their evaluations, its history",
+                "parameters": [name, {**limit, "description": "at most this many versions"}],
+                "responses": {"200": _json("ModelDetail", "the model"), **_refusals()},
+            }
+        },
+        f"{PREFIX}/models/{{name}}/promote": {
+            "post": {
+                "operationId": "promote_model",
+                "summary": "A person makes a version the champion, saying why",
+                "parameters": [name],
+                "requestBody": body("PromoteBody"),
+                "responses": {"200": decided, **_refusals(*_STATE_CHANGING)},
+            }
+        },
+        f"{PREFIX}/models/{{name}}/rollback": {
+            "post": {
+                "operationId": "rollback_model",
+                "summary": "A person makes the champion before the current one champion again, saying why",
+                "parameters": [name],
+                "requestBody": body("RollbackBody"),
+                "responses": {"200": decided, **_refusals(*_STATE_CHANGING)},
+            }
+        },
+    }
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -302,4 +375,4 @@ def _version() -> str:
         return "0"
 
 
-__all__ = ["Accepted", "Errors", "FieldError", "Health", "HealthCheck", "RunList", "document"]
+__all__ = ["Accepted", "Errors", "FieldError", "Health", "HealthCheck", "ModelList", "RunList", "document"]

@@ -138,6 +138,16 @@ class ModelRegistry(Protocol):
 
 
 @runtime_checkable
+class ChampionMirror(Protocol):
+    """Shows a model's champion where a platform's own users look for it (Azure ML's model
+    registry, for checkpoints of Azure ML jobs). The :class:`ModelRegistry` stays the authority: a
+    mirror is told the champion after each change, at least once, and must be idempotent."""
+
+    def register_champion(self, version: ModelVersion) -> object:
+        """Make ``version`` the champion there (registering it when it is not yet)."""
+
+
+@runtime_checkable
 class Publisher(Protocol):
     """Publishes completion messages to the topic (and the request's reply queue)."""
 

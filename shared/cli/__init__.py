@@ -6,7 +6,8 @@ under ``--data-dir`` locally, Service Bus when ``RLQ_BROKER=servicebus``.
 
 The package: this module holds the typer app and the commands; ``context`` the global options and
 the error-to-exit-code translation; ``render`` the rich rendering and ``follow``; ``request`` the
-request body built from flags; ``local`` ``serve`` and ``demo`` (the function app on this machine).
+request body built from flags; ``local`` ``serve`` and ``demo`` (the function app on this machine);
+``models`` the ``rlq models`` commands (champions: list, show, promote, rollback).
 
 Exit codes (all commands): 0 done; 1 failed (not found, unreachable, a run that did not
 complete); 2 bad input (the field is named, nothing was sent); 3 the run was canceled
@@ -25,7 +26,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from shared.cli import local
+from shared.cli import local, models
 from shared.cli.context import errors, exit_code_for, state_of
 from shared.cli.render import (
     err_console,
@@ -451,6 +452,7 @@ def plot(
 
 app.command()(local.serve)
 app.command()(local.demo)
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from rich.text import Text
 from shared.contracts.run import FINAL, TERMINAL, RunRecord, RunState
 from shared.errors import TransientError
 from shared.settings import Settings
+from shared.verdicts import verdict
 
 
 def out_console() -> Console:
@@ -107,6 +108,8 @@ def render_record(record: RunRecord) -> Panel:  # noqa: C901 - one row per optio
             grid.add_row("steps/s", fmt_num(p.env_steps_per_s, 0))
     if record.stop_reason:
         grid.add_row("stop reason", record.stop_reason)
+    if record.completion is not None and record.completion.model is not None:
+        grid.add_row("model", verdict(record.completion.model))
     if record.error:
         grid.add_row("error", Text(record.error, style="red"))
     if record.cancel_requested and record.state not in FINAL:

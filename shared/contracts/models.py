@@ -141,3 +141,30 @@ class ModelSection(Strict):
     champion_version: int | None = None  # the champion after the decision
     champion_checkpoint: str | None = None  # the champion's checkpoint after the decision
     event_id: str | None = None  # the ``model-promoted`` event's message id when it was promoted
+
+
+# --- the API's bodies (functions/http_api.py, shared/client.py) --------------------------------------
+
+MAX_REASON_CHARS = 500  # a person's reason for a promote or rollback, recorded in the model's history
+
+
+class PromoteBody(Strict):
+    """``POST /api/models/{name}/promote``: make ``version`` the champion, and say why."""
+
+    version: int = Field(ge=1, strict=True)
+    reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS)
+
+
+class RollbackBody(Strict):
+    """``POST /api/models/{name}/rollback``: the champion before the current one again, and why."""
+
+    reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS)
+
+
+class ModelDetail(Strict):
+    """``GET /api/models/{name}`` (and the answer to a promote or rollback): the model with its
+    history, its champion version, and its versions newest first."""
+
+    model: Model
+    champion: ModelVersion | None = None
+    versions: list[ModelVersion] = Field(default_factory=list)

@@ -10,6 +10,7 @@ record through :mod:`shared.core.records`.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
@@ -17,19 +18,22 @@ from shared import telemetry
 from shared.contracts import message_ids
 from shared.contracts.base import utcnow
 from shared.contracts.completion import CompletionMessage, Delivery
+from shared.contracts.models import Model, ModelDetail, PromotionEvent
 from shared.contracts.run import RunRecord, RunState
 from shared.core.admission import Admission
 from shared.core.context import Core
 from shared.core.faults import FaultHook
 from shared.core.intake import Body, Intake
+from shared.core.models import Champions
 from shared.core.outbox import Outbox
 from shared.core.poller import Poller, TickReport
 from shared.core.readiness import TIMEOUT_S as READINESS_TIMEOUT_S
 from shared.core.readiness import TTL_S as READINESS_TTL_S
 from shared.core.readiness import Readiness, ReadinessGate
 from shared.core.records import Records
-from shared.errors import PermanentError
+from shared.errors import NotFound, PermanentError
 from shared.ports import (
+    ChampionMirror,
     ComputeBackend,
     ModelRegistry,
     Notifier,
@@ -60,9 +64,12 @@ class TrainingService:
         readiness_ttl_s: float = READINESS_TTL_S,
         readiness_timeout_s: float = READINESS_TIMEOUT_S,
         models: ModelRegistry | None = None,
+        champion_mirrors: Mapping[str, ChampionMirror] | None = None,
     ) -> None:
         if not compute:
             raise ValueError("at least one compute backend is required")
+        # by backend: where a champion whose checkpoint is on that backend is shown too (docs/models.md)
+        self._mirrors = dict(champion_mirrors or {})
         self.core = Core(
             settings=settings,
             store=store,
@@ -175,3 +182,59 @@ class TrainingService:
 
     def list(self, *, states: Iterable[RunState] | None = None, limit: int = 100) -> list[RunRecord]:
         return self.core.store.list(states=states, limit=limit)
+
+    # --- models and champions (docs/models.md): the API's, the CLI's and the dashboard's reads and a
+    # person's decisions; the rule's own decisions happen when a run completes (the outbox)
+
+    def _champions(self) -> Champions:
+        champions = self.core.champions()
+        if champions is None:
+            raise NotFound("this deployment keeps no model registry")
+        return champions
+
+    def list_models(self, *, limit: int = 100) -> builtins.list[Model]:
+        """Models by name."""
+        return self._champions().registry.list_models(limit=limit)
+
+    def model(self, name: str, *, limit: int = 100) -> ModelDetail | None:
+        """The model with its champion and versions (newest first, at most ``limit``); None: no such model."""
+        registry = self._champions().registry
+        model = registry.get_model(name)
+        if model is None:
+            return None
+        champion = (
+            registry.get_version(name, model.champion_version) if model.champion_version is not None else None
+        )
+        return ModelDetail(model=model, champion=champion, versions=registry.list_versions(name, limit=limit))
+
+    def promote(self, name: str, version: int, *, reason: str) -> ModelDetail:
+        """A person makes ``version`` the champion (recorded with ``reason``; published once)."""
+        self._champions().promote(name, version, reason=reason)
+        return self._detail(name)
+
+    def rollback(self, name: str, *, reason: str) -> ModelDetail:
+        """A person makes the champion before the current one champion again."""
+        self._champions().rollback(name, reason=reason)
+        return self._detail(name)
+
+    def mirror_champion(self, event: PromotionEvent) -> bool:
+        """A ``model-promoted`` event from the topic: show the champion on its backend's mirror (Azure
+        ML's model registry), if that backend has one. An event that is no longer the model's latest
+        change is skipped (the later one's own event shows its champion), so redelivered or
+        reordered events never put back an older champion. True when a mirror was told."""
+        champions = self.core.champions()
+        model = champions.registry.get_model(event.model) if champions is not None else None
+        if champions is None or model is None or model.promotions != event.sequence:
+            return False
+        version = champions.registry.get_version(event.model, event.to_version)
+        mirror = self._mirrors.get(version.backend or "") if version is not None else None
+        if version is None or mirror is None:
+            return False
+        mirror.register_champion(version)  # TransientError: the topic redelivers the event
+        return True
+
+    def _detail(self, name: str) -> ModelDetail:
+        detail = self.model(name)
+        if detail is None:
+            raise NotFound(f"no model {name!r}")
+        return detail

@@ -52,10 +52,14 @@ def reward_svg(
     target: float | None = None,
     width: int = 720,
     height: int = 300,
+    x_label: str | None = None,
+    empty: str = "no training iterations recorded yet",
 ) -> Markup:
     """The mean episode reward per iteration (or per environment step), its min..max band, the
-    target as a dashed line and the best point; a placeholder when nothing is recorded yet."""
-    x_label, xs, means, mins, maxs = reward_series(points)
+    target as a dashed line and the best point; a placeholder when nothing is recorded yet.
+    ``x_label`` names the x axis when the rows' x is something else (a model's versions)."""
+    series_label, xs, means, mins, maxs = reward_series(points)
+    x_label = x_label or series_label
     if len(xs) > MAX_SVG_POINTS:
         xs, means, mins, maxs = decimate(xs, means, mins, maxs, buckets=MAX_SVG_POINTS)
     left, right, top, bottom = 56, 14, 14, 40
@@ -69,7 +73,7 @@ def reward_svg(
         return Markup(
             f'{head}<rect class="frame" x="{left}" y="{top}" width="{pw}" height="{ph}"/>'
             f'<text class="empty" x="{left + pw / 2:.0f}" y="{top + ph / 2:.0f}" text-anchor="middle">'
-            "no training iterations recorded yet</text></svg>"
+            f"{escape(empty)}</text></svg>"
         )
     ys: list[float] = [*means, *(v for v in mins if v is not None), *(v for v in maxs if v is not None)]
     if target is not None:

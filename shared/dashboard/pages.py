@@ -7,6 +7,8 @@
 * ``POST ui/runs/{request_id}/cancel`` and ``POST ui/dead-letters/{source}/{seq}/resubmit`` —
   checked against cross-site requests (:mod:`shared.dashboard.csrf`), then answered with a
   redirect back to the page (post/redirect/get).
+* ``GET ui/models/{name}`` — one model: its champion, its versions' evaluations over time, its
+  champion changes (linked from the page of each run that registered a version).
 * ``GET ui/static/{name}`` — the vendored CSS and JS (anonymous: they hold no data).
 
 Every page goes through the service (``list``, ``get``, ``cancel``) and the dead-letter inbox of
@@ -19,6 +21,7 @@ browser carries one in Azure), every link, form and poll on the page carries it 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -26,6 +29,8 @@ from urllib.parse import quote, urlencode, urlsplit
 import azure.functions as func
 
 from shared.composition import wiring
+from shared.contracts.models import ModelVersion
+from shared.contracts.request import NAME_RE
 from shared.contracts.run import RunState
 from shared.core.intake import guess_request_id
 from shared.dashboard import csrf
@@ -74,6 +79,7 @@ class _Page:
         return {
             "link": self.link,
             "run_href": lambda request_id: _run_href(self, request_id),
+            "model_href": lambda name: self.link(f"ui/models/{quote(name, safe='')}"),
             "static": self.static,
             "code": self.code,
             "csrf_token": self.token,
@@ -236,6 +242,46 @@ def cancel(req: func.HttpRequest, page: _Page) -> func.HttpResponse:
         return page.error(403, "Refused", refused)
     record = wiring().service.cancel(req.route_params["request_id"])
     return page.redirect(_run_href(page, record.request_id))
+
+
+# --- one model --------------------------------------------------------------------------------
+
+
+def evaluation_rows(versions: list[ModelVersion]) -> list[dict[str, Any]]:
+    """The chart's rows: each version's evaluation in order (x the version, the band mean ± spread)."""
+    rows = []
+    for v in sorted(versions, key=lambda v: v.version):
+        if v.candidate is not None:
+            e = v.candidate
+            rows.append(
+                {
+                    "iteration": v.version,
+                    "episode_reward_mean": e.mean,
+                    "episode_reward_min": e.mean - e.std,
+                    "episode_reward_max": e.mean + e.std,
+                }
+            )
+    return rows
+
+
+@_page
+def model(req: func.HttpRequest, page: _Page) -> func.HttpResponse:
+    name = req.route_params["name"]
+    if not re.fullmatch(NAME_RE, name):
+        raise InvalidRequest([{"field": "name", "message": f"{name[:80]!r} is not a model name"}])
+    detail = wiring().service.model(name, limit=LIST_LIMIT)
+    if detail is None:
+        raise NotFound(f"no model {name!r}")
+    chart = reward_svg(
+        evaluation_rows(detail.versions),
+        title=f"Evaluation of each version of {name} (mean ± spread)",
+        x_label="version",
+        empty="no version has an evaluation yet",
+    )
+    body = render(
+        "model.html", **page.context(page_title=f"Model {name}", nav="runs", detail=detail, chart=chart)
+    )
+    return page.html(body)
 
 
 # --- dead letters -----------------------------------------------------------------------------

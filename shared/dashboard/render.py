@@ -15,6 +15,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from shared.verdicts import evaluation_text, verdict
+
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
 
 
@@ -62,6 +64,7 @@ def environment() -> Environment:
     )
     env.globals["badge"] = _badge
     env.filters.update(duration=_duration, reward=_reward, count=_count, when=_when, percent=_percent)
+    env.filters.update(evaluation=evaluation_text, verdict=verdict)  # a model's champion decision
     return env
 
 

@@ -226,3 +226,116 @@ def test_the_twin_keeps_versions_immutable_but_for_description_and_tags(twin: ML
     with pytest.raises(Exception, match="not found"):
         twin.models.get(name="m", version="9")
     assert [(c.name, c.version, c.latest_version) for c in twin.models.list()] == [("m", None, "2")]
+
+
+# --- wired: each model-promoted event shows the champion in the workspace ----------------------------
+
+
+@pytest.fixture
+def wired(tmp_path, twin: MLClientTwin):
+    from shared.composition import build
+
+    settings = azureml_settings(
+        azureml_nsg_check="off", data_dir=tmp_path / "rlq", broker="sqlite", store="sqlite"
+    )
+    backend = AzureMLV2Backend(settings=settings, ml_client=twin, runs=twin.runs)
+    w = build(settings, compute={"azureml": backend})
+    yield w
+    backend.close()
+
+
+def _register(w, twin: MLClientTwin, request_id: str, mean: float):
+    """Run ``request_id`` of model pong completed on Azure ML with an evaluation of ``mean``."""
+    from shared.contracts.run import RunRecord, RunState
+    from shared.contracts.trainer import ModelEval, TrainerSummary
+
+    champions = w.service.core.champions()
+    current = champions.champion("pong")
+    job = _job(twin, request_id)
+    request = parse_request(json.dumps({**PONG_REQUEST, "request_id": request_id, "model": "pong"}))
+    record = RunRecord(
+        request_id=request_id, request=request, state=RunState.completed, backend="azureml", run_id=job
+    )
+    evaluation = Evaluation(
+        episodes=20, mean=mean, std=1.0, min=mean - 2, max=mean + 2, seeds=list(range(20))
+    )
+    summary = TrainerSummary(
+        checkpoint_path=f"azureml://jobs/{job}/outputs/checkpoints/paths/final",
+        model_eval=ModelEval(
+            candidate=evaluation,
+            champion=current.candidate if current else None,
+            champion_version=current.version if current else None,
+        ),
+    )
+    section = champions.register(record, summary)
+    if section.event_id is not None:  # as the run's outbox does before its completion message
+        champions.publish("pong", section.event_id)
+    return section
+
+
+def _deliver_events(w) -> int:
+    """The notifier trigger of function_app.py on every message of its subscription, as the host calls it."""
+    from azure.functions.servicebus import ServiceBusMessage
+
+    import function_app
+    from shared.composition import install
+    from shared.localhost.bindings import list_functions
+
+    [notifier] = [f for f in list_functions(function_app.app) if f.get_function_name() == "notifier"]
+    s, n = w.settings, 0
+    install(w)
+    try:
+        while batch := w.broker.receive(s.topic_name, subscription=s.subscription_name, max_messages=50):
+            for m in batch:
+                props = dict(m.application_properties or {})
+                if props.get("event") == "model-promoted":
+                    n += 1
+                    notifier.get_user_function()(
+                        ServiceBusMessage(
+                            body=m.body,
+                            message_id=m.message_id,
+                            content_type="application/json",
+                            application_properties=props,
+                            user_properties=props,
+                        )
+                    )
+                w.broker.complete(m)
+    finally:
+        install(None)
+    return n
+
+
+def test_each_champion_change_of_an_azureml_run_is_shown_in_the_workspace(wired, twin: MLClientTwin) -> None:
+    _register(wired, twin, "pong-1", 10.0)  # the first champion
+    _register(wired, twin, "pong-2", 5.0)  # kept: not registered in the workspace
+    assert _deliver_events(wired) == 1
+    registry = AzureMLModelRegistry(ml_client=twin)
+    assert registry.champions("pong") == ["1"]
+    _register(wired, twin, "pong-3", 15.0)  # promoted
+    assert _deliver_events(wired) == 1
+    assert registry.champions("pong") == ["3"]
+    assert sorted(m.version for m in twin.models.list(name="pong")) == ["1", "3"]
+    tags = twin.models.get(name="pong", version="3").tags
+    assert (tags["rlq_request_id"], tags["rlq_candidate_mean"], tags["rlq_champion_mean"]) == (
+        "pong-3",
+        "15.0",
+        "10.0",
+    )
+    wired.service.rollback("pong", reason="v3 cheats")
+    assert _deliver_events(wired) == 1
+    assert registry.champions("pong") == ["1"]
+
+
+def test_an_event_that_is_no_longer_the_latest_change_is_skipped(wired, twin: MLClientTwin) -> None:
+    from shared.contracts.models import PromotionEvent
+
+    _register(wired, twin, "pong-1", 10.0)
+    _register(wired, twin, "pong-2", 15.0)
+    model = wired.service.model("pong").model
+    first, latest = model.history
+    assert wired.service.mirror_champion(PromotionEvent.model_validate(latest.model_dump())) is True
+    calls = len(twin.calls())
+    # the first change's event, redelivered late: it would put back v1
+    assert wired.service.mirror_champion(PromotionEvent.model_validate(first.model_dump())) is False
+    assert len(twin.calls()) == calls
+    assert AzureMLModelRegistry(ml_client=twin).champions("pong") == ["2"]

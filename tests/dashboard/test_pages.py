@@ -54,6 +54,7 @@ def test_routes_are_function_key_routes_under_ui_except_the_static_files():
         "ui/runs/{request_id}/cancel",
         "ui/dead-letters",
         "ui/dead-letters/{source}/{sequence_number}/resubmit",
+        "ui/models/{name}",
         "ui/static/{name}",
     } == set(routes)
     for name, fn in http.items():

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from shared.contracts.completion import CompletionMessage
 from shared.plots import reward_curve_png
+from shared.verdicts import evaluation_text, verdict
 
 __all__ = [
     "CARD_VERSION",
@@ -78,6 +79,10 @@ def _middle(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit // 2 - 1] + "…" + text[-(limit // 2) :]
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def build_card(
     message: CompletionMessage,
     *,
@@ -106,6 +111,14 @@ def build_card(
         its = f"{message.iterations:,}" if message.iterations is not None else "—"
         steps = f"{message.timesteps:,}" if message.timesteps is not None else "—"
         facts.append(("Iterations / steps", f"{its} / {steps}"))
+    section = message.model
+    if section is not None:
+        # the champion decision: "promoted" / "kept the champion" and both evaluations (shared/verdicts.py)
+        facts.append(("Model", f"{section.name} v{section.version}"))
+        facts.append(("Candidate", evaluation_text(section.candidate)))
+        if section.champion_version_before is not None:
+            facts.append((f"Champion v{section.champion_version_before}", evaluation_text(section.champion)))
+        facts.append(("Decision", section.reason))
     facts += [
         ("Duration", _duration(message.duration_s)),
         ("Checkpoint", _middle(message.checkpoint_path, 240) if message.checkpoint_path else "—"),
@@ -127,8 +140,18 @@ def build_card(
             "style": "heading",
         },
         {"type": "TextBlock", "text": subtitle, "isSubtle": True, "spacing": "None", "wrap": True},
-        {"type": "FactSet", "facts": [{"title": t, "value": v} for t, v in facts]},
     ]
+    if section is not None:
+        body.append(
+            {
+                "type": "TextBlock",
+                "text": _capital(verdict(section)),
+                "weight": "Bolder",
+                "color": "Good" if section.promoted else "Default",
+                "wrap": True,
+            }
+        )
+    body.append({"type": "FactSet", "facts": [{"title": t, "value": v} for t, v in facts]})
     if message.error:
         body.append(
             {
@@ -167,7 +190,7 @@ def build_card(
         "$schema": CARD_SCHEMA,
         "version": version,
         "fallbackText": f"rlq: training {message.request_id} {message.status}, final reward "
-        f"{_reward(message.final_reward)}",
+        f"{_reward(message.final_reward)}" + (f"; {verdict(section)}" if section is not None else ""),
         "body": body,
         "actions": actions,
     }

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,18 +105,30 @@ def job_output(checkpoint_path: str) -> tuple[str, str]:
 class AzureMLModelRegistry:
     """Registers champions as ``Model`` assets in the workspace (``ml_client.models``)."""
 
-    def __init__(self, *, settings: Settings | None = None, ml_client: Any = None) -> None:
-        if settings is None and ml_client is None:
-            raise ValueError("AzureMLModelRegistry needs settings or an ml_client")
-        self._settings = settings
-        self._ml_client = ml_client
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        ml_client: Any = None,
+        ml_client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        """``ml_client``, or ``ml_client_factory`` (the backend's own, built on first use), or the
+        workspace of ``settings``."""
+        if ml_client_factory is None:
+            if ml_client is None and settings is None:
+                raise ValueError("AzureMLModelRegistry needs an ml_client, a factory of one, or settings")
+            ml_client_factory = (
+                (lambda: ml_client)
+                if ml_client is not None
+                else (
+                    lambda: ml_client_from_settings(settings)  # type: ignore[arg-type]  # checked above
+                )
+            )
+        self._factory = ml_client_factory
 
     @property
     def ml_client(self) -> Any:
-        if self._ml_client is None:
-            assert self._settings is not None
-            self._ml_client = ml_client_from_settings(self._settings)
-        return self._ml_client
+        return self._factory()
 
     def build_model(self, version: ModelVersion) -> Any:
         """The ``Model`` entity of one rlq version (what ``models.create_or_update`` is handed)."""
