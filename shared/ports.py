@@ -6,6 +6,7 @@ Every adapter translates its SDK's errors into :mod:`shared.errors` (``Transient
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -104,6 +105,14 @@ class RunStore(Protocol):
         """Newest first."""
 
     def count(self, states: Iterable[RunState]) -> int: ...
+
+    # builtins.list: inside this class ``list`` is the method above
+    def waiting(self, *, limit: int = 1000) -> builtins.list[RunRecord]:
+        """Deferred requests not claimed yet (state ``received``, ``deferrals`` > 0), oldest first."""
+
+    def team_runs(self, team: str, *, since: datetime) -> builtins.list[RunRecord]:
+        """``team``'s runs that may have held compute since ``since`` (any order): those in flight
+        now (:data:`shared.contracts.run.IN_FLIGHT`) and those updated at or after ``since``."""
 
 
 @runtime_checkable

@@ -6,14 +6,26 @@ Ray head on 127.0.0.1. Every duration carries its unit in its name.
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.contracts.environments import EnvironmentCatalog
+from shared.contracts.request import NAME_RE
 from shared.contracts.vm_sizes import DEFAULT_HEAD_VM_SIZE, DEFAULT_WORKER_VM_SIZE, check_vm_size
 
 QUEUE_NAME = "training-requests"
@@ -21,6 +33,56 @@ TOPIC_NAME = "training-completed"
 SUBSCRIPTION_NAME = "notifier"
 # The environment catalog of local mode when RLQ_ENV_CATALOG is unset: the example package.
 EXAMPLE_ENV_CATALOG = Path(__file__).resolve().parent.parent / "docs" / "examples" / "envs" / "catalog.json"
+EVERY_TEAM = "*"  # RLQ_TEAM_QUOTAS' entry for every team it does not name
+
+
+class TeamQuota(BaseModel):
+    """One team's caps (docs/teams.md); an absent cap does not hold the team back."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_in_flight: int | None = Field(None, ge=1, strict=True, description="Its runs in flight at once.")
+    gpu_hours_per_day: float | None = Field(
+        None, gt=0, allow_inf_nan=False, strict=True, description="GPU-hours its runs may use per UTC day."
+    )
+
+
+def load_team_quotas(source: str | None) -> dict[str, TeamQuota]:
+    """RLQ_TEAM_QUOTAS: JSON (``{"team-a": {"max_in_flight": 2, "gpu_hours_per_day": 8}, "*": {…}}``)
+    or the path of a file holding it; None: no team has a cap. A ValueError names the entry."""
+    if source is None or not source.strip():
+        return {}
+    text = source if source.lstrip()[:1] in ("{", "[") else _read_quota_file(source)
+    try:
+        raw = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"RLQ_TEAM_QUOTAS: not JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError('RLQ_TEAM_QUOTAS: expected an object of teams, e.g. {"team-a": {"max_in_flight": 2}}')
+    quotas: dict[str, TeamQuota] = {}
+    for team, caps in raw.items():
+        if team != EVERY_TEAM and not re.match(NAME_RE, team):
+            raise ValueError(
+                f"RLQ_TEAM_QUOTAS: team {team!r} is not allowed; a team is 1-64 letters, digits, _ or -, "
+                f'or "{EVERY_TEAM}" for every team not named'
+            )
+        try:
+            quotas[team] = TeamQuota.model_validate(caps)
+        except ValidationError as err:
+            first = err.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(
+                f"RLQ_TEAM_QUOTAS: {team}{'.' + where if where else ''}: {first['msg']}; allowed: "
+                "max_in_flight (an integer >= 1), gpu_hours_per_day (a number > 0)"
+            ) from None
+    return quotas
+
+
+def _read_quota_file(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"RLQ_TEAM_QUOTAS: neither JSON nor a readable file: {path} ({err.strerror})") from None
 
 
 class Settings(BaseSettings):
@@ -102,6 +164,20 @@ class Settings(BaseSettings):
     max_run_duration_s: int = Field(4 * 3600, ge=60)
     default_run_duration_s: int = Field(3600, ge=60)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+    # --- teams -------------------------------------------------------------------------------
+    team_quotas: str | None = Field(
+        None,
+        description='Per-team caps (docs/teams.md): JSON, {"team-a": {"max_in_flight": 2, "gpu_hours_per_day": 8}, '
+        '"*": {...}} ("*": every team not named), or a JSON file\'s path. Unset: no team caps.',
+    )
+    _team_quotas: dict[str, TeamQuota] = PrivateAttr(default_factory=dict)
+    priority_aging_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A deferred request moves up one priority level (low, normal, high) per this many "
+        "seconds since it was received, so none waits forever behind newer, higher ones.",
+    )
 
     # --- notifications -----------------------------------------------------------------------
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
@@ -202,6 +278,19 @@ class Settings(BaseSettings):
     @property
     def environment_catalog(self) -> EnvironmentCatalog:
         return self._environment_catalog
+
+    @model_validator(mode="after")
+    def _load_team_quotas(self) -> Settings:
+        self._team_quotas = load_team_quotas(self.team_quotas)  # a bad entry stops start-up, named
+        return self
+
+    def team_quota(self, team: str) -> TeamQuota:
+        """``team``'s caps: its own entry, else the ``"*"`` entry, else none."""
+        return self._team_quotas.get(team) or self._team_quotas.get(EVERY_TEAM) or TeamQuota()
+
+    @property
+    def has_team_quotas(self) -> bool:
+        return bool(self._team_quotas)
 
     @field_validator("webhook_secrets", "webhook_urls", "webhook_allow_hosts", mode="before")
     @classmethod

@@ -82,9 +82,12 @@ def render_record(record: RunRecord) -> Panel:  # noqa: C901 - one row per optio
     grid.add_column(overflow="fold")
     status = f" ({record.status})" if record.status else ""
     grid.add_row("state", Text(f"{record.state.value}{status}", style=state_style(record.state)))
+    if record.waiting and record.state is RunState.received:
+        grid.add_row("waiting", record.waiting.removeprefix("waiting "))
     req = record.request
     if req is not None:
         grid.add_row("request", f"{req.algorithm} on {req.env} · experiment {req.experiment}")
+        grid.add_row("team", f"{req.team} · priority {req.priority}")
         stop = ", ".join(f"{k}={v}" for k, v in req.stop.model_dump(exclude_none=True).items())
         grid.add_row("stop", stop or "-")
     grid.add_row("backend", record.backend or "-")

@@ -67,6 +67,10 @@ CLUSTER_RE = r"^[A-Za-z][A-Za-z0-9-]{1,15}$"  # Azure ML compute names: 2-16 cha
 SHELL_CHARS = frozenset(";|&$`<>\\")
 # String values inside ``config`` (activation names and the like): a plain token.
 CONFIG_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Who a request is for and how urgent it is, when the service is full (docs/teams.md).
+Priority = Literal["high", "normal", "low"]
+PRIORITIES: tuple[Priority, ...] = ("low", "normal", "high")  # lowest first: the index is the level
+DEFAULT_TEAM = "default"  # the team of a request that names none
 
 # --- the training request --------------------------------------------------------------------
 
@@ -265,6 +269,10 @@ class TrainingRequest(Strict):
     notify: Notify = Field(default_factory=Notify)
     reply_to: str | None = Field(None, pattern=QUEUE_RE)
     tags: dict[str, str] = Field(default_factory=dict, max_length=32)
+    # The team whose quota the run counts against (RLQ_TEAM_QUOTAS); and its place in the line
+    # when the service is full: high before normal before low, a waiting request aging upwards.
+    team: str = DEFAULT_TEAM
+    priority: Priority = "normal"
     evaluate: Evaluate | None = None
     # The model this run trains (docs/models.md); None: the experiment's name (:attr:`model_name`).
     model: str | None = Field(None, pattern=NAME_RE)
@@ -338,6 +346,16 @@ class TrainingRequest(Strict):
             )
         if len(json.dumps(v)) > 16_384:
             raise ValueError("config is larger than 16 KB")
+        return v
+
+    @field_validator("team")
+    @classmethod
+    def _team(cls, v: str) -> str:
+        if not re.match(NAME_RE, v):
+            raise ValueError(
+                f"{v[:70]!r} is not allowed; a team is 1-64 letters, digits, _ or -, starting with a "
+                "letter or digit"
+            )
         return v
 
     @field_validator("tags")

@@ -28,6 +28,8 @@ class RunState(StrEnum):
 
 ACTIVE = frozenset({RunState.received, RunState.provisioning, RunState.submitted, RunState.running})
 TERMINAL = frozenset({RunState.completed, RunState.failed, RunState.canceled, RunState.timed_out})
+# Holding (or being given) compute: what the global and the team caps count.
+IN_FLIGHT = frozenset({RunState.provisioning, RunState.submitted, RunState.running})
 FINAL = TERMINAL | {RunState.notified, RunState.rejected}
 STATUS_OF: dict[RunState, Status] = {
     RunState.completed: "Completed",
@@ -132,6 +134,9 @@ class RunRecord(BaseModel):
     # What a ``provisioning`` run waits for (a cluster being created); the poller submits it when ready.
     compute_pending: str | None = None
     deferrals: int = 0
+    # Why a deferred request still waits (``waiting for a free slot: …``, ``waiting for team
+    # quota: …``, ``waiting in line: …``: shared/core/admission.py); None once it is claimed.
+    waiting: str | None = None
     # The run whose final checkpoint this one restored (``restore_from: rlq://<parent_request_id>``).
     parent_request_id: str | None = None
     # Compact reward curve for runs whose metrics file is not local: [iteration, timesteps, reward].

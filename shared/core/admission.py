@@ -1,18 +1,26 @@
-"""What this deployment lets a request ask for, checked before anything is recorded or queued.
+"""What this deployment lets a request ask for, checked before anything is recorded or queued;
+and when a recorded request may take compute.
 
 The caps on nodes, GPUs and duration, the enabled backends, the URL rules, the resources a
 request may name (rlq's own queues and clusters, the CPUs it can get), and what
 ``restore_from: rlq://<id>`` resolves to. Both the queue's intake and ``POST /api/trainings`` ask
 here, so a caller and the queue see the same refusals.
+
+When: :meth:`Admission.wait_reason` before a claim (the global cap on runs in flight, the team's
+quota, the waiting line's order: :mod:`shared.core.quotas`), :meth:`Admission.over_cap` after it.
+A request that must wait is deferred by the intake, never refused.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from shared.contracts.environments import catalog_problem
 from shared.contracts.request import TrainingRequest, resource_problems
+from shared.contracts.run import IN_FLIGHT, RunRecord
 from shared.contracts.vm_sizes import VM_SIZES
+from shared.core import quotas
 from shared.core.context import Core
 from shared.errors import Forbidden, InvalidRequest
 from shared.urlguard import check_request_urls
@@ -43,6 +51,77 @@ class Admission:
         found += resource_problems(request, **self._own_resources(request))
         if found:
             raise Forbidden("; ".join(f"{p['field']}: {p['message']}" for p in found))
+
+    # --- when: the caps on runs in flight and the waiting line ------------------------------------
+
+    def wait_reason(self, record: RunRecord) -> str | None:
+        """Why ``record`` (received, about to be claimed) must wait instead of taking compute now,
+        or None: every slot under the global cap is taken; its team is at its quota; or the
+        deferred requests ahead of it in the line (:mod:`shared.core.quotas`), whose teams may
+        start them, take every free slot."""
+        settings, store, now = self.core.settings, self.core.store, self.core.clock()
+        flying = store.count(IN_FLIGHT)
+        free = settings.max_in_flight - flying
+        if free <= 0:
+            return f"waiting for a free slot: {flying} of {settings.max_in_flight} runs in flight"
+        uses: dict[str, quotas.TeamUse] = {}
+        if problem := self._team_problem(record, uses, now):
+            return problem
+        aging, mine = settings.priority_aging_s, quotas.line_key(record, now, settings.priority_aging_s)
+        ahead = [
+            r
+            for r in store.waiting()
+            if r.request_id != record.request_id
+            and quotas.in_line(r, now, settings.defer_delay_s)
+            and quotas.line_key(r, now, aging) < mine
+            and self._team_problem(r, uses, now) is None
+        ]
+        if not ahead:
+            return None  # two at once past this point: over_cap, after the claim, keeps the cap
+        # Counted again after reading the line: a request ahead that claimed a slot meanwhile is
+        # then either in the line as read or in this count, never in neither.
+        flying = store.count(IN_FLIGHT)
+        free = settings.max_in_flight - flying
+        if free <= 0:
+            return f"waiting for a free slot: {flying} of {settings.max_in_flight} runs in flight"
+        if len(ahead) >= free:
+            n = len(ahead)
+            return (
+                f"waiting in line: {n} request{'s go' if n > 1 else ' goes'} first (higher priority, "
+                f"or as high and older) for {free} free slot{'s' if free > 1 else ''}"
+            )
+        return None
+
+    def over_cap(self, claimed: RunRecord) -> str | None:
+        """Right after ``claimed`` took its slot: why it must give the slot back, or None.
+
+        Two deliveries may each see one free slot and claim it at once; whichever counts after
+        both claims sees both and backs off (the store orders the writes, so one of any two
+        racers sees the other), so no cap is ever passed.
+        """
+        settings = self.core.settings
+        flying = self.core.store.count(IN_FLIGHT)
+        if flying > settings.max_in_flight:
+            return f"waiting for a free slot: {flying - 1} of {settings.max_in_flight} runs in flight"
+        return self._team_problem(claimed, {}, self.core.clock(), joining=False)
+
+    def _team_problem(
+        self, record: RunRecord, uses: dict[str, quotas.TeamUse], now: datetime, *, joining: bool = True
+    ) -> str | None:
+        """``waiting for team quota: …`` when the record's team may not start it now; ``uses``
+        keeps each team's use for the rest of one decision."""
+        request, settings = record.request, self.core.settings
+        if request is None or not settings.has_team_quotas:
+            return None
+        quota = settings.team_quota(request.team)
+        if quota.max_in_flight is None and quota.gpu_hours_per_day is None:
+            return None
+        use = uses.get(request.team)
+        if use is None:
+            runs = self.core.store.team_runs(request.team, since=quotas.day_start(now))
+            use = uses[request.team] = quotas.team_use(runs, now, settings)
+        gpus = quotas.run_gpus(request, record.backend, settings)
+        return quotas.team_problem(request.team, quota, use, gpus=gpus, joining=joining)
 
     def _size_problem(self, request: TrainingRequest) -> str | None:
         settings, compute = self.core.settings, request.compute

@@ -186,8 +186,8 @@ class Intake:
             if record.state is RunState.received:
                 if record.cancel_requested:
                     return None
-                if self.in_flight() >= self.core.settings.max_in_flight:
-                    return self._defer(record)
+                if (reason := self.admission.wait_reason(record)) is not None:
+                    return self._defer(record, reason)  # over a cap or behind others in line
             elif record.state is RunState.provisioning:
                 own = redelivered and message_id is not None and message_id == record.message_id
                 if record.claimed_at is not None and now - record.claimed_at < lease and not own:
@@ -200,21 +200,37 @@ class Intake:
                 )
             else:
                 return None  # submitted, running, terminal, rejected: nothing to do for a duplicate
-            claim: dict[str, Any] = {"state": RunState.provisioning, "claimed_at": now, "updated_at": now}
+            claim: dict[str, Any] = {
+                "state": RunState.provisioning,
+                "claimed_at": now,
+                "updated_at": now,
+                "waiting": None,
+            }
             if message_id is not None:
                 claim["message_id"] = message_id  # the claiming message: its redelivery may take over
             claim["trace_context"] = telemetry.inject() or record.trace_context  # later polls join it
             try:
-                return self.core.store.update(record.model_copy(update=claim))
+                claimed = self.core.store.update(record.model_copy(update=claim))
             except Conflict:
                 record = self.records.load(record.request_id)
+                continue
+            if record.state is RunState.received and (reason := self.admission.over_cap(claimed)):
+                return self._defer(claimed, reason, release=True)  # another took the last slot at once
+            return claimed
         raise TransientError(f"request {record.request_id}: could not claim the run record")
 
-    def _defer(self, record: RunRecord) -> RunRecord:
+    def _defer(self, record: RunRecord, reason: str, *, release: bool = False) -> RunRecord:
+        """Put the request off: ``waiting`` says why, and it is sent again after ``defer_delay_s``.
+        ``release``: the claim it just took goes back in the same write."""
         sender, settings = self.core.sender, self.core.settings
         if sender is None or record.request is None:
-            raise TransientError(f"{settings.max_in_flight} runs in flight; try again later")
-        record = self.records.update(record, deferrals=record.deferrals + 1)
+            raise TransientError(f"{reason}; try again later")
+        back = {"claimed_at": None} if release else {}
+        record = self.records.update(
+            record, state=RunState.received, deferrals=record.deferrals + 1, waiting=reason, **back
+        )
+        if record.state is not RunState.received:
+            return record  # another delivery moved it on meanwhile: that one carries it
         assert record.request is not None  # the update kept it
         at = self.core.clock() + timedelta(seconds=settings.defer_delay_s)
         sender.send(
@@ -222,13 +238,7 @@ class Intake:
             message_id=message_ids.deferred(record.request_id, record.deferrals),
             scheduled_at=at,
         )
-        log.info(
-            "request %s deferred to %s: %d runs in flight (cap %d)",
-            record.request_id,
-            at.isoformat(timespec="seconds"),
-            self.in_flight(),
-            settings.max_in_flight,
-        )
+        log.info("request %s deferred to %s: %s", record.request_id, at.isoformat(timespec="seconds"), reason)
         return record
 
     def _submit(self, record: RunRecord) -> RunRecord:
@@ -339,9 +349,6 @@ class Intake:
                     return None
                 record = fresh
         raise TransientError(f"request {record.request_id}: the run record kept changing under us")
-
-    def in_flight(self) -> int:
-        return self.core.store.count([RunState.provisioning, RunState.submitted, RunState.running])
 
     # --- retry later, give up, reject --------------------------------------------------------------
 

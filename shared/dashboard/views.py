@@ -115,6 +115,11 @@ class RunView:
         return self.record.state.value
 
     @property
+    def waiting(self) -> str | None:
+        """Why a deferred run still waits (``waiting for team quota: …``), while it does."""
+        return self.record.waiting if self.record.state is RunState.received else None
+
+    @property
     def algorithm(self) -> str | None:
         return self.record.request.algorithm if self.record.request else None
 

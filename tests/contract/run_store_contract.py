@@ -198,3 +198,47 @@ class RunStoreContract:
         final = store.get("counter")
         assert final.poll_failures == total
         assert final.version == total
+
+    def test_waiting_is_the_deferred_received_oldest_first(self, store: RunStore) -> None:
+        cases = [
+            ("w-fresh", RunState.received, 0),  # not deferred yet: not in the line
+            ("w-late", RunState.received, 1),
+            ("w-early", RunState.received, 3),
+            ("w-claimed", RunState.provisioning, 2),
+            ("w-done", RunState.notified, 5),
+        ]
+        for i, (rid, state, deferrals) in enumerate(cases):
+            created = T0 + timedelta(minutes=10 - i)  # inserted newest first
+            store.insert_if_absent(record(rid, state=state, created_at=created, deferrals=deferrals))
+        assert [r.request_id for r in store.waiting()] == ["w-early", "w-late"]
+        assert [r.request_id for r in store.waiting(limit=1)] == ["w-early"]
+        store.update(store.get("w-early").model_copy(update={"state": RunState.provisioning}))
+        store.update(store.get("w-fresh").model_copy(update={"deferrals": 1}))
+        assert [r.request_id for r in store.waiting()] == ["w-late", "w-fresh"]
+
+    def test_team_runs_in_flight_or_updated_since(self, store: RunStore) -> None:
+        since = T0 + timedelta(hours=1)
+
+        def team_record(rid: str, team: str, state: RunState, updated: datetime) -> RunRecord:
+            request = TrainingRequest(request_id=rid, env="CartPole-v1", team=team)
+            return record(rid, state=state, request=request, created_at=T0).model_copy(
+                update={"updated_at": updated}
+            )
+
+        for rec in [
+            team_record("t-running", "team-a", RunState.running, T0),  # in flight: counted however old
+            team_record("t-provisioning", "team-a", RunState.provisioning, T0),
+            team_record("t-ended-before", "team-a", RunState.notified, T0),
+            team_record("t-ended-after", "team-a", RunState.notified, since + timedelta(minutes=5)),
+            team_record("t-at", "team-a", RunState.completed, since),
+            team_record("t-waiting", "team-a", RunState.received, T0),
+            team_record("t-other", "team-b", RunState.running, since + timedelta(minutes=5)),
+            record("t-no-request", state=RunState.running),
+        ]:
+            store.insert_if_absent(rec)
+        got = sorted(r.request_id for r in store.team_runs("team-a", since=since))
+        assert got == ["t-at", "t-ended-after", "t-provisioning", "t-running"]
+        assert [r.request_id for r in store.team_runs("team-b", since=since)] == ["t-other"]
+        assert store.team_runs("team-c", since=since) == []
+        store.update(store.get("t-waiting").model_copy(update={"state": RunState.provisioning}))
+        assert "t-waiting" in {r.request_id for r in store.team_runs("team-a", since=since)}

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from shared.adapters._sqlite import Connections, DamagedDatabase
 from shared.contracts.base import utcnow
 from shared.contracts.models import Model, ModelVersion
-from shared.contracts.run import RunRecord, RunState
+from shared.contracts.run import IN_FLIGHT, RunRecord, RunState
 from shared.errors import Conflict, NotFound
 
 _SCHEMA = """
@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, created_at);
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at);
+CREATE INDEX IF NOT EXISTS runs_waiting ON runs (created_at)
+    WHERE state = 'received' AND json_extract(record, '$.deferrals') > 0;
+CREATE INDEX IF NOT EXISTS runs_by_team ON runs (json_extract(record, '$.request.team'), updated_at);
 CREATE TABLE IF NOT EXISTS models (
     name TEXT PRIMARY KEY,
     etag INTEGER NOT NULL,
@@ -239,6 +242,28 @@ class SqliteRunStore:
         with self._db.read() as conn:
             row = conn.execute(f"SELECT record FROM model_versions WHERE {where}", params).fetchone()
         return None if row is None else ModelVersion.model_validate_json(row[0])
+
+    # builtins.list: inside this class ``list`` is the RunStore method above
+    def waiting(self, *, limit: int = 1000) -> builtins.list[RunRecord]:
+        """Oldest first (by ``created_at``, then by insertion); the ``runs_waiting`` index holds them."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT record FROM runs INDEXED BY runs_waiting"  # only the waiting rows, not every received one
+                " WHERE state = 'received' AND json_extract(record, '$.deferrals') > 0"
+                " ORDER BY created_at, rowid LIMIT ?",
+                (int(limit),),
+            ).fetchall()
+        return [self._record(r[0]) for r in rows]
+
+    def team_runs(self, team: str, *, since: datetime) -> builtins.list[RunRecord]:
+        flying = _state_values(IN_FLIGHT)
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT record FROM runs WHERE json_extract(record, '$.request.team') = ?"
+                f" AND (state IN ({','.join('?' * len(flying))}) OR updated_at >= ?)",
+                (team, *flying, _epoch(since)),
+            ).fetchall()
+        return [self._record(r[0]) for r in rows]
 
     def _now(self) -> datetime:
         value = self._clock()

@@ -11,7 +11,9 @@ Layout, and why:
 * The record is JSON in ``Record``; past 30,000 UTF-16 units (a string property holds 64 KiB)
   it is zlib-compressed into binary ``RecordZ0..n`` chunks of at most 64,000 bytes (entities
   hold 1 MiB). ``State``, ``CreatedAt`` (epoch seconds), ``Seq`` (insertion order) and
-  ``Version`` sit beside it for filters and sorting.
+  ``Version`` sit beside it for filters and sorting; ``Team``, ``Deferrals`` and ``UpdatedAt``
+  for the team and waiting-line queries (an entity written before they existed gets them on its
+  next update).
 * ``update`` is a compare-and-swap twice over: the stored ``Version`` must equal the caller's,
   and the write is ``update_entity(mode=REPLACE, etag=…, match_condition=IfNotModified)``, so a
   writer that slips in between the read and the write turns the 412 into :class:`Conflict`.
@@ -59,7 +61,7 @@ from shared.adapters._redact import scrub
 from shared.adapters._retry import ROLE_PROPAGATION_HINT, bounded_retrying
 from shared.contracts.base import utcnow
 from shared.contracts.models import Model, ModelVersion
-from shared.contracts.run import RunRecord, RunState
+from shared.contracts.run import IN_FLIGHT, RunRecord, RunState
 from shared.errors import Conflict, NotFound, PermanentError, TransientError
 from shared.settings import Settings
 
@@ -401,6 +403,32 @@ class TableRunStore:
         except ResourceNotFoundError:
             return None
 
+    def waiting(self, *, limit: int = 1000) -> builtins.list[RunRecord]:
+        """Oldest first by ``created_at`` (then insertion order)."""
+        flt = f"PartitionKey eq '{PARTITION}' and State eq '{RunState.received.value}' and Deferrals gt 0"
+        keys = self._query(flt, select=_KEY_COLUMNS)
+        keys.sort(key=lambda e: (float(e["CreatedAt"]), str(e.get("Seq") or ""), e["RowKey"]))
+        out: builtins.list[RunRecord] = []
+        for entity in keys[:limit]:
+            rec = self._get_by_key(entity["RowKey"])
+            if rec is not None and rec.state is RunState.received and rec.deferrals > 0:
+                out.append(rec)
+        return out
+
+    def team_runs(self, team: str, *, since: datetime) -> builtins.list[RunRecord]:
+        flying = " or ".join(f"State eq '{s}'" for s in _state_values(IN_FLIGHT))
+        # the SDK substitutes @names only as whole space-separated words: "@since )", not "@since)"
+        flt = f"PartitionKey eq '{PARTITION}' and Team eq @team and ({flying} or UpdatedAt ge @since )"
+        entities = self._call(
+            "query",
+            lambda: list(
+                self._table.query_entities(
+                    flt, parameters={"team": team, "since": _epoch(since)}, results_per_page=1000
+                )
+            ),
+        )
+        return [decode_record(e) for e in entities]
+
     # --- ReadinessProbe ---------------------------------------------------------------------
 
     @property
@@ -450,9 +478,13 @@ class TableRunStore:
             "RowKey": row_key(record.request_id),
             "State": record.state.value,
             "CreatedAt": _epoch(record.created_at),
+            "UpdatedAt": _epoch(record.updated_at),
             "Seq": seq,
             "Version": record.version,
+            "Deferrals": record.deferrals,
         }
+        if record.request is not None:
+            entity["Team"] = record.request.team
         entity.update(encode_record(record))
         return entity
 
