@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,7 +26,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 
-from shared.composition import build
+from shared.composition import Wiring, build
 from shared.localhost import LocalHost
 from shared.localhost.bindings import HTTP_TRIGGER, list_functions
 from shared.localhost.host import load_function_app
@@ -40,8 +42,8 @@ DOCUMENTED = ("trainings", "health", "models", "openapi.json")
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory):
-    """The function app on a started local host; its base URL."""
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Wiring]]:
+    """The function app on a started local host: its base URL and its wiring."""
     data = tmp_path_factory.mktemp("openapi")
     env = {
         "RLQ_BACKEND": "twin",
@@ -53,12 +55,18 @@ def api(tmp_path_factory: pytest.TempPathFactory):
         for k, v in env.items():
             mp.setenv(k, v)
         mp.chdir(data)  # no stray .env file is read
-        host = LocalHost.for_wiring(build(Settings(_env_file=None)), http_port=0)  # type: ignore[call-arg]
+        w = build(Settings(_env_file=None))  # type: ignore[call-arg]
+        host = LocalHost.for_wiring(w, http_port=0)
         host.start(timers=False)
         try:
-            yield host.base_url
+            yield host.base_url, w
         finally:
             host.close()
+
+
+@pytest.fixture(scope="module")
+def api(served: tuple[str, Wiring]) -> str:
+    return served[0]
 
 
 def test_the_served_document_is_valid_openapi_3_1_and_is_the_generated_one(api: str) -> None:
@@ -113,6 +121,36 @@ def test_the_submission_body_is_the_training_requests_own_schema_with_the_id_opt
 def test_the_readme_states_the_fuzzers_examples_and_seed() -> None:
     assert readme_number(r"(\d+) examples per operation") == MAX_EXAMPLES
     assert readme_number(r"printed at the start \((\d+);") == DEFAULT_SEED
+
+
+def test_a_runs_answers_through_its_life_are_the_documented_ones(served: tuple[str, Wiring]) -> None:
+    """What the fuzzer cannot reach with made-up ids: a real run's record (received, then with its
+    progress, curve, completion message and deliveries), the list, a cancel, the reward curve."""
+    api, w = served
+    cartpole = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"training_iteration": 3}}
+
+    def answered(method: str, path: str, route: str, **kwargs: Any) -> httpx.Response:
+        response = httpx.request(method, f"{api}{PREFIX}{path}", timeout=30, **kwargs)
+        documented = document()["paths"][f"{PREFIX}{route}"][method.lower()]["responses"]
+        assert str(response.status_code) in documented, (method, path, response.status_code, response.text)
+        schema[f"{PREFIX}{route}"][method].validate_response(response)  # raises naming what differs
+        return response
+
+    sent = answered("POST", "/trainings", "/trainings", json=cartpole)
+    assert sent.status_code == 202
+    rid = sent.json()["request_id"]
+    assert answered("GET", f"/trainings/{rid}", "/trainings/{request_id}").status_code == 200
+    deadline = time.monotonic() + 60
+    record: dict[str, Any] = {}
+    while not record.get("completion") and time.monotonic() < deadline:
+        w.service.poll_once()  # the timer is off: the poll ticks here
+        record = answered("GET", f"/trainings/{rid}", "/trainings/{request_id}").json()
+    assert record["completion"]["status"] == "Completed" and record["progress"] and record["curve"]
+    assert answered("GET", "/trainings?limit=5", "/trainings").json()["items"][0]["request_id"] == rid
+    assert answered("POST", f"/trainings/{rid}/cancel", "/trainings/{request_id}/cancel").status_code == 202
+    png = answered("GET", f"/trainings/{rid}/reward.png", "/trainings/{request_id}/reward.png")
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert answered("GET", "/health", "/health").status_code == 200
 
 
 def test_a_blank_query_value_is_refused_naming_it_not_read_as_absent(api: str) -> None:
