@@ -195,6 +195,12 @@ def extract(properties: Mapping[Any, Any] | None) -> otel_context.Context | None
 # --- spans --------------------------------------------------------------------------------------
 
 
+def _tracing() -> bool:
+    """Whether a tracer provider is installed (the SDK's): until then spans are skipped outright,
+    so the default (no exporter) pays one lookup per span instead of the API's no-op span."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def _attributes(
     request_id: str | None, run_id: str | None, extra: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -221,9 +227,15 @@ def span(
     ``parent``: the trace context of a message or a run record (application properties); None: the
     current span's child. An exception leaving the block is recorded on the span (status ERROR).
     """
-    ctx = extract(parent) if parent is not None else None
     before = _log_fields.get()
     token = _log_fields.set((request_id or before[0], run_id or before[1]))
+    if not _tracing():
+        try:
+            yield trace.INVALID_SPAN
+        finally:
+            _log_fields.reset(token)
+        return
+    ctx = extract(parent) if parent is not None else None
     try:
         with _tracer.start_as_current_span(
             name, context=ctx, kind=kind, attributes=_attributes(request_id, run_id, attributes)
@@ -260,6 +272,13 @@ class PollSpan:
 @contextmanager
 def poll_span(request_id: str, run_id: str | None, parent: Mapping[str, str] | None) -> Iterator[PollSpan]:
     """The poll of one run, in its request's trace (``parent``: the context kept on its record)."""
+    if not _tracing():
+        token = _log_fields.set((request_id, run_id))
+        try:
+            yield PollSpan(trace.INVALID_SPAN)
+        finally:
+            _log_fields.reset(token)
+        return
     current = _tracer.start_span(
         POLL, context=extract(parent), attributes=_attributes(request_id, run_id, None)
     )
@@ -281,9 +300,12 @@ def record_deliveries(deliveries: Sequence[Delivery], *, started_ns: int | None 
     """One ``rlq.delivery`` span (a child of the current one) and one ``rlq.deliveries`` point per
     delivery: its outcome, attempts, HTTP status and the target's host (never its path or query,
     which may hold a key)."""
+    tracing = _tracing()
     for d in deliveries:
         outcome = "ok" if d.ok else "failed"
         DELIVERIES.add(1, {OUTCOME: outcome})
+        if not tracing:
+            continue
         end_ns = int(d.at.timestamp() * 1e9)
         attributes: dict[str, Any] = {
             OUTCOME: outcome,
