@@ -3,9 +3,14 @@
 What Azure ML runs, minus Azure: a head job of one node (rank 0 of ``--role head``) and a worker job
 of two nodes (ranks 0 and 1 of ``--role worker``), each one process with the rank variables an MPI
 launcher sets, one CPU each. IMPALA trains CartPole to a low bar. Ray's state API shows where the
-actors ran: the Learner on the head node, the EnvRunners on the worker nodes. When the head is done
-the workers leave on their own (exit 0); a worker killed mid-run is survived (RLlib restarts the
-EnvRunner) or reported, never a hang.
+actors ran: the Learner on the head node, the EnvRunners on the worker nodes. A worker node killed
+mid-run (its bootstrap, its Ray and the EnvRunner on it) is not the job lost: RLlib's fault
+tolerance marks that EnvRunner for a restart (it waits for a node with room: on this cluster there
+is none), the other samples on, and the run goes on to its stop criterion, exit 0. When the head is
+done the surviving worker leaves on its own (exit 0).
+
+The run's budget is a minute of training (about 20 iterations after the kill on the shared 2-core
+machine): what it proves is that training goes on, not how far it gets.
 """
 
 from __future__ import annotations
@@ -123,7 +128,7 @@ def test_head_and_two_workers_place_learner_on_head_and_env_runners_on_workers(t
         # a remote Learner actor and two EnvRunners (the CartPole preset has neither): placement is the subject
         json.dumps({"num_env_runners": 2, "num_envs_per_env_runner": 2, "num_learners": 1}),
         "--stop",
-        json.dumps({"episode_reward_mean": 60, "time_total_s": 240}),
+        json.dumps({"time_total_s": 60}),
         "--output-dir",
         str(out_dir),
         "--checkpoint-freq",
@@ -195,17 +200,23 @@ def test_head_and_two_workers_place_learner_on_head_and_env_runners_on_workers(t
         assert all(a["res"].get("rlq_worker") for a in runners), runners
         assert len({a["node"] for a in runners}) == 2  # one EnvRunner on each worker node
 
-        # Kill one worker node's bootstrap and Ray mid-run: RLlib restarts the EnvRunner elsewhere
-        # or training ends with an error: either way the head finishes, nothing hangs.
+        # Kill one worker node mid-run: the run goes on with the other EnvRunner to its time limit.
         _kill_tree(procs["w1"])  # the node's bootstrap, its Ray and the EnvRunner on it
+        rows_at_kill = _rows(out_dir)
 
         head_code = procs["head"].wait(timeout=600)
         summary = json.loads((out_dir / "summary.json").read_text())
-        if head_code == 0:
-            assert summary["stop_reason"] in ("reward_reached", "time_limit"), summary
-            assert summary["final_reward"] is not None
-        else:  # reported, not hung
-            assert summary.get("error"), summary
+        assert head_code == 0 and summary["stop_reason"] == "time_limit", (
+            summary,
+            _tail(tmp_path / "head.log"),
+        )
+        rows = _rows(out_dir)
+        assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))  # one job, never restarted
+        after = rows[len(rows_at_kill) :]
+        assert (
+            len(after) >= 5 and after[-1]["timesteps"] > (rows_at_kill or [{"timesteps": 0}])[-1]["timesteps"]
+        )
+        assert summary["final_reward"] is not None and summary["iterations"] == len(rows)
         assert (tmp_path / "head_address").read_text() == f"127.0.0.1:{port}"
         # The surviving worker notices the head is gone and leaves on its own, exit 0.
         assert procs["w0"].wait(timeout=120) == 0, _tail(tmp_path / "w0.log")
@@ -218,6 +229,13 @@ def test_head_and_two_workers_place_learner_on_head_and_env_runners_on_workers(t
         for f in logs.values():
             f.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _rows(out_dir: Path) -> list[dict]:
+    """The metrics rows logged so far (a line being written is not one yet)."""
+    path = out_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]
 
 
 def _runners(actors: list[dict]) -> list[dict]:
