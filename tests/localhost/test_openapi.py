@@ -81,8 +81,10 @@ def test_the_served_document_is_valid_openapi_3_1_and_is_the_generated_one(api: 
 
 def test_every_route_of_the_json_api_is_in_the_document() -> None:
     """Each HTTP function of the app under /api/trainings, /api/health, /api/models is an operation of
-    the document with the same methods, and the document names no route the app does not serve."""
+    the document with the same methods, and the document names no route the app does not serve;
+    the operations that need no key (``security: []``) are the app's anonymous functions."""
     served: dict[str, set[str]] = {}
+    anonymous: set[tuple[str, str]] = set()
     for fn in list_functions(load_function_app()):
         trigger = fn.get_trigger()
         if trigger is None or trigger.type != HTTP_TRIGGER:
@@ -90,11 +92,16 @@ def test_every_route_of_the_json_api_is_in_the_document() -> None:
         template = str(trigger.route).strip("/")
         if template.split("/", 1)[0] in DOCUMENTED:
             path = f"{PREFIX}/" + re.sub(r"\{(\w+)(?::[^}]*)?\}", r"{\1}", template)  # {id:int} -> {id}
-            served.setdefault(path, set()).update(
-                str(getattr(m, "value", m)).lower() for m in trigger.methods
-            )
-    documented = {path: set(ops) for path, ops in document()["paths"].items()}
-    assert documented == served
+            methods = {str(getattr(m, "value", m)).lower() for m in trigger.methods}
+            served.setdefault(path, set()).update(methods)
+            if str(getattr(trigger.auth_level, "value", trigger.auth_level)).lower() == "anonymous":
+                anonymous |= {(path, m) for m in methods}
+    doc = document()
+    assert {path: set(ops) for path, ops in doc["paths"].items()} == served
+    keyless = {
+        (path, m) for path, ops in doc["paths"].items() for m, op in ops.items() if op.get("security") == []
+    }
+    assert keyless == anonymous == {(f"{PREFIX}/health", "get"), (f"{PREFIX}/openapi.json", "get")}
 
 
 def test_every_error_answer_is_the_errors_list_naming_a_field() -> None:
