@@ -23,6 +23,7 @@ import typer.main
 from shared.cli import app as cli_app
 from shared.cli.request import build_request
 from shared.contracts.completion import CompletionMessage
+from shared.contracts.models import PromotionEvent
 from shared.contracts.parsing import load_json, parse_request
 from shared.errors import InvalidRequest
 from shared.localhost.bindings import list_functions
@@ -67,6 +68,8 @@ def test_the_docs_show_a_request_and_a_completion_message():
 
 
 def _kind(obj: object) -> str:
+    if isinstance(obj, dict) and obj.get("event") == "model-promoted":
+        return "model-promoted"
     if isinstance(obj, dict) and "message_id" in obj:
         return "completion"
     if isinstance(obj, dict) and obj.get("type") == "training.completed":
@@ -86,6 +89,8 @@ def test_every_json_example_is_what_it_shows(where, text):
         _accepted(text, where)
     elif kind == "completion":
         CompletionMessage.model_validate(obj)
+    elif kind == "model-promoted":
+        PromotionEvent.model_validate(obj)
     elif kind == "webhook":
         assert set(obj) == {"type", "timestamp", "data"}, where
         shown = {k: v for k, v in obj["data"].items() if k != "..."}  # "...": the fields left out

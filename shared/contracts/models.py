@@ -115,9 +115,6 @@ class Model(Strict):
     champion_version: int | None = None  # at most one champion; None before the first
     latest_version: int = 0  # the number of the newest version (0: none yet)
     history: list[PromotionEvent] = Field(default_factory=list)  # champion changes, oldest first
-    # The sequence of the newest champion change published to the topic (the events after it are
-    # still to go out: an outbox, so each change is published once even across a crash).
-    published: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     etag: int = 0

@@ -16,9 +16,9 @@
 :class:`Champions` applies it through the :class:`shared.ports.ModelRegistry`: every write is
 conditional on the model's etag and re-decided on a conflict, so runs of one model completing at
 once yield one history (one champion per change, no version lost); registration is idempotent on
-the run. Each champion change is a :class:`PromotionEvent` in the model's history, published once
-to the topic (``model-promoted``, :func:`shared.contracts.message_ids.promoted`) by
-:meth:`Champions.publish_pending`, which the outbox calls before the completion message.
+the run. Each champion change is a :class:`PromotionEvent` in the model's history, published to the
+topic (``model-promoted``, :func:`shared.contracts.message_ids.promoted`) by its one owner: the
+outbox of the run the rule crowned, before that run's completion message, or the person's call.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class Champions:
     def promote(self, name: str, version: int, *, reason: str) -> PromotionEvent | None:
         """Make ``version`` the champion (a person's decision, recorded with ``reason``); None when
         it is the champion already. Publishes the event (TransientError: recorded, not yet
-        published; calling again publishes it)."""
+        published; the same call again publishes it)."""
         return self._set_champion(name, lambda model: version, reason=reason)
 
     def rollback(self, name: str, *, reason: str) -> PromotionEvent | None:
@@ -199,7 +199,9 @@ class Champions:
             if chosen is None:
                 raise NotFound(f"model {name!r} has no version {target}; it has 1 to {model.latest_version}")
             if model.champion_version == target:
-                self.publish_pending(name)
+                last = model.history[-1] if model.history else None
+                if last is not None and last.to_version == target and last.by == "person":
+                    self.publish(name, last.message_id)  # the same decision again: its event, if it was lost
                 return None
             changed = self._crown(
                 model.model_copy(update={"updated_at": self.clock()}), chosen, by="person", reason=reason
@@ -209,8 +211,9 @@ class Champions:
             except Conflict:
                 continue
             log.info("model %s: v%d made champion by a person: %s", name, target, reason)
-            self.publish_pending(name)
-            return stored.history[-1]
+            event = stored.history[-1]
+            self.publish(name, event.message_id)  # TransientError: recorded; asking again publishes it
+            return event
         raise TransientError(f"model {name!r} kept changing under us; try again")
 
     # --- reading ------------------------------------------------------------------------------
@@ -253,30 +256,23 @@ class Champions:
 
     # --- the topic ----------------------------------------------------------------------------
 
-    def publish_pending(self, name: str) -> int:
-        """Publish the model's champion changes not yet published, oldest first; how many went out.
+    def publish(self, name: str, message_id: str) -> bool:
+        """Publish the champion change ``message_id`` of ``name`` (from its history, with the
+        evaluations of the version it crowned); False when the history no longer holds it.
 
-        Each goes out once (its message id is the change's: a repeat after a crash is dropped by
-        the broker), then the model records it published (a conditional write; a conflict only
-        means someone else moved the model on, and is retried)."""
-        sent = 0
-        for _ in range(MAX_SAVE_ATTEMPTS):
-            model = self.registry.get_model(name)
-            if model is None:
-                return sent
-            pending = [e for e in model.history if e.sequence > model.published]
-            if not pending:
-                return sent
-            for event in pending:
-                # TransientError: not recorded as published, so the next call publishes it again
-                self._publisher().publish_event(self._full(event))
-                sent += 1
-            try:
-                self.registry.save_model(model.model_copy(update={"published": pending[-1].sequence}))
-            except Conflict:
-                continue
-            return sent
-        raise TransientError(f"model {name!r} kept changing under us; its events go out on the next call")
+        Each change has one publisher: the outbox of the run whose version the rule crowned (before
+        its completion message, again on each tick until that is recorded), or the person's call
+        that made it. The broker drops a repeat of its id (a retry after a crash or a lost answer).
+        """
+        model = self.registry.get_model(name)
+        event = next((e for e in model.history if e.message_id == message_id), None) if model else None
+        if event is None:
+            log.warning(
+                "model %s: champion change %s is no longer in its history; not published", name, message_id
+            )
+            return False
+        self._publisher().publish_event(self._full(event))  # TransientError: the caller retries
+        return True
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -289,7 +285,7 @@ class Champions:
         reason: str,
     ) -> Model:
         """``model`` with ``version`` its champion and the change at the end of its history (slim:
-        the evaluations are on the versions, :meth:`publish_pending` adds them to the event)."""
+        the evaluations are on the versions, :meth:`publish` adds them to the event)."""
         sequence = model.promotions + 1
         event = PromotionEvent(
             message_id=message_ids.promoted(model.name, sequence),

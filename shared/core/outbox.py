@@ -95,10 +95,9 @@ class Outbox:
         if record.completion is None or record.published_at is not None:
             return False
         reply_to = record.request.reply_to if record.request else None
-        champions = self.core.champions()
-        if record.completion.model is not None and champions is not None:
-            # its model-promoted event (and any still pending of that model) first, each once
-            champions.publish_pending(record.completion.model.name)
+        section, champions = record.completion.model, self.core.champions()
+        if section is not None and section.event_id is not None and champions is not None:
+            champions.publish(section.name, section.event_id)  # its model-promoted event first
         with telemetry.span(telemetry.PUBLISH, request_id=record.request_id, kind=telemetry.PRODUCER):
             # TransientError: the next tick retries
             self.core.publisher.publish(record.completion, reply_to=reply_to)

@@ -172,6 +172,40 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/core/test_resume.py",),
     ),
     Mutation(
+        "model-last-writer-wins",
+        7,
+        "the model registry writes what it is given: no etag check, a version number or run taken twice overwritten",
+        "shared/adapters/store/sqlite_store.py",
+        "            if model.etag == 0:\n                cur = conn.execute(\n"
+        '                    "INSERT OR IGNORE INTO models (name, etag, record) VALUES (?,?,?)",\n'
+        "                    (model.name, stored.etag, stored.model_dump_json()),\n"
+        "                )\n            else:\n                cur = conn.execute(\n"
+        '                    "UPDATE models SET etag=?, record=? WHERE name=? AND etag=?",\n'
+        "                    (stored.etag, stored.model_dump_json(), model.name, model.etag),\n"
+        "                )\n            if cur.rowcount != 1:\n"
+        '                raise Conflict(f"model {model.name!r} changed since etag {model.etag}: re-read and retry")\n'
+        "            if new_version is not None:\n                try:\n                    conn.execute(\n"
+        '                        "INSERT INTO model_versions',
+        "            if True:\n                cur = conn.execute(\n"
+        '                    "INSERT OR REPLACE INTO models (name, etag, record) VALUES (?,?,?)",\n'
+        "                    (model.name, stored.etag, stored.model_dump_json()),\n"
+        "                )\n"
+        "            if new_version is not None:\n                try:\n                    conn.execute(\n"
+        '                        "INSERT OR REPLACE INTO model_versions',
+        ("tests/contract/test_model_registry.py", "tests/core/test_models.py"),
+    ),
+    Mutation(
+        "event-with-every-completion",
+        7,
+        "each completion of a model publishes its first champion change again, promoted or not",
+        "shared/core/outbox.py",
+        "        if section is not None and section.event_id is not None and champions is not None:\n"
+        "            champions.publish(section.name, section.event_id)",
+        "        if section is not None and champions is not None and section.champion_version:\n"
+        "            champions.publish(section.name, message_ids.promoted(section.name, 1))",
+        ("tests/core/test_models.py",),
+    ),
+    Mutation(
         "team-cap-ignored",
         6,
         "a team's quota holds nothing back (its requests run as if it had none)",
