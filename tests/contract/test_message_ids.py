@@ -39,3 +39,9 @@ def test_the_longest_id_stays_under_service_bus_128_characters():
     assert re.match(ID_RE, longest) and not re.match(ID_RE, longest + "r")
     assert len(message_ids.deferred(longest, 10**9)) <= 128
     assert len(message_ids.retry(longest, 10**9)) <= 128
+
+
+def test_the_request_a_message_id_names():
+    rid = "team:a:1"  # colons in a request id are kept
+    for mid in (rid, message_ids.retry(rid, 2), message_ids.deferred(rid, 3), message_ids.completed(rid)):
+        assert message_ids.request_of(mid) == rid
