@@ -224,7 +224,12 @@ ORDER = [  # (id, team, priority): sent in this order
     ("o-6", "team-c", "normal"),
     ("o-7", "team-a", "high"),
 ]
-CAPS = [(f"c-{i:02d}", ("team-a", "team-b", "team-c")[i % 3], PRIORITIES[i % 2 + 1]) for i in range(12)]
+# team-a's high requests first: they lead the line, so while one runs the others wait for its quota
+CAPS = [
+    *((f"c-a{i}", "team-a", "high") for i in range(6)),
+    *((f"c-b{i}", "team-b", "normal") for i in range(3)),
+    *((f"c-c{i}", "team-c", "low") for i in range(3)),
+]
 
 
 def test_order_and_team_caps_hold_under_load_with_nothing_lost(tmp_path):
