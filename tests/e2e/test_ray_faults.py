@@ -3,7 +3,11 @@ while runs are active. The poller must restart the head, report each run correct
 
 These run on a private head of their own: a SIGKILLed driver leaves its actors to Ray's cleanup,
 and neither the session's shared head nor a later test should have to wait for that (the
-restart test runs first; the kill test last)."""
+restart test runs first; the kill test last).
+
+What the job trains does not change how rlq reads its end, so the head restart and the kill with no
+attempt left run the stand-in trainer (``tests/ray/conftest.py``, until it is stopped) and start in
+seconds; the kill while a checkpoint is written runs the real trainer, whose checkpoints it needs."""
 
 from __future__ import annotations
 
@@ -22,13 +26,20 @@ from shared.contracts.completion import CompletionMessage
 from shared.contracts.run import RunState
 from shared.localhost.ray_head import head_pids, probe_dashboard, ray_psutil, stop_local_head
 from shared.settings import Settings
+from tests.ray.conftest import STANDIN_HANG, write_standin
 from tests.support.ray_heads import start_test_ray_head
 from tests.support.topics import completions
 from trainer.run import HOLD_ENV
 
 pytestmark = pytest.mark.ray
 
-LONG = {"env": "CartPole-v1", "algorithm": "IMPALA", "stop": {"time_total_s": 600}}
+# the stand-in runs until it is stopped (or SIGKILLed)
+LONG = {
+    "env": "CartPole-v1",
+    "algorithm": "IMPALA",
+    "config": {"seed": STANDIN_HANG},
+    "stop": {"time_total_s": 600},
+}
 
 
 def wait_until(w, request_id: str, until, *, timeout_s: float):
@@ -94,15 +105,31 @@ def private_head(tmp_path_factory):
             os.environ[HOLD_ENV] = before
 
 
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory) -> Path:
+    return write_standin(tmp_path_factory.mktemp("standin"))
+
+
+def with_standin(settings: Settings, package: Path):
+    """The service on ``settings``, its Ray jobs running the stand-in trainer ``package``."""
+    from shared.adapters.compute.ray_jobs import RayJobsBackend
+
+    return build(
+        settings, compute={"ray": RayJobsBackend(address=None, settings=settings, trainer_package=package)}
+    )
+
+
 @pytest.mark.timeout(600)
-def test_a_head_that_dies_under_active_runs_is_restarted_and_its_runs_resumed(private_head, tmp_path):
+def test_a_head_that_dies_under_active_runs_is_restarted_and_its_runs_resumed(
+    private_head, standin, tmp_path
+):
     """Every process of the local head SIGKILLed mid-run: the next poll starts a new head (the
     poller, not a person) and the run it held resumes there as attempt 2, its first attempt
     recorded as lost because the cluster was restarted."""
     head = private_head
     # the service runs on the head's own data dir, as `rlq serve` does: the head it restarts is that
     # one (and the fixture stops it), not a second head for another data dir
-    w = build(settings_for(head, tmp_path, data_dir=head.data_dir))
+    w = with_standin(settings_for(head, tmp_path, data_dir=head.data_dir), standin)
     w.service.accept(json.dumps({**LONG, "request_id": "orphan"}).encode(), message_id="o")
     wait_until(w, "orphan", running_with_progress, timeout_s=240)
     old = set(head_pids(head.data_dir))
@@ -124,8 +151,8 @@ def test_a_head_that_dies_under_active_runs_is_restarted_and_its_runs_resumed(pr
 
 
 @pytest.mark.timeout(600)
-def test_a_trainer_killed_with_no_attempt_left_fails_with_a_readable_reason(private_head, tmp_path):
-    w = build(settings_for(private_head, tmp_path, max_attempts=1))
+def test_a_trainer_killed_with_no_attempt_left_fails_with_a_readable_reason(private_head, standin, tmp_path):
+    w = with_standin(settings_for(private_head, tmp_path, max_attempts=1), standin)
     w.service.accept(json.dumps({**LONG, "request_id": "killed"}).encode(), message_id="k")
     wait_until(w, "killed", running_with_progress, timeout_s=240)
     os.kill(trainer_process("killed").pid, signal.SIGKILL)

@@ -52,7 +52,7 @@ from tests.guarantees.crash_driver import (
     prepare,
     read_records,
 )
-from tests.ray.conftest import STANDIN_LOST, STANDIN_TRAIN
+from tests.ray.conftest import STANDIN_LOST, write_standin
 from tests.support.ray_heads import TestHead
 from tests.support.ray_submits import JOURNAL_ENV, submit_job_calls
 from tests.support.readme import readme_number
@@ -105,10 +105,7 @@ class Backend:
 
 def ray_backend(head: TestHead, tmp_path: Path) -> Backend:
     """Drivers on the head ``head``, their jobs running the stand-in trainer, their submit calls noted."""
-    package = tmp_path / "standin" / "trainer"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "train.py").write_text(STANDIN_TRAIN)
+    package = write_standin(tmp_path / "standin")
     journal = tmp_path / "submit-job-calls.jsonl"
     env = {
         "RLQ_BACKEND": "ray",

@@ -94,13 +94,18 @@ while True:
 '''
 
 
-@pytest.fixture(scope="session")
-def standin_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pkg = tmp_path_factory.mktemp("standin") / "trainer"
-    pkg.mkdir()
+def write_standin(parent: Path) -> Path:
+    """The stand-in trainer package (``trainer/``) under ``parent``, for a Ray backend's ``trainer_package``."""
+    pkg = parent / "trainer"
+    pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "train.py").write_text(STANDIN_TRAIN)
     return pkg
+
+
+@pytest.fixture(scope="session")
+def standin_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_standin(tmp_path_factory.mktemp("standin"))
 
 
 def head_settings(head: TestHead, **overrides: Any) -> Settings:
