@@ -71,6 +71,8 @@ def decide(
         return True, f"promote is 'always': replaces v{champion_version}"
     if candidate is None:
         return False, f"kept the champion v{champion_version}: the candidate has no evaluation"
+    if judged_against == champion_version and champion is None:
+        return False, f"kept the champion v{champion_version}: it could not be played against the candidate"
     if judged_against != champion_version or champion is None:
         against = "no champion" if judged_against is None else f"v{judged_against}"
         return False, (

@@ -255,6 +255,19 @@ def test_restore_from_azureml_becomes_a_uri_folder_input(backend: AzureMLV2Backe
     assert p["command"].endswith("--restore ${{inputs.restore}}")
 
 
+def test_the_models_champion_is_a_uri_folder_input_and_its_version_an_argument(
+    backend: AzureMLV2Backend,
+) -> None:
+    uri = "azureml://jobs/rlq-champ-0123456789-head/outputs/checkpoints/paths/final"
+    req = parse_request({**SEED, "champion": {"version": 4, "checkpoint_path": uri}})
+    job = rest(backend.build_head_job(req))["properties"]
+    assert job["inputs"] == {"champion": {"jobInputType": "uri_folder", "mode": "ReadOnlyMount", "uri": uri}}
+    assert job["command"].endswith("--champion ${{inputs.champion}}")
+    argv = backend.job_argv(req, backend.clusters(req))
+    assert argv[argv.index("--champion-version") + 1] == "4" and "--champion" not in argv
+    assert argv[argv.index("--model-eval-episodes") + 1] == "20"
+
+
 def test_restore_from_a_local_path_is_refused_naming_the_field(backend: AzureMLV2Backend) -> None:
     req = parse_request({**SEED, "restore_from": "file:///tmp/ckpt"})
     with pytest.raises(ComputeError, match="restore_from"):

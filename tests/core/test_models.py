@@ -117,6 +117,15 @@ def test_the_first_version_always_never_and_a_stale_comparison() -> None:
         judged_against=3,
     )
     assert stale[0] is False and "played against v3" in stale[1]
+    unplayable = decide(
+        "if_better",
+        min_improvement=0.0,
+        champion_version=4,
+        candidate=ev(1e6),
+        champion=None,
+        judged_against=4,
+    )
+    assert unplayable == (False, "kept the champion v4: it could not be played against the candidate")
     no_eval = decide(
         "if_better",
         min_improvement=0.0,

@@ -214,6 +214,21 @@ def test_argv_carries_restore_evaluate_and_output_dir() -> None:
     assert "--evaluate-gif" in argv
 
 
+def test_the_champion_is_read_as_a_local_path_and_one_from_elsewhere_is_left_out() -> None:
+    def argv(checkpoint: str) -> list[str]:
+        champion = {"version": 2, "checkpoint_path": checkpoint}
+        request = {"request_id": "r4", "env": "CartPole-v1", "stop": {"training_iteration": 1}}
+        return ray_job_argv(
+            TrainingRequest.model_validate({**request, "champion": champion}), output_dir="/o"
+        )
+
+    here = argv("file:///data/runs/r1/checkpoints/final")
+    assert here[here.index("--champion") + 1] == "/data/runs/r1/checkpoints/final"
+    assert here[here.index("--champion-version") + 1] == "2"
+    elsewhere = argv("azureml://jobs/j/outputs/checkpoints/paths/final")
+    assert "--champion" not in elsewhere and "--champion-version" in elsewhere
+
+
 def test_restore_from_other_schemes_is_refused_naming_the_field() -> None:
     request = TrainingRequest.model_validate(
         {

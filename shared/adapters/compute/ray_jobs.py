@@ -153,7 +153,12 @@ def ray_job_argv(
     every run is bounded; a ``file://`` checkpoint becomes the path the cluster reads.
     """
     restore = restore_path(request.restore_from) if request.restore_from else None
-    champion = restore_path(request.champion.checkpoint_path) if request.champion else None
+    # a champion trained elsewhere (azureml://) is not readable here: the run is compared with none
+    champion = (
+        restore_path(request.champion.checkpoint_path)
+        if request.champion and request.champion.checkpoint_path.startswith("file://")
+        else None
+    )
     return build_argv(
         request,
         output_dir=output_dir,
