@@ -17,17 +17,37 @@ from shared.contracts.trainer import (
     CHECKPOINT_FREQ,
     ENTRYPOINT,
     METRICS_MARK,
+    MODEL_EVAL_SEED,
     SUMMARY_MARK,
     build_argv,
     seed_cluster_config,
 )
-from trainer import config_map, metrics
+from trainer import config_map, evaluate, metrics
 from trainer import train as trainer
 
 
 def test_log_markers_are_the_same_on_both_sides() -> None:
     assert metrics.METRICS_MARK == METRICS_MARK
     assert metrics.SUMMARY_MARK == SUMMARY_MARK
+
+
+def test_the_model_comparisons_seeds_are_the_same_on_both_sides() -> None:
+    assert evaluate.MODEL_EVAL_SEED == MODEL_EVAL_SEED
+
+
+def test_the_trainer_reads_back_the_model_comparisons_flags(monkeypatch) -> None:
+    request = parse_request(
+        {
+            "env": "CartPole-v1",
+            "stop": {"training_iteration": 1},
+            "eval_episodes": 7,
+            "champion": {"version": 3, "checkpoint_path": "file:///ckpt/champion"},
+        },
+        default_id="contract-m",
+    )
+    monkeypatch.setenv(ARGV_ENV, json.dumps(build_argv(request, output_dir="/o", champion="/ckpt/champion")))
+    args = trainer.parse_args(["--argv-from-env", ARGV_ENV])
+    assert (args.model_eval_episodes, args.champion, args.champion_version) == ("7", "/ckpt/champion", "3")
 
 
 def test_algorithms_are_listed_alike() -> None:
