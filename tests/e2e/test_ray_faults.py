@@ -183,7 +183,7 @@ def test_a_trainer_killed_while_writing_a_checkpoint_resumes_from_the_one_before
             "env": "CartPole-v1",
             "algorithm": "PPO",
             "config": {"train_batch_size": 4000},  # an iteration of about a second or more
-            "stop": {"training_iteration": 10},
+            "stop": {"training_iteration": 7},
         }
         w.service.accept(json.dumps({**request, "request_id": "resumed"}).encode(), message_id="r")
         out = w.settings.runs_dir / "resumed"
@@ -205,7 +205,7 @@ def test_a_trainer_killed_while_writing_a_checkpoint_resumes_from_the_one_before
         undo()
     assert len(killed) == 1  # the driver is the trainer (no shell left between them to outlive it)
     assert rec.completion.status == "Completed" and rec.completion.attempts == 2, rec
-    assert rec.completion.iterations == 10
+    assert rec.completion.iterations == 7
     assert [m.message_id for m in published(w)] == ["resumed:completed"]
     base = submission_id_for("resumed")
     assert submit_job_calls(journal) == {base: 1, f"{base}-a2": 1}  # one submit call per attempt
