@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+from shared.dashboard.pages import evaluation_rows
 from tests.dashboard.conftest import call, html
 from tests.support.models import complete
 
@@ -32,6 +33,12 @@ def test_the_model_page_shows_the_champion_each_versions_evaluation_and_the_chan
     # the chart: one point per evaluated version, x the version, mean ± spread as the band
     [svg] = re.findall(r'<svg class="chart".*?</svg>', page, re.S)
     assert 'data-points="3"' in svg and ">version</text>" in svg and '<polygon class="band"' in svg
+    # its rows: x the version, the band one spread either side of the mean (not the episodes' range)
+    versions = wired.service.model("cartpole").versions
+    assert [
+        (r["iteration"], r["episode_reward_mean"], r["episode_reward_min"], r["episode_reward_max"])
+        for r in evaluation_rows(versions)
+    ] == [(1, 100.0, 95.0, 105.0), (2, 90.0, 85.0, 95.0), (3, 120.0, 116.0, 124.0)]
     rows = re.findall(r'<tr class="[^"]*" data-version="(\d+)">', page)
     assert rows == ["3", "2", "1"]
     assert "120.00 ± 4.00" in page and "v1: 100.00 ± 5.00" in page
