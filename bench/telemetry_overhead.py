@@ -3,8 +3,8 @@
 Each request is enqueued (``rlq.enqueue``, the message sent with its trace context) and delivered
 to the queue trigger's call (``rlq.intake``, ``rlq.ensure_compute``, ``rlq.submit``, the metric
 points), on the embedded parts (SQLite queue and run store) with the compute twin. Three modes, each
-in its own process (the SDK's providers are set once per process), interleaved round by round so a
-change in the machine's load falls on all three:
+in its own process (the SDK's providers are set once per process), interleaved round by round (each
+mode first in turn) so a change in the machine's load falls on all three:
 
 * ``bare`` — the instrumentation itself stubbed out (shared.telemetry's spans and metric calls
   replaced by no-ops): the service as it was without telemetry;
@@ -126,7 +126,7 @@ def main() -> int:
     rates: dict[str, list[float]] = {m: [] for m in MODES}
     cpu_rates: dict[str, list[float]] = {m: [] for m in MODES}
     for r in range(args.rounds):
-        for mode in MODES:
+        for mode in MODES[r % 3 :] + MODES[: r % 3]:  # each mode first in turn: no order favours one
             done = subprocess.run(
                 [sys.executable, __file__, "--child", mode, "--requests", str(args.requests)],
                 cwd=ROOT,
