@@ -134,6 +134,13 @@ def submit(
         int | None, typer.Option("--evaluate-episodes", help="Evaluate the final policy over N episodes.")
     ] = None,
     gif: Annotated[bool, typer.Option("--gif", help="Record an evaluation replay GIF.")] = False,
+    team: Annotated[
+        str | None, typer.Option("--team", help="The team whose quota the run counts against.")
+    ] = None,
+    priority: Annotated[
+        str | None,
+        typer.Option("--priority", help="high, normal or low: its place when the service is full."),
+    ] = None,
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="Request JSON file; flags override its fields.")
     ] = None,
@@ -162,6 +169,8 @@ def submit(
             tags=tag,
             evaluate_episodes=evaluate_episodes,
             gif=gif,
+            team=team,
+            priority=priority,
         )
         from shared.contracts.parsing import parse_request
 

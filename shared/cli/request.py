@@ -45,6 +45,8 @@ def build_request(  # noqa: C901 - one `if` per CLI flag that overrides the file
     tags: list[str] | None = None,
     evaluate_episodes: int | None = None,
     gif: bool = False,
+    team: str | None = None,  # the request's team (its quota); ``teams`` above: Teams channel URLs
+    priority: str | None = None,
 ) -> dict[str, Any]:
     """The request body from ``--file`` and the flags (a flag wins over the file's value)."""
     body: dict[str, Any] = {}
@@ -69,6 +71,8 @@ def build_request(  # noqa: C901 - one `if` per CLI flag that overrides the file
         "request_id": request_id,
         "restore_from": restore_from,
         "reply_to": reply_to,
+        "team": team,
+        "priority": priority,
     }
     body.update({k: v for k, v in simple.items() if v is not None})
     for key, text in (("config", config), ("stop", stop), ("env_config", env_config)):
