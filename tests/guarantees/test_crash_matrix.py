@@ -228,7 +228,7 @@ def assert_all_accounted_for(data_dir: Path, request_ids: list[str], backend: Ba
 @pytest.mark.parametrize("point", FAULT_POINTS)
 def test_sigkill_at_each_fault_point_with_duplicate_delivery(tmp_path, point, backend):
     data = tmp_path / "rlq"
-    ids = ["crash-a", "crash-b"]
+    ids = [f"crash-a-{point}", f"crash-b-{point}"]  # a Ray head keeps its jobs across the cases
     enqueue(data, ids)
 
     killed = run_driver(data, backend, fault=point)
