@@ -40,6 +40,7 @@ from shared.errors import TransientError
 from shared.localhost import LocalHost
 from shared.settings import Settings
 from tests.e2e.conftest import e2e_env
+from tests.support.models import complete
 
 pytestmark = pytest.mark.ray
 
@@ -283,8 +284,16 @@ def test_pages_fit_a_phone_and_follow_dark_mode(browser, served):
         "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
     )
     browser.set_window_size(390, 844)
+    w, _, _ = served
+    complete(w.service, "dash-model-1", mean=100.0, model="dash-model")
+    complete(w.service, "dash-model-2", mean=120.0, model="dash-model")
     try:
-        for path in ("/api/ui", "/api/ui/runs/dash-curve", "/api/ui/dead-letters"):
+        for path in (
+            "/api/ui",
+            "/api/ui/runs/dash-curve",
+            "/api/ui/dead-letters",
+            "/api/ui/models/dash-model",
+        ):
             browser.get(f"{host.base_url}{path}")
             overflow = browser.execute_script(
                 "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
@@ -298,6 +307,11 @@ def test_pages_fit_a_phone_and_follow_dark_mode(browser, served):
             "return getComputedStyle(document.querySelector('td[data-label=\"State\"]'), '::before').content"
         )
         assert label == '"State"'  # table rows become labelled cards
+        browser.get(f"{host.base_url}/api/ui/models/dash-model")
+        label = browser.execute_script(
+            "return getComputedStyle(document.querySelector('td[data-label=\"Evaluation\"]'), '::before').content"
+        )
+        assert label == '"Evaluation"'  # the versions too
     finally:
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
         browser.set_window_size(1200, 1400)
