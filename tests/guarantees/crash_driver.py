@@ -42,6 +42,7 @@ from typing import Any
 
 from shared.adapters.broker.sqlite_broker import MessageLockLost, SqliteBroker
 from shared.composition import Wiring, build
+from shared.contracts import message_ids
 from shared.contracts.completion import CompletionMessage, Delivery
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import ACTIVE, TERMINAL
@@ -66,6 +67,12 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The records :func:`append_record` wrote to ``path`` (none when it does not exist)."""
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def is_completion(message_id: str | None) -> bool:
+    """A completion message's id (``<request_id>:completed``), not a model event's: the topic
+    carries both (docs/models.md), the suites count completions."""
+    return message_id is not None and message_id.endswith(message_ids.completed(""))
 
 
 def driver_env(data_dir: Path, **extra: Any) -> dict[str, str]:

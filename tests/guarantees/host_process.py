@@ -45,10 +45,11 @@ def _journal_intakes(w, path: Path, *, delay_s: float) -> None:
     service = w.service
     intake = service.intake
 
-    def journaled(body, *, message_id, delivery_count=1):
+    # ``more``: whatever else the host passes on (the trace context)
+    def journaled(body, *, message_id, delivery_count=1, **more):
         started = time.time()
         try:
-            return intake(body, message_id=message_id, delivery_count=delivery_count)
+            return intake(body, message_id=message_id, delivery_count=delivery_count, **more)
         finally:
             append_record(
                 path,

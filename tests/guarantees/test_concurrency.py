@@ -33,7 +33,14 @@ from shared.adapters.store.sqlite_store import SqliteRunStore
 from shared.contracts.run import RunState
 from shared.localhost.ray_head import auth_headers
 from shared.settings import Settings
-from tests.guarantees.crash_driver import AUDIT_SUBSCRIPTION, NOTIFIED, TOPIC_SENDS, prepare, read_records
+from tests.guarantees.crash_driver import (
+    AUDIT_SUBSCRIPTION,
+    NOTIFIED,
+    TOPIC_SENDS,
+    is_completion,
+    prepare,
+    read_records,
+)
 from tests.guarantees.host_process import INTAKES
 from tests.ray.conftest import STANDIN_TRAIN
 from tests.support.ray_submits import JOURNAL_ENV, submit_job_calls
@@ -105,11 +112,17 @@ def assert_once_each(
         }
         assert submits == {rid: 1 for rid in request_ids}, f"submit calls per request: {submits}"
         assert jobs == {rid: 1 for rid in request_ids}, f"jobs per request: {jobs}"
-        seen = Counter(
-            m.message_id for m in broker.peek(s.topic_name, subscription=AUDIT_SUBSCRIPTION, limit=10**5)
+        seen = Counter(  # completion messages: the topic carries model-promoted events too
+            m.message_id
+            for m in broker.peek(s.topic_name, subscription=AUDIT_SUBSCRIPTION, limit=10**5)
+            if is_completion(m.message_id)
         )
         assert seen == Counter({f"{rid}:completed": 1 for rid in request_ids}), seen
-        landed = Counter(x["message_id"] for x in read_records(data / TOPIC_SENDS) if x["landed"])
+        landed = Counter(
+            x["message_id"]
+            for x in read_records(data / TOPIC_SENDS)
+            if x["landed"] and is_completion(x["message_id"])
+        )
         assert landed == seen, f"sends that landed: {landed}"
         notified = Counter(x["message_id"] for x in read_records(data / NOTIFIED))
         assert set(notified) == set(seen)

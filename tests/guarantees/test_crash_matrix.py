@@ -38,7 +38,6 @@ from shared.adapters.broker.sqlite_broker import SqliteBroker
 from shared.adapters.compute.compute_twin import ComputeTwin
 from shared.adapters.compute.ray_jobs import submission_id_for
 from shared.adapters.store.sqlite_store import SqliteRunStore
-from shared.contracts import message_ids
 from shared.contracts.run import RunRecord, RunState
 from shared.core.faults import FAULT_POINTS
 from shared.curves import load_metrics
@@ -49,6 +48,7 @@ from tests.guarantees.crash_driver import (
     NOTIFIED,
     TOPIC_SENDS,
     driver_env,
+    is_completion,
     prepare,
     read_records,
 )
@@ -173,11 +173,6 @@ def enqueue(data_dir: Path, request_ids: list[str], *, copies: int = 2, request:
             body = json.dumps({**request, "request_id": rid}).encode()
             assert broker.send("training-requests", body, message_id=f"{rid}-delivery-{n}")
     broker.close()
-
-
-def is_completion(message_id: str | None) -> bool:
-    """A completion message's id (``<request_id>:completed``), not a model event's."""
-    return message_id is not None and message_id.endswith(message_ids.completed(""))
 
 
 def assert_all_accounted_for(data_dir: Path, request_ids: list[str], backend: Backend) -> dict[str, int]:
