@@ -58,7 +58,9 @@ def load_team_quotas(source: str | None) -> dict[str, TeamQuota]:
     except ValueError as err:
         raise ValueError(f"RLQ_TEAM_QUOTAS: not JSON ({err})") from None
     if not isinstance(raw, dict):
-        raise ValueError('RLQ_TEAM_QUOTAS: expected an object of teams, e.g. {"team-a": {"max_in_flight": 2}}')
+        raise ValueError(
+            'RLQ_TEAM_QUOTAS: expected an object of teams, e.g. {"team-a": {"max_in_flight": 2}}'
+        )
     quotas: dict[str, TeamQuota] = {}
     for team, caps in raw.items():
         if team != EVERY_TEAM and not re.match(NAME_RE, team):
@@ -82,7 +84,9 @@ def _read_quota_file(path: str) -> str:
     try:
         return Path(path).read_text()
     except OSError as err:
-        raise ValueError(f"RLQ_TEAM_QUOTAS: neither JSON nor a readable file: {path} ({err.strerror})") from None
+        raise ValueError(
+            f"RLQ_TEAM_QUOTAS: neither JSON nor a readable file: {path} ({err.strerror})"
+        ) from None
 
 
 class Settings(BaseSettings):
