@@ -85,15 +85,15 @@ def test_champion_kept_against_a_worse_run_replaced_by_a_better_one_and_rolled_b
     assert two.candidate.mean < two.champion.mean, two
     assert two.champion_checkpoint == champion_checkpoint and two.champion_version == 1
 
-    # 3. warm-started from the champion and trained on to 450 (CartPole-v1 ends at 500): plays
-    # better, is promoted, and model:// follows it
+    # 3. warm-started from the champion and trained on to a mean of 200 (CartPole-v1 ends at 500;
+    # greedy, such a policy plays near 500): plays better, is promoted, and model:// follows it
     better = run(
         host,
         w,
         "m-better",
         request(
             "m-better",
-            {"episode_reward_mean": 450, "timesteps_total": 800_000},
+            {"episode_reward_mean": 200, "timesteps_total": 400_000},
             restore_from=f"model://{MODEL}",
         ),
         timeout_s=900,
