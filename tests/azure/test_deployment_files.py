@@ -81,7 +81,7 @@ def test_requirements_cover_the_app_and_leave_the_trainer_out() -> None:
             mods = (
                 [a.name for a in node.names]
                 if isinstance(node, ast.Import)
-                else [node.module]
+                else _imported_from(node.module, [a.name for a in node.names])
                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
                 else []
             )
@@ -93,6 +93,18 @@ def test_requirements_cover_the_app_and_leave_the_trainer_out() -> None:
                 if dist.lower().replace("_", "-") not in names:
                     missing.add(f"{path.relative_to(REPO)}: {mod} ({dist})")
     assert sorted(missing) == []
+
+
+def _imported_from(module: str, names: list[str]) -> list[str]:
+    """``from module import a, b``: the module, or where ``module`` is a namespace package shared by
+    many distributions (``from opentelemetry import trace``), the submodules it names."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is not None:
+        return [module]
+    subs = [f"{module}.{n}" for n in names]
+    return [m for m in subs if importlib.util.find_spec(m) is not None] or [module]
 
 
 def _distribution_of(module: str, candidates: list[str]) -> str:
@@ -188,6 +200,7 @@ NOT_SET_IN_AZURE = {
     "servicebus_connection": "local tools; in Azure the managed identity and RLQ_SERVICEBUS_NAMESPACE",
     "table_connection": "Azurite and local tools; in Azure the managed identity and RLQ_TABLE_ACCOUNT_URL",
     "env_catalog": "unset: gymnasium's and Atari's built-in environments only; an operator who trusts packages sets it",
+    "team_quotas": "unset: no team has a cap of its own (the global cap still holds); an operator sets it per team",
 }
 # Settings whose default is for one machine and wrong in Azure: the templates must set them.
 AZURE_OVERRIDES = {
