@@ -50,7 +50,7 @@ def test_show_prints_the_champion_and_each_versions_evaluation_and_decision(run,
 def test_promote_and_rollback_record_a_persons_decision(run, seeded) -> None:
     result = run("models", "promote", "cartpole", "2", "--reason", "v3 fails the new tracks", "--json")
     assert result.exit_code == 0, result.output
-    after = json.loads(result.output)
+    after = json.loads(result.stdout)  # the log lines go to stderr
     assert after["model"]["champion_version"] == 2
     last = after["model"]["history"][-1]
     assert (last["by"], last["reason"], last["from_version"]) == ("person", "v3 fails the new tracks", 3)
