@@ -64,20 +64,22 @@ def local(e2e_settings):
 
 def test_champion_kept_against_a_worse_run_replaced_by_a_better_one_and_rolled_back(local):
     w, host = local
-    # 1. the first version becomes champion: a weak policy, so that a better one can beat it (greedy,
-    # CartPole-v1 ends at 500: policies trained to a mean of 50 played 271 and to 100 played 186 once
-    # and over 354 another time; a policy trained on to 200 played 327 once; hence 30 here)
+    # 1. the first version becomes champion: a middling policy, so that a better one can beat it and
+    # a worse one cannot (greedy, CartPole-v1 ends at 500: policies trained to a mean of 50 played
+    # 271, to 100 played 186 once and over 354 another time, to 200 played 327 once; one trained to
+    # 30 was beaten by a one-iteration run at 111; hence 50 here and 450 for the better run)
     first = run(
-        host, w, "m-first", request("m-first", {"episode_reward_mean": 30, "timesteps_total": 300_000})
+        host, w, "m-first", request("m-first", {"episode_reward_mean": 50, "timesteps_total": 300_000})
     )
     one = first.completion.model
     assert (one.version, one.promoted, one.champion_version) == (1, True, 1)
     assert one.candidate.episodes == 5 and one.champion is None
     champion_checkpoint = first.completion.checkpoint_path
 
-    # 2. one iteration from scratch: the champion's checkpoint was an input of the job and both
-    # played the same five episodes; the new one plays worse and is not promoted
-    worse = run(host, w, "m-worse", request("m-worse", {"training_iteration": 1}))
+    # 2. one iteration from scratch that learns nothing (lr 0: its initial weights, which greedily
+    # push the cart one way): the champion's checkpoint was an input of the job and both played the
+    # same five episodes; the new one plays worse and is not promoted
+    worse = run(host, w, "m-worse", request("m-worse", {"training_iteration": 1}, config={"lr": 0.0}))
     two = worse.completion.model
     assert worse.request.champion.checkpoint_path == champion_checkpoint
     assert two.version == 2 and two.promoted is False and two.champion_version_before == 1
@@ -86,15 +88,15 @@ def test_champion_kept_against_a_worse_run_replaced_by_a_better_one_and_rolled_b
     assert two.candidate.mean < two.champion.mean, two
     assert two.champion_checkpoint == champion_checkpoint and two.champion_version == 1
 
-    # 3. warm-started from the champion and trained on to a mean of 200 (CartPole-v1 ends at 500;
-    # greedy, such a policy plays near 500): plays better, is promoted, and model:// follows it
+    # 3. warm-started from the champion and trained on to 450 (CartPole-v1 ends at 500): plays
+    # better, is promoted, and model:// follows it
     better = run(
         host,
         w,
         "m-better",
         request(
             "m-better",
-            {"episode_reward_mean": 200, "timesteps_total": 400_000},
+            {"episode_reward_mean": 450, "timesteps_total": 800_000},
             restore_from=f"model://{MODEL}",
         ),
         timeout_s=900,
