@@ -50,7 +50,8 @@ class Args:
     run: str = _flag("IMPALA", "algorithm: IMPALA (default), APPO, PPO, SAC or DQN")
     env: str = _flag(
         "PongNoFrameskip-v4",
-        "Gymnasium env id: any ALE game (PongNoFrameskip-v4, ALE/Pong-v5) or classic control",
+        "Gymnasium env id: any ALE game (PongNoFrameskip-v4, ALE/Pong-v5), classic control, toy text,"
+        " MuJoCo (HalfCheetah-v5) or a catalogued namespace/Name-vN (with --env-module)",
     )
     env_config: str | None = _flag(
         None, "JSON object of the environment's keyword arguments (gymnasium.make)"
