@@ -18,7 +18,8 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.adapters.compute.azureml.v2 import ROLE_TAG, AzureMLV2Backend
+from shared.adapters.compute.azureml.jobs import ROLE_TAG
+from shared.adapters.compute.azureml.v2 import AzureMLV2Backend
 from shared.composition import build
 from shared.core.faults import env_faults
 from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings

@@ -35,7 +35,7 @@ def backend_with():
 
 def sent(backend: AzureMLV2Backend) -> tuple[str, list[str]]:
     """The environment as the SDK serialises it for the service: its version and its pip list."""
-    env = backend.build_head_job(
+    env = backend.builder.build_head_job(
         parse_request({"env": "acme/Warehouse-v1", "stop": {"training_iteration": 1}}, default_id="aml-env")
     ).environment
     conda = env._to_dict()["conda_file"]  # the SDK's own serialisation of the conda file it uploads
@@ -55,7 +55,7 @@ def test_the_catalogs_packages_join_the_image_and_its_version_follows_the_catalo
 
 
 def test_the_head_job_names_the_catalogued_module_for_the_trainer(backend_with):
-    job = backend_with(ACME).build_head_job(
+    job = backend_with(ACME).builder.build_head_job(
         parse_request({"env": "acme/Warehouse-v1", "env_config": {"aisles": 4}}, default_id="aml-env-2")
     )
     argv = json.loads(job.environment_variables["RLQ_TRAINER_ARGV"])

@@ -12,12 +12,13 @@ import json
 
 import pytest
 
+from shared.adapters.compute.azureml.jobs import job_names
 from shared.adapters.compute.azureml.registry import (
     CHAMPION_TAG,
     AzureMLModelRegistry,
     job_output,
 )
-from shared.adapters.compute.azureml.v2 import AzureMLV2Backend, job_names
+from shared.adapters.compute.azureml.v2 import AzureMLV2Backend
 from shared.contracts.models import Evaluation, ModelVersion
 from shared.contracts.parsing import parse_request
 from shared.errors import PermanentError

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from shared.adapters.broker.sqlite_broker import SqliteBroker
+from shared.adapters.compute.azureml.jobs import job_names
 from shared.adapters.compute.azureml.retired import RetiredV1Backend
-from shared.adapters.compute.azureml.v2 import HEAD_ADDRESS_TAG, AzureMLV2Backend, job_names
+from shared.adapters.compute.azureml.runs import HEAD_ADDRESS_TAG
+from shared.adapters.compute.azureml.v2 import AzureMLV2Backend
 from shared.composition import Wiring, build
 from shared.contracts.completion import Delivery
 from shared.contracts.run import RunState

@@ -16,13 +16,9 @@ from pathlib import Path
 import pytest
 
 from shared.adapters.compute.azureml import v2
-from shared.adapters.compute.azureml.v2 import (
-    HEAD_ADDRESS_TAG,
-    RUN_TAG,
-    STATUS_TO_STATE,
-    AzureMLV2Backend,
-    job_names,
-)
+from shared.adapters.compute.azureml.jobs import COMPUTE_TAG, RUN_TAG, job_names
+from shared.adapters.compute.azureml.runs import HEAD_ADDRESS_TAG
+from shared.adapters.compute.azureml.v2 import STATUS_TO_STATE, AzureMLV2Backend
 from shared.contracts.parsing import parse_request
 from shared.contracts.request import TrainingRequest
 from shared.errors import ComputeError, PermanentError, TransientError
@@ -113,7 +109,7 @@ def rest(job) -> dict:
 def test_seed_head_job_serialised_by_the_sdk(backend: AzureMLV2Backend) -> None:
     from azure.ai.ml.entities import Environment
 
-    job = backend.build_head_job(seed())
+    job = backend.builder.build_head_job(seed())
     body = rest(job)
     head_name, _ = job_names("pong-2024-01")
     assert body["name"] == head_name == "rlq-pong-2024-01-" + body["name"].split("-")[-2] + "-head"
@@ -134,7 +130,7 @@ def test_seed_head_job_serialised_by_the_sdk(backend: AzureMLV2Backend) -> None:
         "rlq_experiment": "rllib-pong-multi-node",
         "rlq_role": "head",
         RUN_TAG: "pong-2024-01",
-        v2.COMPUTE_TAG: json.dumps(
+        COMPUTE_TAG: json.dumps(
             {
                 "head": {"tier": "dedicated", **SEED["compute"]["head"], "node_count": 1},
                 "workers": {"tier": "dedicated", **SEED["compute"]["workers"]},
@@ -170,7 +166,7 @@ def test_seed_head_job_serialised_by_the_sdk(backend: AzureMLV2Backend) -> None:
 def test_trainer_parses_the_argv_the_head_job_carries(backend: AzureMLV2Backend, monkeypatch) -> None:
     from trainer import train
 
-    env = rest(backend.build_head_job(seed()))["properties"]["environmentVariables"]
+    env = rest(backend.builder.build_head_job(seed()))["properties"]["environmentVariables"]
     monkeypatch.setenv("RLQ_TRAINER_ARGV", env["RLQ_TRAINER_ARGV"])
     args = train.parse_args(["--argv-from-env", "RLQ_TRAINER_ARGV"])
     assert (args.run, args.env) == ("IMPALA", "PongNoFrameskip-v4")
@@ -178,7 +174,7 @@ def test_trainer_parses_the_argv_the_head_job_carries(backend: AzureMLV2Backend,
 
 
 def test_seed_worker_job_serialised_by_the_sdk(backend: AzureMLV2Backend) -> None:
-    body = rest(backend.build_worker_job(seed(), "10.0.0.4:6379"))
+    body = rest(backend.builder.build_worker_job(seed(), "10.0.0.4:6379"))
     _, worker_name = job_names("pong-2024-01")
     assert body["name"] == worker_name
     p = body["properties"]
@@ -250,7 +246,7 @@ def test_node_public_ip_follows_the_setting_the_nsg_check_uses(
 def test_restore_from_azureml_becomes_a_uri_folder_input(backend: AzureMLV2Backend) -> None:
     uri = "azureml://jobs/rlq-old-0123456789-head/outputs/checkpoints/paths/final"
     req = parse_request({**SEED, "restore_from": uri})
-    p = rest(backend.build_head_job(req))["properties"]
+    p = rest(backend.builder.build_head_job(req))["properties"]
     assert p["inputs"] == {"restore": {"jobInputType": "uri_folder", "mode": "ReadOnlyMount", "uri": uri}}
     assert p["command"].endswith("--restore ${{inputs.restore}}")
 
@@ -260,10 +256,10 @@ def test_the_models_champion_is_a_uri_folder_input_and_its_version_an_argument(
 ) -> None:
     uri = "azureml://jobs/rlq-champ-0123456789-head/outputs/checkpoints/paths/final"
     req = parse_request({**SEED, "champion": {"version": 4, "checkpoint_path": uri}})
-    job = rest(backend.build_head_job(req))["properties"]
+    job = rest(backend.builder.build_head_job(req))["properties"]
     assert job["inputs"] == {"champion": {"jobInputType": "uri_folder", "mode": "ReadOnlyMount", "uri": uri}}
     assert job["command"].endswith("--champion ${{inputs.champion}}")
-    argv = backend.job_argv(req, backend.clusters(req))
+    argv = backend.builder.job_argv(req, backend.builder.clusters(req))
     assert argv[argv.index("--champion-version") + 1] == "4" and "--champion" not in argv
     assert argv[argv.index("--model-eval-episodes") + 1] == "20"
 
@@ -271,7 +267,7 @@ def test_the_models_champion_is_a_uri_folder_input_and_its_version_an_argument(
 def test_restore_from_a_local_path_is_refused_naming_the_field(backend: AzureMLV2Backend) -> None:
     req = parse_request({**SEED, "restore_from": "file:///tmp/ckpt"})
     with pytest.raises(ComputeError, match="restore_from"):
-        backend.build_head_job(req)
+        backend.builder.build_head_job(req)
 
 
 # --- compute: never blocking, pending until Succeeded, reported not resized ----------------------
@@ -390,7 +386,7 @@ def test_a_job_created_between_the_look_up_and_the_create_is_adopted(
 def test_twin_refuses_a_taken_job_name_as_azure_does(backend: AzureMLV2Backend, twin: MLClientTwin) -> None:
     from azure.core.exceptions import HttpResponseError
 
-    job = backend.build_head_job(seed())
+    job = backend.builder.build_head_job(seed())
     twin.jobs.create_or_update(job)
     with pytest.raises(HttpResponseError, match="A job with this name already exists"):
         twin.jobs.create_or_update(job)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.compute.azureml.v2 import HEAD_ADDRESS_TAG, job_names
+from shared.adapters.compute.azureml.jobs import job_names
+from shared.adapters.compute.azureml.runs import HEAD_ADDRESS_TAG
 from shared.adapters.store.sqlite_store import SqliteRunStore
 from shared.contracts.run import RunState
 from tests.azure.aml_crash_driver import SEED, workspace

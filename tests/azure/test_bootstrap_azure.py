@@ -22,8 +22,10 @@ from typing import ClassVar
 
 import pytest
 
-from shared.adapters.compute.azureml import v2
-from shared.adapters.compute.azureml.v2 import AzureMLV2Backend, RunView, job_names
+from shared.adapters.compute.azureml import runs
+from shared.adapters.compute.azureml.jobs import job_names
+from shared.adapters.compute.azureml.runs import RunView
+from shared.adapters.compute.azureml.v2 import AzureMLV2Backend
 from shared.contracts.parsing import parse_request
 from tests.support.azureml import PONG_REQUEST, WORKSPACE, azureml_settings
 from tests.support.azureml_twin import MLClientTwin
@@ -247,7 +249,7 @@ def test_the_address_the_bootstrap_publishes_is_the_one_the_backend_reads(monkey
     backend.status(head)
     worker = twin.job(job_names(req.request_id)[1])
     assert worker.environment_variables["RLQ_RAY_HEAD_ADDRESS"] == "10.0.0.4:6379"
-    assert key == contract.HEAD_ADDRESS_TAG == v2.HEAD_ADDRESS_TAG
+    assert key == contract.HEAD_ADDRESS_TAG == runs.HEAD_ADDRESS_TAG
     backend.close()
 
 
@@ -273,7 +275,7 @@ def test_the_metrics_the_trainer_logs_are_the_progress_the_backend_reads() -> No
     for metrics, _step in logged:
         latest.update(metrics)
     assert set(contract.PROGRESS_METRICS) <= set(latest)
-    seen = v2._progress(RunView(metrics=latest, step=logged[-1][1]))
+    seen = runs._progress(RunView(metrics=latest, step=logged[-1][1]))
     assert seen is not None
     assert (seen.iteration, seen.timesteps, seen.episodes_total) == (2, 1000, 20)
     assert seen.episode_reward_mean == rows[-1]["episode_reward_mean"] == (21.5 + 35.25) / 2

@@ -86,7 +86,8 @@ def ray_case(head: Any, standin: Path, journal: Path) -> Case:
 
 
 def azureml_case() -> Case:  # noqa: C901 - the twin's closures (submit, status, cancel, counts) beside the settings they share
-    from shared.adapters.compute.azureml.v2 import RUN_TAG, AzureMLV2Backend
+    from shared.adapters.compute.azureml.jobs import RUN_TAG
+    from shared.adapters.compute.azureml.v2 import AzureMLV2Backend
     from tests.support.azureml_twin import MLClientTwin
 
     settings = azureml_settings(
@@ -155,7 +156,7 @@ def azureml_case() -> Case:  # noqa: C901 - the twin's closures (submit, status,
 
 def create_calls(twin: Any, request_id: str) -> int:
     """``jobs.create_or_update`` calls for the request's jobs, from the workspace twin's call log."""
-    from shared.adapters.compute.azureml.v2 import job_names
+    from shared.adapters.compute.azureml.jobs import job_names
 
     names = set(job_names(request_id))
     return sum(1 for method, name in twin.calls() if method == "jobs.create_or_update" and name in names)

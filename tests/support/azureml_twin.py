@@ -24,7 +24,7 @@
   outputs (``artifacts`` is the reserved default one); ``get`` takes a version or the one managed
   label, ``latest`` (the most recently created), never both; ``list(name)`` lists that model's
   versions, ``list()`` its containers;
-* the MLflow side (:class:`~shared.adapters.compute.azureml.v2.RunReader`): latest metrics with their step,
+* the MLflow side (:class:`~shared.adapters.compute.azureml.runs.RunReader`): latest metrics with their step,
   run tags (the head's address), the trainer's ``summary.json`` artifact.
 
 With ``path`` the workspace lives in a file (pickled, locked), so a process killed mid-call and its
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.adapters.compute.azureml.v2 import RunView
+from shared.adapters.compute.azureml.runs import RunView
 
 PROGRESSION = ("NotStarted", "Starting", "Preparing", "Queued", "Running", "Finalizing", "Completed")
 TERMINAL = frozenset({"Completed", "Failed", "Canceled"})
@@ -241,7 +241,7 @@ class MLClientTwin:
             return st.cancels.get(name, 0)
 
     def jobs_per_request(self) -> dict[str, int]:
-        from shared.adapters.compute.azureml.v2 import ROLE_TAG, RUN_TAG
+        from shared.adapters.compute.azureml.jobs import ROLE_TAG, RUN_TAG
 
         out: dict[str, int] = {}
         with self.state() as st:
@@ -344,7 +344,7 @@ class _JobOps:
 
 
 class _Runs:
-    """The MLflow side of the workspace (:class:`~shared.adapters.compute.azureml.v2.RunReader`)."""
+    """The MLflow side of the workspace (:class:`~shared.adapters.compute.azureml.runs.RunReader`)."""
 
     def __init__(self, twin: MLClientTwin) -> None:
         self._t = twin

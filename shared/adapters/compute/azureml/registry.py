@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.adapters.compute.azureml.errors import sdk_errors
-from shared.adapters.compute.azureml.v2 import RUN_TAG, ml_client_from_settings
+from shared.adapters.compute.azureml.jobs import RUN_TAG
+from shared.adapters.compute.azureml.v2 import ml_client_from_settings
 from shared.contracts.models import Evaluation, ModelVersion
 from shared.errors import PermanentError
 from shared.settings import Settings

@@ -30,71 +30,58 @@ What the service relies on, and how it is kept:
   status.
 * **The secret stays out of the job.** The Ray token is read on the nodes from the workspace Key
   Vault with the clusters' managed identity: the jobs carry the vault and secret *names* only.
+
+What a job is (its name, clusters, command, environment, tags) is built by
+:class:`~shared.adapters.compute.azureml.jobs.JobBuilder`; a run is read back (its metrics, tags
+and summary) through :class:`~shared.adapters.compute.azureml.runs.RunReader`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from shared.adapters.compute.azureml.clusters import (
     Clusters,
     ComputeInfo,
     NsgGuard,
     check_existing_cluster,
-    job_timeout_s,
     network_client_from_settings,
-    resolve_clusters,
-    worker_shm_size,
     workspace_coordinates,
 )
-from shared.adapters.compute.azureml.environment import (
-    CONDA_FILE,
-    TRAINER_DIR,
-    environment_version,
-    stage_trainer,
-)
 from shared.adapters.compute.azureml.errors import readable, sdk_errors
+from shared.adapters.compute.azureml.jobs import (
+    COMPUTE_TAG,
+    RUN_TAG,
+    JobBuilder,
+    checkpoint_uri,
+    checkpoints_uri,
+    job_names,
+    worker_job_of,
+)
+from shared.adapters.compute.azureml.runs import (
+    HEAD_ADDRESS_TAG,
+    MlflowRunReader,
+    RunReader,
+    RunView,
+    _progress,
+)
 from shared.contracts.request import TrainingRequest
 from shared.contracts.run import Progress
-from shared.contracts.trainer import (
-    ARGV_ENV,
-    JobEnd,
-    TrainerSummary,
-    build_argv,
-    seed_cluster_config,
-)
-from shared.contracts.vm_sizes import VM_SIZES
+from shared.contracts.trainer import ARGV_ENV, JobEnd, TrainerSummary
 from shared.errors import ComputeError
 from shared.ports import Checkpoint, ComputePending, JobState, JobStatus
 from shared.settings import Settings
-from trainer import contract
 
 log = logging.getLogger(__name__)
 
-RUN_TAG = "rlq_request_id"
-ROLE_TAG = "rlq_role"
-COMPUTE_TAG = (
-    "rlq_compute"  # the request's own compute section, so a fresh process resolves the same clusters
-)
-HEAD_ADDRESS_TAG = contract.HEAD_ADDRESS_TAG  # set by trainer/bootstrap.py on the head job's MLflow run
-RAY_PORT = 6379
-HEAD_SHM_SIZE = "24g"
-CHECKPOINTS_OUTPUT = "checkpoints"
-RESTORE_INPUT = "restore"
-CHAMPION_INPUT = "champion"  # the model's champion checkpoint, played against the run's (docs/models.md)
-RESUME_INPUT = "resume"  # attempt k > 1: attempt k - 1's checkpoints output
-IDLE_BEFORE_SCALE_DOWN_S = 1800
-ENVIRONMENT_NAME = "rlq-trainer"
 
 # Every v2 job status (azure.ai.ml._restclient ... JobStatus) -> JobState. CancelRequested,
 # NotResponding and Paused are not terminal: the poller keeps asking, and its stall detector covers a
@@ -117,86 +104,6 @@ STATUS_TO_STATE: dict[str, JobState] = {
 }
 TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Canceled"})
 RAN_STATUSES = frozenset({"Running", "Finalizing", "NotResponding"})
-
-
-def job_names(request_id: str, attempt: int = 1) -> tuple[str, str]:
-    """(head job, worker job) names: deterministic, valid Azure ML job names, distinct per request id
-    and per attempt (``-a<k>`` for attempt k > 1: a run resumed after its job was lost).
-
-    A readable slug of the id (lower case, ``[a-z0-9_-]``) plus a digest of the exact id, so ids
-    that differ only in case or punctuation never share a job.
-    """
-    slug = re.sub(r"[^a-z0-9_-]+", "-", request_id.lower()).strip("-_")[:48] or "run"
-    digest = hashlib.sha256(request_id.encode()).hexdigest()[:10]
-    base = f"rlq-{slug}-{digest}" + (f"-a{attempt}" if attempt > 1 else "")
-    return f"{base}-head", f"{base}-workers"
-
-
-def worker_job_of(head_name: str) -> str:
-    """The worker job's name of head job ``head_name`` (the same attempt's)."""
-    return head_name.removesuffix("-head") + "-workers"
-
-
-# --- what the backend needs from Azure ML and MLflow (the SDK, or the twin) ---------------------
-
-
-@dataclass(frozen=True)
-class RunView:
-    """One MLflow run as the poller reads it: latest metric values, the latest step, the tags."""
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    step: int = 0
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-class RunReader(Protocol):
-    """Reads a job's MLflow run (an Azure ML job's name is its MLflow run id)."""
-
-    def get_run(self, run_id: str) -> RunView | None: ...
-
-    def summary(self, run_id: str) -> dict[str, Any] | None:
-        """The trainer's ``outputs/summary.json`` artifact, when there."""
-
-
-class MlflowRunReader:
-    """:class:`RunReader` on ``mlflow`` + ``azureml-mlflow`` against the workspace's tracking URI."""
-
-    def __init__(self, ml_client: Any) -> None:
-        self._ml_client = ml_client
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def _mlflow(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                from mlflow.tracking import MlflowClient
-
-                ws = self._ml_client.workspaces.get(self._ml_client.workspace_name)
-                self._client = MlflowClient(tracking_uri=ws.mlflow_tracking_uri)
-            return self._client
-
-    def get_run(self, run_id: str) -> RunView | None:
-        try:
-            run = self._mlflow().get_run(run_id)
-        except Exception as err:
-            if "RESOURCE_DOES_NOT_EXIST" in str(err) or "not found" in str(err).lower():
-                return None
-            raise
-        metric_objs = getattr(run.data, "_metric_objs", None) or []
-        step = max((int(getattr(m, "step", 0) or 0) for m in metric_objs), default=0)
-        return RunView(metrics=dict(run.data.metrics), step=step, tags=dict(run.data.tags))
-
-    def summary(self, run_id: str) -> dict[str, Any] | None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="rlq-aml-") as tmp:
-            try:
-                path = self._mlflow().download_artifacts(run_id, "outputs/summary.json", tmp)
-                data = json.loads(Path(path).read_text(encoding="utf-8"))
-            except Exception as err:  # noqa: BLE001 - the metrics still give the essentials
-                log.info("job %s: no readable summary.json (%s)", run_id, type(err).__name__)
-                return None
-        return data if isinstance(data, dict) else None
 
 
 def ml_client_from_settings(settings: Settings) -> Any:
@@ -249,10 +156,13 @@ class AzureMLV2Backend:
         self._ml_client = ml_client
         self._runs = runs
         self.nsg = NsgGuard(settings, network_factory or (lambda: network_client_from_settings(settings)))
-        self.trainer_dir = Path(trainer_dir) if trainer_dir is not None else TRAINER_DIR
+        self.builder = JobBuilder(
+            settings,
+            workspace_resource_group=lambda: str(getattr(self.ml, "resource_group_name", "") or ""),
+            trainer_dir=trainer_dir,
+        )
         self.detail_every = max(1, detail_every)
         self._lock = threading.Lock()
-        self._stage: Path | None = None
         self._tracked: OrderedDict[str, _Tracked] = OrderedDict()
         self._requests: OrderedDict[str, TrainingRequest] = OrderedDict()
 
@@ -274,7 +184,7 @@ class AzureMLV2Backend:
 
     def ensure_compute(self, request: TrainingRequest) -> ComputePending | None:
         """Reuse or start creating both clusters (never waiting); pending until both are Succeeded."""
-        clusters = self.clusters(request)
+        clusters = self.builder.clusters(request)
         if clusters.workers.node_count > 0 and not clusters.vnet:
             raise ComputeError(
                 "a Ray head with worker nodes needs a virtual network that lets them talk: set "
@@ -317,12 +227,12 @@ class AzureMLV2Backend:
         """Create the head job (adopting it when the name exists); the worker job follows from ``status``.
 
         Attempt k > 1 (its job was lost with its machines) is its own job, ``job_names(id, k)``,
-        that resumes from the checkpoints attempt k - 1 wrote (:meth:`build_head_job`).
+        that resumes from the checkpoints attempt k - 1 wrote (:meth:`JobBuilder.build_head_job`).
         """
         head_name, _ = job_names(request.request_id, attempt)
         self._remember(request)
         self._create(
-            self.build_head_job(request, attempt),
+            self.builder.build_head_job(request, attempt),
             what=f"head job of {request.request_id} (attempt {attempt})",
         )
         return head_name
@@ -376,259 +286,9 @@ class AzureMLV2Backend:
         return f"Azure ML workspace {getattr(ws, 'name', None) or name} in {group} answers"
 
     def close(self) -> None:
-        import shutil
-
-        if self._stage is not None:
-            shutil.rmtree(self._stage, ignore_errors=True)
-            self._stage = None
-
-    # --- building blocks (public: the tests serialise what they return) -----------------------
-
-    def clusters(self, request: TrainingRequest) -> Clusters:
-        return resolve_clusters(
-            self.settings,
-            request,
-            workspace_resource_group=lambda: str(getattr(self.ml, "resource_group_name", "") or ""),
-        )
-
-    def build_compute(
-        self,
-        *,
-        name: str,
-        vm_size: str,
-        min_nodes: int,
-        max_nodes: int,
-        clusters: Clusters,
-        tier: str = "dedicated",
-    ) -> Any:
-        """The ``AmlCompute`` entity for a missing cluster (no public IPs by default, SSH off, in the VNet).
-
-        ``tier`` is the SDK's ``AmlCompute(tier=...)``: ``dedicated`` or ``low_priority`` (sent as
-        the REST ``vmPriority`` ``Dedicated`` / ``LowPriority``; docs/azure.md).
-        """
-        from azure.ai.ml.entities import (
-            AmlCompute,
-            IdentityConfiguration,
-            ManagedIdentityConfiguration,
-            NetworkSettings,
-        )
-
-        settings = self.settings
-        network = None
-        if clusters.vnet:
-            ws_rg = settings.azureml_resource_group
-            subnet = clusters.subnet
-            vnet_name: str | None = clusters.vnet
-            if (
-                clusters.vnet_resource_group
-                and ws_rg
-                and clusters.vnet_resource_group.lower() != ws_rg.lower()
-            ):
-                # another resource group: the subnet's full id, vnet_name left out (the SDK's rule)
-                subnet = (
-                    f"/subscriptions/{settings.azureml_subscription_id}/resourceGroups/{clusters.vnet_resource_group}"
-                    f"/providers/Microsoft.Network/virtualNetworks/{clusters.vnet}/subnets/{clusters.subnet}"
-                )
-                vnet_name = None
-            network = NetworkSettings(vnet_name=vnet_name, subnet=subnet)
-        if settings.azureml_cluster_identity:
-            identity = IdentityConfiguration(
-                type="user_assigned",
-                user_assigned_identities=[
-                    ManagedIdentityConfiguration(resource_id=settings.azureml_cluster_identity)
-                ],
-            )
-        else:
-            identity = IdentityConfiguration(type="system_assigned")
-        with sdk_errors("build the cluster"):
-            return AmlCompute(
-                name=name,
-                size=vm_size,
-                min_instances=min_nodes,
-                max_instances=max_nodes,
-                idle_time_before_scale_down=IDLE_BEFORE_SCALE_DOWN_S,
-                network_settings=network,
-                identity=identity,
-                ssh_public_access_enabled=False,
-                # inside the VNet: none unless RLQ_AZUREML_NODE_PUBLIC_IP (what the NSG check assumes)
-                enable_node_public_ip=settings.azureml_node_public_ip if clusters.vnet else True,
-                tier=tier,
-                tags={"managed-by": "rlq"},
-            )
-
-    def job_argv(
-        self, request: TrainingRequest, clusters: Clusters | None = None, *, resume: bool = False
-    ) -> list[str]:
-        """The trainer's argv: EnvRunners on the workers' vCPUs, the head's GPUs (the seed's defaults).
-
-        With worker nodes, the EnvRunners are placed on them only (``trainer/bootstrap.py`` and the
-        trainer's placement), so their default number is the workers' vCPUs: the seed's "all vCPUs
-        minus one" would ask for runners no worker can take. Without workers, the seed's rule.
-        """
-        clusters = clusters or self.clusters(request)
-        config = dict(request.config)
-        if clusters.workers.node_count > 0 and not {"num_workers", "num_env_runners"} & config.keys():
-            config["num_env_runners"] = (
-                clusters.workers.node_count * VM_SIZES[clusters.workers.vm_size.upper()].cpus
-            )
-        config = seed_cluster_config(config, total_cpus=clusters.total_cpus, head_gpus=clusters.head_gpus)
-        return build_argv(
-            request,
-            output_dir="outputs",
-            config=config,
-            ray_address=f"localhost:{RAY_PORT}",
-            resume=resume,
-            env_module=package.module
-            if (package := self.settings.environment_catalog.entry_for(request.env))
-            else None,
-        )
-
-    def environment(self) -> Any:
-        from azure.ai.ml.entities import Environment
-
-        source = self.stage_source()
-        return Environment(
-            name=ENVIRONMENT_NAME,
-            version=environment_version((source / CONDA_FILE).read_text()),
-            image=self.settings.azureml_base_image,
-            conda_file=str(source / CONDA_FILE),
-        )
-
-    def build_head_job(self, request: TrainingRequest, attempt: int = 1) -> Any:
-        """The head ``command()`` job for ``request`` (nothing is sent).
-
-        Attempt k > 1 mounts attempt k - 1's checkpoints output (:meth:`checkpoints_uri`) as the
-        ``resume`` input: the bootstrap copies it into this job's own, and the trainer's
-        ``--resume`` starts from the newest checkpoint there that loads.
-        """
-        from azure.ai.ml import Input, MpiDistribution, Output, command
-
-        clusters = self.clusters(request)
-        head_name, _ = job_names(request.request_id, attempt)
-        argv = self.job_argv(request, clusters, resume=attempt > 1)
-        inputs: dict[str, Any] = {}
-        cmd = f"python trainer/bootstrap.py --role head --checkpoints ${{{{outputs.{CHECKPOINTS_OUTPUT}}}}}"
-        if attempt > 1:
-            previous = self.checkpoints_uri(job_names(request.request_id, attempt - 1)[0])
-            inputs[RESUME_INPUT] = Input(type="uri_folder", path=previous, mode="ro_mount")
-            cmd += f" --resume-from ${{{{inputs.{RESUME_INPUT}}}}}"
-        if request.restore_from and request.restore_from.startswith("azureml://"):
-            inputs[RESTORE_INPUT] = Input(type="uri_folder", path=request.restore_from, mode="ro_mount")
-            cmd += f" --restore ${{{{inputs.{RESTORE_INPUT}}}}}"
-        elif request.restore_from:
-            raise ComputeError(
-                f"restore_from ({request.restore_from[:80]}): Azure ML jobs restore from an azureml:// "
-                "folder (a checkpoint_path of an earlier run, or rlq://<request_id>)"
-            )
-        if request.champion and request.champion.checkpoint_path.startswith("azureml://"):
-            inputs[CHAMPION_INPUT] = Input(
-                type="uri_folder", path=request.champion.checkpoint_path, mode="ro_mount"
-            )
-            cmd += f" --champion ${{{{inputs.{CHAMPION_INPUT}}}}}"
-        env = {
-            ARGV_ENV: json.dumps(argv),
-            "RLQ_RAY_PORT": str(RAY_PORT),
-            "RLQ_RAY_NODE_RESOURCES": json.dumps({"rlq_head": 1}),
-            "RLQ_RAY_EXPECT_WORKERS": str(clusters.workers.node_count),
-            "RLQ_RAY_EXPECT_HEAD_NODES": str(clusters.head.node_count),
-            "PYTHONUNBUFFERED": "1",
-            **self._token_env(),
-        }
-        with sdk_errors("build the head job"):
-            return command(
-                name=head_name,
-                display_name=f"{request.request_id} head",
-                experiment_name=request.experiment,
-                description=f"rlq {request.algorithm} on {request.env}: Ray head and trainer",
-                tags={
-                    **self._tags(request, "head"),
-                    COMPUTE_TAG: request.compute.model_dump_json(
-                        include={"head", "workers", "vnet", "subnet"}, exclude_none=True
-                    ),
-                },
-                code=str(self.stage_source()),
-                command=cmd,
-                environment=self.environment(),
-                environment_variables=env,
-                compute=clusters.head.name,
-                instance_count=clusters.head.node_count,
-                distribution=MpiDistribution(process_count_per_instance=1),
-                shm_size=HEAD_SHM_SIZE,
-                timeout=job_timeout_s(request, self.settings),
-                inputs=inputs or None,
-                outputs={CHECKPOINTS_OUTPUT: Output(type="uri_folder", mode="rw_mount")},
-            )
-
-    def build_worker_job(
-        self, request: TrainingRequest, head_address: str, head_name: str | None = None
-    ) -> Any:
-        """The worker ``command()`` job: ``instance_count`` nodes that join ``head_address``."""
-        from azure.ai.ml import MpiDistribution, command
-
-        clusters = self.clusters(request)
-        head_name = head_name or job_names(request.request_id)[0]
-        worker_name = worker_job_of(head_name)
-        env = {
-            "RLQ_RAY_HEAD_ADDRESS": head_address,
-            "RLQ_RAY_NODE_RESOURCES": json.dumps({"rlq_worker": 1}),
-            "PYTHONUNBUFFERED": "1",
-            **self._token_env(),
-        }
-        with sdk_errors("build the worker job"):
-            return command(
-                name=worker_name,
-                display_name=f"{request.request_id} workers",
-                experiment_name=request.experiment,
-                description=f"rlq Ray workers for {head_name}",
-                tags=self._tags(request, "workers"),
-                code=str(self.stage_source()),
-                command="python trainer/bootstrap.py --role worker",
-                environment=self.environment(),
-                environment_variables=env,
-                compute=clusters.workers.name,
-                instance_count=clusters.workers.node_count,
-                distribution=MpiDistribution(process_count_per_instance=1),
-                shm_size=worker_shm_size(clusters.workers.vm_size),
-                timeout=job_timeout_s(request, self.settings),
-            )
-
-    def stage_source(self) -> Path:
-        with self._lock:
-            if self._stage is None or not self._stage.exists():
-                # the catalog's pinned packages join the image; a `path` entry reaches Ray jobs only
-                self._stage = stage_trainer(
-                    self.trainer_dir, self.settings.environment_catalog.requirements()
-                )
-            return self._stage
-
-    def checkpoint_uri(self, job_name: str) -> str:
-        return f"azureml://jobs/{job_name}/outputs/{CHECKPOINTS_OUTPUT}/paths/final"
-
-    def checkpoints_uri(self, job_name: str) -> str:
-        """Every checkpoint job ``job_name`` wrote (its ``checkpoints`` output): a lost job's resume point."""
-        return f"azureml://jobs/{job_name}/outputs/{CHECKPOINTS_OUTPUT}"
+        self.builder.close()
 
     # --- internals ------------------------------------------------------------------------
-
-    def _tags(self, request: TrainingRequest, role: str) -> dict[str, str]:
-        return {
-            **request.tags,
-            "rlq_algorithm": request.algorithm,
-            "rlq_env": request.env,
-            "rlq_experiment": request.experiment,
-            ROLE_TAG: role,
-            RUN_TAG: request.request_id,
-        }
-
-    def _token_env(self) -> dict[str, str]:
-        """Where the nodes read the Ray token: vault and secret names, never the token."""
-        settings = self.settings
-        env = {"RLQ_RAY_TOKEN_SECRET": settings.azureml_ray_token_secret}
-        if settings.azureml_key_vault_uri:
-            env["RLQ_RAY_TOKEN_VAULT"] = settings.azureml_key_vault_uri
-        if settings.azureml_cluster_identity_client_id:
-            env["RLQ_IDENTITY_CLIENT_ID"] = settings.azureml_cluster_identity_client_id
-        return env
 
     def _ensure_cluster(
         self,
@@ -650,7 +310,7 @@ class AzureMLV2Backend:
                     raise
                 existing = None
         if existing is None:
-            entity = self.build_compute(
+            entity = self.builder.build_compute(
                 name=name, vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes, clusters=c, tier=tier
             )
             with sdk_errors(f"create cluster {name}"):
@@ -710,7 +370,7 @@ class AzureMLV2Backend:
     def _worker_name(self, run_id: str, head: Any) -> str | None:
         """The worker job's name when this request has workers (read from the head job itself)."""
         request = self._request_for(head)
-        if request is None or self.clusters(request).workers.node_count <= 0:
+        if request is None or self.builder.clusters(request).workers.node_count <= 0:
             return None
         return worker_job_of(run_id)
 
@@ -755,7 +415,8 @@ class AzureMLV2Backend:
         request = self._request_for(head)
         assert request is not None
         self._create(
-            self.build_worker_job(request, address, run_id), what=f"worker job of {request.request_id}"
+            self.builder.build_worker_job(request, address, run_id),
+            what=f"worker job of {request.request_id}",
         )
         t.worker_submitted = True
 
@@ -810,7 +471,7 @@ class AzureMLV2Backend:
             if trainer.get(key) is not None:
                 summary[key] = trainer[key]
         if aml_status == "Completed" or trainer.get("checkpoint_path"):
-            summary["checkpoint_path"] = self.checkpoint_uri(run_id)
+            summary["checkpoint_path"] = checkpoint_uri(run_id)
         lost = self._lost(run_id, aml_status, trainer, view, progress, t)
         if lost is not None:
             with self._lock:
@@ -821,7 +482,7 @@ class AzureMLV2Backend:
                 error=lost,
                 portal_url=portal,
                 end=JobEnd.lost,
-                checkpoint=Checkpoint(uri=self.checkpoints_uri(run_id)),
+                checkpoint=Checkpoint(uri=checkpoints_uri(run_id)),
             )
         error = None
         if aml_status == "Failed":
@@ -913,20 +574,4 @@ def compute_info(compute: Any) -> ComputeInfo:
         vnet_resource_group=vnet_rg,
         max_nodes=getattr(compute, "max_instances", None),
         errors=readable(str(errors), 300) if errors else None,
-    )
-
-
-def _progress(view: RunView) -> Progress | None:
-    """A run's progress from the MLflow metrics the trainer logs (names: :mod:`trainer.contract`)."""
-    m: Mapping[str, float] = view.metrics
-    if contract.METRIC_REWARD_MEAN not in m and contract.METRIC_TIMESTEPS not in m:
-        return None
-    reward = m.get(contract.METRIC_REWARD_MEAN)
-    episodes = m.get(contract.METRIC_EPISODES_TOTAL)
-    return Progress(
-        iteration=int(view.step),
-        timesteps=int(m.get(contract.METRIC_TIMESTEPS, 0) or 0),
-        time_total_s=float(m.get(contract.METRIC_TIME_TOTAL_S, 0.0) or 0.0),
-        episode_reward_mean=reward if reward is None or math.isfinite(reward) else None,
-        episodes_total=int(episodes) if episodes is not None else None,
     )
