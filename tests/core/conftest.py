@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,16 +13,23 @@ from tests.support.notifiers import RecordingNotifier
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings_overrides() -> dict[str, Any]:
+    """What a test module sets on top of :func:`settings` (the module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
     (tmp_path / "rlq").mkdir()
-    return Settings(
-        data_dir=tmp_path / "rlq",
-        backend="twin",
-        max_in_flight=100,
-        lock_duration_s=60,
-        stall_timeout_s=600,
-        poll_concurrency=8,
-    )
+    defaults: dict[str, Any] = {
+        "data_dir": tmp_path / "rlq",
+        "backend": "twin",
+        "max_in_flight": 100,
+        "lock_duration_s": 60,
+        "stall_timeout_s": 600,
+        "poll_concurrency": 8,
+    }
+    return Settings(**{**defaults, **settings_overrides})
 
 
 @pytest.fixture

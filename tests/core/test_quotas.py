@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -27,19 +26,15 @@ QUOTAS = {"team-a": {"max_in_flight": 1}, "gpu-team": {"gpu_hours_per_day": 1}, 
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    (tmp_path / "rlq").mkdir()
-    return Settings(
-        data_dir=tmp_path / "rlq",
-        backend="twin",
-        max_in_flight=100,
-        lock_duration_s=60,
-        stall_timeout_s=7200,
-        unreachable_timeout_s=7200,
-        poll_concurrency=8,
-        team_quotas=json.dumps(QUOTAS),
-        priority_aging_s=600,
-    )
+def settings_overrides() -> dict[str, object]:
+    """The conftest's settings with :data:`QUOTAS` and aging; stall and unreachable timeouts past the
+    hour the GPU-hours test moves the clock on."""
+    return {
+        "stall_timeout_s": 7200,
+        "unreachable_timeout_s": 7200,
+        "team_quotas": json.dumps(QUOTAS),
+        "priority_aging_s": 600,
+    }
 
 
 def body(request_id: str, **extra) -> bytes:
