@@ -11,6 +11,9 @@ that every process starts at the same moment. It exits 0 once everything is sett
 ``RLQ_TEST_TRAINER_PACKAGE`` (Ray only): the trainer package the jobs run (a stand-in that
 finishes in a second), instead of the real one. ``RLQ_TEST_SUBMIT_JOURNAL`` (Ray only): note every
 ``submit_job`` call in that file (``tests/support/ray_submits.py``).
+
+A test starts such processes with :func:`start_hosts` (this module's, or another that prints the
+same ready line and waits for the same go line) and runs them with :func:`run_together`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -29,6 +33,7 @@ from shared.localhost import LocalHost
 from shared.settings import Settings
 from tests.guarantees.crash_driver import (
     NOTIFIED,
+    REPO,
     FileNotifier,
     append_record,
     audited_broker,
@@ -37,6 +42,60 @@ from tests.guarantees.crash_driver import (
 )
 
 INTAKES = "intakes.jsonl"  # one line per intake call: pid, thread, message id, request id, start, end
+
+
+def host_env(data: Path, **settings: str) -> dict[str, str]:
+    """A host process's environment on ``data``: none of this process's ``RLQ_`` or ``RAY_``
+    settings, the SQLite queue and store, the poller's timer every second; ``settings`` add or replace."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RLQ_", "RAY_"))}
+    env.update(
+        RLQ_DATA_DIR=str(data),
+        RLQ_BROKER="sqlite",
+        RLQ_STORE="sqlite",
+        RLQ_POLL_SCHEDULE="*/1 * * * * *",
+        PYTHONPATH=str(REPO),
+        **settings,
+    )
+    return env
+
+
+def start_hosts(
+    module: str, env: dict[str, str], n: int, *, max_seconds: float
+) -> list[subprocess.Popen[str]]:
+    """``n`` processes of ``python -m module --max-seconds max_seconds`` in ``env``, each waiting
+    for the go line on stdin."""
+    cmd = [sys.executable, "-m", module, "--max-seconds", str(max_seconds)]
+    return [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+
+
+def run_together(procs: list[subprocess.Popen[str]], *, max_seconds: float) -> None:
+    """Wait until every process is ready with more than one receiver, start them all at once, and
+    wait for each to exit 0 (a minute past ``max_seconds`` at the most); any left running is killed."""
+    try:
+        for p in procs:
+            ready = p.stdout.readline()
+            assert ready.startswith("ready"), (ready, p.stderr.read()[-3000:] if p.poll() is not None else "")
+            assert int(ready.rsplit("maxConcurrentCalls=", 1)[1]) > 1, ready
+        for p in procs:  # go: every process at once
+            p.stdin.write("\n")
+            p.stdin.flush()
+        errs = [p.communicate(timeout=max_seconds + 60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * len(procs), [e[-3000:] for e in errs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
 
 
 def _journal_intakes(w, path: Path, *, delay_s: float) -> None:

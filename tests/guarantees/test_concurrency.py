@@ -18,9 +18,6 @@ of them did (the intake journal), so a run where nothing raced cannot pass.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,12 +38,10 @@ from tests.guarantees.crash_driver import (
     prepare,
     read_records,
 )
-from tests.guarantees.host_process import INTAKES
+from tests.guarantees.host_process import INTAKES, host_env, run_together, start_hosts
 from tests.ray.conftest import STANDIN_TRAIN
 from tests.support.ray_submits import JOURNAL_ENV, submit_job_calls
 from tests.support.readme import readme_number
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def enqueue_twice(data: Path, request_ids: list[str], stop: dict) -> None:
@@ -59,45 +54,11 @@ def enqueue_twice(data: Path, request_ids: list[str], stop: dict) -> None:
 
 
 def run_hosts(data: Path, n: int, env_extra: dict[str, str], *, max_seconds: float) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RLQ_", "RAY_"))}
-    env.update(
-        RLQ_DATA_DIR=str(data),
-        RLQ_BROKER="sqlite",
-        RLQ_STORE="sqlite",
-        RLQ_POLL_SCHEDULE="*/1 * * * * *",
-        RLQ_MAX_IN_FLIGHT="1000",
-        RLQ_TEST_ENSURE_DELAY_S="0.3",
-        PYTHONPATH=str(REPO),
-        **env_extra,
+    env = host_env(data, RLQ_MAX_IN_FLIGHT="1000", RLQ_TEST_ENSURE_DELAY_S="0.3", **env_extra)
+    run_together(
+        start_hosts("tests.guarantees.host_process", env, n, max_seconds=max_seconds),
+        max_seconds=max_seconds,
     )
-    cmd = [sys.executable, "-m", "tests.guarantees.host_process", "--max-seconds", str(max_seconds)]
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(n)
-    ]
-    try:
-        for p in procs:
-            ready = p.stdout.readline()
-            assert ready.startswith("ready"), (ready, p.stderr.read()[-3000:] if p.poll() is not None else "")
-            calls = int(ready.rsplit("maxConcurrentCalls=", 1)[1])
-            assert calls > 1, ready
-        for p in procs:  # go
-            p.stdin.write("\n")
-            p.stdin.flush()
-        errs = [p.communicate(timeout=max_seconds + 60)[1] for p in procs]
-        assert [p.returncode for p in procs] == [0] * n, [e[-3000:] for e in errs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
 
 
 def assert_once_each(

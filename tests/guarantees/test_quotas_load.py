@@ -36,6 +36,7 @@ from shared.contracts.request import PRIORITIES
 from shared.contracts.run import TERMINAL, RunState
 from shared.localhost import LocalHost
 from shared.settings import Settings
+from tests.guarantees import host_process
 from tests.guarantees.crash_driver import (
     AUDIT_SUBSCRIPTION,
     NOTIFIED,
@@ -46,8 +47,8 @@ from tests.guarantees.crash_driver import (
     read_records,
     settled,
 )
+from tests.guarantees.host_process import host_env, run_together
 
-REPO = Path(__file__).resolve().parents[2]
 HOLDS = "holds.jsonl"
 MAX_SECONDS = 120
 
@@ -124,50 +125,9 @@ def enqueue(data: Path, requests: list[tuple[str, str, str]]) -> None:
     broker.close()
 
 
-def start_hosts(data: Path, n: int, settings: dict[str, str]) -> list[subprocess.Popen]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RLQ_", "RAY_"))}
-    env.update(
-        RLQ_DATA_DIR=str(data),
-        RLQ_BACKEND="twin",
-        RLQ_BROKER="sqlite",
-        RLQ_STORE="sqlite",
-        RLQ_POLL_SCHEDULE="*/1 * * * * *",
-        RLQ_DEFER_DELAY_S="1",
-        RLQ_PRIORITY_AGING_S="3600",
-        PYTHONPATH=str(REPO),
-        **settings,
-    )
-    cmd = [sys.executable, "-m", "tests.guarantees.test_quotas_load", "--max-seconds", str(MAX_SECONDS)]
-    return [
-        subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(n)
-    ]
-
-
-def run_all(groups: list[list[subprocess.Popen]]) -> None:
-    procs = [p for g in groups for p in g]
-    try:
-        for p in procs:
-            ready = p.stdout.readline()
-            assert ready.startswith("ready"), (ready, p.stderr.read()[-3000:] if p.poll() is not None else "")
-            assert int(ready.rsplit("maxConcurrentCalls=", 1)[1]) > 1, ready
-        for p in procs:  # go: every process at once
-            p.stdin.write("\n")
-            p.stdin.flush()
-        errs = [p.communicate(timeout=MAX_SECONDS + 60)[1] for p in procs]
-        assert [p.returncode for p in procs] == [0] * len(procs), [e[-3000:] for e in errs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+def start_hosts(data: Path, n: int, settings: dict[str, str]) -> list[subprocess.Popen[str]]:
+    env = host_env(data, RLQ_BACKEND="twin", RLQ_DEFER_DELAY_S="1", RLQ_PRIORITY_AGING_S="3600", **settings)
+    return host_process.start_hosts("tests.guarantees.test_quotas_load", env, n, max_seconds=MAX_SECONDS)
 
 
 def nothing_lost(data: Path, ids: list[str]) -> dict[str, object]:
@@ -237,11 +197,12 @@ def test_order_and_team_caps_hold_under_load_with_nothing_lost(tmp_path):
     enqueue(order_data, ORDER)
     enqueue(caps_data, CAPS)
     quotas = {"team-a": {"max_in_flight": 1}, "team-b": {"max_in_flight": 2}}
-    run_all(
+    run_together(
         [
-            start_hosts(order_data, 2, {"RLQ_MAX_IN_FLIGHT": "1"}),
-            start_hosts(caps_data, 2, {"RLQ_MAX_IN_FLIGHT": "3", "RLQ_TEAM_QUOTAS": json.dumps(quotas)}),
-        ]
+            *start_hosts(order_data, 2, {"RLQ_MAX_IN_FLIGHT": "1"}),
+            *start_hosts(caps_data, 2, {"RLQ_MAX_IN_FLIGHT": "3", "RLQ_TEAM_QUOTAS": json.dumps(quotas)}),
+        ],
+        max_seconds=MAX_SECONDS,
     )
 
     # order: whoever started from the line started in line order
