@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from shared.composition import build
+from shared.localhost import LocalHost
 from shared.settings import Settings
 from tests.support.ray_heads import TestHead
 
@@ -36,6 +38,19 @@ def e2e_settings(e2e_head: TestHead, tmp_path: Path, monkeypatch: pytest.MonkeyP
         return Settings(_env_file=None)  # type: ignore[call-arg]
 
     return make
+
+
+@pytest.fixture
+def api(e2e_settings):
+    """The function app on a started local host (HTTP on a socket, its own timers): the wiring and
+    the base URL. Closing the host forgets the wiring it installed."""
+    w = build(e2e_settings())
+    host = LocalHost.for_wiring(w, http_port=0)
+    host.start()
+    try:
+        yield w, host.base_url
+    finally:
+        host.close()
 
 
 def subprocess_env(head: TestHead, data_dir: Path, **extra: Any) -> dict[str, str]:

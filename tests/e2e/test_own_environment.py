@@ -56,19 +56,6 @@ def local(e2e_settings):
 
 
 @pytest.fixture
-def api(e2e_settings):
-    """The function app on a started local host (HTTP on a socket, its own timers)."""
-    w = build(e2e_settings())
-    host = LocalHost.for_wiring(w, http_port=0)
-    host.start()
-    try:
-        yield w, host.base_url
-    finally:
-        host.close()
-        install(None)
-
-
-@pytest.fixture
 def packages(monkeypatch):
     """The package checks and uploads rlq's Ray Jobs client makes: (uri, found) and uri lists."""
     from ray.dashboard.modules.dashboard_sdk import SubmissionClient

@@ -15,25 +15,12 @@ from pathlib import Path
 import pytest
 
 from shared.client import Client
-from shared.composition import build
 from shared.curves import load_metrics
-from shared.localhost import LocalHost
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "retrain_on_drift.py"
-
-
-@pytest.fixture
-def api(e2e_settings):
-    w = build(e2e_settings())
-    host = LocalHost.for_wiring(w, http_port=0)
-    host.start()
-    try:
-        yield w, host.base_url
-    finally:
-        host.close()
 
 
 def lines_of(proc: subprocess.Popen) -> queue.Queue:
