@@ -110,6 +110,37 @@ def test_etag_guards_a_write_that_slips_in_after_the_version_check(azurite: Azur
     assert (final.run_id, final.version) == ("other", 1)
 
 
+def test_the_line_is_one_query_for_the_deferred_rows_and_reads_only_their_records(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/teams.md: reading the line is one query for "only the deferred rows". Table storage
+    answers ``Deferrals gt 0`` itself: ``waiting`` reads the deferred record, never the fresh ones
+    (the contract's result alone cannot show it: the records read are checked again here)."""
+    with TableRunStore(connection_string=azurite.connection_string, table_name=fresh_table()) as s:
+        for i in range(5):
+            s.insert_if_absent(record(f"fresh-{i}"))  # received, never deferred: not in the line
+        s.insert_if_absent(record("deferred", deferrals=2))
+        s.insert_if_absent(record("claimed", state=RunState.submitted, deferrals=1))
+        queries: list[int] = []
+        reads: list[str] = []
+        real_query, real_get = s._table.query_entities, s._table.get_entity
+
+        def query(*args, **kwargs):
+            found = list(real_query(*args, **kwargs))
+            queries.append(len(found))
+            return found
+
+        def get(partition, key, **kwargs):
+            reads.append(key)
+            return real_get(partition, key, **kwargs)
+
+        monkeypatch.setattr(s._table, "query_entities", query)
+        monkeypatch.setattr(s._table, "get_entity", get)
+        assert [r.request_id for r in s.waiting()] == ["deferred"]
+    assert queries == [1]  # one query, answering the one deferred received row
+    assert reads == ["deferred"]
+
+
 def test_unreachable_table_service_is_transient() -> None:
     from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, free_port
 
