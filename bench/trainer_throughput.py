@@ -23,6 +23,9 @@
     on RLlib's rows (each fragment plus its bootstrap step) in RLlib's cyclic minibatches
     (``minibatch_plan``), V-trace, Adam, grad clip. The optimizer steps per batch of (b) and
     (d) are counted and asserted equal; where each side's seconds per batch go is printed.
+(n) the preset's network on one torch thread: a forward pass at one EnvRunner's frames and a
+    forward + backward pass at one minibatch, RLlib's ``Conv2d`` against the full-frame layer as
+    the matrix product it is (``trainer/networks.py``), same weights, outputs asserted equal.
 (s) with ``--runners``: sampling only with n EnvRunner actors for each n (scaling vs linear).
 (b) and (d) alternate (``--repeat``) on the same cores. Prints (b)/(d) (target >= 80%),
 (b)/(c) and (a')/(a).
@@ -245,6 +248,58 @@ def _trainer_algo_config():
         except (ImportError, AttributeError):
             continue
     raise RuntimeError("the trainer has no AlgorithmConfig builder (trainer.configure.algo_config)")
+
+
+def network(settings: dict, reps: int = 40) -> dict:
+    """(n): milliseconds per forward pass (one EnvRunner's envs, no grad) and per forward +
+    backward pass (one minibatch), RLlib's own module against the trainer's, the same weights,
+    interleaved so that a drifting load hits both alike."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from trainer import envs, networks
+
+    torch.set_num_threads(1)
+    cfg, env_config = _algo_config(settings)
+    probe = envs.make_env(env_config)
+    fast = cfg.get_rl_module_spec(env=probe).build()
+    probe.close()
+    plain = copy.deepcopy(fast)
+    for layer in plain.modules():  # back to RLlib's Conv2d, the same parameters
+        if isinstance(layer, networks.FullFrameConv2d):
+            layer.__class__ = nn.Conv2d
+    dim, stack = settings["dim"], settings["framestack"]
+    torch.manual_seed(0)
+    infer = torch.rand(settings["num_envs_per_env_runner"], dim, dim, stack) * 2 - 1
+    train = torch.rand(settings.get("minibatch_size") or 128, dim, dim, stack) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fast.forward_inference({"obs": infer})["action_dist_inputs"],
+            plain.forward_inference({"obs": infer})["action_dist_inputs"],
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+    def forward(module) -> None:
+        with torch.no_grad():
+            module.forward_exploration({"obs": infer})
+
+    def forward_backward(module) -> None:
+        module.zero_grad(set_to_none=True)
+        out = module.forward_train({"obs": train})  # as the Learner: the values from the same embeddings
+        values = module.compute_values({"obs": train}, embeddings=out["embeddings"])
+        (out["action_dist_inputs"].sum() + values.sum()).backward()
+
+    ms: dict[str, list[float]] = {}
+    for _ in range(reps):
+        for name, module in (("rllib", plain), ("rlq", fast)):
+            for kind, fn in (("forward", forward), ("forward_backward", forward_backward)):
+                t = time.perf_counter()
+                fn(module)
+                ms.setdefault(f"{name}_{kind}", []).append(1000 * (time.perf_counter() - t))
+    return {k: sorted(v)[len(v) // 2] for k, v in ms.items()}  # medians
 
 
 def sampling_only(settings: dict, seconds: float) -> float:
@@ -666,7 +721,7 @@ def main() -> int:  # noqa: C901 - a benchmark script: options, the four measure
     ap.add_argument("--emulator-seconds", type=float, default=10, help="seconds for (a) and (a')")
     ap.add_argument("--config", default="{}", help="--config overrides for the rlq run (and (d))")
     ap.add_argument("--skip-stock", action="store_true", help="leave out (c)")
-    ap.add_argument("--only", default="a,a',b,c,d", help="comma-separated subset of a,a',b,c,d to run")
+    ap.add_argument("--only", default="a,a',n,b,c,d", help="comma-separated subset of a,a',n,b,c,d to run")
     ap.add_argument(
         "--runners",
         default=None,
@@ -718,6 +773,16 @@ def main() -> int:  # noqa: C901 - a benchmark script: options, the four measure
         print(
             f"(a') sampling only per core (one preset EnvRunner, inference, no learning): "
             f"{result['sampling_per_core']:,.0f} steps/s",
+            flush=True,
+        )
+    if "n" in only:
+        n = result["network"] = network(p)
+        print(
+            f"(n)  the preset's network, one thread, median ms: forward of {p['num_envs_per_env_runner']} frames "
+            f"{n['rllib_forward']:.1f} (RLlib's Conv2d) vs {n['rlq_forward']:.1f} (full-frame layer as a matrix "
+            f"product), {n['rllib_forward'] / n['rlq_forward']:.2f}x; forward + backward of "
+            f"{p.get('minibatch_size') or 128} frames {n['rllib_forward_backward']:.1f} vs "
+            f"{n['rlq_forward_backward']:.1f}, {n['rllib_forward_backward'] / n['rlq_forward_backward']:.2f}x",
             flush=True,
         )
     # (b) and (d) alternate, b d d b ..., so a load that drifts during the run hits both alike.

@@ -173,6 +173,12 @@ def algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config:
             getattr(config, method)(**sections[method])
     if sections.get("model"):
         config.rl_module(model_config=sections["model"])
+    if "conv_filters" in settings and plan.algorithm in ("PPO", "IMPALA", "APPO"):
+        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+        from trainer import networks
+
+        config.rl_module(rl_module_spec=RLModuleSpec(module_class=networks.MODULE_CLASSES[plan.algorithm]))
     config.reporting(
         **{"metrics_num_episodes_for_smoothing": SMOOTHING_EPISODES, **sections.get("reporting", {})}
     )

@@ -52,3 +52,12 @@ def test_pong_preset_takes_nine_optimizer_steps_per_batch(bench):
     assert len(bench.minibatch_plan(settings)) == 9
     batch = settings["num_envs_per_env_runner"] * settings["rollout_fragment_length"]
     assert round(1e6 * 9 / batch) == 17_578
+
+
+def test_the_network_measurement_compares_the_same_weights_both_ways(bench):
+    """(n) times RLlib's Conv2d against the full-frame matrix product on one set of weights and
+    asserts their outputs equal; a few repetitions suffice to see it runs."""
+    settings = {**presets.preset("IMPALA", bench.ENV_ID, True), "num_env_runners": 1}
+    ms = bench.network(settings, reps=2)
+    assert set(ms) == {f"{n}_{k}" for n in ("rllib", "rlq") for k in ("forward", "forward_backward")}
+    assert all(v > 0 for v in ms.values())
