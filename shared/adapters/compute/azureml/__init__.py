@@ -2,7 +2,8 @@
 
 * :mod:`.v2` — ``azure-ai-ml`` (SDK v2) command jobs that start Ray through ``trainer/bootstrap.py``
   (``RLQ_BACKEND=azureml``): one job on the head cluster, or a GPU head cluster and a CPU worker
-  cluster.
+  cluster. It submits, polls and cancels; :mod:`.jobs` builds what a job is (its name, clusters,
+  command, environment, tags) and :mod:`.runs` reads a job's MLflow run back.
 * :mod:`.retired` — ``RLQ_BACKEND=azureml_v1``, the retired SDK v1 ``ReinforcementLearningEstimator``:
   the name resolves and every request is refused at once with the reason and what replaced it.
 
