@@ -2,7 +2,7 @@
 
 ``trainer/`` never imports ``shared/`` (it is uploaded alone as the job's code), so the names both
 sides must agree on live here, in a module with no imports, and ``shared/`` imports it
-(``shared/adapters/compute/azureml/v2.py``):
+(``shared/adapters/compute/azureml/runs.py``):
 
 * :data:`HEAD_ADDRESS_TAG`: the MLflow tag on the head job's run that ``trainer/bootstrap.py`` sets
   to the Ray head's ``<ip>:<port>`` (an address, never the token); the Azure ML backend reads it
