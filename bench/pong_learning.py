@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import describe as describe_machine  # bench/machine.py: the script's own folder is on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 ENV_ID = "PongNoFrameskip-v4"
 FIELDS = ("env_steps", "wall_s", "episode_reward_mean", "episodes_total", "entropy", "env_steps_per_s")
@@ -240,7 +242,8 @@ def train(args) -> Path:
                 w.writerow(rec)
                 f.flush()
                 print(
-                    f"{rec[1] / 60:6.1f} min  {rec[0]:>9,} steps  reward {rec[2]}  entropy {rec[4]}",
+                    f"{rec[1] / 60:6.1f} min  {rec[0]:>9,} steps  reward {rec[2]}  entropy {rec[4]}  "
+                    f"load {_load()}",
                     flush=True,
                 )
         except KeyboardInterrupt:
@@ -440,7 +443,7 @@ def cleanrl_envpool(  # noqa: C901 - CleanRL's single-file PPO loop, kept in its
             if iteration % 10 == 0 or iteration == num_iterations:
                 print(
                     f"{wall / 60:6.1f} min  {global_step:>9,} steps  reward {mean}  entropy {entropy_loss.item():.3f}  "
-                    f"{global_step / wall:,.0f} steps/s  (cleanrl-envpool)",
+                    f"{global_step / wall:,.0f} steps/s  load {_load()}  (cleanrl-envpool)",
                     flush=True,
                 )
             if max_minutes and wall >= max_minutes * 60:
@@ -475,6 +478,7 @@ def main() -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "curve.csv"
+    print(f"machine: {describe_machine()}; load average {_load()} at the start", flush=True)
     if not args.peer_only:
         csv_path = train(args)
     if args.peer or args.peer_only:
@@ -485,7 +489,13 @@ def main() -> int:
         except KeyboardInterrupt:
             print("peer interrupted; its curve so far is kept")
     report(csv_path, f"rlq {args.run} Pong preset, {os.cpu_count()} CPU cores")
+    print(f"machine: {describe_machine()}; load average {_load()} at the end", flush=True)
     return 0
+
+
+def _load() -> str:
+    """The load average over 1, 5 and 15 minutes, as ``uptime`` prints it."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
