@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.core.conftest import settings, twin, wired  # noqa: F401 - the service suite's fixtures, reused
+from tests.core.conftest import settings, settings_overrides, twin, wired  # noqa: F401 - the service suite's fixtures, reused
 from tests.poison.generated import generated_inputs
 
 HERE = Path(__file__).parent

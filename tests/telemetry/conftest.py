@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shared import telemetry
-from tests.core.conftest import settings, twin, wired  # noqa: F401 - the core suite's fixtures, reused
+from tests.core.conftest import settings, settings_overrides, twin, wired  # noqa: F401 - the core suite's fixtures, reused
 
 _DELTA = dict.fromkeys(
     (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge),
