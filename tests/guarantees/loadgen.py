@@ -225,10 +225,14 @@ def run_load(
 
     started = time.perf_counter()
     deadline = started + max_seconds
+    # The driver's stderr goes to a file, never a pipe: this loop reads nothing while it watches the
+    # progress, and a driver logging a warning per deferral on starved cores filled a pipe's 64 KiB
+    # and blocked in the write until the deadline (py-spy: the driver's main thread in
+    # StreamHandler.emit), which read as "did not finish in time".
+    stderr_path = workdir / "driver-stderr.log"
     while True:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
+        with stderr_path.open("w") as stderr_file:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file)
         target = thresholds[report.restarts] if report.restarts < len(thresholds) else None
         jitter = rng.uniform(0.0, 0.05)  # so the kill is not in step with the progress reads
         while proc.poll() is None and target is not None:
@@ -241,7 +245,8 @@ def run_load(
                 proc.kill()
                 raise AssertionError(f"(seed {seed}) the load did not finish in time")
             time.sleep(0.01)
-        _, err = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
+        proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
+        err = stderr_path.read_text(errors="replace")
         if proc.returncode == -signal.SIGKILL:
             report.restarts += 1
             report.kill_points.append(
