@@ -173,12 +173,14 @@ def algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config:
             getattr(config, method)(**sections[method])
     if sections.get("model"):
         config.rl_module(model_config=sections["model"])
-    if "conv_filters" in settings and plan.algorithm in ("PPO", "IMPALA", "APPO"):
-        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
+    if "conv_filters" in settings:  # an image network: the algorithms networks.py has a module for
         from trainer import networks
 
-        config.rl_module(rl_module_spec=RLModuleSpec(module_class=networks.MODULE_CLASSES[plan.algorithm]))
+        module_class = networks.MODULE_CLASSES.get(plan.algorithm)
+        if module_class is not None:
+            from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+            config.rl_module(rl_module_spec=RLModuleSpec(module_class=module_class))
     config.reporting(
         **{"metrics_num_episodes_for_smoothing": SMOOTHING_EPISODES, **sections.get("reporting", {})}
     )

@@ -7,8 +7,8 @@ runs it as a convolution, and slowly: RLlib's CNN permutes its channels-last inp
 kernels for that layer in that layout took most of the network's time. Computed as the matrix
 product it is, the preset's network ran 2.0x faster forward (16 frames, an EnvRunner's inference)
 and 2.6x faster forward + backward (128 frames, a Learner's minibatch) on one thread, and the Pong
-preset sampled 741 env steps/s while learning where it had sampled 544-577
-(``bench/trainer_throughput.py --only n`` and ``--only b``; docs/trainer.md). :class:`FullFrameConv2d`
+preset sampled 861-901 env steps/s while learning on a quiet machine where it had sampled 544-577
+(``bench/trainer_throughput.py --only n`` and ``--only n,b,d``; docs/trainer.md). :class:`FullFrameConv2d`
 computes that product when the kernel covers the whole input (no padding, stride 1) and is an
 ordinary ``Conv2d`` otherwise; the parameters, their names and shapes are RLlib's, so checkpoints
 and weights move between either class unchanged.
