@@ -425,7 +425,6 @@ def _sampler(rank: int, settings: dict, batches, weights: dict, version, stop, r
     bounded queue; the newest weights copied in before each batch."""
     import queue
 
-    import gymnasium as gym
     import numpy as np
     import torch
     from ray.rllib.core.columns import Columns
@@ -440,8 +439,9 @@ def _sampler(rank: int, settings: dict, batches, weights: dict, version, stop, r
         settings["rollout_fragment_length"],
         settings.get("gamma", 0.99),
     )
-    venv = gym.vector.SyncVectorEnv([lambda: envs.make_env(env_config) for _ in range(m)])
-    module = cfg.get_rl_module_spec(env=venv.envs[0]).build()
+    # The envs the preset's EnvRunner steps: RLlib's vector entry point, the trainer's creator.
+    venv = envs.make_vector_env({**env_config, "num_envs": m})
+    module = cfg.get_rl_module_spec(env=envs.make_env(env_config)).build()
     obs, _ = venv.reset(seed=1000 * rank)
     obs = torch.as_tensor(obs)
     done_prev = np.zeros(m, dtype=bool)

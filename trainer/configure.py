@@ -168,6 +168,8 @@ def algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config:
         buffer["capacity"] = sections["replay"]["replay_buffer_capacity"]
         training["replay_buffer_config"] = buffer
     config.environment(env_name, env_config=env_config, **sections.get("environment", {}))
+    if plan.atari:  # each EnvRunner's envs as one vector env: ale_py's, in C++ (envs.make_vector_env)
+        config.env_runners(gym_env_vectorize_mode="vector_entry_point")
     for method in PLAIN_SECTIONS:
         if sections.get(method):
             getattr(config, method)(**sections[method])

@@ -19,6 +19,7 @@ same ready line and waits for the same go line) and runs them with :func:`run_to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import subprocess
@@ -90,7 +91,19 @@ def run_together(procs: list[subprocess.Popen[str]], *, max_seconds: float) -> N
         for p in procs:  # go: every process at once
             p.stdin.write("\n")
             p.stdin.flush()
-        errs = [p.communicate(timeout=max_seconds + 60)[1] for p in procs]
+        # Each process's pipes are drained at the same time, each in its own thread: waiting on
+        # one while another's unread stderr fills its pipe would block that one in a write.
+        errs = [""] * len(procs)
+
+        def drain(i: int) -> None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                errs[i] = procs[i].communicate(timeout=max_seconds + 60)[1] or ""
+
+        drains = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(procs))]
+        for t in drains:
+            t.start()
+        for t in drains:
+            t.join()
         assert [p.returncode for p in procs] == [0] * len(procs), [e[-3000:] for e in errs]
     finally:
         for p in procs:
