@@ -302,21 +302,26 @@ def network(settings: dict, reps: int = 40) -> dict:
     return {k: sorted(v)[len(v) // 2] for k, v in ms.items()}  # medians
 
 
-def sampling_only(settings: dict, seconds: float) -> float:
-    """(a'): one EnvRunner of the preset in this process (one core), sampling, no learning."""
+def sampling_only(settings: dict, seconds: float, vectorize_mode: str | None = None) -> dict:
+    """(a'): one EnvRunner of the preset in this process (one core), sampling, no learning: env
+    steps per second of wall time and per CPU second of this process. ``vectorize_mode``
+    overrides how the EnvRunner makes its envs ("sync": ``make_env``'s envs stepped one after
+    the other, RLlib's default; the trainer's Atari presets use "vector_entry_point")."""
     import torch
     from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
     torch.set_num_threads(1)
     cfg, _ = _algo_config(settings)
+    if vectorize_mode:
+        cfg = cfg.copy(copy_frozen=False).env_runners(gym_env_vectorize_mode=vectorize_mode)
     runner = SingleAgentEnvRunner(config=cfg)
     runner.sample()  # warm-up (env resets, first inference)
-    steps, t0 = 0, time.time()
+    steps, t0, c0 = 0, time.time(), time.process_time()
     while time.time() - t0 < seconds:
         steps += sum(len(e) for e in runner.sample())
-    rate = steps / (time.time() - t0)
+    wall, cpu = time.time() - t0, time.process_time() - c0
     runner.stop()
-    return rate
+    return {"mode": cfg.gym_env_vectorize_mode, "steps_per_s": steps / wall, "steps_per_cpu_s": steps / cpu}
 
 
 def runner_scaling(settings: dict, counts: list[int], seconds: float) -> list[dict]:
@@ -769,10 +774,23 @@ def main() -> int:  # noqa: C901 - a benchmark script: options, the four measure
             flush=True,
         )
     if "a'" in only:
-        result["sampling_per_core"] = sampling_only(p, args.emulator_seconds)
+        # The preset's envs as the trainer makes them, then as RLlib's default "sync" mode would,
+        # alternating (trainer, sync, sync, trainer) so a drifting load hits both alike.
+        runs = [sampling_only(p, args.emulator_seconds, mode) for mode in (None, "sync", "sync", None)]
+        trainer_runs, sync_runs = runs[0::3], runs[1:3]
+        for r in runs:
+            print(
+                f"(a') sampling only per core (one preset EnvRunner, inference, no learning), envs "
+                f"'{r['mode']}': {r['steps_per_s']:,.0f} steps/s, {r['steps_per_cpu_s']:,.0f} per CPU "
+                f"second; load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+        result["sampling_per_core"] = sum(r["steps_per_s"] for r in trainer_runs) / 2
+        result["sampling_modes"] = runs
+        cpu = [sum(r["steps_per_cpu_s"] for r in rs) / 2 for rs in (trainer_runs, sync_runs)]
         print(
-            f"(a') sampling only per core (one preset EnvRunner, inference, no learning): "
-            f"{result['sampling_per_core']:,.0f} steps/s",
+            f"(a') the trainer's envs ('{trainer_runs[0]['mode']}') against 'sync': "
+            f"{cpu[0]:,.0f} against {cpu[1]:,.0f} env steps per CPU second = {cpu[0] / cpu[1]:.2f}x",
             flush=True,
         )
     if "n" in only:
