@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pong_learning.py [--steps 2000000] [--run IMPALA] [--out DIR]
     .venv/bin/python bench/pong_learning.py --plot-only DIR/curve.csv      # redraw a (partial) run
+    .venv/bin/python bench/pong_learning.py --median-of D1/curve.csv D2/curve.csv D3/curve.csv  # seeds
     .venv/bin/python bench/pong_learning.py --peer cleanrl-envpool         # rlq, then the peer
     .venv/bin/python bench/pong_learning.py --peer cleanrl-envpool --peer-only --max-minutes 2  # peer smoke
 
@@ -187,6 +188,53 @@ def report(csv_path: Path, title: str) -> dict:
     print(f"curve: {csv_path}  figure: {png}")
     print("BENCH_RESULT " + json.dumps(s))
     return s
+
+
+def median_of_runs(csv_paths: list[Path]) -> dict:
+    """Several runs of the same preset (one seed each): each run's mean reward at 5, 10, 20 and
+    30 minutes, its steps and steps/s at the end and the steps it took to -15, 0 and 18, then the
+    median and the range (lowest, highest) of each over the runs; a level a run never reached
+    counts as above every step count (the median says "not reached" when half the runs did not)."""
+    runs = {str(p): read_curve(p) for p in csv_paths}
+    rows_out: dict[str, list] = {}
+    for rows in runs.values():
+        last = rows[-1]
+        figures = {  # a run that ended before that wall time has no value there
+            f"reward at {m} min": reward_at(rows, "wall_s", m * 60) if last["wall_s"] >= m * 60 else None
+            for m in (5, 10, 20, 30)
+        }
+        figures["steps at the end"] = last["env_steps"]
+        figures["minutes at the end"] = round(last["wall_s"] / 60, 1)
+        figures["steps/s"] = round(last["env_steps"] / last["wall_s"])
+        figures["reward at the end"] = next(
+            (r["episode_reward_mean"] for r in reversed(rows) if r["episode_reward_mean"] is not None), None
+        )
+        for level in (-15, 0, 18):
+            hit = first_reaching(rows, level)
+            figures[f"steps to {level}"] = hit["env_steps"] if hit else float("inf")
+        for name, value in figures.items():
+            rows_out.setdefault(name, []).append(value)
+    out = {}
+    print(f"{len(runs)} runs: " + ", ".join(runs))
+    for name, values in rows_out.items():
+        known = sorted(v for v in values if v is not None)
+        if len(known) < len(values):
+            print(f"{name}: a run has no value: {values}")
+            continue
+        median = (
+            known[len(known) // 2]
+            if len(known) % 2
+            else (known[len(known) // 2 - 1] + known[len(known) // 2]) / 2
+        )
+        shown = ["not reached" if v == float("inf") else f"{v:,.1f}" for v in (median, known[0], known[-1])]
+        each = ", ".join("not reached" if v == float("inf") else f"{v:,.1f}" for v in values)
+        print(f"{name}: median {shown[0]} (range {shown[1]} to {shown[2]}; each: {each})")
+        out[name] = {  # "not reached" as null
+            k: None if v == float("inf") else v
+            for k, v in {"median": median, "low": known[0], "high": known[-1]}.items()
+        } | {"each": [None if v == float("inf") else v for v in values]}
+    print("BENCH_RESULT " + json.dumps(out))
+    return out
 
 
 def train(args) -> Path:
@@ -471,7 +519,17 @@ def main() -> int:
     ap.add_argument(
         "--peer-only", action="store_true", help="train only the peer (rlq's curve in DIR is kept)"
     )
+    ap.add_argument(
+        "--median-of",
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="only summarise these runs (one seed each): median and range at the same wall times",
+    )
     args = ap.parse_args()
+    if args.median_of:
+        median_of_runs([Path(p) for p in args.median_of])
+        return 0
     if args.plot_only:
         report(Path(args.plot_only), f"{args.run} Pong preset (from {args.plot_only})")
         return 0
