@@ -8,7 +8,9 @@
     actions in ONE process (per core), as many envs as the preset samples with.
 (a') sampling only, per core: one RLlib EnvRunner of the preset (same preprocessing, same
     network, same number of envs) in this process, no learning; (a')/(a) is what each extra
-    CPU worker of a cluster adds relative to the bare emulator.
+    CPU worker of a cluster adds relative to the bare emulator. The EnvRunner makes its envs
+    as the trainer does (ale_py's vector env) and, alternating, as RLlib's default "sync" mode
+    does (the preset's one-env creator, stepped env after env): steps per CPU second of both.
 (b) rlq: ``python -m trainer.train --run IMPALA --env PongNoFrameskip-v4`` with the Pong preset
     for ``--seconds`` of training; sampled env steps/s over the iterations after the first
     (warm-up) from metrics.jsonl. The trainer runs behind a few lines (``B_BOOT``) that count
@@ -17,15 +19,17 @@
 (c) stock RLlib: ``IMPALAConfig()`` defaults with one EnvRunner on the same env and the same
     Atari preprocessing (the trainer's env creator), measured the same way.
 (d) hand-written, no Ray, the preset's work laid out as the preset lays it out: a sampler
-    process per EnvRunner (the preset's env creator in a gymnasium vector env of its envs, the
+    process per EnvRunner (the preset's vector env, as the trainer's EnvRunner makes it, the
     same RLModule, batched inference every step, one torch thread) overlapped with the learner
     in this process through a queue as bounded as IMPALA's learner queue; the learner trains
     on RLlib's rows (each fragment plus its bootstrap step) in RLlib's cyclic minibatches
-    (``minibatch_plan``), V-trace, Adam, grad clip. The optimizer steps per batch of (b) and
+    (``minibatch_plan``), V-trace, Adam (fused, as the trainer's), grad clip. The optimizer steps per batch of (b) and
     (d) are counted and asserted equal; where each side's seconds per batch go is printed.
 (n) the preset's network on one torch thread: a forward pass at one EnvRunner's frames and a
     forward + backward pass at one minibatch, RLlib's ``Conv2d`` against the full-frame layer as
     the matrix product it is (``trainer/networks.py``), same weights, outputs asserted equal.
+(o) Adam on the preset's module, one torch thread: torch's default implementation against
+    ``fused=True`` (``trainer/learners.py``), same start and gradients, parameters asserted equal.
 (s) with ``--runners``: sampling only with n EnvRunner actors for each n (scaling vs linear).
 (b) and (d) alternate (``--repeat``) on the same cores. Prints (b)/(d) (target >= 80%),
 (b)/(c) and (a')/(a).
@@ -302,6 +306,44 @@ def network(settings: dict, reps: int = 40) -> dict:
     return {k: sorted(v)[len(v) // 2] for k, v in ms.items()}  # medians
 
 
+def optimizer(settings: dict, reps: int = 200) -> dict:
+    """(o): milliseconds per Adam step on the preset's module (its parameters, gradients of the
+    same shapes), torch's default implementation against ``fused=True`` (``trainer/learners.py``),
+    interleaved; after ``reps`` steps from the same start both must hold the same parameters."""
+    import copy
+
+    import torch
+
+    from trainer import envs
+
+    torch.set_num_threads(1)
+    cfg, env_config = _algo_config(settings)
+    probe = envs.make_env(env_config)
+    module = cfg.get_rl_module_spec(env=probe).build()
+    probe.close()
+    params = {"default": list(module.parameters()), "fused": list(copy.deepcopy(module).parameters())}
+    torch.manual_seed(0)
+    grads = [torch.randn_like(p) for p in params["default"]]
+    opts = {
+        "default": torch.optim.Adam(params["default"], lr=_first_lr(settings["lr"])),
+        "fused": torch.optim.Adam(params["fused"], lr=_first_lr(settings["lr"]), fused=True),
+    }
+    ms: dict[str, list[float]] = {}
+    for _ in range(reps):
+        for name, opt in opts.items():
+            for p, g in zip(params[name], grads, strict=True):
+                p.grad = g.clone()
+            t = time.perf_counter()
+            opt.step()
+            ms.setdefault(name, []).append(1000 * (time.perf_counter() - t))
+    for a, b in zip(params["default"], params["fused"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    out = {k: sorted(v)[len(v) // 2] for k, v in ms.items()}  # medians
+    out["parameters"] = sum(p.numel() for p in params["default"])
+    out["tensors"] = len(params["default"])
+    return out
+
+
 def sampling_only(settings: dict, seconds: float, vectorize_mode: str | None = None) -> dict:
     """(a'): one EnvRunner of the preset in this process (one core), sampling, no learning: env
     steps per second of wall time and per CPU second of this process. ``vectorize_mode``
@@ -532,7 +574,9 @@ def handwritten(settings: dict, seconds: float, threads: int | None = None) -> d
     probe = envs.make_env(env_config)
     module = cfg.get_rl_module_spec(env=probe).build()
     probe.close()
-    opt = torch.optim.Adam(module.parameters(), lr=_first_lr(settings["lr"]))
+    opt = torch.optim.Adam(
+        module.parameters(), lr=_first_lr(settings["lr"]), fused=True
+    )  # as trainer/learners.py
     optimizer_steps = [0]
     hook = register_optimizer_step_post_hook(
         lambda *_: optimizer_steps.__setitem__(0, optimizer_steps[0] + 1)
@@ -726,7 +770,9 @@ def main() -> int:  # noqa: C901 - a benchmark script: options, the four measure
     ap.add_argument("--emulator-seconds", type=float, default=10, help="seconds for (a) and (a')")
     ap.add_argument("--config", default="{}", help="--config overrides for the rlq run (and (d))")
     ap.add_argument("--skip-stock", action="store_true", help="leave out (c)")
-    ap.add_argument("--only", default="a,a',n,b,c,d", help="comma-separated subset of a,a',n,b,c,d to run")
+    ap.add_argument(
+        "--only", default="a,a',n,o,b,c,d", help="comma-separated subset of a,a',n,o,b,c,d to run"
+    )
     ap.add_argument(
         "--runners",
         default=None,
@@ -801,6 +847,14 @@ def main() -> int:  # noqa: C901 - a benchmark script: options, the four measure
             f"product), {n['rllib_forward'] / n['rlq_forward']:.2f}x; forward + backward of "
             f"{p.get('minibatch_size') or 128} frames {n['rllib_forward_backward']:.1f} vs "
             f"{n['rlq_forward_backward']:.1f}, {n['rllib_forward_backward'] / n['rlq_forward_backward']:.2f}x",
+            flush=True,
+        )
+    if "o" in only:
+        o = result["optimizer"] = optimizer(p)
+        print(
+            f"(o)  Adam on the preset's module ({o['parameters']:,} parameters in {o['tensors']} tensors), "
+            f"one thread, median ms per step: torch's default {o['default']:.3f} vs fused {o['fused']:.3f}, "
+            f"{o['default'] / o['fused']:.2f}x; the same parameters after 200 steps (asserted)",
             flush=True,
         )
     # (b) and (d) alternate, b d d b ..., so a load that drifts during the run hits both alike.

@@ -175,14 +175,7 @@ def algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config:
             getattr(config, method)(**sections[method])
     if sections.get("model"):
         config.rl_module(model_config=sections["model"])
-    if "conv_filters" in settings:  # an image network: the algorithms networks.py has a module for
-        from trainer import networks
-
-        module_class = networks.MODULE_CLASSES.get(plan.algorithm)
-        if module_class is not None:
-            from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
-            config.rl_module(rl_module_spec=RLModuleSpec(module_class=module_class))
+    _trainer_classes(config, plan, settings)
     config.reporting(
         **{"metrics_num_episodes_for_smoothing": SMOOTHING_EPISODES, **sections.get("reporting", {})}
     )
@@ -201,6 +194,21 @@ def algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config:
         restart_failed_env_runners=True, delay_between_env_runner_restarts_s=ENV_RUNNER_RESTART_DELAY_S
     )
     return config
+
+
+def _trainer_classes(config: Any, plan: Plan, settings: dict[str, Any]) -> None:
+    """RLlib's own classes where the trainer has a faster equal: the image network's module
+    (``networks``) and the on-policy Learners with Adam fused (``learners``; SAC and DQN keep theirs)."""
+    from trainer import learners, networks
+
+    module_class = networks.MODULE_CLASSES.get(plan.algorithm)
+    if "conv_filters" in settings and module_class is not None:  # an image network
+        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+        config.rl_module(rl_module_spec=RLModuleSpec(module_class=module_class))
+    learner_class = learners.LEARNER_CLASSES.get(plan.algorithm)
+    if learner_class is not None:
+        config.training(learner_class=learner_class)
 
 
 def _sections(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
