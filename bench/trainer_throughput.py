@@ -69,6 +69,35 @@ def emulator(num_envs: int, seconds: float, mode: str) -> float:
     return rate
 
 
+def preset_envs(settings: dict, seconds: float) -> dict:
+    """(a) continued: the preset's envs with its preprocessing, random actions, no inference, in
+    this process: the one-env creator's envs stepped one after another (RLlib's "sync" mode)
+    against ``make_vector_env`` (the trainer's), alternating; env steps per CPU second."""
+    import gymnasium as gym
+    import numpy as np
+
+    from trainer import envs
+
+    env_config = envs.env_config_for(ENV_ID, settings)
+    n = settings["num_envs_per_env_runner"]
+    makers = {
+        "sync": lambda: gym.vector.SyncVectorEnv([lambda: envs.make_env(env_config) for _ in range(n)]),
+        "vector": lambda: envs.make_vector_env({**env_config, "num_envs": n}),
+    }
+    rng = np.random.default_rng(0)
+    rates: dict[str, list[float]] = {}
+    for name in ("vector", "sync", "sync", "vector"):
+        venv = makers[name]()
+        venv.reset(seed=0)
+        steps, t0, c0 = 0, time.time(), time.process_time()
+        while time.time() - t0 < seconds / 2:
+            venv.step(rng.integers(0, venv.single_action_space.n, size=n))
+            steps += n
+        rates.setdefault(name, []).append(steps / (time.process_time() - c0))
+        venv.close()
+    return {name: sum(r) / len(r) for name, r in rates.items()}
+
+
 def rate_from_rows(rows) -> float:
     rows = rows[1:]  # first iteration = warm-up
     if len(rows) < 2:
@@ -817,6 +846,13 @@ def main() -> int:  # noqa: C901 - a benchmark script: options, the four measure
         print(
             f"(a)  emulator per core, random actions, frameskip 4, {p['num_envs_per_env_runner']} envs: "
             f"{result['emulator_per_core']:,.0f} steps/s",
+            flush=True,
+        )
+        e = result["preset_envs"] = preset_envs(p, args.emulator_seconds)
+        print(
+            f"(a)  the preset's envs with its preprocessing, random actions, no inference: one-env creator "
+            f"synced {e['sync']:,.0f}, ale_py's vector env (the trainer's) {e['vector']:,.0f} env steps per "
+            f"CPU second = {e['vector'] / e['sync']:.2f}x",
             flush=True,
         )
     if "a'" in only:
