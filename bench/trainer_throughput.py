@@ -270,6 +270,19 @@ def _algo_config(settings: dict):
     return _trainer_algo_config()(plan, settings, name, env_config), env_config
 
 
+def _preset_module(settings: dict):
+    """The preset's RLModule as the trainer builds it (spaces from one env of its creator, closed
+    again), and the env_config it came from."""
+    from trainer import envs
+
+    cfg, env_config = _algo_config(settings)
+    probe = envs.make_env(env_config)
+    try:
+        return cfg.get_rl_module_spec(env=probe).build(), env_config
+    finally:
+        probe.close()
+
+
 def _trainer_algo_config():
     """The trainer's own AlgorithmConfig builder (``trainer.configure.algo_config``; before the
     trainer's split into modules, ``trainer.train._build_algo_config``)."""
@@ -292,13 +305,10 @@ def network(settings: dict, reps: int = 40) -> dict:
     import torch
     from torch import nn
 
-    from trainer import envs, networks
+    from trainer import networks
 
     torch.set_num_threads(1)
-    cfg, env_config = _algo_config(settings)
-    probe = envs.make_env(env_config)
-    fast = cfg.get_rl_module_spec(env=probe).build()
-    probe.close()
+    fast, _ = _preset_module(settings)
     plain = copy.deepcopy(fast)
     for layer in plain.modules():  # back to RLlib's Conv2d, the same parameters
         if isinstance(layer, networks.FullFrameConv2d):
@@ -343,13 +353,8 @@ def optimizer(settings: dict, reps: int = 200) -> dict:
 
     import torch
 
-    from trainer import envs
-
     torch.set_num_threads(1)
-    cfg, env_config = _algo_config(settings)
-    probe = envs.make_env(env_config)
-    module = cfg.get_rl_module_spec(env=probe).build()
-    probe.close()
+    module, _ = _preset_module(settings)
     params = {"default": list(module.parameters()), "fused": list(copy.deepcopy(module).parameters())}
     torch.manual_seed(0)
     grads = [torch.randn_like(p) for p in params["default"]]
@@ -509,7 +514,7 @@ def _sampler(rank: int, settings: dict, batches, weights: dict, version, stop, r
 
     torch.set_num_threads(1)
     torch.manual_seed(rank)
-    cfg, env_config = _algo_config(settings)
+    module, env_config = _preset_module(settings)
     m, horizon, gamma = (
         settings["num_envs_per_env_runner"],
         settings["rollout_fragment_length"],
@@ -517,7 +522,6 @@ def _sampler(rank: int, settings: dict, batches, weights: dict, version, stop, r
     )
     # The envs the preset's EnvRunner steps: RLlib's vector entry point, the trainer's creator.
     venv = envs.make_vector_env({**env_config, "num_envs": m})
-    module = cfg.get_rl_module_spec(env=envs.make_env(env_config)).build()
     obs, _ = venv.reset(seed=1000 * rank)
     obs = torch.as_tensor(obs)
     done_prev = np.zeros(m, dtype=bool)
@@ -589,20 +593,15 @@ def handwritten(settings: dict, seconds: float, threads: int | None = None) -> d
     from ray.rllib.core.columns import Columns
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from trainer import envs
-
     runners = max(1, settings["num_env_runners"])
     # The trainer's rule for the driver's intra-op threads: the cores the EnvRunners leave free.
     threads = threads or max(1, (os.cpu_count() or 1) - settings["num_env_runners"])
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg, env_config = _algo_config(settings)
+    module, _ = _preset_module(settings)
     m, horizon = settings["num_envs_per_env_runner"], settings["rollout_fragment_length"]
     plan = minibatch_plan(settings)
     per_batch = len(plan)
-    probe = envs.make_env(env_config)
-    module = cfg.get_rl_module_spec(env=probe).build()
-    probe.close()
     opt = torch.optim.Adam(
         module.parameters(), lr=_first_lr(settings["lr"]), fused=True
     )  # as trainer/learners.py
