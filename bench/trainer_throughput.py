@@ -378,6 +378,44 @@ def optimizer(settings: dict, reps: int = 200) -> dict:
     return out
 
 
+def gradient_step(settings: dict, reps: int = 100) -> dict:
+    """(o) continued: milliseconds per ``apply_gradients`` of the preset's Learner (as the trainer
+    builds it; one thread), RLlib's ``TorchLearner.apply_gradients`` (each gradient tensor checked
+    for nan/inf twice) against the trainer's (one total norm, ``trainer/learners.py``), interleaved
+    on two Learners from the same weights; both must hold the same parameters after ``reps`` steps."""
+    import torch
+    from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+
+    from trainer import envs
+
+    torch.set_num_threads(1)
+    cfg, env_config = _algo_config(settings)
+    probe = envs.make_env(env_config)
+    try:
+        learners = {"rllib": cfg.build_learner(env=probe), "trainer": cfg.build_learner(env=probe)}
+    finally:
+        probe.close()
+    learners["trainer"].module.set_state(learners["rllib"].module.get_state())
+    apply = {
+        "rllib": lambda ln, g: TorchLearner.apply_gradients(ln, g),
+        "trainer": lambda ln, g: ln.apply_gradients(g),
+    }
+    torch.manual_seed(0)
+    grads = [torch.randn_like(p) for p in learners["rllib"]._params.values()]
+    ms: dict[str, list[float]] = {}
+    for _ in range(reps):
+        for name, learner in learners.items():
+            step = {}
+            for (pid, param), g in zip(learner._params.items(), grads, strict=True):
+                param.grad = step[pid] = g.clone()
+            t = time.perf_counter()
+            apply[name](learner, step)
+            ms.setdefault(name, []).append(1000 * (time.perf_counter() - t))
+    for a, b in zip(learners["rllib"]._params.values(), learners["trainer"]._params.values(), strict=True):
+        assert torch.equal(a, b), "the two apply_gradients left different parameters"
+    return {k: sorted(v)[len(v) // 2] for k, v in ms.items()}  # medians
+
+
 def sampling_only(settings: dict, seconds: float, vectorize_mode: str | None = None) -> dict:
     """(a'): one EnvRunner of the preset in this process (one core), sampling, no learning: env
     steps per second of wall time and per CPU second of this process. ``vectorize_mode``
@@ -890,6 +928,13 @@ def main() -> int:  # noqa: C901 - a benchmark script: options, the four measure
             f"(o)  Adam on the preset's module ({o['parameters']:,} parameters in {o['tensors']} tensors), "
             f"one thread, median ms per step: torch's default {o['default']:.3f} vs fused {o['fused']:.3f}, "
             f"{o['default'] / o['fused']:.2f}x; the same parameters after 200 steps (asserted)",
+            flush=True,
+        )
+        g = result["gradient_step"] = gradient_step(p)
+        print(
+            f"(o)  apply_gradients of the preset's Learner, one thread, median ms: RLlib's {g['rllib']:.3f} "
+            f"(each tensor checked twice) vs the trainer's {g['trainer']:.3f} (one total norm), "
+            f"{g['rllib'] / g['trainer']:.2f}x; the same parameters after 100 steps (asserted)",
             flush=True,
         )
     # (b) and (d) alternate, b d d b ..., so a load that drifts during the run hits both alike.

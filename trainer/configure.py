@@ -198,7 +198,9 @@ def algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config:
 
 def _trainer_classes(config: Any, plan: Plan, settings: dict[str, Any]) -> None:
     """RLlib's own classes where the trainer has a faster equal: the image network's module
-    (``networks``) and the on-policy Learners with Adam fused (``learners``; SAC and DQN keep theirs)."""
+    (``networks``) and the on-policy Learners (``learners``: Adam fused, one finiteness check; SAC
+    and DQN keep theirs). ``config.learners(learner_class=)``: Ray 2.60 deprecates the
+    ``training`` spelling."""
     from trainer import learners, networks
 
     module_class = networks.MODULE_CLASSES.get(plan.algorithm)
@@ -208,7 +210,7 @@ def _trainer_classes(config: Any, plan: Plan, settings: dict[str, Any]) -> None:
         config.rl_module(rl_module_spec=RLModuleSpec(module_class=module_class))
     learner_class = learners.LEARNER_CLASSES.get(plan.algorithm)
     if learner_class is not None:
-        config.training(learner_class=learner_class)
+        config.learners(learner_class=learner_class)
 
 
 def _sections(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -55,3 +55,58 @@ def test_a_default_adam_state_restores_into_the_fused_one():
         p.grad = torch.ones_like(p)
     fused.step()
     assert all(torch.isfinite(p).all() for p in new_params)
+
+
+def _impala_learner():
+    from trainer.configure import algo_config
+
+    settings = {**presets.preset("IMPALA", "CartPole-v1", atari=False), "num_learners": 0}
+    config = algo_config(Plan("IMPALA"), settings, "CartPole-v1", {})
+    return config.build_learner(env=gym.make("CartPole-v1"))
+
+
+def _grads(learner, fill):
+    """One gradient per parameter, as ``compute_gradients`` returns them (the tensors are the
+    parameters' ``.grad``)."""
+    torch.manual_seed(1)
+    grads = {}
+    for pid, param in learner._params.items():
+        param.grad = torch.randn_like(param) if fill is None else torch.full_like(param, fill)
+        grads[pid] = param.grad
+    return grads
+
+
+def _params(learner):
+    return [p.detach().clone() for p in learner._params.values()]
+
+
+def test_finite_gradients_take_one_check_and_the_step_rllib_takes(monkeypatch):
+    """Breaks when apply_gradients asks each tensor again (RLlib's two isfinite passes) or steps
+    differently from RLlib's method."""
+    from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+
+    ours, theirs = _impala_learner(), _impala_learner()
+    theirs.module.set_state(ours.module.get_state())
+    calls = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: calls.append(x.numel()) or real(x))
+    ours.apply_gradients(_grads(ours, None))
+    assert len(calls) == 1  # the total norm, one element
+    monkeypatch.setattr(torch, "isfinite", real)
+    TorchLearner.apply_gradients(theirs, _grads(theirs, None))
+    for a, b in zip(_params(ours), _params(theirs), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_nan_gradient_is_zeroed_as_rllib_does():
+    """Breaks when the fast path steps on gradients it has not checked: Adam turns the nan into
+    nan parameters, where RLlib's method zeroes the gradient and warns."""
+    learner = _impala_learner()
+    before = _params(learner)
+    grads = _grads(learner, None)
+    first = next(iter(grads))
+    grads[first][(0,) * grads[first].dim()] = float("nan")
+    learner.apply_gradients(grads)
+    after = _params(learner)
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
