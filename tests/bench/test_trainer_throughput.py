@@ -61,3 +61,13 @@ def test_the_network_measurement_compares_the_same_weights_both_ways(bench):
     ms = bench.network(settings, reps=2)
     assert set(ms) == {f"{n}_{k}" for n in ("rllib", "rlq") for k in ("forward", "forward_backward")}
     assert all(v > 0 for v in ms.values())
+
+
+def test_the_optimizer_measurements_leave_equal_parameters(bench):
+    """(o) times Adam both ways and RLlib's apply_gradients against the trainer's, each pair from
+    the same start, and asserts the same parameters after; a few repetitions suffice to see it runs."""
+    settings = {**presets.preset("IMPALA", bench.ENV_ID, True), "num_env_runners": 1}
+    assert set(bench.optimizer(settings, reps=2)) >= {"default", "fused"}
+    ms = bench.gradient_step(settings, reps=2)
+    assert set(ms) == {"rllib", "trainer"}
+    assert all(v > 0 for v in ms.values())
