@@ -270,17 +270,22 @@ def _algo_config(settings: dict):
     return _trainer_algo_config()(plan, settings, name, env_config), env_config
 
 
-def _preset_module(settings: dict):
-    """The preset's RLModule as the trainer builds it (spaces from one env of its creator, closed
-    again), and the env_config it came from."""
+def _from_probe(settings: dict, build):
+    """``build(cfg, probe)`` on the trainer's AlgorithmConfig for the preset and one env of its
+    creator (for the spaces), the env closed again; returns what it built and the env_config."""
     from trainer import envs
 
     cfg, env_config = _algo_config(settings)
     probe = envs.make_env(env_config)
     try:
-        return cfg.get_rl_module_spec(env=probe).build(), env_config
+        return build(cfg, probe), env_config
     finally:
         probe.close()
+
+
+def _preset_module(settings: dict):
+    """The preset's RLModule as the trainer builds it, and the env_config it came from."""
+    return _from_probe(settings, lambda cfg, probe: cfg.get_rl_module_spec(env=probe).build())
 
 
 def _trainer_algo_config():
@@ -386,15 +391,11 @@ def gradient_step(settings: dict, reps: int = 100) -> dict:
     import torch
     from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
-    from trainer import envs
-
     torch.set_num_threads(1)
-    cfg, env_config = _algo_config(settings)
-    probe = envs.make_env(env_config)
-    try:
-        learners = {"rllib": cfg.build_learner(env=probe), "trainer": cfg.build_learner(env=probe)}
-    finally:
-        probe.close()
+    learners, _ = _from_probe(
+        settings,
+        lambda cfg, probe: {"rllib": cfg.build_learner(env=probe), "trainer": cfg.build_learner(env=probe)},
+    )
     learners["trainer"].module.set_state(learners["rllib"].module.get_state())
     apply = {
         "rllib": lambda ln, g: TorchLearner.apply_gradients(ln, g),

@@ -65,13 +65,13 @@ def _impala_learner():
     return config.build_learner(env=gym.make("CartPole-v1"))
 
 
-def _grads(learner, fill):
+def _grads(learner):
     """One gradient per parameter, as ``compute_gradients`` returns them (the tensors are the
     parameters' ``.grad``)."""
     torch.manual_seed(1)
     grads = {}
     for pid, param in learner._params.items():
-        param.grad = torch.randn_like(param) if fill is None else torch.full_like(param, fill)
+        param.grad = torch.randn_like(param)
         grads[pid] = param.grad
     return grads
 
@@ -90,10 +90,10 @@ def test_finite_gradients_take_one_check_and_the_step_rllib_takes(monkeypatch):
     calls = []
     real = torch.isfinite
     monkeypatch.setattr(torch, "isfinite", lambda x: calls.append(x.numel()) or real(x))
-    ours.apply_gradients(_grads(ours, None))
+    ours.apply_gradients(_grads(ours))
     assert len(calls) == 1  # the total norm, one element
     monkeypatch.setattr(torch, "isfinite", real)
-    TorchLearner.apply_gradients(theirs, _grads(theirs, None))
+    TorchLearner.apply_gradients(theirs, _grads(theirs))
     for a, b in zip(_params(ours), _params(theirs), strict=True):
         assert torch.equal(a, b)
 
@@ -103,7 +103,7 @@ def test_a_nan_gradient_is_zeroed_as_rllib_does():
     nan parameters, where RLlib's method zeroes the gradient and warns."""
     learner = _impala_learner()
     before = _params(learner)
-    grads = _grads(learner, None)
+    grads = _grads(learner)
     first = next(iter(grads))
     grads[first][(0,) * grads[first].dim()] = float("nan")
     learner.apply_gradients(grads)
