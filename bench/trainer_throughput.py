@@ -304,7 +304,9 @@ def _trainer_algo_config():
 def network(settings: dict, reps: int = 40) -> dict:
     """(n): milliseconds per forward pass (one EnvRunner's envs, no grad) and per forward +
     backward pass (one minibatch), RLlib's own module against the trainer's, the same weights,
-    interleaved so that a drifting load hits both alike."""
+    interleaved so that a drifting load hits both alike; all three in float32, and the trainer's
+    forward + backward again with its Learner's encoder in bfloat16 (``learner_precision``) where
+    the CPU computes it natively."""
     import copy
 
     import torch
@@ -314,6 +316,9 @@ def network(settings: dict, reps: int = 40) -> dict:
 
     torch.set_num_threads(1)
     fast, _ = _preset_module(settings)
+    fast._train_bf16 = False  # float32 here whatever the settings say; bf16 is its own row
+    half = copy.deepcopy(fast)
+    half._train_bf16 = True
     plain = copy.deepcopy(fast)
     for layer in plain.modules():  # back to RLlib's Conv2d, the same parameters
         if isinstance(layer, networks.FullFrameConv2d):
@@ -342,8 +347,10 @@ def network(settings: dict, reps: int = 40) -> dict:
 
     ms: dict[str, list[float]] = {}
     for _ in range(reps):
-        for name, module in (("rllib", plain), ("rlq", fast)):
+        for name, module in (("rllib", plain), ("rlq", fast), ("rlq_bf16", half)):
             for kind, fn in (("forward", forward), ("forward_backward", forward_backward)):
+                if name == "rlq_bf16" and (kind == "forward" or not networks.native_bf16()):
+                    continue  # sampling is float32 everywhere; emulated bfloat16 is slower
                 t = time.perf_counter()
                 fn(module)
                 ms.setdefault(f"{name}_{kind}", []).append(1000 * (time.perf_counter() - t))
@@ -920,7 +927,13 @@ def main() -> int:  # noqa: C901 - a benchmark script: options, the four measure
             f"{n['rllib_forward']:.1f} (RLlib's Conv2d) vs {n['rlq_forward']:.1f} (full-frame layer as a matrix "
             f"product), {n['rllib_forward'] / n['rlq_forward']:.2f}x; forward + backward of "
             f"{p.get('minibatch_size') or 128} frames {n['rllib_forward_backward']:.1f} vs "
-            f"{n['rlq_forward_backward']:.1f}, {n['rllib_forward_backward'] / n['rlq_forward_backward']:.2f}x",
+            f"{n['rlq_forward_backward']:.1f}, {n['rllib_forward_backward'] / n['rlq_forward_backward']:.2f}x; "
+            + (
+                f"the trainer's forward + backward with the encoder in bfloat16 {n['rlq_bf16_forward_backward']:.1f}, "
+                f"{n['rlq_forward_backward'] / n['rlq_bf16_forward_backward']:.2f}x float32's"
+                if "rlq_bf16_forward_backward" in n
+                else "no bfloat16 row: this CPU has no native bfloat16 (AMX or AVX512-BF16)"
+            ),
             flush=True,
         )
     if "o" in only:

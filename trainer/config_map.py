@@ -163,6 +163,9 @@ def conv_filters() -> Kind:
 
 ACTIVATIONS = ("tanh", "relu", "swish", "silu", "elu", "linear")
 # torch.nn.init functions by the name RLlib's DefaultModelConfig takes (``*_kernel_initializer``).
+# The image networks' Learner forward (trainer/networks.py): "auto" is bfloat16 on a CPU that
+# computes it natively (AMX or AVX512-BF16), float32 elsewhere.
+LEARNER_PRECISIONS = ("auto", "float32", "bfloat16")
 INITIALIZERS = (
     "xavier_uniform_",
     "xavier_normal_",
@@ -223,6 +226,7 @@ _ALL = None
 _ASYNC = ("IMPALA", "APPO")
 _PPOISH = ("PPO", "APPO")
 _REPLAY = ("SAC", "DQN")  # off-policy, from a replay buffer
+_ON_POLICY = ("IMPALA", "APPO", "PPO")
 
 SETTINGS: dict[str, tuple[str, Kind, tuple[str, ...] | None]] = {
     # env_runners()
@@ -326,6 +330,7 @@ SETTINGS: dict[str, tuple[str, Kind, tuple[str, ...] | None]] = {
     "use_lstm": ("model", boolean(), _ALL),
     "lstm_cell_size": ("model", int_range(1, 8192), _ALL),
     "max_seq_len": ("model", int_range(1, 10_000), _ALL),
+    "learner_precision": ("model", choice(*LEARNER_PRECISIONS), _ON_POLICY),
     # env_config for trainer/envs.py (Atari preprocessing; ignored for classic control)
     "dim": ("env", int_range(10, 256), _ALL),
     "framestack": ("env", int_range(1, 16), _ALL),

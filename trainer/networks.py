@@ -13,6 +13,15 @@ computes that product when the kernel covers the whole input (no padding, stride
 ordinary ``Conv2d`` otherwise; the parameters, their names and shapes are RLlib's, so checkpoints
 and weights move between either class unchanged.
 
+On a CPU with native bfloat16 (AMX or AVX512-BF16), the Learner's forward pass through the
+encoder (the convolutions and the layer after them: nearly all of a minibatch's arithmetic) runs
+under ``torch.autocast`` in bfloat16 when ``model_config["learner_precision"]`` is "bfloat16",
+or "auto" and the CPU has it (:func:`native_bf16`). Its output goes on in float32: the policy and
+value heads, the loss (V-trace, log-probabilities) and the optimizer stay in float32, and so do
+the weights, so checkpoints are unchanged and sampling (``_forward``, the EnvRunner's inference)
+is float32 on every CPU. V-trace's importance weights correct the small gap between the
+float32 policy that sampled and the bfloat16 forward that learns.
+
 Ray and torch are imported at module level: :mod:`trainer.configure` imports this module only
 inside ``algo_config``.
 """
@@ -25,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from ray.rllib.algorithms.appo.torch.default_appo_torch_rl_module import DefaultAPPOTorchRLModule
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.models.base import ACTOR, CRITIC, ENCODER_OUT
 from torch import nn
 
 
@@ -58,11 +69,38 @@ def use_full_frame_convs(module: nn.Module) -> int:
     return count
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX tiles or AVX512-BF16); without it oneDNN
+    emulates bfloat16 and a forward pass in it is slower than in float32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, private (2.13)
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def train_bf16(precision: str) -> bool:
+    """Whether the Learner's encoder runs in bfloat16 for ``learner_precision`` on this CPU."""
+    return precision == "bfloat16" or (precision == "auto" and native_bf16())
+
+
 class _FullFrameConvs:
     def setup(self) -> None:
         super().setup()  # type: ignore[misc]  # the RLModule base this is mixed into
         assert isinstance(self, nn.Module)
         use_full_frame_convs(self)
+        config: Any = getattr(self, "model_config", None)  # a dict: configure passes one
+        precision = config.get("learner_precision", "float32") if isinstance(config, dict) else "float32"
+        self._train_bf16 = train_bf16(precision)
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        obs = batch[Columns.OBS]
+        if not self._train_bf16 or obs.device.type != "cpu" or self.is_stateful():  # type: ignore[attr-defined]
+            return super()._forward_train(batch, **kwargs)  # type: ignore[misc]
+        # RLlib's own body (DefaultPPOTorchRLModule, Ray 2.60) with the encoder in bfloat16.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            encoder_out = self.encoder(batch)[ENCODER_OUT]  # type: ignore[attr-defined]
+        return {
+            Columns.EMBEDDINGS: encoder_out[CRITIC].float(),
+            Columns.ACTION_DIST_INPUTS: self.pi(encoder_out[ACTOR].float()),  # type: ignore[attr-defined]
+        }
 
 
 class FullFramePPOTorchRLModule(_FullFrameConvs, DefaultPPOTorchRLModule):

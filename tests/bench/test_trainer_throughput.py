@@ -58,8 +58,11 @@ def test_the_network_measurement_compares_the_same_weights_both_ways(bench):
     """(n) times RLlib's Conv2d against the full-frame matrix product on one set of weights and
     asserts their outputs equal; a few repetitions suffice to see it runs."""
     settings = {**presets.preset("IMPALA", bench.ENV_ID, True), "num_env_runners": 1}
+    from trainer import networks
+
     ms = bench.network(settings, reps=2)
-    assert set(ms) == {f"{n}_{k}" for n in ("rllib", "rlq") for k in ("forward", "forward_backward")}
+    both = {f"{n}_{k}" for n in ("rllib", "rlq") for k in ("forward", "forward_backward")}
+    assert set(ms) == both | ({"rlq_bf16_forward_backward"} if networks.native_bf16() else set())
     assert all(v > 0 for v in ms.values())
 
 

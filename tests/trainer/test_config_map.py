@@ -87,6 +87,7 @@ def test_seed_article_config_is_accepted():
         ({"clip_param": 0.3}, "--config.clip_param"),  # not an IMPALA setting
         ({"conv_filters": [[16, [4, 4], 2, "full"]]}, "--config.conv_filters"),
         ({"conv_filters": [[16, [4, 4], 2, "valid", 1]]}, "--config.conv_filters"),
+        ({"learner_precision": "float16"}, "--config.learner_precision"),
     ],
 )
 def test_bad_values_name_the_field(cfg, field):
@@ -105,6 +106,16 @@ def test_conv_filters_take_an_optional_padding():
         [256, [11, 11], 1, "valid"],
         [8, [3, 3], 1, "same"],
     ]
+
+
+def test_learner_precision_names_its_values_and_its_algorithms():
+    assert map_config({"learner_precision": "bfloat16"}, "IMPALA").settings == {
+        "learner_precision": "bfloat16"
+    }
+    with pytest.raises(UsageError, match='expected one of "auto", "float32", "bfloat16"'):
+        map_config({"learner_precision": "half"}, "PPO")
+    with pytest.raises(UsageError, match=r"--config.learner_precision: .* does not apply to SAC"):
+        map_config({"learner_precision": "auto"}, "SAC")
 
 
 def test_unknown_key_error_names_it():

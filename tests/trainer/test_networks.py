@@ -88,3 +88,63 @@ def test_vector_presets_keep_rllibs_module():
 
     config = algo_config(Plan(), presets.preset("PPO", "CartPole-v1", atari=False), "CartPole-v1", {})
     assert config.rl_module_spec.module_class is DefaultPPOTorchRLModule
+
+
+def _pong_module(precision: str):
+    from trainer import envs
+    from trainer.configure import algo_config
+
+    class Plan:
+        algorithm, seed, atari = "IMPALA", None, True
+
+    env_id = "PongNoFrameskip-v4"
+    settings = {**presets.preset("IMPALA", env_id, atari=True), "learner_precision": precision}
+    env_config = envs.env_config_for(env_id, settings)
+    config = algo_config(Plan(), settings, envs.register(env_id), env_config)
+    probe = envs.make_env(env_config)
+    try:
+        return config.get_rl_module_spec(env=probe).build(), probe.observation_space
+    finally:
+        probe.close()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_learner_forward_in_bfloat16_is_float32_forward_within_bfloat16s_precision(precision):
+    """The convolutions in bfloat16 under "bfloat16", the outputs float32 and within bfloat16's
+    precision of the float32 forward, every parameter's gradient float32 and finite. Mutations:
+    the outputs left in bfloat16 (the dtype assertion fails); the autocast left out (the
+    convolutions' dtype assertion fails)."""
+    from ray.rllib.core.columns import Columns
+
+    torch.manual_seed(0)
+    module, space = _pong_module(precision)
+    reference, _ = _pong_module("float32")
+    reference.load_state_dict(module.state_dict())
+    batch = {Columns.OBS: torch.rand(64, *space.shape) * 2 - 1}
+    conv_dtypes: list[torch.dtype] = []
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            layer.register_forward_hook(lambda _m, _i, out: conv_dtypes.append(out.dtype))
+    out = module.forward_train(batch)
+    expected = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    assert conv_dtypes == [expected] * 3
+    ref = reference.forward_train(batch)
+    for key in (Columns.ACTION_DIST_INPUTS, Columns.EMBEDDINGS):
+        assert out[key].dtype == torch.float32
+        torch.testing.assert_close(out[key], ref[key], atol=0.05, rtol=0.05)
+    conv_dtypes.clear()
+    module.forward_exploration(batch)  # sampling stays float32 on every CPU
+    assert conv_dtypes == [torch.float32] * 3
+    values = module.compute_values(batch, embeddings=out[Columns.EMBEDDINGS])
+    (out[Columns.ACTION_DIST_INPUTS].square().mean() + values.square().mean()).backward()
+    grads = [p.grad for p in module.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_learner_precision_auto_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(networks, "native_bf16", lambda: True)
+    assert (
+        networks.train_bf16("auto") and networks.train_bf16("bfloat16") and not networks.train_bf16("float32")
+    )
+    monkeypatch.setattr(networks, "native_bf16", lambda: False)
+    assert not networks.train_bf16("auto") and networks.train_bf16("bfloat16")
