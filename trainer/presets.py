@@ -114,7 +114,11 @@ ATARI_IMPALA: dict[str, Any] = {
     # off at +7 to +10 from 1.35M steps; with the decay it climbed to +17.6 at 2M (docs/trainer.md).
     "lr": [[0, 0.0005], [1_300_000, 0.0005], [2_000_000, 0.00005]],
     "gamma": 0.99,
-    "entropy_coeff": 0.01,
+    # The entropy bonus decays with the step size, to a tenth by 2M steps: with it held at 0.01
+    # the policy kept 1.6 of ln 6 = 1.79 nats at +16 and climbed slowly; decayed from 1.3M it
+    # reached 18 at 2.08M steps (docs/trainer.md, "The seventh change"). Decayed from 0.5M
+    # instead, it stalled the climb at -10 (docs/trainer.md, "Tried and not kept").
+    "entropy_coeff": [[0, 0.01], [1_300_000, 0.01], [2_000_000, 0.001]],
     "vf_loss_coeff": 0.5,
     "grad_clip": 40.0,
     "clip_rewards": True,
@@ -126,6 +130,10 @@ ATARI_IMPALA: dict[str, Any] = {
     "vf_share_layers": True,
     "conv_filters": [[16, [4, 4], 2], [32, [4, 4], 2], [256, [11, 11], 1, "valid"]],
     "head_fcnet_hiddens": [256],
+    # The Learner's encoder in bfloat16 where the CPU computes it natively (AMX, AVX512-BF16),
+    # float32 elsewhere (trainer/networks.py): on 2 vCPUs with AMX the preset sampled 1.22x the
+    # env steps while learning, the learner no longer the bound (docs/trainer.md, "The seventh change").
+    "learner_precision": "auto",
     "min_time_s_per_iteration": 10,
     "min_sample_timesteps_per_iteration": 0,
 }
