@@ -6,7 +6,6 @@ import os
 import platform
 from pathlib import Path
 
-
 # The instruction sets that move the trainer's figures: AVX-512 (oneDNN's wider kernels) and native
 # bfloat16 (AMX, AVX512-BF16: the Learner's learner_precision "auto"), as /proc/cpuinfo names them.
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")

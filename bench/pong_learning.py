@@ -192,7 +192,8 @@ def report(csv_path: Path, title: str) -> dict:
 
 def median_of_runs(csv_paths: list[Path]) -> dict:
     """Several runs of the same preset (one seed each): each run's mean reward at 5, 10, 20 and
-    30 minutes, its steps and steps/s at the end and the steps it took to -15, 0 and 18, then the
+    30 minutes, its steps and steps/s at the end and the steps and minutes it took to -15, 0 and
+    18, then the
     median and the range (lowest, highest) of each over the runs; a level a run never reached
     counts as above every step count (the median says "not reached" when half the runs did not)."""
     runs = {str(p): read_curve(p) for p in csv_paths}
@@ -212,6 +213,7 @@ def median_of_runs(csv_paths: list[Path]) -> dict:
         for level in (-15, 0, 18):
             hit = first_reaching(rows, level)
             figures[f"steps to {level}"] = hit["env_steps"] if hit else float("inf")
+            figures[f"minutes to {level}"] = round(hit["wall_s"] / 60, 1) if hit else float("inf")
         for name, value in figures.items():
             rows_out.setdefault(name, []).append(value)
     out = {}

@@ -1,5 +1,5 @@
 """The RLModules the image presets train: RLlib's own, with each full-frame convolution computed
-as the one matrix product it is.
+as the one matrix product it is, and the Learner's encoder in bfloat16 where the CPU has it.
 
 The Pong preset's last layer is a 11x11 "valid" convolution over an 11x11 input (RLlib's classic
 Pong network): one output position, so it is a dense layer over the flattened input. torch on CPU
@@ -104,11 +104,13 @@ class _FullFrameConvs:
 
 
 class FullFramePPOTorchRLModule(_FullFrameConvs, DefaultPPOTorchRLModule):
-    """RLlib's PPO module (PPO and IMPALA train it), full-frame convolutions as matrix products."""
+    """RLlib's PPO module (PPO and IMPALA train it), full-frame convolutions as matrix products,
+    the Learner's encoder in bfloat16 per ``learner_precision``."""
 
 
 class FullFrameAPPOTorchRLModule(_FullFrameConvs, DefaultAPPOTorchRLModule):
-    """RLlib's APPO module, full-frame convolutions as matrix products."""
+    """RLlib's APPO module, full-frame convolutions as matrix products, the Learner's encoder in
+    bfloat16 per ``learner_precision``."""
 
 
 MODULE_CLASSES: dict[str, Any] = {
