@@ -371,8 +371,8 @@ def optimizer(settings: dict, reps: int = 200) -> dict:
     torch.manual_seed(0)
     grads = [torch.randn_like(p) for p in params["default"]]
     opts = {
-        "default": torch.optim.Adam(params["default"], lr=_first_lr(settings["lr"])),
-        "fused": torch.optim.Adam(params["fused"], lr=_first_lr(settings["lr"]), fused=True),
+        "default": torch.optim.Adam(params["default"], lr=_first_value(settings["lr"])),
+        "fused": torch.optim.Adam(params["fused"], lr=_first_value(settings["lr"]), fused=True),
     }
     ms: dict[str, list[float]] = {}
     for _ in range(reps):
@@ -541,8 +541,10 @@ def _time_major(x, horizon: int):
     return x.reshape(-1, horizon, *x.shape[1:]).transpose(0, 1)
 
 
-def _first_lr(lr) -> float:
-    return float(lr[0][1]) if isinstance(lr, list) else float(lr)
+def _first_value(setting) -> float:
+    """A setting that is a number or a schedule ``[[step, value], ...]`` (``lr``,
+    ``entropy_coeff``): its value at step 0."""
+    return float(setting[0][1]) if isinstance(setting, list) else float(setting)
 
 
 def _sampler(rank: int, settings: dict, batches, weights: dict, version, stop, report) -> None:
@@ -649,7 +651,7 @@ def handwritten(settings: dict, seconds: float, threads: int | None = None) -> d
     plan = minibatch_plan(settings)
     per_batch = len(plan)
     opt = torch.optim.Adam(
-        module.parameters(), lr=_first_lr(settings["lr"]), fused=True
+        module.parameters(), lr=_first_value(settings["lr"]), fused=True
     )  # as trainer/learners.py
     optimizer_steps = [0]
     hook = register_optimizer_step_post_hook(
@@ -713,7 +715,7 @@ def handwritten(settings: dict, seconds: float, threads: int | None = None) -> d
                 * 0.5
                 * (((tm["values"] - vs) ** 2) * tm["mask"]).sum()
                 / size
-                - settings.get("entropy_coeff", 0.01) * dist.entropy().mean()
+                - _first_value(settings.get("entropy_coeff", 0.01)) * dist.entropy().mean()
             )
             opt.zero_grad()
             loss.backward()

@@ -74,3 +74,12 @@ def test_the_optimizer_measurements_leave_equal_parameters(bench):
     ms = bench.gradient_step(settings, reps=2)
     assert set(ms) == {"rllib", "trainer"}
     assert all(v > 0 for v in ms.values())
+
+
+def test_the_limit_reads_the_presets_schedules_at_step_0(bench):
+    """(d) takes lr and entropy_coeff as numbers; the Atari preset gives both as schedules
+    (a schedule multiplied into (d)'s loss raised a TypeError there)."""
+    settings = presets.preset("IMPALA", bench.ENV_ID, True)
+    assert bench._first_value(settings["lr"]) == 0.0005
+    assert bench._first_value(settings["entropy_coeff"]) == 0.01
+    assert bench._first_value(0.003) == 0.003
