@@ -345,11 +345,12 @@ def network(settings: dict, reps: int = 40) -> dict:
         values = module.compute_values({"obs": train}, embeddings=out["embeddings"])
         (out["action_dist_inputs"].sum() + values.sum()).backward()
 
+    native_bf16 = networks.native_bf16()
     ms: dict[str, list[float]] = {}
     for _ in range(reps):
         for name, module in (("rllib", plain), ("rlq", fast), ("rlq_bf16", half)):
             for kind, fn in (("forward", forward), ("forward_backward", forward_backward)):
-                if name == "rlq_bf16" and (kind == "forward" or not networks.native_bf16()):
+                if name == "rlq_bf16" and (kind == "forward" or not native_bf16):
                     continue  # sampling is float32 everywhere; emulated bfloat16 is slower
                 t = time.perf_counter()
                 fn(module)

@@ -162,10 +162,10 @@ def conv_filters() -> Kind:
 
 
 ACTIVATIONS = ("tanh", "relu", "swish", "silu", "elu", "linear")
-# torch.nn.init functions by the name RLlib's DefaultModelConfig takes (``*_kernel_initializer``).
 # The image networks' Learner forward (trainer/networks.py): "auto" is bfloat16 on a CPU that
 # computes it natively (AMX or AVX512-BF16), float32 elsewhere.
 LEARNER_PRECISIONS = ("auto", "float32", "bfloat16")
+# torch.nn.init functions by the name RLlib's DefaultModelConfig takes (``*_kernel_initializer``).
 INITIALIZERS = (
     "xavier_uniform_",
     "xavier_normal_",
