@@ -100,9 +100,7 @@ def plot(
 
     pts = [r for r in rows if r["episode_reward_mean"] is not None]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ax1.plot(
-        [r["env_steps"] / 1e6 for r in pts], [r["episode_reward_mean"] for r in pts], label="rlq (this run)"
-    )
+    ax1.plot([r["env_steps"] / 1e6 for r in pts], [r["episode_reward_mean"] for r in pts], label="rlq")
     for name, prow in (peers or {}).items():
         pp = [r for r in prow if r["episode_reward_mean"] is not None]
         ax1.plot([r["env_steps"] / 1e6 for r in pp], [r["episode_reward_mean"] for r in pp], label=name)
@@ -114,7 +112,7 @@ def plot(
     ax1.set_ylim(-22, 22)
     ax1.legend(fontsize=8, loc="lower right")
     ax1.set_title(title, fontsize=9)
-    ax2.plot([r["wall_s"] / 60 for r in pts], [r["episode_reward_mean"] for r in pts], label="rlq (this run)")
+    ax2.plot([r["wall_s"] / 60 for r in pts], [r["episode_reward_mean"] for r in pts], label="rlq")
     for name, prow in (peers or {}).items():
         pp = [r for r in prow if r["episode_reward_mean"] is not None]
         ax2.plot([r["wall_s"] / 60 for r in pp], [r["episode_reward_mean"] for r in pp], label=name)
@@ -533,7 +531,7 @@ def main() -> int:
         median_of_runs([Path(p) for p in args.median_of])
         return 0
     if args.plot_only:
-        report(Path(args.plot_only), f"{args.run} Pong preset (from {args.plot_only})")
+        report(Path(args.plot_only), f"rlq {args.run} Pong preset, {os.cpu_count()} CPU cores (redrawn)")
         return 0
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
