@@ -15,10 +15,10 @@ from typing import Any
 # steps, half rl-zoo's rate. In py-spy two thirds of an iteration were the Learner's minibatch
 # updates and a third the sampling loop, whose cost is per vectorised step; this halves both per
 # sampled step. The 512 steps are 32 envs x 16 steps (rl-zoo: 8 x 32): RLlib's connectors cost the
-# same per vectorised step whatever the number of envs, and half as many steps per iteration took
-# the sampled steps per second of training from 5.65k to 6.07k at the same steps to 450 (medians of
-# 5 seeds, docs/trainer.md, "CartPole"). Sampling happens in the driver process (no EnvRunner
-# actors: the env is far cheaper than a round trip).
+# same per vectorised step whatever the number of envs, and half as many vectorised steps took the
+# sampled steps per second of training from 5.65k to 6.0k, 84k steps to 450 against 88k (medians of
+# 5 seeds; docs/trainer.md, "CartPole, PPO, 32 envs x 16 steps"). Sampling happens in the driver
+# process (no EnvRunner actors: the env is far cheaper than a round trip).
 CARTPOLE_PPO: dict[str, Any] = {
     "num_env_runners": 0,
     "num_envs_per_env_runner": 32,
