@@ -531,7 +531,7 @@ def main() -> int:
         median_of_runs([Path(p) for p in args.median_of])
         return 0
     if args.plot_only:
-        report(Path(args.plot_only), f"rlq {args.run} Pong preset, {os.cpu_count()} CPU cores (redrawn)")
+        report(Path(args.plot_only), f"rlq {args.run} Pong preset (redrawn from {Path(args.plot_only).name})")
         return 0
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

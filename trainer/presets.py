@@ -90,6 +90,9 @@ CARTPOLE_APPO: dict[str, Any] = {
 # --- Atari (Pong and any other ALE game): aim = mean reward 18 as fast as the hardware
 # allows. EnvRunners = CPUs - 1 (seed rule, decided at run time), 16 vectorised envs each.
 # See docs/trainer.md ("The Pong preset") for the measurements behind each value.
+# The agent steps between which the Atari presets' lr and entropy bonus both decay to a tenth: the
+# two schedules move together (docs/trainer.md, "The eighth change").
+ATARI_DECAY = (1_300_000, 1_800_000)
 ATARI_IMPALA: dict[str, Any] = {
     "num_envs_per_env_runner": 16,
     # One sample() call of an EnvRunner is exactly one train batch (16 x 32 = 512): RLlib
@@ -117,13 +120,13 @@ ATARI_IMPALA: dict[str, Any] = {
     # off at +7 to +10 from 1.35M steps; with a decay to 2M it climbed to +17.6 at 2M. The runs
     # crossed 18 as the decay ended: ended at 1.8M, three seeds reached 18 at 1.83M-1.93M steps
     # (median 1.86M), against 2.00M-2.73M with the decay to 2M (docs/trainer.md, "The eighth change").
-    "lr": [[0, 0.0005], [1_300_000, 0.0005], [1_800_000, 0.00005]],
+    "lr": [[0, 0.0005], [ATARI_DECAY[0], 0.0005], [ATARI_DECAY[1], 0.00005]],
     "gamma": 0.99,
     # The entropy bonus decays with the step size, to a tenth by 1.8M steps: with it held at 0.01
     # the policy kept 1.6 of ln 6 = 1.79 nats at +16 and climbed slowly (docs/trainer.md, "The
     # seventh change"). Decayed from 0.5M instead, it stalled the climb at -10 (docs/trainer.md,
     # "Tried and not kept").
-    "entropy_coeff": [[0, 0.01], [1_300_000, 0.01], [1_800_000, 0.001]],
+    "entropy_coeff": [[0, 0.01], [ATARI_DECAY[0], 0.01], [ATARI_DECAY[1], 0.001]],
     "vf_loss_coeff": 0.5,
     "grad_clip": 40.0,
     "clip_rewards": True,
