@@ -155,7 +155,9 @@ def peer_csvs(csv_path: Path) -> dict[str, Path]:
     }
 
 
-def report(csv_path: Path, title: str) -> dict:
+def report(csv_path: Path, title: str, rlq: str = "rlq") -> dict:
+    """Draw the figure beside ``csv_path`` and print each curve's summary; ``rlq`` names rlq's
+    curve in the printout (with ``--peer-only`` it is the one an earlier run left in DIR)."""
     rows = read_curve(csv_path) if csv_path.exists() else []
     peers = {name: read_curve(path) for name, path in peer_csvs(csv_path).items()}
     peers = {name: r for name, r in peers.items() if r}
@@ -166,7 +168,7 @@ def report(csv_path: Path, title: str) -> dict:
     plot(rows, png, title, peers)
     s = summary(rows) if rows else {}
     if rows:
-        _print_summary("rlq", s)
+        _print_summary(rlq, s)
     for name, prow in peers.items():
         ps = summary(prow)
         s[f"peer:{name}"] = ps
@@ -175,12 +177,12 @@ def report(csv_path: Path, title: str) -> dict:
             for minutes in (5, 10, 20, 30, 40, 60):
                 if minutes * 60 <= min(rows[-1]["wall_s"], prow[-1]["wall_s"]):
                     print(
-                        f"at {minutes} min: rlq {reward_at(rows, 'wall_s', minutes * 60)}, "
+                        f"at {minutes} min: {rlq} {reward_at(rows, 'wall_s', minutes * 60)}, "
                         f"{name} {reward_at(prow, 'wall_s', minutes * 60)}"
                     )
             steps = min(rows[-1]["env_steps"], prow[-1]["env_steps"])
             print(
-                f"at {steps:,.0f} steps: rlq {reward_at(rows, 'env_steps', steps)}, "
+                f"at {steps:,.0f} steps: {rlq} {reward_at(rows, 'env_steps', steps)}, "
                 f"{name} {reward_at(prow, 'env_steps', steps)}"
             )
     print(f"curve: {csv_path}  figure: {png}")
@@ -546,7 +548,12 @@ def main() -> int:
             cleanrl_envpool(out / f"peer-{args.peer}.csv", args.steps, args.max_minutes, seed=args.seed or 1)
         except KeyboardInterrupt:
             print("peer interrupted; its curve so far is kept")
-    report(csv_path, f"rlq {args.run} Pong preset, {os.cpu_count()} CPU cores")
+    earlier = f"rlq (the earlier run's {csv_path.name})"
+    report(
+        csv_path,
+        f"rlq {args.run} Pong preset, {os.cpu_count()} CPU cores",
+        earlier if args.peer_only else "rlq",
+    )
     print(f"machine: {describe_machine()}; load average {_load()} at the end", flush=True)
     return 0
 

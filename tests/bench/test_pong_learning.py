@@ -46,3 +46,16 @@ def test_the_median_of_three_seeds_reads_steps_and_minutes_to_each_level(bench, 
     assert out["steps to 18"]["median"] == 2_000_000
     assert out["steps to 0"]["each"] == [2_000_000, 2_000_000, 2_500_000]
     assert "minutes to 18: median 22.0 (range 17.0 to not reached" in capsys.readouterr().out
+
+
+def test_the_report_names_the_rlq_curve_it_was_given(bench, tmp_path, capsys):
+    """With --peer-only rlq's curve is an earlier run's: the printout says so on every rlq line.
+    Mutation: report() printing "rlq" whatever it is given (the assertions on the label fail)."""
+    rlq = _curve(tmp_path / "curve.csv", bench, [(500_000, 300, -15.0), (1_000_000, 660, 2.0)])
+    _curve(tmp_path / "peer-cleanrl-envpool.csv", bench, [(150_000, 300, -20.0), (300_000, 660, -19.0)])
+    bench.report(rlq, "t", "rlq (the earlier run's curve.csv)")
+    out = capsys.readouterr().out
+    assert "rlq (the earlier run's curve.csv): reached 1,000,000 agent steps in 11.0 min" in out
+    assert "at 10 min: rlq (the earlier run's curve.csv) " in out
+    assert "at 300,000 steps: rlq (the earlier run's curve.csv) " in out
+    assert "\nrlq:" not in out and (tmp_path / "curve.png").exists()
