@@ -167,7 +167,12 @@ def algo_config(plan: Plan, settings: dict[str, Any], env_name: str, env_config:
         buffer = dict(training.get("replay_buffer_config") or {"type": "EpisodeReplayBuffer"})
         buffer["capacity"] = sections["replay"]["replay_buffer_capacity"]
         training["replay_buffer_config"] = buffer
-    config.environment(env_name, env_config=env_config, **sections.get("environment", {}))
+    environment = sections.get("environment", {})
+    if plan.discrete_actions:
+        # RLlib's NormalizeAndClipActions connector would deep-copy every vectorised step's actions
+        # to rescale or clip them, which does nothing to Discrete ones (5 % of CartPole's sampling).
+        environment = {"normalize_actions": False, "clip_actions": False, **environment}
+    config.environment(env_name, env_config=env_config, **environment)
     if plan.atari:  # each EnvRunner's envs as one vector env: ale_py's, in C++ (envs.make_vector_env)
         config.env_runners(gym_env_vectorize_mode="vector_entry_point")
     for method in PLAIN_SECTIONS:

@@ -21,7 +21,7 @@ which does the same preprocessing in C++ with no Python per emulator frame (the 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -163,6 +163,11 @@ def is_image(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
 
 
+def is_discrete(space: gym.Space) -> bool:
+    """Actions with nothing to rescale or clip on their way to the env (Discrete, MultiDiscrete)."""
+    return isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete))
+
+
 def prepare(env):
     """The env as the networks see it: any observation but an image or a vector Box flattened
     (gymnasium's FlattenObservation: Discrete one-hot, Dict / Tuple concatenated), as float32."""
@@ -178,12 +183,19 @@ def prepare(env):
     return env
 
 
-def probe(env_id: str, module: str | None, kwargs: dict[str, Any], algorithm: str = "") -> gym.Space:
+class Probed(NamedTuple):
+    """What the trainer's probe saw: the observation space the networks will see, and the
+    action space the policy acts in."""
+
+    observation_space: gym.Space
+    action_space: gym.Space
+
+
+def probe(env_id: str, module: str | None, kwargs: dict[str, Any], algorithm: str = "") -> Probed:
     """Build the environment once with the request's keyword arguments, before Ray starts.
 
     A constructor that rejects a key or a value, or a space the trainer cannot train, raises
-    :class:`trainer.config_map.UsageError` (exit 2) with the environment's own message. Returns the
-    observation space the networks will see."""
+    :class:`trainer.config_map.UsageError` (exit 2) with the environment's own message."""
     from trainer.config_map import UsageError
 
     try:
@@ -200,7 +212,7 @@ def probe(env_id: str, module: str | None, kwargs: dict[str, Any], algorithm: st
         problem = algorithm_problem(algorithm, env_id, env.action_space)
         if problem:
             raise UsageError("--run", algorithm, "", message=problem)
-        return env.observation_space
+        return Probed(env.observation_space, env.action_space)
     finally:
         env.close()
 

@@ -37,10 +37,11 @@ class Plan:
                 "--env-config", self.env_kwargs, "a JSON object of the environment's keyword arguments"
             )
         self.image_obs = False  # an image observation (not Atari's): the CNN preset
+        self.discrete_actions = True  # Atari's are Discrete
         if not self.atari:  # built once before Ray starts: a bad key or an unsupported space fails here
-            self.image_obs = envs.is_image(
-                envs.probe(self.env_id, self.env_module, self.env_kwargs, self.algorithm)
-            )
+            probed = envs.probe(self.env_id, self.env_module, self.env_kwargs, self.algorithm)
+            self.image_obs = envs.is_image(probed.observation_space)
+            self.discrete_actions = envs.is_discrete(probed.action_space)
         self.mapped: MappedConfig = config_map.map_config(_json_arg("--config", args.config), self.algorithm)
         self.stop = _stop(args.stop, self.env_id, self.atari)
         self.output_dir = _output_dir(args.output_dir)

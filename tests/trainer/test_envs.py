@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 
+from tests.support.plans import PlanStub
 from trainer import envs, presets
 
 
@@ -119,13 +120,14 @@ def test_an_atari_preset_samples_through_the_vector_env():
 
     from trainer.configure import algo_config
 
-    class Plan:
-        algorithm, seed = "IMPALA", 0
-
     for env_id, atari, kind in (("PongNoFrameskip-v4", True, "AtariVectorEnv"), ("CartPole-v1", False, "")):
-        Plan.atari = atari
         settings = {**presets.preset("IMPALA", env_id, atari=atari), "num_env_runners": 0}
-        config = algo_config(Plan(), settings, envs.register(env_id), envs.env_config_for(env_id, settings))
+        config = algo_config(
+            PlanStub("IMPALA", atari=atari, seed=0),
+            settings,
+            envs.register(env_id),
+            envs.env_config_for(env_id, settings),
+        )
         runner = SingleAgentEnvRunner(config=config)
         try:
             chain, e = [], runner.env

@@ -22,7 +22,10 @@ def test_a_mujoco_robot_builds_and_steps_through_the_trainers_env_creator(tmp_pa
     assert envs.is_mujoco("HalfCheetah-v5") and not envs.is_mujoco("Pendulum-v1")
     assert all(envs.is_mujoco(env_id) for env_id in MUJOCO)  # every id intake accepts is registered
     seen = envs.probe("HalfCheetah-v5", None, {"forward_reward_weight": 2.0}, "SAC")
-    assert seen == spaces.Box(-np.inf, np.inf, (17,), np.float32)  # MuJoCo's float64 as float32
+    assert seen.observation_space == spaces.Box(-np.inf, np.inf, (17,), np.float32)  # float64 as float32
+    assert seen.action_space == spaces.Box(-1.0, 1.0, (6,), np.float32) and not envs.is_discrete(
+        seen.action_space
+    )
     env = envs.make_env(envs.env_config_for("HalfCheetah-v5", {}, None, {"forward_reward_weight": 2.0}))
     try:
         assert env.action_space == spaces.Box(-1.0, 1.0, (6,), np.float32)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.support.plans import PlanStub
 from trainer import networks, presets
 
 
@@ -60,13 +61,10 @@ def test_the_pong_preset_trains_and_samples_with_full_frame_convolutions():
     from trainer import envs
     from trainer.configure import algo_config
 
-    class Plan:
-        algorithm, seed, atari = "IMPALA", None, True
-
     env_id = "PongNoFrameskip-v4"
     settings = {**presets.preset("IMPALA", env_id, atari=True), "num_env_runners": 1}
     env_config = envs.env_config_for(env_id, settings)
-    config = algo_config(Plan(), settings, envs.register(env_id), env_config)
+    config = algo_config(PlanStub("IMPALA", atari=True), settings, envs.register(env_id), env_config)
     probe = envs.make_env(env_config)
     try:
         for inference_only in (False, True):  # the Learner's module, then an EnvRunner's
@@ -83,10 +81,9 @@ def test_vector_presets_keep_rllibs_module():
 
     from trainer.configure import algo_config
 
-    class Plan:
-        algorithm, seed, atari = "PPO", None, False
-
-    config = algo_config(Plan(), presets.preset("PPO", "CartPole-v1", atari=False), "CartPole-v1", {})
+    config = algo_config(
+        PlanStub("PPO"), presets.preset("PPO", "CartPole-v1", atari=False), "CartPole-v1", {}
+    )
     assert config.rl_module_spec.module_class is DefaultPPOTorchRLModule
 
 
@@ -94,13 +91,10 @@ def _pong_module(precision: str):
     from trainer import envs
     from trainer.configure import algo_config
 
-    class Plan:
-        algorithm, seed, atari = "IMPALA", None, True
-
     env_id = "PongNoFrameskip-v4"
     settings = {**presets.preset("IMPALA", env_id, atari=True), "learner_precision": precision}
     env_config = envs.env_config_for(env_id, settings)
-    config = algo_config(Plan(), settings, envs.register(env_id), env_config)
+    config = algo_config(PlanStub("IMPALA", atari=True), settings, envs.register(env_id), env_config)
     probe = envs.make_env(env_config)
     try:
         return config.get_rl_module_spec(env=probe).build(), probe.observation_space

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO_ROOT
 from gymnasium import spaces
 
+from tests.support.plans import PlanStub
 from trainer import config_map, envs, presets
 from trainer.config_map import UsageError
 
@@ -87,14 +88,11 @@ def test_the_probe_refuses_what_each_algorithm_cannot_act_in():
 def test_the_replay_settings_reach_rllibs_config():
     from trainer.configure import algo_config
 
-    class Plan:
-        algorithm, seed, atari = "SAC", None, False
-
     settings = {
         **presets.preset("SAC", "Pendulum-v1", atari=False),
         **config_map.map_config({"replay_buffer_capacity": 5000, "tau": 0.01}, "SAC").settings,
     }
-    config = algo_config(Plan(), settings, "Pendulum-v1", {})
+    config = algo_config(PlanStub("SAC", discrete_actions=False), settings, "Pendulum-v1", {})
     assert config.replay_buffer_config["capacity"] == 5000
     assert config.replay_buffer_config["type"] == "PrioritizedEpisodeReplayBuffer"  # the preset's
     assert (config.tau, config.n_step, config.actor_lr) == (0.01, (2, 5), 2e-4)

@@ -35,3 +35,28 @@ def test_several_env_runners_and_atari_keep_rllibs_state_server():
         "--run", "IMPALA", "--env", "CartPole-v1", "--config", '{"num_env_runners": 2}'
     ).use_env_runner_state_server
     assert _cfg("--run", "IMPALA", "--env", "PongNoFrameskip-v4").use_env_runner_state_server
+
+
+def test_discrete_actions_skip_rllibs_action_rescaling_and_a_box_keeps_it():
+    """RLlib's NormalizeAndClipActions deep-copies every vectorised step's actions to rescale them,
+    which does nothing to Discrete ones: the trainer turns it off there, and only there. Breaks
+    when the plan stops reading the action space from its probe, or the switch is set for a Box
+    (Pendulum's torque would then reach the env unscaled)."""
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    box = _cfg("--run", "PPO", "--env", "Pendulum-v1")
+    assert (box.normalize_actions, box.clip_actions) == (True, False)  # RLlib's defaults, kept
+    plan = train.Plan(
+        train.parse_args(["--output-dir", "/tmp/rlq-startup-test", "--run", "PPO", "--env", "CartPole-v1"])
+    )
+    assert plan.env_id == "CartPole-v1" and plan.discrete_actions
+    settings = {**presets.preset("PPO", "CartPole-v1", atari=False), "num_envs_per_env_runner": 4}
+    cfg = configure.algo_config(plan, settings, "CartPole-v1", {})
+    assert (cfg.normalize_actions, cfg.clip_actions) == (False, False)
+    runner = SingleAgentEnvRunner(config=cfg)  # and sampling still hands the env its actions
+    try:
+        episodes = runner.sample(num_timesteps=64, random_actions=False)
+    finally:
+        runner.stop()
+    actions = [int(a) for episode in episodes for a in episode.get_actions()]
+    assert sum(len(episode) for episode in episodes) >= 64 and set(actions) <= {0, 1}
