@@ -117,7 +117,9 @@ def run_rlq(algorithm: str, limit: float, seed: int, config: str | None = None) 
     if not (out / "summary.json").exists():
         # The trainer refused the run (exit 2 names the bad --config field) or crashed: say why.
         tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
-        raise SystemExit(f"rlq {algorithm} seed {seed}: the trainer exited {p.returncode} without a summary:\n{tail}")
+        raise SystemExit(
+            f"rlq {algorithm} seed {seed}: the trainer exited {p.returncode} without a summary:\n{tail}"
+        )
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {

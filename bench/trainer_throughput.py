@@ -266,7 +266,7 @@ def _algo_config(settings: dict):
 
     env_config = envs.env_config_for(ENV_ID, settings)
     name = envs.register(ENV_ID)
-    plan = SimpleNamespace(algorithm="IMPALA", seed=0, atari=True)
+    plan = SimpleNamespace(algorithm="IMPALA", seed=0, atari=True, discrete_actions=True)
     return _trainer_algo_config()(plan, settings, name, env_config), env_config
 
 

@@ -111,6 +111,8 @@ def test_the_built_in_families_build_and_pass_the_space_check():
         "MountainCarContinuous-v0",
         "Acrobot-v1",
     ):
-        seen = envs.probe(env_id, None, {})
+        seen = envs.probe(env_id, None, {}).observation_space
         assert isinstance(seen, spaces.Box) and len(seen.shape) == 1, env_id
-    assert envs.probe("FrozenLake-v1", None, {"map_name": "8x8", "is_slippery": False}).shape == (64,)
+    assert envs.probe(
+        "FrozenLake-v1", None, {"map_name": "8x8", "is_slippery": False}
+    ).observation_space.shape == (64,)
