@@ -108,6 +108,9 @@ def resolve_settings(plan: Plan, cluster: Cluster) -> dict[str, Any]:
             f"config: num_env_runners={settings['num_env_runners']} "
             f"(default: {cluster.cpus:g} CPUs in the Ray cluster minus one)"
         )
+    fitted = presets.fit_fragment(plan.algorithm, settings, plan.mapped.settings)
+    if fitted:
+        log(f"config: {fitted}")
     return settings
 
 

@@ -372,3 +372,40 @@ def fit_minibatch(
     return f"minibatch_size={mb} (preset) -> {fitted}: {parts} minibatches per {batch}-step batch" + (
         f" in whole {frag}-step fragments" if frag > 1 else ""
     )
+
+
+def fit_fragment(algorithm: str, settings: dict[str, Any], overrides: dict[str, Any]) -> str | None:
+    """Keep PPO's sampling rounds able to fill its batch when the request changes the batch size,
+    the EnvRunners or the envs but not the preset's ``rollout_fragment_length``: RLlib's PPO
+    refuses a ``train_batch_size`` more than 10 % away from a whole number of rounds of
+    max(EnvRunners, 1) x envs x fragment steps (``{"train_batch_size": 1000}`` on the CartPole
+    preset's 64-env rounds of 1024 steps, with 2 EnvRunners), so the fragment becomes RLlib's
+    ``"auto"``: the batch split over the EnvRunners' envs. Call it once the number of EnvRunners
+    is settled. Changes ``settings`` in place; returns the line to log, or None when nothing
+    changed."""
+    frag = settings.get("rollout_fragment_length")
+    batch = settings.get("train_batch_size_per_learner")
+    if algorithm != "PPO" or "rollout_fragment_length" in overrides or not isinstance(frag, int):
+        return None
+    if (
+        not isinstance(batch, int)
+        or not {
+            "train_batch_size_per_learner",
+            "num_env_runners",
+            "num_envs_per_env_runner",
+            "num_learners",
+        }
+        & overrides.keys()
+    ):
+        return None
+    total = batch * max(1, settings.get("num_learners") or 1)
+    runners, envs = max(1, settings.get("num_env_runners") or 0), settings.get("num_envs_per_env_runner", 1)
+    round_steps = runners * envs * frag
+    rounds = -(-total // round_steps)  # RLlib's check (AlgorithmConfig, Ray 2.60): whole rounds
+    if rounds * round_steps - total <= 0.1 * total and (rounds - 1) * round_steps - total <= 0.1 * total:
+        return None
+    settings["rollout_fragment_length"] = "auto"
+    return (
+        f"rollout_fragment_length={frag} (preset) -> auto: {runners} x {envs} envs x {frag} steps "
+        f"= {round_steps} per round does not fill a {total}-step batch"
+    )

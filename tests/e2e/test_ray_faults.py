@@ -181,7 +181,9 @@ def test_a_trainer_killed_while_writing_a_checkpoint_resumes_from_the_one_before
         request = {
             "env": "CartPole-v1",
             "algorithm": "PPO",
-            "config": {"train_batch_size": 4000},  # an iteration of about a second or more
+            # an iteration of a second or more (4,000 steps as 1,000 vectorised steps of 4 envs,
+            # RLlib's cost being per vectorised step): a checkpoint after each
+            "config": {"train_batch_size": 4000, "num_envs_per_env_runner": 4},
             "stop": {"training_iteration": 7},
         }
         w.service.accept(json.dumps({**request, "request_id": "resumed"}).encode(), message_id="r")

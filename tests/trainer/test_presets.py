@@ -81,3 +81,43 @@ def test_every_refitted_pong_config_is_accepted_by_rllib():
             .training(train_batch_size_per_learner=batch, minibatch_size=settings.get("minibatch_size"))
         )
         cfg.validate()  # raises on a minibatch that is not whole fragments or is larger than the batch
+
+
+@pytest.mark.parametrize(
+    ("user", "fitted"),
+    [
+        ({"train_batch_size": 1000, "num_env_runners": 2}, True),  # rounds of 2 x 64 x 16 = 2048
+        ({"train_batch_size": 300}, True),  # one round of 64 x 16 = 1024 steps
+        ({"num_env_runners": 3}, True),  # 3072 steps per round against the preset's 1024
+        ({"train_batch_size": 4000}, False),  # 4 rounds of 1024: 96 steps (2.4 %) over, as RLlib allows
+        ({"num_envs_per_env_runner": 4, "train_batch_size": 4000}, False),
+    ],
+)
+def test_a_ppo_batch_the_presets_sampling_rounds_cannot_fill_gets_rllibs_auto_fragment(user, fitted):
+    """RLlib's PPO refuses a batch more than 10 % from whole sampling rounds; the trainer turns the
+    preset's fragment into "auto" exactly then, and RLlib's own validation accepts every result.
+    Breaks when fit_fragment is not applied (RLlib raises) or applied where the preset fits (the
+    fragment changes)."""
+    from tests.support.plans import PlanStub
+    from trainer.configure import algo_config
+
+    settings, _ = _merged("PPO", "CartPole-v1", False, user)
+    settings.setdefault("num_env_runners", 0)
+    note = presets.fit_fragment("PPO", settings, config_map.map_config(user, "PPO").settings)
+    assert (settings["rollout_fragment_length"] == "auto") is fitted
+    assert (note is not None) is fitted
+    if fitted:
+        assert note.startswith("rollout_fragment_length=16 (preset) -> auto: ")
+    algo_config(PlanStub("PPO"), settings, "CartPole-v1", {}).validate()
+
+
+def test_a_fragment_the_request_names_is_left_to_rllibs_own_check():
+    settings, _ = _merged(
+        "PPO", "CartPole-v1", False, {"train_batch_size": 1000, "rollout_fragment_length": 50}
+    )
+    overrides = config_map.map_config(
+        {"train_batch_size": 1000, "rollout_fragment_length": 50}, "PPO"
+    ).settings
+    assert (
+        presets.fit_fragment("PPO", settings, overrides) is None and settings["rollout_fragment_length"] == 50
+    )
