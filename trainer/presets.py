@@ -401,8 +401,10 @@ def fit_fragment(algorithm: str, settings: dict[str, Any], overrides: dict[str, 
     total = batch * max(1, settings.get("num_learners") or 1)
     runners, envs = max(1, settings.get("num_env_runners") or 0), settings.get("num_envs_per_env_runner", 1)
     round_steps = runners * envs * frag
-    rounds = -(-total // round_steps)  # RLlib's check (AlgorithmConfig, Ray 2.60): whole rounds
-    if rounds * round_steps - total <= 0.1 * total and (rounds - 1) * round_steps - total <= 0.1 * total:
+    # RLlib's check (AlgorithmConfig, Ray 2.60): at most 10 % over in whole rounds (its second
+    # bound, one round fewer, never binds: that is short of the batch by construction)
+    rounds = -(-total // round_steps)
+    if rounds * round_steps - total <= 0.1 * total:
         return None
     settings["rollout_fragment_length"] = "auto"
     return (

@@ -112,12 +112,9 @@ def test_a_ppo_batch_the_presets_sampling_rounds_cannot_fill_gets_rllibs_auto_fr
 
 
 def test_a_fragment_the_request_names_is_left_to_rllibs_own_check():
-    settings, _ = _merged(
-        "PPO", "CartPole-v1", False, {"train_batch_size": 1000, "rollout_fragment_length": 50}
-    )
-    overrides = config_map.map_config(
-        {"train_batch_size": 1000, "rollout_fragment_length": 50}, "PPO"
-    ).settings
+    user = {"train_batch_size": 1000, "rollout_fragment_length": 50}
+    settings, _ = _merged("PPO", "CartPole-v1", False, user)
+    overrides = config_map.map_config(user, "PPO").settings
     assert (
         presets.fit_fragment("PPO", settings, overrides) is None and settings["rollout_fragment_length"] == 50
     )
